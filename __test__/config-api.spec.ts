@@ -1,0 +1,183 @@
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import test from 'ava'
+import {
+  configFromEndpoints,
+  formatDiagnostic,
+  loadConfigFile,
+  loadConfigText,
+  validateModel,
+  type ConfigModel,
+} from '../ts/config/index.js'
+
+test('formatDiagnostic: one line, position left out when there is none', (t) => {
+  t.is(
+    formatDiagnostic({ severity: 'error', file: 'a.yaml', line: 3, column: 5, message: 'bad', hint: 'try this' }),
+    'a.yaml:3:5: error: bad (try this)',
+  )
+  t.is(formatDiagnostic({ severity: 'warning', file: '<object>', line: 0, column: 0, message: 'two\nlines' }), '<object>: warning: two lines')
+})
+
+test('configFromEndpoints: one service, one catch-all route, one listener', (t) => {
+  const r = configFromEndpoints(['127.0.0.1:8081', ' 127.0.0.1:8082 '], 'random', { listenOverride: '127.0.0.1:9000', defaultAdmin: null })
+  t.deepEqual(r.diagnostics, [])
+  t.deepEqual(r.config, {
+    listeners: [
+      {
+        name: 'listener-0',
+        address: '127.0.0.1:9000',
+        protocol: 'http',
+        maxConnections: 10000,
+        headerReadTimeoutMs: 10000,
+        idleTimeoutMs: 60000,
+        maxHeaderBytes: 65536,
+        maxUriBytes: 8192,
+        routes: [
+          {
+            name: 'default',
+            hosts: [],
+            path: { type: 'Prefix', value: '/' },
+            methods: [],
+            headers: [],
+            service: 'default',
+            responseHeaderTimeoutMs: 15000,
+          },
+        ],
+      },
+    ],
+    services: [
+      {
+        name: 'default',
+        balancer: { kind: 'random' },
+        endpoints: [
+          { address: '127.0.0.1:8081', weight: 1 },
+          { address: '127.0.0.1:8082', weight: 1 },
+        ],
+        connectTimeoutMs: 1000,
+        maxInflightPerEndpoint: 1000,
+        maxPendingPerEndpoint: 1000,
+        pool: { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 },
+      },
+    ],
+    admin: null,
+  })
+  t.deepEqual(r.summary, { listeners: 1, routes: 1, services: 1, endpoints: 2 })
+  // Validates like a file would.
+  t.deepEqual(validateModel(r.config), [])
+})
+
+test('configFromEndpoints: balancer forms and defaults', (t) => {
+  const balancer = (b: string) => configFromEndpoints(['127.0.0.1:1'], b).config?.services[0]?.balancer
+  t.deepEqual(balancer('round-robin'), { kind: 'round-robin' })
+  t.deepEqual(balancer('hash'), { kind: 'hash', source: true })
+  t.deepEqual(balancer('hash:source'), { kind: 'hash', source: true })
+  t.deepEqual(balancer('hash:header:X-User'), { kind: 'hash', header: 'x-user' })
+  t.deepEqual(balancer('hash:cookie:sid'), { kind: 'hash', cookie: 'sid' })
+  const defaults = configFromEndpoints(['127.0.0.1:1'], 'round-robin').config
+  t.is(defaults?.listeners[0]?.address, '127.0.0.1:4140')
+  t.deepEqual(defaults?.admin, { address: '127.0.0.1:4191' })
+})
+
+test('configFromEndpoints: bad input is reported, all of it', (t) => {
+  const r = configFromEndpoints(['nope', '127.0.0.1:1', '127.0.0.1:1'], 'round-robbin', { adminOverride: '127.0.0.1:4140' })
+  t.is(r.config, null)
+  t.deepEqual(r.diagnostics.map(formatDiagnostic), [
+    '<command line>: error: invalid balancer "round-robbin" (did you mean "round-robin"?)',
+    '<command line>: error: invalid endpoint address: address "nope" has no port (write it as host:port, e.g. 127.0.0.1:8080)',
+    '<command line>: error: listener "listener-0" address 127.0.0.1:4140 conflicts with the admin server (127.0.0.1:4140) (use another port, or set admin: to another host:port, or to null to disable it)',
+    '<command line>: error: endpoint 127.0.0.1:1 is listed twice in service "default" (list it once; use weight to send it more traffic)',
+  ])
+  t.is(configFromEndpoints([], 'random').diagnostics[0]?.message, 'no endpoints given')
+})
+
+/** A valid model to break in each test. */
+function model(): ConfigModel {
+  const config = loadConfigText(`
+admin: 127.0.0.1:4191
+listeners:
+  - name: web
+    address: 127.0.0.1:4140
+    routes:
+      - { name: api, match: { host: api.example.com, path: /v1, methods: [GET], headers: { x-a: b } }, service: api }
+services:
+  - { name: api, endpoints: [127.0.0.1:8081, { address: 127.0.0.1:8082, weight: 3 }], balancer: { hash: { header: x-user } } }
+  - { name: web, endpoints: [127.0.0.1:8083] }
+`).config
+  if (!config) throw new Error('fixture model does not load')
+  return config
+}
+
+test('validateModel accepts what the loader produces', (t) => {
+  t.deepEqual(validateModel(model()), [])
+})
+
+test('validateModel reports JSON paths for structural problems', (t) => {
+  const m = model() as unknown as { services: Array<Record<string, unknown>>; listeners: Array<Record<string, unknown>> }
+  const web = m.services[1]!
+  ;(web.endpoints as Array<Record<string, unknown>>)[0]!.weight = 0
+  web.connectTimeoutMs = '1s'
+  web.extra = true
+  const listener = m.listeners[0]!
+  listener.adress = listener.address
+  delete listener.address
+  const route = (listener.routes as Array<Record<string, unknown>>)[0]!
+  route.path = { type: 'Prefix', value: '/v1/' }
+  route.methods = ['get']
+  route.hosts = ['API.example.com:80']
+  const d = validateModel(m)
+  t.true(d.every((x) => x.severity === 'error' && x.file === '<object>' && x.line === 0 && x.column === 0))
+  t.deepEqual(d.map((x) => [x.message, x.hint]), [
+    ['listeners[0].adress: unknown field', 'did you mean "address"?'],
+    ['listeners[0].address: missing required field', undefined],
+    ['listeners[0].routes[0].hosts[0]: host "API.example.com:80" must not include a port', 'the port is matched by the listener; give the name only'],
+    ['listeners[0].routes[0].methods[0]: "get" is not normalized', 'use "GET"'],
+    ['listeners[0].routes[0].path.value: "/v1/" is not normalized', 'use "/v1"'],
+    ['services[1].extra: unknown field', 'valid fields: name, balancer, endpoints, connectTimeoutMs, maxInflightPerEndpoint, maxPendingPerEndpoint, pool'],
+    ['services[1].connectTimeoutMs: expected an integer, got string "1s"', undefined],
+    ['services[1].endpoints[0].weight: must be between 1 and 1000, got 0', undefined],
+  ])
+})
+
+test('validateModel runs the cross-checks on well-formed models', (t) => {
+  const m = model()
+  m.listeners[0]!.routes[0]!.service = 'apx'
+  m.services[1]!.name = 'api'
+  m.services[0]!.balancer = { kind: 'hash', header: 'x-user', source: true }
+  t.deepEqual(validateModel(m).map((x) => x.message), ['services[0].balancer: hash balancer needs exactly one key source, got 2'])
+  m.services[0]!.balancer = { kind: 'round-robin' }
+  m.admin = { address: '127.0.0.1:4140' }
+  t.deepEqual(validateModel(m).map((x) => x.message), [
+    'listeners[0].address: listener "web" address 127.0.0.1:4140 conflicts with the admin server (127.0.0.1:4140)',
+    'services[1].name: duplicate service name "api"',
+    'listeners[0].routes[0].service: route "api" refers to undefined service "apx"',
+  ])
+})
+
+test('validateModel on things that are not models', (t) => {
+  t.deepEqual(validateModel(null).map((x) => x.message), ['config: expected an object, got nothing'])
+  t.deepEqual(validateModel([]).map((x) => x.message), ['config: expected an object, got an array'])
+  t.deepEqual(validateModel({}).map((x) => x.message), [
+    'config.listeners: missing required field',
+    'config.services: missing required field',
+    'config.admin: missing required field',
+  ])
+  t.deepEqual(validateModel({ listeners: {}, services: [1], admin: null }).map((x) => x.message), [
+    'listeners: expected an array, got an object',
+    'services[0]: expected an object, got number 1',
+  ])
+})
+
+test('loadConfigFile: file name in diagnostics; read errors become one diagnostic', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshproxy-config-'))
+  const file = join(dir, 'c.yaml')
+  writeFileSync(file, 'listeners: [{ adress: x }]\n')
+  const r = await loadConfigFile(file)
+  t.is(r.diagnostics[0]?.file, file)
+  t.is(r.diagnostics[0]?.line, 1)
+  const missing = await loadConfigFile(join(dir, 'nope.yaml'))
+  t.is(missing.config, null)
+  t.deepEqual(missing.diagnostics.map(formatDiagnostic), [`${join(dir, 'nope.yaml')}: error: cannot read config file: no such file`])
+  const isDir = await loadConfigFile(dir)
+  t.is(isDir.diagnostics[0]?.message, 'cannot read config file: it is a directory')
+})

@@ -1,0 +1,188 @@
+//! Compiles a [`Config`] into the immutable [`Snapshot`] the data path reads: routing tables,
+//! balancers and endpoint handles, resolved once so a request only does lookups. A snapshot is
+//! swapped in atomically on reload; requests in flight keep the one they started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::balance::{Balancer, HashKey, Ring, RoundRobin, WeightedRandom};
+use crate::config::{BalancerConfig, Config, ListenerConfig, ServiceConfig};
+use crate::endpoint::{Endpoint, EndpointSettings, Registry};
+use crate::metrics::{ListenerMetrics, Metrics, RouteMetrics};
+use crate::pool::PoolSettings;
+use crate::routing::RouteTable;
+use crate::Error;
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// Keyed by the listener's configured address (its identity across reloads).
+    pub listeners: HashMap<Box<str>, Arc<ListenerRuntime>>,
+}
+
+pub struct ListenerRuntime {
+    pub name: Box<str>,
+    pub table: RouteTable,
+    pub routes: Vec<RouteRuntime>,
+    pub limits: ListenerLimits,
+    pub metrics: Arc<ListenerMetrics>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+}
+
+pub struct RouteRuntime {
+    pub name: Box<str>,
+    pub service: Arc<ServiceRuntime>,
+    /// None = no limit.
+    pub response_header_timeout: Option<Duration>,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+pub struct ServiceRuntime {
+    pub name: Box<str>,
+    pub balancer: Balancer,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Snapshot {
+    pub fn compile(config: Config, registry: &Registry, metrics: &Metrics) -> Result<Self, Error> {
+        let mut services = HashMap::new();
+        for s in &config.services {
+            if services.contains_key(s.name.as_str()) {
+                return Err(Error::Config(format!("duplicate service {:?}", s.name)));
+            }
+            services.insert(s.name.as_str(), Arc::new(compile_service(s, registry)?));
+        }
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let runtime = compile_listener(l, &services, metrics)?;
+            if listeners
+                .insert(l.address.as_str().into(), Arc::new(runtime))
+                .is_some()
+            {
+                return Err(Error::Config(format!(
+                    "duplicate listener address {:?}",
+                    l.address
+                )));
+            }
+        }
+        Ok(Snapshot {
+            config: Arc::new(config),
+            listeners,
+        })
+    }
+
+    /// Whether any service of this snapshot still uses the endpoint address.
+    pub fn uses_endpoint(&self, address: &str) -> bool {
+        self.config
+            .services
+            .iter()
+            .any(|s| s.endpoints.iter().any(|e| e.address == address))
+    }
+}
+
+fn compile_listener(
+    l: &ListenerConfig,
+    services: &HashMap<&str, Arc<ServiceRuntime>>,
+    metrics: &Metrics,
+) -> Result<ListenerRuntime, Error> {
+    let routes = l
+        .routes
+        .iter()
+        .map(|r| {
+            let service = services.get(r.service.as_str()).cloned().ok_or_else(|| {
+                Error::Config(format!(
+                    "route {:?} names an undefined service {:?}",
+                    r.name, r.service
+                ))
+            })?;
+            Ok(RouteRuntime {
+                name: r.name.as_str().into(),
+                response_header_timeout: (r.response_header_timeout_ms > 0)
+                    .then(|| Duration::from_millis(r.response_header_timeout_ms)),
+                metrics: metrics.route(&l.name, &r.name, &r.service),
+                service,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(ListenerRuntime {
+        name: l.name.as_str().into(),
+        table: RouteTable::compile(&l.routes)?,
+        routes,
+        limits: ListenerLimits {
+            max_connections: l.max_connections as usize,
+            header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            max_header_bytes: l.max_header_bytes as usize,
+            max_uri_bytes: l.max_uri_bytes as usize,
+        },
+        metrics: metrics.listener(&l.name),
+    })
+}
+
+fn compile_service(s: &ServiceConfig, registry: &Registry) -> Result<ServiceRuntime, Error> {
+    let settings = EndpointSettings {
+        pool: PoolSettings {
+            max_idle: s.pool.max_idle_per_endpoint as usize,
+            idle_timeout: Duration::from_millis(s.pool.idle_timeout_ms),
+        },
+        connect_timeout: Duration::from_millis(s.connect_timeout_ms.max(1)),
+        max_inflight: s.max_inflight_per_endpoint.max(1),
+        max_pending: s.max_pending_per_endpoint,
+    };
+    let endpoints: Vec<_> = s
+        .endpoints
+        .iter()
+        .map(|e| registry.get(&e.address, settings))
+        .collect();
+    let weights: Vec<u32> = s.endpoints.iter().map(|e| e.weight).collect();
+    let balancer = match &s.balancer {
+        BalancerConfig::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
+        BalancerConfig::Random => Balancer::Random(WeightedRandom::new(&weights)),
+        BalancerConfig::Hash {
+            header,
+            cookie,
+            source,
+        } => {
+            let key = match (header, cookie, source) {
+                (Some(h), None, None | Some(false)) => {
+                    HashKey::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                        Error::Config(format!("service {:?}: invalid hash header {h:?}", s.name))
+                    })?)
+                }
+                (None, Some(c), None | Some(false)) => HashKey::Cookie(c.as_str().into()),
+                (None, None, _) => HashKey::Source,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "service {:?}: a hash balancer takes exactly one of header, cookie or source",
+                        s.name
+                    )))
+                }
+            };
+            let ids: Vec<(&str, u32)> = s
+                .endpoints
+                .iter()
+                .map(|e| (e.address.as_str(), e.weight))
+                .collect();
+            Balancer::Hash {
+                key,
+                ring: Ring::new(&ids),
+                fallback: WeightedRandom::new(&weights),
+            }
+        }
+    };
+    Ok(ServiceRuntime {
+        name: s.name.as_str().into(),
+        balancer,
+        endpoints,
+    })
+}

@@ -1,0 +1,176 @@
+//! The normalized config model, deserialized from the JSON the TypeScript validator produces
+//! (`ts/config/model.ts`). Every field is explicit: defaults are applied once, in TypeScript, so
+//! the data plane never guesses. Semantic checks that the routing compiler relies on are repeated
+//! in [`crate::compile`] and reported as [`crate::Error::Config`].
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    pub services: Vec<ServiceConfig>,
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: String,
+    pub protocol: ListenerProtocol,
+    pub max_connections: u32,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_header_bytes: u32,
+    pub max_uri_bytes: u32,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathMatchType {
+    Exact,
+    Prefix,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(rename = "type")]
+    pub kind: PathMatchType,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path: PathMatch,
+    pub methods: Vec<String>,
+    pub headers: Vec<HeaderMatch>,
+    pub service: String,
+    pub response_header_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BalancerConfig {
+    RoundRobin,
+    Random,
+    Hash {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        header: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cookie: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<bool>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolConfig {
+    pub max_idle_per_endpoint: u32,
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub balancer: BalancerConfig,
+    pub endpoints: Vec<EndpointConfig>,
+    pub connect_timeout_ms: u64,
+    pub max_inflight_per_endpoint: u32,
+    pub max_pending_per_endpoint: u32,
+    pub pool: PoolConfig,
+}
+
+impl Config {
+    /// Parses the normalized JSON model.
+    pub fn from_json(json: &str) -> Result<Self, crate::Error> {
+        serde_json::from_str(json).map_err(|e| crate::Error::Config(format!("invalid config model: {e}")))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn service(name: &str, endpoints: &[&str]) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            balancer: BalancerConfig::RoundRobin,
+            endpoints: endpoints
+                .iter()
+                .map(|a| EndpointConfig {
+                    address: (*a).into(),
+                    weight: 1,
+                })
+                .collect(),
+            connect_timeout_ms: 1000,
+            max_inflight_per_endpoint: 1000,
+            max_pending_per_endpoint: 1000,
+            pool: PoolConfig {
+                max_idle_per_endpoint: 64,
+                idle_timeout_ms: 4000,
+            },
+        }
+    }
+
+    pub fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str, service: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| (*h).into()).collect(),
+            path: PathMatch {
+                kind,
+                value: path.into(),
+            },
+            methods: vec![],
+            headers: vec![],
+            service: service.into(),
+            response_header_timeout_ms: 15_000,
+        }
+    }
+
+    pub fn listener(address: &str, routes: Vec<RouteConfig>) -> ListenerConfig {
+        ListenerConfig {
+            name: "main".into(),
+            address: address.into(),
+            protocol: ListenerProtocol::Http,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_header_bytes: 65_536,
+            max_uri_bytes: 8_192,
+            routes,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Errors: [`Error`] for the embedding API (config, bind, lifecycle), each with a stable `code`
+//! that the N-API binding passes on to JavaScript; [`ProxyError`] for the responses the proxy
+//! makes itself, each with its status and `meshproxy-error` value.
+
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the proxy is not running")]
+    NotRunning,
+    #[error("the proxy is already running")]
+    AlreadyRunning,
+    #[error("the proxy is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Stable machine-readable code, surfaced as the JS error's `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "MESHPROXY_INVALID_CONFIG",
+            Error::Bind { .. } => "MESHPROXY_BIND_FAILED",
+            Error::NotRunning => "MESHPROXY_NOT_RUNNING",
+            Error::AlreadyRunning => "MESHPROXY_ALREADY_RUNNING",
+            Error::Closed => "MESHPROXY_CLOSED",
+        }
+    }
+}
+
+/// Why the proxy answered a request itself instead of forwarding the upstream's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    NoRoute,
+    NoEndpoints,
+    UpstreamConnect,
+    UpstreamReset,
+    UpstreamTimeout,
+    Overloaded,
+    UriTooLong,
+    BadRequest,
+    ShuttingDown,
+    ConnectRefused,
+}
+
+impl ProxyError {
+    pub const ALL: [ProxyError; 10] = [
+        ProxyError::NoRoute,
+        ProxyError::NoEndpoints,
+        ProxyError::UpstreamConnect,
+        ProxyError::UpstreamReset,
+        ProxyError::UpstreamTimeout,
+        ProxyError::Overloaded,
+        ProxyError::UriTooLong,
+        ProxyError::BadRequest,
+        ProxyError::ShuttingDown,
+        ProxyError::ConnectRefused,
+    ];
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints | ProxyError::Overloaded | ProxyError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::UpstreamConnect | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectRefused => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The `meshproxy-error` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no-route",
+            ProxyError::NoEndpoints => "no-endpoints",
+            ProxyError::UpstreamConnect => "upstream-connect",
+            ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::UpstreamTimeout => "upstream-timeout",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::UriTooLong => "uri-too-long",
+            ProxyError::BadRequest => "bad-request",
+            ProxyError::ShuttingDown => "shutting-down",
+            ProxyError::ConnectRefused => "connect-refused",
+        }
+    }
+
+    /// Short human-readable body.
+    pub fn body(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "meshproxy: no route matches this request\n",
+            ProxyError::NoEndpoints => "meshproxy: the service has no endpoints\n",
+            ProxyError::UpstreamConnect => "meshproxy: could not connect to the upstream\n",
+            ProxyError::UpstreamReset => "meshproxy: the upstream connection failed\n",
+            ProxyError::UpstreamTimeout => "meshproxy: the upstream did not answer in time\n",
+            ProxyError::Overloaded => "meshproxy: too many requests in flight to the upstream\n",
+            ProxyError::UriTooLong => "meshproxy: request URI too long\n",
+            ProxyError::BadRequest => "meshproxy: malformed request\n",
+            ProxyError::ShuttingDown => "meshproxy: the proxy is shutting down\n",
+            ProxyError::ConnectRefused => "meshproxy: CONNECT is not allowed here\n",
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! meshproxy's data plane: listeners, routing, balancing, connection pooling and forwarding,
+//! with no N-API in it. [`MeshProxy`] is the embedding API; the N-API binding is a thin shell
+//! around it, and `cargo test` exercises everything here alone.
+//!
+//! Layout, one concern per module: [`config`] (the normalized model), [`compile`] (model →
+//! immutable snapshot), [`routing`], [`balance`], [`pool`] and [`endpoint`] (upstream state that
+//! outlives snapshots), [`proxy`] (the forwarding service), [`listener`], [`admin`], [`metrics`].
+
+pub mod admin;
+pub mod balance;
+pub mod compile;
+pub mod config;
+pub mod endpoint;
+pub mod error;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+
+pub use config::Config;
+pub use error::{Error, ProxyError};
+pub use server::{MeshProxy, StartInfo, Stats};

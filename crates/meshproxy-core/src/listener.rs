@@ -1,0 +1,255 @@
+//! Downstream listeners: the accept loop (connection cap, accept-error backoff) and the
+//! per-connection task (HTTP/1.1 via hyper, header-read and idle timeouts, graceful drain).
+//!
+//! hyper's own `header_read_timeout` also runs while a keep-alive connection sits idle, which
+//! would cap the idle time at the header timeout; so both timeouts are tracked here from what the
+//! connection is doing: bytes of a new request head arriving (header timeout), a request in
+//! progress (no timeout), or nothing (idle timeout).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::compile::ListenerLimits;
+use crate::proxy::ProxyService;
+use crate::server::Shared;
+
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+/// What a downstream connection is doing, for its timeouts.
+pub struct Activity {
+    phase: AtomicU8,
+    busy: AtomicU32,
+    /// When the current phase began, in ms since `base`.
+    since_ms: AtomicU64,
+    base: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            phase: AtomicU8::new(IDLE),
+            busy: AtomicU32::new(0),
+            since_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Marks a request in progress until the guard (held by the response body) drops.
+    pub fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.phase.store(BUSY, Ordering::Release);
+        ActivityGuard(self.clone())
+    }
+
+    fn on_read(&self) {
+        if self.phase.load(Ordering::Acquire) == IDLE
+            && self
+                .phase
+                .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.since_ms.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// None if the connection has overstayed; otherwise when to look again.
+    fn next_check(&self, limits: &ListenerLimits) -> Option<Instant> {
+        let limit = match self.phase.load(Ordering::Acquire) {
+            IDLE => limits.idle_timeout,
+            HEAD => limits.header_read_timeout,
+            _ => return Some(Instant::now() + limits.header_read_timeout.min(limits.idle_timeout)),
+        };
+        let since = self.base + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
+        let deadline = since + limit;
+        (deadline > Instant::now()).then_some(deadline)
+    }
+}
+
+pub struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.since_ms.store(a.now_ms(), Ordering::Release);
+            a.phase.store(IDLE, Ordering::Release);
+        }
+    }
+}
+
+/// The downstream socket, noting when bytes of a new request start to arrive.
+struct TrackedIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// What the owner tells a listener's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    Run,
+    /// Finish in-flight requests, answer them with `Connection: close`, close idle connections.
+    Graceful,
+    /// Close everything now.
+    Force,
+}
+
+/// Accepts until `stop` flips; never ends on an accept error (e.g. EMFILE), backing off instead.
+pub async fn accept_loop(
+    listener: TcpListener,
+    key: Arc<str>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    drain: watch::Receiver<Drain>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                tracing::warn!(listener = %key, error = %e, ?backoff, "accept failed; backing off");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let snapshot = shared.snapshot.load();
+        let Some(rt) = snapshot.listeners.get(&*key) else {
+            continue;
+        };
+        let metrics = rt.metrics.clone();
+        if metrics.open.load(Ordering::Relaxed) as usize >= rt.limits.max_connections {
+            metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
+        metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        metrics.open.fetch_add(1, Ordering::Relaxed);
+        let limits = rt.limits;
+        drop(snapshot);
+        let conns = shared.connections.clone();
+        conns.fetch_add(1, Ordering::AcqRel);
+        let (shared, key, drain) = (shared.clone(), key.clone(), drain.clone());
+        tokio::spawn(async move {
+            serve(stream, peer, limits, shared, key, drain).await;
+            metrics.open.fetch_sub(1, Ordering::Relaxed);
+            conns.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: ListenerLimits,
+    shared: Arc<Shared>,
+    key: Arc<str>,
+    mut drain: watch::Receiver<Drain>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = ProxyService::new(shared, key, peer, activity.clone());
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .half_close(false)
+        // hyper's minimum; heads beyond it get 431.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    if *drain.borrow_and_update() != Drain::Run {
+        conn.as_mut().graceful_shutdown();
+    }
+    let check = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
+    tokio::pin!(check);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "downstream connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut check => match activity.next_check(&limits) {
+                Some(at) => check.as_mut().reset(at),
+                None => {
+                    tracing::debug!(%peer, "downstream connection timed out (idle or slow request head)");
+                    return;
+                }
+            },
+            changed = drain.changed() => {
+                let state = if changed.is_ok() { *drain.borrow() } else { Drain::Force };
+                match state {
+                    Drain::Run => {}
+                    Drain::Graceful => conn.as_mut().graceful_shutdown(),
+                    Drain::Force => return,
+                }
+            }
+        }
+    }
+}

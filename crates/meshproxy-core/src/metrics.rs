@@ -1,0 +1,324 @@
+//! Lock-free metrics and their Prometheus text exposition.
+//!
+//! Counters and histogram buckets are plain atomics reached through `Arc`s that the compiled
+//! config holds, so recording a request is a few relaxed atomic adds and never takes a lock or
+//! hashes a label set (prometheus-client's `Family` would, per request). The registry lock is taken
+//! only when a config is compiled and when `/metrics` is scraped. Metric objects outlive reloads:
+//! a route that survives a reload keeps counting where it was.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::error::ProxyError;
+
+/// Upper bounds of the latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Per (listener, route, service): responses by status class, and latency to response headers.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// Index 0 = 1xx … 4 = 5xx.
+    status: [AtomicU64; 5],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.status[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(elapsed);
+    }
+}
+
+/// Per listener: downstream connections and the errors the proxy answered itself.
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub open: AtomicU64,
+    errors: [AtomicU64; ProxyError::ALL.len()],
+}
+
+impl ListenerMetrics {
+    pub fn proxy_error(&self, e: ProxyError) {
+        self.errors[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type RouteKey = (String, String, String);
+
+/// (name, type, help, value getter) of a simple metric family.
+type Family<T, V> = (&'static str, &'static str, &'static str, fn(&T) -> V);
+
+#[derive(Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<RouteKey, Arc<RouteMetrics>>>,
+    listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+/// What `/metrics` shows of one upstream endpoint.
+pub struct EndpointSample {
+    pub address: String,
+    pub open: u64,
+    pub opened: u64,
+    pub idle: usize,
+    pub inflight: u64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+impl Metrics {
+    pub fn route(&self, listener: &str, route: &str, service: &str) -> Arc<RouteMetrics> {
+        let key = (listener.to_owned(), route.to_owned(), service.to_owned());
+        self.routes.lock().entry(key).or_default().clone()
+    }
+
+    pub fn listener(&self, name: &str) -> Arc<ListenerMetrics> {
+        self.listeners.lock().entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Total requests answered (from upstream or by the proxy), for `stats()`.
+    pub fn total_requests(&self) -> u64 {
+        let routes: u64 = self
+            .routes
+            .lock()
+            .values()
+            .map(|m| m.status.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>())
+            .sum();
+        routes
+    }
+
+    pub fn render(&self, endpoints: &[EndpointSample]) -> String {
+        let mut out = String::with_capacity(4096);
+        let routes = self.routes.lock();
+        header(
+            &mut out,
+            "meshproxy_requests_total",
+            "counter",
+            "Responses sent downstream, by route, service and status class.",
+        );
+        for ((l, r, s), m) in routes.iter() {
+            for (i, c) in m.status.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "meshproxy_requests_total{{listener=\"{}\",route=\"{}\",service=\"{}\",status_class=\"{}xx\"}} {v}",
+                    esc(l),
+                    esc(r),
+                    esc(s),
+                    i + 1
+                );
+            }
+        }
+        header(
+            &mut out,
+            "meshproxy_response_latency_seconds",
+            "histogram",
+            "Time from request to response headers.",
+        );
+        for ((l, r, s), m) in routes.iter() {
+            let labels = format!(
+                "listener=\"{}\",route=\"{}\",service=\"{}\"",
+                esc(l),
+                esc(r),
+                esc(s)
+            );
+            let mut cumulative = 0;
+            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += m.latency.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "meshproxy_response_latency_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}"
+                );
+            }
+            let count = m.latency.count.load(Ordering::Relaxed);
+            let sum = m.latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "meshproxy_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(out, "meshproxy_response_latency_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(
+                out,
+                "meshproxy_response_latency_seconds_count{{{labels}}} {count}"
+            );
+        }
+        drop(routes);
+
+        let listeners = self.listeners.lock();
+        header(
+            &mut out,
+            "meshproxy_proxy_errors_total",
+            "counter",
+            "Responses the proxy made itself, by reason (the meshproxy-error header).",
+        );
+        for (l, m) in listeners.iter() {
+            for e in ProxyError::ALL {
+                let v = m.errors[e as usize].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "meshproxy_proxy_errors_total{{listener=\"{}\",error=\"{}\"}} {v}",
+                    esc(l),
+                    e.as_str()
+                );
+            }
+        }
+        let gauges: [Family<ListenerMetrics, u64>; 3] = [
+            (
+                "meshproxy_downstream_connections_open",
+                "gauge",
+                "Open downstream connections.",
+                |m| m.open.load(Ordering::Relaxed),
+            ),
+            (
+                "meshproxy_downstream_connections_accepted_total",
+                "counter",
+                "Downstream connections accepted.",
+                |m| m.accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "meshproxy_downstream_connections_rejected_total",
+                "counter",
+                "Downstream connections refused at the connection cap.",
+                |m| m.rejected.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, get) in gauges {
+            header(&mut out, name, kind, help);
+            for (l, m) in listeners.iter() {
+                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", esc(l), get(m));
+            }
+        }
+        drop(listeners);
+
+        let eps: [Family<EndpointSample, u64>; 6] = [
+            (
+                "meshproxy_upstream_connections_open",
+                "gauge",
+                "Open upstream connections.",
+                |e| e.open,
+            ),
+            (
+                "meshproxy_upstream_connections_opened_total",
+                "counter",
+                "Upstream connections opened (compare with requests to see reuse).",
+                |e| e.opened,
+            ),
+            (
+                "meshproxy_upstream_connections_idle",
+                "gauge",
+                "Idle pooled upstream connections.",
+                |e| e.idle as u64,
+            ),
+            (
+                "meshproxy_upstream_requests_inflight",
+                "gauge",
+                "Requests in flight to the endpoint.",
+                |e| e.inflight,
+            ),
+            (
+                "meshproxy_upstream_requests_total",
+                "counter",
+                "Requests sent to the endpoint.",
+                |e| e.requests,
+            ),
+            (
+                "meshproxy_upstream_failures_total",
+                "counter",
+                "Requests to the endpoint that failed to connect or were reset.",
+                |e| e.failures,
+            ),
+        ];
+        for (name, kind, help, get) in eps {
+            header(&mut out, name, kind, help);
+            for e in endpoints {
+                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", esc(&e.address), get(e));
+            }
+        }
+        header(
+            &mut out,
+            "meshproxy_config_reloads_total",
+            "counter",
+            "Successful config reloads.",
+        );
+        let _ = writeln!(
+            out,
+            "meshproxy_config_reloads_total {}",
+            self.reloads.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "meshproxy_config_reload_failures_total",
+            "counter",
+            "Refused config reloads.",
+        );
+        let _ = writeln!(
+            out,
+            "meshproxy_config_reload_failures_total {}",
+            self.reload_failures.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_counts_and_buckets() {
+        let m = Metrics::default();
+        let r = m.route("web", "api", "svc");
+        r.record(200, Duration::from_millis(3));
+        r.record(503, Duration::from_millis(30));
+        m.listener("web").proxy_error(ProxyError::NoRoute);
+        let text = m.render(&[]);
+        assert!(text.contains(
+            "meshproxy_requests_total{listener=\"web\",route=\"api\",service=\"svc\",status_class=\"2xx\"} 1"
+        ));
+        assert!(text.contains("status_class=\"5xx\"} 1"));
+        assert!(text.contains("le=\"0.005\"} 1\n"));
+        assert!(text.contains("le=\"+Inf\"} 2\n"));
+        assert!(text.contains("meshproxy_proxy_errors_total{listener=\"web\",error=\"no-route\"} 1"));
+        assert_eq!(m.total_requests(), 2);
+        assert!(
+            Arc::ptr_eq(&r, &m.route("web", "api", "svc")),
+            "metrics survive recompiles"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The HTTP forwarding path: the per-connection service that routes a request, picks an
+//! endpoint, rewrites proxy headers, forwards through the endpoint's pool and streams the
+//! response back.
+
+pub mod body;
+mod forward;
+mod headers;
+mod service;
+
+pub use service::ProxyService;

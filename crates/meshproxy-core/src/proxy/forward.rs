@@ -1,0 +1,81 @@
+//! Sending one request to one endpoint, with the single retry that keep-alive pooling needs: a
+//! request that failed on a *reused* connection because the peer had closed it is re-sent once
+//! on a fresh connection when that is safe — nothing was sent yet (hyper hands the request back),
+//! or the method is idempotent and the body empty (the request is rebuilt). This is the stale
+//! keep-alive race behind Node backends (`keepAliveTimeout` 5 s) that otherwise shows as a 502.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::endpoint::{Endpoint, Sender};
+use crate::error::ProxyError;
+use crate::proxy::body::UpstreamBody;
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A copy of an empty-bodied request's head, kept only while a reused connection might fail.
+struct Replay(Method, http::Uri, http::Version, http::HeaderMap);
+
+impl Replay {
+    fn of(req: &Request<UpstreamBody>) -> Self {
+        Replay(
+            req.method().clone(),
+            req.uri().clone(),
+            req.version(),
+            req.headers().clone(),
+        )
+    }
+
+    fn into_request(self) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Empty);
+        *req.method_mut() = self.0;
+        *req.uri_mut() = self.1;
+        *req.version_mut() = self.2;
+        *req.headers_mut() = self.3;
+        req
+    }
+}
+
+pub async fn send(
+    ep: &Arc<Endpoint>,
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Sender), ProxyError> {
+    let mut conn = ep.checkout().await?;
+    let replay = (conn.reused && matches!(req.body(), UpstreamBody::Empty) && idempotent(req.method()))
+        .then(|| Replay::of(&req));
+    ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match conn.sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, conn.sender)),
+        Err(mut err) => {
+            let retry = match (err.take_message(), replay) {
+                (Some(unsent), _) => Some(unsent),
+                (None, Some(head)) => Some(head.into_request()),
+                (None, None) => None,
+            };
+            match retry {
+                Some(req) if conn.reused => {
+                    tracing::debug!(endpoint = %ep.address, error = %err.error(), "stale pooled connection; retrying on a fresh one");
+                    let mut fresh = ep.connect().await?;
+                    match fresh.send_request(req).await {
+                        Ok(resp) => Ok((resp, fresh)),
+                        Err(e) => {
+                            tracing::debug!(endpoint = %ep.address, error = %e, "upstream request failed");
+                            Err(ep.failed(ProxyError::UpstreamReset))
+                        }
+                    }
+                }
+                _ => {
+                    tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream request failed");
+                    Err(ep.failed(ProxyError::UpstreamReset))
+                }
+            }
+        }
+    }
+}

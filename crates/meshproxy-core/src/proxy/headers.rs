@@ -1,0 +1,112 @@
+//! Proxy header semantics: hop-by-hop headers removed both ways (RFC 9110 §7.6.1, including
+//! those the `Connection` header names; `TE: trailers` passes), and `x-forwarded-*` and `via`
+//! added. `Host` is passed through untouched.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 meshproxy");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Removes hop-by-hop headers. `TE` is kept only as `trailers` (the one value a proxy may pass).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    if name != header::TE {
+                        headers.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers = te
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Adds `x-forwarded-for` (appended), `x-forwarded-proto` and `x-forwarded-host` (set when the
+/// client did not send them) and `via` (appended) to a request going upstream.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+    headers.append(header::VIA, VIA_VALUE.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_listed_and_standard_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret, te"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("te", HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(
+            h.get("x-secret").is_none() && h.get("connection").is_none() && h.get("keep-alive").is_none()
+        );
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("api.example.com"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");
+        assert_eq!(h.get("via").unwrap(), "1.1 meshproxy");
+    }
+}

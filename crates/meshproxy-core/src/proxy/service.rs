@@ -1,0 +1,219 @@
+//! The per-connection hyper service: one call per request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{Release, ResponseBody, UpstreamBody};
+use super::{forward, headers};
+use crate::balance::{hash_key_bytes, HashKey};
+use crate::compile::{ListenerRuntime, RouteRuntime};
+use crate::error::ProxyError;
+use crate::listener::{Activity, ActivityGuard};
+use crate::server::Shared;
+
+static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
+
+#[derive(Clone)]
+pub struct ProxyService {
+    ctx: Arc<ConnCtx>,
+}
+
+struct ConnCtx {
+    shared: Arc<Shared>,
+    listener_key: Arc<str>,
+    client: SocketAddr,
+    client_ip: HeaderValue,
+    activity: Arc<Activity>,
+}
+
+impl ProxyService {
+    pub fn new(
+        shared: Arc<Shared>,
+        listener_key: Arc<str>,
+        client: SocketAddr,
+        activity: Arc<Activity>,
+    ) -> Self {
+        let client_ip =
+            HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ProxyService {
+            ctx: Arc::new(ConnCtx {
+                shared,
+                listener_key,
+                client,
+                client_ip,
+                activity,
+            }),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let ctx = self.ctx.clone();
+        Box::pin(async move { Ok(handle(&ctx, req).await) })
+    }
+}
+
+/// A response the proxy makes itself: short body, `meshproxy-error` header.
+pub fn local_error(e: ProxyError, activity: Option<ActivityGuard>) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(e.body(), activity));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(ERROR_HEADER.clone(), HeaderValue::from_static(e.as_str()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody> {
+    let activity = ctx.activity.begin();
+    let start = Instant::now();
+    // Holding the snapshot for the whole request: a reload mid-request does not change its route.
+    let snapshot = ctx.shared.snapshot.load_full();
+    let Some(listener) = snapshot.listeners.get(&*ctx.listener_key) else {
+        return local_error(ProxyError::ShuttingDown, Some(activity));
+    };
+    let fail = |e: ProxyError, route: Option<&RouteRuntime>, activity| {
+        listener.metrics.proxy_error(e);
+        if let Some(r) = route {
+            r.metrics.record(e.status().as_u16(), start.elapsed());
+        }
+        local_error(e, activity)
+    };
+    if req.method() == Method::CONNECT {
+        return fail(ProxyError::ConnectRefused, None, Some(activity));
+    }
+    if uri_len(req.uri()) > listener.limits.max_uri_bytes {
+        return fail(ProxyError::UriTooLong, None, Some(activity));
+    }
+    let Some(route) = find_route(listener, &req) else {
+        return fail(ProxyError::NoRoute, None, Some(activity));
+    };
+    let service = &route.service;
+    let hash = service
+        .balancer
+        .hash_key()
+        .and_then(|k| request_hash(k, &req, ctx.client));
+    let Some(endpoint) = service.balancer.pick(hash).and_then(|i| service.endpoints.get(i)) else {
+        return fail(ProxyError::NoEndpoints, Some(route), Some(activity));
+    };
+
+    let upstream_req = match prepare_request(req, &ctx.client_ip) {
+        Ok(r) => r,
+        Err(e) => return fail(e, Some(route), Some(activity)),
+    };
+    let attempt = async {
+        let permit = endpoint.acquire().await?;
+        let (resp, sender) = forward::send(endpoint, upstream_req).await?;
+        Ok::<_, ProxyError>((resp, sender, permit))
+    };
+    let result = match route.response_header_timeout {
+        Some(t) => tokio::time::timeout(t, attempt)
+            .await
+            .unwrap_or_else(|_| Err(endpoint.failed(ProxyError::UpstreamTimeout))),
+        None => attempt.await,
+    };
+    match result {
+        Ok((resp, sender, permit)) => {
+            route.metrics.record(resp.status().as_u16(), start.elapsed());
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            parts.headers.append(header::VIA, headers::VIA_VALUE.clone());
+            parts.version = Version::HTTP_11;
+            let release = Release {
+                sender,
+                endpoint: endpoint.clone(),
+                permit,
+            };
+            Response::from_parts(parts, ResponseBody::upstream(body, release, activity))
+        }
+        Err(e) => fail(e, Some(route), Some(activity)),
+    }
+}
+
+fn uri_len(uri: &Uri) -> usize {
+    // Origin-form requests (the norm) have only a path and query.
+    match uri.path_and_query() {
+        Some(pq) if uri.authority().is_none() => pq.as_str().len(),
+        _ => uri.to_string().len(),
+    }
+}
+
+fn find_route<'a>(listener: &'a ListenerRuntime, req: &Request<Incoming>) -> Option<&'a RouteRuntime> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+    let i = listener
+        .table
+        .find(host, req.uri().path(), req.method(), req.headers())?;
+    listener.routes.get(i)
+}
+
+fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
+    match key {
+        HashKey::Header(name) => req.headers().get(name).map(|v| hash_key_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == &**name).then(|| hash_key_bytes(v.as_bytes()))
+            }),
+        HashKey::Source => Some(match client.ip() {
+            std::net::IpAddr::V4(ip) => hash_key_bytes(&ip.octets()),
+            std::net::IpAddr::V6(ip) => hash_key_bytes(&ip.octets()),
+        }),
+    }
+}
+
+/// Turns the downstream request into the upstream one: origin-form URI, HTTP/1.1, proxy headers.
+fn prepare_request(
+    req: Request<Incoming>,
+    client_ip: &HeaderValue,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    if parts.uri.authority().is_some() {
+        // Absolute-form (`GET http://host/path`): the upstream gets origin-form, and the
+        // authority becomes the Host if the client sent none.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(a) = parts.uri.authority() {
+                let host = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest)?;
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
+    // first read, i.e. when the upstream is ready for it), so it does not travel further.
+    parts.headers.remove(header::EXPECT);
+    headers::add_forwarded(&mut parts.headers, client_ip);
+    parts.version = Version::HTTP_11;
+    let body = if body.is_end_stream() {
+        UpstreamBody::Empty
+    } else {
+        UpstreamBody::Stream(body)
+    };
+    Ok(Request::from_parts(parts, body))
+}

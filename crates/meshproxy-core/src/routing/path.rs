@@ -1,0 +1,146 @@
+//! Request-path normalization for matching: dot segments (`.`, `..` and their percent-encoded
+//! forms) are removed and empty segments collapsed, so `/a/../admin` and `/a/%2e%2e/admin` are
+//! matched as `/admin` and cannot slip past a rule. Segments are borrowed from the request path
+//! and kept on the stack for the common case, so matching allocates nothing.
+
+/// Segments kept inline; deeper paths spill to the heap (rare, still correct).
+const INLINE: usize = 32;
+
+/// The normalized segments of a path plus whether it ended with `/`.
+pub struct Segments<'a> {
+    inline: [&'a str; INLINE],
+    len: usize,
+    spill: Vec<&'a str>,
+    pub trailing_slash: bool,
+}
+
+impl<'a> Segments<'a> {
+    pub fn parse(path: &'a str) -> Self {
+        let mut s = Segments {
+            inline: [""; INLINE],
+            len: 0,
+            spill: Vec::new(),
+            trailing_slash: false,
+        };
+        let body = path.strip_prefix('/').unwrap_or(path);
+        if body.is_empty() {
+            return s;
+        }
+        let mut parts = body.split('/').peekable();
+        while let Some(seg) = parts.next() {
+            let last = parts.peek().is_none();
+            if is_dot(seg) {
+                s.trailing_slash = last;
+            } else if is_dot_dot(seg) {
+                s.pop();
+                s.trailing_slash = last;
+            } else if seg.is_empty() {
+                s.trailing_slash = last;
+            } else {
+                s.push(seg);
+                s.trailing_slash = false;
+            }
+        }
+        if s.is_empty() {
+            // `/.` and `/a/..` normalize to the root, which has no trailing-slash distinction.
+            s.trailing_slash = false;
+        }
+        s
+    }
+
+    fn push(&mut self, seg: &'a str) {
+        if self.len < INLINE {
+            self.inline[self.len] = seg;
+        } else {
+            self.spill.push(seg);
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.len > INLINE {
+            self.spill.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, i: usize) -> Option<&'a str> {
+        if i >= self.len {
+            None
+        } else if i < INLINE {
+            Some(self.inline[i])
+        } else {
+            self.spill.get(i - INLINE).copied()
+        }
+    }
+
+    /// Rebuilds the normalized path (used at config-compile time, not per request).
+    pub fn to_path(&self) -> String {
+        let mut out = String::from("/");
+        for i in 0..self.len {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(self.get(i).unwrap_or_default());
+        }
+        if self.trailing_slash && self.len > 0 {
+            out.push('/');
+        }
+        out
+    }
+}
+
+fn is_dot(seg: &str) -> bool {
+    seg == "." || seg.eq_ignore_ascii_case("%2e")
+}
+
+fn is_dot_dot(seg: &str) -> bool {
+    match seg.len() {
+        2 => seg == "..",
+        4 => seg.eq_ignore_ascii_case(".%2e") || seg.eq_ignore_ascii_case("%2e."),
+        6 => seg.eq_ignore_ascii_case("%2e%2e"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Segments;
+
+    fn norm(p: &str) -> String {
+        Segments::parse(p).to_path()
+    }
+
+    #[test]
+    fn removes_dot_segments() {
+        assert_eq!(norm("/a/../admin"), "/admin");
+        assert_eq!(norm("/a/%2e%2e/admin"), "/admin");
+        assert_eq!(norm("/a/%2E./b/./c"), "/b/c");
+        assert_eq!(norm("/../../etc"), "/etc");
+        assert_eq!(norm("//a///b/"), "/a/b/");
+        assert_eq!(norm("/"), "/");
+        assert_eq!(norm(""), "/");
+        assert_eq!(norm("/a/.."), "/");
+        assert_eq!(norm("/a/b/.."), "/a/");
+    }
+
+    #[test]
+    fn deep_paths_spill_and_stay_correct() {
+        let deep: String = (0..100).map(|i| format!("/s{i}")).collect();
+        let s = Segments::parse(&deep);
+        assert_eq!(s.len(), 100);
+        assert_eq!(s.get(99), Some("s99"));
+        let back = format!("{deep}/../x");
+        let s = Segments::parse(&back);
+        assert_eq!(s.len(), 100);
+        assert_eq!(s.get(99), Some("x"));
+    }
+}

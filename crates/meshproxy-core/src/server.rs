@@ -1,0 +1,507 @@
+//! [`MeshProxy`]: the embeddable proxy — start, reload, stats, close. Runs on whatever tokio
+//! runtime calls it (the N-API binding gives it a dedicated one).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::compile::Snapshot;
+use crate::config::Config;
+use crate::endpoint::Registry;
+use crate::listener::{self, Drain};
+use crate::metrics::Metrics;
+use crate::{admin, Error};
+
+/// State shared by every connection: the current snapshot and what outlives snapshots.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub ready: AtomicBool,
+    pub connections: Arc<AtomicUsize>,
+}
+
+struct RunningListener {
+    name: String,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+    drain: watch::Sender<Drain>,
+}
+
+struct RunningAdmin {
+    address: String,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+struct Running {
+    listeners: HashMap<Box<str>, RunningListener>,
+    admin: Option<RunningAdmin>,
+    reaper: JoinHandle<()>,
+}
+
+enum State {
+    Created,
+    Running(Running),
+    Closed,
+}
+
+pub struct MeshProxy {
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerInfo {
+    pub name: String,
+    /// As configured.
+    pub address: String,
+    /// As bound (the real port when the configured one was 0).
+    pub local_address: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartInfo {
+    pub listeners: Vec<ListenerInfo>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStats {
+    pub address: String,
+    pub open_connections: u64,
+    pub opened_connections: u64,
+    pub idle_connections: usize,
+    pub inflight: u64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub state: &'static str,
+    pub ready: bool,
+    pub downstream_connections: usize,
+    pub requests: u64,
+    pub reloads: u64,
+    pub listeners: Vec<ListenerInfo>,
+    pub admin: Option<String>,
+    pub endpoints: Vec<EndpointStats>,
+}
+
+async fn bind(address: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(address).await.map_err(|source| Error::Bind {
+        address: address.to_owned(),
+        source,
+    })
+}
+
+impl MeshProxy {
+    /// Compiles the config; nothing is bound until [`MeshProxy::start`].
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let registry = Registry::default();
+        let metrics = Metrics::default();
+        let snapshot = Snapshot::compile(config, &registry, &metrics)?;
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            metrics,
+            ready: AtomicBool::new(false),
+            connections: Arc::new(AtomicUsize::new(0)),
+        });
+        Ok(MeshProxy {
+            shared,
+            state: Mutex::new(State::Created),
+        })
+    }
+
+    /// Binds every listener (all or nothing) and starts serving.
+    pub async fn start(&self) -> Result<StartInfo, Error> {
+        let mut state = self.state.lock().await;
+        match *state {
+            State::Created => {}
+            State::Running(_) => return Err(Error::AlreadyRunning),
+            State::Closed => return Err(Error::Closed),
+        }
+        let snapshot = self.shared.snapshot.load_full();
+        let mut running = Running {
+            listeners: HashMap::new(),
+            admin: None,
+            reaper: self.spawn_reaper(),
+        };
+        let bound = match self.bind_new(&snapshot.config, &running).await {
+            Ok(b) => b,
+            Err(e) => {
+                running.reaper.abort();
+                return Err(e);
+            }
+        };
+        self.launch(&mut running, bound);
+        self.shared.ready.store(true, Ordering::Release);
+        let info = info(&running);
+        *state = State::Running(running);
+        Ok(info)
+    }
+
+    /// Swaps in a new config atomically. A config that does not compile, or a new listener that
+    /// cannot be bound, changes nothing. Listeners that remain keep their sockets, endpoints that
+    /// remain keep their pooled connections, requests in flight finish on the old version.
+    pub async fn reload(&self, config: Config) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        let result = self.reload_locked(&mut state, config).await;
+        let counter = if result.is_ok() {
+            &self.shared.metrics.reloads
+        } else {
+            &self.shared.metrics.reload_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn reload_locked(&self, state: &mut State, config: Config) -> Result<(), Error> {
+        if matches!(state, State::Closed) {
+            return Err(Error::Closed);
+        }
+        let snapshot = Snapshot::compile(config, &self.shared.registry, &self.shared.metrics)?;
+        if let State::Running(running) = state {
+            let bound = self.bind_new(&snapshot.config, running).await?;
+            let old_keys: Vec<Box<str>> = running.listeners.keys().cloned().collect();
+            self.shared.snapshot.store(Arc::new(snapshot));
+            for key in old_keys {
+                if !self.shared.snapshot.load().listeners.contains_key(&key) {
+                    if let Some(l) = running.listeners.remove(&key) {
+                        retire_listener(l, Duration::from_secs(10));
+                    }
+                }
+            }
+            if let Some(admin) = running.admin.take() {
+                let keep = self
+                    .shared
+                    .snapshot
+                    .load()
+                    .config
+                    .admin
+                    .as_ref()
+                    .is_some_and(|a| a.address == admin.address);
+                if keep {
+                    running.admin = Some(admin);
+                } else {
+                    let _ = admin.stop.send(true);
+                }
+            }
+            self.launch(running, bound);
+        } else {
+            self.shared.snapshot.store(Arc::new(snapshot));
+        }
+        let current = self.shared.snapshot.load_full();
+        self.shared.registry.retain(|addr| current.uses_endpoint(addr));
+        Ok(())
+    }
+
+    /// Stops accepting, turns `/ready` to 503, lets in-flight requests finish (keep-alive clients
+    /// are told `Connection: close`), and after `grace` closes whatever is left. Idempotent.
+    pub async fn close(&self, grace: Duration) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        let running = match std::mem::replace(&mut *state, State::Closed) {
+            State::Running(r) => r,
+            State::Created | State::Closed => return Ok(()),
+        };
+        self.shared.ready.store(false, Ordering::Release);
+        for l in running.listeners.values() {
+            let _ = l.stop.send(true);
+            let _ = l.drain.send(Drain::Graceful);
+        }
+        let deadline = Instant::now() + grace;
+        while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for l in running.listeners.values() {
+            let _ = l.drain.send(Drain::Force);
+        }
+        let forced = Instant::now() + Duration::from_secs(1);
+        while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < forced {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(admin) = running.admin {
+            let _ = admin.stop.send(true);
+        }
+        running.reaper.abort();
+        self.shared.registry.clear_idle();
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> Stats {
+        let state = self.state.lock().await;
+        let (name, listeners, admin) = match &*state {
+            State::Created => ("created", vec![], None),
+            State::Running(r) => {
+                let i = info(r);
+                ("running", i.listeners, i.admin)
+            }
+            State::Closed => ("closed", vec![], None),
+        };
+        drop(state);
+        let s = &self.shared;
+        Stats {
+            state: name,
+            ready: s.ready.load(Ordering::Acquire),
+            downstream_connections: s.connections.load(Ordering::Acquire),
+            requests: s.metrics.total_requests(),
+            reloads: s.metrics.reloads.load(Ordering::Relaxed),
+            listeners,
+            admin,
+            endpoints: s
+                .registry
+                .samples()
+                .into_iter()
+                .map(|e| EndpointStats {
+                    address: e.address,
+                    open_connections: e.open,
+                    opened_connections: e.opened,
+                    idle_connections: e.idle,
+                    inflight: e.inflight,
+                    requests: e.requests,
+                    failures: e.failures,
+                })
+                .collect(),
+        }
+    }
+
+    /// The `/metrics` text, also for embedders without an admin listener.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(&self.shared.registry.samples())
+    }
+
+    fn spawn_reaper(&self) -> JoinHandle<()> {
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                match shared.upgrade() {
+                    Some(s) => s.registry.reap_idle(),
+                    None => return,
+                }
+            }
+        })
+    }
+
+    /// Binds what `config` needs that `running` does not have yet.
+    async fn bind_new(&self, config: &Config, running: &Running) -> Result<Bound, Error> {
+        let mut bound = Bound::default();
+        for l in &config.listeners {
+            if !running.listeners.contains_key(l.address.as_str()) {
+                bound
+                    .listeners
+                    .push((l.address.clone(), l.name.clone(), bind(&l.address).await?));
+            }
+        }
+        if let Some(a) = &config.admin {
+            if running.admin.as_ref().is_none_or(|r| r.address != a.address) {
+                bound.admin = Some((a.address.clone(), bind(&a.address).await?));
+            }
+        }
+        Ok(bound)
+    }
+
+    fn launch(&self, running: &mut Running, bound: Bound) {
+        for (address, name, listener) in bound.listeners {
+            let local = listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let (stop, stop_rx) = watch::channel(false);
+            let (drain, drain_rx) = watch::channel(Drain::Run);
+            let key: Arc<str> = address.as_str().into();
+            tokio::spawn(listener::accept_loop(
+                listener,
+                key,
+                self.shared.clone(),
+                stop_rx,
+                drain_rx,
+            ));
+            tracing::info!(listener = %name, %local, "listening");
+            running.listeners.insert(
+                address.into(),
+                RunningListener {
+                    name,
+                    local,
+                    stop,
+                    drain,
+                },
+            );
+        }
+        // Listener names may change on reload while the socket stays.
+        let snapshot = self.shared.snapshot.load();
+        for (key, l) in running.listeners.iter_mut() {
+            if let Some(rt) = snapshot.listeners.get(key) {
+                l.name = rt.name.to_string();
+            }
+        }
+        if let Some((address, listener)) = bound.admin {
+            let local = listener
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let (stop, stop_rx) = watch::channel(false);
+            tokio::spawn(admin::serve(listener, self.shared.clone(), stop_rx));
+            running.admin = Some(RunningAdmin { address, local, stop });
+        }
+    }
+}
+
+#[derive(Default)]
+struct Bound {
+    listeners: Vec<(String, String, TcpListener)>,
+    admin: Option<(String, TcpListener)>,
+}
+
+fn info(r: &Running) -> StartInfo {
+    let mut listeners: Vec<ListenerInfo> = r
+        .listeners
+        .iter()
+        .map(|(addr, l)| ListenerInfo {
+            name: l.name.clone(),
+            address: addr.to_string(),
+            local_address: l.local.to_string(),
+        })
+        .collect();
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    StartInfo {
+        listeners,
+        admin: r.admin.as_ref().map(|a| a.local.to_string()),
+    }
+}
+
+/// A listener dropped by a reload: stop accepting now, drain its connections, force after grace.
+fn retire_listener(l: RunningListener, grace: Duration) {
+    let _ = l.stop.send(true);
+    let _ = l.drain.send(Drain::Graceful);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let _ = l.drain.send(Drain::Force);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::{listener, route, service};
+    use crate::config::PathMatchType::Prefix;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper_util::rt::TokioIo;
+    use std::sync::atomic::AtomicU64;
+
+    /// A real HTTP/1.1 backend on an ephemeral port that counts the connections it accepts.
+    async fn backend(body: &'static str) -> (String, Arc<AtomicU64>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicU64::new(0));
+        let counter = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(
+                            body,
+                        ))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    async fn get(addr: &str, host: &str, path: &str) -> (u16, Option<String>, String) {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header("host", host)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let err = resp
+            .headers()
+            .get("meshproxy-error")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, err, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_reuses_connections_and_reports_no_route() {
+        let (a, a_conns) = backend("from-a").await;
+        let config = Config {
+            listeners: vec![listener(
+                "127.0.0.1:0",
+                vec![route("api", &["api.test"], Prefix, "/", "a")],
+            )],
+            services: vec![service("a", &[&a])],
+            admin: None,
+        };
+        let proxy = MeshProxy::new(config).unwrap();
+        let info = proxy.start().await.unwrap();
+        let addr = info.listeners[0].local_address.clone();
+        for _ in 0..50 {
+            assert_eq!(get(&addr, "api.test", "/x").await, (200, None, "from-a".into()));
+        }
+        assert_eq!(
+            a_conns.load(Ordering::Relaxed),
+            1,
+            "50 sequential requests share one upstream connection"
+        );
+        let (status, err, _) = get(&addr, "other.test", "/").await;
+        assert_eq!((status, err.as_deref()), (404, Some("no-route")));
+        proxy.close(Duration::from_secs(1)).await.unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(&addr).await.is_err(),
+            "port released on close"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_reload_changes_nothing() {
+        let (a, _) = backend("a").await;
+        let occupied = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = |extra: Option<String>| {
+            let mut listeners = vec![listener("127.0.0.1:0", vec![route("r", &[], Prefix, "/", "a")])];
+            if let Some(addr) = extra {
+                listeners.push(listener(&addr, vec![]));
+            }
+            Config {
+                listeners,
+                services: vec![service("a", &[&a])],
+                admin: None,
+            }
+        };
+        let proxy = MeshProxy::new(cfg(None)).unwrap();
+        let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+        let err = proxy
+            .reload(cfg(Some(occupied.local_addr().unwrap().to_string())))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "MESHPROXY_BIND_FAILED");
+        assert_eq!(get(&addr, "h", "/").await.0, 200);
+        assert_eq!(proxy.stats().await.listeners.len(), 1);
+        proxy.close(Duration::from_millis(100)).await.unwrap();
+    }
+}

@@ -1,0 +1,148 @@
+#!/usr/bin/env node
+/**
+ * The `meshproxy` CLI: `run`, `check`, `demo`. Only this side handles signals: the first
+ * SIGINT/SIGTERM drains and closes the proxy, a second one forces it; SIGHUP reloads the file.
+ */
+import { readFileSync } from 'node:fs'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import {
+  configFromEndpoints,
+  DEFAULT_ADMIN,
+  DEFAULT_LISTEN,
+  formatDiagnostic,
+  loadConfigFile,
+  type LoadResult,
+} from './config/index.js'
+import { MeshProxyError } from './errors.js'
+import { DEFAULT_GRACE_MS, Proxy, type StartInfo } from './proxy.js'
+import { runDemo } from './demo.js'
+import { closeOnSignals } from './signals.js'
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+
+function intOption(min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`)
+    return n
+  }
+}
+
+/** Prints diagnostics; returns true when there were errors. */
+function report(result: LoadResult): boolean {
+  for (const d of result.diagnostics) console.error(formatDiagnostic(d))
+  return result.config === null
+}
+
+function printStarted(info: StartInfo): void {
+  for (const l of info.listeners) console.log(`meshproxy: listening on http://${l.localAddress} (${l.name})`)
+  if (info.admin) console.log(`meshproxy: admin on http://${info.admin} (/live /ready /metrics /config)`)
+}
+
+interface RunOptions {
+  config?: string
+  to?: string
+  balancer: string
+  listen?: string
+  admin?: string
+  workers: number
+  grace: number
+}
+
+async function run(opts: RunOptions): Promise<void> {
+  if (opts.config && opts.to) throw new MeshProxyError('MESHPROXY_INVALID_CONFIG', 'use either --config or --to, not both')
+  if (!opts.config && !opts.to) throw new MeshProxyError('MESHPROXY_INVALID_CONFIG', 'nothing to run: give --config FILE or --to HOST:PORT[,HOST:PORT...]')
+  const loadOpts = {
+    ...(opts.listen !== undefined ? { listenOverride: opts.listen } : {}),
+    ...(opts.admin !== undefined ? { adminOverride: opts.admin } : {}),
+  }
+  const load = (): Promise<LoadResult> | LoadResult =>
+    opts.config
+      ? loadConfigFile(opts.config, loadOpts)
+      : configFromEndpoints(opts.to!.split(',').map((s) => s.trim()).filter(Boolean), opts.balancer, loadOpts)
+  const result = await load()
+  if (report(result) || !result.config) {
+    console.error('meshproxy: refusing to start with an invalid config')
+    process.exitCode = 1
+    return
+  }
+  const proxy = new Proxy(result.config, { workers: opts.workers })
+  printStarted(await proxy.start())
+  closeOnSignals(proxy, opts.grace)
+  if (opts.config) {
+    process.on('SIGHUP', () => {
+      void (async () => {
+        const next = await load()
+        if (report(next) || !next.config) {
+          console.error('meshproxy: SIGHUP: the new config is invalid; keeping the running one')
+          return
+        }
+        try {
+          await proxy.reload(next.config)
+          console.error('meshproxy: SIGHUP: config reloaded')
+        } catch (err) {
+          console.error(`meshproxy: SIGHUP: reload refused, keeping the running config: ${(err as Error).message}`)
+        }
+      })()
+    })
+  }
+}
+
+async function check(file: string): Promise<void> {
+  const result = await loadConfigFile(file)
+  if (report(result)) {
+    process.exitCode = 1
+    return
+  }
+  const s = result.summary
+  const warnings = result.diagnostics.filter((d) => d.severity === 'warning').length
+  console.log(
+    `${file}: ok: ${s.listeners} listener(s), ${s.routes} route(s), ${s.services} service(s), ${s.endpoints} endpoint(s)` +
+      (warnings ? `, ${warnings} warning(s)` : ''),
+  )
+}
+
+const program = new Command()
+  .name('meshproxy')
+  .description('A service-mesh data plane: routing, load balancing and connection reuse, in Rust.')
+  .version(pkg.version)
+  .showHelpAfterError()
+
+program
+  .command('run')
+  .description('run the proxy from a config file, or in front of a list of endpoints')
+  .option('-c, --config <file>', 'YAML config (native and/or Kubernetes Ingress, Service, EndpointSlice)')
+  .option('--to <endpoints>', 'comma-separated HOST:PORT list: one service, one catch-all route')
+  .addOption(
+    new Option('--balancer <kind>', 'balancer for --to: round-robin, random, hash, hash:header:<name>, hash:cookie:<name>').default(
+      'round-robin',
+    ),
+  )
+  .option('--listen <host:port>', `proxy listener address (default ${DEFAULT_LISTEN} unless the file names one)`)
+  .option('--admin <host:port>', `admin listener address (default ${DEFAULT_ADMIN} unless the file names one)`)
+  .option('--workers <n>', 'data-path worker threads', intOption(1, 256), 1)
+  .option('--grace <ms>', 'drain time on SIGINT/SIGTERM', intOption(0, 2 ** 31 - 1), DEFAULT_GRACE_MS)
+  .action((opts: RunOptions) => run(opts))
+
+program
+  .command('check')
+  .description('validate a config file and print every problem (exit code 1 on errors)')
+  .argument('<file>', 'YAML config file')
+  .action((file: string) => check(file))
+
+program
+  .command('demo')
+  .description('start three demo services and a proxy routing and balancing between them')
+  .option('--listen <host:port>', 'proxy address', DEFAULT_LISTEN)
+  .option('--admin <host:port>', 'admin address', DEFAULT_ADMIN)
+  .option('--workers <n>', 'data-path worker threads', intOption(1, 256), 1)
+  .action((opts: { listen: string; admin: string; workers: number }) => runDemo(opts))
+
+program.parseAsync().catch((err: unknown) => {
+  if (err instanceof MeshProxyError) {
+    console.error(`meshproxy: ${err.message} (${err.code})`)
+  } else {
+    console.error(err)
+  }
+  process.exit(1)
+})

@@ -1,0 +1,95 @@
+/**
+ * Defaults and limits of the config model, in one place so the YAML loader, the Kubernetes
+ * translation, `configFromEndpoints` and `validateModel` cannot drift apart. The values are the
+ * ones documented in `model.ts`.
+ */
+import type { BalancerModel, EndpointModel, ListenerModel, RouteModel, ServiceModel } from './model.js'
+
+export const DEFAULT_LISTEN = '127.0.0.1:4140'
+export const DEFAULT_ADMIN = '127.0.0.1:4191'
+
+export const LISTENER_DEFAULTS = {
+  maxConnections: 10000,
+  headerReadTimeoutMs: 10000,
+  idleTimeoutMs: 60000,
+  maxHeaderBytes: 65536,
+  maxUriBytes: 8192,
+} as const
+
+export const ROUTE_DEFAULTS = { responseHeaderTimeoutMs: 15000 } as const
+
+export const SERVICE_DEFAULTS = {
+  connectTimeoutMs: 1000,
+  maxInflightPerEndpoint: 1000,
+  maxPendingPerEndpoint: 1000,
+} as const
+
+export const POOL_DEFAULTS = { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 } as const
+
+export const WEIGHT_MIN = 1
+export const WEIGHT_MAX = 1000
+
+/**
+ * Bounds of the numeric limits. The upper bound is u32::MAX so the value fits whatever integer
+ * type the Rust side deserializes into. A zero is refused where its meaning is not documented
+ * (zero connections, zero-length heads, instant timeouts would all just break traffic); the route
+ * timeout documents 0 as "no limit", and 0 idle/pending connections means "do not pool/queue".
+ */
+export interface LimitSpec {
+  min: number
+  max: number
+  duration: boolean
+}
+
+const U32_MAX = 4294967295
+const count = (min: number): LimitSpec => ({ min, max: U32_MAX, duration: false })
+const duration = (min: number): LimitSpec => ({ min, max: U32_MAX, duration: true })
+
+export const LISTENER_LIMITS = {
+  maxConnections: count(1),
+  headerReadTimeoutMs: duration(1),
+  idleTimeoutMs: duration(1),
+  // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+  maxHeaderBytes: count(8192),
+  maxUriBytes: count(1),
+} as const satisfies Record<keyof typeof LISTENER_DEFAULTS, LimitSpec>
+
+export const ROUTE_LIMITS = {
+  responseHeaderTimeoutMs: duration(0),
+} as const satisfies Record<keyof typeof ROUTE_DEFAULTS, LimitSpec>
+
+export const SERVICE_LIMITS = {
+  connectTimeoutMs: duration(1),
+  maxInflightPerEndpoint: count(1),
+  maxPendingPerEndpoint: count(0),
+} as const satisfies Record<keyof typeof SERVICE_DEFAULTS, LimitSpec>
+
+export const POOL_LIMITS = {
+  maxIdlePerEndpoint: count(0),
+  idleTimeoutMs: duration(1),
+} as const satisfies Record<keyof typeof POOL_DEFAULTS, LimitSpec>
+
+export function makeListener(name: string, address: string, routes: RouteModel[] = []): ListenerModel {
+  return { name, address, protocol: 'http', ...LISTENER_DEFAULTS, routes }
+}
+
+/** A route matching every request (any host, any method, path prefix `/`). */
+export function makeRoute(name: string, service: string): RouteModel {
+  return {
+    name,
+    hosts: [],
+    path: { type: 'Prefix', value: '/' },
+    methods: [],
+    headers: [],
+    service,
+    ...ROUTE_DEFAULTS,
+  }
+}
+
+export function makeService(
+  name: string,
+  endpoints: EndpointModel[] = [],
+  balancer: BalancerModel = { kind: 'round-robin' },
+): ServiceModel {
+  return { name, balancer, endpoints, ...SERVICE_DEFAULTS, pool: { ...POOL_DEFAULTS } }
+}

@@ -1,0 +1,138 @@
+/**
+ * Kubernetes resources → model routes and services. Each Ingress backend (Service S, port P)
+ * becomes one model service named `S:P`, with its endpoints resolved the way kube-proxy would:
+ * Service port → targetPort → EndpointSlice port → ready addresses.
+ */
+import type { EndpointModel, RouteModel, ServiceModel } from './model.js'
+import type { DiagnosticSink, Origins } from './diagnostics.js'
+import { makeRoute, makeService } from './defaults.js'
+import type { Backend, K8sResources, Service, ServicePort } from './kubernetes.js'
+import { parseAddress } from './values.js'
+
+export interface K8sTranslation {
+  routes: RouteModel[]
+  /** Catch-all routes from `spec.defaultBackend`, kept apart so they go after every other route. */
+  defaultRoutes: RouteModel[]
+  services: ServiceModel[]
+}
+
+export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: Origins): K8sTranslation {
+  const out: K8sTranslation = { routes: [], defaultRoutes: [], services: [] }
+  const byBackend = new Map<string, string>()
+  const namespaceOf = new Map<string, string>()
+  const usedPorts = new Set<ServicePort>()
+
+  const serviceFor = (b: Backend): string => {
+    const name = `${b.service}:${b.port}`
+    const key = `${b.namespace}/${name}`
+    const known = byBackend.get(key)
+    if (known !== undefined) return known
+    byBackend.set(key, name)
+    const otherNamespace = namespaceOf.get(name)
+    if (otherNamespace !== undefined) {
+      // Model service names carry no namespace, so the two would silently merge.
+      sink.error(b.loc, `backend ${name} in namespace "${b.namespace}" has the same name as ${name} in namespace "${otherNamespace}"`, 'meshproxy names services without their namespace; rename one of the Services')
+      return name
+    }
+    namespaceOf.set(name, b.namespace)
+    const service = makeService(name, resolveEndpoints(res, b, sink, usedPorts))
+    origins.set(service, '', b.loc)
+    out.services.push(service)
+    return name
+  }
+
+  for (const ingress of res.ingresses) {
+    for (const p of ingress.paths) {
+      const route = makeRoute(`${ingress.name}-${p.ruleIndex}-${p.pathIndex}`, serviceFor(p.backend))
+      route.hosts = p.host !== undefined ? [p.host] : []
+      route.path = { type: p.pathType, value: p.path }
+      origins.set(route, '', p.loc)
+      origins.set(route, 'service', p.backend.loc)
+      out.routes.push(route)
+    }
+    const backend = ingress.defaultBackend
+    if (backend) {
+      const route = makeRoute(`${ingress.name}-default`, serviceFor(backend))
+      origins.set(route, '', backend.loc)
+      origins.set(route, 'service', backend.loc)
+      const first = out.defaultRoutes[0]
+      if (first) {
+        sink.warn(backend.loc, `defaultBackend of Ingress "${ingress.name}" is shadowed by an earlier defaultBackend (route "${first.name}")`, 'keep one defaultBackend per file')
+      }
+      out.defaultRoutes.push(route)
+    }
+  }
+
+  for (const service of res.services) {
+    for (const port of service.ports) {
+      if (usedPorts.has(port)) continue
+      const named = port.name ? ` ("${port.name}")` : ''
+      sink.warn(port.loc, `Service port ${service.name}:${port.port}${named} is not used by any Ingress backend`)
+    }
+  }
+  for (const slice of res.slices) {
+    if (!res.services.some((s) => s.name === slice.service && s.namespace === slice.namespace)) {
+      sink.warn(slice.loc, `EndpointSlice "${slice.name}" belongs to Service "${slice.service}", which is not in this file; skipped`)
+    }
+  }
+  return out
+}
+
+function describePort(p: ServicePort): string {
+  return p.name ? `${p.port} ("${p.name}")` : String(p.port)
+}
+
+function resolveEndpoints(res: K8sResources, b: Backend, sink: DiagnosticSink, usedPorts: Set<ServicePort>): EndpointModel[] {
+  const label = `"${b.service}:${b.port}"`
+  const noEndpoints = (why: string, hint: string) =>
+    sink.warn(b.loc, `service ${label} has no endpoints in this file (${why}); routes to it answer 503 no-endpoints`, hint)
+
+  const service: Service | undefined = res.services.find((s) => s.name === b.service && s.namespace === b.namespace)
+  if (!service) {
+    noEndpoints(`no Service "${b.service}"`, `add Service "${b.service}" and its EndpointSlices to the file`)
+    return []
+  }
+  const port = service.ports.find((p) => (typeof b.port === 'number' ? p.port === b.port : p.name === b.port))
+  if (!port) {
+    const wanted = typeof b.port === 'number' ? `port ${b.port}` : `a port named "${b.port}"`
+    const hint = service.ports.length > 0
+      ? `ports of Service "${service.name}": ${service.ports.map(describePort).join(', ')}`
+      : `Service "${service.name}" has no TCP ports`
+    sink.error(b.portLoc, `Service "${service.name}" has no ${wanted}`, hint)
+    return []
+  }
+  usedPorts.add(port)
+
+  const slices = res.slices.filter((s) => s.service === service.name && s.namespace === service.namespace)
+  const endpoints: EndpointModel[] = []
+  const seen = new Set<string>()
+  let slicesWithPort = 0
+  for (const slice of slices) {
+    // A slice port carries the Service port's name; a hand-written slice may use the container
+    // port's name (the targetPort) instead, which is accepted as a fallback.
+    const endpointPort = typeof port.targetPort === 'number'
+      ? port.targetPort
+      : (slice.ports.find((p) => p.name === port.name) ?? slice.ports.find((p) => p.name === port.targetPort))?.port
+    if (endpointPort === undefined) continue
+    slicesWithPort++
+    for (const endpoint of slice.endpoints) {
+      if (!endpoint.ready) continue
+      for (const { ip } of endpoint.addresses) {
+        const parsed = parseAddress(ip.includes(':') ? `[${ip}]:${endpointPort}` : `${ip}:${endpointPort}`)
+        // Bad addresses were reported when the slice was read.
+        if (!parsed.ok || seen.has(parsed.value.text)) continue
+        seen.add(parsed.value.text)
+        endpoints.push({ address: parsed.value.text, weight: 1 })
+      }
+    }
+  }
+  if (endpoints.length === 0) {
+    const sliceHint = `add an EndpointSlice labelled kubernetes.io/service-name: ${service.name}`
+    if (slices.length === 0) noEndpoints(`no EndpointSlice for Service "${service.name}"`, sliceHint)
+    else if (slicesWithPort === 0) {
+      const portName = port.name || String(port.targetPort)
+      noEndpoints(`no EndpointSlice of Service "${service.name}" has a port named "${portName}"`, `name the slice port "${portName}", like the Service port`)
+    } else noEndpoints('no ready endpoints', 'endpoints with conditions.ready: false are left out')
+  }
+  return endpoints
+}

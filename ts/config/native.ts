@@ -1,0 +1,294 @@
+/**
+ * Native meshproxy documents (no `apiVersion`, or `meshproxy.io/v1alpha1` `kind: Config`):
+ * field-by-field reading into model objects with defaults applied, positions recorded in
+ * `Origins` for the cross-checks that run once every document is read.
+ */
+import { isMap, isSeq } from 'yaml'
+import type { AdminModel, BalancerModel, EndpointModel, HeaderMatch, ListenerModel, PathMatchType, RouteModel, ServiceModel } from './model.js'
+import { suggest, type Loc, type Origins } from './diagnostics.js'
+import {
+  LISTENER_LIMITS,
+  POOL_LIMITS,
+  ROUTE_LIMITS,
+  SERVICE_LIMITS,
+  WEIGHT_MAX,
+  WEIGHT_MIN,
+  makeListener,
+  makeRoute,
+  makeService,
+} from './defaults.js'
+import { checkHeaderValue, checkName, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress } from './values.js'
+import type { DocReader, Fields, YNode } from './yaml-walk.js'
+
+export const NATIVE_TOP_FIELDS = ['apiVersion', 'kind', 'metadata', 'admin', 'listeners', 'services'] as const
+const LISTENER_FIELDS = ['name', 'address', 'protocol', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'routes']
+const ROUTE_FIELDS = ['name', 'match', 'service', 'timeout']
+const MATCH_FIELDS = ['host', 'hosts', 'path', 'pathType', 'method', 'methods', 'headers']
+const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'pool']
+const POOL_FIELDS = ['maxIdlePerEndpoint', 'idleTimeout']
+const ENDPOINT_FIELDS = ['address', 'weight']
+const BALANCERS = ['round-robin', 'random', 'hash']
+const HASH_SOURCES = ['header', 'cookie', 'source']
+export const PATH_TYPES = ['Exact', 'Prefix', 'ImplementationSpecific']
+
+export interface NativeContext {
+  r: DocReader
+  origins: Origins
+  defaultListen: string
+  /** Index the next listener gets in the merged list; default names count across documents. */
+  listenerIndex: number
+}
+
+export interface NativeDoc {
+  /** Absent when the document does not mention `admin`. */
+  admin?: { value: AdminModel | null; loc: Loc }
+  listeners: ListenerModel[]
+  services: ServiceModel[]
+}
+
+export function readNativeDoc(root: Fields, ctx: NativeContext): NativeDoc {
+  const out: NativeDoc = { listeners: [], services: [] }
+  if (root.isNull('admin')) {
+    out.admin = { value: null, loc: root.keyLoc('admin') }
+  } else {
+    const node = root.get('admin')
+    if (node) {
+      const addressNode = 'items' in node ? ctx.r.fields(node, 'admin', ['address'])?.require('address') : node
+      const address = addressNode && readAddress(ctx.r, addressNode, 'admin address', '127.0.0.1:4191')
+      if (address !== undefined) out.admin = { value: { address }, loc: ctx.r.loc(addressNode) }
+    }
+  }
+  for (const node of root.list('listeners')) {
+    const listener = readListener(node, ctx)
+    if (listener) out.listeners.push(listener)
+  }
+  for (const node of root.list('services')) {
+    const service = readService(node, ctx)
+    if (service) out.services.push(service)
+  }
+  return out
+}
+
+/** An address written as a string (or, by mistake, as a bare port number, which gets a hint). */
+export function readAddress(r: DocReader, node: YNode, what: string, example: string): string | undefined {
+  const text = r.text(node, what)
+  if (text === undefined) return undefined
+  return r.check(node, what, parseAddress(text, example))?.text
+}
+
+function readName(f: Fields, what: string): string | undefined {
+  const name = f.text('name')
+  const node = f.get('name')
+  return name === undefined || !node ? undefined : f.r.check(node, `${what} name`, checkName(name, what))
+}
+
+function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefined {
+  const index = ctx.listenerIndex++
+  const f = ctx.r.fields(node, 'listener', LISTENER_FIELDS)
+  if (!f) return undefined
+  const name = readName(f, 'listener') ?? `listener-${index}`
+  const addressNode = f.get('address')
+  const address = (addressNode && readAddress(ctx.r, addressNode, 'listener address', '127.0.0.1:4140')) ?? ctx.defaultListen
+  const protocol = f.str('protocol')
+  if (protocol !== undefined && protocol !== 'http') {
+    ctx.r.error(f.valueLoc('protocol'), `unsupported listener protocol "${protocol}"`, 'only "http" is supported')
+  }
+  const listener = makeListener(name, address)
+  const limits: Array<[string, keyof typeof LISTENER_LIMITS]> = [
+    ['maxConnections', 'maxConnections'],
+    ['headerReadTimeout', 'headerReadTimeoutMs'],
+    ['idleTimeout', 'idleTimeoutMs'],
+    ['maxHeaderBytes', 'maxHeaderBytes'],
+    ['maxUriBytes', 'maxUriBytes'],
+  ]
+  for (const [key, field] of limits) {
+    const v = f.limit(key, LISTENER_LIMITS[field])
+    if (v !== undefined) listener[field] = v
+  }
+  ctx.origins.set(listener, '', ctx.r.loc(node))
+  ctx.origins.set(listener, 'name', f.valueLoc('name'))
+  ctx.origins.set(listener, 'address', f.valueLoc('address'))
+  f.list('routes').forEach((routeNode, i) => {
+    const route = readRoute(routeNode, `${name}-route-${i}`, ctx)
+    if (route) listener.routes.push(route)
+  })
+  return listener
+}
+
+function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteModel | undefined {
+  const { r } = ctx
+  const f = r.fields(node, 'route', ROUTE_FIELDS)
+  if (!f) return undefined
+  const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', true) ?? '')
+  const timeout = f.limit('timeout', ROUTE_LIMITS.responseHeaderTimeoutMs)
+  if (timeout !== undefined) route.responseHeaderTimeoutMs = timeout
+  ctx.origins.set(route, '', r.loc(node))
+  ctx.origins.set(route, 'name', f.valueLoc('name'))
+  ctx.origins.set(route, 'service', f.valueLoc('service'))
+
+  const m = f.fields('match', 'route match', MATCH_FIELDS)
+  if (!m) return route
+  route.hosts = readOneOrMany(m, 'host', 'hosts', (n, s) => r.check(n, 'host', normalizeHost(s)))
+  route.methods = readOneOrMany(m, 'method', 'methods', (n, s) => r.check(n, 'method', normalizeMethod(s)))
+  const pathNode = m.get('path')
+  const path = pathNode && r.string(pathNode, m.label('path'))
+  if (pathNode && path !== undefined) route.path.value = r.check(pathNode, 'path', normalizePath(path)) ?? '/'
+  const pathType = m.str('pathType')
+  if (pathType !== undefined) route.path.type = readPathType(r, m.valueLoc('pathType'), pathType) ?? 'Prefix'
+  const headers = m.fields('headers', 'header match', null)
+  if (headers) route.headers = readHeaders(headers)
+  return route
+}
+
+export function readPathType(r: DocReader, loc: Loc, pathType: string): PathMatchType | undefined {
+  if (pathType === 'Exact' || pathType === 'Prefix') return pathType
+  // Kubernetes leaves ImplementationSpecific to the controller; ours treats it as Prefix.
+  if (pathType === 'ImplementationSpecific') return 'Prefix'
+  r.error(loc, `unknown pathType "${pathType}"`, suggest(pathType, PATH_TYPES, 'valid path types'))
+  return undefined
+}
+
+/** `host: a` / `hosts: [a, b]` (same for methods); both at once is ambiguous, so an error. */
+function readOneOrMany(m: Fields, one: string, many: string, norm: (n: YNode, s: string) => string | undefined): string[] {
+  if (m.has(one) && m.has(many)) {
+    m.r.error(m.keyLoc(many), `route match has both "${one}" and "${many}"`, `list every value under "${many}"`)
+  }
+  const out: string[] = []
+  for (const key of [one, many]) {
+    const node = m.get(key)
+    if (!node) continue
+    for (const { value, node: n } of m.r.stringList(node, m.label(key))) {
+      const v = norm(n, value)
+      if (v === undefined) continue
+      if (out.includes(v)) m.r.warn(n, `"${v}" is listed twice in route match`)
+      else out.push(v)
+    }
+  }
+  return out
+}
+
+function readHeaders(h: Fields): HeaderMatch[] {
+  const out: HeaderMatch[] = []
+  for (const key of h.keys()) {
+    const name = h.r.check(h.keyLoc(key), 'header name', normalizeHeaderName(key))
+    const valueNode = h.get(key)
+    if (!valueNode) {
+      h.r.error(h.keyLoc(key), `header "${key}" has no value to match`, 'header matches are exact; give the value as a string')
+      continue
+    }
+    const raw = h.r.text(valueNode, `value of header "${key}"`)
+    const value = raw === undefined ? undefined : h.r.check(valueNode, 'header value', checkHeaderValue(raw))
+    if (name === undefined || value === undefined) continue
+    if (out.some((x) => x.name === name)) {
+      h.r.error(h.keyLoc(key), `header "${name}" is matched twice`, 'header names are case-insensitive')
+      continue
+    }
+    out.push({ name, value })
+  }
+  return out
+}
+
+function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined {
+  const { r } = ctx
+  const f = r.fields(node, 'service', SERVICE_FIELDS)
+  if (!f) return undefined
+  const nameNode = f.require('name')
+  const nameText = nameNode && r.text(nameNode, f.label('name'))
+  const name = nameNode && nameText !== undefined ? r.check(nameNode, 'service name', checkName(nameText, 'service')) : undefined
+  const service = makeService(name ?? '')
+  ctx.origins.set(service, '', r.loc(node))
+  ctx.origins.set(service, 'name', f.valueLoc('name'))
+  ctx.origins.set(service, 'balancer', f.valueLoc('balancer'))
+  ctx.origins.set(service, 'endpoints', f.keyLoc('endpoints'))
+
+  const balancerNode = f.get('balancer')
+  if (balancerNode) service.balancer = readBalancer(r, balancerNode) ?? service.balancer
+  const limits = ['connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint'] as const
+  for (const key of limits) {
+    const field = key === 'connectTimeout' ? 'connectTimeoutMs' : key
+    const v = f.limit(key, SERVICE_LIMITS[field])
+    if (v !== undefined) service[field] = v
+  }
+  const pool = f.fields('pool', 'service pool', POOL_FIELDS)
+  if (pool) {
+    const maxIdle = pool.limit('maxIdlePerEndpoint', POOL_LIMITS.maxIdlePerEndpoint)
+    if (maxIdle !== undefined) service.pool.maxIdlePerEndpoint = maxIdle
+    const idle = pool.limit('idleTimeout', POOL_LIMITS.idleTimeoutMs)
+    if (idle !== undefined) service.pool.idleTimeoutMs = idle
+  }
+  for (const n of f.list('endpoints')) {
+    const endpoint = readEndpoint(r, n)
+    if (!endpoint) continue
+    service.endpoints.push(endpoint)
+    ctx.origins.set(endpoint, '', r.loc(n))
+  }
+  if (name !== undefined && service.endpoints.length === 0 && !f.has('endpoints')) {
+    r.warn(nameNode ?? node, `service "${name}" has no endpoints; routes to it answer 503 no-endpoints`, 'add "endpoints:" with host:port entries')
+  }
+  return service
+}
+
+function readEndpoint(r: DocReader, node: YNode): EndpointModel | undefined {
+  if (isSeq(node)) {
+    r.error(node, 'endpoint must be a host:port string or a mapping, got a list', 'e.g. 127.0.0.1:8080 or { address: 127.0.0.1:8080, weight: 2 }')
+    return undefined
+  }
+  if (!isMap(node)) {
+    const address = readAddress(r, node, 'endpoint address', '127.0.0.1:8080')
+    return address === undefined ? undefined : { address, weight: 1 }
+  }
+  const f = r.fields(node, 'endpoint', ENDPOINT_FIELDS)
+  const addressNode = f?.require('address')
+  const address = addressNode && readAddress(r, addressNode, 'endpoint address', '127.0.0.1:8080')
+  const weight = f?.int('weight', WEIGHT_MIN, WEIGHT_MAX) ?? 1
+  return address === undefined ? undefined : { address, weight }
+}
+
+/**
+ * `round-robin` | `random` | `hash` (source address), or the mapping forms
+ * `{ hash: { header | cookie | source } }`. The mapping must name one balancer and a hash one key
+ * source, since the data plane hashes on exactly one.
+ */
+export function readBalancer(r: DocReader, node: YNode): BalancerModel | undefined {
+  if (!('items' in node)) {
+    const kind = r.string(node, 'balancer')
+    if (kind === 'round-robin' || kind === 'random') return { kind }
+    if (kind === 'hash') return { kind: 'hash', source: true }
+    if (kind !== undefined) r.error(node, `unknown balancer "${kind}"`, suggest(kind, BALANCERS, 'valid balancers'))
+    return undefined
+  }
+  const f = r.fields(node, 'balancer', BALANCERS)
+  if (!f) return undefined
+  const kinds = f.keys()
+  if (kinds.length !== 1) {
+    if (kinds.length > 1) r.error(node, `balancer names ${kinds.length} kinds (${kinds.join(', ')})`, 'pick one')
+    else r.error(node, 'balancer mapping is empty', `valid balancers: ${BALANCERS.join(', ')}`)
+    return undefined
+  }
+  const kind = kinds[0]
+  if (kind === 'round-robin' || kind === 'random') {
+    const opts = f.fields(kind, `${kind} balancer`, [])
+    return opts || !f.has(kind) ? { kind } : undefined
+  }
+  if (!f.has('hash')) return { kind: 'hash', source: true }
+  const h = f.fields('hash', 'hash balancer', HASH_SOURCES)
+  if (!h) return undefined
+  const sources = h.keys().filter((k) => !h.isNull(k))
+  if (sources.length !== 1) {
+    r.error(h.node, `hash balancer needs exactly one key source, got ${sources.length}`, 'use one of header: <name>, cookie: <name>, source: true')
+    return undefined
+  }
+  if (h.has('header')) {
+    const name = h.str('header')
+    const header = name === undefined ? undefined : r.check(h.valueLoc('header'), 'hash header', normalizeHeaderName(name))
+    return header === undefined ? undefined : { kind: 'hash', header }
+  }
+  if (h.has('cookie')) {
+    const cookie = h.str('cookie')
+    if (cookie !== undefined && !isToken(cookie)) r.error(h.valueLoc('cookie'), `"${cookie}" is not a valid cookie name`)
+    return cookie === undefined || !isToken(cookie) ? undefined : { kind: 'hash', cookie }
+  }
+  const source = h.bool('source')
+  if (source === false) r.error(h.valueLoc('source'), 'hash source: false names no key source', 'use source: true, or header/cookie')
+  return source === true ? { kind: 'hash', source: true } : undefined
+}

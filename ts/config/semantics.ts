@@ -1,0 +1,114 @@
+/**
+ * Checks that need the whole model: names that must be unique, references between routes and
+ * services, sockets that would collide. Shared by the YAML loader (which maps each finding back
+ * to a file position through `Origins`) and `validateModel` (which names the JSON path), so both
+ * accept exactly the same models.
+ */
+import type { ConfigModel } from './model.js'
+import { suggest } from './diagnostics.js'
+import { isWildcardHost, parseAddress, type Address } from './values.js'
+
+/** The model object a finding is about, the field within it, and its JSON path. */
+export interface Target {
+  obj: object
+  field?: string
+  path: string
+}
+
+export type Report = (target: Target, message: string, hint?: string) => void
+
+/** Errors: the data plane would refuse the model or behave in a way nobody meant. */
+export function checkSemantics(model: ConfigModel, error: Report): void {
+  checkSockets(model, error)
+
+  const listenerNames = new Map<string, string>()
+  model.listeners.forEach((listener, li) => {
+    const at = { obj: listener, field: 'name', path: `listeners[${li}].name` }
+    const first = listenerNames.get(listener.name)
+    if (first !== undefined) error(at, `duplicate listener name "${listener.name}"`, `already used by ${first}`)
+    else listenerNames.set(listener.name, `listeners[${li}]`)
+  })
+
+  const serviceNames = new Map<string, number>()
+  model.services.forEach((service, si) => {
+    const first = serviceNames.get(service.name)
+    if (first !== undefined) {
+      error({ obj: service, field: 'name', path: `services[${si}].name` }, `duplicate service name "${service.name}"`, `already used by services[${first}]`)
+    } else serviceNames.set(service.name, si)
+    const seen = new Set<string>()
+    service.endpoints.forEach((endpoint, ei) => {
+      if (seen.has(endpoint.address)) {
+        error({ obj: endpoint, field: 'address', path: `services[${si}].endpoints[${ei}].address` }, `endpoint ${endpoint.address} is listed twice in service "${service.name}"`, 'list it once; use weight to send it more traffic')
+      }
+      seen.add(endpoint.address)
+    })
+  })
+
+  const known = [...serviceNames.keys()]
+  model.listeners.forEach((listener, li) => {
+    const routeNames = new Set<string>()
+    listener.routes.forEach((route, ri) => {
+      const path = `listeners[${li}].routes[${ri}]`
+      if (routeNames.has(route.name)) {
+        error({ obj: route, field: 'name', path: `${path}.name` }, `duplicate route name "${route.name}" in listener "${listener.name}"`, 'route names are unique per listener; they label metrics')
+      }
+      routeNames.add(route.name)
+      if (!serviceNames.has(route.service)) {
+        const hint = known.length === 0 ? 'no services are defined; add one under "services:"' : suggest(route.service, known, 'defined services')
+        error({ obj: route, field: 'service', path: `${path}.service` }, `route "${route.name}" refers to undefined service "${route.service}"`, hint)
+      }
+    })
+  })
+}
+
+/**
+ * Two listeners (or a listener and the admin server) on one port collide when their hosts are
+ * equal or either is a wildcard. Port 0 asks the OS for a fresh port, so it never collides.
+ */
+function checkSockets(model: ConfigModel, error: Report): void {
+  const bound: Array<{ addr: Address; label: string }> = []
+  const adminAddr = model.admin ? parseAddress(model.admin.address) : undefined
+  if (adminAddr?.ok) bound.push({ addr: adminAddr.value, label: `the admin server (${adminAddr.value.text})` })
+  model.listeners.forEach((listener, li) => {
+    const parsed = parseAddress(listener.address)
+    if (!parsed.ok) return
+    const addr = parsed.value
+    const clash = addr.port === 0 ? undefined : bound.find(({ addr: other }) =>
+      other.port === addr.port && (other.host === addr.host || isWildcardHost(other.host) || isWildcardHost(addr.host)))
+    if (clash) {
+      const isAdmin = clash.label.startsWith('the admin')
+      error(
+        { obj: listener, field: 'address', path: `listeners[${li}].address` },
+        `listener "${listener.name}" address ${addr.text} conflicts with ${clash.label}`,
+        isAdmin ? 'use another port, or set admin: to another host:port, or to null to disable it' : 'each listener needs its own port',
+      )
+    }
+    bound.push({ addr, label: `listener "${listener.name}" (${addr.text})` })
+  })
+}
+
+/** Warnings: valid, but probably not what was meant. Only the loader reports these. */
+export function lintModel(model: ConfigModel, warn: Report): void {
+  const used = new Set(model.listeners.flatMap((l) => l.routes.map((r) => r.service)))
+  model.listeners.forEach((listener, li) => {
+    if (listener.routes.length === 0) {
+      warn({ obj: listener, path: `listeners[${li}]` }, `listener "${listener.name}" has no routes; no request will match`, 'add routes, or an Ingress')
+    }
+    const matches = new Map<string, string>()
+    listener.routes.forEach((route, ri) => {
+      const key = JSON.stringify([
+        [...route.hosts].sort(),
+        route.path,
+        [...route.methods].sort(),
+        [...route.headers].map((h) => `${h.name}=${h.value}`).sort(),
+      ])
+      const first = matches.get(key)
+      if (first !== undefined) {
+        warn({ obj: route, path: `listeners[${li}].routes[${ri}]` }, `route "${route.name}" has the same match as route "${first}"; only one of them can serve requests`)
+      } else matches.set(key, route.name)
+    })
+  })
+  model.services.forEach((service, si) => {
+    if (!used.has(service.name)) warn({ obj: service, field: 'name', path: `services[${si}]` }, `service "${service.name}" is not used by any route`)
+  })
+}

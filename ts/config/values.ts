@@ -1,0 +1,177 @@
+/**
+ * Parsers for the value syntaxes the config accepts (addresses, durations, hosts, paths, header
+ * names, methods). Pure functions, shared by the YAML loader, the Kubernetes translation and
+ * `validateModel`, so a value means the same thing whichever way it arrives.
+ */
+import { isIPv4, isIPv6 } from 'node:net'
+
+export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string; hint?: string }
+
+const ok = <T>(value: T): Parsed<T> => ({ ok: true, value })
+const fail = <T>(error: string, hint?: string): Parsed<T> =>
+  hint === undefined ? { ok: false, error } : { ok: false, error, hint }
+
+export interface Address {
+  /** Lowercase; IPv6 without brackets. */
+  host: string
+  port: number
+  /** Normalized `host:port` (`[v6]:port` for IPv6). */
+  text: string
+}
+
+/**
+ * `host:port` with port 0..65535. Host is an IPv4 address, a DNS name, or a bracketed IPv6
+ * address. `example` shapes the hint, since what a listener and an endpoint want differ.
+ */
+export function parseAddress(input: string, example = '127.0.0.1:4140'): Parsed<Address> {
+  const hint = `write it as host:port, e.g. ${example}`
+  if (input === '') return fail('empty address', hint)
+  if (/\s/.test(input)) return fail(`address "${input}" contains whitespace`, hint)
+  if (input.includes('://')) return fail(`address "${input}" must not have a scheme`, hint)
+  let host: string
+  let portText: string
+  if (input.startsWith('[')) {
+    const close = input.indexOf(']')
+    if (close < 0) return fail(`address "${input}" has no closing "]"`, 'IPv6 addresses look like [::1]:4140')
+    host = input.slice(1, close)
+    if (!isIPv6(host)) return fail(`"${host}" in "${input}" is not an IPv6 address`, 'IPv6 addresses look like [::1]:4140')
+    if (input[close + 1] !== ':') return fail(`address "${input}" has no port`, hint)
+    portText = input.slice(close + 2)
+  } else {
+    const colon = input.lastIndexOf(':')
+    if (colon < 0) return fail(`address "${input}" has no port`, hint)
+    host = input.slice(0, colon)
+    portText = input.slice(colon + 1)
+    if (host.includes(':')) {
+      return fail(`IPv6 address in "${input}" needs brackets`, `write it as [${host}]:${portText}`)
+    }
+    if (host === '') return fail(`address "${input}" has no host`, `use 0.0.0.0${input} for all interfaces or 127.0.0.1${input}`)
+    host = host.toLowerCase()
+    if (!isIPv4(host)) {
+      if (/^[0-9.]+$/.test(host)) return fail(`"${host}" is not a valid IPv4 address`, hint)
+      if (!isDnsName(host)) return fail(`"${host}" is not a valid host name or IP address`, hint)
+    }
+  }
+  if (!/^\d{1,5}$/.test(portText)) return fail(`port "${portText}" in "${input}" is not a number`, hint)
+  const port = Number(portText)
+  if (port > 65535) return fail(`port ${port} in "${input}" is out of range`, 'ports are 0..65535')
+  host = host.toLowerCase()
+  return ok({ host, port, text: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}` })
+}
+
+/** Unspecified addresses: a listener on one of these holds the port on every interface. */
+export function isWildcardHost(host: string): boolean {
+  return host === '0.0.0.0' || host === '::' || /^(0+:){7}0+$/.test(host)
+}
+
+const DURATION_UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+
+/**
+ * Milliseconds from an integer (already ms) or a duration string such as `10s`, `500ms`, `1m`,
+ * `1m30s`, `1.5s`. A bare number in a string is refused: `"500"` in YAML is a typo as often as
+ * not, and guessing its unit is how timeouts end up 1000x off.
+ */
+export function parseDuration(input: unknown): Parsed<number> {
+  const hint = 'use milliseconds as an integer or a duration such as 500ms, 10s, 1m'
+  if (typeof input === 'number') {
+    if (!Number.isInteger(input) || input < 0) return fail(`duration ${input} is not a whole number of milliseconds`, hint)
+    return ok(input)
+  }
+  if (typeof input !== 'string') return fail(`expected a duration, got ${describe(input)}`, hint)
+  const s = input.trim()
+  if (/^\d+$/.test(s)) return fail(`duration "${input}" has no unit`, `write ${s}ms or ${s}s`)
+  if (!/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(s)) return fail(`"${input}" is not a duration`, hint)
+  let total = 0
+  for (const m of s.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) {
+    total += Number(m[1]) * (DURATION_UNIT_MS[m[2] ?? 'ms'] ?? 1)
+  }
+  // Float noise (0.1s * 1000) must not turn an exact duration into a sub-millisecond one.
+  const rounded = Math.round(total)
+  if (Math.abs(total - rounded) > 1e-6) return fail(`duration "${input}" is not a whole number of milliseconds`, hint)
+  if (!Number.isSafeInteger(rounded)) return fail(`duration "${input}" is too large`, hint)
+  return ok(rounded)
+}
+
+function isDnsName(host: string): boolean {
+  if (host.length > 253) return false
+  return host.split('.').every((label) => /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/.test(label))
+}
+
+/**
+ * A route host: lowercase DNS name, or `*.` followed by one (matching exactly one label). No
+ * port: ports belong to listeners. A trailing dot is dropped so `a.com.` and `a.com` are one host.
+ */
+export function normalizeHost(input: string): Parsed<string> {
+  let host = input.toLowerCase()
+  if (host.endsWith('.') && host.length > 1) host = host.slice(0, -1)
+  if (host === '' || host === '*') return fail(`host "${input}" matches every host`, 'leave the host out to match any host')
+  if (host.includes(':')) {
+    return fail(`host "${input}" must not include a port`, 'the port is matched by the listener; give the name only')
+  }
+  let name = host
+  if (host.startsWith('*.')) name = host.slice(2)
+  if (name.includes('*')) {
+    return fail(`host "${input}" has a wildcard that is not a leading "*."`, 'a wildcard replaces one whole first label, e.g. *.example.com')
+  }
+  if (!isDnsName(name)) return fail(`host "${input}" is not a valid DNS name`, 'e.g. api.example.com or *.example.com')
+  return ok(host)
+}
+
+/**
+ * An absolute request path, normalized the way the data plane compares them: duplicate slashes
+ * collapsed, dot segments resolved (so `/a/../admin` is `/admin`, never a way around a route),
+ * no trailing slash except the root.
+ */
+export function normalizePath(input: string): Parsed<string> {
+  if (!input.startsWith('/')) return fail(`path "${input}" does not start with "/"`, `write /${input.replace(/^\/*/, '')}`)
+  if (/[?#]/.test(input)) return fail(`path "${input}" contains a query or fragment`, 'match the path only')
+  if (/[\s\x00-\x1f\x7f]/.test(input)) return fail(`path "${input}" contains whitespace or control characters`)
+  const out: string[] = []
+  for (const seg of input.split('/')) {
+    if (seg === '' || seg === '.') continue
+    if (seg === '..') out.pop()
+    else out.push(seg)
+  }
+  return ok('/' + out.join('/'))
+}
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
+
+/** RFC 9110 token, the syntax of header names, method names and cookie names. */
+export function isToken(s: string): boolean {
+  return TOKEN.test(s)
+}
+
+export function normalizeHeaderName(input: string): Parsed<string> {
+  if (!isToken(input)) {
+    return fail(`"${input}" is not a valid header name`, 'header names are tokens such as x-canary: no spaces, colons or quotes')
+  }
+  return ok(input.toLowerCase())
+}
+
+export function normalizeMethod(input: string): Parsed<string> {
+  if (!isToken(input)) return fail(`"${input}" is not a valid HTTP method`, 'e.g. GET, POST, PUT, DELETE')
+  return ok(input.toUpperCase())
+}
+
+/** Header values go to the data plane verbatim; only characters HTTP forbids are refused. */
+export function checkHeaderValue(input: string): Parsed<string> {
+  if (/[\x00-\x08\x0a-\x1f\x7f]/.test(input)) return fail(`header value "${input}" contains control characters`)
+  return ok(input)
+}
+
+/** Names show up in metrics labels and log lines, so they must be non-empty single words. */
+export function checkName(input: string, what: string): Parsed<string> {
+  if (input === '') return fail(`${what} name is empty`)
+  if (/[\s\x00-\x1f\x7f]/.test(input)) return fail(`${what} name "${input}" contains whitespace or control characters`)
+  return ok(input)
+}
+
+/** For "expected X, got Y" messages. */
+export function describe(v: unknown): string {
+  if (v === null || v === undefined) return 'nothing'
+  if (Array.isArray(v)) return 'a list'
+  if (typeof v === 'object') return 'a mapping'
+  if (typeof v === 'string') return `string "${v}"`
+  return `${typeof v} ${String(v)}`
+}

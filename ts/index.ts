@@ -1,0 +1,22 @@
+/**
+ * meshproxy: a service-mesh data plane (Rust, tokio + hyper) embeddable in Node.
+ *
+ * ```ts
+ * import { Proxy, loadConfigFile } from 'meshproxy'
+ * const { config, diagnostics } = await loadConfigFile('mesh.yaml')
+ * const proxy = new Proxy(config!, { workers: 1 })
+ * await proxy.start()
+ * ```
+ */
+export * from './config/index.js'
+export { MeshProxyError, type MeshProxyErrorCode } from './errors.js'
+export {
+  Proxy,
+  DEFAULT_GRACE_MS,
+  type CloseOptions,
+  type EndpointStats,
+  type ListenerInfo,
+  type ProxyOptions,
+  type ProxyStats,
+  type StartInfo,
+} from './proxy.js'

@@ -1,0 +1,163 @@
+/**
+ * The `Proxy` class: the library API over the native data plane.
+ *
+ * Threads: each proxy runs its data path on its own tokio runtime with `workers` threads
+ * (default 1, the right size for a sidecar next to one Node process; edge proxies raise it).
+ * Nothing here blocks Node's event loop: every call that waits is a promise resolved from
+ * Rust, and no request ever calls into JavaScript. tokio's threads do not keep Node alive, so
+ * a started proxy holds a timer that does; `unref()` lets the process exit anyway.
+ */
+import type { ConfigModel } from './config/index.js'
+import { formatDiagnostic, validateModel } from './config/index.js'
+import { MeshProxyError, fromNative } from './errors.js'
+import { native, type BindingProxy } from './native.js'
+
+export interface ProxyOptions {
+  /** Data-path worker threads. Default 1. */
+  workers?: number
+}
+
+export interface CloseOptions {
+  /** How long in-flight requests may take to finish before connections are closed. Default 10000. */
+  graceMs?: number
+}
+
+export interface ListenerInfo {
+  name: string
+  /** As configured. */
+  address: string
+  /** As bound: the real port when the configured one was 0. */
+  localAddress: string
+}
+
+export interface StartInfo {
+  listeners: ListenerInfo[]
+  /** Bound admin address, or null when there is no admin listener. */
+  admin: string | null
+}
+
+export interface EndpointStats {
+  address: string
+  openConnections: number
+  openedConnections: number
+  idleConnections: number
+  inflight: number
+  requests: number
+  failures: number
+}
+
+export interface ProxyStats {
+  state: 'created' | 'running' | 'closed'
+  ready: boolean
+  downstreamConnections: number
+  requests: number
+  reloads: number
+  listeners: ListenerInfo[]
+  admin: string | null
+  endpoints: EndpointStats[]
+}
+
+export const DEFAULT_GRACE_MS = 10_000
+
+function checked(config: ConfigModel): string {
+  const errors = validateModel(config)
+  if (errors.length > 0) {
+    throw new MeshProxyError(
+      'MESHPROXY_INVALID_CONFIG',
+      `invalid config:\n${errors.map(formatDiagnostic).join('\n')}`,
+      errors,
+    )
+  }
+  return JSON.stringify(config)
+}
+
+export class Proxy {
+  readonly #binding: BindingProxy
+  #keepAlive: NodeJS.Timeout | undefined
+  #refed = true
+  #closing: Promise<void> | undefined
+
+  /** Validates and compiles `config`; throws `MeshProxyError` (`MESHPROXY_INVALID_CONFIG`). */
+  constructor(config: ConfigModel, options: ProxyOptions = {}) {
+    const workers = options.workers ?? 1
+    if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
+      throw new MeshProxyError('MESHPROXY_INVALID_CONFIG', `workers must be an integer from 1 to 256, got ${workers}`)
+    }
+    const json = checked(config)
+    try {
+      this.#binding = new (native().BindingProxy)(json, workers)
+    } catch (err) {
+      throw fromNative(err)
+    }
+  }
+
+  /** Binds every listener (all or nothing) and starts serving. */
+  async start(): Promise<StartInfo> {
+    let info
+    try {
+      info = await this.#binding.start()
+    } catch (err) {
+      throw fromNative(err)
+    }
+    this.#keepAlive = setInterval(() => {}, 1 << 30)
+    if (!this.#refed) this.#keepAlive.unref()
+    return { listeners: info.listeners, admin: info.admin ?? null }
+  }
+
+  /** Atomically replaces the config. A reload that fails (invalid, or a port that cannot be bound) changes nothing. */
+  async reload(config: ConfigModel): Promise<void> {
+    const json = checked(config)
+    try {
+      await this.#binding.reload(json)
+    } catch (err) {
+      throw fromNative(err)
+    }
+  }
+
+  async stats(): Promise<ProxyStats> {
+    try {
+      const s = await this.#binding.stats()
+      return { ...s, state: s.state as ProxyStats['state'], admin: s.admin ?? null }
+    } catch (err) {
+      throw fromNative(err)
+    }
+  }
+
+  /** Prometheus text exposition (what the admin listener serves at `/metrics`). */
+  metrics(): string {
+    return this.#binding.metrics()
+  }
+
+  /**
+   * Stops accepting, turns `/ready` to 503, lets in-flight requests finish for up to `graceMs`
+   * (keep-alive clients are told `Connection: close`), then closes the rest and releases the
+   * ports and threads. Idempotent: later calls return the first call's promise.
+   */
+  close(options: CloseOptions = {}): Promise<void> {
+    const grace = Math.max(0, Math.min(options.graceMs ?? DEFAULT_GRACE_MS, 2 ** 31 - 1))
+    this.#closing ??= this.#binding
+      .close(grace)
+      .catch((err: unknown) => {
+        throw fromNative(err)
+      })
+      .finally(() => {
+        clearInterval(this.#keepAlive)
+        this.#keepAlive = undefined
+      })
+    return this.#closing
+  }
+
+  /** Keep the process alive while the proxy runs (the default). */
+  ref(): this {
+    this.#refed = true
+    this.#keepAlive?.ref()
+    return this
+  }
+
+  /** Let the process exit even though the proxy is running. */
+  unref(): this {
+    this.#refed = false
+    this.#keepAlive?.unref()
+    return this
+  }
+}
