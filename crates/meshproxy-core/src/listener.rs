@@ -217,8 +217,10 @@ async fn serve(
     let conn = http1::Builder::new()
         .keep_alive(true)
         .half_close(false)
-        // hyper's minimum; heads beyond it get 431.
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // Heads beyond the limit get 431 from hyper; the read buffer (at least hyper's 8 KiB
+        // minimum) must be larger than the limit or it would cut in first, unevenly.
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
         .header_read_timeout(None)
         .serve_connection(io, service);
     tokio::pin!(conn);

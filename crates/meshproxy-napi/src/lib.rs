@@ -16,7 +16,6 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use tokio::runtime::Runtime;
 
-
 /// napi-rs only rejects promises with its own `Status` as the code, so the stable code travels
 /// as a `[CODE] ` prefix of the message; the TypeScript `Proxy` turns it back into `error.code`
 /// (`ts/errors.ts`). One vocabulary from Rust to the CLI.

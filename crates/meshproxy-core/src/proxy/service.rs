@@ -98,6 +98,9 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
     if req.method() == Method::CONNECT {
         return fail(ProxyError::ConnectRefused, None, Some(activity));
     }
+    if is_ambiguous(&req) {
+        return fail(ProxyError::BadRequest, None, Some(activity));
+    }
     if uri_len(req.uri()) > listener.limits.max_uri_bytes {
         return fail(ProxyError::UriTooLong, None, Some(activity));
     }
@@ -144,6 +147,16 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
         }
         Err(e) => fail(e, Some(route), Some(activity)),
     }
+}
+
+/// An HTTP/1.1 request without `Host` must get 400 (RFC 9112 §3.2). The request-smuggling shapes
+/// are handled by hyper's parser before we see the request: `Transfer-Encoding` with
+/// `Content-Length` drops the latter (the body is framed by chunks, as §6.3 requires of an
+/// intermediary), conflicting `Content-Length`s and a non-chunked final coding are 400s.
+fn is_ambiguous(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.uri().authority().is_none()
+        && !req.headers().contains_key(header::HOST)
 }
 
 fn uri_len(uri: &Uri) -> usize {
