@@ -6,7 +6,7 @@ import http from 'node:http'
 import test from 'ava'
 import { startBackend } from './helpers/backend.js'
 import { get, sleep } from './helpers/http.js'
-import { simpleYaml, startProxy } from './helpers/proxy.js'
+import { load, simpleYaml, startProxy } from './helpers/proxy.js'
 
 test('1,000 sequential keep-alive requests use exactly one upstream connection', async (t) => {
   const backend = await startBackend(t, 'a')
@@ -48,6 +48,7 @@ async function spacedRequests(t: import('ava').ExecutionContext, poolIdle?: stri
   t.is(backend.server.keepAliveTimeout, 5000)
   const service = poolIdle ? `    pool: { idleTimeout: ${poolIdle} }\n` : ''
   const yaml = simpleYaml([backend.address]).replace('  - name: s\n', `  - name: s\n${service}`)
+  t.is(load(yaml).services[0]!.pool.idleTimeoutMs, poolIdle ? 30_000 : 4000)
   const { proxy, port } = await startProxy(t, yaml)
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
   t.teardown(() => agent.destroy())

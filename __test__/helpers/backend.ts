@@ -41,6 +41,8 @@ export const nameHandler: Handler = (req, res, backend) => {
 export interface BackendOptions {
   /** Passed to the server; Node's default is 5000. */
   keepAliveTimeout?: number
+  /** Node's default is 16 KiB. */
+  maxHeaderSize?: number
 }
 
 /** Starts a backend and registers its close as a teardown of `t`. */
@@ -50,7 +52,7 @@ export async function startBackend(
   handler: Handler = nameHandler,
   opts: BackendOptions = {},
 ): Promise<Backend> {
-  const server = http.createServer()
+  const server = http.createServer(opts.maxHeaderSize !== undefined ? { maxHeaderSize: opts.maxHeaderSize } : {})
   if (opts.keepAliveTimeout !== undefined) server.keepAliveTimeout = opts.keepAliveTimeout
   let connections = 0
   const backend: Backend = {

@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Keyed by the listener's configured address (its identity across reloads).
     pub listeners: HashMap<Box<str>, Arc<ListenerRuntime>>,
+    /// Settings this config gives each endpoint, applied only once it is swapped in.
+    endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)>,
 }
 
 pub struct ListenerRuntime {
@@ -56,11 +58,14 @@ pub struct ServiceRuntime {
 impl Snapshot {
     pub fn compile(config: Config, registry: &Registry, metrics: &Metrics) -> Result<Self, Error> {
         let mut services = HashMap::new();
+        let mut endpoint_settings = Vec::new();
         for s in &config.services {
             if services.contains_key(s.name.as_str()) {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
-            services.insert(s.name.as_str(), Arc::new(compile_service(s, registry)?));
+            let (service, settings) = compile_service(s, registry)?;
+            endpoint_settings.extend(service.endpoints.iter().map(|e| (e.clone(), settings)));
+            services.insert(s.name.as_str(), Arc::new(service));
         }
         let mut listeners = HashMap::new();
         for l in &config.listeners {
@@ -78,7 +83,16 @@ impl Snapshot {
         Ok(Snapshot {
             config: Arc::new(config),
             listeners,
+            endpoint_settings,
         })
+    }
+
+    /// Gives every endpoint this config's settings (when two services share an endpoint, the
+    /// later service's settings win). Call after the snapshot is swapped in.
+    pub fn apply_endpoint_settings(&self) {
+        for (endpoint, settings) in &self.endpoint_settings {
+            endpoint.update(*settings);
+        }
     }
 
     /// Whether any service of this snapshot still uses the endpoint address.
@@ -129,7 +143,10 @@ fn compile_listener(
     })
 }
 
-fn compile_service(s: &ServiceConfig, registry: &Registry) -> Result<ServiceRuntime, Error> {
+fn compile_service(
+    s: &ServiceConfig,
+    registry: &Registry,
+) -> Result<(ServiceRuntime, EndpointSettings), Error> {
     let settings = EndpointSettings {
         pool: PoolSettings {
             max_idle: s.pool.max_idle_per_endpoint as usize,
@@ -180,9 +197,12 @@ fn compile_service(s: &ServiceConfig, registry: &Registry) -> Result<ServiceRunt
             }
         }
     };
-    Ok(ServiceRuntime {
-        name: s.name.as_str().into(),
-        balancer,
-        endpoints,
-    })
+    Ok((
+        ServiceRuntime {
+            name: s.name.as_str().into(),
+            balancer,
+            endpoints,
+        },
+        settings,
+    ))
 }

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http1;
@@ -53,6 +53,9 @@ pub struct Endpoint {
     pending: AtomicUsize,
     max_pending: AtomicUsize,
     connect_timeout_ms: AtomicU64,
+    /// Set when a reload removed the endpoint: connections finishing their last request close
+    /// instead of going back to a pool nobody will use.
+    retired: AtomicBool,
     pub open: AtomicU64,
     pub opened: AtomicU64,
     pub requests: AtomicU64,
@@ -76,6 +79,7 @@ impl Endpoint {
             pending: AtomicUsize::new(0),
             max_pending: AtomicUsize::new(s.max_pending as usize),
             connect_timeout_ms: AtomicU64::new(s.connect_timeout.as_millis() as u64),
+            retired: AtomicBool::new(false),
             open: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -83,8 +87,9 @@ impl Endpoint {
         }
     }
 
-    /// Applies a new config's settings; called under the registry lock, so resizes don't race.
-    fn update(&self, s: EndpointSettings) {
+    /// Applies the settings of a config that has been swapped in. Reloads are serialized by
+    /// the proxy, so resizes of the in-flight limit do not race each other.
+    pub fn update(&self, s: EndpointSettings) {
         self.pool.set_settings(s.pool);
         self.max_pending.store(s.max_pending as usize, Ordering::Relaxed);
         self.connect_timeout_ms
@@ -140,7 +145,9 @@ impl Endpoint {
     }
 
     pub fn checkin(&self, sender: Sender) {
-        self.pool.checkin(sender);
+        if !self.retired.load(Ordering::Acquire) {
+            self.pool.checkin(sender);
+        }
     }
 
     /// Opens a new upstream connection, bounded by the connect timeout.
@@ -170,12 +177,17 @@ impl Endpoint {
             .map_err(|_| self.failed(ProxyError::UpstreamConnect))?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
-        let ep = self.clone();
+        // Weak: the endpoint's pool owns the connection's sender, so a strong reference here
+        // would keep a removed endpoint (and its idle connection) alive forever.
+        let ep: Weak<Endpoint> = Arc::downgrade(self);
         tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(endpoint = %ep.address, error = %e, "upstream connection ended with an error");
+            let result = conn.with_upgrades().await;
+            if let Some(ep) = ep.upgrade() {
+                if let Err(e) = result {
+                    tracing::debug!(endpoint = %ep.address, error = %e, "upstream connection ended with an error");
+                }
+                ep.open.fetch_sub(1, Ordering::Relaxed);
             }
-            ep.open.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(sender)
     }
@@ -206,11 +218,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The endpoint for `address`, created on first use; later configs update its settings.
+    /// The endpoint for `address`, created with `settings` on first use. An existing endpoint
+    /// keeps its settings until the config that changes them is swapped in
+    /// ([`crate::compile::Snapshot::apply_endpoint_settings`]), so a reload that fails later
+    /// changes nothing.
     pub fn get(&self, address: &str, settings: EndpointSettings) -> Arc<Endpoint> {
         let mut map = self.endpoints.lock();
         if let Some(ep) = map.get(address) {
-            ep.update(settings);
             return ep.clone();
         }
         let ep = Arc::new(Endpoint::new(address, settings));
@@ -224,6 +238,7 @@ impl Registry {
         self.endpoints.lock().retain(|addr, ep| {
             let kept = keep(addr);
             if !kept {
+                ep.retired.store(true, Ordering::Release);
                 ep.pool.clear();
             }
             kept

@@ -207,6 +207,7 @@ impl MeshProxy {
             self.shared.snapshot.store(Arc::new(snapshot));
         }
         let current = self.shared.snapshot.load_full();
+        current.apply_endpoint_settings();
         self.shared.registry.retain(|addr| current.uses_endpoint(addr));
         Ok(())
     }

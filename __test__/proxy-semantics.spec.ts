@@ -1,0 +1,171 @@
+/**
+ * Cases 5 and 13: proxy header semantics (hop-by-hop headers stripped both ways, `TE: trailers`
+ * kept, `x-forwarded-*` and `via` added, Host untouched), bodies passed through intact, and the
+ * request limits (414 `uri-too-long`, 431 for an oversized head).
+ */
+import { createHash } from 'node:crypto'
+import http from 'node:http'
+import test from 'ava'
+import { onRequestHeads, startBackend, startRawBackend } from './helpers/backend.js'
+import { get, rawRequest, request } from './helpers/http.js'
+import { simpleYaml, startProxy } from './helpers/proxy.js'
+
+test('request hop-by-hop headers are stripped; TE: trailers, Host and x-forwarded-*/via are right', async (t) => {
+  const backend = await startBackend(t, 'a')
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const res = await rawRequest(
+    port,
+    'GET /hop HTTP/1.1\r\n' +
+      'Host: svc.example.com:8080\r\n' +
+      'Connection: x-secret, close\r\n' +
+      'X-Secret: hidden\r\n' +
+      'Keep-Alive: timeout=5\r\n' +
+      'TE: trailers\r\n' +
+      'Proxy-Connection: keep-alive\r\n' +
+      'X-Kept: yes\r\n' +
+      '\r\n',
+  )
+  t.is(res.status, 200)
+  t.is(backend.requests.length, 1)
+  const h = backend.requests[0]!.headers
+  t.is(h['x-secret'], undefined, 'a header named by Connection is hop-by-hop')
+  t.is(h['connection'], undefined)
+  t.is(h['keep-alive'], undefined)
+  t.is(h['proxy-connection'], undefined)
+  t.is(h['te'], 'trailers')
+  t.is(h['x-kept'], 'yes')
+  t.is(h['host'], 'svc.example.com:8080', 'Host passes through untouched')
+  t.is(h['x-forwarded-for'], '127.0.0.1')
+  t.is(h['x-forwarded-proto'], 'http')
+  t.is(h['x-forwarded-host'], 'svc.example.com:8080')
+  t.is(h['via'], '1.1 meshproxy')
+  t.is(backend.requests[0]!.url, '/hop')
+})
+
+test('TE other than trailers is dropped; TE listed in Connection still passes as trailers', async (t) => {
+  const backend = await startBackend(t, 'a')
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  t.is((await get(port, '/1', { te: 'gzip' })).status, 200)
+  t.is((await get(port, '/2', { te: 'gzip, trailers', connection: 'te, close' })).status, 200)
+  t.is(backend.requests[0]!.headers['te'], undefined)
+  t.is(backend.requests[1]!.headers['te'], 'trailers')
+})
+
+test('x-forwarded-for is appended to; client x-forwarded-proto/host are kept; via appended', async (t) => {
+  const backend = await startBackend(t, 'a')
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const res = await get(port, '/', {
+    host: 'front.example.com',
+    'x-forwarded-for': '10.0.0.1',
+    'x-forwarded-proto': 'https',
+    'x-forwarded-host': 'edge.example.com',
+    via: '1.1 edge',
+  })
+  t.is(res.status, 200)
+  const h = backend.requests[0]!.headers
+  t.is(h['x-forwarded-for'], '10.0.0.1, 127.0.0.1')
+  t.is(h['x-forwarded-proto'], 'https')
+  t.is(h['x-forwarded-host'], 'edge.example.com')
+  t.is(h['via'], '1.1 edge, 1.1 meshproxy')
+  t.is(h['host'], 'front.example.com')
+})
+
+test('response hop-by-hop headers from the backend are stripped; via added', async (t) => {
+  const upstream = await startRawBackend(t, (socket) =>
+    onRequestHeads(socket, () => {
+      socket.write(
+        'HTTP/1.1 200 OK\r\n' +
+          'Content-Length: 2\r\n' +
+          'Connection: x-resp-secret, keep-alive\r\n' +
+          'X-Resp-Secret: hidden\r\n' +
+          'Keep-Alive: timeout=30\r\n' +
+          'Proxy-Connection: keep-alive\r\n' +
+          'X-Resp-Kept: yes\r\n' +
+          '\r\n' +
+          'ok',
+      )
+    }),
+  )
+  const { port } = await startProxy(t, simpleYaml([upstream.address]))
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+  t.teardown(() => agent.destroy())
+  const res = await get(port, '/', {}, agent)
+  t.is(res.status, 200)
+  t.is(res.body, 'ok')
+  t.is(res.headers['x-resp-secret'], undefined)
+  t.is(res.headers['keep-alive'], undefined)
+  t.is(res.headers['proxy-connection'], undefined)
+  t.false(/x-resp-secret/i.test(res.headers['connection'] ?? ''), `connection: ${res.headers['connection']}`)
+  t.is(res.headers['x-resp-kept'], 'yes')
+  t.is(res.headers['via'], '1.1 meshproxy')
+})
+
+test('request and response bodies pass through intact (content-length and chunked)', async (t) => {
+  const backend = await startBackend(t, 'echo', (req, res) => {
+    const hash = createHash('sha256')
+    let n = 0
+    req.on('data', (c: Buffer) => {
+      hash.update(c)
+      n += c.length
+    })
+    req.on('end', () => {
+      res.setHeader('x-te', String(req.headers['transfer-encoding']))
+      res.setHeader('x-cl', String(req.headers['content-length']))
+      res.end(`${n}:${hash.digest('hex')}`)
+    })
+  })
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const body = Buffer.alloc(1024 * 1024 + 7)
+  for (let i = 0; i < body.length; i++) body[i] = (i * 31) & 0xff
+  const expected = `${body.length}:${createHash('sha256').update(body).digest('hex')}`
+  const withLength = await request(port, { method: 'POST', path: '/', body, headers: { 'content-length': body.length } })
+  t.is(withLength.status, 200)
+  t.is(withLength.body, expected)
+  t.is(withLength.headers['x-cl'], String(body.length))
+  // Chunked upload.
+  const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'PUT', path: '/', agent: false }, (res) => {
+      let s = ''
+      res.setEncoding('utf8').on('data', (c: string) => (s += c))
+      res.on('end', () => resolve({ status: res.statusCode!, body: s }))
+    })
+    req.on('error', reject)
+    for (let off = 0; off < body.length; off += 100_000) req.write(body.subarray(off, off + 100_000))
+    req.end()
+  })
+  t.is(chunked.status, 200)
+  t.is(chunked.body, expected)
+  t.is(backend.requests[1]!.headers['transfer-encoding'], 'chunked')
+})
+
+test('a URI longer than 8 KiB is answered 414 uri-too-long and not forwarded', async (t) => {
+  const backend = await startBackend(t, 'a')
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const long = `/${'x'.repeat(8200)}`
+  const res = await get(port, long)
+  t.is(res.status, 414)
+  t.is(res.headers['meshproxy-error'], 'uri-too-long')
+  // At the limit it is still fine.
+  const atLimit = await get(port, `/${'y'.repeat(8191)}`)
+  t.is(atLimit.status, 200)
+  t.is(backend.requests.length, 1)
+  t.is(backend.requests[0]!.url.length, 8192)
+})
+
+test('a request head over 64 KiB is answered 431', async (t) => {
+  // The backend accepts big heads itself (Node's default limit is 16 KiB).
+  const backend = await startBackend(t, 'a', undefined, { maxHeaderSize: 256 * 1024 })
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  let head = 'GET / HTTP/1.1\r\nHost: big.test\r\n'
+  for (let i = 0; i < 10; i++) head += `X-Big-${i}: ${'v'.repeat(7 * 1024)}\r\n`
+  head += '\r\n'
+  t.true(head.length > 64 * 1024)
+  const res = await rawRequest(port, head)
+  t.is(res.status, 431, `raw response: ${JSON.stringify(res.raw.slice(0, 200))} error=${res.error}`)
+  t.is(backend.requests.length, 0)
+  // A head just under the limit goes through.
+  const ok = await get(port, '/', { 'x-big': 'v'.repeat(60 * 1024) })
+  t.is(ok.status, 200)
+  t.is(backend.requests.length, 1)
+  t.is(backend.requests[0]!.headers['x-big']!.length, 60 * 1024)
+})

@@ -1,0 +1,327 @@
+#!/usr/bin/env node
+// `npm run bench`: HTTP/1.1 keep-alive, small responses, meshproxy vs haproxy vs nginx direct.
+// See bench/README.md for what is measured and why. Options: --help.
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { installCleanupHandlers, start, stop, stopAll, waitForOutput } from './lib/procs.mjs'
+import { busyPercent, machineCpu, stealPercent, statusKb, sumCpuSeconds, sumPeakRssKb } from './lib/procstat.mjs'
+import { ALL_TARGETS, BODY, freePorts, startNginx } from './lib/targets.mjs'
+import { runH2load, runWrk } from './lib/loadgen.mjs'
+import { collectVersions, findTools, INSTALL_HINT } from './lib/tools.mjs'
+import { aggregate, markdown } from './lib/report.mjs'
+
+const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+
+// ---------------------------------------------------------------------------------------------
+// Options: flags win over BENCH_* environment variables, which win over the defaults.
+
+const OPTIONS = {
+  duration: { env: 'BENCH_DURATION', def: 10, help: 'seconds per wrk run' },
+  connections: { env: 'BENCH_CONNECTIONS', def: 50, help: 'wrk connections' },
+  threads: { env: 'BENCH_THREADS', def: 1, help: 'wrk threads' },
+  reps: { env: 'BENCH_REPS', def: 3, help: 'repetitions (median reported)' },
+  warmup: { env: 'BENCH_WARMUP', def: 2, help: 'seconds of unrecorded wrk before each measured run (0 = none)' },
+  rate: { env: 'BENCH_RATE', def: 2000, help: 'fixed-rate run: total req/s' },
+  'rate-clients': { env: 'BENCH_RATE_CLIENTS', def: 10, help: 'fixed-rate run: h2load connections (rate is split across them)' },
+  'rate-duration': { env: 'BENCH_RATE_DURATION', def: null, help: 'fixed-rate run: seconds (default: --duration; 0 = skip)' },
+  workers: { env: 'BENCH_WORKERS', def: 1, help: 'meshproxy --workers' },
+  'steal-limit': { env: 'BENCH_STEAL_LIMIT', def: 10, help: 'redo a run once if steal exceeds this %' },
+}
+
+function usage() {
+  const lines = Object.entries(OPTIONS).map(([k, o]) => `  --${k.padEnd(14)} ${o.help} (default ${o.def ?? 'see text'}; env ${o.env})`)
+  return `usage: npm run bench -- [options]\n\n${lines.join('\n')}\n  --targets      comma list of direct,meshproxy,haproxy (default all; env BENCH_TARGETS)\n  --out DIR      results directory (default bench/results)\n  --keep-tmp     keep the temp dir (configs, logs) after the run\n  -h, --help\n`
+}
+
+function readOptions() {
+  const { values } = parseArgs({
+    options: {
+      ...Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' }])),
+      targets: { type: 'string' },
+      out: { type: 'string' },
+      'keep-tmp': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  })
+  if (values.help) {
+    process.stdout.write(usage())
+    process.exit(0)
+  }
+  const opts = {}
+  for (const [k, o] of Object.entries(OPTIONS)) {
+    const raw = values[k] ?? process.env[o.env]
+    if (raw === undefined || raw === '') {
+      opts[k] = o.def
+      continue
+    }
+    const n = Number(raw)
+    if (!Number.isFinite(n) || n < 0) throw new Error(`--${k}: expected a non-negative number, got ${raw}`)
+    opts[k] = n
+  }
+  if (opts['rate-duration'] === null) opts['rate-duration'] = opts.duration
+  for (const k of ['duration', 'connections', 'threads', 'reps', 'rate-clients', 'workers']) {
+    if (!Number.isInteger(opts[k]) || opts[k] < 1) throw new Error(`--${k}: expected a positive integer`)
+  }
+  const targets = (values.targets ?? process.env.BENCH_TARGETS ?? 'direct,meshproxy,haproxy').split(',').map((s) => s.trim()).filter(Boolean)
+  for (const t of targets) if (!ALL_TARGETS[t]) throw new Error(`--targets: unknown target ${t} (known: ${Object.keys(ALL_TARGETS).join(', ')})`)
+  // Ratios need `direct` in the same run, so it is always measured.
+  if (!targets.includes('direct')) targets.unshift('direct')
+  return { ...opts, targets, out: resolve(values.out ?? join(repoDir, 'bench', 'results')), keepTmp: Boolean(values['keep-tmp']) }
+}
+
+const log = (msg) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}`)
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Runs `fn` between two /proc/stat snapshots. If steal exceeded the limit (a noisy neighbour took
+ * the CPU), runs it once more and keeps the second result; both steal figures are recorded.
+ */
+async function withStealCheck(label, limit, fn) {
+  const attempts = []
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const a = machineCpu()
+    const result = await fn()
+    const b = machineCpu()
+    const steal = stealPercent(a, b)
+    attempts.push({ steal, busy: busyPercent(a, b) })
+    if (steal <= limit || attempt === 1) return { result, steal, busy: busyPercent(a, b), stealAttempts: attempts, redone: attempt === 1 }
+    log(`  ${label}: steal ${steal.toFixed(1)}% > ${limit}% — redoing once`)
+  }
+}
+
+/** Peak RSS of a process that only loads things: bare node, and node with the addon required. */
+async function bareNodeRss() {
+  const measure = async (name, code) => {
+    const child = start(name, process.execPath, ['--input-type=module', '-e', code], { cwd: repoDir })
+    await waitForOutput(child, /ready/, 10_000)
+    await new Promise((r) => setTimeout(r, 500)) // let start-up allocation settle (GC, lazy init)
+    const kb = statusKb(child.pid, 'VmHWM')
+    await stop(child)
+    return kb
+  }
+  const hold = "console.log('ready'); setTimeout(() => {}, 30000)"
+  return {
+    nodeKb: await measure('node-bare', hold),
+    nodeAddonKb: await measure(
+      'node-addon',
+      `import { createRequire } from 'node:module'; createRequire(import.meta.url)('./native/index.cjs'); ${hold}`,
+    ),
+  }
+}
+
+/** One GET through the target before measuring: a target that answers wrongly is not benchmarked. */
+async function sanityCheck(url) {
+  for (let i = 0; i < 4; i++) {
+    const r = await fetch(url, { signal: AbortSignal.timeout(5_000) })
+    const body = await r.text()
+    if (r.status !== 200 || body !== BODY) throw new Error(`sanity check ${url}: HTTP ${r.status} body ${JSON.stringify(body.slice(0, 200))}`)
+  }
+}
+
+/** One repetition of one target: start, warm up, wrk, fixed rate, counters, stop. */
+async function measureTarget(target, ctx, rep, opts, tools, flags) {
+  const flag = (kind, message) => {
+    flags.push({ target: target.name, rep, kind, message })
+    log(`  ${kind === 'error' ? 'FLAG' : 'note'}: ${message}`)
+  }
+  const rec = { target: target.name, rep }
+  const inst = await target.start({ ...ctx, rep, tools, workers: opts.workers })
+  try {
+    rec.command = inst.command ?? null
+    rec.rssAtStartKb = inst.pids().reduce((s, p) => s + (statusKb(p, 'VmRSS') ?? 0), 0)
+    await sanityCheck(inst.url)
+    const wrkOpts = { threads: opts.threads, connections: opts.connections }
+    if (opts.warmup > 0) await runWrk(tools.wrk, inst.url, { ...wrkOpts, durationS: opts.warmup })
+    const before = await inst.snapshot()
+
+    // Throughput. CPU of the target's processes is sampled inside the steal check so a redo
+    // replaces it too.
+    const w = await withStealCheck(`${target.name} wrk`, opts['steal-limit'], async () => {
+      const pids = inst.pids()
+      const c0 = sumCpuSeconds(pids)
+      const res = await runWrk(tools.wrk, inst.url, { ...wrkOpts, durationS: opts.duration })
+      res.cpuSeconds = sumCpuSeconds(pids) - c0
+      return res
+    })
+    rec.wrk = { ...w.result, steal: w.steal, machineBusy: w.busy, stealAttempts: w.stealAttempts, redone: w.redone }
+    rec.cpuPer10kWrk = (rec.wrk.cpuSeconds / rec.wrk.requests) * 10_000
+    const mid = await inst.snapshot()
+    log(
+      `  wrk: ${Math.round(rec.wrk.rps)} req/s, p50 ${rec.wrk.latencyMs.p50} ms, p99 ${rec.wrk.latencyMs.p99} ms, ` +
+        `CPU ${rec.wrk.cpuSeconds.toFixed(2)} s, steal ${w.steal.toFixed(2)}%`,
+    )
+    if (rec.wrk.non2xx3xx) flag('error', `wrk: ${rec.wrk.non2xx3xx} non-2xx/3xx responses`)
+    const se = rec.wrk.socketErrors
+    if (se.connect + se.read + se.write + se.timeout) flag('error', `wrk socket errors: connect ${se.connect}, read ${se.read}, write ${se.write}, timeout ${se.timeout}`)
+    if (w.redone) flag('note', `wrk run redone for steal (${w.stealAttempts.map((a) => a.steal.toFixed(1)).join('% → ')}%)`)
+
+    // Fixed-rate latency.
+    if (tools.h2load && opts['rate-duration'] > 0) {
+      const r = await withStealCheck(`${target.name} h2load`, opts['steal-limit'], async () => {
+        const pids = inst.pids()
+        const c0 = sumCpuSeconds(pids)
+        const res = await runH2load(tools.h2load, inst.url, {
+          clients: opts['rate-clients'],
+          rate: opts.rate,
+          durationS: opts['rate-duration'],
+          logFile: join(ctx.workDir, `h2load-${target.name}-${rep}.log`),
+        })
+        res.cpuSeconds = sumCpuSeconds(pids) - c0
+        return res
+      })
+      rec.rate = { ...r.result, steal: r.steal, machineBusy: r.busy, stealAttempts: r.stealAttempts, redone: r.redone }
+      rec.cpuPer10kRate = rec.rate.succeeded ? (rec.rate.cpuSeconds / rec.rate.succeeded) * 10_000 : null
+      const L = rec.rate.latencyMs
+      log(`  h2load ${opts.rate}/s: achieved ${Math.round(rec.rate.achievedRps)}/s, p50 ${L.p50?.toFixed(3)} ms, p99 ${L.p99?.toFixed(3)} ms, max ${L.max?.toFixed(3)} ms`)
+      const bad = rec.rate.failed + rec.rate.errored + rec.rate.timeout
+      if (bad) flag('error', `h2load: ${rec.rate.failed} failed, ${rec.rate.errored} errored, ${rec.rate.timeout} timed out`)
+      const s = rec.rate.status
+      if (s && s['3xx'] + s['4xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
+      if (rec.rate.achievedRps < 0.95 * opts.rate) flag('error', `h2load achieved ${Math.round(rec.rate.achievedRps)} req/s of the ${opts.rate} asked (target could not keep up)`)
+      if (r.redone) flag('note', `fixed-rate run redone for steal (${r.stealAttempts.map((a) => a.steal.toFixed(1)).join('% → ')}%)`)
+    }
+
+    const after = await inst.snapshot()
+    rec.peakRssKb = sumPeakRssKb(inst.pids())
+    rec.processes = inst.pids().length
+    if (after) {
+      rec.upstream = {
+        before,
+        afterWrk: mid,
+        after,
+        // Lifetime of this target instance (warm-up + wrk + fixed rate).
+        requestsPerConnection: after.upstreamOpened ? after.upstreamRequests / after.upstreamOpened : null,
+        openedDuringWrk: mid.upstreamOpened - before.upstreamOpened,
+      }
+      if (target.name === 'meshproxy') {
+        if (Object.keys(after.proxyErrors).length) flag('error', `meshproxy proxy errors: ${JSON.stringify(after.proxyErrors)}`)
+        if (after.upstreamFailures) flag('error', `meshproxy upstream failures: ${after.upstreamFailures}`)
+        if (after.downstreamRejected) flag('error', `meshproxy rejected ${after.downstreamRejected} downstream connections`)
+        const nonOk = Object.entries(after.requestsByClass).filter(([k, v]) => k !== '2xx' && v > 0)
+        if (nonOk.length) flag('error', `meshproxy responses by class: ${JSON.stringify(after.requestsByClass)}`)
+      }
+      if (target.name === 'haproxy' && (after.errorsConn || after.errorsResp || after.hrsp5xx)) {
+        flag('error', `haproxy errors: econ ${after.errorsConn}, eresp ${after.errorsResp}, 5xx ${after.hrsp5xx}`)
+      }
+      if (rec.upstream.requestsPerConnection != null) log(`  upstream: ${after.upstreamRequests} requests over ${after.upstreamOpened} connections opened`)
+    }
+    log(`  peak RSS ${(rec.peakRssKb / 1024).toFixed(1)} MB over ${rec.processes} process(es), CPU/10k req ${rec.cpuPer10kWrk.toFixed(3)} s`)
+  } finally {
+    await inst.stop()
+  }
+  return rec
+}
+
+async function main() {
+  const opts = readOptions()
+  installCleanupHandlers(log)
+
+  const tools = findTools()
+  const missing = ['nginx', 'wrk'].filter((t) => !tools[t])
+  if (missing.length) {
+    log(`missing required tool(s): ${missing.join(', ')} — install with: ${INSTALL_HINT}`)
+    process.exit(2)
+  }
+  for (const f of ['dist/cli.js', 'native/index.cjs']) {
+    if (!existsSync(join(repoDir, f))) {
+      log(`${f} is missing: run \`npm run build:ts\` (dist) or \`npm run build:native\` (native) first`)
+      process.exit(2)
+    }
+  }
+  const skipped = []
+  if (!tools.h2load) skipped.push({ what: 'fixed-rate latency (h2load)', why: `h2load not found; ${INSTALL_HINT}` })
+  let targets = opts.targets
+  if (targets.includes('haproxy') && !tools.haproxy) {
+    skipped.push({ what: 'haproxy target', why: `haproxy not found; ${INSTALL_HINT}` })
+    targets = targets.filter((t) => t !== 'haproxy')
+  }
+  for (const s of skipped) log(`SKIPPED: ${s.what}: ${s.why}`)
+
+  const versions = collectVersions(tools, repoDir)
+  log(`${versions.cpuModel}, ${versions.cores} cores; node ${versions.node}, nginx ${versions.nginx}, haproxy ${versions.haproxy ?? '–'}, wrk ${versions.wrk}, h2load ${versions.h2load ?? '–'}`)
+  if (versions.gitDirty) log('note: the git tree has uncommitted changes')
+
+  const workDir = mkdtempSync(join(tmpdir(), 'meshproxy-bench-'))
+  const flags = []
+  const runs = []
+  let ok = false
+  try {
+    log('measuring bare node RSS (with and without the addon)')
+    const bare = await bareNodeRss()
+
+    const [p1, p2] = await freePorts(2)
+    log(`starting backends: nginx on ${p1} and ${p2}`)
+    const backends = [
+      await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), p1),
+      await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), p2),
+    ]
+    for (const b of backends) await sanityCheck(`http://${b.addr}/`)
+    const ctx = { backends, repoDir, workDir }
+
+    for (let rep = 0; rep < opts.reps; rep++) {
+      // Rotate the order so no target always runs first (cold caches) or last (warm box).
+      const order = targets.map((_, i) => targets[(i + rep) % targets.length])
+      for (const name of order) {
+        log(`rep ${rep + 1}/${opts.reps}: ${name}`)
+        try {
+          runs.push(await measureTarget(ALL_TARGETS[name], ctx, rep, opts, tools, flags))
+        } catch (e) {
+          // A target that crashes or refuses is a result too: record it and carry on.
+          log(`  ${name} FAILED: ${e.message}`)
+          flags.push({ target: name, rep, kind: 'error', message: `run failed: ${e.message.split('\n')[0]}` })
+          runs.push({ target: name, rep, error: e.message })
+        }
+      }
+    }
+    for (const b of backends) await b.stop()
+
+    const steals = runs.flatMap((r) => [r.wrk, r.rate].filter(Boolean).flatMap((x) => x.stealAttempts.map((a) => a.steal)))
+    const result = {
+      date: new Date().toISOString(),
+      config: {
+        ...opts,
+        body: BODY,
+        stealLimit: opts['steal-limit'],
+        wrkCommand: `wrk -t${opts.threads} -c${opts.connections} -d${opts.duration}s --latency URL`,
+        h2loadCommand:
+          tools.h2load && opts['rate-duration'] > 0
+            ? `h2load --h1 -c ${opts['rate-clients']} --rps ${opts.rate / opts['rate-clients']} -D ${opts['rate-duration']} --log-file LOG URL`
+            : null,
+        meshproxyCommand: runs.find((r) => r.target === 'meshproxy' && r.command)?.command ?? null,
+        argv: process.argv.slice(2),
+      },
+      versions,
+      skipped,
+      bare,
+      steal: {
+        max: Math.max(0, ...steals),
+        mean: steals.length ? steals.reduce((s, x) => s + x, 0) / steals.length : 0,
+        redone: runs.filter((r) => r.wrk?.redone || r.rate?.redone).length,
+      },
+      flags,
+      aggregate: aggregate(runs, targets),
+      runs,
+    }
+    const md = markdown(result)
+    mkdirSync(opts.out, { recursive: true })
+    writeFileSync(join(opts.out, 'latest.json'), JSON.stringify(result, null, 2) + '\n')
+    writeFileSync(join(opts.out, 'latest.md'), md)
+    process.stdout.write('\n' + md)
+    log(`wrote ${join(opts.out, 'latest.json')} and latest.md`)
+    ok = !runs.some((r) => r.error)
+  } finally {
+    await stopAll()
+    if (opts.keepTmp || !ok) log(`temp dir kept: ${workDir}`)
+    else rmSync(workDir, { recursive: true, force: true })
+  }
+  if (!ok) process.exitCode = 1
+}
+
+main().catch((e) => {
+  log(`error: ${e.stack ?? e}`)
+  process.exitCode = 1
+})
