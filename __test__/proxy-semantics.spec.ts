@@ -156,7 +156,8 @@ test('a request head over 64 KiB is answered 431', async (t) => {
   // The backend accepts big heads itself (Node's default limit is 16 KiB).
   const backend = await startBackend(t, 'a', undefined, { maxHeaderSize: 256 * 1024 })
   const { port } = await startProxy(t, simpleYaml([backend.address]))
-  let head = 'GET / HTTP/1.1\r\nHost: big.test\r\n'
+  // One write of ~72 KiB: ten 7 KiB headers.
+  let head = 'GET / HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\n'
   for (let i = 0; i < 10; i++) head += `X-Big-${i}: ${'v'.repeat(7 * 1024)}\r\n`
   head += '\r\n'
   t.true(head.length > 64 * 1024)
@@ -168,4 +169,13 @@ test('a request head over 64 KiB is answered 431', async (t) => {
   t.is(ok.status, 200)
   t.is(backend.requests.length, 1)
   t.is(backend.requests[0]!.headers['x-big']!.length, 60 * 1024)
+})
+
+test('a request head far over the limit (200 KiB) is answered 431 and not forwarded', async (t) => {
+  const backend = await startBackend(t, 'a', undefined, { maxHeaderSize: 1024 * 1024 })
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const head = `GET / HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\nX-Big: ${'v'.repeat(200 * 1024)}\r\n\r\n`
+  const res = await rawRequest(port, head)
+  t.is(res.status, 431, `raw response: ${JSON.stringify(res.raw.slice(0, 200))} error=${res.error}`)
+  t.is(backend.requests.length, 0)
 })

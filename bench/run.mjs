@@ -7,7 +7,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { installCleanupHandlers, start, stop, stopAll, waitForOutput } from './lib/procs.mjs'
-import { busyPercent, machineCpu, stealPercent, statusKb, sumCpuSeconds, sumPeakRssKb } from './lib/procstat.mjs'
+import { busyPercent, machineCpu, otherLoadPercent, stealPercent, statusKb, sumCpuSeconds, sumPeakRssKb, treeCpuSeconds } from './lib/procstat.mjs'
 import { ALL_TARGETS, BODY, freePorts, startNginx } from './lib/targets.mjs'
 import { runH2load, runWrk } from './lib/loadgen.mjs'
 import { collectVersions, findTools, INSTALL_HINT } from './lib/tools.mjs'
@@ -28,7 +28,9 @@ const OPTIONS = {
   'rate-clients': { env: 'BENCH_RATE_CLIENTS', def: 10, help: 'fixed-rate run: h2load connections (rate is split across them)' },
   'rate-duration': { env: 'BENCH_RATE_DURATION', def: null, help: 'fixed-rate run: seconds (default: --duration; 0 = skip)' },
   workers: { env: 'BENCH_WORKERS', def: 1, help: 'meshproxy --workers' },
-  'steal-limit': { env: 'BENCH_STEAL_LIMIT', def: 10, help: 'redo a run once if steal exceeds this %' },
+  'steal-limit': { env: 'BENCH_STEAL_LIMIT', def: 10, help: 'redo a run once if steal exceeds this % of CPU' },
+  'other-limit': { env: 'BENCH_OTHER_LIMIT', def: 10, help: 'redo a run once if processes outside the bench used more than this % of the machine' },
+  'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before a redo, wait up to this many seconds for other load to drop' },
 }
 
 function usage() {
@@ -76,20 +78,45 @@ const log = (msg) => console.error(`[bench ${new Date().toISOString().slice(11, 
 
 // ---------------------------------------------------------------------------------------------
 
+function loadSnapshot() {
+  return { cpu: machineCpu(), own: treeCpuSeconds(process.pid) }
+}
+
+/** Other load (% of the machine) over a short window. */
+async function sampleOtherLoad(ms = 2_000) {
+  const a = loadSnapshot()
+  await new Promise((r) => setTimeout(r, ms))
+  return otherLoadPercent(a, loadSnapshot())
+}
+
+/** Waits (up to `maxS`) until other processes leave the machine alone; returns the last sample. */
+async function waitForQuiet(opts) {
+  const deadline = Date.now() + opts['quiet-wait'] * 1000
+  let other = await sampleOtherLoad()
+  while (other > opts['other-limit'] && Date.now() < deadline) {
+    log(`  waiting for the machine to be quiet: other load ${other.toFixed(1)}%`)
+    other = await sampleOtherLoad()
+  }
+  return other
+}
+
 /**
- * Runs `fn` between two /proc/stat snapshots. If steal exceeded the limit (a noisy neighbour took
- * the CPU), runs it once more and keeps the second result; both steal figures are recorded.
+ * Runs `fn` between two CPU snapshots. If steal (the hypervisor's neighbours) or other load (other
+ * processes in this box, e.g. a cargo build) exceeded its limit, runs it once more and keeps the
+ * second result; every attempt's figures are recorded. A second noisy attempt is kept and flagged.
  */
-async function withStealCheck(label, limit, fn) {
+async function withNoiseCheck(label, opts, fn) {
   const attempts = []
   for (let attempt = 0; attempt < 2; attempt++) {
-    const a = machineCpu()
+    const a = loadSnapshot()
     const result = await fn()
-    const b = machineCpu()
-    const steal = stealPercent(a, b)
-    attempts.push({ steal, busy: busyPercent(a, b) })
-    if (steal <= limit || attempt === 1) return { result, steal, busy: busyPercent(a, b), stealAttempts: attempts, redone: attempt === 1 }
-    log(`  ${label}: steal ${steal.toFixed(1)}% > ${limit}% — redoing once`)
+    const b = loadSnapshot()
+    const m = { steal: stealPercent(a.cpu, b.cpu), other: otherLoadPercent(a, b), busy: busyPercent(a.cpu, b.cpu) }
+    attempts.push(m)
+    const noisy = m.steal > opts['steal-limit'] || m.other > opts['other-limit']
+    if (!noisy || attempt === 1) return { result, ...m, noisy, attempts, redone: attempt === 1 }
+    log(`  ${label}: steal ${m.steal.toFixed(1)}%, other load ${m.other.toFixed(1)}% of the machine — redoing once`)
+    if (m.other > opts['other-limit']) await waitForQuiet(opts)
   }
 }
 
@@ -122,6 +149,16 @@ async function sanityCheck(url) {
   }
 }
 
+function noiseRecord(n) {
+  return { steal: n.steal, otherLoad: n.other, machineBusy: n.busy, noisy: n.noisy, redone: n.redone, attempts: n.attempts }
+}
+
+function noiseFlags(what, n, flag) {
+  const fmt = (a) => `steal ${a.steal.toFixed(1)}%, other load ${a.other.toFixed(1)}%`
+  if (n.noisy) flag('error', `${what} run noisy even after a redo (${n.attempts.map(fmt).join(' → ')}): figures unreliable`)
+  else if (n.redone) flag('note', `${what} run redone (${n.attempts.map(fmt).join(' → ')})`)
+}
+
 /** One repetition of one target: start, warm up, wrk, fixed rate, counters, stop. */
 async function measureTarget(target, ctx, rep, opts, tools, flags) {
   const flag = (kind, message) => {
@@ -140,28 +177,28 @@ async function measureTarget(target, ctx, rep, opts, tools, flags) {
 
     // Throughput. CPU of the target's processes is sampled inside the steal check so a redo
     // replaces it too.
-    const w = await withStealCheck(`${target.name} wrk`, opts['steal-limit'], async () => {
+    const w = await withNoiseCheck(`${target.name} wrk`, opts, async () => {
       const pids = inst.pids()
       const c0 = sumCpuSeconds(pids)
       const res = await runWrk(tools.wrk, inst.url, { ...wrkOpts, durationS: opts.duration })
       res.cpuSeconds = sumCpuSeconds(pids) - c0
       return res
     })
-    rec.wrk = { ...w.result, steal: w.steal, machineBusy: w.busy, stealAttempts: w.stealAttempts, redone: w.redone }
+    rec.wrk = { ...w.result, noise: noiseRecord(w) }
     rec.cpuPer10kWrk = (rec.wrk.cpuSeconds / rec.wrk.requests) * 10_000
     const mid = await inst.snapshot()
     log(
       `  wrk: ${Math.round(rec.wrk.rps)} req/s, p50 ${rec.wrk.latencyMs.p50} ms, p99 ${rec.wrk.latencyMs.p99} ms, ` +
-        `CPU ${rec.wrk.cpuSeconds.toFixed(2)} s, steal ${w.steal.toFixed(2)}%`,
+        `CPU ${rec.wrk.cpuSeconds.toFixed(2)} s, steal ${w.steal.toFixed(2)}%, other load ${w.other.toFixed(1)}%`,
     )
     if (rec.wrk.non2xx3xx) flag('error', `wrk: ${rec.wrk.non2xx3xx} non-2xx/3xx responses`)
     const se = rec.wrk.socketErrors
     if (se.connect + se.read + se.write + se.timeout) flag('error', `wrk socket errors: connect ${se.connect}, read ${se.read}, write ${se.write}, timeout ${se.timeout}`)
-    if (w.redone) flag('note', `wrk run redone for steal (${w.stealAttempts.map((a) => a.steal.toFixed(1)).join('% → ')}%)`)
+    noiseFlags('wrk', w, flag)
 
     // Fixed-rate latency.
     if (tools.h2load && opts['rate-duration'] > 0) {
-      const r = await withStealCheck(`${target.name} h2load`, opts['steal-limit'], async () => {
+      const r = await withNoiseCheck(`${target.name} h2load`, opts, async () => {
         const pids = inst.pids()
         const c0 = sumCpuSeconds(pids)
         const res = await runH2load(tools.h2load, inst.url, {
@@ -173,16 +210,16 @@ async function measureTarget(target, ctx, rep, opts, tools, flags) {
         res.cpuSeconds = sumCpuSeconds(pids) - c0
         return res
       })
-      rec.rate = { ...r.result, steal: r.steal, machineBusy: r.busy, stealAttempts: r.stealAttempts, redone: r.redone }
+      rec.rate = { ...r.result, noise: noiseRecord(r) }
       rec.cpuPer10kRate = rec.rate.succeeded ? (rec.rate.cpuSeconds / rec.rate.succeeded) * 10_000 : null
       const L = rec.rate.latencyMs
-      log(`  h2load ${opts.rate}/s: achieved ${Math.round(rec.rate.achievedRps)}/s, p50 ${L.p50?.toFixed(3)} ms, p99 ${L.p99?.toFixed(3)} ms, max ${L.max?.toFixed(3)} ms`)
+      log(`  h2load ${opts.rate}/s: achieved ${Math.round(rec.rate.achievedRps)}/s, p50 ${L.p50?.toFixed(3)} ms, p99 ${L.p99?.toFixed(3)} ms, max ${L.max?.toFixed(3)} ms, other load ${r.other.toFixed(1)}%`)
       const bad = rec.rate.failed + rec.rate.errored + rec.rate.timeout
       if (bad) flag('error', `h2load: ${rec.rate.failed} failed, ${rec.rate.errored} errored, ${rec.rate.timeout} timed out`)
       const s = rec.rate.status
       if (s && s['3xx'] + s['4xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
       if (rec.rate.achievedRps < 0.95 * opts.rate) flag('error', `h2load achieved ${Math.round(rec.rate.achievedRps)} req/s of the ${opts.rate} asked (target could not keep up)`)
-      if (r.redone) flag('note', `fixed-rate run redone for steal (${r.stealAttempts.map((a) => a.steal.toFixed(1)).join('% → ')}%)`)
+      noiseFlags('fixed-rate', r, flag)
     }
 
     const after = await inst.snapshot()
@@ -250,6 +287,10 @@ async function main() {
   const runs = []
   let ok = false
   try {
+    // Pre-flight: a busy box (a build, another benchmark) makes every figure meaningless.
+    const preflight = await waitForQuiet(opts)
+    log(`other load before start: ${preflight.toFixed(1)}% of the machine${preflight > opts['other-limit'] ? ' — WARNING: the box is busy, results will be noisy' : ''}`)
+
     log('measuring bare node RSS (with and without the addon)')
     const bare = await bareNodeRss()
 
@@ -279,7 +320,13 @@ async function main() {
     }
     for (const b of backends) await b.stop()
 
-    const steals = runs.flatMap((r) => [r.wrk, r.rate].filter(Boolean).flatMap((x) => x.stealAttempts.map((a) => a.steal)))
+    const kept = runs.flatMap((r) => [r.wrk, r.rate].filter(Boolean).map((x) => x.noise))
+    const steals = kept.map((n) => n.steal)
+    const others = kept.map((n) => n.otherLoad)
+    const addonAfter = collectVersions(tools, repoDir).addon
+    if (addonAfter?.sha256 !== versions.addon?.sha256) {
+      flags.push({ target: 'meshproxy', rep: opts.reps - 1, kind: 'error', message: `the native addon changed during the run (${versions.addon?.sha256} → ${addonAfter?.sha256}): reps may mix builds` })
+    }
     const result = {
       date: new Date().toISOString(),
       config: {
@@ -300,7 +347,12 @@ async function main() {
       steal: {
         max: Math.max(0, ...steals),
         mean: steals.length ? steals.reduce((s, x) => s + x, 0) / steals.length : 0,
-        redone: runs.filter((r) => r.wrk?.redone || r.rate?.redone).length,
+        redone: kept.filter((n) => n.redone).length,
+      },
+      otherLoad: {
+        max: Math.max(0, ...others),
+        mean: others.length ? others.reduce((s, x) => s + x, 0) / others.length : 0,
+        before: preflight,
       },
       flags,
       aggregate: aggregate(runs, targets),

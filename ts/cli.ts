@@ -17,6 +17,7 @@ import { MeshProxyError } from './errors.js'
 import { DEFAULT_GRACE_MS, Proxy, type StartInfo } from './proxy.js'
 import { runDemo } from './demo.js'
 import { closeOnSignals } from './signals.js'
+import { initLogging } from './logging.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
 
@@ -47,6 +48,7 @@ interface RunOptions {
   admin?: string
   workers: number
   grace: number
+  log: string
 }
 
 async function run(opts: RunOptions): Promise<void> {
@@ -66,6 +68,7 @@ async function run(opts: RunOptions): Promise<void> {
     process.exitCode = 1
     return
   }
+  initLogging(opts.log)
   const proxy = new Proxy(result.config, { workers: opts.workers })
   printStarted(await proxy.start())
   closeOnSignals(proxy, opts.grace)
@@ -122,6 +125,7 @@ program
   .option('--admin <host:port>', `admin listener address (default ${DEFAULT_ADMIN} unless the file names one)`)
   .option('--workers <n>', 'data-path worker threads', intOption(1, 256), 1)
   .option('--grace <ms>', 'drain time on SIGINT/SIGTERM', intOption(0, 2 ** 31 - 1), DEFAULT_GRACE_MS)
+  .option('--log <filter>', 'data-plane log filter, as RUST_LOG (off, warn, info, debug, meshproxy_core=debug)', process.env.MESHPROXY_LOG ?? 'warn')
   .action((opts: RunOptions) => run(opts))
 
 program

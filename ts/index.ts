@@ -10,6 +10,7 @@
  */
 export * from './config/index.js'
 export { MeshProxyError, type MeshProxyErrorCode } from './errors.js'
+export { initLogging } from './logging.js'
 export {
   Proxy,
   DEFAULT_GRACE_MS,

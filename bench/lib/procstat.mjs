@@ -28,6 +28,19 @@ export function machineCpu() {
   return { total: user + nice + system + idle + iowait + irq + softirq + steal, steal, idle: idle + iowait }
 }
 
+/**
+ * Percentage of all machine CPU used by processes outside the bench (a compiler, another
+ * benchmark) between two snapshots { cpu: machineCpu(), own: treeCpuSeconds(process.pid) }.
+ * Steal only shows the hypervisor's neighbours; this shows the ones inside the box.
+ */
+export function otherLoadPercent(a, b) {
+  const total = b.cpu.total - a.cpu.total
+  if (total <= 0) return 0
+  const busy = total - (b.cpu.idle - a.cpu.idle) - (b.cpu.steal - a.cpu.steal)
+  const own = (b.own - a.own) * clockTicks()
+  return Math.max(0, (100 * (busy - own)) / total)
+}
+
 /** Steal as a percentage of all CPU time between two machineCpu() snapshots. */
 export function stealPercent(a, b) {
   const total = b.total - a.total
@@ -64,6 +77,22 @@ export function cpuSeconds(pid) {
   } catch {
     return 0
   }
+}
+
+/**
+ * CPU seconds of `rootPid` and every live descendant, including what their already-reaped children
+ * used (cutime+cstime): a wrk that exited between two samples still counts. The delta between two
+ * samples is everything the bench itself burned, so machine busy time minus it is other load.
+ */
+export function treeCpuSeconds(rootPid) {
+  let ticks = 0
+  for (const pid of processTree(rootPid)) {
+    try {
+      const f = statFields(pid)
+      ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
+    } catch {}
+  }
+  return ticks / clockTicks()
 }
 
 export function sumCpuSeconds(pids) {

@@ -71,6 +71,11 @@ export function markdown(result) {
   const L = []
   L.push(`# meshproxy bench — ${result.date}`)
   L.push('')
+  const noisy = flags.filter((f) => /noisy/.test(f.message)).length
+  if (noisy) {
+    L.push(`> **⚠ ${noisy} measured run(s) were noisy even after a redo (steal or other processes' load above the limit): treat these figures as unreliable.**`)
+    L.push('')
+  }
   L.push(
     `HTTP/1.1 keep-alive, ${JSON.stringify(config.body)} body from nginx. ` +
       `Throughput: \`${config.wrkCommand}\`. Fixed rate: \`${config.h2loadCommand ?? 'skipped (no h2load)'}\` ` +
@@ -111,7 +116,12 @@ export function markdown(result) {
   if (reuse.length) {
     L.push(`- Upstream connection reuse (requests ÷ upstream connections opened, over each target's lifetime: warm-up + wrk + fixed rate): ${reuse.join(', ')}.`)
   }
-  L.push(`- Steal time: max ${steal.max.toFixed(2)}% of CPU during a measured run, mean ${steal.mean.toFixed(2)}%; runs redone for steal > ${config.stealLimit}%: ${steal.redone}.`)
+  const other = result.otherLoad
+  L.push(
+    `- Noise: steal max ${steal.max.toFixed(2)}% / mean ${steal.mean.toFixed(2)}% of CPU during measured runs; ` +
+      `other processes (outside the bench) max ${other.max.toFixed(1)}% / mean ${other.mean.toFixed(1)}% of the machine (${other.before.toFixed(1)}% before start); ` +
+      `runs redone (steal > ${config.stealLimit}% or other load > ${config['other-limit']}%): ${steal.redone}.`,
+  )
   if (skipped.length) L.push(`- **Skipped**: ${skipped.map((s) => `${s.what} (${s.why})`).join('; ')}.`)
   const errs = flags.filter((f) => f.kind === 'error')
   const notes = flags.filter((f) => f.kind !== 'error')

@@ -140,6 +140,24 @@ impl BindingProxy {
     }
 }
 
+static LOGGING: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Sends the data plane's `tracing` events to stderr, filtered by `filter` (`info`,
+/// `meshproxy_core=debug`, … as in `RUST_LOG`). The first call wins; later calls do nothing.
+#[napi]
+pub fn init_logging(filter: String) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| coded("MESHPROXY_INVALID_CONFIG", format!("invalid log filter {filter:?}: {e}")))?;
+    LOGGING.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    });
+    Ok(())
+}
+
 #[napi(object)]
 pub struct BindingListenerInfo {
     pub name: String,
