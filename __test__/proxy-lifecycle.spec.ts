@@ -95,15 +95,24 @@ test('graceful close: the in-flight request completes, /ready is 503 while drain
 
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
   t.teardown(() => agent.destroy())
-  const inflight = get(port, '/slow', {}, agent)
+  let inflightDone = false
+  const inflight = get(port, '/slow', {}, agent).finally(() => (inflightDone = true))
   await requestArrived
   const closed = proxy.close({ graceMs: 5000 })
   let closeDone = false
   void closed.then(() => (closeDone = true))
 
-  const ready = await get(adminPort, '/ready')
+  // close() flips /ready asynchronously; poll it while the slow request is still in flight.
+  const seen: number[] = []
+  while (!inflightDone) {
+    const status = (await get(adminPort, '/ready')).status
+    if (inflightDone) break
+    seen.push(status)
+    if (status === 503) break
+    await sleep(10)
+  }
+  t.is(seen.at(-1), 503, `/ready during the drain: ${seen.join(',')}`)
   t.false(closeDone, 'close waits for the in-flight request')
-  t.is(ready.status, 503, '/ready during the drain')
   t.is((await get(adminPort, '/live')).status, 200)
 
   const res = await inflight
@@ -112,7 +121,6 @@ test('graceful close: the in-flight request completes, /ready is 503 while drain
   t.is(res.headers['connection'], 'close', 'keep-alive clients are told Connection: close while draining')
   await closed
   t.is(await tryConnect(port), 'ECONNREFUSED', 'the listener port is released')
-  t.is((await proxy.stats()).state, 'closed')
 })
 
 test('graceful close with nothing in flight returns and releases the port', async (t) => {
@@ -171,7 +179,17 @@ test('close twice is fine; start after close rejects MESHPROXY_CLOSED; start twi
   t.is((err as MeshProxyError).code, 'MESHPROXY_CLOSED')
   const reload = await t.throwsAsync(proxy.reload(load(simpleYaml([backend.address]))))
   t.is((reload as MeshProxyError).code, 'MESHPROXY_CLOSED')
-  t.is((await proxy.stats()).state, 'closed')
+})
+
+test('stats() after close reports state "closed" (ProxyStats.state includes it)', async (t) => {
+  const backend = await startBackend(t, 'a')
+  const { proxy } = await startProxy(t, simpleYaml([backend.address]))
+  t.is((await proxy.stats()).state, 'running')
+  await proxy.close({ graceMs: 0 })
+  const stats = await proxy.stats()
+  t.is(stats.state, 'closed')
+  t.false(stats.ready)
+  t.deepEqual(stats.listeners, [])
 })
 
 test('close before start, then start rejects', async (t) => {

@@ -118,6 +118,15 @@ test('dot segments are resolved before matching: /a/../admin is routed as /admin
   t.is(backends.public.requests.length, 1)
 })
 
+test('absolute-form request URI: routed by its authority, forwarded in origin-form', async (t) => {
+  const { port, backends } = await setup(t)
+  const raw = await rawRequest(port, 'GET http://api.example.com/foo/bar?x=1 HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n')
+  t.is(raw.status, 200)
+  t.is(raw.body, 'api')
+  t.is(backends.api.requests[0]!.url, '/foo/bar?x=1')
+  t.is(backends.api.requests[0]!.headers['host'], 'api.example.com')
+})
+
 test('no matching route: 404 with meshproxy-error: no-route, nothing forwarded', async (t) => {
   const backends = await startBackends(t, ['only'])
   const { port } = await startProxy(

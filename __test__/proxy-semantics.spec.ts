@@ -179,3 +179,39 @@ test('a request head far over the limit (200 KiB) is answered 431 and not forwar
   t.is(res.status, 431, `raw response: ${JSON.stringify(res.raw.slice(0, 200))} error=${res.error}`)
   t.is(backend.requests.length, 0)
 })
+
+test('a configured maxHeaderBytes of 16 KiB: a 17 KiB head gets 431, a 15 KiB head passes', async (t) => {
+  const backend = await startBackend(t, 'a', undefined, { maxHeaderSize: 256 * 1024 })
+  const yaml = simpleYaml([backend.address]).replace('    address: 127.0.0.1:0\n', '    address: 127.0.0.1:0\n    maxHeaderBytes: 16384\n')
+  const { port } = await startProxy(t, yaml)
+  const head = (kib: number): string => `GET / HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\nX-Big: ${'v'.repeat(kib * 1024 - 60)}\r\n\r\n`
+  const over = await rawRequest(port, head(17))
+  t.is(over.status, 431)
+  const under = await rawRequest(port, head(15))
+  t.is(under.status, 200)
+  t.is(backend.requests.length, 1)
+})
+
+test('HTTP/1.1 without Host: 400 bad-request; CONNECT: 403 connect-refused; neither forwarded', async (t) => {
+  const backend = await startBackend(t, 'a')
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const noHost = await rawRequest(port, 'GET / HTTP/1.1\r\nConnection: close\r\n\r\n')
+  t.is(noHost.status, 400)
+  t.is(noHost.headers['meshproxy-error'], 'bad-request')
+  const connect = await rawRequest(port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n')
+  t.is(connect.status, 403)
+  t.is(connect.headers['meshproxy-error'], 'connect-refused')
+  t.is(backend.requests.length, 0)
+})
+
+test('HTTP/1.0 without Host is valid and is forwarded as a valid HTTP/1.1 request (with a Host)', async (t) => {
+  // Node's server rejects HTTP/1.1 requests without Host (400), as RFC 9112 §3.2 requires.
+  const backend = await startBackend(t, 'a')
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const http10 = await rawRequest(port, 'GET /old HTTP/1.0\r\n\r\n')
+  t.is(http10.headers['meshproxy-error'], undefined)
+  t.is(http10.status, 200, `raw response: ${JSON.stringify(http10.raw.slice(0, 300))}`)
+  t.is(http10.body, 'a')
+  t.is(backend.requests.length, 1)
+  t.truthy(backend.requests[0]?.headers['host'], 'the upstream HTTP/1.1 request carries a Host')
+})

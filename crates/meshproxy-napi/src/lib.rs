@@ -93,8 +93,8 @@ impl BindingProxy {
 
     #[napi(ts_return_type = "Promise<BindingStats>")]
     pub async fn stats(&self) -> Result<serde_json::Value> {
-        let proxy = self.inner.proxy.clone();
-        let stats = self.run(async move { proxy.stats().await }).await?;
+        // Reading stats spawns nothing, so it also works after close (state "closed").
+        let stats = self.inner.proxy.stats().await;
         serde_json::to_value(stats).map_err(internal)
     }
 
@@ -146,8 +146,12 @@ static LOGGING: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 /// `meshproxy_core=debug`, … as in `RUST_LOG`). The first call wins; later calls do nothing.
 #[napi]
 pub fn init_logging(filter: String) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .map_err(|e| coded("MESHPROXY_INVALID_CONFIG", format!("invalid log filter {filter:?}: {e}")))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
+        coded(
+            "MESHPROXY_INVALID_CONFIG",
+            format!("invalid log filter {filter:?}: {e}"),
+        )
+    })?;
     LOGGING.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)

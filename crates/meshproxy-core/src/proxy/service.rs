@@ -116,7 +116,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
         return fail(ProxyError::NoEndpoints, Some(route), Some(activity));
     };
 
-    let upstream_req = match prepare_request(req, &ctx.client_ip) {
+    let upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address) {
         Ok(r) => r,
         Err(e) => return fail(e, Some(route), Some(activity)),
     };
@@ -137,7 +137,6 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
             parts.headers.append(header::VIA, headers::VIA_VALUE.clone());
-            parts.version = Version::HTTP_11;
             let release = Release {
                 sender,
                 endpoint: endpoint.clone(),
@@ -203,6 +202,7 @@ fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> O
 fn prepare_request(
     req: Request<Incoming>,
     client_ip: &HeaderValue,
+    upstream_authority: &str,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.authority().is_some() {
@@ -216,6 +216,11 @@ fn prepare_request(
         }
         let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest)?;
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/1.0 clients may omit Host; the upstream request is HTTP/1.1, which requires it.
+        let host = HeaderValue::from_str(upstream_authority).map_err(|_| ProxyError::BadRequest)?;
+        parts.headers.insert(header::HOST, host);
     }
     headers::strip_hop_by_hop(&mut parts.headers);
     // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
