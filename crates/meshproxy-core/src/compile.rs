@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::balance::{Balancer, HashKey, Ring, RoundRobin, WeightedRandom};
-use crate::config::{BalancerConfig, Config, ListenerConfig, ServiceConfig};
+use crate::config::{BalancerConfig, Config, Http2Config, ListenerConfig, ServiceConfig};
 use crate::endpoint::{Endpoint, EndpointSettings, Registry};
 use crate::metrics::{ListenerMetrics, Metrics, RouteMetrics};
 use crate::pool::PoolSettings;
@@ -32,8 +32,9 @@ pub struct ListenerRuntime {
     pub metrics: Arc<ListenerMetrics>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerLimits {
+    pub http2: Http2Config,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -133,6 +134,7 @@ fn compile_listener(
         table: RouteTable::compile(&l.routes)?,
         routes,
         limits: ListenerLimits {
+            http2: l.http2.clone(),
             max_connections: l.max_connections as usize,
             header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),

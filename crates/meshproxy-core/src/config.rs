@@ -36,7 +36,37 @@ pub struct ListenerConfig {
     pub idle_timeout_ms: u64,
     pub max_header_bytes: u32,
     pub max_uri_bytes: u32,
+    /// Settings for downstream HTTP/2 (h2c) connections on this listener.
+    #[serde(default)]
+    pub http2: Http2Config,
     pub routes: Vec<RouteConfig>,
+}
+
+/// HTTP/2 settings a production proxy sets on purpose (defaults in [`Http2Config::default`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http2Config {
+    pub max_concurrent_streams: u32,
+    pub max_header_list_size: u32,
+    pub connection_window_size: u32,
+    pub stream_window_size: u32,
+    /// PING interval on idle-looking connections; 0 = off.
+    pub keep_alive_interval_ms: u64,
+    /// How long to wait for the PING's ACK before closing the connection.
+    pub keep_alive_timeout_ms: u64,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 * 1024,
+            connection_window_size: 1024 * 1024,
+            stream_window_size: 256 * 1024,
+            keep_alive_interval_ms: 20_000,
+            keep_alive_timeout_ms: 20_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +200,7 @@ pub(crate) mod testing {
             idle_timeout_ms: 60_000,
             max_header_bytes: 65_536,
             max_uri_bytes: 8_192,
+            http2: Http2Config::default(),
             routes,
         }
     }

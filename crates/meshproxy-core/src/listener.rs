@@ -9,29 +9,36 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use std::future::Future;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::compile::ListenerLimits;
+use crate::detect::{self, Detected, PrefixedIo};
 use crate::proxy::ProxyService;
 use crate::server::Shared;
 
 const IDLE: u8 = 0;
+/// Bytes of a new HTTP/1 request head are arriving.
 const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 
 /// What a downstream connection is doing, for its timeouts.
 pub struct Activity {
     phase: AtomicU8,
+    /// HTTP/2: frames (PINGs, SETTINGS) arrive without meaning a request is starting, and
+    /// headers arrive whole; only the idle timeout applies, when no stream is open.
+    multiplexed: AtomicBool,
     busy: AtomicU32,
     /// When the current phase began, in ms since `base`.
     since_ms: AtomicU64,
@@ -42,6 +49,7 @@ impl Activity {
     fn new() -> Self {
         Activity {
             phase: AtomicU8::new(IDLE),
+            multiplexed: AtomicBool::new(false),
             busy: AtomicU32::new(0),
             since_ms: AtomicU64::new(0),
             base: Instant::now(),
@@ -59,8 +67,17 @@ impl Activity {
         ActivityGuard(self.clone())
     }
 
+    fn multiplexed(&self) {
+        self.multiplexed.store(true, Ordering::Release);
+        if self.busy.load(Ordering::Acquire) == 0 {
+            self.since_ms.store(self.now_ms(), Ordering::Release);
+            self.phase.store(IDLE, Ordering::Release);
+        }
+    }
+
     fn on_read(&self) {
         if self.phase.load(Ordering::Acquire) == IDLE
+            && !self.multiplexed.load(Ordering::Relaxed)
             && self
                 .phase
                 .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
@@ -186,7 +203,7 @@ pub async fn accept_loop(
         }
         metrics.accepted.fetch_add(1, Ordering::Relaxed);
         metrics.open.fetch_add(1, Ordering::Relaxed);
-        let limits = rt.limits;
+        let limits = rt.limits.clone();
         drop(snapshot);
         let conns = shared.connections.clone();
         conns.fetch_add(1, Ordering::AcqRel);
@@ -205,27 +222,114 @@ async fn serve(
     limits: ListenerLimits,
     shared: Arc<Shared>,
     key: Arc<str>,
-    mut drain: watch::Receiver<Drain>,
+    drain: watch::Receiver<Drain>,
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(TrackedIo {
+    let mut io = TrackedIo {
         inner: stream,
         activity: activity.clone(),
-    });
+    };
+    // Clients speak first on an HTTP listener, so detection shares the header-read timeout.
+    let (detected, prefix) = match detect::sniff(&mut io, limits.header_read_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "downstream connection failed before its first request");
+            return;
+        }
+    };
+    if detected == Detected::Opaque && prefix.is_empty() {
+        tracing::debug!(%peer, "downstream connection sent nothing; closing");
+        return;
+    }
+    let io = TokioIo::new(PrefixedIo::new(prefix, io));
     let service = ProxyService::new(shared, key, peer, activity.clone());
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .half_close(false)
-        // Heads beyond the limit get 431 from hyper; the read buffer (at least hyper's 8 KiB
-        // minimum) must be larger than the limit or it would cut in first, unevenly.
-        .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
-        .header_read_timeout(None)
-        .serve_connection(io, service);
+    match detected {
+        Detected::Http2 => {
+            activity.multiplexed();
+            let h2 = &limits.http2;
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(h2.max_concurrent_streams)
+                .max_header_list_size(h2.max_header_list_size)
+                .initial_connection_window_size(h2.connection_window_size)
+                .initial_stream_window_size(h2.stream_window_size)
+                .keep_alive_interval(
+                    (h2.keep_alive_interval_ms > 0).then(|| Duration::from_millis(h2.keep_alive_interval_ms)),
+                )
+                .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)));
+            // hyper's defaults against reset floods (CVE-2023-44487) stay on:
+            // max_pending_accept_reset_streams and max_local_error_reset_streams.
+            drive(
+                builder.serve_connection(io, service),
+                peer,
+                &limits,
+                &activity,
+                drain,
+            )
+            .await;
+        }
+        // Anything else goes to the HTTP/1 parser, which answers 400 to what is not HTTP.
+        Detected::Http1 | Detected::Opaque => {
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .half_close(false)
+                // Heads beyond the limit get 431 from hyper; the read buffer (at least hyper's
+                // 8 KiB minimum) must be larger than the limit or it would cut in first.
+                .max_header_size(limits.max_header_bytes)
+                .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
+                .header_read_timeout(None)
+                .serve_connection(io, service);
+            drive(conn, peer, &limits, &activity, drain).await;
+        }
+    }
+}
+
+/// A served connection that can be asked to finish what it is doing and close.
+trait Drainable: Future<Output = Result<(), hyper::Error>> {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Drainable for http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Drainable for http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection to its end, enforcing the idle and header-read timeouts and following
+/// the listener's drain signal.
+async fn drive<C: Drainable>(
+    conn: C,
+    peer: SocketAddr,
+    limits: &ListenerLimits,
+    activity: &Activity,
+    mut drain: watch::Receiver<Drain>,
+) {
     tokio::pin!(conn);
     if *drain.borrow_and_update() != Drain::Run {
-        conn.as_mut().graceful_shutdown();
+        conn.as_mut().drain();
     }
     let check = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
     tokio::pin!(check);
@@ -237,7 +341,7 @@ async fn serve(
                 }
                 return;
             }
-            _ = &mut check => match activity.next_check(&limits) {
+            _ = &mut check => match activity.next_check(limits) {
                 Some(at) => check.as_mut().reset(at),
                 None => {
                     tracing::debug!(%peer, "downstream connection timed out (idle or slow request head)");
@@ -248,7 +352,7 @@ async fn serve(
                 let state = if changed.is_ok() { *drain.borrow() } else { Drain::Force };
                 match state {
                     Drain::Run => {}
-                    Drain::Graceful => conn.as_mut().graceful_shutdown(),
+                    Drain::Graceful => conn.as_mut().drain(),
                     Drain::Force => return,
                 }
             }
