@@ -59,11 +59,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
             if shared.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready\n".into(),
-                    "text/plain",
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain")
             }
         }
         "/metrics" => {
@@ -87,7 +83,6 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local_owned(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

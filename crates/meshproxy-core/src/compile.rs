@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::balance::{Balancer, HashKey, Ring, RoundRobin, WeightedRandom};
-use crate::config::{BalancerConfig, Config, Http2Config, ListenerConfig, ServiceConfig};
+use crate::config::{BalancerConfig, Config, Http2Config, ListenerConfig, ServiceConfig, UpstreamProtocol};
 use crate::endpoint::{Endpoint, EndpointSettings, Registry};
 use crate::metrics::{ListenerMetrics, Metrics, RouteMetrics};
 use crate::pool::PoolSettings;
@@ -52,6 +52,7 @@ pub struct RouteRuntime {
 
 pub struct ServiceRuntime {
     pub name: Box<str>,
+    pub protocol: UpstreamProtocol,
     pub balancer: Balancer,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
@@ -71,21 +72,11 @@ impl Snapshot {
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let runtime = compile_listener(l, &services, metrics)?;
-            if listeners
-                .insert(l.address.as_str().into(), Arc::new(runtime))
-                .is_some()
-            {
-                return Err(Error::Config(format!(
-                    "duplicate listener address {:?}",
-                    l.address
-                )));
+            if listeners.insert(l.address.as_str().into(), Arc::new(runtime)).is_some() {
+                return Err(Error::Config(format!("duplicate listener address {:?}", l.address)));
             }
         }
-        Ok(Snapshot {
-            config: Arc::new(config),
-            listeners,
-            endpoint_settings,
-        })
+        Ok(Snapshot { config: Arc::new(config), listeners, endpoint_settings })
     }
 
     /// Gives every endpoint this config's settings (when two services share an endpoint, the
@@ -98,10 +89,7 @@ impl Snapshot {
 
     /// Whether any service of this snapshot still uses the endpoint address.
     pub fn uses_endpoint(&self, address: &str) -> bool {
-        self.config
-            .services
-            .iter()
-            .any(|s| s.endpoints.iter().any(|e| e.address == address))
+        self.config.services.iter().any(|s| s.endpoints.iter().any(|e| e.address == address))
     }
 }
 
@@ -115,10 +103,7 @@ fn compile_listener(
         .iter()
         .map(|r| {
             let service = services.get(r.service.as_str()).cloned().ok_or_else(|| {
-                Error::Config(format!(
-                    "route {:?} names an undefined service {:?}",
-                    r.name, r.service
-                ))
+                Error::Config(format!("route {:?} names an undefined service {:?}", r.name, r.service))
             })?;
             Ok(RouteRuntime {
                 name: r.name.as_str().into(),
@@ -157,21 +142,14 @@ fn compile_service(
         connect_timeout: Duration::from_millis(s.connect_timeout_ms.max(1)),
         max_inflight: s.max_inflight_per_endpoint.max(1),
         max_pending: s.max_pending_per_endpoint,
+        max_streams: s.max_streams_per_connection.max(1),
     };
-    let endpoints: Vec<_> = s
-        .endpoints
-        .iter()
-        .map(|e| registry.get(&e.address, settings))
-        .collect();
+    let endpoints: Vec<_> = s.endpoints.iter().map(|e| registry.get(&e.address, settings)).collect();
     let weights: Vec<u32> = s.endpoints.iter().map(|e| e.weight).collect();
     let balancer = match &s.balancer {
         BalancerConfig::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
         BalancerConfig::Random => Balancer::Random(WeightedRandom::new(&weights)),
-        BalancerConfig::Hash {
-            header,
-            cookie,
-            source,
-        } => {
+        BalancerConfig::Hash { header, cookie, source } => {
             let key = match (header, cookie, source) {
                 (Some(h), None, None | Some(false)) => {
                     HashKey::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
@@ -187,24 +165,9 @@ fn compile_service(
                     )))
                 }
             };
-            let ids: Vec<(&str, u32)> = s
-                .endpoints
-                .iter()
-                .map(|e| (e.address.as_str(), e.weight))
-                .collect();
-            Balancer::Hash {
-                key,
-                ring: Ring::new(&ids),
-                fallback: WeightedRandom::new(&weights),
-            }
+            let ids: Vec<(&str, u32)> = s.endpoints.iter().map(|e| (e.address.as_str(), e.weight)).collect();
+            Balancer::Hash { key, ring: Ring::new(&ids), fallback: WeightedRandom::new(&weights) }
         }
     };
-    Ok((
-        ServiceRuntime {
-            name: s.name.as_str().into(),
-            balancer,
-            endpoints,
-        },
-        settings,
-    ))
+    Ok((ServiceRuntime { name: s.name.as_str().into(), protocol: s.protocol, balancer, endpoints }, settings))
 }

@@ -141,6 +141,28 @@ pub struct ServiceConfig {
     pub max_inflight_per_endpoint: u32,
     pub max_pending_per_endpoint: u32,
     pub pool: PoolConfig,
+    /// The protocol spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// HTTP/2: streams per upstream connection before another is opened (also bounded by the
+    /// peer's SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_connection: u32,
+}
+
+fn default_max_streams() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// h2c with prior knowledge: many requests multiplexed over few connections.
+    Http2,
+    /// The downstream request's version.
+    Auto,
 }
 
 impl Config {
@@ -158,20 +180,13 @@ pub(crate) mod testing {
         ServiceConfig {
             name: name.into(),
             balancer: BalancerConfig::RoundRobin,
-            endpoints: endpoints
-                .iter()
-                .map(|a| EndpointConfig {
-                    address: (*a).into(),
-                    weight: 1,
-                })
-                .collect(),
+            endpoints: endpoints.iter().map(|a| EndpointConfig { address: (*a).into(), weight: 1 }).collect(),
             connect_timeout_ms: 1000,
             max_inflight_per_endpoint: 1000,
             max_pending_per_endpoint: 1000,
-            pool: PoolConfig {
-                max_idle_per_endpoint: 64,
-                idle_timeout_ms: 4000,
-            },
+            pool: PoolConfig { max_idle_per_endpoint: 64, idle_timeout_ms: 4000 },
+            protocol: UpstreamProtocol::Http1,
+            max_streams_per_connection: 100,
         }
     }
 
@@ -179,10 +194,7 @@ pub(crate) mod testing {
         RouteConfig {
             name: name.into(),
             hosts: hosts.iter().map(|h| (*h).into()).collect(),
-            path: PathMatch {
-                kind,
-                value: path.into(),
-            },
+            path: PathMatch { kind, value: path.into() },
             methods: vec![],
             headers: vec![],
             service: service.into(),

@@ -34,11 +34,9 @@ pub fn classify(buf: &[u8]) -> Option<Detected> {
     // An HTTP/1 request line starts with a method token followed by a space.
     match buf.iter().position(|&b| b == b' ') {
         Some(0) => Some(Detected::Opaque),
-        Some(i) => Some(if buf[..i].iter().all(|&b| is_tchar(b)) {
-            Detected::Http1
-        } else {
-            Detected::Opaque
-        }),
+        Some(i) => {
+            Some(if buf[..i].iter().all(|&b| is_tchar(b)) { Detected::Http1 } else { Detected::Opaque })
+        }
         None if buf.len() > 24 || !buf.iter().all(|&b| is_tchar(b)) => Some(Detected::Opaque),
         None => None,
     }
@@ -130,18 +128,10 @@ mod tests {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
         assert_eq!(classify(b"OPTIONS * HTTP/1.1"), Some(Detected::Http1));
         assert_eq!(classify(b"GE"), None);
-        assert_eq!(
-            classify(b"PRI * HTTP/2.0\r\n"),
-            None,
-            "a preface prefix needs more bytes"
-        );
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None, "a preface prefix needs more bytes");
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
         assert_eq!(classify(b"PRI * HTTP/1.1\r\n"), Some(Detected::Http1));
-        assert_eq!(
-            classify(b"\x16\x03\x01\x02\x00"),
-            Some(Detected::Opaque),
-            "TLS ClientHello"
-        );
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Detected::Opaque), "TLS ClientHello");
         assert_eq!(classify(b"\x00\x00\x00\x01"), Some(Detected::Opaque));
         assert_eq!(classify(b" GET"), Some(Detected::Opaque));
     }
@@ -156,9 +146,7 @@ mod tests {
     #[tokio::test]
     async fn replays_what_it_read() {
         let (mut client, mut server) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let (d, prefix) = sniff(&mut server, Duration::from_secs(1)).await.unwrap();
         assert_eq!(d, Detected::Http1);
         drop(client);

@@ -12,18 +12,61 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::ProxyError;
 use crate::metrics::EndpointSample;
+use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
 use crate::pool::{Pool, PoolSettings, Reusable};
 use crate::proxy::body::UpstreamBody;
 
 pub type Sender = http1::SendRequest<UpstreamBody>;
+pub type H2Sender = http2::SendRequest<UpstreamBody>;
+
+/// An HTTP/2 connection's sender, and the peer's SETTINGS_MAX_CONCURRENT_STREAMS as last seen by
+/// the connection task (hyper exposes it on the connection, not the sender).
+#[derive(Clone)]
+pub struct H2Handle {
+    pub sender: H2Sender,
+    peer_max: Arc<AtomicUsize>,
+}
+
+impl Multiplexed for H2Handle {
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+    fn peer_max_streams(&self) -> usize {
+        self.peer_max.load(Ordering::Relaxed)
+    }
+}
+
+type H2Connection = http2::Connection<TokioIo<TcpStream>, UpstreamBody, TokioExecutor>;
+
+pin_project_lite::pin_project! {
+    /// Drives an HTTP/2 client connection and publishes the peer's stream limit after each poll.
+    struct WatchedH2 {
+        #[pin]
+        conn: H2Connection,
+        peer_max: Arc<AtomicUsize>,
+    }
+}
+
+impl std::future::Future for WatchedH2 {
+    type Output = Result<(), hyper::Error>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut this = self.project();
+        let r = this.conn.as_mut().poll(cx);
+        this.peer_max.store(this.conn.current_max_send_streams(), Ordering::Relaxed);
+        r
+    }
+}
 
 impl Reusable for Sender {
     fn is_closed(&self) -> bool {
@@ -41,6 +84,7 @@ pub struct EndpointSettings {
     pub connect_timeout: Duration,
     pub max_inflight: u32,
     pub max_pending: u32,
+    pub max_streams: u32,
 }
 
 pub struct Endpoint {
@@ -48,6 +92,7 @@ pub struct Endpoint {
     /// Parsed once when the address is an IP literal; host names resolve at connect time.
     socket: Option<SocketAddr>,
     pool: Pool<Sender>,
+    h2: MultiplexedSet<H2Handle>,
     limiter: Arc<Semaphore>,
     max_inflight: AtomicU32,
     pending: AtomicUsize,
@@ -74,6 +119,7 @@ impl Endpoint {
             address: address.into(),
             socket: address.parse().ok(),
             pool: Pool::new(s.pool),
+            h2: MultiplexedSet::new(s.max_streams as usize),
             limiter: Arc::new(Semaphore::new(s.max_inflight as usize)),
             max_inflight: AtomicU32::new(s.max_inflight),
             pending: AtomicUsize::new(0),
@@ -91,9 +137,9 @@ impl Endpoint {
     /// the proxy, so resizes of the in-flight limit do not race each other.
     pub fn update(&self, s: EndpointSettings) {
         self.pool.set_settings(s.pool);
+        self.h2.set_max_streams(s.max_streams as usize);
         self.max_pending.store(s.max_pending as usize, Ordering::Relaxed);
-        self.connect_timeout_ms
-            .store(s.connect_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.connect_timeout_ms.store(s.connect_timeout.as_millis() as u64, Ordering::Relaxed);
         let old = self.max_inflight.swap(s.max_inflight, Ordering::Relaxed);
         if s.max_inflight > old {
             self.limiter.add_permits((s.max_inflight - old) as usize);
@@ -138,10 +184,7 @@ impl Endpoint {
         if let Some(sender) = self.pool.checkout() {
             return Ok(Checkout { sender, reused: true });
         }
-        Ok(Checkout {
-            sender: self.connect().await?,
-            reused: false,
-        })
+        Ok(Checkout { sender: self.connect().await?, reused: false })
     }
 
     pub fn checkin(&self, sender: Sender) {
@@ -150,8 +193,37 @@ impl Endpoint {
         }
     }
 
-    /// Opens a new upstream connection, bounded by the connect timeout.
-    pub async fn connect(self: &Arc<Self>) -> Result<Sender, ProxyError> {
+    /// A stream on an HTTP/2 connection with room, opening a connection if all are full.
+    pub async fn checkout_h2(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot), ProxyError> {
+        if let Some(claimed) = self.h2.claim() {
+            return Ok(claimed);
+        }
+        let _connecting = self.h2.connecting.lock().await;
+        if let Some(claimed) = self.h2.claim() {
+            return Ok(claimed);
+        }
+        let sender = self.connect_h2().await?;
+        self.h2.insert(sender);
+        self.h2.claim().ok_or(ProxyError::UpstreamConnect)
+    }
+
+    /// Opens a new HTTP/2 (h2c prior knowledge) connection.
+    pub async fn connect_h2(self: &Arc<Self>) -> Result<H2Handle, ProxyError> {
+        let stream = self.tcp_connect().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| self.failed(ProxyError::UpstreamConnect))?;
+        // Until the peer's SETTINGS arrive, assume the RFC's recommended minimum of 100.
+        let peer_max = Arc::new(AtomicUsize::new(100));
+        self.track(WatchedH2 { conn, peer_max: peer_max.clone() });
+        Ok(H2Handle { sender, peer_max })
+    }
+
+    async fn tcp_connect(&self) -> Result<TcpStream, ProxyError> {
         let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
         let connect = async {
             match self.socket {
@@ -171,17 +243,21 @@ impl Endpoint {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| self.failed(ProxyError::UpstreamConnect))?;
+        Ok(stream)
+    }
+
+    /// Counts a new connection open until its task ends.
+    fn track<F>(self: &Arc<Self>, conn: F)
+    where
+        F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    {
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
         // Weak: the endpoint's pool owns the connection's sender, so a strong reference here
         // would keep a removed endpoint (and its idle connection) alive forever.
         let ep: Weak<Endpoint> = Arc::downgrade(self);
         tokio::spawn(async move {
-            let result = conn.with_upgrades().await;
+            let result = conn.await;
             if let Some(ep) = ep.upgrade() {
                 if let Err(e) = result {
                     tracing::debug!(endpoint = %ep.address, error = %e, "upstream connection ended with an error");
@@ -189,6 +265,16 @@ impl Endpoint {
                 ep.open.fetch_sub(1, Ordering::Relaxed);
             }
         });
+    }
+
+    /// Opens a new HTTP/1.1 upstream connection, bounded by the connect timeout.
+    pub async fn connect(self: &Arc<Self>) -> Result<Sender, ProxyError> {
+        let stream = self.tcp_connect().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| self.failed(ProxyError::UpstreamConnect))?;
+        self.track(conn.with_upgrades());
         Ok(sender)
     }
 
@@ -240,6 +326,7 @@ impl Registry {
             if !kept {
                 ep.retired.store(true, Ordering::Release);
                 ep.pool.clear();
+                ep.h2.clear();
             }
             kept
         });
@@ -248,12 +335,14 @@ impl Registry {
     pub fn reap_idle(&self) {
         for ep in self.endpoints.lock().values() {
             ep.pool.reap();
+            ep.h2.reap(ep.pool.idle_timeout());
         }
     }
 
     pub fn clear_idle(&self) {
         for ep in self.endpoints.lock().values() {
             ep.pool.clear();
+            ep.h2.clear();
         }
     }
 

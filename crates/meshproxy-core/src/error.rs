@@ -94,6 +94,27 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status code a gRPC client gets for this failure (grpc/doc/statuscodes.md).
+    pub fn grpc_status(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "12",                             // UNIMPLEMENTED
+            ProxyError::UpstreamTimeout => "4",                      // DEADLINE_EXCEEDED
+            ProxyError::ConnectRefused => "7",                       // PERMISSION_DENIED
+            ProxyError::UriTooLong | ProxyError::BadRequest => "13", // INTERNAL
+            ProxyError::NoEndpoints
+            | ProxyError::UpstreamConnect
+            | ProxyError::UpstreamReset
+            | ProxyError::Overloaded
+            | ProxyError::ShuttingDown => "14", // UNAVAILABLE
+        }
+    }
+
+    /// `grpc-message`: the body's text, which is printable ASCII without `%` (no
+    /// percent-encoding needed).
+    pub fn grpc_message(self) -> &'static str {
+        self.body().trim_end_matches('\n')
+    }
+
     /// Short human-readable body.
     pub fn body(self) -> &'static str {
         match self {

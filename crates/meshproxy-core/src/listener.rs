@@ -78,10 +78,7 @@ impl Activity {
     fn on_read(&self) {
         if self.phase.load(Ordering::Acquire) == IDLE
             && !self.multiplexed.load(Ordering::Relaxed)
-            && self
-                .phase
-                .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            && self.phase.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
         {
             self.since_ms.store(self.now_ms(), Ordering::Release);
         }
@@ -226,10 +223,7 @@ async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
-    let mut io = TrackedIo {
-        inner: stream,
-        activity: activity.clone(),
-    };
+    let mut io = TrackedIo { inner: stream, activity: activity.clone() };
     // Clients speak first on an HTTP listener, so detection shares the header-read timeout.
     let (detected, prefix) = match detect::sniff(&mut io, limits.header_read_timeout).await {
         Ok(d) => d,
@@ -261,14 +255,7 @@ async fn serve(
                 .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)));
             // hyper's defaults against reset floods (CVE-2023-44487) stay on:
             // max_pending_accept_reset_streams and max_local_error_reset_streams.
-            drive(
-                builder.serve_connection(io, service),
-                peer,
-                &limits,
-                &activity,
-                drain,
-            )
-            .await;
+            drive(builder.serve_connection(io, service), peer, &limits, &activity, drain).await;
         }
         // Anything else goes to the HTTP/1 parser, which answers 400 to what is not HTTP.
         Detected::Http1 | Detected::Opaque => {

@@ -17,9 +17,8 @@ use parking_lot::Mutex;
 use crate::error::ProxyError;
 
 /// Upper bounds of the latency histogram, in seconds.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -144,12 +143,7 @@ impl Metrics {
             "Time from request to response headers.",
         );
         for ((l, r, s), m) in routes.iter() {
-            let labels = format!(
-                "listener=\"{}\",route=\"{}\",service=\"{}\"",
-                esc(l),
-                esc(r),
-                esc(s)
-            );
+            let labels = format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
             let mut cumulative = 0;
             for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
                 cumulative += m.latency.buckets[i].load(Ordering::Relaxed);
@@ -160,15 +154,10 @@ impl Metrics {
             }
             let count = m.latency.count.load(Ordering::Relaxed);
             let sum = m.latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "meshproxy_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            );
+            let _ =
+                writeln!(out, "meshproxy_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
             let _ = writeln!(out, "meshproxy_response_latency_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(
-                out,
-                "meshproxy_response_latency_seconds_count{{{labels}}} {count}"
-            );
+            let _ = writeln!(out, "meshproxy_response_latency_seconds_count{{{labels}}} {count}");
         }
         drop(routes);
 
@@ -191,12 +180,9 @@ impl Metrics {
             }
         }
         let gauges: [Family<ListenerMetrics, u64>; 3] = [
-            (
-                "meshproxy_downstream_connections_open",
-                "gauge",
-                "Open downstream connections.",
-                |m| m.open.load(Ordering::Relaxed),
-            ),
+            ("meshproxy_downstream_connections_open", "gauge", "Open downstream connections.", |m| {
+                m.open.load(Ordering::Relaxed)
+            }),
             (
                 "meshproxy_downstream_connections_accepted_total",
                 "counter",
@@ -219,36 +205,22 @@ impl Metrics {
         drop(listeners);
 
         let eps: [Family<EndpointSample, u64>; 6] = [
-            (
-                "meshproxy_upstream_connections_open",
-                "gauge",
-                "Open upstream connections.",
-                |e| e.open,
-            ),
+            ("meshproxy_upstream_connections_open", "gauge", "Open upstream connections.", |e| e.open),
             (
                 "meshproxy_upstream_connections_opened_total",
                 "counter",
                 "Upstream connections opened (compare with requests to see reuse).",
                 |e| e.opened,
             ),
-            (
-                "meshproxy_upstream_connections_idle",
-                "gauge",
-                "Idle pooled upstream connections.",
-                |e| e.idle as u64,
-            ),
-            (
-                "meshproxy_upstream_requests_inflight",
-                "gauge",
-                "Requests in flight to the endpoint.",
-                |e| e.inflight,
-            ),
-            (
-                "meshproxy_upstream_requests_total",
-                "counter",
-                "Requests sent to the endpoint.",
-                |e| e.requests,
-            ),
+            ("meshproxy_upstream_connections_idle", "gauge", "Idle pooled upstream connections.", |e| {
+                e.idle as u64
+            }),
+            ("meshproxy_upstream_requests_inflight", "gauge", "Requests in flight to the endpoint.", |e| {
+                e.inflight
+            }),
+            ("meshproxy_upstream_requests_total", "counter", "Requests sent to the endpoint.", |e| {
+                e.requests
+            }),
             (
                 "meshproxy_upstream_failures_total",
                 "counter",
@@ -262,23 +234,9 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", esc(&e.address), get(e));
             }
         }
-        header(
-            &mut out,
-            "meshproxy_config_reloads_total",
-            "counter",
-            "Successful config reloads.",
-        );
-        let _ = writeln!(
-            out,
-            "meshproxy_config_reloads_total {}",
-            self.reloads.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "meshproxy_config_reload_failures_total",
-            "counter",
-            "Refused config reloads.",
-        );
+        header(&mut out, "meshproxy_config_reloads_total", "counter", "Successful config reloads.");
+        let _ = writeln!(out, "meshproxy_config_reloads_total {}", self.reloads.load(Ordering::Relaxed));
+        header(&mut out, "meshproxy_config_reload_failures_total", "counter", "Refused config reloads.");
         let _ = writeln!(
             out,
             "meshproxy_config_reload_failures_total {}",
@@ -316,9 +274,6 @@ mod tests {
         assert!(text.contains("le=\"+Inf\"} 2\n"));
         assert!(text.contains("meshproxy_proxy_errors_total{listener=\"web\",error=\"no-route\"} 1"));
         assert_eq!(m.total_requests(), 2);
-        assert!(
-            Arc::ptr_eq(&r, &m.route("web", "api", "svc")),
-            "metrics survive recompiles"
-        );
+        assert!(Arc::ptr_eq(&r, &m.route("web", "api", "svc")), "metrics survive recompiles");
     }
 }

@@ -4,6 +4,9 @@
 //! retires a connection before the backend does instead of racing it.
 //!
 //! The pool is generic over the connection handle so its policy is testable without sockets.
+//! HTTP/2 connections, which carry many requests at once, are pooled by [`multiplexed`].
+
+pub mod multiplexed;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -50,11 +53,10 @@ impl<C: Reusable> Pool<C> {
 
     pub fn set_settings(&self, settings: PoolSettings) {
         self.max_idle.store(settings.max_idle, Ordering::Relaxed);
-        self.idle_timeout_ms
-            .store(settings.idle_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.idle_timeout_ms.store(settings.idle_timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn idle_timeout(&self) -> Duration {
+    pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
     }
 
@@ -79,10 +81,7 @@ impl<C: Reusable> Pool<C> {
         let max = self.max_idle.load(Ordering::Relaxed);
         let mut idle = self.idle.lock();
         if idle.len() < max {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            idle.push(Idle { conn, since: Instant::now() });
         }
     }
 
@@ -128,10 +127,7 @@ mod tests {
     }
 
     fn pool(max_idle: usize) -> Pool<Fake> {
-        Pool::new(PoolSettings {
-            max_idle,
-            idle_timeout: Duration::from_secs(4),
-        })
+        Pool::new(PoolSettings { max_idle, idle_timeout: Duration::from_secs(4) })
     }
 
     #[tokio::test(start_paused = true)]

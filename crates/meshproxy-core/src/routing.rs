@@ -47,9 +47,7 @@ impl CompiledRoute {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
             return false;
         }
-        self.headers
-            .iter()
-            .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+        self.headers.iter().all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
     }
 
     fn precedence_key(&self) -> (bool, usize, usize, usize) {
@@ -70,10 +68,7 @@ struct Group {
 
 impl Group {
     fn find(&self, segs: &Segments<'_>, method: &Method, headers: &HeaderMap) -> Option<usize> {
-        self.routes
-            .iter()
-            .find(|r| r.matches(segs, method, headers))
-            .map(|r| r.index)
+        self.routes.iter().find(|r| r.matches(segs, method, headers)).map(|r| r.index)
     }
 }
 
@@ -126,11 +121,7 @@ impl RouteTable {
                 return Some(found);
             }
             if let Some((_, suffix)) = host.split_once('.') {
-                if let Some(found) = self
-                    .wildcard
-                    .get(suffix)
-                    .and_then(|g| g.find(&segs, method, headers))
-                {
+                if let Some(found) = self.wildcard.get(suffix).and_then(|g| g.find(&segs, method, headers)) {
                     return Some(found);
                 }
             }
@@ -164,10 +155,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, Error> 
         return Err(bad(format!("path {:?} must start with '/'", r.path.value)));
     }
     let segs = Segments::parse(&r.path.value);
-    let segments = (0..segs.len())
-        .filter_map(|i| segs.get(i))
-        .map(Box::<str>::from)
-        .collect();
+    let segments = (0..segs.len()).filter_map(|i| segs.get(i)).map(Box::<str>::from).collect();
     let methods = r
         .methods
         .iter()
@@ -244,11 +232,7 @@ mod tests {
         assert_eq!(find(&t, "h", "/foo"), Some(3));
         assert_eq!(find(&t, "h", "/foo/"), Some(1));
         assert_eq!(find(&t, "h", "/foo/bar/baz"), Some(2));
-        assert_eq!(
-            find(&t, "h", "/foobar"),
-            Some(0),
-            "prefix matches on segment boundaries"
-        );
+        assert_eq!(find(&t, "h", "/foobar"), Some(0), "prefix matches on segment boundaries");
         assert_eq!(find(&t, "h", "/foo/x/../bar"), Some(2));
     }
 
@@ -267,10 +251,7 @@ mod tests {
     #[test]
     fn more_matchers_then_file_order() {
         let mut canary = route("canary", &[], Prefix, "/", "s");
-        canary.headers.push(HeaderMatch {
-            name: "x-canary".into(),
-            value: "1".into(),
-        });
+        canary.headers.push(HeaderMatch { name: "x-canary".into(), value: "1".into() });
         let mut post = route("post", &[], Prefix, "/", "s");
         post.methods.push("POST".into());
         let t = RouteTable::compile(&[

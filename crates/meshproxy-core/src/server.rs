@@ -103,10 +103,7 @@ pub struct Stats {
 }
 
 async fn bind(address: &str) -> Result<TcpListener, Error> {
-    TcpListener::bind(address).await.map_err(|source| Error::Bind {
-        address: address.to_owned(),
-        source,
-    })
+    TcpListener::bind(address).await.map_err(|source| Error::Bind { address: address.to_owned(), source })
 }
 
 impl MeshProxy {
@@ -122,10 +119,7 @@ impl MeshProxy {
             ready: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
         });
-        Ok(MeshProxy {
-            shared,
-            state: Mutex::new(State::Created),
-        })
+        Ok(MeshProxy { shared, state: Mutex::new(State::Created) })
     }
 
     /// Binds every listener (all or nothing) and starts serving.
@@ -137,11 +131,7 @@ impl MeshProxy {
             State::Closed => return Err(Error::Closed),
         }
         let snapshot = self.shared.snapshot.load_full();
-        let mut running = Running {
-            listeners: HashMap::new(),
-            admin: None,
-            reaper: self.spawn_reaper(),
-        };
+        let mut running = Running { listeners: HashMap::new(), admin: None, reaper: self.spawn_reaper() };
         let bound = match self.bind_new(&snapshot.config, &running).await {
             Ok(b) => b,
             Err(e) => {
@@ -162,11 +152,8 @@ impl MeshProxy {
     pub async fn reload(&self, config: Config) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         let result = self.reload_locked(&mut state, config).await;
-        let counter = if result.is_ok() {
-            &self.shared.metrics.reloads
-        } else {
-            &self.shared.metrics.reload_failures
-        };
+        let counter =
+            if result.is_ok() { &self.shared.metrics.reloads } else { &self.shared.metrics.reload_failures };
         counter.fetch_add(1, Ordering::Relaxed);
         result
     }
@@ -305,9 +292,7 @@ impl MeshProxy {
         let mut bound = Bound::default();
         for l in &config.listeners {
             if !running.listeners.contains_key(l.address.as_str()) {
-                bound
-                    .listeners
-                    .push((l.address.clone(), l.name.clone(), bind(&l.address).await?));
+                bound.listeners.push((l.address.clone(), l.name.clone(), bind(&l.address).await?));
             }
         }
         if let Some(a) = &config.admin {
@@ -320,29 +305,13 @@ impl MeshProxy {
 
     fn launch(&self, running: &mut Running, bound: Bound) {
         for (address, name, listener) in bound.listeners {
-            let local = listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
             let (stop, stop_rx) = watch::channel(false);
             let (drain, drain_rx) = watch::channel(Drain::Run);
             let key: Arc<str> = address.as_str().into();
-            tokio::spawn(listener::accept_loop(
-                listener,
-                key,
-                self.shared.clone(),
-                stop_rx,
-                drain_rx,
-            ));
+            tokio::spawn(listener::accept_loop(listener, key, self.shared.clone(), stop_rx, drain_rx));
             tracing::info!(listener = %name, %local, "listening");
-            running.listeners.insert(
-                address.into(),
-                RunningListener {
-                    name,
-                    local,
-                    stop,
-                    drain,
-                },
-            );
+            running.listeners.insert(address.into(), RunningListener { name, local, stop, drain });
         }
         // Listener names may change on reload while the socket stays.
         let snapshot = self.shared.snapshot.load();
@@ -352,9 +321,7 @@ impl MeshProxy {
             }
         }
         if let Some((address, listener)) = bound.admin {
-            let local = listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(admin::serve(listener, self.shared.clone(), stop_rx));
             running.admin = Some(RunningAdmin { address, local, stop });
@@ -379,10 +346,7 @@ fn info(r: &Running) -> StartInfo {
         })
         .collect();
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    StartInfo {
-        listeners,
-        admin: r.admin.as_ref().map(|a| a.local.to_string()),
-    }
+    StartInfo { listeners, admin: r.admin.as_ref().map(|a| a.local.to_string()) }
 }
 
 /// A listener dropped by a reload: stop accepting now, drain its connections, force after grace.
@@ -430,20 +394,12 @@ mod tests {
 
     async fn get(addr: &str, host: &str, path: &str) -> (u16, Option<String>, String) {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-            .await
-            .unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
         tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header("host", host)
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap();
+        let req = http::Request::get(path).header("host", host).body(Empty::<bytes::Bytes>::new()).unwrap();
         let resp = tx.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
-        let err = resp
-            .headers()
-            .get("meshproxy-error")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let err = resp.headers().get("meshproxy-error").map(|v| v.to_str().unwrap().to_owned());
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, err, String::from_utf8_lossy(&body).into_owned())
     }
@@ -452,10 +408,7 @@ mod tests {
     async fn routes_reuses_connections_and_reports_no_route() {
         let (a, a_conns) = backend("from-a").await;
         let config = Config {
-            listeners: vec![listener(
-                "127.0.0.1:0",
-                vec![route("api", &["api.test"], Prefix, "/", "a")],
-            )],
+            listeners: vec![listener("127.0.0.1:0", vec![route("api", &["api.test"], Prefix, "/", "a")])],
             services: vec![service("a", &[&a])],
             admin: None,
         };
@@ -473,10 +426,7 @@ mod tests {
         let (status, err, _) = get(&addr, "other.test", "/").await;
         assert_eq!((status, err.as_deref()), (404, Some("no-route")));
         proxy.close(Duration::from_secs(1)).await.unwrap();
-        assert!(
-            tokio::net::TcpStream::connect(&addr).await.is_err(),
-            "port released on close"
-        );
+        assert!(tokio::net::TcpStream::connect(&addr).await.is_err(), "port released on close");
     }
 
     #[tokio::test]
@@ -488,18 +438,11 @@ mod tests {
             if let Some(addr) = extra {
                 listeners.push(listener(&addr, vec![]));
             }
-            Config {
-                listeners,
-                services: vec![service("a", &[&a])],
-                admin: None,
-            }
+            Config { listeners, services: vec![service("a", &[&a])], admin: None }
         };
         let proxy = MeshProxy::new(cfg(None)).unwrap();
         let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
-        let err = proxy
-            .reload(cfg(Some(occupied.local_addr().unwrap().to_string())))
-            .await
-            .unwrap_err();
+        let err = proxy.reload(cfg(Some(occupied.local_addr().unwrap().to_string()))).await.unwrap_err();
         assert_eq!(err.code(), "MESHPROXY_BIND_FAILED");
         assert_eq!(get(&addr, "h", "/").await.0, 200);
         assert_eq!(proxy.stats().await.listeners.len(), 1);

@@ -35,10 +35,7 @@ fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str) -> RouteCo
     RouteConfig {
         name: name.into(),
         hosts: hosts.iter().map(|h| (*h).into()).collect(),
-        path: PathMatch {
-            kind,
-            value: path.into(),
-        },
+        path: PathMatch { kind, value: path.into() },
         methods: vec![],
         headers: vec![],
         service: "s".into(),
@@ -49,10 +46,7 @@ fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str) -> RouteCo
 #[test]
 fn matching_allocates_nothing() {
     let mut canary = route("canary", &["api.example.com"], PathMatchType::Prefix, "/v1");
-    canary.headers.push(HeaderMatch {
-        name: "x-canary".into(),
-        value: "1".into(),
-    });
+    canary.headers.push(HeaderMatch { name: "x-canary".into(), value: "1".into() });
     canary.methods.push("GET".into());
     let table = RouteTable::compile(&[
         route("default", &[], PathMatchType::Prefix, "/"),

@@ -60,24 +60,15 @@ impl BindingProxy {
             let _enter = runtime.enter();
             MeshProxy::new(config).map_err(js_error)?
         };
-        let inner = Inner {
-            proxy: Arc::new(proxy),
-            runtime: parking_lot::Mutex::new(Some(runtime)),
-            handle,
-        };
-        Ok(BindingProxy {
-            inner: Arc::new(inner),
-        })
+        let inner = Inner { proxy: Arc::new(proxy), runtime: parking_lot::Mutex::new(Some(runtime)), handle };
+        Ok(BindingProxy { inner: Arc::new(inner) })
     }
 
     /// Binds every listener and starts serving; resolves to the bound addresses.
     #[napi(ts_return_type = "Promise<BindingStartInfo>")]
     pub async fn start(&self) -> Result<serde_json::Value> {
         let proxy = self.inner.proxy.clone();
-        let info = self
-            .run(async move { proxy.start().await })
-            .await?
-            .map_err(js_error)?;
+        let info = self.run(async move { proxy.start().await }).await?.map_err(js_error)?;
         serde_json::to_value(info).map_err(internal)
     }
 
@@ -86,9 +77,7 @@ impl BindingProxy {
     pub async fn reload(&self, config_json: String) -> Result<()> {
         let config = Config::from_json(&config_json).map_err(js_error)?;
         let proxy = self.inner.proxy.clone();
-        self.run(async move { proxy.reload(config).await })
-            .await?
-            .map_err(js_error)
+        self.run(async move { proxy.reload(config).await }).await?.map_err(js_error)
     }
 
     #[napi(ts_return_type = "Promise<BindingStats>")]
@@ -111,9 +100,7 @@ impl BindingProxy {
         let proxy = self.inner.proxy.clone();
         let grace = Duration::from_millis(u64::from(grace_ms));
         if self.inner.runtime.lock().is_some() {
-            self.run(async move { proxy.close(grace).await })
-                .await?
-                .map_err(js_error)?;
+            self.run(async move { proxy.close(grace).await }).await?.map_err(js_error)?;
         }
         let runtime = self.inner.runtime.lock().take();
         if let Some(rt) = runtime {
@@ -146,12 +133,8 @@ static LOGGING: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 /// `meshproxy_core=debug`, … as in `RUST_LOG`). The first call wins; later calls do nothing.
 #[napi]
 pub fn init_logging(filter: String) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
-        coded(
-            "MESHPROXY_INVALID_CONFIG",
-            format!("invalid log filter {filter:?}: {e}"),
-        )
-    })?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| coded("MESHPROXY_INVALID_CONFIG", format!("invalid log filter {filter:?}: {e}")))?;
     LOGGING.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)

@@ -18,11 +18,7 @@ impl Ring {
         let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
         let reduced = super::reduced(&weights);
         let total: u64 = reduced.iter().sum::<u64>() * POINTS_PER_WEIGHT;
-        let scale = if total > MAX_POINTS {
-            MAX_POINTS as f64 / total as f64
-        } else {
-            1.0
-        };
+        let scale = if total > MAX_POINTS { MAX_POINTS as f64 / total as f64 } else { 1.0 };
         let mut points = Vec::new();
         for (i, ((id, _), w)) in endpoints.iter().zip(&reduced).enumerate() {
             let n = ((w * POINTS_PER_WEIGHT) as f64 * scale).max(1.0) as u64;
@@ -34,9 +30,7 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        Ring {
-            points: points.into_boxed_slice(),
-        }
+        Ring { points: points.into_boxed_slice() }
     }
 
     pub fn pick(&self, hash: u64) -> Option<usize> {

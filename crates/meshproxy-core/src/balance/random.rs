@@ -45,10 +45,7 @@ mod tests {
         let r = WeightedRandom::new(&[1, 3]);
         let n = 40_000;
         let ones = (0..n).filter(|_| r.pick() == Some(1)).count() as f64 / n as f64;
-        assert!(
-            (ones - 0.75).abs() < 0.02,
-            "share of weight-3 endpoint was {ones}"
-        );
+        assert!((ones - 0.75).abs() < 0.02, "share of weight-3 endpoint was {ones}");
         assert_eq!(WeightedRandom::new(&[]).pick(), None);
     }
 }

@@ -27,10 +27,7 @@ impl RoundRobin {
             current[best] -= total;
             sequence.push(best as u32);
         }
-        RoundRobin {
-            sequence: sequence.into_boxed_slice(),
-            next: AtomicUsize::new(0),
-        }
+        RoundRobin { sequence: sequence.into_boxed_slice(), next: AtomicUsize::new(0) }
     }
 
     pub fn pick(&self) -> Option<usize> {

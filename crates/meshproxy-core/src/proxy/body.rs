@@ -12,6 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::endpoint::{Endpoint, Sender};
 use crate::listener::ActivityGuard;
+use crate::pool::multiplexed::StreamSlot;
 
 /// A request body sent upstream: the downstream body as it arrives, or nothing (which lets a
 /// request be re-sent on a fresh connection after a stale pooled one failed).
@@ -49,21 +50,29 @@ impl Body for UpstreamBody {
     }
 }
 
-/// What goes back to the pool when the response body has been read to its end.
+/// The upstream connection a response came on.
+pub enum Upstream {
+    /// Goes back to the endpoint's idle set when the response has been read to its end.
+    Http1(Sender),
+    /// Holds a stream slot on a shared connection until the response ends.
+    Http2(StreamSlot),
+}
+
+/// What is given back when the response body has been read to its end (or dropped).
 pub struct Release {
-    pub sender: Sender,
+    pub upstream: Upstream,
     pub endpoint: Arc<Endpoint>,
     pub permit: OwnedSemaphorePermit,
 }
 
 impl Release {
     fn run(self) {
-        let Release {
-            sender,
-            endpoint,
-            permit,
-        } = self;
+        let Release { upstream, endpoint, permit } = self;
         drop(permit);
+        let sender = match upstream {
+            Upstream::Http1(sender) => sender,
+            Upstream::Http2(slot) => return drop(slot),
+        };
         if sender.is_ready() {
             endpoint.checkin(sender);
         } else if !sender.is_closed() {
@@ -83,10 +92,7 @@ impl Release {
 
 enum Kind {
     Local(Option<Bytes>),
-    Upstream {
-        body: Incoming,
-        release: Option<Release>,
-    },
+    Upstream { body: Incoming, release: Option<Release> },
 }
 
 /// A response body sent downstream: an upstream body (returning its connection to the pool at
@@ -99,17 +105,15 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub fn local(text: &'static str, activity: Option<ActivityGuard>) -> Self {
-        ResponseBody {
-            kind: Kind::Local(Some(Bytes::from_static(text.as_bytes()))),
-            _activity: activity,
-        }
+        ResponseBody { kind: Kind::Local(Some(Bytes::from_static(text.as_bytes()))), _activity: activity }
+    }
+
+    pub fn empty(activity: Option<ActivityGuard>) -> Self {
+        ResponseBody { kind: Kind::Local(None), _activity: activity }
     }
 
     pub fn local_owned(bytes: Bytes) -> Self {
-        ResponseBody {
-            kind: Kind::Local(Some(bytes)),
-            _activity: None,
-        }
+        ResponseBody { kind: Kind::Local(Some(bytes)), _activity: None }
     }
 
     pub fn upstream(body: Incoming, release: Release, activity: ActivityGuard) -> Self {
@@ -119,10 +123,7 @@ impl ResponseBody {
         } else {
             Some(release)
         };
-        ResponseBody {
-            kind: Kind::Upstream { body, release },
-            _activity: Some(activity),
-        }
+        ResponseBody { kind: Kind::Upstream { body, release }, _activity: Some(activity) }
     }
 }
 

@@ -9,15 +9,12 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::endpoint::{Endpoint, Sender};
+use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::body::{Upstream, UpstreamBody};
 
 fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
 /// A copy of an empty-bodied request's head, kept only while a reused connection might fail.
@@ -25,12 +22,7 @@ struct Replay(Method, http::Uri, http::Version, http::HeaderMap);
 
 impl Replay {
     fn of(req: &Request<UpstreamBody>) -> Self {
-        Replay(
-            req.method().clone(),
-            req.uri().clone(),
-            req.version(),
-            req.headers().clone(),
-        )
+        Replay(req.method().clone(), req.uri().clone(), req.version(), req.headers().clone())
     }
 
     fn into_request(self) -> Request<UpstreamBody> {
@@ -46,13 +38,13 @@ impl Replay {
 pub async fn send(
     ep: &Arc<Endpoint>,
     req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Sender), ProxyError> {
+) -> Result<(Response<Incoming>, Upstream), ProxyError> {
     let mut conn = ep.checkout().await?;
     let replay = (conn.reused && matches!(req.body(), UpstreamBody::Empty) && idempotent(req.method()))
         .then(|| Replay::of(&req));
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match conn.sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, conn.sender)),
+        Ok(resp) => Ok((resp, Upstream::Http1(conn.sender))),
         Err(mut err) => {
             let retry = match (err.take_message(), replay) {
                 (Some(unsent), _) => Some(unsent),
@@ -64,7 +56,7 @@ pub async fn send(
                     tracing::debug!(endpoint = %ep.address, error = %err.error(), "stale pooled connection; retrying on a fresh one");
                     let mut fresh = ep.connect().await?;
                     match fresh.send_request(req).await {
-                        Ok(resp) => Ok((resp, fresh)),
+                        Ok(resp) => Ok((resp, Upstream::Http1(fresh))),
                         Err(e) => {
                             tracing::debug!(endpoint = %ep.address, error = %e, "upstream request failed");
                             Err(ep.failed(ProxyError::UpstreamReset))
@@ -73,6 +65,35 @@ pub async fn send(
                 }
                 _ => {
                     tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream request failed");
+                    Err(ep.failed(ProxyError::UpstreamReset))
+                }
+            }
+        }
+    }
+}
+
+/// Sends one request as a stream on a shared HTTP/2 connection. A request refused before it was
+/// sent (the connection went away, e.g. after GOAWAY) is re-sent once on a new connection.
+pub async fn send_h2(
+    ep: &Arc<Endpoint>,
+    mut req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Upstream), ProxyError> {
+    *req.version_mut() = http::Version::HTTP_2;
+    ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (mut handle, slot) = ep.checkout_h2().await?;
+    match handle.sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, Upstream::Http2(slot))),
+        Err(mut err) => {
+            drop(slot);
+            let Some(unsent) = err.take_message() else {
+                tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream h2 request failed");
+                return Err(ep.failed(ProxyError::UpstreamReset));
+            };
+            let (mut handle, slot) = ep.checkout_h2().await?;
+            match handle.sender.send_request(unsent).await {
+                Ok(resp) => Ok((resp, Upstream::Http2(slot))),
+                Err(e) => {
+                    tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
                     Err(ep.failed(ProxyError::UpstreamReset))
                 }
             }

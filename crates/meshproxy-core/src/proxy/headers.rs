@@ -14,7 +14,14 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 meshproxy");
+/// `Via` names the protocol version the message was received with (RFC 9110 §7.6.3).
+pub fn via(version: http::Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        http::Version::HTTP_2 => "2 meshproxy",
+        http::Version::HTTP_10 => "1.0 meshproxy",
+        _ => "1.1 meshproxy",
+    })
+}
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -37,9 +44,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     if let Some(te) = headers.get(header::TE) {
-        let trailers = te
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let trailers =
+            te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
@@ -50,7 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Adds `x-forwarded-for` (appended), `x-forwarded-proto` and `x-forwarded-host` (set when the
 /// client did not send them) and `via` (appended) to a request going upstream.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, version: http::Version) {
     match headers.get(&X_FORWARDED_FOR) {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
@@ -73,7 +79,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
     }
-    headers.append(header::VIA, VIA_VALUE.clone());
+    headers.append(header::VIA, via(version));
 }
 
 #[cfg(test)]
@@ -103,7 +109,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("api.example.com"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"));
+        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), http::Version::HTTP_11);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");

@@ -16,11 +16,14 @@ use super::body::{Release, ResponseBody, UpstreamBody};
 use super::{forward, headers};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{ListenerRuntime, RouteRuntime};
+use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::listener::{Activity, ActivityGuard};
 use crate::server::Shared;
 
 static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
+static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
 
 #[derive(Clone)]
 pub struct ProxyService {
@@ -44,15 +47,7 @@ impl ProxyService {
     ) -> Self {
         let client_ip =
             HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ProxyService {
-            ctx: Arc::new(ConnCtx {
-                shared,
-                listener_key,
-                client,
-                client_ip,
-                activity,
-            }),
-        }
+        ProxyService { ctx: Arc::new(ConnCtx { shared, listener_key, client, client_ip, activity }) }
     }
 }
 
@@ -67,17 +62,30 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-/// A response the proxy makes itself: short body, `meshproxy-error` header.
-pub fn local_error(e: ProxyError, activity: Option<ActivityGuard>) -> Response<ResponseBody> {
+/// A response the proxy makes itself: short body, `meshproxy-error` header. gRPC clients get
+/// what gRPC expects instead of a bare HTTP error: HTTP 200 with `grpc-status` and
+/// `grpc-message` in a trailers-only response, so the client library reports UNAVAILABLE,
+/// DEADLINE_EXCEEDED, … rather than a protocol error.
+pub fn local_error(e: ProxyError, grpc: bool, activity: Option<ActivityGuard>) -> Response<ResponseBody> {
+    if grpc {
+        let mut resp = Response::new(ResponseBody::empty(activity));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(GRPC_STATUS.clone(), HeaderValue::from_static(e.grpc_status()));
+        h.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(e.grpc_message()));
+        h.insert(ERROR_HEADER.clone(), HeaderValue::from_static(e.as_str()));
+        return resp;
+    }
     let mut resp = Response::new(ResponseBody::local(e.body(), activity));
     *resp.status_mut() = e.status();
     let h = resp.headers_mut();
     h.insert(ERROR_HEADER.clone(), HeaderValue::from_static(e.as_str()));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -86,14 +94,15 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
     // Holding the snapshot for the whole request: a reload mid-request does not change its route.
     let snapshot = ctx.shared.snapshot.load_full();
     let Some(listener) = snapshot.listeners.get(&*ctx.listener_key) else {
-        return local_error(ProxyError::ShuttingDown, Some(activity));
+        return local_error(ProxyError::ShuttingDown, is_grpc(&req), Some(activity));
     };
+    let grpc = is_grpc(&req);
     let fail = |e: ProxyError, route: Option<&RouteRuntime>, activity| {
         listener.metrics.proxy_error(e);
         if let Some(r) = route {
             r.metrics.record(e.status().as_u16(), start.elapsed());
         }
-        local_error(e, activity)
+        local_error(e, grpc, activity)
     };
     if req.method() == Method::CONNECT {
         return fail(ProxyError::ConnectRefused, None, Some(activity));
@@ -108,22 +117,29 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
         return fail(ProxyError::NoRoute, None, Some(activity));
     };
     let service = &route.service;
-    let hash = service
-        .balancer
-        .hash_key()
-        .and_then(|k| request_hash(k, &req, ctx.client));
+    let hash = service.balancer.hash_key().and_then(|k| request_hash(k, &req, ctx.client));
     let Some(endpoint) = service.balancer.pick(hash).and_then(|i| service.endpoints.get(i)) else {
         return fail(ProxyError::NoEndpoints, Some(route), Some(activity));
     };
 
+    let downstream_version = req.version();
     let upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address) {
         Ok(r) => r,
         Err(e) => return fail(e, Some(route), Some(activity)),
     };
     let attempt = async {
         let permit = endpoint.acquire().await?;
-        let (resp, sender) = forward::send(endpoint, upstream_req).await?;
-        Ok::<_, ProxyError>((resp, sender, permit))
+        let h2 = match service.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => downstream_version == Version::HTTP_2,
+        };
+        let (resp, upstream) = if h2 {
+            forward::send_h2(endpoint, upstream_req).await?
+        } else {
+            forward::send(endpoint, upstream_req).await?
+        };
+        Ok::<_, ProxyError>((resp, upstream, permit))
     };
     let result = match route.response_header_timeout {
         Some(t) => tokio::time::timeout(t, attempt)
@@ -132,16 +148,12 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
         None => attempt.await,
     };
     match result {
-        Ok((resp, sender, permit)) => {
+        Ok((resp, upstream, permit)) => {
             route.metrics.record(resp.status().as_u16(), start.elapsed());
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
-            parts.headers.append(header::VIA, headers::VIA_VALUE.clone());
-            let release = Release {
-                sender,
-                endpoint: endpoint.clone(),
-                permit,
-            };
+            parts.headers.append(header::VIA, headers::via(parts.version));
+            let release = Release { upstream, endpoint: endpoint.clone(), permit };
             Response::from_parts(parts, ResponseBody::upstream(body, release, activity))
         }
         Err(e) => fail(e, Some(route), Some(activity)),
@@ -172,9 +184,7 @@ fn find_route<'a>(listener: &'a ListenerRuntime, req: &Request<Incoming>) -> Opt
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-    let i = listener
-        .table
-        .find(host, req.uri().path(), req.method(), req.headers())?;
+    let i = listener.table.find(host, req.uri().path(), req.method(), req.headers())?;
     listener.routes.get(i)
 }
 
@@ -226,12 +236,8 @@ fn prepare_request(
     // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
     // first read, i.e. when the upstream is ready for it), so it does not travel further.
     parts.headers.remove(header::EXPECT);
-    headers::add_forwarded(&mut parts.headers, client_ip);
+    headers::add_forwarded(&mut parts.headers, client_ip, parts.version);
     parts.version = Version::HTTP_11;
-    let body = if body.is_end_stream() {
-        UpstreamBody::Empty
-    } else {
-        UpstreamBody::Stream(body)
-    };
+    let body = if body.is_end_stream() { UpstreamBody::Empty } else { UpstreamBody::Stream(body) };
     Ok(Request::from_parts(parts, body))
 }

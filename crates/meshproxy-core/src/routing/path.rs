@@ -16,12 +16,7 @@ pub struct Segments<'a> {
 
 impl<'a> Segments<'a> {
     pub fn parse(path: &'a str) -> Self {
-        let mut s = Segments {
-            inline: [""; INLINE],
-            len: 0,
-            spill: Vec::new(),
-            trailing_slash: false,
-        };
+        let mut s = Segments { inline: [""; INLINE], len: 0, spill: Vec::new(), trailing_slash: false };
         let body = path.strip_prefix('/').unwrap_or(path);
         if body.is_empty() {
             return s;
