@@ -33,6 +33,15 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         idleTimeoutMs: 60000,
         maxHeaderBytes: 65536,
         maxUriBytes: 8192,
+        tunnelIdleTimeoutMs: 300000,
+        http2: {
+          maxConcurrentStreams: 100,
+          maxHeaderListSize: 16384,
+          connectionWindowSize: 1048576,
+          streamWindowSize: 262144,
+          keepAliveIntervalMs: 20000,
+          keepAliveTimeoutMs: 20000,
+        },
         routes: [
           {
             name: 'default',
@@ -54,9 +63,11 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
           { address: '127.0.0.1:8081', weight: 1 },
           { address: '127.0.0.1:8082', weight: 1 },
         ],
+        protocol: 'http1',
         connectTimeoutMs: 1000,
         maxInflightPerEndpoint: 1000,
         maxPendingPerEndpoint: 1000,
+        maxStreamsPerConnection: 100,
         pool: { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 },
       },
     ],
@@ -77,6 +88,22 @@ test('configFromEndpoints: balancer forms and defaults', (t) => {
   const defaults = configFromEndpoints(['127.0.0.1:1'], 'round-robin').config
   t.is(defaults?.listeners[0]?.address, '127.0.0.1:4140')
   t.deepEqual(defaults?.admin, { address: '127.0.0.1:4191' })
+})
+
+test('configFromEndpoints: protocol parameter, http1 by default', (t) => {
+  const protocol = (...p: ['http1' | 'http2' | 'auto'] | []) => configFromEndpoints(['127.0.0.1:1'], 'round-robin', {}, ...p).config?.services[0]?.protocol
+  t.is(protocol(), 'http1')
+  t.is(protocol('http1'), 'http1')
+  t.is(protocol('http2'), 'http2')
+  t.is(protocol('auto'), 'auto')
+  const h2 = configFromEndpoints(['127.0.0.1:1'], 'round-robin', {}, 'http2').config!
+  t.is(h2.services[0]?.maxStreamsPerConnection, 100)
+  t.deepEqual(validateModel(h2), [])
+  // An untyped caller (the CLI passes --protocol through) gets a diagnostic, not a bad model.
+  const bad = configFromEndpoints(['127.0.0.1:1'], 'round-robin', {}, 'HTTP2' as 'http2')
+  t.is(bad.config, null)
+  t.deepEqual(bad.diagnostics.map(formatDiagnostic), ['<command line>: error: invalid protocol "HTTP2" (did you mean "http2"?)'])
+  t.is(configFromEndpoints(['127.0.0.1:1'], 'random', {}, 'h3' as 'http2').diagnostics[0]?.hint, 'valid protocols: http1, http2, auto')
 })
 
 test('configFromEndpoints: bad input is reported, all of it', (t) => {
@@ -133,10 +160,59 @@ test('validateModel reports JSON paths for structural problems', (t) => {
     ['listeners[0].routes[0].hosts[0]: host "API.example.com:80" must not include a port', 'the port is matched by the listener; give the name only'],
     ['listeners[0].routes[0].methods[0]: "get" is not normalized', 'use "GET"'],
     ['listeners[0].routes[0].path.value: "/v1/" is not normalized', 'use "/v1"'],
-    ['services[1].extra: unknown field', 'valid fields: name, balancer, endpoints, connectTimeoutMs, maxInflightPerEndpoint, maxPendingPerEndpoint, pool'],
+    ['services[1].extra: unknown field', 'valid fields: name, balancer, endpoints, protocol, connectTimeoutMs, maxInflightPerEndpoint, maxPendingPerEndpoint, maxStreamsPerConnection, pool'],
     ['services[1].connectTimeoutMs: expected an integer, got string "1s"', undefined],
     ['services[1].endpoints[0].weight: must be between 1 and 1000, got 0', undefined],
   ])
+})
+
+test('validateModel checks the HTTP/2 settings and the upstream protocol', (t) => {
+  const m = model() as unknown as { services: Array<Record<string, unknown>>; listeners: Array<Record<string, unknown>> }
+  const http2 = m.listeners[0]!.http2 as Record<string, unknown>
+  http2.maxConcurrentStreams = 0
+  http2.maxHeaderListSize = 1023
+  http2.connectionWindowSize = 65534
+  http2.streamWindowSize = 2 ** 31
+  http2.keepAliveIntervalMs = '20s'
+  http2.keepAliveTimeoutMs = 0
+  http2.maxConcurentStreams = 1
+  m.services[0]!.protocol = 'h2'
+  m.services[0]!.maxStreamsPerConnection = 0
+  m.services[1]!.protocol = 2
+  const d = validateModel(m)
+  t.true(d.every((x) => x.severity === 'error' && x.file === '<object>' && x.line === 0))
+  t.deepEqual(d.map((x) => [x.message, x.hint]), [
+    ['listeners[0].http2.maxConcurentStreams: unknown field', 'did you mean "maxConcurrentStreams"?'],
+    ['listeners[0].http2.maxConcurrentStreams: must be between 1 and 4294967295, got 0', undefined],
+    ['listeners[0].http2.maxHeaderListSize: must be between 1024 and 4294967295, got 1023', undefined],
+    ['listeners[0].http2.connectionWindowSize: must be between 65535 and 2147483647, got 65534', undefined],
+    ['listeners[0].http2.streamWindowSize: must be between 65535 and 2147483647, got 2147483648', undefined],
+    ['listeners[0].http2.keepAliveIntervalMs: expected an integer, got string "20s"', undefined],
+    ['listeners[0].http2.keepAliveTimeoutMs: must be between 1 and 4294967295, got 0', undefined],
+    ['services[0].protocol: expected one of "http1", "http2", "auto", got string "h2"', 'valid protocols: http1, http2, auto'],
+    ['services[0].maxStreamsPerConnection: must be between 1 and 4294967295, got 0', undefined],
+    ['services[1].protocol: expected one of "http1", "http2", "auto", got number 2', 'valid protocols: http1, http2, auto'],
+  ])
+})
+
+test('validateModel: http2 and the new service fields are required; keep-alive 0 is allowed', (t) => {
+  const m = model() as unknown as { services: Array<Record<string, unknown>>; listeners: Array<Record<string, unknown>> }
+  delete m.listeners[0]!.http2
+  delete m.services[0]!.protocol
+  delete m.services[0]!.maxStreamsPerConnection
+  t.deepEqual(validateModel(m).map((x) => x.message), [
+    'listeners[0].http2: missing required field',
+    'services[0].protocol: missing required field',
+    'services[0].maxStreamsPerConnection: missing required field',
+  ])
+  const ok = model()
+  ok.listeners[0]!.http2.keepAliveIntervalMs = 0
+  ok.listeners[0]!.http2.connectionWindowSize = 2 ** 31 - 1
+  ok.listeners[0]!.http2.streamWindowSize = 65535
+  ok.services[0]!.protocol = 'auto'
+  t.deepEqual(validateModel(ok), [])
+  m.listeners[0]!.http2 = []
+  t.deepEqual(validateModel(m).map((x) => x.message).slice(0, 1), ['listeners[0].http2: expected an object, got an array'])
 })
 
 test('validateModel runs the cross-checks on well-formed models', (t) => {

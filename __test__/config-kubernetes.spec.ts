@@ -67,6 +67,74 @@ test('seed Ingress alone loads with warnings for both backends', (t) => {
   ])
 })
 
+test('Kubernetes-derived listeners and services get the HTTP/2 and protocol defaults', (t) => {
+  const config = loadConfigText(SEED).config!
+  t.deepEqual(config.listeners[0]?.http2, {
+    maxConcurrentStreams: 100,
+    maxHeaderListSize: 16384,
+    connectionWindowSize: 1048576,
+    streamWindowSize: 262144,
+    keepAliveIntervalMs: 20000,
+    keepAliveTimeoutMs: 20000,
+  })
+  t.deepEqual(config.services.map((s) => [s.name, s.protocol, s.maxStreamsPerConnection]), [
+    ['service-a:80', 'http1', 100],
+    ['service-b:80', 'http1', 100],
+  ])
+})
+
+/** A Service `name` with one port 80 (named "http"), with `appProtocol` when given. */
+function serviceWith(name: string, appProtocol?: string, extraPorts = ''): string {
+  const app = appProtocol === undefined ? '' : `, appProtocol: ${JSON.stringify(appProtocol)}`
+  return `apiVersion: v1
+kind: Service
+metadata: { name: ${name} }
+spec: { ports: [{ name: http, port: 80${app} }${extraPorts}] }
+`
+}
+
+test('appProtocol of the Service port selects the upstream protocol', (t) => {
+  const cases: Array<[string, string | undefined, string]> = [
+    ['h2c', 'kubernetes.io/h2c', 'http2'],
+    ['grpc', 'grpc', 'http2'],
+    ['http', 'http', 'http1'],
+    ['ws', 'kubernetes.io/ws', 'http1'],
+    ['none', undefined, 'http1'],
+  ]
+  const text = cases.flatMap(([name, app]) => [ingress(`ing-${name}`, `${name}:80`), serviceWith(name, app)]).join('---\n')
+  const r = loadConfigText(text)
+  t.deepEqual(errors(r), [])
+  // Known values (and none) are not warned about.
+  t.deepEqual(warnings(r).filter((d) => d.message.includes('appProtocol')), [])
+  t.deepEqual(r.config?.services.map((s) => [s.name, s.protocol]), cases.map(([name, , protocol]) => [`${name}:80`, protocol]))
+})
+
+test('an unknown appProtocol is a warning naming the port and the value; http1 is used', (t) => {
+  // Reached by number and by name: two model services, one warning for the one port. The
+  // unused port's appProtocol is not reported (only that the port is unused).
+  const text = [
+    ingress('by-number', 'web:80'),
+    ingress('by-name', 'web:http'),
+    serviceWith('web', 'kubernetes.io/wss', ', { name: admin, port: 9090, appProtocol: whatever }'),
+  ].join('---\n')
+  const r = loadConfigText(text, { file: 'k.yaml' })
+  t.deepEqual(errors(r), [])
+  t.deepEqual(r.config?.services.map((s) => [s.name, s.protocol]), [['web:80', 'http1'], ['web:http', 'http1']])
+  const line = text.split('\n').findIndex((l) => l.includes('appProtocol')) + 1
+  const column = (text.split('\n')[line - 1] ?? '').indexOf('"kubernetes.io/wss"') + 1
+  const appWarnings = warnings(r).filter((d) => d.message.includes('appProtocol'))
+  t.deepEqual(appWarnings.map(formatDiagnostic), [
+    `k.yaml:${line}:${column}: warning: Service "web" port 80 ("http"): appProtocol "kubernetes.io/wss" is not known; using http1 (known values: kubernetes.io/h2c, grpc, http, kubernetes.io/ws)`,
+  ])
+  t.true(warnings(r).some((d) => d.message === 'Service port web:9090 ("admin") is not used by any Ingress backend'))
+})
+
+test('appProtocol must be a string', (t) => {
+  const r = loadConfigText([ingress('ing', 'web:80'), serviceWith('web').replace('port: 80', 'port: 80, appProtocol: 2')].join('---\n'))
+  t.is(r.config, null)
+  t.is(errors(r)[0]?.message, '"appProtocol" in Service port must be a string, got number 2')
+})
+
 test('a RateLimiter document is skipped with a warning naming the kind', (t) => {
   const r = loadConfigText(SEED + RATE_LIMITER, { file: 'seed.yaml' })
   t.not(r.config, null)

@@ -22,6 +22,13 @@ listeners:
     idleTimeout: 1m
     maxHeaderBytes: 32768
     maxUriBytes: 4096
+    http2:
+      maxConcurrentStreams: 250
+      maxHeaderListSize: 32768
+      connectionWindowSize: 4194304
+      streamWindowSize: 65535
+      keepAliveInterval: 0
+      keepAliveTimeout: 5s
     routes:
       - name: api
         match:
@@ -39,6 +46,8 @@ services:
     endpoints:
       - 127.0.0.1:8081
       - { address: 127.0.0.1:8082, weight: 2 }
+    protocol: http2
+    maxStreamsPerConnection: 50
     connectTimeout: 250ms
     maxInflightPerEndpoint: 10
     maxPendingPerEndpoint: 0
@@ -63,6 +72,15 @@ test('native document loads into the exact model', (t) => {
         idleTimeoutMs: 60000,
         maxHeaderBytes: 32768,
         maxUriBytes: 4096,
+        tunnelIdleTimeoutMs: 300000,
+        http2: {
+          maxConcurrentStreams: 250,
+          maxHeaderListSize: 32768,
+          connectionWindowSize: 4194304,
+          streamWindowSize: 65535,
+          keepAliveIntervalMs: 0,
+          keepAliveTimeoutMs: 5000,
+        },
         routes: [
           {
             name: 'api',
@@ -93,18 +111,22 @@ test('native document loads into the exact model', (t) => {
           { address: '127.0.0.1:8081', weight: 1 },
           { address: '127.0.0.1:8082', weight: 2 },
         ],
+        protocol: 'http2',
         connectTimeoutMs: 250,
         maxInflightPerEndpoint: 10,
         maxPendingPerEndpoint: 0,
+        maxStreamsPerConnection: 50,
         pool: { maxIdlePerEndpoint: 8, idleTimeoutMs: 2000 },
       },
       {
         name: 'web',
         balancer: { kind: 'random' },
         endpoints: [{ address: '[::1]:9000', weight: 1 }],
+        protocol: 'http1',
         connectTimeoutMs: 1000,
         maxInflightPerEndpoint: 1000,
         maxPendingPerEndpoint: 1000,
+        maxStreamsPerConnection: 100,
         pool: { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 },
       },
     ],
@@ -133,6 +155,15 @@ services:
         idleTimeoutMs: 60000,
         maxHeaderBytes: 65536,
         maxUriBytes: 8192,
+        tunnelIdleTimeoutMs: 300000,
+        http2: {
+          maxConcurrentStreams: 100,
+          maxHeaderListSize: 16384,
+          connectionWindowSize: 1048576,
+          streamWindowSize: 262144,
+          keepAliveIntervalMs: 20000,
+          keepAliveTimeoutMs: 20000,
+        },
         routes: [
           {
             name: 'listener-0-route-0',
@@ -151,9 +182,11 @@ services:
         name: 's',
         balancer: { kind: 'round-robin' },
         endpoints: [{ address: '127.0.0.1:1', weight: 1 }],
+        protocol: 'http1',
         connectTimeoutMs: 1000,
         maxInflightPerEndpoint: 1000,
         maxPendingPerEndpoint: 1000,
+        maxStreamsPerConnection: 100,
         pool: { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 },
       },
     ],
@@ -190,6 +223,116 @@ test('durations: ms integers and unit strings', (t) => {
   // Zero is "no limit" only for the route timeout.
   const zero = loadConfigText('listeners: [{ idleTimeout: 0s }]')
   t.regex(errors(zero)[0]?.message ?? '', /idleTimeout.*between 1ms/)
+})
+
+const HTTP2_DEFAULTS = {
+  maxConcurrentStreams: 100,
+  maxHeaderListSize: 16384,
+  connectionWindowSize: 1048576,
+  streamWindowSize: 262144,
+  keepAliveIntervalMs: 20000,
+  keepAliveTimeoutMs: 20000,
+}
+
+test('http2: defaults for every listener, also with an empty or partial http2 mapping', (t) => {
+  const config = load(`
+listeners:
+  - { name: a, address: 127.0.0.1:1000, routes: [{ service: s }] }
+  - { name: b, address: 127.0.0.1:1001, http2: {}, routes: [{ service: s }] }
+  - { name: c, address: 127.0.0.1:1002, http2: null, routes: [{ service: s }] }
+  - { name: d, address: 127.0.0.1:1003, http2: { maxConcurrentStreams: 1 }, routes: [{ service: s }] }
+services: [{ name: s, endpoints: [127.0.0.1:1] }]
+`)
+  t.deepEqual(config.listeners.map((l) => l.http2), [HTTP2_DEFAULTS, HTTP2_DEFAULTS, HTTP2_DEFAULTS, { ...HTTP2_DEFAULTS, maxConcurrentStreams: 1 }])
+  // Each listener has its own copy: changing one must not change the defaults of another.
+  t.not(config.listeners[0]!.http2, config.listeners[1]!.http2)
+  // A listener created by an option gets them too.
+  t.deepEqual(load('services: []', { listenOverride: '127.0.0.1:5000' }).listeners[0]?.http2, HTTP2_DEFAULTS)
+})
+
+test('http2: keep-alive times are durations; 0 turns the interval off but not the timeout', (t) => {
+  const http2 = (fields: string) => loadConfigText(`listeners: [{ http2: { ${fields} }, routes: [{ service: s }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`)
+  const cases: Array<[string, number, number]> = [
+    ['keepAliveInterval: 20s, keepAliveTimeout: 20000', 20000, 20000],
+    ['keepAliveInterval: 1m30s, keepAliveTimeout: 500ms', 90000, 500],
+    ['keepAliveInterval: 0, keepAliveTimeout: 1', 0, 1],
+    ['keepAliveInterval: 0s', 0, 20000],
+  ]
+  for (const [fields, interval, timeout] of cases) {
+    t.like(http2(fields).config?.listeners[0]?.http2, { keepAliveIntervalMs: interval, keepAliveTimeoutMs: timeout }, fields)
+  }
+  const zero = http2('keepAliveTimeout: 0s')
+  t.is(zero.config, null)
+  t.deepEqual(lines(errors(zero)), ['<config>:1:42: error: "keepAliveTimeout" in listener http2 must be between 1ms and 4294967295ms, got 0ms (0 is not allowed here)'])
+  const unitless = http2('keepAliveInterval: "20"')
+  t.like(errors(unitless)[0], { message: '"keepAliveInterval" in listener http2: duration "20" has no unit', hint: 'write 20ms or 20s' })
+})
+
+test('http2: ranges of the sizes, reported at the value', (t) => {
+  const text = [
+    'listeners:',
+    '  - http2:',
+    '      maxConcurrentStreams: 0',
+    '      maxHeaderListSize: 1023',
+    '      connectionWindowSize: 65534',
+    '      streamWindowSize: 2147483648',
+    '    routes: [{ service: s }]',
+    'services: [{ name: s, endpoints: [127.0.0.1:1] }]',
+  ].join('\n')
+  const r = loadConfigText(text, { file: 'h2.yaml' })
+  t.is(r.config, null)
+  t.deepEqual(lines(errors(r)), [
+    'h2.yaml:3:29: error: "maxConcurrentStreams" in listener http2 must be between 1 and 4294967295, got 0',
+    'h2.yaml:4:26: error: "maxHeaderListSize" in listener http2 must be between 1024 and 4294967295, got 1023',
+    'h2.yaml:5:29: error: "connectionWindowSize" in listener http2 must be between 65535 and 2147483647, got 65534',
+    'h2.yaml:6:25: error: "streamWindowSize" in listener http2 must be between 65535 and 2147483647, got 2147483648',
+  ])
+  const notMap = loadConfigText('listeners: [{ http2: true }]')
+  t.like(errors(notMap)[0], { line: 1, column: 22, message: 'listener http2 must be a mapping, got boolean true' })
+})
+
+test('http2: unknown fields get a suggestion at the key', (t) => {
+  const text = [
+    'listeners:',
+    '  - http2:',
+    '      maxConcurrentStream: 10',
+    '      keepAliveIntervalMs: 1000',
+    '      initialWindowSize: 65535',
+    '    routes: [{ service: s }]',
+    'services: [{ name: s, endpoints: [127.0.0.1:1] }]',
+  ].join('\n')
+  const r = loadConfigText(text, { file: 'h2.yaml' })
+  t.is(r.config, null)
+  t.deepEqual(lines(errors(r)), [
+    'h2.yaml:3:7: error: unknown field "maxConcurrentStream" in listener http2 (did you mean "maxConcurrentStreams"?)',
+    'h2.yaml:4:7: error: unknown field "keepAliveIntervalMs" in listener http2 (did you mean "keepAliveInterval"?)',
+    // Nothing close: the valid fields are listed.
+    'h2.yaml:5:7: error: unknown field "initialWindowSize" in listener http2 (valid fields: maxConcurrentStreams, maxHeaderListSize, connectionWindowSize, streamWindowSize, keepAliveInterval, keepAliveTimeout)',
+  ])
+  // The listener itself knows the new key.
+  const misspelt = loadConfigText('listeners: [{ htp2: {} }]')
+  t.like(errors(misspelt)[0], { message: 'unknown field "htp2" in listener', hint: 'did you mean "http2"?' })
+})
+
+test('service protocol and maxStreamsPerConnection', (t) => {
+  const service = (fields: string) => loadConfigText(`listeners: [{ routes: [{ service: s }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1]${fields} }]`, { file: 'p.yaml' })
+  t.like(service('').config?.services[0], { protocol: 'http1', maxStreamsPerConnection: 100 })
+  for (const p of ['http1', 'http2', 'auto'] as const) t.is(service(`, protocol: ${p}`).config?.services[0]?.protocol, p)
+  t.is(service(', maxStreamsPerConnection: 1').config?.services[0]?.maxStreamsPerConnection, 1)
+  t.deepEqual(lines(errors(service(', maxStreamsPerConnection: 0'))), [
+    'p.yaml:2:74: error: "maxStreamsPerConnection" in service must be between 1 and 4294967295, got 0',
+  ])
+})
+
+test('invalid service protocol: error at the value, the valid values as hint', (t) => {
+  const protocol = (p: string) => errors(loadConfigText(`services: [{ name: s, protocol: ${p} }]`, { file: 'p.yaml' }))
+  t.deepEqual(lines(protocol('spdy')), ['p.yaml:1:33: error: unknown service protocol "spdy" (valid protocols: http1, http2, auto)'])
+  t.deepEqual(lines(protocol('HTTP2')), ['p.yaml:1:33: error: unknown service protocol "HTTP2" (did you mean "http2"? valid protocols: http1, http2, auto)'])
+  // Common names for the protocols point at the model's names.
+  t.is(protocol('h2c')[0]?.hint, 'did you mean "http2"? valid protocols: http1, http2, auto')
+  t.is(protocol('grpc')[0]?.hint, 'did you mean "http2"? valid protocols: http1, http2, auto')
+  t.is(protocol('"HTTP/1.1"')[0]?.hint, 'did you mean "http1"? valid protocols: http1, http2, auto')
+  t.deepEqual(lines(protocol('2')), ['p.yaml:1:33: error: "protocol" in service must be a string, got number 2'])
 })
 
 test('unknown field: suggestion and the key position', (t) => {

@@ -12,6 +12,7 @@ import {
   formatDiagnostic,
   loadConfigFile,
   type LoadResult,
+  type UpstreamProtocol,
 } from './config/index.js'
 import { MeshProxyError } from './errors.js'
 import { DEFAULT_GRACE_MS, Proxy, type StartInfo } from './proxy.js'
@@ -44,6 +45,7 @@ interface RunOptions {
   config?: string
   to?: string
   balancer: string
+  protocol: string
   listen?: string
   admin?: string
   workers: number
@@ -61,7 +63,13 @@ async function run(opts: RunOptions): Promise<void> {
   const load = (): Promise<LoadResult> | LoadResult =>
     opts.config
       ? loadConfigFile(opts.config, loadOpts)
-      : configFromEndpoints(opts.to!.split(',').map((s) => s.trim()).filter(Boolean), opts.balancer, loadOpts)
+      : configFromEndpoints(
+          opts.to!.split(',').map((s) => s.trim()).filter(Boolean),
+          opts.balancer,
+          loadOpts,
+          // Checked at run time by configFromEndpoints, with a diagnostic for bad values.
+          opts.protocol as UpstreamProtocol,
+        )
   const result = await load()
   if (report(result) || !result.config) {
     console.error('meshproxy: refusing to start with an invalid config')
@@ -121,6 +129,7 @@ program
       'round-robin',
     ),
   )
+  .addOption(new Option('--protocol <protocol>', 'protocol to the --to endpoints: http1, http2 (h2c) or auto').default('http1'))
   .option('--listen <host:port>', `proxy listener address (default ${DEFAULT_LISTEN} unless the file names one)`)
   .option('--admin <host:port>', `admin listener address (default ${DEFAULT_ADMIN} unless the file names one)`)
   .option('--workers <n>', 'data-path worker threads', intOption(1, 256), 1)

@@ -3,7 +3,7 @@
  * translation, `configFromEndpoints` and `validateModel` cannot drift apart. The values are the
  * ones documented in `model.ts`.
  */
-import type { BalancerModel, EndpointModel, ListenerModel, RouteModel, ServiceModel } from './model.js'
+import type { BalancerModel, EndpointModel, ListenerModel, RouteModel, ServiceModel, UpstreamProtocol } from './model.js'
 
 export const DEFAULT_LISTEN = '127.0.0.1:4140'
 export const DEFAULT_ADMIN = '127.0.0.1:4191'
@@ -14,6 +14,16 @@ export const LISTENER_DEFAULTS = {
   idleTimeoutMs: 60000,
   maxHeaderBytes: 65536,
   maxUriBytes: 8192,
+  tunnelIdleTimeoutMs: 300000,
+} as const
+
+export const HTTP2_DEFAULTS = {
+  maxConcurrentStreams: 100,
+  maxHeaderListSize: 16384,
+  connectionWindowSize: 1048576,
+  streamWindowSize: 262144,
+  keepAliveIntervalMs: 20000,
+  keepAliveTimeoutMs: 20000,
 } as const
 
 export const ROUTE_DEFAULTS = { responseHeaderTimeoutMs: 15000 } as const
@@ -22,7 +32,16 @@ export const SERVICE_DEFAULTS = {
   connectTimeoutMs: 1000,
   maxInflightPerEndpoint: 1000,
   maxPendingPerEndpoint: 1000,
+  maxStreamsPerConnection: 100,
 } as const
+
+/** The values of `ServiceModel.protocol`, the default first. */
+export const UPSTREAM_PROTOCOLS = ['http1', 'http2', 'auto'] as const satisfies readonly UpstreamProtocol[]
+export const DEFAULT_UPSTREAM_PROTOCOL: UpstreamProtocol = 'http1'
+
+export function isUpstreamProtocol(v: unknown): v is UpstreamProtocol {
+  return (UPSTREAM_PROTOCOLS as readonly unknown[]).includes(v)
+}
 
 export const POOL_DEFAULTS = { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 } as const
 
@@ -33,7 +52,8 @@ export const WEIGHT_MAX = 1000
  * Bounds of the numeric limits. The upper bound is u32::MAX so the value fits whatever integer
  * type the Rust side deserializes into. A zero is refused where its meaning is not documented
  * (zero connections, zero-length heads, instant timeouts would all just break traffic); the route
- * timeout documents 0 as "no limit", and 0 idle/pending connections means "do not pool/queue".
+ * timeout documents 0 as "no limit", 0 idle/pending connections means "do not pool/queue", and
+ * an HTTP/2 keep-alive interval of 0 means "no pings".
  */
 export interface LimitSpec {
   min: number
@@ -42,6 +62,8 @@ export interface LimitSpec {
 }
 
 const U32_MAX = 4294967295
+/** HTTP/2 flow-control windows: at least the protocol's initial 65535, at most 2^31-1 (RFC 9113 §6.9.1). */
+const WINDOW: LimitSpec = { min: 65535, max: 2147483647, duration: false }
 const count = (min: number): LimitSpec => ({ min, max: U32_MAX, duration: false })
 const duration = (min: number): LimitSpec => ({ min, max: U32_MAX, duration: true })
 
@@ -52,7 +74,18 @@ export const LISTENER_LIMITS = {
   // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
   maxHeaderBytes: count(8192),
   maxUriBytes: count(1),
+  tunnelIdleTimeoutMs: duration(1),
 } as const satisfies Record<keyof typeof LISTENER_DEFAULTS, LimitSpec>
+
+export const HTTP2_LIMITS = {
+  maxConcurrentStreams: count(1),
+  maxHeaderListSize: count(1024),
+  connectionWindowSize: WINDOW,
+  streamWindowSize: WINDOW,
+  // 0 turns keep-alive pings off.
+  keepAliveIntervalMs: duration(0),
+  keepAliveTimeoutMs: duration(1),
+} as const satisfies Record<keyof typeof HTTP2_DEFAULTS, LimitSpec>
 
 export const ROUTE_LIMITS = {
   responseHeaderTimeoutMs: duration(0),
@@ -62,6 +95,7 @@ export const SERVICE_LIMITS = {
   connectTimeoutMs: duration(1),
   maxInflightPerEndpoint: count(1),
   maxPendingPerEndpoint: count(0),
+  maxStreamsPerConnection: count(1),
 } as const satisfies Record<keyof typeof SERVICE_DEFAULTS, LimitSpec>
 
 export const POOL_LIMITS = {
@@ -70,7 +104,7 @@ export const POOL_LIMITS = {
 } as const satisfies Record<keyof typeof POOL_DEFAULTS, LimitSpec>
 
 export function makeListener(name: string, address: string, routes: RouteModel[] = []): ListenerModel {
-  return { name, address, protocol: 'http', ...LISTENER_DEFAULTS, routes }
+  return { name, address, protocol: 'http', ...LISTENER_DEFAULTS, http2: { ...HTTP2_DEFAULTS }, routes }
 }
 
 /** A route matching every request (any host, any method, path prefix `/`). */
@@ -90,6 +124,7 @@ export function makeService(
   name: string,
   endpoints: EndpointModel[] = [],
   balancer: BalancerModel = { kind: 'round-robin' },
+  protocol: UpstreamProtocol = DEFAULT_UPSTREAM_PROTOCOL,
 ): ServiceModel {
-  return { name, balancer, endpoints, ...SERVICE_DEFAULTS, pool: { ...POOL_DEFAULTS } }
+  return { name, balancer, endpoints, protocol, ...SERVICE_DEFAULTS, pool: { ...POOL_DEFAULTS } }
 }

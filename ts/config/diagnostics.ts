@@ -113,7 +113,8 @@ export function closest(input: string, candidates: Iterable<string>): string | u
     const squashed = squash(c)
     // A truncated name (`maxIdle` for `maxIdlePerEndpoint`) is far in edits but obvious to a reader.
     const truncated = target.length >= 4 && squashed.startsWith(target)
-    const score = truncated ? 1 : levenshtein(target, squashed)
+    // An exact match after squashing scores 0, not 1, so `HTTP2` finds `http2` rather than tying with `http1`.
+    const score = Math.min(levenshtein(target, squashed), truncated ? 1 : Infinity)
     if (score < bestScore) {
       best = c
       bestScore = score

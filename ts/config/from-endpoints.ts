@@ -2,9 +2,9 @@
  * `configFromEndpoints`: the model behind `meshproxy run --to a,b --balancer x`, built without a
  * file but checked exactly like one.
  */
-import type { BalancerModel, ConfigModel, EndpointModel } from './model.js'
+import type { BalancerModel, ConfigModel, EndpointModel, UpstreamProtocol } from './model.js'
 import { DiagnosticSink, suggest, type Loc } from './diagnostics.js'
-import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener, makeRoute, makeService } from './defaults.js'
+import { DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_UPSTREAM_PROTOCOL, UPSTREAM_PROTOCOLS, isUpstreamProtocol, makeListener, makeRoute, makeService } from './defaults.js'
 import { finish, type LoadOptions, type LoadResult } from './load.js'
 import { checkSemantics } from './semantics.js'
 import { isToken, normalizeHeaderName, parseAddress } from './values.js'
@@ -15,12 +15,22 @@ const BALANCER_FORMS = ['round-robin', 'random', 'hash', 'hash:source', 'hash:he
  * One listener (`listenOverride` ?? `defaultListen`) with one catch-all route to one service,
  * `default`, over `endpoints` (`host:port` each, weight 1). `balancer` is `round-robin`,
  * `random`, `hash` (source address), `hash:source`, `hash:header:<name>` or `hash:cookie:<name>`.
- * Diagnostics carry `opts.file` (default `<command line>`) and no position.
+ * `protocol` is the service's upstream protocol (`http1`, `http2` for h2c, `auto`); a value
+ * outside those (from an untyped caller) is reported like a bad balancer. Listener and service
+ * limits, HTTP/2 settings included, are the defaults. Diagnostics carry `opts.file` (default
+ * `<command line>`) and no position.
  */
-export function configFromEndpoints(endpoints: string[], balancer: string, opts: LoadOptions = {}): LoadResult {
+export function configFromEndpoints(
+  endpoints: string[],
+  balancer: string,
+  opts: LoadOptions = {},
+  protocol: UpstreamProtocol = DEFAULT_UPSTREAM_PROTOCOL,
+): LoadResult {
   const loc: Loc = { file: opts.file ?? '<command line>', line: 0, column: 0 }
   const sink = new DiagnosticSink()
   const service = makeService('default', [], parseBalancer(sink, loc, balancer))
+  if (isUpstreamProtocol(protocol)) service.protocol = protocol
+  else sink.error(loc, `invalid protocol "${String(protocol)}"`, suggest(String(protocol), UPSTREAM_PROTOCOLS, 'valid protocols'))
   for (const raw of endpoints) {
     const parsed = parseAddress(raw.trim(), '127.0.0.1:8080')
     if (parsed.ok) service.endpoints.push({ address: parsed.value.text, weight: 1 } satisfies EndpointModel)

@@ -1,11 +1,12 @@
 /**
  * Kubernetes resources → model routes and services. Each Ingress backend (Service S, port P)
  * becomes one model service named `S:P`, with its endpoints resolved the way kube-proxy would:
- * Service port → targetPort → EndpointSlice port → ready addresses.
+ * Service port → targetPort → EndpointSlice port → ready addresses, and its protocol taken from
+ * the Service port's `appProtocol`.
  */
-import type { EndpointModel, RouteModel, ServiceModel } from './model.js'
+import type { EndpointModel, RouteModel, ServiceModel, UpstreamProtocol } from './model.js'
 import type { DiagnosticSink, Origins } from './diagnostics.js'
-import { makeRoute, makeService } from './defaults.js'
+import { DEFAULT_UPSTREAM_PROTOCOL, makeRoute, makeService } from './defaults.js'
 import type { Backend, K8sResources, Service, ServicePort } from './kubernetes.js'
 import { parseAddress } from './values.js'
 
@@ -16,11 +17,41 @@ export interface K8sTranslation {
   services: ServiceModel[]
 }
 
+/**
+ * `appProtocol` values understood, with Kubernetes' standard names: `kubernetes.io/h2c` is HTTP/2
+ * over cleartext with prior knowledge, and gRPC needs HTTP/2 end to end. WebSocket upgrades are
+ * HTTP/1.1 requests.
+ */
+const APP_PROTOCOLS: Record<string, UpstreamProtocol> = {
+  'kubernetes.io/h2c': 'http2',
+  grpc: 'http2',
+  http: 'http1',
+  'kubernetes.io/ws': 'http1',
+}
+
 export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: Origins): K8sTranslation {
   const out: K8sTranslation = { routes: [], defaultRoutes: [], services: [] }
   const byBackend = new Map<string, string>()
   const namespaceOf = new Map<string, string>()
   const usedPorts = new Set<ServicePort>()
+  const warnedProtocols = new Set<ServicePort>()
+
+  /** The protocol for a Service port; an unknown appProtocol is reported once per port. */
+  const protocolOf = (service: Service, port: ServicePort | undefined): UpstreamProtocol => {
+    const app = port?.appProtocol
+    if (!port || !app) return DEFAULT_UPSTREAM_PROTOCOL
+    const known = APP_PROTOCOLS[app.value]
+    if (known !== undefined) return known
+    if (!warnedProtocols.has(port)) {
+      warnedProtocols.add(port)
+      sink.warn(
+        app.loc,
+        `Service "${service.name}" port ${describePort(port)}: appProtocol "${app.value}" is not known; using ${DEFAULT_UPSTREAM_PROTOCOL}`,
+        `known values: ${Object.keys(APP_PROTOCOLS).join(', ')}`,
+      )
+    }
+    return DEFAULT_UPSTREAM_PROTOCOL
+  }
 
   const serviceFor = (b: Backend): string => {
     const name = `${b.service}:${b.port}`
@@ -35,7 +66,9 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
       return name
     }
     namespaceOf.set(name, b.namespace)
-    const service = makeService(name, resolveEndpoints(res, b, sink, usedPorts))
+    const resolved = resolveEndpoints(res, b, sink, usedPorts)
+    const protocol = resolved.service ? protocolOf(resolved.service, resolved.port) : DEFAULT_UPSTREAM_PROTOCOL
+    const service = makeService(name, resolved.endpoints, undefined, protocol)
     origins.set(service, '', b.loc)
     out.services.push(service)
     return name
@@ -82,7 +115,14 @@ function describePort(p: ServicePort): string {
   return p.name ? `${p.port} ("${p.name}")` : String(p.port)
 }
 
-function resolveEndpoints(res: K8sResources, b: Backend, sink: DiagnosticSink, usedPorts: Set<ServicePort>): EndpointModel[] {
+interface Resolved {
+  endpoints: EndpointModel[]
+  /** The Kubernetes Service and port the backend names, when both exist. */
+  service?: Service
+  port?: ServicePort
+}
+
+function resolveEndpoints(res: K8sResources, b: Backend, sink: DiagnosticSink, usedPorts: Set<ServicePort>): Resolved {
   const label = `"${b.service}:${b.port}"`
   const noEndpoints = (why: string, hint: string) =>
     sink.warn(b.loc, `service ${label} has no endpoints in this file (${why}); routes to it answer 503 no-endpoints`, hint)
@@ -90,7 +130,7 @@ function resolveEndpoints(res: K8sResources, b: Backend, sink: DiagnosticSink, u
   const service: Service | undefined = res.services.find((s) => s.name === b.service && s.namespace === b.namespace)
   if (!service) {
     noEndpoints(`no Service "${b.service}"`, `add Service "${b.service}" and its EndpointSlices to the file`)
-    return []
+    return { endpoints: [] }
   }
   const port = service.ports.find((p) => (typeof b.port === 'number' ? p.port === b.port : p.name === b.port))
   if (!port) {
@@ -99,7 +139,7 @@ function resolveEndpoints(res: K8sResources, b: Backend, sink: DiagnosticSink, u
       ? `ports of Service "${service.name}": ${service.ports.map(describePort).join(', ')}`
       : `Service "${service.name}" has no TCP ports`
     sink.error(b.portLoc, `Service "${service.name}" has no ${wanted}`, hint)
-    return []
+    return { endpoints: [], service }
   }
   usedPorts.add(port)
 
@@ -134,5 +174,5 @@ function resolveEndpoints(res: K8sResources, b: Backend, sink: DiagnosticSink, u
       noEndpoints(`no EndpointSlice of Service "${service.name}" has a port named "${portName}"`, `name the slice port "${portName}", like the Service port`)
     } else noEndpoints('no ready endpoints', 'endpoints with conditions.ready: false are left out')
   }
-  return endpoints
+  return { endpoints, service, port }
 }

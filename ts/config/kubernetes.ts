@@ -48,6 +48,8 @@ export interface ServicePort {
   /** '' when unnamed, matching the EndpointSlice convention. */
   name: string
   targetPort: number | string
+  /** `spec.ports[].appProtocol` as written; the translation maps it to the upstream protocol. */
+  appProtocol?: { value: string; loc: Loc }
   loc: Loc
 }
 
@@ -213,7 +215,14 @@ function readService(r: DocReader, root: Fields, service: Service, out: K8sResou
       r.warn(f.valueLoc('protocol'), `Service "${service.name}" port ${port} is ${protocol}; meshproxy proxies TCP (HTTP) only; ignored`)
       continue
     }
-    service.ports.push({ port, name, targetPort, loc: r.loc(node) })
+    const appProtocol = f.str('appProtocol')
+    service.ports.push({
+      port,
+      name,
+      targetPort,
+      ...(appProtocol !== undefined ? { appProtocol: { value: appProtocol, loc: f.valueLoc('appProtocol') } } : {}),
+      loc: r.loc(node),
+    })
   }
   const dup = out.services.find((s) => s.name === service.name && s.namespace === service.namespace)
   if (dup) {

@@ -56,9 +56,58 @@ export interface ListenerModel {
   maxHeaderBytes: number
   /** Request URI limit in bytes (414 beyond). Default 8192. */
   maxUriBytes: number
+  /** Upgraded connections (WebSocket) with no bytes either way for this long are closed, in ms. Default 300000. */
+  tunnelIdleTimeoutMs: number
+  /** Settings for downstream HTTP/2 (h2c) connections on this listener; see `Http2Model`. */
+  http2: Http2Model
   /** In file order; precedence is computed by the data plane (see README "Routing"). */
   routes: RouteModel[]
 }
+
+/**
+ * HTTP/2 settings of a listener, applied to downstream h2c connections (HTTP/1.1 connections on
+ * the same listener are not affected). In native YAML they are written under the listener as
+ * `http2: { maxConcurrentStreams, maxHeaderListSize, connectionWindowSize, streamWindowSize,
+ * keepAliveInterval, keepAliveTimeout }`, the two times as durations (`20s`) or ms integers; every
+ * field is optional there. Listeners built from Kubernetes resources or `configFromEndpoints` get
+ * the defaults.
+ */
+export interface Http2Model {
+  /**
+   * SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients: requests one connection may have in
+   * flight at once; further streams are refused until one ends. 1..4294967295. Default 100.
+   */
+  maxConcurrentStreams: number
+  /**
+   * SETTINGS_MAX_HEADER_LIST_SIZE: the largest request header block accepted, in bytes (431
+   * beyond), counted as HTTP/2 does (name + value + 32 per field). At least 1024. Default 16384.
+   */
+  maxHeaderListSize: number
+  /**
+   * Flow-control window of the whole connection, in bytes: how much request body all streams
+   * together may send before the proxy reads it. 65535..2147483647. Default 1048576 (1 MiB).
+   */
+  connectionWindowSize: number
+  /**
+   * Initial flow-control window of each stream, in bytes: how much of one request body may arrive
+   * unread. 65535..2147483647. Default 262144 (256 KiB).
+   */
+  streamWindowSize: number
+  /** Interval of the PING sent on a connection to detect dead peers, in ms; 0 = no pings. Default 20000. */
+  keepAliveIntervalMs: number
+  /** Time allowed for a PING's acknowledgement before the connection is closed, in ms; at least 1. Default 20000. */
+  keepAliveTimeoutMs: number
+}
+
+/**
+ * The protocol a service speaks to its endpoints:
+ * - `http1`: HTTP/1.1, one request at a time per pooled connection (the default);
+ * - `http2`: HTTP/2 over cleartext with prior knowledge (h2c, no upgrade), many requests
+ *   multiplexed over few connections; needed for gRPC;
+ * - `auto`: the version of the downstream request (HTTP/2 requests go upstream as h2c, HTTP/1.x
+ *   ones as HTTP/1.1).
+ */
+export type UpstreamProtocol = 'http1' | 'http2' | 'auto'
 
 export type BalancerModel =
   | { kind: 'round-robin' }
@@ -85,12 +134,25 @@ export interface ServiceModel {
   balancer: BalancerModel
   /** May be empty: routes to it answer 503 `no-endpoints`. */
   endpoints: EndpointModel[]
+  /**
+   * The protocol spoken to the endpoints (see `UpstreamProtocol`). Default `http1`. From
+   * Kubernetes it follows the Service port's `appProtocol`: `kubernetes.io/h2c` and `grpc` give
+   * `http2`; `http`, `kubernetes.io/ws` or none give `http1`.
+   */
+  protocol: UpstreamProtocol
   /** Upstream TCP connect timeout, in ms. Default 1000. */
   connectTimeoutMs: number
   /** Requests in flight per endpoint. Default 1000. */
   maxInflightPerEndpoint: number
   /** Requests waiting for an in-flight slot per endpoint; beyond it, 503 `overloaded`. Default 1000. */
   maxPendingPerEndpoint: number
+  /**
+   * HTTP/2 (`protocol` `http2`, or `auto` with HTTP/2 requests): requests multiplexed on one
+   * upstream connection before another connection to the endpoint is opened; the endpoint's own
+   * SETTINGS_MAX_CONCURRENT_STREAMS lowers it further. Unused for HTTP/1.1. 1..4294967295.
+   * Default 100.
+   */
+  maxStreamsPerConnection: number
   pool: PoolModel
 }
 

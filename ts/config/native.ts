@@ -4,27 +4,51 @@
  * `Origins` for the cross-checks that run once every document is read.
  */
 import { isMap, isSeq } from 'yaml'
-import type { AdminModel, BalancerModel, EndpointModel, HeaderMatch, ListenerModel, PathMatchType, RouteModel, ServiceModel } from './model.js'
-import { suggest, type Loc, type Origins } from './diagnostics.js'
+import type { AdminModel, BalancerModel, EndpointModel, HeaderMatch, Http2Model, ListenerModel, PathMatchType, RouteModel, ServiceModel } from './model.js'
+import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import {
+  HTTP2_LIMITS,
   LISTENER_LIMITS,
   POOL_LIMITS,
   ROUTE_LIMITS,
   SERVICE_LIMITS,
+  UPSTREAM_PROTOCOLS,
   WEIGHT_MAX,
   WEIGHT_MIN,
   makeListener,
   makeRoute,
   makeService,
+  isUpstreamProtocol,
 } from './defaults.js'
 import { checkHeaderValue, checkName, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 
 export const NATIVE_TOP_FIELDS = ['apiVersion', 'kind', 'metadata', 'admin', 'listeners', 'services'] as const
-const LISTENER_FIELDS = ['name', 'address', 'protocol', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'routes']
+const LISTENER_FIELDS = ['name', 'address', 'protocol', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'tunnelIdleTimeout', 'http2', 'routes']
+/** YAML key → model field; the times drop the `Ms` as every other duration in the file does. */
+const HTTP2_KEYS: Array<[string, keyof Http2Model]> = [
+  ['maxConcurrentStreams', 'maxConcurrentStreams'],
+  ['maxHeaderListSize', 'maxHeaderListSize'],
+  ['connectionWindowSize', 'connectionWindowSize'],
+  ['streamWindowSize', 'streamWindowSize'],
+  ['keepAliveInterval', 'keepAliveIntervalMs'],
+  ['keepAliveTimeout', 'keepAliveTimeoutMs'],
+]
+const HTTP2_FIELDS = HTTP2_KEYS.map(([key]) => key)
 const ROUTE_FIELDS = ['name', 'match', 'service', 'timeout']
 const MATCH_FIELDS = ['host', 'hosts', 'path', 'pathType', 'method', 'methods', 'headers']
-const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'pool']
+const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', 'connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'maxStreamsPerConnection', 'pool']
+/** Names people write for an upstream protocol, for the hint only: the model takes the exact values. */
+const PROTOCOL_ALIASES: Record<string, string> = {
+  h2: 'http2',
+  h2c: 'http2',
+  'http/2': 'http2',
+  grpc: 'http2',
+  http: 'http1',
+  h1: 'http1',
+  'http/1.1': 'http1',
+  'http1.1': 'http1',
+}
 const POOL_FIELDS = ['maxIdlePerEndpoint', 'idleTimeout']
 const ENDPOINT_FIELDS = ['address', 'weight']
 const BALANCERS = ['round-robin', 'random', 'hash']
@@ -100,10 +124,18 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
     ['idleTimeout', 'idleTimeoutMs'],
     ['maxHeaderBytes', 'maxHeaderBytes'],
     ['maxUriBytes', 'maxUriBytes'],
+    ['tunnelIdleTimeout', 'tunnelIdleTimeoutMs'],
   ]
   for (const [key, field] of limits) {
     const v = f.limit(key, LISTENER_LIMITS[field])
     if (v !== undefined) listener[field] = v
+  }
+  const http2 = f.fields('http2', 'listener http2', HTTP2_FIELDS)
+  if (http2) {
+    for (const [key, field] of HTTP2_KEYS) {
+      const v = http2.limit(key, HTTP2_LIMITS[field])
+      if (v !== undefined) listener.http2[field] = v
+    }
   }
   ctx.origins.set(listener, '', ctx.r.loc(node))
   ctx.origins.set(listener, 'name', f.valueLoc('name'))
@@ -203,7 +235,12 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
 
   const balancerNode = f.get('balancer')
   if (balancerNode) service.balancer = readBalancer(r, balancerNode) ?? service.balancer
-  const limits = ['connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint'] as const
+  const protocol = f.str('protocol')
+  if (protocol !== undefined) {
+    if (isUpstreamProtocol(protocol)) service.protocol = protocol
+    else r.error(f.valueLoc('protocol'), `unknown service protocol "${protocol}"`, protocolHint(protocol))
+  }
+  const limits = ['connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'maxStreamsPerConnection'] as const
   for (const key of limits) {
     const field = key === 'connectTimeout' ? 'connectTimeoutMs' : key
     const v = f.limit(key, SERVICE_LIMITS[field])
@@ -226,6 +263,13 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
     r.warn(nameNode ?? node, `service "${name}" has no endpoints; routes to it answer 503 no-endpoints`, 'add "endpoints:" with host:port entries')
   }
   return service
+}
+
+/** `did you mean` when a close or common name was written, then always the valid values. */
+function protocolHint(protocol: string): string {
+  const valid = `valid protocols: ${UPSTREAM_PROTOCOLS.join(', ')}`
+  const guess = PROTOCOL_ALIASES[protocol.toLowerCase()] ?? closest(protocol, UPSTREAM_PROTOCOLS)
+  return guess === undefined ? valid : `did you mean "${guess}"? ${valid}`
 }
 
 function readEndpoint(r: DocReader, node: YNode): EndpointModel | undefined {

@@ -6,16 +6,16 @@
  */
 import type { ConfigModel } from './model.js'
 import { suggest, type Diagnostic } from './diagnostics.js'
-import { LISTENER_LIMITS, POOL_LIMITS, ROUTE_LIMITS, SERVICE_LIMITS, WEIGHT_MAX, WEIGHT_MIN, type LimitSpec } from './defaults.js'
+import { HTTP2_LIMITS, LISTENER_LIMITS, POOL_LIMITS, ROUTE_LIMITS, SERVICE_LIMITS, UPSTREAM_PROTOCOLS, WEIGHT_MAX, WEIGHT_MIN, isUpstreamProtocol, type LimitSpec } from './defaults.js'
 import { checkSemantics } from './semantics.js'
 import { checkHeaderValue, checkName, describe as describeValue, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, type Parsed } from './values.js'
 
 type Obj = Record<string, unknown>
 
 const MODEL_FIELDS = ['listeners', 'services', 'admin']
-const LISTENER_FIELDS = ['name', 'address', 'protocol', ...Object.keys(LISTENER_LIMITS), 'routes']
+const LISTENER_FIELDS = ['name', 'address', 'protocol', ...Object.keys(LISTENER_LIMITS), 'http2', 'routes']
 const ROUTE_FIELDS = ['name', 'hosts', 'path', 'methods', 'headers', 'service', ...Object.keys(ROUTE_LIMITS)]
-const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', ...Object.keys(SERVICE_LIMITS), 'pool']
+const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', ...Object.keys(SERVICE_LIMITS), 'pool']
 
 class Checker {
   readonly diags: Diagnostic[] = []
@@ -116,6 +116,8 @@ function checkListener(c: Checker, v: unknown, path: string): void {
   c.normalized(l.address, `${path}.address`, address)
   if (l.protocol !== undefined && l.protocol !== 'http') c.error(`${path}.protocol`, `expected "http", got ${describe(l.protocol)}`)
   c.limits(l, path, LISTENER_LIMITS)
+  const http2 = l.http2 === undefined ? undefined : c.object(l.http2, `${path}.http2`, Object.keys(HTTP2_LIMITS))
+  if (http2) c.limits(http2, `${path}.http2`, HTTP2_LIMITS)
   c.array(l.routes, `${path}.routes`).forEach((r, i) => checkRoute(c, r, `${path}.routes[${i}]`))
 }
 
@@ -146,6 +148,10 @@ function checkService(c: Checker, v: unknown, path: string): void {
   const s = c.object(v, path, SERVICE_FIELDS)
   if (!s) return
   c.normalized(s.name, `${path}.name`, (n) => checkName(n, 'service'))
+  if (s.protocol !== undefined && !isUpstreamProtocol(s.protocol)) {
+    const hint = typeof s.protocol === 'string' ? suggest(s.protocol, UPSTREAM_PROTOCOLS, 'valid protocols') : `valid protocols: ${UPSTREAM_PROTOCOLS.join(', ')}`
+    c.error(`${path}.protocol`, `expected one of ${UPSTREAM_PROTOCOLS.map((p) => `"${p}"`).join(', ')}, got ${describe(s.protocol)}`, hint)
+  }
   c.limits(s, path, SERVICE_LIMITS)
   const pool = s.pool === undefined ? undefined : c.object(s.pool, `${path}.pool`, Object.keys(POOL_LIMITS))
   if (pool) c.limits(pool, `${path}.pool`, POOL_LIMITS)

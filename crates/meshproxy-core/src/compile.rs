@@ -35,6 +35,7 @@ pub struct ListenerRuntime {
 #[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub http2: Http2Config,
+    pub tunnel_idle_timeout: Duration,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -120,6 +121,7 @@ fn compile_listener(
         routes,
         limits: ListenerLimits {
             http2: l.http2.clone(),
+            tunnel_idle_timeout: Duration::from_millis(l.tunnel_idle_timeout_ms.max(1)),
             max_connections: l.max_connections as usize,
             header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),

@@ -36,6 +36,9 @@ pub struct ListenerConfig {
     pub idle_timeout_ms: u64,
     pub max_header_bytes: u32,
     pub max_uri_bytes: u32,
+    /// Upgraded (WebSocket) connections with no bytes either way for this long are closed.
+    #[serde(default = "default_tunnel_idle")]
+    pub tunnel_idle_timeout_ms: u64,
     /// Settings for downstream HTTP/2 (h2c) connections on this listener.
     #[serde(default)]
     pub http2: Http2Config,
@@ -150,6 +153,10 @@ pub struct ServiceConfig {
     pub max_streams_per_connection: u32,
 }
 
+fn default_tunnel_idle() -> u64 {
+    300_000
+}
+
 fn default_max_streams() -> u32 {
     100
 }
@@ -212,6 +219,7 @@ pub(crate) mod testing {
             idle_timeout_ms: 60_000,
             max_header_bytes: 65_536,
             max_uri_bytes: 8_192,
+            tunnel_idle_timeout_ms: 300_000,
             http2: Http2Config::default(),
             routes,
         }

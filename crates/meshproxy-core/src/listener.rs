@@ -237,7 +237,7 @@ async fn serve(
         return;
     }
     let io = TokioIo::new(PrefixedIo::new(prefix, io));
-    let service = ProxyService::new(shared, key, peer, activity.clone());
+    let service = ProxyService::new(shared, key, peer, activity.clone(), drain.clone());
     match detected {
         Detected::Http2 => {
             activity.multiplexed();
@@ -267,7 +267,8 @@ async fn serve(
                 .max_header_size(limits.max_header_bytes)
                 .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
                 .header_read_timeout(None)
-                .serve_connection(io, service);
+                .serve_connection(io, service)
+                .with_upgrades();
             drive(conn, peer, &limits, &activity, drain).await;
         }
     }
@@ -278,9 +279,9 @@ trait Drainable: Future<Output = Result<(), hyper::Error>> {
     fn drain(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> Drainable for http1::Connection<I, S>
+impl<I, S, B> Drainable for http1::UpgradeableConnection<I, S>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: http_body::Body + 'static,

@@ -6,5 +6,6 @@ pub mod body;
 mod forward;
 mod headers;
 mod service;
+mod upgrade;
 
 pub use service::ProxyService;

@@ -78,7 +78,7 @@ pub async fn send_h2(
     ep: &Arc<Endpoint>,
     mut req: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Upstream), ProxyError> {
-    *req.version_mut() = http::Version::HTTP_2;
+    to_h2(&mut req)?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (mut handle, slot) = ep.checkout_h2().await?;
     match handle.sender.try_send_request(req).await {
@@ -99,4 +99,23 @@ pub async fn send_h2(
             }
         }
     }
+}
+
+/// HTTP/2 carries the target as `:scheme` and `:authority`: the origin-form URI becomes
+/// absolute, with the `Host` header as its authority.
+fn to_h2(req: &mut Request<UpstreamBody>) -> Result<(), ProxyError> {
+    *req.version_mut() = http::Version::HTTP_2;
+    if req.uri().authority().is_some() {
+        return Ok(());
+    }
+    let host = req.headers_mut().remove(http::header::HOST).ok_or(ProxyError::BadRequest)?;
+    let authority = http::uri::Authority::try_from(host.as_bytes()).map_err(|_| ProxyError::BadRequest)?;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
+    Ok(())
 }

@@ -7,19 +7,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{Release, ResponseBody, UpstreamBody};
-use super::{forward, headers};
+use super::{forward, headers, upgrade};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
-use crate::listener::{Activity, ActivityGuard};
+use crate::listener::{Activity, ActivityGuard, Drain};
 use crate::server::Shared;
+use tokio::sync::watch;
 
 static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
 static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
@@ -32,6 +33,7 @@ pub struct ProxyService {
 
 struct ConnCtx {
     shared: Arc<Shared>,
+    drain: watch::Receiver<Drain>,
     listener_key: Arc<str>,
     client: SocketAddr,
     client_ip: HeaderValue,
@@ -44,10 +46,11 @@ impl ProxyService {
         listener_key: Arc<str>,
         client: SocketAddr,
         activity: Arc<Activity>,
+        drain: watch::Receiver<Drain>,
     ) -> Self {
         let client_ip =
             HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ProxyService { ctx: Arc::new(ConnCtx { shared, listener_key, client, client_ip, activity }) }
+        ProxyService { ctx: Arc::new(ConnCtx { shared, drain, listener_key, client, client_ip, activity }) }
     }
 }
 
@@ -123,17 +126,25 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
     };
 
     let downstream_version = req.version();
-    let upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address) {
+    let mut req = req;
+    let upgrade = upgrade::requested(downstream_version, req.headers())
+        .map(|token| (token, hyper::upgrade::on(&mut req)));
+    let mut upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address) {
         Ok(r) => r,
         Err(e) => return fail(e, Some(route), Some(activity)),
     };
+    if let Some((token, _)) = &upgrade {
+        upgrade::restore(upstream_req.headers_mut(), token.clone());
+    }
     let attempt = async {
         let permit = endpoint.acquire().await?;
-        let h2 = match service.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Auto => downstream_version == Version::HTTP_2,
-        };
+        // Upgrades exist only in HTTP/1.1, whatever the service's protocol.
+        let h2 = upgrade.is_none()
+            && match service.protocol {
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::Auto => downstream_version == Version::HTTP_2,
+            };
         let (resp, upstream) = if h2 {
             forward::send_h2(endpoint, upstream_req).await?
         } else {
@@ -148,8 +159,22 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
         None => attempt.await,
     };
     match result {
-        Ok((resp, upstream, permit)) => {
+        Ok((mut resp, upstream, permit)) => {
             route.metrics.record(resp.status().as_u16(), start.elapsed());
+            if let (Some((_, downstream)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+                // The tunnel outlives this request; its connection is not pooled again.
+                drop((upstream, permit));
+                let upstream = hyper::upgrade::on(&mut resp);
+                upgrade::splice(downstream, upstream, listener.limits.tunnel_idle_timeout, ctx.drain.clone());
+                let (mut parts, _) = resp.into_parts();
+                let token = parts.headers.get(header::UPGRADE).cloned();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                if let Some(token) = token {
+                    upgrade::restore(&mut parts.headers, token);
+                }
+                parts.headers.append(header::VIA, headers::via(parts.version));
+                return Response::from_parts(parts, ResponseBody::empty(Some(activity)));
+            }
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
             parts.headers.append(header::VIA, headers::via(parts.version));

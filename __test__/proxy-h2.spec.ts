@@ -1,0 +1,121 @@
+/**
+ * HTTP/2 through meshproxy: h2c clients (prior knowledge) on the same port as HTTP/1.1, to
+ * HTTP/1.1 and to HTTP/2 upstreams, with upstream stream multiplexing counted at the backend.
+ */
+import http from 'node:http'
+import test from 'ava'
+import { startBackend } from './helpers/backend.js'
+import { h2connect, h2request, startH2Backend } from './helpers/h2.js'
+import { load, startProxy } from './helpers/proxy.js'
+import type { ConfigModel } from '../ts/index.js'
+
+function config(endpoint: string, protocol: 'http1' | 'http2' | 'auto', hosts = ''): ConfigModel {
+  const model = load(`
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - name: r
+        ${hosts ? `match: { host: "${hosts}" }` : ''}
+        service: s
+services:
+  - name: s
+    protocol: ${protocol}
+    endpoints: [${endpoint}]
+`)
+  return model
+}
+
+function h1get(port: number, path: string): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (c: string) => (body += c))
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }))
+      })
+      .on('error', reject)
+  })
+}
+
+test('h2c client → HTTP/1.1 backend, routed on :authority, same port as HTTP/1.1', async (t) => {
+  const backend = await startBackend(t, 'h1')
+  const { address, port } = await startProxy(t, config(backend.address, 'http1', 'api.test'))
+  const session = h2connect(t, address)
+  const res = await h2request(session, { ':path': '/x', ':authority': 'api.test' })
+  t.is(res.status, 200)
+  t.is(res.body, 'h1')
+  t.is(res.headers['via'], '1.1 meshproxy')
+  const seen = backend.requests[0]!
+  t.is(seen.headers.host, 'api.test', 'the upstream HTTP/1.1 request carries :authority as Host')
+  t.is(seen.headers.via, '2 meshproxy')
+  const miss = await h2request(session, { ':path': '/x', ':authority': 'other.test' })
+  t.is(miss.status, 404)
+  t.is(miss.headers['meshproxy-error'], 'no-route')
+  // HTTP/1.1 on the same listener still works.
+  const h1 = await new Promise<number>((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: '/', headers: { host: 'api.test' }, agent: false }, (r) => {
+      r.resume()
+      resolve(r.statusCode ?? 0)
+    }).on('error', reject)
+  })
+  t.is(h1, 200)
+})
+
+test('h2c client → HTTP/2 backend: POST bodies and 1,000 concurrent streams over few upstream connections', async (t) => {
+  const backend = await startH2Backend(t, 'h2', { delayMs: 20 })
+  const { address, proxy } = await startProxy(t, config(backend.address, 'http2'))
+  const session = h2connect(t, address)
+  const post = await h2request(session, { ':path': '/p', ':method': 'POST' }, 'hello')
+  t.is(post.body, 'h2:5')
+  const all = await Promise.all(Array.from({ length: 1000 }, (_, i) => h2request(session, { ':path': `/r${i}` })))
+  t.true(all.every((r) => r.status === 200 && r.body === 'h2:0'))
+  // Stream limit 100 per upstream connection: at most ceil(1000 / 100) + 1.
+  t.true(backend.sessions <= 11, `backend saw ${backend.sessions} connections`)
+  t.is(backend.streams, 1001)
+  const stats = await proxy.stats()
+  t.is(stats.endpoints[0]!.openedConnections, backend.sessions)
+})
+
+test('HTTP/1.1 client → HTTP/2 backend', async (t) => {
+  const backend = await startH2Backend(t, 'h2')
+  const { port } = await startProxy(t, config(backend.address, 'http2'))
+  const res = await h1get(port, '/from-h1')
+  t.is(res.status, 200)
+  t.is(res.body, 'h2:0')
+  t.is(res.headers['x-authority'], `127.0.0.1:${port}`, 'the Host header becomes :authority upstream')
+  t.is(res.headers['via'], '2 meshproxy')
+})
+
+test('protocol auto keeps the downstream version', async (t) => {
+  const backend = await startH2Backend(t, 'h2')
+  const { address } = await startProxy(t, config(backend.address, 'auto'))
+  const session = h2connect(t, address)
+  const res = await h2request(session, { ':path': '/auto' })
+  t.is(res.status, 200)
+  t.is(res.body, 'h2:0')
+  t.is(backend.streams, 1)
+})
+
+test('an h2 client resetting streams cancels the upstream streams and leaks nothing', async (t) => {
+  const backend = await startH2Backend(t, 'slow', { delayMs: 60_000 })
+  const { address, proxy } = await startProxy(t, config(backend.address, 'http2'))
+  const session = h2connect(t, address)
+  const reqs = Array.from({ length: 20 }, (_, i) => {
+    const r = session.request({ ':path': `/slow${i}` })
+    r.on('error', () => {})
+    return r
+  })
+  await new Promise((r) => setTimeout(r, 300))
+  t.is(backend.streams, 20)
+  for (const r of reqs) r.close(0x8) // CANCEL
+  let inflight = -1
+  for (let i = 0; i < 50; i++) {
+    await new Promise((r) => setTimeout(r, 50))
+    inflight = (await proxy.stats()).endpoints[0]!.inflight
+    if (inflight === 0) break
+  }
+  t.is(inflight, 0, 'every upstream stream was released')
+})
