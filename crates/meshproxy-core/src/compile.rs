@@ -9,9 +9,11 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::balance::{Balancer, HashKey, Ring, RoundRobin, WeightedRandom};
-use crate::config::{BalancerConfig, Config, Http2Config, ListenerConfig, ServiceConfig, UpstreamProtocol};
+use crate::config::{
+    BalancerConfig, Config, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig, UpstreamProtocol,
+};
 use crate::endpoint::{Endpoint, EndpointSettings, Registry};
-use crate::metrics::{ListenerMetrics, Metrics, RouteMetrics};
+use crate::metrics::{ListenerMetrics, Metrics, RouteMetrics, TcpMetrics};
 use crate::pool::PoolSettings;
 use crate::routing::RouteTable;
 use crate::Error;
@@ -26,6 +28,9 @@ pub struct Snapshot {
 
 pub struct ListenerRuntime {
     pub name: Box<str>,
+    pub protocol: ListenerProtocol,
+    /// Where opaque (non-HTTP) connections go.
+    pub tcp_service: Option<Arc<ServiceRuntime>>,
     pub table: RouteTable,
     pub routes: Vec<RouteRuntime>,
     pub limits: ListenerLimits,
@@ -35,6 +40,7 @@ pub struct ListenerRuntime {
 #[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub http2: Http2Config,
+    pub detect_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
@@ -53,6 +59,7 @@ pub struct RouteRuntime {
 
 pub struct ServiceRuntime {
     pub name: Box<str>,
+    pub tcp: Arc<TcpMetrics>,
     pub protocol: UpstreamProtocol,
     pub balancer: Balancer,
     pub endpoints: Vec<Arc<Endpoint>>,
@@ -66,7 +73,7 @@ impl Snapshot {
             if services.contains_key(s.name.as_str()) {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
-            let (service, settings) = compile_service(s, registry)?;
+            let (service, settings) = compile_service(s, registry, metrics)?;
             endpoint_settings.extend(service.endpoints.iter().map(|e| (e.clone(), settings)));
             services.insert(s.name.as_str(), Arc::new(service));
         }
@@ -115,12 +122,24 @@ fn compile_listener(
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
+    let tcp_service = match &l.tcp_service {
+        Some(name) => Some(services.get(name.as_str()).cloned().ok_or_else(|| {
+            Error::Config(format!("listener {:?}: tcpService names an undefined service {name:?}", l.name))
+        })?),
+        None if l.protocol == ListenerProtocol::Tcp => {
+            return Err(Error::Config(format!("listener {:?}: a tcp listener needs a tcpService", l.name)))
+        }
+        None => None,
+    };
     Ok(ListenerRuntime {
         name: l.name.as_str().into(),
+        protocol: l.protocol,
+        tcp_service,
         table: RouteTable::compile(&l.routes)?,
         routes,
         limits: ListenerLimits {
             http2: l.http2.clone(),
+            detect_timeout: Duration::from_millis(l.detect_timeout_ms.max(1)),
             tunnel_idle_timeout: Duration::from_millis(l.tunnel_idle_timeout_ms.max(1)),
             max_connections: l.max_connections as usize,
             header_read_timeout: Duration::from_millis(l.header_read_timeout_ms),
@@ -135,6 +154,7 @@ fn compile_listener(
 fn compile_service(
     s: &ServiceConfig,
     registry: &Registry,
+    metrics: &Metrics,
 ) -> Result<(ServiceRuntime, EndpointSettings), Error> {
     let settings = EndpointSettings {
         pool: PoolSettings {
@@ -171,5 +191,12 @@ fn compile_service(
             Balancer::Hash { key, ring: Ring::new(&ids), fallback: WeightedRandom::new(&weights) }
         }
     };
-    Ok((ServiceRuntime { name: s.name.as_str().into(), protocol: s.protocol, balancer, endpoints }, settings))
+    let service = ServiceRuntime {
+        name: s.name.as_str().into(),
+        tcp: metrics.tcp(&s.name),
+        protocol: s.protocol,
+        balancer,
+        endpoints,
+    };
+    Ok((service, settings))
 }

@@ -22,7 +22,10 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
+    /// HTTP/1.1 and h2c, detected per connection; other traffic goes to `tcp_service` if set.
     Http,
+    /// Opaque TCP: every connection is forwarded to `tcp_service`, no detection.
+    Tcp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +39,14 @@ pub struct ListenerConfig {
     pub idle_timeout_ms: u64,
     pub max_header_bytes: u32,
     pub max_uri_bytes: u32,
-    /// Upgraded (WebSocket) connections with no bytes either way for this long are closed.
+    /// Where non-HTTP connections go (every connection on a `tcp` listener); None = refused.
+    #[serde(default)]
+    pub tcp_service: Option<String>,
+    /// How long protocol detection waits for the client's first bytes before treating the
+    /// connection as opaque TCP (server-speaks-first protocols send nothing).
+    #[serde(default = "default_detect_timeout")]
+    pub detect_timeout_ms: u64,
+    /// Upgraded (WebSocket) and TCP connections with no bytes either way for this long are closed.
     #[serde(default = "default_tunnel_idle")]
     pub tunnel_idle_timeout_ms: u64,
     /// Settings for downstream HTTP/2 (h2c) connections on this listener.
@@ -153,6 +163,10 @@ pub struct ServiceConfig {
     pub max_streams_per_connection: u32,
 }
 
+fn default_detect_timeout() -> u64 {
+    1_000
+}
+
 fn default_tunnel_idle() -> u64 {
     300_000
 }
@@ -219,6 +233,8 @@ pub(crate) mod testing {
             idle_timeout_ms: 60_000,
             max_header_bytes: 65_536,
             max_uri_bytes: 8_192,
+            tcp_service: None,
+            detect_timeout_ms: 1_000,
             tunnel_idle_timeout_ms: 300_000,
             http2: Http2Config::default(),
             routes,

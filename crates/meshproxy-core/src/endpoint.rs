@@ -223,6 +223,15 @@ impl Endpoint {
         Ok(H2Handle { sender, peer_max })
     }
 
+    /// A raw TCP connection for opaque forwarding; counted as opened and open (the caller
+    /// decrements `open` when it ends).
+    pub async fn connect_tcp(&self) -> Result<TcpStream, ProxyError> {
+        let stream = self.tcp_connect().await?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(stream)
+    }
+
     async fn tcp_connect(&self) -> Result<TcpStream, ProxyError> {
         let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
         let connect = async {

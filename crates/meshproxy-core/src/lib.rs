@@ -19,6 +19,8 @@ pub mod pool;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod tcp;
+pub mod tunnel;
 
 pub use config::Config;
 pub use error::{Error, ProxyError};

@@ -23,10 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::compile::ListenerLimits;
+use crate::compile::{ListenerLimits, ListenerRuntime};
+use crate::config::ListenerProtocol;
 use crate::detect::{self, Detected, PrefixedIo};
 use crate::proxy::ProxyService;
 use crate::server::Shared;
+use crate::tcp;
 
 const IDLE: u8 = 0;
 /// Bytes of a new HTTP/1 request head are arriving.
@@ -200,13 +202,13 @@ pub async fn accept_loop(
         }
         metrics.accepted.fetch_add(1, Ordering::Relaxed);
         metrics.open.fetch_add(1, Ordering::Relaxed);
-        let limits = rt.limits.clone();
+        let rt = rt.clone();
         drop(snapshot);
         let conns = shared.connections.clone();
         conns.fetch_add(1, Ordering::AcqRel);
         let (shared, key, drain) = (shared.clone(), key.clone(), drain.clone());
         tokio::spawn(async move {
-            serve(stream, peer, limits, shared, key, drain).await;
+            serve(stream, peer, rt, shared, key, drain).await;
             metrics.open.fetch_sub(1, Ordering::Relaxed);
             conns.fetch_sub(1, Ordering::AcqRel);
         });
@@ -216,25 +218,37 @@ pub async fn accept_loop(
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    limits: ListenerLimits,
+    rt: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
     key: Arc<str>,
     drain: watch::Receiver<Drain>,
 ) {
     let _ = stream.set_nodelay(true);
+    let limits = &rt.limits;
+    if let (ListenerProtocol::Tcp, Some(service)) = (rt.protocol, &rt.tcp_service) {
+        return tcp::forward(stream, peer, service, limits.tunnel_idle_timeout, drain).await;
+    }
     let activity = Arc::new(Activity::new());
     let mut io = TrackedIo { inner: stream, activity: activity.clone() };
-    // Clients speak first on an HTTP listener, so detection shares the header-read timeout.
-    let (detected, prefix) = match detect::sniff(&mut io, limits.header_read_timeout).await {
+    // With somewhere to send opaque traffic, silence means a server-speaks-first protocol after
+    // the (short) detection timeout; without, the client has the header-read timeout to speak.
+    let wait = if rt.tcp_service.is_some() { limits.detect_timeout } else { limits.header_read_timeout };
+    let (detected, prefix) = match detect::sniff(&mut io, wait).await {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "downstream connection failed before its first request");
             return;
         }
     };
-    if detected == Detected::Opaque && prefix.is_empty() {
-        tracing::debug!(%peer, "downstream connection sent nothing; closing");
-        return;
+    if detected == Detected::Opaque {
+        if let Some(service) = &rt.tcp_service {
+            let io = PrefixedIo::new(prefix, io.inner);
+            return tcp::forward(io, peer, service, limits.tunnel_idle_timeout, drain).await;
+        }
+        if prefix.is_empty() {
+            tracing::debug!(%peer, "downstream connection sent nothing; closing");
+            return;
+        }
     }
     let io = TokioIo::new(PrefixedIo::new(prefix, io));
     let service = ProxyService::new(shared, key, peer, activity.clone(), drain.clone());
@@ -255,7 +269,7 @@ async fn serve(
                 .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)));
             // hyper's defaults against reset floods (CVE-2023-44487) stay on:
             // max_pending_accept_reset_streams and max_local_error_reset_streams.
-            drive(builder.serve_connection(io, service), peer, &limits, &activity, drain).await;
+            drive(builder.serve_connection(io, service), peer, limits, &activity, drain).await;
         }
         // Anything else goes to the HTTP/1 parser, which answers 400 to what is not HTTP.
         Detected::Http1 | Detected::Opaque => {
@@ -269,7 +283,7 @@ async fn serve(
                 .header_read_timeout(None)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(conn, peer, &limits, &activity, drain).await;
+            drive(conn, peer, limits, &activity, drain).await;
         }
     }
 }

@@ -69,6 +69,15 @@ impl ListenerMetrics {
     }
 }
 
+/// Per service: opaque TCP connections and the bytes they moved.
+#[derive(Debug, Default)]
+pub struct TcpMetrics {
+    pub connections: AtomicU64,
+    pub open: AtomicU64,
+    /// Client → upstream and upstream → client, counted as they move.
+    pub bytes: crate::tunnel::Counters,
+}
+
 type RouteKey = (String, String, String);
 
 /// (name, type, help, value getter) of a simple metric family.
@@ -78,6 +87,7 @@ type Family<T, V> = (&'static str, &'static str, &'static str, fn(&T) -> V);
 pub struct Metrics {
     routes: Mutex<BTreeMap<RouteKey, Arc<RouteMetrics>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
+    tcp: Mutex<BTreeMap<String, Arc<TcpMetrics>>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
 }
@@ -97,6 +107,10 @@ impl Metrics {
     pub fn route(&self, listener: &str, route: &str, service: &str) -> Arc<RouteMetrics> {
         let key = (listener.to_owned(), route.to_owned(), service.to_owned());
         self.routes.lock().entry(key).or_default().clone()
+    }
+
+    pub fn tcp(&self, service: &str) -> Arc<TcpMetrics> {
+        self.tcp.lock().entry(service.to_owned()).or_default().clone()
     }
 
     pub fn listener(&self, name: &str) -> Arc<ListenerMetrics> {
@@ -234,6 +248,48 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", esc(&e.address), get(e));
             }
         }
+        let tcp = self.tcp.lock();
+        header(
+            &mut out,
+            "meshproxy_tcp_connections_total",
+            "counter",
+            "Opaque TCP connections forwarded, by service.",
+        );
+        for (s, m) in tcp.iter() {
+            let _ = writeln!(
+                out,
+                "meshproxy_tcp_connections_total{{service=\"{}\"}} {}",
+                esc(s),
+                m.connections.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "meshproxy_tcp_connections_open",
+            "gauge",
+            "Open opaque TCP connections, by service.",
+        );
+        for (s, m) in tcp.iter() {
+            let _ = writeln!(
+                out,
+                "meshproxy_tcp_connections_open{{service=\"{}\"}} {}",
+                esc(s),
+                m.open.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "meshproxy_tcp_bytes_total",
+            "counter",
+            "Bytes through opaque TCP connections: in = client to upstream, out = upstream to client.",
+        );
+        for (s, m) in tcp.iter() {
+            let (i, o) = (m.bytes.a_to_b.load(Ordering::Relaxed), m.bytes.b_to_a.load(Ordering::Relaxed));
+            let _ = writeln!(out, "meshproxy_tcp_bytes_total{{service=\"{}\",direction=\"in\"}} {i}", esc(s));
+            let _ =
+                writeln!(out, "meshproxy_tcp_bytes_total{{service=\"{}\",direction=\"out\"}} {o}", esc(s));
+        }
+        drop(tcp);
         header(&mut out, "meshproxy_config_reloads_total", "counter", "Successful config reloads.");
         let _ = writeln!(out, "meshproxy_config_reloads_total {}", self.reloads.load(Ordering::Relaxed));
         header(&mut out, "meshproxy_config_reload_failures_total", "counter", "Refused config reloads.");
