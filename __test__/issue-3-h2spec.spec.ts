@@ -1,0 +1,45 @@
+/**
+ * HTTP/2 conformance of the h2c listener against h2spec (a suite no one here wrote). `.ci/run`
+ * installs it with `go install github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible`.
+ *
+ * One case is an accepted exception (README, "HTTP/2 conformance"): 3.5/2, "Sends invalid
+ * connection preface". The listener serves HTTP/1.1 and h2c on one port and detects the protocol
+ * from the first bytes, so bytes that are not the h2 preface are read as an HTTP/1 request: the
+ * peer gets an HTTP/1.1 400 and the connection is closed, where h2spec expects a bare close.
+ */
+import { execFile } from 'node:child_process'
+import { existsSync, readFileSync, mkdtempSync } from 'node:fs'
+import { homedir, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import test from 'ava'
+import { startBackend } from './helpers/backend.js'
+import { simpleYaml, startProxy } from './helpers/proxy.js'
+
+function findH2spec(): string | undefined {
+  const dirs = [...(process.env.PATH ?? '').split(':'), join(process.env.GOPATH ?? join(homedir(), 'go'), 'bin')]
+  return dirs.map((d) => join(d, 'h2spec')).find((p) => existsSync(p))
+}
+
+const ALLOWED_FAILURES = ['http2/3.5/2']
+
+test('h2spec: every generic, HTTP/2 and HPACK case passes except the documented one', async (t) => {
+  const h2spec = findH2spec()
+  if (!h2spec) {
+    t.fail('h2spec not found: go install github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible (.ci/run does)')
+    return
+  }
+  const backend = await startBackend(t, 'b')
+  const { port } = await startProxy(t, simpleYaml([backend.address]))
+  const report = join(mkdtempSync(join(tmpdir(), 'h2spec-')), 'junit.xml')
+  await new Promise<void>((resolve) => {
+    execFile(h2spec, ['-h', '127.0.0.1', '-p', String(port), '-o', '5', '-j', report], { timeout: 90_000 }, () => resolve())
+  })
+  const xml = readFileSync(report, 'utf8')
+  const cases = [...xml.matchAll(/<testcase[^>]*package="([^"]*)"[^>]*classname="([^"]*)"[^>]*>([\s\S]*?)<\/testcase>/g)]
+  t.true(cases.length >= 140, `h2spec ran ${cases.length} cases`)
+  const failed = cases
+    .filter(([, , , body]) => /<(failure|error)/.test(body ?? ''))
+    .map(([, pkg, name]) => `${pkg}: ${name}`)
+  const unexpected = failed.filter((f) => !ALLOWED_FAILURES.some((a) => f.startsWith(a)))
+  t.deepEqual(unexpected, [], `unexpected h2spec failures:\n${unexpected.join('\n')}`)
+})
