@@ -28,6 +28,8 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         name: 'listener-0',
         address: '127.0.0.1:9000',
         protocol: 'http',
+        tcpService: null,
+        detectTimeoutMs: 1000,
         maxConnections: 10000,
         headerReadTimeoutMs: 10000,
         idleTimeoutMs: 60000,
@@ -213,6 +215,65 @@ test('validateModel: http2 and the new service fields are required; keep-alive 0
   t.deepEqual(validateModel(ok), [])
   m.listeners[0]!.http2 = []
   t.deepEqual(validateModel(m).map((x) => x.message).slice(0, 1), ['listeners[0].http2: expected an object, got an array'])
+})
+
+test('validateModel checks the listener protocol, tcpService and detectTimeoutMs', (t) => {
+  const m = model() as unknown as { listeners: Array<Record<string, unknown>> }
+  const l = m.listeners[0]!
+  l.protocol = 'TCP'
+  l.tcpService = 5
+  l.detectTimeoutMs = 0
+  let d = validateModel(m)
+  t.true(d.every((x) => x.severity === 'error' && x.file === '<object>' && x.line === 0))
+  t.deepEqual(d.map((x) => [x.message, x.hint]), [
+    ['listeners[0].protocol: expected one of "http", "tcp", got string "TCP"', 'did you mean "tcp"?'],
+    ['listeners[0].tcpService: expected a service name or null, got number 5', undefined],
+    ['listeners[0].detectTimeoutMs: must be between 1 and 4294967295, got 0', undefined],
+  ])
+  l.protocol = 'udp'
+  l.tcpService = 'a b'
+  l.detectTimeoutMs = '300ms'
+  d = validateModel(m)
+  t.deepEqual(d.map((x) => [x.message, x.hint]), [
+    ['listeners[0].protocol: expected one of "http", "tcp", got string "udp"', 'valid protocols: http, tcp'],
+    ['listeners[0].tcpService: service name "a b" contains whitespace or control characters', undefined],
+    ['listeners[0].detectTimeoutMs: expected an integer, got string "300ms"', undefined],
+  ])
+  l.protocol = null
+  t.deepEqual(validateModel(m).map((x) => [x.message, x.hint]).slice(0, 1), [['listeners[0].protocol: expected one of "http", "tcp", got nothing', 'valid protocols: http, tcp']])
+})
+
+test('validateModel: tcpService and detectTimeoutMs are required; null tcpService and tcp listeners are valid', (t) => {
+  const m = model() as unknown as { listeners: Array<Record<string, unknown>> }
+  delete m.listeners[0]!.tcpService
+  delete m.listeners[0]!.detectTimeoutMs
+  t.deepEqual(validateModel(m).map((x) => x.message), ['listeners[0].tcpService: missing required field', 'listeners[0].detectTimeoutMs: missing required field'])
+  const ok = model()
+  t.is(ok.listeners[0]!.tcpService, null)
+  t.is(ok.listeners[0]!.detectTimeoutMs, 1000)
+  ok.listeners[0]!.tcpService = 'web'
+  ok.listeners[0]!.detectTimeoutMs = 1
+  t.deepEqual(validateModel(ok), [])
+  ok.listeners[0]!.protocol = 'tcp'
+  // Routes on a tcp listener are only a loader warning; validateModel returns no warnings.
+  t.deepEqual(validateModel(ok), [])
+  ok.listeners[0]!.routes = []
+  t.deepEqual(validateModel(ok), [])
+})
+
+test('validateModel cross-checks tcpService like route services', (t) => {
+  const m = model()
+  m.listeners[0]!.tcpService = 'webb'
+  t.deepEqual(validateModel(m).map((x) => [x.message, x.hint]), [
+    ['listeners[0].tcpService: listener "web" tcpService refers to undefined service "webb"', 'did you mean "web"?'],
+  ])
+  m.listeners[0]!.tcpService = 'zzz'
+  t.deepEqual(validateModel(m).map((x) => x.hint), ['defined services: api, web'])
+  m.listeners[0]!.tcpService = null
+  m.listeners[0]!.protocol = 'tcp'
+  t.deepEqual(validateModel(m).map((x) => [x.message, x.hint]), [
+    ['listeners[0].tcpService: tcp listener "web" has no tcpService', 'set tcpService: to the service its connections are forwarded to'],
+  ])
 })
 
 test('validateModel runs the cross-checks on well-formed models', (t) => {

@@ -67,6 +67,8 @@ test('native document loads into the exact model', (t) => {
         name: 'web',
         address: '127.0.0.1:8140',
         protocol: 'http',
+        tcpService: null,
+        detectTimeoutMs: 1000,
         maxConnections: 500,
         headerReadTimeoutMs: 5000,
         idleTimeoutMs: 60000,
@@ -150,6 +152,8 @@ services:
         name: 'listener-0',
         address: '127.0.0.1:4140',
         protocol: 'http',
+        tcpService: null,
+        detectTimeoutMs: 1000,
         maxConnections: 10000,
         headerReadTimeoutMs: 10000,
         idleTimeoutMs: 60000,
@@ -501,4 +505,134 @@ test('invalid options are reported without a file position', (t) => {
     '<options>: error: invalid listenOverride address: address "nope" has no port (write it as host:port, e.g. 127.0.0.1:4140)',
     '<options>: error: invalid defaultAdmin address: address "1.2.3.4" has no port (write it as host:port, e.g. 127.0.0.1:4140)',
   ])
+})
+
+const TCP = `
+listeners:
+  - name: db
+    address: 127.0.0.1:3306
+    protocol: tcp
+    tcpService: mysql
+  - name: web
+    address: 127.0.0.1:8080
+    protocol: http
+    tcpService: smtp
+    detectTimeout: 300ms
+    routes: [{ service: web }]
+  - name: plain
+    address: 127.0.0.1:8081
+    tcpService: null
+    detectTimeout: 2500
+    routes: [{ service: web }]
+services:
+  - { name: mysql, endpoints: [127.0.0.1:13306] }
+  - { name: smtp, endpoints: [127.0.0.1:2525] }
+  - { name: web, endpoints: [127.0.0.1:9000] }
+`
+
+test('listener protocol, tcpService and detectTimeout load into the model', (t) => {
+  const r = loadConfigText(TCP, { file: 'tcp.yaml' })
+  t.deepEqual(r.diagnostics, [])
+  const [db, web, plain] = r.config!.listeners
+  t.deepEqual(db, {
+    name: 'db',
+    address: '127.0.0.1:3306',
+    protocol: 'tcp',
+    tcpService: 'mysql',
+    detectTimeoutMs: 1000,
+    maxConnections: 10000,
+    headerReadTimeoutMs: 10000,
+    idleTimeoutMs: 60000,
+    maxHeaderBytes: 65536,
+    maxUriBytes: 8192,
+    tunnelIdleTimeoutMs: 300000,
+    http2: HTTP2_DEFAULTS,
+    routes: [],
+  })
+  t.like(web, { protocol: 'http', tcpService: 'smtp', detectTimeoutMs: 300 })
+  t.like(plain, { protocol: 'http', tcpService: null, detectTimeoutMs: 2500 })
+})
+
+test('detectTimeout is a duration of at least 1ms; misspelt keys get a suggestion', (t) => {
+  const listener = (fields: string) =>
+    loadConfigText(`listeners: [{ ${fields}, tcpService: s, routes: [{ service: s }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`, { file: 'd.yaml' })
+  const cases: Array<[string, number]> = [['1', 1], ['250ms', 250], ['1s', 1000], ['1m', 60000]]
+  for (const [text, ms] of cases) t.is(listener(`detectTimeout: ${text}`).config?.listeners[0]?.detectTimeoutMs, ms, text)
+  t.deepEqual(lines(errors(listener('detectTimeout: 0'))), [
+    'd.yaml:1:30: error: "detectTimeout" in listener must be between 1ms and 4294967295ms, got 0ms (0 is not allowed here)',
+  ])
+  t.like(errors(listener('detectTimeout: fast'))[0], { line: 1, column: 30, message: '"detectTimeout" in listener: "fast" is not a duration' })
+  t.like(errors(listener('detectTimeoutMs: 300'))[0], { message: 'unknown field "detectTimeoutMs" in listener', hint: 'did you mean "detectTimeout"?' })
+  t.like(errors(listener('tcp_service: s'))[0], { message: 'unknown field "tcp_service" in listener', hint: 'did you mean "tcpService"?' })
+  t.like(errors(listener('detectTimeout: 1s, tcpService: [s]'))[0], { message: '"tcpService" in listener must be a string, got a list' })
+})
+
+test('unknown listener protocol: error at the value, the valid values as hint', (t) => {
+  const protocol = (p: string) =>
+    errors(loadConfigText(`listeners: [{ protocol: ${p}, tcpService: s, routes: [{ service: s }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`, { file: 'l.yaml' }))
+  t.deepEqual(lines(protocol('udp')), ['l.yaml:1:25: error: unknown listener protocol "udp" (valid protocols: http, tcp)'])
+  t.deepEqual(lines(protocol('TCP')), ['l.yaml:1:25: error: unknown listener protocol "TCP" (did you mean "tcp"? valid protocols: http, tcp)'])
+  t.deepEqual(lines(protocol('HTTP')), ['l.yaml:1:25: error: unknown listener protocol "HTTP" (did you mean "http"? valid protocols: http, tcp)'])
+  // HTTP versions are all served by an http listener; other names for opaque traffic mean tcp.
+  t.is(protocol('h2c')[0]?.hint, 'did you mean "http"? valid protocols: http, tcp')
+  t.is(protocol('http2')[0]?.hint, 'did you mean "http"? valid protocols: http, tcp')
+  t.is(protocol('opaque')[0]?.hint, 'did you mean "tcp"? valid protocols: http, tcp')
+  t.deepEqual(lines(protocol('1')), ['l.yaml:1:25: error: "protocol" in listener must be a string, got number 1'])
+  // Both valid values load.
+  for (const p of ['http', 'tcp']) t.deepEqual(protocol(p), [], p)
+})
+
+test('tcpService naming an undefined service: error at the value, the closest service as hint', (t) => {
+  const r = loadConfigText(
+    ['listeners:', '  - name: db', '    protocol: tcp', '    tcpService: mysq', 'services: [{ name: mysql, endpoints: [127.0.0.1:1] }, { name: web, endpoints: [127.0.0.1:2] }]'].join('\n'),
+    { file: 't.yaml' },
+  )
+  t.is(r.config, null)
+  t.deepEqual(lines(errors(r)), ['t.yaml:4:17: error: listener "db" tcpService refers to undefined service "mysq" (did you mean "mysql"?)'])
+  const far = loadConfigText('listeners: [{ tcpService: zzz, routes: [{ service: web }] }]\nservices: [{ name: web, endpoints: [127.0.0.1:1] }]')
+  t.like(errors(far)[0], { line: 1, column: 27, message: 'listener "listener-0" tcpService refers to undefined service "zzz"', hint: 'defined services: web' })
+  const none = loadConfigText('listeners: [{ protocol: tcp, tcpService: db }]')
+  t.is(errors(none)[0]?.hint, 'no services are defined; add one under "services:"')
+})
+
+test('a tcp listener needs a tcpService: error at the protocol', (t) => {
+  for (const extra of ['', ', tcpService: null']) {
+    const r = loadConfigText(`services: [{ name: db, endpoints: [127.0.0.1:1] }]\nlisteners: [{ name: db, protocol: tcp${extra} }]`, { file: 't.yaml' })
+    t.is(r.config, null, extra)
+    t.deepEqual(lines(errors(r)), ['t.yaml:2:35: error: tcp listener "db" has no tcpService (set tcpService: to the service its connections are forwarded to)'], extra)
+  }
+})
+
+test('routes on a tcp listener are a warning; a tcp listener without routes is not', (t) => {
+  const r = loadConfigText(
+    [
+      'listeners:',
+      '  - name: db',
+      '    protocol: tcp',
+      '    tcpService: db',
+      '    routes:',
+      '      - service: web',
+      '  - name: cache',
+      '    address: 127.0.0.1:6379',
+      '    protocol: tcp',
+      '    tcpService: cache',
+      'services: [{ name: db, endpoints: [127.0.0.1:1] }, { name: web, endpoints: [127.0.0.1:2] }, { name: cache, endpoints: [127.0.0.1:3] }]',
+    ].join('\n'),
+    { file: 't.yaml' },
+  )
+  t.not(r.config, null)
+  t.deepEqual(lines(r.diagnostics), [
+    't.yaml:5:5: warning: routes are ignored on tcp listener "db" (every connection is forwarded to its tcpService as opaque TCP; remove the routes, or use protocol: http to route HTTP requests and send other traffic to tcpService)',
+  ])
+  // The routes are still checked: the data plane compiles them.
+  const bad = loadConfigText('listeners: [{ protocol: tcp, tcpService: db, routes: [{ service: wbe }] }]\nservices: [{ name: db, endpoints: [127.0.0.1:1] }, { name: web, endpoints: [127.0.0.1:2] }]')
+  t.deepEqual(errors(bad).map((d) => d.message), ['route "listener-0-route-0" refers to undefined service "wbe"'])
+})
+
+test('a service used only as a tcpService is not reported unused', (t) => {
+  const r = loadConfigText(TCP, { file: 'tcp.yaml' })
+  t.deepEqual(warnings(r), [])
+  // Without the listener that uses it, it is.
+  const unused = loadConfigText('listeners: [{ routes: [{ service: web }] }]\nservices: [{ name: web, endpoints: [127.0.0.1:1] }, { name: smtp, endpoints: [127.0.0.1:2] }]')
+  t.deepEqual(warnings(unused).map((d) => d.message), ['service "smtp" is not used by any route'])
 })

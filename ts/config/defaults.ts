@@ -3,7 +3,7 @@
  * translation, `configFromEndpoints` and `validateModel` cannot drift apart. The values are the
  * ones documented in `model.ts`.
  */
-import type { BalancerModel, EndpointModel, ListenerModel, RouteModel, ServiceModel, UpstreamProtocol } from './model.js'
+import type { BalancerModel, EndpointModel, ListenerModel, ListenerProtocol, RouteModel, ServiceModel, UpstreamProtocol } from './model.js'
 
 export const DEFAULT_LISTEN = '127.0.0.1:4140'
 export const DEFAULT_ADMIN = '127.0.0.1:4191'
@@ -15,7 +15,15 @@ export const LISTENER_DEFAULTS = {
   maxHeaderBytes: 65536,
   maxUriBytes: 8192,
   tunnelIdleTimeoutMs: 300000,
+  detectTimeoutMs: 1000,
 } as const
+
+/** The values of `ListenerModel.protocol`, the default first. */
+export const LISTENER_PROTOCOLS = ['http', 'tcp'] as const satisfies readonly ListenerProtocol[]
+
+export function isListenerProtocol(v: unknown): v is ListenerProtocol {
+  return (LISTENER_PROTOCOLS as readonly unknown[]).includes(v)
+}
 
 export const HTTP2_DEFAULTS = {
   maxConcurrentStreams: 100,
@@ -75,6 +83,7 @@ export const LISTENER_LIMITS = {
   maxHeaderBytes: count(8192),
   maxUriBytes: count(1),
   tunnelIdleTimeoutMs: duration(1),
+  detectTimeoutMs: duration(1),
 } as const satisfies Record<keyof typeof LISTENER_DEFAULTS, LimitSpec>
 
 export const HTTP2_LIMITS = {
@@ -104,7 +113,7 @@ export const POOL_LIMITS = {
 } as const satisfies Record<keyof typeof POOL_DEFAULTS, LimitSpec>
 
 export function makeListener(name: string, address: string, routes: RouteModel[] = []): ListenerModel {
-  return { name, address, protocol: 'http', ...LISTENER_DEFAULTS, http2: { ...HTTP2_DEFAULTS }, routes }
+  return { name, address, protocol: 'http', tcpService: null, ...LISTENER_DEFAULTS, http2: { ...HTTP2_DEFAULTS }, routes }
 }
 
 /** A route matching every request (any host, any method, path prefix `/`). */

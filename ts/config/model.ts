@@ -45,7 +45,23 @@ export interface ListenerModel {
   name: string
   /** `host:port`, e.g. `127.0.0.1:4140`; port 0 picks an ephemeral port. */
   address: string
-  protocol: 'http'
+  /** What the listener speaks; see `ListenerProtocol`. Default `http`. */
+  protocol: ListenerProtocol
+  /**
+   * Name of a service in `services` that opaque TCP connections are forwarded to. On an `http`
+   * listener: connections whose first bytes are neither an HTTP/1.x request line nor the h2
+   * preface, or that send nothing within `detectTimeoutMs` (server-speaks-first protocols such as
+   * MySQL or SMTP); null = such connections are refused (non-HTTP bytes get the HTTP/1 parser's
+   * 400, silence is closed after the header-read timeout). Required on a `tcp` listener, where
+   * every connection goes to it. Default null.
+   */
+  tcpService: string | null
+  /**
+   * How long protocol detection waits for a client's first bytes before the connection is
+   * treated as opaque TCP and sent to `tcpService`, in ms. Only used on an `http` listener with a
+   * `tcpService`. Default 1000.
+   */
+  detectTimeoutMs: number
   /** Open downstream connections allowed; beyond it new connections are closed at once. Default 10000. */
   maxConnections: number
   /** Time allowed for a request head to arrive (slowloris), in ms. Default 10000. */
@@ -56,13 +72,25 @@ export interface ListenerModel {
   maxHeaderBytes: number
   /** Request URI limit in bytes (414 beyond). Default 8192. */
   maxUriBytes: number
-  /** Upgraded connections (WebSocket) with no bytes either way for this long are closed, in ms. Default 300000. */
+  /** Upgraded (WebSocket) and opaque TCP connections with no bytes either way for this long are closed, in ms. Default 300000. */
   tunnelIdleTimeoutMs: number
   /** Settings for downstream HTTP/2 (h2c) connections on this listener; see `Http2Model`. */
   http2: Http2Model
-  /** In file order; precedence is computed by the data plane (see README "Routing"). */
+  /**
+   * In file order; precedence is computed by the data plane (see README "Routing"). Ignored on a
+   * `tcp` listener.
+   */
   routes: RouteModel[]
 }
+
+/**
+ * What a listener speaks:
+ * - `http`: HTTP/1.x and h2c (prior knowledge), detected per connection from its first bytes;
+ *   anything else goes to the listener's `tcpService` if it has one (the default);
+ * - `tcp`: opaque TCP; every connection is forwarded to `tcpService` as is, no detection, no
+ *   routes.
+ */
+export type ListenerProtocol = 'http' | 'tcp'
 
 /**
  * HTTP/2 settings of a listener, applied to downstream h2c connections (HTTP/1.1 connections on

@@ -9,6 +9,7 @@ import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import {
   HTTP2_LIMITS,
   LISTENER_LIMITS,
+  LISTENER_PROTOCOLS,
   POOL_LIMITS,
   ROUTE_LIMITS,
   SERVICE_LIMITS,
@@ -18,13 +19,14 @@ import {
   makeListener,
   makeRoute,
   makeService,
+  isListenerProtocol,
   isUpstreamProtocol,
 } from './defaults.js'
 import { checkHeaderValue, checkName, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 
 export const NATIVE_TOP_FIELDS = ['apiVersion', 'kind', 'metadata', 'admin', 'listeners', 'services'] as const
-const LISTENER_FIELDS = ['name', 'address', 'protocol', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'tunnelIdleTimeout', 'http2', 'routes']
+const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', 'detectTimeout', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'tunnelIdleTimeout', 'http2', 'routes']
 /** YAML key → model field; the times drop the `Ms` as every other duration in the file does. */
 const HTTP2_KEYS: Array<[string, keyof Http2Model]> = [
   ['maxConcurrentStreams', 'maxConcurrentStreams'],
@@ -48,6 +50,20 @@ const PROTOCOL_ALIASES: Record<string, string> = {
   h1: 'http1',
   'http/1.1': 'http1',
   'http1.1': 'http1',
+}
+/** The same for a listener protocol: HTTP versions are all served by `http`, other traffic by `tcp`. */
+const LISTENER_PROTOCOL_ALIASES: Record<string, string> = {
+  http1: 'http',
+  'http/1.1': 'http',
+  'http1.1': 'http',
+  http2: 'http',
+  'http/2': 'http',
+  h2: 'http',
+  h2c: 'http',
+  grpc: 'http',
+  opaque: 'tcp',
+  raw: 'tcp',
+  tls: 'tcp',
 }
 const POOL_FIELDS = ['maxIdlePerEndpoint', 'idleTimeout']
 const ENDPOINT_FIELDS = ['address', 'weight']
@@ -113,11 +129,15 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
   const name = readName(f, 'listener') ?? `listener-${index}`
   const addressNode = f.get('address')
   const address = (addressNode && readAddress(ctx.r, addressNode, 'listener address', '127.0.0.1:4140')) ?? ctx.defaultListen
-  const protocol = f.str('protocol')
-  if (protocol !== undefined && protocol !== 'http') {
-    ctx.r.error(f.valueLoc('protocol'), `unsupported listener protocol "${protocol}"`, 'only "http" is supported')
-  }
   const listener = makeListener(name, address)
+  const protocol = f.str('protocol')
+  if (protocol !== undefined) {
+    if (isListenerProtocol(protocol)) listener.protocol = protocol
+    else ctx.r.error(f.valueLoc('protocol'), `unknown listener protocol "${protocol}"`, protocolHint(protocol, LISTENER_PROTOCOLS, LISTENER_PROTOCOL_ALIASES))
+  }
+  // `tcpService: null` is the default, written out.
+  const tcpService = f.str('tcpService')
+  if (tcpService !== undefined) listener.tcpService = tcpService
   const limits: Array<[string, keyof typeof LISTENER_LIMITS]> = [
     ['maxConnections', 'maxConnections'],
     ['headerReadTimeout', 'headerReadTimeoutMs'],
@@ -125,6 +145,7 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
     ['maxHeaderBytes', 'maxHeaderBytes'],
     ['maxUriBytes', 'maxUriBytes'],
     ['tunnelIdleTimeout', 'tunnelIdleTimeoutMs'],
+    ['detectTimeout', 'detectTimeoutMs'],
   ]
   for (const [key, field] of limits) {
     const v = f.limit(key, LISTENER_LIMITS[field])
@@ -140,6 +161,9 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
   ctx.origins.set(listener, '', ctx.r.loc(node))
   ctx.origins.set(listener, 'name', f.valueLoc('name'))
   ctx.origins.set(listener, 'address', f.valueLoc('address'))
+  ctx.origins.set(listener, 'protocol', f.valueLoc('protocol'))
+  ctx.origins.set(listener, 'tcpService', f.valueLoc('tcpService'))
+  ctx.origins.set(listener, 'routes', f.keyLoc('routes'))
   f.list('routes').forEach((routeNode, i) => {
     const route = readRoute(routeNode, `${name}-route-${i}`, ctx)
     if (route) listener.routes.push(route)
@@ -238,7 +262,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   const protocol = f.str('protocol')
   if (protocol !== undefined) {
     if (isUpstreamProtocol(protocol)) service.protocol = protocol
-    else r.error(f.valueLoc('protocol'), `unknown service protocol "${protocol}"`, protocolHint(protocol))
+    else r.error(f.valueLoc('protocol'), `unknown service protocol "${protocol}"`, protocolHint(protocol, UPSTREAM_PROTOCOLS, PROTOCOL_ALIASES))
   }
   const limits = ['connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'maxStreamsPerConnection'] as const
   for (const key of limits) {
@@ -266,9 +290,9 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
 }
 
 /** `did you mean` when a close or common name was written, then always the valid values. */
-function protocolHint(protocol: string): string {
-  const valid = `valid protocols: ${UPSTREAM_PROTOCOLS.join(', ')}`
-  const guess = PROTOCOL_ALIASES[protocol.toLowerCase()] ?? closest(protocol, UPSTREAM_PROTOCOLS)
+function protocolHint(protocol: string, protocols: readonly string[], aliases: Record<string, string>): string {
+  const valid = `valid protocols: ${protocols.join(', ')}`
+  const guess = aliases[protocol.toLowerCase()] ?? closest(protocol, protocols)
   return guess === undefined ? valid : `did you mean "${guess}"? ${valid}`
 }
 

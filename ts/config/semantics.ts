@@ -1,8 +1,8 @@
 /**
- * Checks that need the whole model: names that must be unique, references between routes and
- * services, sockets that would collide. Shared by the YAML loader (which maps each finding back
- * to a file position through `Origins`) and `validateModel` (which names the JSON path), so both
- * accept exactly the same models.
+ * Checks that need the whole model: names that must be unique, references from routes and
+ * listeners (`tcpService`) to services, sockets that would collide. Shared by the YAML loader
+ * (which maps each finding back to a file position through `Origins`) and `validateModel` (which
+ * names the JSON path), so both accept exactly the same models.
  */
 import type { ConfigModel } from './model.js'
 import { suggest } from './diagnostics.js'
@@ -54,11 +54,30 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
       }
       routeNames.add(route.name)
       if (!serviceNames.has(route.service)) {
-        const hint = known.length === 0 ? 'no services are defined; add one under "services:"' : suggest(route.service, known, 'defined services')
+        const hint = undefinedServiceHint(route.service, known)
         error({ obj: route, field: 'service', path: `${path}.service` }, `route "${route.name}" refers to undefined service "${route.service}"`, hint)
       }
     })
+    const tcpService = listener.tcpService ?? null
+    if (tcpService !== null && !serviceNames.has(tcpService)) {
+      error(
+        { obj: listener, field: 'tcpService', path: `listeners[${li}].tcpService` },
+        `listener "${listener.name}" tcpService refers to undefined service "${tcpService}"`,
+        undefinedServiceHint(tcpService, known),
+      )
+    }
+    if (listener.protocol === 'tcp' && tcpService === null) {
+      error(
+        { obj: listener, field: 'protocol', path: `listeners[${li}].tcpService` },
+        `tcp listener "${listener.name}" has no tcpService`,
+        'set tcpService: to the service its connections are forwarded to',
+      )
+    }
   })
+}
+
+function undefinedServiceHint(name: string, known: string[]): string | undefined {
+  return known.length === 0 ? 'no services are defined; add one under "services:"' : suggest(name, known, 'defined services')
 }
 
 /**
@@ -89,8 +108,18 @@ function checkSockets(model: ConfigModel, error: Report): void {
 
 /** Warnings: valid, but probably not what was meant. Only the loader reports these. */
 export function lintModel(model: ConfigModel, warn: Report): void {
-  const used = new Set(model.listeners.flatMap((l) => l.routes.map((r) => r.service)))
+  const used = new Set(model.listeners.flatMap((l) => [...l.routes.map((r) => r.service), ...(l.tcpService ? [l.tcpService] : [])]))
   model.listeners.forEach((listener, li) => {
+    if (listener.protocol === 'tcp') {
+      if (listener.routes.length > 0) {
+        warn(
+          { obj: listener, field: 'routes', path: `listeners[${li}].routes` },
+          `routes are ignored on tcp listener "${listener.name}"`,
+          `every connection is forwarded to its tcpService as opaque TCP; remove the routes, or use protocol: http to route HTTP requests and send other traffic to tcpService`,
+        )
+      }
+      return
+    }
     if (listener.routes.length === 0) {
       warn({ obj: listener, path: `listeners[${li}]` }, `listener "${listener.name}" has no routes; no request will match`, 'add routes, or an Ingress')
     }

@@ -6,14 +6,27 @@
  */
 import type { ConfigModel } from './model.js'
 import { suggest, type Diagnostic } from './diagnostics.js'
-import { HTTP2_LIMITS, LISTENER_LIMITS, POOL_LIMITS, ROUTE_LIMITS, SERVICE_LIMITS, UPSTREAM_PROTOCOLS, WEIGHT_MAX, WEIGHT_MIN, isUpstreamProtocol, type LimitSpec } from './defaults.js'
+import {
+  HTTP2_LIMITS,
+  LISTENER_LIMITS,
+  LISTENER_PROTOCOLS,
+  POOL_LIMITS,
+  ROUTE_LIMITS,
+  SERVICE_LIMITS,
+  UPSTREAM_PROTOCOLS,
+  WEIGHT_MAX,
+  WEIGHT_MIN,
+  isListenerProtocol,
+  isUpstreamProtocol,
+  type LimitSpec,
+} from './defaults.js'
 import { checkSemantics } from './semantics.js'
 import { checkHeaderValue, checkName, describe as describeValue, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, type Parsed } from './values.js'
 
 type Obj = Record<string, unknown>
 
 const MODEL_FIELDS = ['listeners', 'services', 'admin']
-const LISTENER_FIELDS = ['name', 'address', 'protocol', ...Object.keys(LISTENER_LIMITS), 'http2', 'routes']
+const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', ...Object.keys(LISTENER_LIMITS), 'http2', 'routes']
 const ROUTE_FIELDS = ['name', 'hosts', 'path', 'methods', 'headers', 'service', ...Object.keys(ROUTE_LIMITS)]
 const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', ...Object.keys(SERVICE_LIMITS), 'pool']
 
@@ -65,6 +78,13 @@ class Checker {
     for (const [key, spec] of Object.entries(specs)) this.int(o[key], `${path}.${key}`, spec.min, spec.max)
   }
 
+  /** One of the `valid` strings (a protocol); absent is left to the required-field check. */
+  oneOf(v: unknown, path: string, valid: readonly string[], is: (v: unknown) => boolean): void {
+    if (v === undefined || is(v)) return
+    const hint = typeof v === 'string' ? suggest(v, valid, 'valid protocols') : `valid protocols: ${valid.join(', ')}`
+    this.error(path, `expected one of ${valid.map((p) => `"${p}"`).join(', ')}, got ${describe(v)}`, hint)
+  }
+
   /** The value must parse and already be in normalized form. */
   normalized(v: unknown, path: string, parse: (s: string) => Parsed<string>): void {
     const s = this.string(v, path)
@@ -114,7 +134,12 @@ function checkListener(c: Checker, v: unknown, path: string): void {
   if (!l) return
   c.normalized(l.name, `${path}.name`, (s) => checkName(s, 'listener'))
   c.normalized(l.address, `${path}.address`, address)
-  if (l.protocol !== undefined && l.protocol !== 'http') c.error(`${path}.protocol`, `expected "http", got ${describe(l.protocol)}`)
+  c.oneOf(l.protocol, `${path}.protocol`, LISTENER_PROTOCOLS, isListenerProtocol)
+  // null (no tcpService) must be written out like every other default.
+  if (l.tcpService !== null && l.tcpService !== undefined) {
+    if (typeof l.tcpService === 'string') c.normalized(l.tcpService, `${path}.tcpService`, (s) => checkName(s, 'service'))
+    else c.error(`${path}.tcpService`, `expected a service name or null, got ${describe(l.tcpService)}`)
+  }
   c.limits(l, path, LISTENER_LIMITS)
   const http2 = l.http2 === undefined ? undefined : c.object(l.http2, `${path}.http2`, Object.keys(HTTP2_LIMITS))
   if (http2) c.limits(http2, `${path}.http2`, HTTP2_LIMITS)
@@ -148,10 +173,7 @@ function checkService(c: Checker, v: unknown, path: string): void {
   const s = c.object(v, path, SERVICE_FIELDS)
   if (!s) return
   c.normalized(s.name, `${path}.name`, (n) => checkName(n, 'service'))
-  if (s.protocol !== undefined && !isUpstreamProtocol(s.protocol)) {
-    const hint = typeof s.protocol === 'string' ? suggest(s.protocol, UPSTREAM_PROTOCOLS, 'valid protocols') : `valid protocols: ${UPSTREAM_PROTOCOLS.join(', ')}`
-    c.error(`${path}.protocol`, `expected one of ${UPSTREAM_PROTOCOLS.map((p) => `"${p}"`).join(', ')}, got ${describe(s.protocol)}`, hint)
-  }
+  c.oneOf(s.protocol, `${path}.protocol`, UPSTREAM_PROTOCOLS, isUpstreamProtocol)
   c.limits(s, path, SERVICE_LIMITS)
   const pool = s.pool === undefined ? undefined : c.object(s.pool, `${path}.pool`, Object.keys(POOL_LIMITS))
   if (pool) c.limits(pool, `${path}.pool`, POOL_LIMITS)
