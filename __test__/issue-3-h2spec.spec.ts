@@ -30,16 +30,27 @@ test('h2spec: every generic, HTTP/2 and HPACK case passes except the documented 
   }
   const backend = await startBackend(t, 'b')
   const { port } = await startProxy(t, simpleYaml([backend.address]))
-  const report = join(mkdtempSync(join(tmpdir(), 'h2spec-')), 'junit.xml')
-  await new Promise<void>((resolve) => {
-    execFile(h2spec, ['-h', '127.0.0.1', '-p', String(port), '-o', '5', '-j', report], { timeout: 90_000 }, () => resolve())
-  })
-  const xml = readFileSync(report, 'utf8')
-  const cases = [...xml.matchAll(/<testcase[^>]*package="([^"]*)"[^>]*classname="([^"]*)"[^>]*>([\s\S]*?)<\/testcase>/g)]
-  t.true(cases.length >= 140, `h2spec ran ${cases.length} cases`)
-  const failed = cases
-    .filter(([, , , body]) => /<(failure|error)/.test(body ?? ''))
-    .map(([, pkg, name]) => `${pkg}: ${name}`)
-  const unexpected = failed.filter((f) => !ALLOWED_FAILURES.some((a) => f.startsWith(a)))
+  const dir = mkdtempSync(join(tmpdir(), 'h2spec-'))
+  const run = async (specs: string[], name: string): Promise<{ total: number; failed: string[] }> => {
+    const report = join(dir, name)
+    await new Promise<void>((resolve) => {
+      execFile(h2spec, [...specs, '-h', '127.0.0.1', '-p', String(port), '-o', '10', '-j', report], { timeout: 120_000 }, () => resolve())
+    })
+    const xml = readFileSync(report, 'utf8')
+    const cases = [...xml.matchAll(/<testcase[^>]*package="([^"]*)"[^>]*classname="([^"]*)"[^>]*>([\s\S]*?)<\/testcase>/g)]
+    const failed = cases.filter(([, , , body]) => /<(failure|error)/.test(body ?? '')).map(([, pkg, n]) => `${pkg}: ${n}`)
+    return { total: cases.length, failed }
+  }
+  const first = await run([], 'all.xml')
+  t.true(first.total >= 140, `h2spec ran ${first.total} cases`)
+  let unexpected = first.failed.filter((f) => !ALLOWED_FAILURES.includes(f))
+  if (unexpected.length > 0) {
+    // A few cases wait on timing (a frame that must or must not arrive); on a loaded 2-core CI
+    // machine they are re-run once, alone. A real conformance bug fails both times.
+    const packages = [...new Set(unexpected.map((f) => f.split(':')[0]!))]
+    t.log(`re-running ${packages.join(', ')} after: ${unexpected.join('; ')}`)
+    const again = await run(packages, 'rerun.xml')
+    unexpected = again.failed.filter((f) => !ALLOWED_FAILURES.includes(f))
+  }
   t.deepEqual(unexpected, [], `unexpected h2spec failures:\n${unexpected.join('\n')}`)
 })
