@@ -184,3 +184,32 @@ services:
   const err = await t.throwsAsync<grpc.ServiceError>(unary(client, 'Unary', 'x'))
   t.is(err?.code, grpc.status.UNIMPLEMENTED)
 })
+
+test('gRPC responses are counted by protocol and grpc-status', async (t) => {
+  const server = await startServer(t)
+  const { address, proxy } = await startProxy(
+    t,
+    load(`
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - name: grpc
+        service: echo
+services:
+  - name: echo
+    protocol: http2
+    endpoints: [${server.address}]
+`),
+  )
+  const client = new Client(address, grpc.credentials.createInsecure()) as EchoClient
+  t.teardown(() => client.close())
+  await unary(client, 'Unary', 'a')
+  await t.throwsAsync(unary(client, 'Fail', ''))
+  const text = proxy.metrics()
+  const labels = 'listener="main",route="grpc",service="echo"'
+  t.true(text.includes(`meshproxy_requests_by_protocol_total{${labels},protocol="grpc"} 2\n`), text)
+  t.true(text.includes(`meshproxy_grpc_responses_total{${labels},grpc_status="0"} 1\n`))
+  t.true(text.includes(`meshproxy_grpc_responses_total{${labels},grpc_status="5"} 1\n`))
+})

@@ -38,19 +38,57 @@ impl Histogram {
     }
 }
 
-/// Per (listener, route, service): responses by status class, and latency to response headers.
+/// What a request was, for the per-protocol counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1 = 0,
+    H2 = 1,
+    Grpc = 2,
+    /// An HTTP/1.1 Upgrade (WebSocket).
+    Ws = 3,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 4] = [Protocol::Http1, Protocol::H2, Protocol::Grpc, Protocol::Ws];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::Grpc => "grpc",
+            Protocol::Ws => "ws",
+        }
+    }
+}
+
+/// gRPC status codes 0 (OK) … 16 (UNAUTHENTICATED).
+const GRPC_CODES: usize = 17;
+
+/// Per (listener, route, service): responses by status class and by protocol, gRPC statuses,
+/// and latency to response headers.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
     /// Index 0 = 1xx … 4 = 5xx.
     status: [AtomicU64; 5],
+    protocol: [AtomicU64; 4],
+    grpc_status: [AtomicU64; GRPC_CODES],
     latency: Histogram,
 }
 
 impl RouteMetrics {
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    pub fn record(&self, protocol: Protocol, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.status[class].fetch_add(1, Ordering::Relaxed);
+        self.protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
         self.latency.observe(elapsed);
+    }
+
+    /// Counts a gRPC status as sent in `grpc-status` (trailers, or a trailers-only response).
+    pub fn grpc_status(&self, value: &[u8]) {
+        let code = std::str::from_utf8(value).ok().and_then(|v| v.parse::<usize>().ok());
+        if let Some(counter) = code.and_then(|c| self.grpc_status.get(c)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -148,6 +186,42 @@ impl Metrics {
                     esc(s),
                     i + 1
                 );
+            }
+        }
+        header(
+            &mut out,
+            "meshproxy_requests_by_protocol_total",
+            "counter",
+            "Responses sent downstream, by protocol (http1, h2, grpc, ws).",
+        );
+        for ((l, r, s), m) in routes.iter() {
+            for p in Protocol::ALL {
+                let v = m.protocol[p as usize].load(Ordering::Relaxed);
+                let labels = format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+                let _ = writeln!(
+                    out,
+                    "meshproxy_requests_by_protocol_total{{{labels},protocol=\"{}\"}} {v}",
+                    p.as_str()
+                );
+            }
+        }
+        header(
+            &mut out,
+            "meshproxy_grpc_responses_total",
+            "counter",
+            "gRPC responses by grpc-status (the codes seen so far).",
+        );
+        for ((l, r, s), m) in routes.iter() {
+            for (code, c) in m.grpc_status.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let labels =
+                        format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+                    let _ = writeln!(
+                        out,
+                        "meshproxy_grpc_responses_total{{{labels},grpc_status=\"{code}\"}} {v}"
+                    );
+                }
             }
         }
         header(
@@ -318,8 +392,9 @@ mod tests {
     fn exposition_counts_and_buckets() {
         let m = Metrics::default();
         let r = m.route("web", "api", "svc");
-        r.record(200, Duration::from_millis(3));
-        r.record(503, Duration::from_millis(30));
+        r.record(Protocol::Http1, 200, Duration::from_millis(3));
+        r.record(Protocol::Grpc, 503, Duration::from_millis(30));
+        r.grpc_status(b"14");
         m.listener("web").proxy_error(ProxyError::NoRoute);
         let text = m.render(&[]);
         assert!(text.contains(
@@ -329,6 +404,8 @@ mod tests {
         assert!(text.contains("le=\"0.005\"} 1\n"));
         assert!(text.contains("le=\"+Inf\"} 2\n"));
         assert!(text.contains("meshproxy_proxy_errors_total{listener=\"web\",error=\"no-route\"} 1"));
+        assert!(text.contains("protocol=\"grpc\"} 1\n"));
+        assert!(text.contains("grpc_status=\"14\"} 1\n"));
         assert_eq!(m.total_requests(), 2);
         assert!(Arc::ptr_eq(&r, &m.route("web", "api", "svc")), "metrics survive recompiles");
     }

@@ -12,6 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::endpoint::{Endpoint, Sender};
 use crate::listener::ActivityGuard;
+use crate::metrics::RouteMetrics;
 use crate::pool::multiplexed::StreamSlot;
 
 /// A request body sent upstream: the downstream body as it arrives, or nothing (which lets a
@@ -92,7 +93,12 @@ impl Release {
 
 enum Kind {
     Local(Option<Bytes>),
-    Upstream { body: Incoming, release: Option<Release> },
+    Upstream {
+        body: Incoming,
+        release: Option<Release>,
+        /// For gRPC responses: where the `grpc-status` trailer is counted.
+        grpc: Option<Arc<RouteMetrics>>,
+    },
 }
 
 /// A response body sent downstream: an upstream body (returning its connection to the pool at
@@ -116,14 +122,19 @@ impl ResponseBody {
         ResponseBody { kind: Kind::Local(Some(bytes)), _activity: None }
     }
 
-    pub fn upstream(body: Incoming, release: Release, activity: ActivityGuard) -> Self {
+    pub fn upstream(
+        body: Incoming,
+        release: Release,
+        activity: ActivityGuard,
+        grpc: Option<Arc<RouteMetrics>>,
+    ) -> Self {
         let release = if body.is_end_stream() {
             release.run();
             None
         } else {
             Some(release)
         };
-        ResponseBody { kind: Kind::Upstream { body, release }, _activity: Some(activity) }
+        ResponseBody { kind: Kind::Upstream { body, release, grpc }, _activity: Some(activity) }
     }
 }
 
@@ -137,11 +148,18 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, release } => {
+            Kind::Upstream { body, release, grpc } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 let done = match &polled {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(m), Some(trailers)) = (grpc.as_deref(), frame.trailers_ref()) {
+                            if let Some(code) = trailers.get("grpc-status") {
+                                m.grpc_status(code.as_bytes());
+                            }
+                        }
+                        body.is_end_stream()
+                    }
                     // An error mid-body: the connection is dropped, never pooled, and hyper
                     // aborts the downstream response instead of ending it cleanly.
                     Poll::Ready(Some(Err(_))) => {

@@ -19,6 +19,7 @@ use crate::compile::{ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::listener::{Activity, ActivityGuard, Drain};
+use crate::metrics::Protocol;
 use crate::server::Shared;
 use tokio::sync::watch;
 
@@ -100,10 +101,24 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
         return local_error(ProxyError::ShuttingDown, is_grpc(&req), Some(activity));
     };
     let grpc = is_grpc(&req);
+    let protocol = if grpc {
+        Protocol::Grpc
+    } else if upgrade::requested(req.version(), req.headers()).is_some() {
+        Protocol::Ws
+    } else if req.version() == Version::HTTP_2 {
+        Protocol::H2
+    } else {
+        Protocol::Http1
+    };
     let fail = |e: ProxyError, route: Option<&RouteRuntime>, activity| {
         listener.metrics.proxy_error(e);
         if let Some(r) = route {
-            r.metrics.record(e.status().as_u16(), start.elapsed());
+            // A gRPC client sees HTTP 200 and a grpc-status; count what it saw.
+            let status = if grpc { 200 } else { e.status().as_u16() };
+            r.metrics.record(protocol, status, start.elapsed());
+            if grpc {
+                r.metrics.grpc_status(e.grpc_status().as_bytes());
+            }
         }
         local_error(e, grpc, activity)
     };
@@ -160,7 +175,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
     };
     match result {
         Ok((mut resp, upstream, permit)) => {
-            route.metrics.record(resp.status().as_u16(), start.elapsed());
+            route.metrics.record(protocol, resp.status().as_u16(), start.elapsed());
             if let (Some((_, downstream)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
                 // The tunnel outlives this request; its connection is not pooled again.
                 drop((upstream, permit));
@@ -179,7 +194,19 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
             headers::strip_hop_by_hop(&mut parts.headers);
             parts.headers.append(header::VIA, headers::via(parts.version));
             let release = Release { upstream, endpoint: endpoint.clone(), permit };
-            Response::from_parts(parts, ResponseBody::upstream(body, release, activity))
+            let grpc_metrics = if grpc {
+                match parts.headers.get(&GRPC_STATUS) {
+                    // Trailers-only response: the status is in the headers.
+                    Some(code) => {
+                        route.metrics.grpc_status(code.as_bytes());
+                        None
+                    }
+                    None => Some(route.metrics.clone()),
+                }
+            } else {
+                None
+            };
+            Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics))
         }
         Err(e) => fail(e, Some(route), Some(activity)),
     }
