@@ -119,3 +119,32 @@ test('an h2 client resetting streams cancels the upstream streams and leaks noth
   }
   t.is(inflight, 0, 'every upstream stream was released')
 })
+
+test('trailers on an HTTP/1.1 chunked response reach HTTP/2 and HTTP/1.1 clients', async (t) => {
+  const backend = await startBackend(t, 'trailers', (req, res) => {
+    req.resume()
+    res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' })
+    res.write('part one,')
+    res.addTrailers({ 'x-checksum': 'abc123' })
+    res.end('part two')
+  })
+  const { address, port } = await startProxy(t, config(backend.address, 'http1'))
+  const session = h2connect(t, address)
+  const trailers = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    const req = session.request({ ':path': '/t', te: 'trailers' })
+    req.on('trailers', (h) => resolve(h))
+    req.on('error', reject)
+    req.on('end', () => setTimeout(() => reject(new Error('ended without trailers')), 100))
+    req.resume()
+  })
+  t.is(trailers['x-checksum'], 'abc123')
+  const h1 = await new Promise<Record<string, string | undefined>>((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: '/t', headers: { te: 'trailers' }, agent: false }, (res) => {
+        res.resume()
+        res.on('end', () => resolve(res.trailers))
+      })
+      .on('error', reject)
+  })
+  t.is(h1['x-checksum'], 'abc123')
+})

@@ -4,12 +4,13 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-static HOP_BY_HOP: [HeaderName; 7] = [
+// `Trailer` is not hop-by-hop (RFC 9110 §6.6.2): it announces the trailer fields, and HTTP/1.1
+// encoders need it to send them on.
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
