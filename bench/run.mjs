@@ -7,10 +7,10 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { installCleanupHandlers, start, stop, stopAll, waitForOutput } from './lib/procs.mjs'
-import { busyPercent, machineCpu, otherLoadPercent, stealPercent, statusKb, sumCpuSeconds, sumPeakRssKb, treeCpuSeconds } from './lib/procstat.mjs'
+import { busyPercent, machineCpu, otherLoadPercent, stealPercent, statusKb, sumCpuSeconds, sumPeakRssKb, threadCpu, threadCpuDelta, treeCpuSeconds } from './lib/procstat.mjs'
 import { ALL_TARGETS, BODY, freePorts, startNginx } from './lib/targets.mjs'
 import { runH2load, runWrk } from './lib/loadgen.mjs'
-import { collectVersions, findTools, INSTALL_HINT } from './lib/tools.mjs'
+import { addonInfo, collectVersions, findTools, INSTALL_HINT } from './lib/tools.mjs'
 import { aggregate, markdown } from './lib/report.mjs'
 
 const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
@@ -83,19 +83,27 @@ function loadSnapshot() {
 }
 
 /** Other load (% of the machine) over a short window. */
-async function sampleOtherLoad(ms = 2_000) {
+async function sampleOtherLoad(ms = 1_000) {
   const a = loadSnapshot()
   await new Promise((r) => setTimeout(r, ms))
   return otherLoadPercent(a, loadSnapshot())
 }
 
-/** Waits (up to `maxS`) until other processes leave the machine alone; returns the last sample. */
+/**
+ * Waits (up to --quiet-wait seconds) until other processes have left the machine alone for 3 s in
+ * a row (test suites and builds come in bursts: one quiet second says little); returns the last
+ * sample.
+ */
 async function waitForQuiet(opts) {
   const deadline = Date.now() + opts['quiet-wait'] * 1000
-  let other = await sampleOtherLoad()
-  while (other > opts['other-limit'] && Date.now() < deadline) {
-    log(`  waiting for the machine to be quiet: other load ${other.toFixed(1)}%`)
+  let quiet = 0
+  let other = 0
+  let waited = 0
+  while (quiet < 3) {
     other = await sampleOtherLoad()
+    quiet = other <= opts['other-limit'] ? quiet + 1 : 0
+    if (quiet === 0 && Date.now() >= deadline) break
+    if (quiet === 0 && waited++ % 5 === 0) log(`  waiting for the machine to be quiet: other load ${other.toFixed(1)}%`)
   }
   return other
 }
@@ -108,6 +116,8 @@ async function waitForQuiet(opts) {
 async function withNoiseCheck(label, opts, fn) {
   const attempts = []
   for (let attempt = 0; attempt < 2; attempt++) {
+    // On a shared box, waiting for a quiet moment first is cheaper than measuring noise and redoing.
+    await waitForQuiet(opts)
     const a = loadSnapshot()
     const result = await fn()
     const b = loadSnapshot()
@@ -116,7 +126,6 @@ async function withNoiseCheck(label, opts, fn) {
     const noisy = m.steal > opts['steal-limit'] || m.other > opts['other-limit']
     if (!noisy || attempt === 1) return { result, ...m, noisy, attempts, redone: attempt === 1 }
     log(`  ${label}: steal ${m.steal.toFixed(1)}%, other load ${m.other.toFixed(1)}% of the machine — redoing once`)
-    if (m.other > opts['other-limit']) await waitForQuiet(opts)
   }
 }
 
@@ -140,7 +149,10 @@ async function bareNodeRss() {
   }
 }
 
-/** One GET through the target before measuring: a target that answers wrongly is not benchmarked. */
+/**
+ * A few GETs through the target before measuring (so both backends answer through a proxy): a
+ * target that answers wrongly is not benchmarked.
+ */
 async function sanityCheck(url) {
   for (let i = 0; i < 4; i++) {
     const r = await fetch(url, { signal: AbortSignal.timeout(5_000) })
@@ -155,7 +167,7 @@ function noiseRecord(n) {
 
 function noiseFlags(what, n, flag) {
   const fmt = (a) => `steal ${a.steal.toFixed(1)}%, other load ${a.other.toFixed(1)}%`
-  if (n.noisy) flag('error', `${what} run noisy even after a redo (${n.attempts.map(fmt).join(' → ')}): figures unreliable`)
+  if (n.noisy) flag('noise', `${what} run noisy even after a redo (${n.attempts.map(fmt).join(' → ')}): figures unreliable`)
   else if (n.redone) flag('note', `${what} run redone (${n.attempts.map(fmt).join(' → ')})`)
 }
 
@@ -163,9 +175,10 @@ function noiseFlags(what, n, flag) {
 async function measureTarget(target, ctx, rep, opts, tools, flags) {
   const flag = (kind, message) => {
     flags.push({ target: target.name, rep, kind, message })
-    log(`  ${kind === 'error' ? 'FLAG' : 'note'}: ${message}`)
+    log(`  ${{ error: 'FLAG', noise: 'NOISE' }[kind] ?? 'note'}: ${message}`)
   }
   const rec = { target: target.name, rep }
+  if (target.name === 'meshproxy') rec.addon = addonInfo(repoDir) // which build this rep ran
   const inst = await target.start({ ...ctx, rep, tools, workers: opts.workers })
   try {
     rec.command = inst.command ?? null
@@ -180,15 +193,17 @@ async function measureTarget(target, ctx, rep, opts, tools, flags) {
     const w = await withNoiseCheck(`${target.name} wrk`, opts, async () => {
       const pids = inst.pids()
       const c0 = sumCpuSeconds(pids)
+      const t0 = pids.map(threadCpu)
       const res = await runWrk(tools.wrk, inst.url, { ...wrkOpts, durationS: opts.duration })
       res.cpuSeconds = sumCpuSeconds(pids) - c0
+      res.cpuByThread = threadCpuDelta(new Map(t0.flatMap((m) => [...m])), new Map(pids.flatMap((p) => [...threadCpu(p)])))
       return res
     })
     rec.wrk = { ...w.result, noise: noiseRecord(w) }
     rec.cpuPer10kWrk = (rec.wrk.cpuSeconds / rec.wrk.requests) * 10_000
     const mid = await inst.snapshot()
     log(
-      `  wrk: ${Math.round(rec.wrk.rps)} req/s, p50 ${rec.wrk.latencyMs.p50} ms, p99 ${rec.wrk.latencyMs.p99} ms, ` +
+      `  wrk: ${Math.round(rec.wrk.rps)} req/s, p50 ${rec.wrk.latencyMs.p50?.toFixed(3)} ms, p99 ${rec.wrk.latencyMs.p99?.toFixed(3)} ms, ` +
         `CPU ${rec.wrk.cpuSeconds.toFixed(2)} s, steal ${w.steal.toFixed(2)}%, other load ${w.other.toFixed(1)}%`,
     )
     if (rec.wrk.non2xx3xx) flag('error', `wrk: ${rec.wrk.non2xx3xx} non-2xx/3xx responses`)
@@ -249,13 +264,21 @@ async function measureTarget(target, ctx, rep, opts, tools, flags) {
     log(`  peak RSS ${(rec.peakRssKb / 1024).toFixed(1)} MB over ${rec.processes} process(es), CPU/10k req ${rec.cpuPer10kWrk.toFixed(3)} s`)
   } finally {
     await inst.stop()
+    // Anything the proxy said on stderr besides its shutdown message (warnings under load, log
+    // lines) is worth a look: keep it in the JSON and note it.
+    const noise = (inst.output?.() ?? '')
+      .split('\n')
+      .filter((l) => l.trim() && !/listening on|admin on|draining|\[NOTICE\]/.test(l))
+    if (noise.length) {
+      rec.stderr = noise.slice(0, 50)
+      flag('note', `${target.name} printed ${noise.length} other line(s), first: ${noise[0].slice(0, 200)}`)
+    }
   }
   return rec
 }
 
 async function main() {
   const opts = readOptions()
-  installCleanupHandlers(log)
 
   const tools = findTools()
   const missing = ['nginx', 'wrk'].filter((t) => !tools[t])
@@ -286,6 +309,11 @@ async function main() {
   const flags = []
   const runs = []
   let ok = false
+  let keep = opts.keepTmp // also kept when something failed: its configs and logs explain why
+  // Children are killed by PID on SIGINT/SIGTERM/exit; the temp dir goes too unless kept.
+  installCleanupHandlers(log, () => {
+    if (!keep) rmSync(workDir, { recursive: true, force: true })
+  })
   try {
     // Pre-flight: a busy box (a build, another benchmark) makes every figure meaningless.
     const preflight = await waitForQuiet(opts)
@@ -323,9 +351,13 @@ async function main() {
     const kept = runs.flatMap((r) => [r.wrk, r.rate].filter(Boolean).map((x) => x.noise))
     const steals = kept.map((n) => n.steal)
     const others = kept.map((n) => n.otherLoad)
-    const addonAfter = collectVersions(tools, repoDir).addon
-    if (addonAfter?.sha256 !== versions.addon?.sha256) {
-      flags.push({ target: 'meshproxy', rep: opts.reps - 1, kind: 'error', message: `the native addon changed during the run (${versions.addon?.sha256} → ${addonAfter?.sha256}): reps may mix builds` })
+    // Only a change between meshproxy reps mixes builds; report the build the reps actually ran.
+    const repAddons = runs.filter((r) => r.addon).map((r) => r.addon)
+    const builds = [...new Set(repAddons.map((a) => a.sha256))]
+    if (repAddons.length) versions.addon = { ...repAddons.at(-1), atStart: versions.addon }
+    if (builds.length > 1) {
+      const which = runs.filter((r) => r.addon).map((r) => `rep ${r.rep + 1}: ${r.addon.sha256}`).join(', ')
+      flags.push({ target: 'meshproxy', rep: null, kind: 'noise', message: `the native addon was rebuilt during the run (${which}): reps mix builds` })
     }
     const result = {
       date: new Date().toISOString(),
@@ -340,6 +372,7 @@ async function main() {
             : null,
         meshproxyCommand: runs.find((r) => r.target === 'meshproxy' && r.command)?.command ?? null,
         argv: process.argv.slice(2),
+        meshproxyLogEnv: process.env.MESHPROXY_LOG ?? null,
       },
       versions,
       skipped,
@@ -365,10 +398,13 @@ async function main() {
     process.stdout.write('\n' + md)
     log(`wrote ${join(opts.out, 'latest.json')} and latest.md`)
     ok = !runs.some((r) => r.error)
+  } catch (e) {
+    keep = true
+    throw e
   } finally {
     await stopAll()
-    if (opts.keepTmp || !ok) log(`temp dir kept: ${workDir}`)
-    else rmSync(workDir, { recursive: true, force: true })
+    if (!ok) keep = true
+    if (keep) log(`temp dir kept: ${workDir}`)
   }
   if (!ok) process.exitCode = 1
 }

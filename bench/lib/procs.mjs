@@ -154,8 +154,9 @@ export async function stopAll(graceMs = 3_000) {
  * On SIGINT/SIGTERM: stop every child, then exit with 128+signo. On plain exit (including an
  * uncaught error): SIGKILL whatever is left, synchronously, since 'exit' cannot await.
  */
-export function installCleanupHandlers(log = console.error) {
+export function installCleanupHandlers(log = console.error, atExit = () => {}) {
   let stopping = false
+  process.on('exit', atExit)
   const onSignal = (signal, code) => {
     if (stopping) {
       killAllSync()

@@ -99,6 +99,40 @@ export function sumCpuSeconds(pids) {
   return pids.reduce((s, p) => s + cpuSeconds(p), 0)
 }
 
+/**
+ * CPU seconds per thread of one process: Map tid -> { name, seconds }. Thread names (tokio's
+ * "tokio-runtime-w", node's "node" main thread, libuv "libuv-worker", V8 platform threads) show
+ * where a proxy's CPU goes.
+ */
+export function threadCpu(pid) {
+  const out = new Map()
+  let tids = []
+  try {
+    tids = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return out
+  }
+  for (const tid of tids) {
+    try {
+      const s = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+      const name = s.slice(s.indexOf('(') + 1, s.lastIndexOf(')'))
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ')
+      out.set(tid, { name, seconds: (Number(f[11]) + Number(f[12])) / clockTicks() })
+    } catch {}
+  }
+  return out
+}
+
+/** Per-thread-name CPU seconds between two threadCpu() snapshots, largest first. */
+export function threadCpuDelta(before, after) {
+  const byName = new Map()
+  for (const [tid, t] of after) {
+    const d = t.seconds - (before.get(tid)?.seconds ?? 0)
+    if (d > 0) byName.set(t.name, (byName.get(t.name) ?? 0) + d)
+  }
+  return [...byName].map(([name, seconds]) => ({ name, seconds: Math.round(seconds * 100) / 100 })).sort((a, b) => b.seconds - a.seconds)
+}
+
 /** A /proc/<pid>/status field in kB (VmHWM = peak RSS, VmRSS = current), or null. */
 export function statusKb(pid, field) {
   try {

@@ -13,14 +13,14 @@ export function ratio(a, b) {
 
 /** The figures reported per target (median of reps). `get` reads one repetition's record. */
 export const FIGURES = [
-  { key: 'rps', title: 'wrk req/s', get: (r) => r.wrk?.rps, fmt: fmtInt, better: 'higher' },
-  { key: 'p50', title: 'wrk p50', get: (r) => r.wrk?.latencyMs.p50, fmt: fmtMs, better: 'lower' },
-  { key: 'p99', title: 'wrk p99', get: (r) => r.wrk?.latencyMs.p99, fmt: fmtMs, better: 'lower' },
-  { key: 'rateP50', title: 'fixed-rate p50', get: (r) => r.rate?.latencyMs.p50, fmt: fmtMs, better: 'lower' },
-  { key: 'rateP99', title: 'fixed-rate p99', get: (r) => r.rate?.latencyMs.p99, fmt: fmtMs, better: 'lower' },
-  { key: 'rateMax', title: 'fixed-rate max', get: (r) => r.rate?.latencyMs.max, fmt: fmtMs, better: 'lower' },
-  { key: 'cpuPer10k', title: 'CPU s/10k req', get: (r) => r.cpuPer10kWrk, fmt: fmt3, better: 'lower' },
-  { key: 'peakRssMb', title: 'peak RSS', get: (r) => r.peakRssKb / 1024, fmt: fmtMb, better: 'lower' },
+  { key: 'rps', phase: 'wrk', title: 'wrk req/s', get: (r) => r.wrk?.rps, fmt: fmtInt, better: 'higher' },
+  { key: 'p50', phase: 'wrk', title: 'wrk p50', get: (r) => r.wrk?.latencyMs.p50, fmt: fmtMs, better: 'lower' },
+  { key: 'p99', phase: 'wrk', title: 'wrk p99', get: (r) => r.wrk?.latencyMs.p99, fmt: fmtMs, better: 'lower' },
+  { key: 'rateP50', phase: 'rate', title: 'fixed-rate p50', get: (r) => r.rate?.latencyMs.p50, fmt: fmtMs, better: 'lower' },
+  { key: 'rateP99', phase: 'rate', title: 'fixed-rate p99', get: (r) => r.rate?.latencyMs.p99, fmt: fmtMs, better: 'lower' },
+  { key: 'rateMax', phase: 'rate', title: 'fixed-rate max', get: (r) => r.rate?.latencyMs.max, fmt: fmtMs, better: 'lower' },
+  { key: 'cpuPer10k', phase: 'wrk', title: 'CPU s/10k req', get: (r) => r.cpuPer10kWrk, fmt: fmt3, better: 'lower' },
+  { key: 'peakRssMb', phase: null, title: 'peak RSS', get: (r) => r.peakRssKb / 1024, fmt: fmtMb, better: 'lower' },
 ]
 
 function fmtInt(x) {
@@ -49,7 +49,23 @@ export function aggregate(runs, targetNames) {
     for (const f of FIGURES) med[f.key] = median(reps.map(f.get))
     med.reuse = median(reps.map((r) => r.upstream?.requestsPerConnection))
     med.cpuPer10kRate = median(reps.map((r) => r.cpuPer10kRate))
-    byTarget[name] = { reps: reps.length, failed: runs.filter((r) => r.target === name && r.error).length, median: med }
+    // The same medians over only the runs that were not noisy (steal / other load under the
+    // limits), per phase, so a run on a shared box still yields usable numbers.
+    const clean = (r, phase) => !phase || (r[phase] && !r[phase].noise?.noisy)
+    const medianClean = {}
+    const cleanReps = {}
+    for (const f of FIGURES) {
+      const ok = reps.filter((r) => clean(r, f.phase))
+      medianClean[f.key] = median(ok.map(f.get))
+      cleanReps[f.key] = ok.length
+    }
+    byTarget[name] = {
+      reps: reps.length,
+      failed: runs.filter((r) => r.target === name && r.error).length,
+      median: med,
+      medianClean,
+      cleanReps,
+    }
   }
   const ratios = {}
   const d = byTarget.direct?.median
@@ -71,9 +87,12 @@ export function markdown(result) {
   const L = []
   L.push(`# meshproxy bench — ${result.date}`)
   L.push('')
-  const noisy = flags.filter((f) => /noisy/.test(f.message)).length
+  const noisy = flags.filter((f) => f.kind === 'noise').length
   if (noisy) {
-    L.push(`> **⚠ ${noisy} measured run(s) were noisy even after a redo (steal or other processes' load above the limit): treat these figures as unreliable.**`)
+    L.push(
+      `> **⚠ ${noisy} noise flag(s): measured runs noisy even after a redo (steal or other processes' load above the limit) or a rebuilt addon. ` +
+        `Treat the main table with care; the clean-runs table below excludes the noisy runs.**`,
+    )
     L.push('')
   }
   L.push(
@@ -94,11 +113,33 @@ export function markdown(result) {
       return r && r[f.key] != null ? `${v} (${fmtRatio(r[f.key])})` : v
     })
     const errs = flags.filter((x) => x.target === name && x.kind === 'error').length
-    L.push(`| ${name === 'direct' ? 'direct (nginx B1)' : name} | ${cells.join(' | ')} | ${errs ? `**${errs} flagged**` : '0'} |`)
+    L.push(`| ${name === 'direct' ? 'direct (nginx B1)' : name} | ${cells.join(' | ')} | ${errs ? `**${errs}** ⚠` : '0'} |`)
   }
   const mh = agg.ratios['meshproxy/haproxy']
   if (mh) L.push(`| **meshproxy ÷ haproxy** | ${FIGURES.map((f) => fmtRatio(mh[f.key])).join(' | ')} | |`)
   L.push('')
+  const anyNoisy = names.some((n) => FIGURES.some((f) => agg.byTarget[n].cleanReps[f.key] < agg.byTarget[n].reps))
+  if (anyNoisy) {
+    L.push('Medians over the **clean runs only** (steal and other load under the limits); (n) = clean repetitions:')
+    L.push('')
+    const cf = FIGURES.filter((f) => f.phase)
+    L.push(`| target | ${cf.map((f) => f.title).join(' | ')} |`)
+    L.push(`|:--|${cf.map(() => '--:').join('|')}|`)
+    const cd = agg.byTarget.direct?.medianClean
+    for (const name of names) {
+      const t = agg.byTarget[name]
+      const cells = cf.map((f) => {
+        const v = t.medianClean[f.key]
+        const r = name !== 'direct' && cd ? ratio(v, cd[f.key]) : null
+        return `${f.fmt(v)}${r != null ? ` (${fmtRatio(r)})` : ''} (n=${t.cleanReps[f.key]})`
+      })
+      L.push(`| ${name} | ${cells.join(' | ')} |`)
+    }
+    const m = agg.byTarget.meshproxy?.medianClean
+    const h = agg.byTarget.haproxy?.medianClean
+    if (m && h) L.push(`| **meshproxy ÷ haproxy** | ${cf.map((f) => fmtRatio(ratio(m[f.key], h[f.key]))).join(' | ')} |`)
+    L.push('')
+  }
   L.push(`- CPU and RSS are the target's own processes (for \`direct\`: backend nginx master+worker). CPU s/10k req is utime+stime over the wrk run ÷ requests × 10,000.`)
   const cpuRate = names.map((n) => `${n} ${fmt3(agg.byTarget[n].median.cpuPer10kRate)}`).join(', ')
   L.push(`- CPU s/10k req at the fixed rate (not saturated): ${cpuRate}.`)
@@ -110,6 +151,16 @@ export function markdown(result) {
         `→ the proxy's own cost ≈ **${fmtMb(own)}** (CLI deps + config + runtime + buffers).`,
     )
   }
+  const threads = names
+    .filter((n) => n !== 'direct')
+    .map((n) => {
+      const rep = result.runs.find((r) => r.target === n && r.wrk?.cpuByThread && !r.wrk.noise?.noisy) ?? result.runs.find((r) => r.target === n && r.wrk?.cpuByThread)
+      if (!rep) return null
+      const top = rep.wrk.cpuByThread.slice(0, 4).map((t) => `${t.name} ${t.seconds.toFixed(2)} s`).join(', ')
+      return `${n} (rep ${rep.rep + 1}, ${rep.wrk.cpuSeconds.toFixed(2)} s in ${config.duration} s): ${top}`
+    })
+    .filter(Boolean)
+  if (threads.length) L.push(`- CPU by thread during wrk: ${threads.join('; ')}.`)
   const reuse = names
     .filter((n) => agg.byTarget[n].median.reuse != null)
     .map((n) => `${n} ${agg.byTarget[n].median.reuse.toFixed(0)} req/conn`)
@@ -123,13 +174,14 @@ export function markdown(result) {
       `runs redone (steal > ${config.stealLimit}% or other load > ${config['other-limit']}%): ${steal.redone}.`,
   )
   if (skipped.length) L.push(`- **Skipped**: ${skipped.map((s) => `${s.what} (${s.why})`).join('; ')}.`)
-  const errs = flags.filter((f) => f.kind === 'error')
-  const notes = flags.filter((f) => f.kind !== 'error')
-  if (errs.length || notes.length) {
+  // Errors first (non-2xx, socket errors, proxy errors), then noise, then plain notes.
+  const order = { error: 0, noise: 1 }
+  const sorted = [...flags].sort((a, b) => (order[a.kind] ?? 2) - (order[b.kind] ?? 2))
+  if (sorted.length) {
     L.push('')
-    L.push('**Flags**')
+    L.push('**Flags** (⚠ = error responses or failures; ~ = measurement noise)')
     L.push('')
-    for (const f of [...errs, ...notes]) L.push(`- ${f.kind === 'error' ? '⚠ ' : ''}${f.target} rep ${f.rep + 1}: ${f.message}`)
+    for (const f of sorted) L.push(`- ${{ error: '⚠ ', noise: '~ ' }[f.kind] ?? ''}${f.target}${f.rep == null ? '' : ` rep ${f.rep + 1}`}: ${f.message}`)
   }
   L.push('')
   const v = versions

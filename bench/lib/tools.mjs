@@ -52,19 +52,7 @@ export function collectVersions(tools, repoDir) {
       return cpus()[0]?.model ?? null
     }
   })()
-  // The addon is rebuilt independently of git; its hash and mtime tie the numbers to one build.
-  const addon = (() => {
-    const p = join(repoDir, 'native', `meshproxy.${process.platform}-${process.arch}-gnu.node`)
-    try {
-      return {
-        path: p,
-        sha256: createHash('sha256').update(readFileSync(p)).digest('hex').slice(0, 16),
-        mtime: statSync(p).mtime.toISOString(),
-      }
-    } catch {
-      return null
-    }
-  })()
+  const addon = addonInfo(repoDir)
   return {
     node: process.version,
     rust: versionLine(which('rustc'), ['--version'], /rustc (\S+)/),
@@ -84,5 +72,22 @@ export function collectVersions(tools, repoDir) {
         return null
       }
     })(),
+  }
+}
+
+/**
+ * The addon is rebuilt independently of git: its hash and mtime tie the numbers to one build (and
+ * show when a rebuild happened in the middle of a run).
+ */
+export function addonInfo(repoDir) {
+  const p = join(repoDir, 'native', `meshproxy.${process.platform}-${process.arch}-gnu.node`)
+  try {
+    return {
+      path: p,
+      sha256: createHash('sha256').update(readFileSync(p)).digest('hex').slice(0, 16),
+      mtime: statSync(p).mtime.toISOString(),
+    }
+  } catch {
+    return null
   }
 }

@@ -2,9 +2,9 @@
 //! across the boundary once (config as JSON in, stats as objects out) and never call into
 //! JavaScript per request.
 //!
-//! Each proxy owns a dedicated multi-threaded tokio runtime with `workers` threads, separate
-//! from napi's global runtime (which only runs the short futures behind the promises). That keeps
-//! the data path's thread count a deliberate setting, and lets `close()` release the threads.
+//! Each proxy owns a dedicated tokio runtime with `workers` threads ([`host`]), separate from
+//! napi's global runtime (which only runs the short futures behind the promises). That keeps the
+//! data path's thread count a deliberate setting, and lets `close()` release the threads.
 //! tokio's threads do not keep Node's event loop alive; the TypeScript `Proxy` holds a timer
 //! while started for that (with `ref()`/`unref()`).
 
@@ -14,7 +14,9 @@ use std::time::Duration;
 use meshproxy_core::{Config, Error as CoreError, MeshProxy};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use tokio::runtime::Runtime;
+mod host;
+
+use host::RuntimeHost;
 
 /// napi-rs only rejects promises with its own `Status` as the code, so the stable code travels
 /// as a `[CODE] ` prefix of the message; the TypeScript `Proxy` turns it back into `error.code`
@@ -33,7 +35,7 @@ fn internal(msg: impl std::fmt::Display) -> napi::Error {
 
 struct Inner {
     proxy: Arc<MeshProxy>,
-    runtime: parking_lot::Mutex<Option<Runtime>>,
+    runtime: parking_lot::Mutex<Option<RuntimeHost>>,
     handle: tokio::runtime::Handle,
 }
 
@@ -49,16 +51,18 @@ impl BindingProxy {
     #[napi(constructor)]
     pub fn new(config_json: String, workers: u32) -> Result<Self> {
         let config = Config::from_json(&config_json).map_err(js_error)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.clamp(1, 256) as usize)
-            .thread_name("meshproxy-worker")
-            .enable_all()
-            .build()
-            .map_err(internal)?;
-        let handle = runtime.handle().clone();
+        let runtime = RuntimeHost::new(workers.clamp(1, 256) as usize).map_err(internal)?;
+        let handle = runtime.handle();
         let proxy = {
-            let _enter = runtime.enter();
-            MeshProxy::new(config).map_err(js_error)?
+            let _enter = handle.enter();
+            MeshProxy::new(config).map_err(js_error)
+        };
+        let proxy = match proxy {
+            Ok(p) => p,
+            Err(e) => {
+                runtime.shutdown();
+                return Err(e);
+            }
         };
         let inner = Inner { proxy: Arc::new(proxy), runtime: parking_lot::Mutex::new(Some(runtime)), handle };
         Ok(BindingProxy { inner: Arc::new(inner) })
@@ -105,9 +109,7 @@ impl BindingProxy {
         let runtime = self.inner.runtime.lock().take();
         if let Some(rt) = runtime {
             // A runtime must not be dropped from async code: shut it down on a blocking thread.
-            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(2)))
-                .await
-                .map_err(internal)?;
+            tokio::task::spawn_blocking(move || rt.shutdown()).await.map_err(internal)?;
         }
         Ok(())
     }
