@@ -101,9 +101,10 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
         return local_error(ProxyError::ShuttingDown, is_grpc(&req), Some(activity));
     };
     let grpc = is_grpc(&req);
+    let upgrade_token = upgrade::requested(req.version(), req.headers());
     let protocol = if grpc {
         Protocol::Grpc
-    } else if upgrade::requested(req.version(), req.headers()).is_some() {
+    } else if upgrade_token.is_some() {
         Protocol::Ws
     } else if req.version() == Version::HTTP_2 {
         Protocol::H2
@@ -142,8 +143,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody>
 
     let downstream_version = req.version();
     let mut req = req;
-    let upgrade = upgrade::requested(downstream_version, req.headers())
-        .map(|token| (token, hyper::upgrade::on(&mut req)));
+    let upgrade = upgrade_token.map(|token| (token, hyper::upgrade::on(&mut req)));
     let mut upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address) {
         Ok(r) => r,
         Err(e) => return fail(e, Some(route), Some(activity)),
