@@ -118,6 +118,7 @@ test('an h2 client resetting streams cancels the upstream streams and leaks noth
     if (inflight === 0) break
   }
   t.is(inflight, 0, 'every upstream stream was released')
+  t.true(proxy.metrics().includes('meshproxy_requests_cancelled_total{listener="main"} 20\n'), 'each reset request is counted as cancelled')
 })
 
 test('trailers on an HTTP/1.1 chunked response reach HTTP/2 and HTTP/1.1 clients', async (t) => {

@@ -98,6 +98,8 @@ pub struct ListenerMetrics {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub open: AtomicU64,
+    /// Requests whose client went away before the response headers were sent.
+    pub cancelled: AtomicU64,
     errors: [AtomicU64; ProxyError::ALL.len()],
 }
 
@@ -267,7 +269,7 @@ impl Metrics {
                 );
             }
         }
-        let gauges: [Family<ListenerMetrics, u64>; 3] = [
+        let gauges: [Family<ListenerMetrics, u64>; 4] = [
             ("meshproxy_downstream_connections_open", "gauge", "Open downstream connections.", |m| {
                 m.open.load(Ordering::Relaxed)
             }),
@@ -282,6 +284,12 @@ impl Metrics {
                 "counter",
                 "Downstream connections refused at the connection cap.",
                 |m| m.rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "meshproxy_requests_cancelled_total",
+                "counter",
+                "Requests whose client went away (or reset the stream) before the response headers.",
+                |m| m.cancelled.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, get) in gauges {

@@ -94,12 +94,41 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
 
 async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody> {
     let activity = ctx.activity.begin();
-    let start = Instant::now();
     // Holding the snapshot for the whole request: a reload mid-request does not change its route.
     let snapshot = ctx.shared.snapshot.load_full();
     let Some(listener) = snapshot.listeners.get(&*ctx.listener_key) else {
         return local_error(ProxyError::ShuttingDown, is_grpc(&req), Some(activity));
     };
+    // If the client goes away before the response headers, hyper drops this future: count it.
+    let cancelled = CancelGuard(Some(&listener.metrics.cancelled));
+    let resp = route_and_forward(ctx, listener, req, activity).await;
+    cancelled.disarm();
+    resp
+}
+
+struct CancelGuard<'a>(Option<&'a std::sync::atomic::AtomicU64>);
+
+impl CancelGuard<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0 {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+async fn route_and_forward(
+    ctx: &ConnCtx,
+    listener: &ListenerRuntime,
+    req: Request<Incoming>,
+    activity: ActivityGuard,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
     let grpc = is_grpc(&req);
     let upgrade_token = upgrade::requested(req.version(), req.headers());
     let protocol = if grpc {
