@@ -1,5 +1,5 @@
 /**
- * Cases 3 and 4: upstream connection reuse (1,000 keep-alive requests over one upstream
+ * Cases 3 and 4: upstream connection reuse (10,000 keep-alive requests over one upstream
  * connection) and the stale keep-alive race with Node's default 5 s keepAliveTimeout.
  */
 import http from 'node:http'
@@ -8,25 +8,25 @@ import { startBackend } from './helpers/backend.js'
 import { get, sleep } from './helpers/http.js'
 import { load, simpleYaml, startProxy } from './helpers/proxy.js'
 
-test('1,000 sequential keep-alive requests use exactly one upstream connection', async (t) => {
+test('10,000 sequential keep-alive requests use exactly one upstream connection', async (t) => {
   const backend = await startBackend(t, 'a')
   const { proxy, port } = await startProxy(t, simpleYaml([backend.address]))
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
   t.teardown(() => agent.destroy())
   const statuses = new Map<number, number>()
-  for (let i = 0; i < 1000; i++) {
+  for (let i = 0; i < 10_000; i++) {
     const res = await get(port, `/r/${i}`, {}, agent)
     statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1)
   }
-  t.deepEqual([...statuses], [[200, 1000]])
-  t.is(backend.requests.length, 1000)
+  t.deepEqual([...statuses], [[200, 10_000]])
+  t.is(backend.requests.length, 10_000)
   t.is(backend.connections, 1, 'connections accepted by the backend')
   const stats = await proxy.stats()
   const ep = stats.endpoints.find((e) => e.address === backend.address)
   t.truthy(ep)
   t.is(ep!.openedConnections, 1)
   t.is(ep!.openConnections, 1)
-  t.is(ep!.requests, 1000)
+  t.is(ep!.requests, 10_000)
   t.is(ep!.failures, 0)
   t.is(stats.downstreamConnections, 1)
 })
