@@ -70,7 +70,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         maxInflightPerEndpoint: 1000,
         maxPendingPerEndpoint: 1000,
         maxStreamsPerConnection: 100,
-        pool: { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 },
+        pool: { maxIdlePerEndpoint: 1000, idleTimeoutMs: 4000 },
       },
     ],
     admin: null,

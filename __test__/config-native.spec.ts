@@ -129,7 +129,7 @@ test('native document loads into the exact model', (t) => {
         maxInflightPerEndpoint: 1000,
         maxPendingPerEndpoint: 1000,
         maxStreamsPerConnection: 100,
-        pool: { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 },
+        pool: { maxIdlePerEndpoint: 1000, idleTimeoutMs: 4000 },
       },
     ],
   })
@@ -191,7 +191,7 @@ services:
         maxInflightPerEndpoint: 1000,
         maxPendingPerEndpoint: 1000,
         maxStreamsPerConnection: 100,
-        pool: { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 },
+        pool: { maxIdlePerEndpoint: 1000, idleTimeoutMs: 4000 },
       },
     ],
   })

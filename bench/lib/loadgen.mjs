@@ -1,4 +1,5 @@
-// Load generators: wrk for closed-loop throughput, h2load --h1 for open-loop fixed-rate latency.
+// Load generators: wrk for closed-loop throughput, h2load --h1 for open-loop fixed-rate latency,
+// h2load (h2c) for the closed-loop h2c scenario.
 import { readFileSync, rmSync } from 'node:fs'
 import { runToEnd } from './procs.mjs'
 import { latencyFromH2loadLog, parseH2load, parseWrk } from './parse.mjs'
@@ -32,6 +33,34 @@ export async function runH2load(h2loadBin, url, { clients, rate, durationS, logF
     command: `h2load ${args.join(' ').replace(logFile, 'LOG')}`,
     targetRps: rate,
     ...summary,
+    latencyMs,
+    raw: r.stdout.split('\n').filter((l) => !/^(progress:|spawning|Warm-up|Main benchmark|Stopped)/.test(l)).join('\n'),
+  }
+}
+
+/**
+ * h2load -c C -m M -D D [--log-file F] URL, h2c with prior knowledge. Closed loop: C connections,
+ * each keeping M streams in flight, for D seconds. Reports req/s and, with a log file, p50/p99
+ * (h2load 1.52 prints only min/max/mean/sd for "time for request"). `protocol` is what h2load
+ * says it spoke: anything but h2c means the target did not take h2c.
+ */
+export async function runH2loadH2c(h2loadBin, url, { clients, streams, durationS, logFile = null }) {
+  const args = ['--no-tls-proto=h2c', '-c', String(clients), '-m', String(streams), '-D', String(durationS)]
+  if (logFile) args.push('--log-file', logFile)
+  args.push(url)
+  const r = await runToEnd('h2load', h2loadBin, args)
+  if (r.code !== 0) throw new Error(`h2load exited ${r.code ?? r.signal}:\n${r.stdout}${r.stderr}`)
+  const summary = parseH2load(r.stdout)
+  let latencyMs = null
+  if (logFile) {
+    latencyMs = latencyFromH2loadLog(readFileSync(logFile, 'utf8'))
+    rmSync(logFile, { force: true })
+  }
+  return {
+    command: `h2load ${args.join(' ').replace(logFile ?? '\0', 'LOG')}`,
+    protocol: /^Application protocol: (\S+)/m.exec(r.stdout)?.[1] ?? null,
+    ...summary,
+    rps: summary.achievedRps,
     latencyMs,
     raw: r.stdout.split('\n').filter((l) => !/^(progress:|spawning|Warm-up|Main benchmark|Stopped)/.test(l)).join('\n'),
   }

@@ -1,6 +1,9 @@
-// The things under test. Backends are two nginx instances that live for the whole run; each
-// target (direct / meshproxy / haproxy) is started fresh for every repetition so that its peak
-// RSS (VmHWM) and its counters belong to that repetition alone.
+// The things under test. Backends are two nginx instances that live for the whole run, each
+// serving HTTP/1.1 on one port and h2c (prior knowledge) on another; each target is started fresh
+// for every repetition so that its peak RSS (VmHWM) and its counters belong to that repetition
+// alone. Scenario `http1`: direct / meshproxy / haproxy, loaded with HTTP/1.1. Scenario `h2c`:
+// direct-h2 / meshproxy-h1 / meshproxy-h2 / haproxy-h1 / haproxy-h2, loaded with h2c; the suffix
+// is the protocol to the backends.
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { join } from 'node:path'
@@ -34,7 +37,15 @@ export async function freePorts(n) {
 /** The static body every backend returns: small, so the proxy's per-request cost dominates. */
 export const BODY = 'ok\n'
 
-function nginxConf(dir, port) {
+/**
+ * nginx's per-connection limits, raised for the whole run. The default (1000 requests, 75 s)
+ * would make the proxies' upstream reuse look worse than it is; since nginx 1.19.7 the same two
+ * directives also govern HTTP/2 connections (http2_max_requests is gone), and there the default
+ * is worse than churn: the GOAWAY after 1000 requests races with streams already in flight.
+ */
+export const NGINX_KEEPALIVE = { requests: 1_000_000, timeout: '75s' }
+
+function nginxConf(dir, port, h2Port) {
   // daemon off: the master stays our child, so we own its PID. All paths inside `dir` so two
   // instances (and a system nginx) never share a pid file, log or temp dir.
   const t = (n) => join(dir, n)
@@ -51,12 +62,14 @@ http {
   fastcgi_temp_path ${t('fastcgi')};
   uwsgi_temp_path ${t('uwsgi')};
   scgi_temp_path ${t('scgi')};
-  # keep connections for the whole run (the default closes after 1000 requests, which would
-  # make the proxies' upstream reuse look worse than it is)
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
+  # keep connections (HTTP/1.1 and HTTP/2 alike) for the whole run: the default closes after
+  # 1000 requests, which would limit the proxies' upstream reuse
+  keepalive_requests ${NGINX_KEEPALIVE.requests};
+  keepalive_timeout ${NGINX_KEEPALIVE.timeout};
   server {
     listen ${HOST}:${port} backlog=4096;
+    # h2c with prior knowledge (nginx 1.22: \`http2\` on a plain listen = no HTTP/1.1 there)
+    listen ${HOST}:${h2Port} http2 backlog=4096;
     location / {
       default_type text/plain;
       return 200 "${BODY.replace('\n', '\\n')}";
@@ -66,26 +79,40 @@ http {
 `
 }
 
-/** Starts one nginx in `dir` on `port`; resolves when it accepts connections. */
-export async function startNginx(nginxBin, name, dir, port) {
+/** Starts one nginx in `dir` on `port` (HTTP/1.1) and `h2Port` (h2c); resolves when both accept. */
+export async function startNginx(nginxBin, name, dir, port, h2Port) {
   mkdirSync(dir, { recursive: true })
   const conf = join(dir, 'nginx.conf')
-  writeFileSync(conf, nginxConf(dir, port))
+  writeFileSync(conf, nginxConf(dir, port, h2Port))
   // -e: the startup error log (before the config is read) would otherwise be /var/log/nginx.
   const child = start(name, nginxBin, ['-p', dir, '-e', join(dir, 'error.log'), '-c', conf])
   await waitForPort(child, port)
+  await waitForPort(child, h2Port)
   const tree = processTree(child.pid)
   trackExtra(tree.slice(1)) // workers: swept by PID even if the master dies badly
-  return { name, port, addr: `${HOST}:${port}`, child, pids: () => processTree(child.pid), stop: () => stop(child) }
+  return {
+    name,
+    port,
+    addr: `${HOST}:${port}`,
+    h2Port,
+    h2Addr: `${HOST}:${h2Port}`,
+    child,
+    pids: () => processTree(child.pid),
+    stop: () => stop(child),
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Targets. Each: { name, start(ctx) -> instance }, instance: { url, pids(), snapshot(), stop() }.
+// Targets. Each: { name, label, family, scenario, start(ctx) -> instance }, instance: { url,
+// pids(), snapshot(), stop() }. `family` (direct / meshproxy / haproxy) selects targets with
+// --targets and decides which counters and error checks apply.
 
 /** wrk straight at backend 1: the ceiling for this machine and load generator. */
 export const direct = {
   name: 'direct',
   label: 'direct (nginx B1)',
+  family: 'direct',
+  scenario: 'http1',
   async start({ backends }) {
     const b = backends[0]
     return {
@@ -97,62 +124,101 @@ export const direct = {
   },
 }
 
+/** h2load (h2c) straight at backend 1's h2c port: the h2c ceiling. */
+export const directH2 = {
+  name: 'direct-h2',
+  label: 'direct-h2 (nginx B1 h2c)',
+  family: 'direct',
+  scenario: 'h2c',
+  async start({ backends }) {
+    const b = backends[0]
+    return {
+      url: `http://${b.h2Addr}/`,
+      pids: b.pids,
+      snapshot: async () => null,
+      stop: async () => {},
+    }
+  },
+}
+
 async function fetchText(url) {
   const r = await fetch(url, { signal: AbortSignal.timeout(5_000) })
   return r.text()
 }
 
-/** The meshproxy CLI in front of both backends, one data-path worker. */
-export const meshproxy = {
-  name: 'meshproxy',
-  label: 'meshproxy',
-  async start({ backends, repoDir, workers = 1 }) {
-    const [listen, admin] = await freePorts(2)
-    const args = [
-      'dist/cli.js',
-      'run',
-      '--to',
-      backends.map((b) => b.addr).join(','),
-      '--listen',
-      `${HOST}:${listen}`,
-      '--admin',
-      `${HOST}:${admin}`,
-      '--workers',
-      String(workers),
-    ]
-    const child = start('meshproxy', process.execPath, args, { cwd: repoDir })
-    await waitForOutput(child, /listening/)
-    await waitForOutput(child, /admin on/) // printed right after; /metrics must answer
-    const metricsUrl = `http://${HOST}:${admin}/metrics`
-    return {
-      url: `http://${HOST}:${listen}/`,
-      command: `node ${args.join(' ')}`,
-      pids: () => processTree(child.pid),
-      /** Counters we report: upstream connections opened vs requests, errors, downstream conns. */
-      snapshot: async () => {
-        const m = parsePrometheus(await fetchText(metricsUrl))
-        const errors = {}
-        for (const s of m.filter((x) => x.name === 'meshproxy_proxy_errors_total' && x.value > 0)) errors[s.labels.error] = s.value
-        return {
-          upstreamOpened: sumMetric(m, 'meshproxy_upstream_connections_opened_total'),
-          upstreamOpen: sumMetric(m, 'meshproxy_upstream_connections_open'),
-          upstreamRequests: sumMetric(m, 'meshproxy_upstream_requests_total'),
-          upstreamFailures: sumMetric(m, 'meshproxy_upstream_failures_total'),
-          downstreamAccepted: sumMetric(m, 'meshproxy_downstream_connections_accepted_total'),
-          downstreamRejected: sumMetric(m, 'meshproxy_downstream_connections_rejected_total'),
-          requestsByClass: Object.fromEntries(
-            m.filter((x) => x.name === 'meshproxy_requests_total').map((x) => [x.labels.status_class, x.value]),
-          ),
-          proxyErrors: errors,
-        }
-      },
-      stop: () => stop(child, 12_000), // SIGTERM drains (the CLI's default grace is 10 s)
-      output: () => child.out + child.err,
-    }
-  },
+/**
+ * The meshproxy CLI in front of both backends, one data-path worker. Its listener takes HTTP/1.1
+ * and h2c (prior knowledge) on the same port; `upstream` is the protocol to the backends (http2 =
+ * `--protocol http2` to their h2c ports).
+ */
+function makeMeshproxy({ name, label, scenario, upstream }) {
+  return {
+    name,
+    label,
+    family: 'meshproxy',
+    scenario,
+    upstream,
+    start: (ctx) => startMeshproxy(name, upstream, ctx),
+  }
 }
 
-function haproxyConf(dir, port, backends, maxconn) {
+async function startMeshproxy(name, upstream, { backends, repoDir, workers = 1 }) {
+  const [listen, admin] = await freePorts(2)
+  const h2 = upstream === 'h2'
+  const args = [
+    'dist/cli.js',
+    'run',
+    '--to',
+    backends.map((b) => (h2 ? b.h2Addr : b.addr)).join(','),
+    ...(h2 ? ['--protocol', 'http2'] : []),
+    '--listen',
+    `${HOST}:${listen}`,
+    '--admin',
+    `${HOST}:${admin}`,
+    '--workers',
+    String(workers),
+  ]
+  const child = start(name, process.execPath, args, { cwd: repoDir })
+  await waitForOutput(child, /listening/)
+  await waitForOutput(child, /admin on/) // printed right after; /metrics must answer
+  const metricsUrl = `http://${HOST}:${admin}/metrics`
+  return {
+    url: `http://${HOST}:${listen}/`,
+    command: `node ${args.join(' ')}`,
+    pids: () => processTree(child.pid),
+    /** Counters we report: upstream connections opened vs requests, errors, downstream conns. */
+    snapshot: async () => {
+      const m = parsePrometheus(await fetchText(metricsUrl))
+      const errors = {}
+      for (const s of m.filter((x) => x.name === 'meshproxy_proxy_errors_total' && x.value > 0)) errors[s.labels.error] = s.value
+      return {
+        upstreamOpened: sumMetric(m, 'meshproxy_upstream_connections_opened_total'),
+        upstreamOpen: sumMetric(m, 'meshproxy_upstream_connections_open'),
+        upstreamRequests: sumMetric(m, 'meshproxy_upstream_requests_total'),
+        upstreamFailures: sumMetric(m, 'meshproxy_upstream_failures_total'),
+        downstreamAccepted: sumMetric(m, 'meshproxy_downstream_connections_accepted_total'),
+        downstreamRejected: sumMetric(m, 'meshproxy_downstream_connections_rejected_total'),
+        requestsByClass: Object.fromEntries(
+          m.filter((x) => x.name === 'meshproxy_requests_total').map((x) => [x.labels.status_class, x.value]),
+        ),
+        proxyErrors: errors,
+      }
+    },
+    stop: () => stop(child, 12_000), // SIGTERM drains (the CLI's default grace is 10 s)
+    output: () => child.out + child.err,
+  }
+}
+
+export const meshproxy = makeMeshproxy({ name: 'meshproxy', label: 'meshproxy', scenario: 'http1', upstream: 'h1' })
+export const meshproxyH1 = makeMeshproxy({ name: 'meshproxy-h1', label: 'meshproxy → h1', scenario: 'h2c', upstream: 'h1' })
+export const meshproxyH2 = makeMeshproxy({ name: 'meshproxy-h2', label: 'meshproxy → h2', scenario: 'h2c', upstream: 'h2' })
+
+/**
+ * `bindH2`: the frontend speaks h2c only (`proto h2`, prior knowledge); `upstream` h2: each server
+ * line gets `proto h2` and points at the backend's h2c port.
+ */
+function haproxyConf(dir, port, backends, maxconn, { bindH2 = false, upstream = 'h1' } = {}) {
+  const h2 = upstream === 'h2'
   return `# generated by bench/lib/targets.mjs
 global
   nbthread 1
@@ -168,11 +234,11 @@ defaults
   timeout http-request 10s
   timeout http-keep-alive 30s
 frontend bench
-  bind ${HOST}:${port}
+  bind ${HOST}:${port}${bindH2 ? ' proto h2' : ''}
   default_backend nginx
 backend nginx
   balance roundrobin
-${backends.map((b, i) => `  server b${i + 1} ${b.addr}`).join('\n')}
+${backends.map((b, i) => `  server b${i + 1} ${h2 ? `${b.h2Addr} proto h2` : b.addr}`).join('\n')}
 `
 }
 
@@ -189,47 +255,74 @@ function haproxyShowStat(sock) {
 }
 
 /** haproxy, one thread, round-robin over both backends with connection reuse: the reference. */
-export const haproxy = {
-  name: 'haproxy',
-  label: 'haproxy',
-  async start({ backends, workDir, tools, rep }) {
-    const [port] = await freePorts(1)
-    const dir = join(workDir, `haproxy-${rep}`)
-    mkdirSync(dir, { recursive: true })
-    // haproxy exits if maxconn needs more FDs than the soft limit allows (≈2 per connection).
-    const maxconn = Math.max(256, Math.min(4096, Math.floor((openFilesLimit() - 100) / 2)))
-    const conf = join(dir, 'haproxy.cfg')
-    writeFileSync(conf, haproxyConf(dir, port, backends, maxconn))
-    // -db: stay in the foreground, no master-worker fork, so our child is the data-path process.
-    const child = start('haproxy', tools.haproxy, ['-db', '-f', conf])
-    await waitForPort(child, port)
-    const sock = join(dir, 'haproxy.sock')
-    return {
-      url: `http://${HOST}:${port}/`,
-      command: `${tools.haproxy} -db -f ${conf}`,
-      pids: () => processTree(child.pid),
-      snapshot: async () => {
-        try {
-          const rows = parseHaproxyStat(await haproxyShowStat(sock)).filter((r) => r.pxname === 'nginx' && r.svname !== 'BACKEND')
-          const sum = (k) => rows.reduce((s, r) => s + (Number(r[k]) || 0), 0)
-          // `connect`: new upstream connections; `reuse`: requests sent on a reused one.
-          return {
-            upstreamOpened: sum('connect'),
-            upstreamReused: sum('reuse'),
-            upstreamRequests: sum('stot') > 0 ? sum('connect') + sum('reuse') : 0,
-            upstreamSessions: sum('stot'),
-            errorsConn: sum('econ'),
-            errorsResp: sum('eresp'),
-            hrsp5xx: sum('hrsp_5xx'),
-          }
-        } catch (e) {
-          return { error: e.message }
-        }
-      },
-      stop: () => stop(child),
-      output: () => child.out + child.err,
-    }
-  },
+function makeHaproxy({ name, label, scenario, upstream }) {
+  return {
+    name,
+    label,
+    family: 'haproxy',
+    scenario,
+    upstream,
+    start: (ctx) => startHaproxy(name, { bindH2: scenario === 'h2c', upstream }, ctx),
+  }
 }
 
-export const ALL_TARGETS = { direct, meshproxy, haproxy }
+async function startHaproxy(name, protos, { backends, workDir, tools, rep }) {
+  const [port] = await freePorts(1)
+  const dir = join(workDir, `${name}-${rep}`)
+  mkdirSync(dir, { recursive: true })
+  // haproxy exits if maxconn needs more FDs than the soft limit allows (≈2 per connection).
+  const maxconn = Math.max(256, Math.min(4096, Math.floor((openFilesLimit() - 100) / 2)))
+  const conf = join(dir, 'haproxy.cfg')
+  writeFileSync(conf, haproxyConf(dir, port, backends, maxconn, protos))
+  // -db: stay in the foreground, no master-worker fork, so our child is the data-path process.
+  const child = start(name, tools.haproxy, ['-db', '-f', conf])
+  await waitForPort(child, port)
+  const sock = join(dir, 'haproxy.sock')
+  return {
+    url: `http://${HOST}:${port}/`,
+    command: `${tools.haproxy} -db -f ${conf}`,
+    pids: () => processTree(child.pid),
+    snapshot: async () => {
+      try {
+        const rows = parseHaproxyStat(await haproxyShowStat(sock)).filter((r) => r.pxname === 'nginx' && r.svname !== 'BACKEND')
+        const sum = (k) => rows.reduce((s, r) => s + (Number(r[k]) || 0), 0)
+        // `connect`: new upstream connections; `reuse`: requests sent on a reused one.
+        return {
+          upstreamOpened: sum('connect'),
+          upstreamReused: sum('reuse'),
+          upstreamRequests: sum('stot') > 0 ? sum('connect') + sum('reuse') : 0,
+          upstreamSessions: sum('stot'),
+          errorsConn: sum('econ'),
+          errorsResp: sum('eresp'),
+          hrsp5xx: sum('hrsp_5xx'),
+        }
+      } catch (e) {
+        return { error: e.message }
+      }
+    },
+    stop: () => stop(child),
+    output: () => child.out + child.err,
+  }
+}
+
+export const haproxy = makeHaproxy({ name: 'haproxy', label: 'haproxy', scenario: 'http1', upstream: 'h1' })
+export const haproxyH1 = makeHaproxy({ name: 'haproxy-h1', label: 'haproxy → h1', scenario: 'h2c', upstream: 'h1' })
+export const haproxyH2 = makeHaproxy({ name: 'haproxy-h2', label: 'haproxy → h2', scenario: 'h2c', upstream: 'h2' })
+
+export const ALL_TARGETS = Object.fromEntries(
+  [direct, meshproxy, haproxy, directH2, meshproxyH1, meshproxyH2, haproxyH1, haproxyH2].map((t) => [t.name, t]),
+)
+
+/** Scenarios in run order; each lists its targets, its baseline (first) and the proxy pairs compared. */
+export const SCENARIOS = {
+  http1: { name: 'http1', targets: ['direct', 'meshproxy', 'haproxy'], baseline: 'direct', pairs: [['meshproxy', 'haproxy']] },
+  h2c: {
+    name: 'h2c',
+    targets: ['direct-h2', 'meshproxy-h1', 'meshproxy-h2', 'haproxy-h1', 'haproxy-h2'],
+    baseline: 'direct-h2',
+    pairs: [
+      ['meshproxy-h1', 'haproxy-h1'],
+      ['meshproxy-h2', 'haproxy-h2'],
+    ],
+  },
+}

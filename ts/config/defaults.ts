@@ -51,7 +51,11 @@ export function isUpstreamProtocol(v: unknown): v is UpstreamProtocol {
   return (UPSTREAM_PROTOCOLS as readonly unknown[]).includes(v)
 }
 
-export const POOL_DEFAULTS = { maxIdlePerEndpoint: 64, idleTimeoutMs: 4000 } as const
+// The idle cap matches the in-flight default: a smaller cap closes connections every time the
+// concurrency to an endpoint exceeds it and reopens them a moment later (measured: 100 concurrent
+// requests with a cap of 64 opened a new upstream connection every ~20 requests). Idle ones
+// still close after the idle timeout.
+export const POOL_DEFAULTS = { maxIdlePerEndpoint: 1000, idleTimeoutMs: 4000 } as const
 
 export const WEIGHT_MIN = 1
 export const WEIGHT_MAX = 1000

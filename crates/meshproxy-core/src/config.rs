@@ -205,7 +205,7 @@ pub(crate) mod testing {
             connect_timeout_ms: 1000,
             max_inflight_per_endpoint: 1000,
             max_pending_per_endpoint: 1000,
-            pool: PoolConfig { max_idle_per_endpoint: 64, idle_timeout_ms: 4000 },
+            pool: PoolConfig { max_idle_per_endpoint: 1000, idle_timeout_ms: 4000 },
             protocol: UpstreamProtocol::Http1,
             max_streams_per_connection: 100,
         }

@@ -72,25 +72,35 @@ pub async fn send(
     }
 }
 
-/// Sends one request as a stream on a shared HTTP/2 connection. A request refused before it was
-/// sent (the connection went away, e.g. after GOAWAY) is re-sent once on a new connection.
+/// Sends one request as a stream on a shared HTTP/2 connection. A request that fails before its
+/// response headers is re-sent once on another stream when that is safe: hyper handed it back
+/// unsent, or it is idempotent with no body. The common case is a peer's GOAWAY (nginx sends one
+/// after `keepalive_requests`): streams the peer never processed fail, and the next checkout skips
+/// the closing connection.
 pub async fn send_h2(
     ep: &Arc<Endpoint>,
     mut req: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Upstream), ProxyError> {
     to_h2(&mut req)?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let replay =
+        (matches!(req.body(), UpstreamBody::Empty) && idempotent(req.method())).then(|| Replay::of(&req));
     let (mut handle, slot) = ep.checkout_h2().await?;
     match handle.sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, Upstream::Http2(slot))),
         Err(mut err) => {
             drop(slot);
-            let Some(unsent) = err.take_message() else {
-                tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream h2 request failed");
-                return Err(ep.failed(ProxyError::UpstreamReset));
+            let retry = match (err.take_message(), replay) {
+                (Some(unsent), _) => unsent,
+                (None, Some(head)) => head.into_request(),
+                (None, None) => {
+                    tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream h2 request failed");
+                    return Err(ep.failed(ProxyError::UpstreamReset));
+                }
             };
+            tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream h2 request failed; retrying once");
             let (mut handle, slot) = ep.checkout_h2().await?;
-            match handle.sender.send_request(unsent).await {
+            match handle.sender.send_request(retry).await {
                 Ok(resp) => Ok((resp, Upstream::Http2(slot))),
                 Err(e) => {
                     tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
