@@ -95,9 +95,9 @@ impl Snapshot {
         }
     }
 
-    /// Whether any service of this snapshot still uses the endpoint address.
-    pub fn uses_endpoint(&self, address: &str) -> bool {
-        self.config.services.iter().any(|s| s.endpoints.iter().any(|e| e.address == address))
+    /// The endpoint addresses this snapshot uses (the registry drops the others).
+    pub fn endpoint_addresses(&self) -> std::collections::HashSet<&str> {
+        self.endpoint_settings.iter().map(|(e, _)| &*e.address).collect()
     }
 }
 

@@ -162,28 +162,19 @@ impl MeshProxy {
         if matches!(state, State::Closed) {
             return Err(Error::Closed);
         }
-        let snapshot = Snapshot::compile(config, &self.shared.registry, &self.shared.metrics)?;
+        let snapshot = Arc::new(Snapshot::compile(config, &self.shared.registry, &self.shared.metrics)?);
         if let State::Running(running) = state {
             let bound = self.bind_new(&snapshot.config, running).await?;
-            let old_keys: Vec<Box<str>> = running.listeners.keys().cloned().collect();
-            self.shared.snapshot.store(Arc::new(snapshot));
-            for key in old_keys {
-                if !self.shared.snapshot.load().listeners.contains_key(&key) {
-                    if let Some(l) = running.listeners.remove(&key) {
-                        retire_listener(l, Duration::from_secs(10));
-                    }
+            self.shared.snapshot.store(snapshot.clone());
+            let removed: Vec<Box<str>> =
+                running.listeners.keys().filter(|k| !snapshot.listeners.contains_key(*k)).cloned().collect();
+            for key in removed {
+                if let Some(l) = running.listeners.remove(&key) {
+                    retire_listener(l, Duration::from_secs(10));
                 }
             }
             if let Some(admin) = running.admin.take() {
-                let keep = self
-                    .shared
-                    .snapshot
-                    .load()
-                    .config
-                    .admin
-                    .as_ref()
-                    .is_some_and(|a| a.address == admin.address);
-                if keep {
+                if snapshot.config.admin.as_ref().is_some_and(|a| a.address == admin.address) {
                     running.admin = Some(admin);
                 } else {
                     let _ = admin.stop.send(true);
@@ -191,11 +182,11 @@ impl MeshProxy {
             }
             self.launch(running, bound);
         } else {
-            self.shared.snapshot.store(Arc::new(snapshot));
+            self.shared.snapshot.store(snapshot.clone());
         }
-        let current = self.shared.snapshot.load_full();
-        current.apply_endpoint_settings();
-        self.shared.registry.retain(|addr| current.uses_endpoint(addr));
+        snapshot.apply_endpoint_settings();
+        let used = snapshot.endpoint_addresses();
+        self.shared.registry.retain(|addr| used.contains(addr));
         Ok(())
     }
 

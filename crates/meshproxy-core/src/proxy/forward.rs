@@ -111,14 +111,16 @@ pub async fn send_h2(
     }
 }
 
-/// HTTP/2 carries the target as `:scheme` and `:authority`: the origin-form URI becomes
-/// absolute, with the `Host` header as its authority.
+/// HTTP/2 carries the target as `:scheme` and `:authority`, not `Host`. A request that came in
+/// absolute (HTTP/2, or HTTP/1.1 absolute-form) already has them; an origin-form one gets its
+/// `Host` as the authority.
 fn to_h2(req: &mut Request<UpstreamBody>) -> Result<(), ProxyError> {
     *req.version_mut() = http::Version::HTTP_2;
+    let host = req.headers_mut().remove(http::header::HOST);
     if req.uri().authority().is_some() {
         return Ok(());
     }
-    let host = req.headers_mut().remove(http::header::HOST).ok_or(ProxyError::BadRequest)?;
+    let host = host.ok_or(ProxyError::BadRequest)?;
     let authority = http::uri::Authority::try_from(host.as_bytes()).map_err(|_| ProxyError::BadRequest)?;
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(http::uri::Scheme::HTTP);

@@ -170,10 +170,16 @@ async fn route_and_forward(
         return fail(ProxyError::NoEndpoints, Some(route), Some(activity));
     };
 
-    let downstream_version = req.version();
+    // Upgrades exist only in HTTP/1.1, whatever the service's protocol.
+    let h2 = upgrade_token.is_none()
+        && match service.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
+        };
     let mut req = req;
     let upgrade = upgrade_token.map(|token| (token, hyper::upgrade::on(&mut req)));
-    let mut upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address) {
+    let mut upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address, h2) {
         Ok(r) => r,
         Err(e) => return fail(e, Some(route), Some(activity)),
     };
@@ -182,13 +188,6 @@ async fn route_and_forward(
     }
     let attempt = async {
         let permit = endpoint.acquire().await?;
-        // Upgrades exist only in HTTP/1.1, whatever the service's protocol.
-        let h2 = upgrade.is_none()
-            && match service.protocol {
-                UpstreamProtocol::Http1 => false,
-                UpstreamProtocol::Http2 => true,
-                UpstreamProtocol::Auto => downstream_version == Version::HTTP_2,
-            };
         let (resp, upstream) = if h2 {
             forward::send_h2(endpoint, upstream_req).await?
         } else {
@@ -205,23 +204,31 @@ async fn route_and_forward(
     match result {
         Ok((mut resp, upstream, permit)) => {
             route.metrics.record(protocol, resp.status().as_u16(), start.elapsed());
-            if let (Some((_, downstream)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+            let tunnel = match upgrade {
+                Some((_, downstream)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    Some((downstream, hyper::upgrade::on(&mut resp)))
+                }
+                _ => None,
+            };
+            let (mut parts, body) = resp.into_parts();
+            // The 101 keeps its Upgrade (hop-by-hop, but this hop carries it).
+            let token = tunnel.as_ref().and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+            headers::strip_hop_by_hop(&mut parts.headers);
+            if let Some(token) = token {
+                upgrade::restore(&mut parts.headers, token);
+            }
+            parts.headers.append(header::VIA, headers::via(parts.version));
+            if let Some((downstream, upstream_io)) = tunnel {
                 // The tunnel outlives this request; its connection is not pooled again.
                 drop((upstream, permit));
-                let upstream = hyper::upgrade::on(&mut resp);
-                upgrade::splice(downstream, upstream, listener.limits.tunnel_idle_timeout, ctx.drain.clone());
-                let (mut parts, _) = resp.into_parts();
-                let token = parts.headers.get(header::UPGRADE).cloned();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                if let Some(token) = token {
-                    upgrade::restore(&mut parts.headers, token);
-                }
-                parts.headers.append(header::VIA, headers::via(parts.version));
+                upgrade::splice(
+                    downstream,
+                    upstream_io,
+                    listener.limits.tunnel_idle_timeout,
+                    ctx.drain.clone(),
+                );
                 return Response::from_parts(parts, ResponseBody::empty(Some(activity)));
             }
-            let (mut parts, body) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            parts.headers.append(header::VIA, headers::via(parts.version));
             let release = Release { upstream, endpoint: endpoint.clone(), permit };
             let grpc_metrics = if grpc {
                 match parts.headers.get(&GRPC_STATUS) {
@@ -289,24 +296,27 @@ fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> O
     }
 }
 
-/// Turns the downstream request into the upstream one: origin-form URI, HTTP/1.1, proxy headers.
+/// Turns the downstream request into the upstream one: proxy headers, and for an HTTP/1.1
+/// upstream an origin-form URI with `Host` (an HTTP/2 upstream keeps an absolute URI, which
+/// `forward::send_h2` sends as `:scheme`/`:authority`).
 fn prepare_request(
     req: Request<Incoming>,
     client_ip: &HeaderValue,
     upstream_authority: &str,
+    h2: bool,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    if parts.uri.authority().is_some() {
-        // Absolute-form (`GET http://host/path`): the upstream gets origin-form, and the
-        // authority becomes the Host if the client sent none.
+    if let Some(a) = parts.uri.authority() {
+        // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority
+        // becomes the Host if the client sent none (x-forwarded-host reads it).
         if !parts.headers.contains_key(header::HOST) {
-            if let Some(a) = parts.uri.authority() {
-                let host = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;
-                parts.headers.insert(header::HOST, host);
-            }
+            let host = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;
+            parts.headers.insert(header::HOST, host);
         }
-        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest)?;
+        if !h2 {
+            let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest)?;
+        }
     }
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/1.0 clients may omit Host; the upstream request is HTTP/1.1, which requires it.
