@@ -6,7 +6,8 @@
  */
 import http from 'node:http'
 import test from 'ava'
-import { closedPort, onRequestHeads, startBackend, startRawBackend } from './helpers/backend.js'
+import { closedPort, onRequestHeads, startBackend } from './helpers/backend.js'
+import { startTcpServer } from './helpers/tcp.js'
 import { get, request } from './helpers/http.js'
 import { simpleYaml, startProxy } from './helpers/proxy.js'
 
@@ -80,12 +81,11 @@ function follow(port: number): Promise<Outcome> {
 }
 
 test('backend sends headers and part of a chunked body, then resets: the client sees an aborted response', async (t) => {
-  const upstream = await startRawBackend(t, (socket) =>
+  const upstream = await startTcpServer(t, (socket) =>
     onRequestHeads(socket, () => {
       socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n')
       setTimeout(() => socket.destroy(), 100)
-    }),
-  )
+    }), { allowHalfOpen: false })
   const { port } = await startProxy(t, simpleYaml([upstream.address]))
   const out = await follow(port)
   t.is(out.status, 200)
@@ -95,12 +95,11 @@ test('backend sends headers and part of a chunked body, then resets: the client 
 })
 
 test('backend sends fewer bytes than its Content-Length, then resets: the client sees an aborted response', async (t) => {
-  const upstream = await startRawBackend(t, (socket) =>
+  const upstream = await startTcpServer(t, (socket) =>
     onRequestHeads(socket, () => {
       socket.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789')
       setTimeout(() => socket.destroy(), 100)
-    }),
-  )
+    }), { allowHalfOpen: false })
   const { port } = await startProxy(t, simpleYaml([upstream.address]))
   const out = await follow(port)
   t.is(out.status, 200)

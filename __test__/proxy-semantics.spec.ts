@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto'
 import http from 'node:http'
 import test from 'ava'
-import { onRequestHeads, startBackend, startRawBackend } from './helpers/backend.js'
+import { onRequestHeads, startBackend } from './helpers/backend.js'
+import { startTcpServer } from './helpers/tcp.js'
 import { get, rawRequest, request } from './helpers/http.js'
 import { simpleYaml, startProxy } from './helpers/proxy.js'
 
@@ -71,7 +72,7 @@ test('x-forwarded-for is appended to; client x-forwarded-proto/host are kept; vi
 })
 
 test('response hop-by-hop headers from the backend are stripped; via added', async (t) => {
-  const upstream = await startRawBackend(t, (socket) =>
+  const upstream = await startTcpServer(t, (socket) =>
     onRequestHeads(socket, () => {
       socket.write(
         'HTTP/1.1 200 OK\r\n' +
@@ -84,8 +85,7 @@ test('response hop-by-hop headers from the backend are stripped; via added', asy
           '\r\n' +
           'ok',
       )
-    }),
-  )
+    }), { allowHalfOpen: false })
   const { port } = await startProxy(t, simpleYaml([upstream.address]))
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
   t.teardown(() => agent.destroy())

@@ -86,40 +86,6 @@ export async function startBackends(t: ExecutionContext, names: string[], handle
   return out
 }
 
-export interface RawBackend {
-  port: number
-  address: string
-  readonly connections: number
-  close(): Promise<void>
-}
-
-/** A raw TCP upstream: `onConnection` gets every accepted socket. */
-export async function startRawBackend(t: ExecutionContext, onConnection: (socket: net.Socket) => void): Promise<RawBackend> {
-  const sockets = new Set<net.Socket>()
-  let connections = 0
-  const server = net.createServer((socket) => {
-    connections += 1
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
-    socket.on('error', () => {})
-    onConnection(socket)
-  })
-  const port = await listen(server)
-  const close = async (): Promise<void> => {
-    for (const s of sockets) s.destroy()
-    await new Promise<void>((resolve) => server.close(() => resolve()))
-  }
-  t.teardown(close)
-  return {
-    port,
-    address: `127.0.0.1:${port}`,
-    get connections() {
-      return connections
-    },
-    close,
-  }
-}
-
 /** Calls `onHead(socket, head)` for each request head that arrives (bodies are not expected). */
 export function onRequestHeads(socket: net.Socket, onHead: (head: string) => void): void {
   let buf = ''
