@@ -70,8 +70,13 @@ async function startServer(t: import('ava').ExecutionContext): Promise<Server> {
   return state
 }
 
-async function proxyTo(t: import('ava').ExecutionContext, endpoint: string): Promise<EchoClient> {
-  const { address } = await startProxy(
+/** A proxy with one route (`path`, default the Echo service) to `endpoint` over h2c, and a client to it. */
+async function proxyTo(
+  t: import('ava').ExecutionContext,
+  endpoint: string,
+  path = '/test.Echo',
+): Promise<EchoClient & { proxy: import('../ts/index.js').Proxy }> {
+  const { address, proxy } = await startProxy(
     t,
     load(`
 admin: null
@@ -80,7 +85,7 @@ listeners:
     address: 127.0.0.1:0
     routes:
       - name: grpc
-        match: { path: /test.Echo }
+        match: { path: ${path} }
         service: echo
 services:
   - name: echo
@@ -90,7 +95,7 @@ services:
   )
   const client = new Client(address, grpc.credentials.createInsecure()) as EchoClient
   t.teardown(() => client.close())
-  return client
+  return Object.assign(client, { proxy })
 }
 
 function unary(client: EchoClient, name: string, body: string, options: grpc.CallOptions = {}): Promise<Buffer> {
@@ -162,49 +167,15 @@ test('an unreachable backend gives UNAVAILABLE with meshproxy-error', async (t) 
 
 test('no route answers UNIMPLEMENTED', async (t) => {
   const server = await startServer(t)
-  const { address } = await startProxy(
-    t,
-    load(`
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes:
-      - name: other
-        match: { path: /other }
-        service: echo
-services:
-  - name: echo
-    protocol: http2
-    endpoints: [${server.address}]
-`),
-  )
-  const client = new Client(address, grpc.credentials.createInsecure()) as EchoClient
-  t.teardown(() => client.close())
+  const client = await proxyTo(t, server.address, '/other')
   const err = await t.throwsAsync<grpc.ServiceError>(unary(client, 'Unary', 'x'))
   t.is(err?.code, grpc.status.UNIMPLEMENTED)
 })
 
 test('gRPC responses are counted by protocol and grpc-status', async (t) => {
   const server = await startServer(t)
-  const { address, proxy } = await startProxy(
-    t,
-    load(`
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes:
-      - name: grpc
-        service: echo
-services:
-  - name: echo
-    protocol: http2
-    endpoints: [${server.address}]
-`),
-  )
-  const client = new Client(address, grpc.credentials.createInsecure()) as EchoClient
-  t.teardown(() => client.close())
+  const client = await proxyTo(t, server.address, '/')
+  const { proxy } = client
   await unary(client, 'Unary', 'a')
   await t.throwsAsync(unary(client, 'Fail', ''))
   const text = proxy.metrics()
