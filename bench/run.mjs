@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// `npm run bench`: small responses, meshproxy vs haproxy vs nginx direct, over HTTP/1.1 keep-alive
-// (scenario http1) and then h2c with prior knowledge, to HTTP/1.1 and to h2c backends (scenario h2c).
-// See bench/README.md for what is measured and why. Options: --help.
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+// `npm run bench`: meshproxy side by side with HAProxy, nginx, http-proxy and undici, and with the
+// direct path, over the same two nginx backends: small, 16 KiB and 1 MiB responses on HTTP/1.1,
+// small responses on h2c, connection churn, and memory with 1,000 idle connections; at 1 and 2
+// worker threads. See bench/README.md for what is measured and why. Options: --help.
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -10,10 +11,11 @@ import { parseArgs } from 'node:util'
 import http2 from 'node:http2'
 import { installCleanupHandlers, start, stop, stopAll, waitForOutput } from './lib/procs.mjs'
 import { busyPercent, machineCpu, otherLoadPercent, stealPercent, statusKb, sumCpuSeconds, sumPeakRssKb, threadCpu, threadCpuDelta, treeCpuSeconds } from './lib/procstat.mjs'
-import { ALL_TARGETS, BODY, freePorts, NGINX_KEEPALIVE, SCENARIOS, startNginx } from './lib/targets.mjs'
-import { runH2load, runH2loadH2c, runWrk } from './lib/loadgen.mjs'
+import { ALL_TARGETS, BODIES, bodyBytes, freePorts, NGINX_KEEPALIVE, SCENARIOS, startNginx } from './lib/targets.mjs'
+import { openIdle, runH2load, runH2loadH2c, runWrk } from './lib/loadgen.mjs'
 import { addonInfo, collectVersions, findTools, INSTALL_HINT } from './lib/tools.mjs'
-import { aggregate, markdown } from './lib/report.mjs'
+import { aggregate, checkTargets, markdown } from './lib/report.mjs'
+import { renderChart } from './lib/chart.mjs'
 
 const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 
@@ -21,7 +23,8 @@ const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 // Options: flags win over BENCH_* environment variables, which win over the defaults.
 
 const OPTIONS = {
-  duration: { env: 'BENCH_DURATION', def: 10, help: 'seconds per wrk run' },
+  duration: { env: 'BENCH_DURATION', def: 8, help: 'seconds per measured run of the small-response scenarios (http1, h2c)' },
+  'extra-duration': { env: 'BENCH_EXTRA_DURATION', def: 5, help: 'seconds per measured run of 16k, 1m and churn' },
   connections: { env: 'BENCH_CONNECTIONS', def: 50, help: 'wrk connections' },
   threads: { env: 'BENCH_THREADS', def: 1, help: 'wrk threads' },
   reps: { env: 'BENCH_REPS', def: 3, help: 'repetitions (median reported)' },
@@ -29,23 +32,23 @@ const OPTIONS = {
   rate: { env: 'BENCH_RATE', def: 2000, help: 'fixed-rate run: total req/s' },
   'rate-clients': { env: 'BENCH_RATE_CLIENTS', def: 10, help: 'fixed-rate run: h2load connections (rate is split across them)' },
   'rate-duration': { env: 'BENCH_RATE_DURATION', def: null, help: 'fixed-rate run: seconds (default: --duration; 0 = skip)' },
-  'h2-duration': { env: 'BENCH_H2_DURATION', def: null, help: 'h2c scenario: seconds per h2load run (default: --duration)' },
   'h2-clients': { env: 'BENCH_H2_CLIENTS', def: 10, help: 'h2c scenario: h2load connections (-c)' },
   'h2-streams': { env: 'BENCH_H2_STREAMS', def: 10, help: 'h2c scenario: h2load concurrent streams per connection (-m)' },
-  workers: { env: 'BENCH_WORKERS', def: 1, help: 'meshproxy --workers' },
   'steal-limit': { env: 'BENCH_STEAL_LIMIT', def: 10, help: 'redo a run once if steal exceeds this % of CPU' },
   'other-limit': { env: 'BENCH_OTHER_LIMIT', def: 10, help: 'redo a run once if processes outside the bench used more than this % of the machine' },
   'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before a redo, wait up to this many seconds for other load to drop' },
 }
 
 function usage() {
-  const lines = Object.entries(OPTIONS).map(([k, o]) => `  --${k.padEnd(14)} ${o.help} (default ${o.def ?? 'see text'}; env ${o.env})`)
+  const lines = Object.entries(OPTIONS).map(([k, o]) => `  --${k.padEnd(15)} ${o.help} (default ${o.def ?? 'see text'}; env ${o.env})`)
+  const families = [...new Set(Object.values(ALL_TARGETS).map((t) => t.family))]
   return (
     `usage: npm run bench -- [options]\n\n${lines.join('\n')}\n` +
-    `  --scenarios    comma list of ${Object.keys(SCENARIOS).join(',')} (default all, in that order; env BENCH_SCENARIOS)\n` +
-    `  --targets      comma list of direct,meshproxy,haproxy (each selects its targets in every scenario) or exact\n` +
-    `                 target names (${Object.keys(ALL_TARGETS).join(', ')}); the direct baselines always run (default all; env BENCH_TARGETS)\n` +
-    `  --out DIR      results directory (default bench/results)\n  --keep-tmp     keep the temp dir (configs, logs) after the run\n  -h, --help\n`
+    `  --workers        comma list of worker-thread counts, each runs every scenario (default 1,2; env BENCH_WORKERS)\n` +
+    `  --scenarios      comma list of ${Object.keys(SCENARIOS).join(',')} (default all, in that order; env BENCH_SCENARIOS)\n` +
+    `  --targets        comma list of ${families.join(',')} (each selects its targets in every scenario) or exact\n` +
+    `                   target names (${Object.keys(ALL_TARGETS).join(', ')}); the direct baselines always run (default all; env BENCH_TARGETS)\n` +
+    `  --out DIR        results directory (default bench/results)\n  --keep-tmp       keep the temp dir (configs, logs) after the run\n  -h, --help\n`
   )
 }
 
@@ -55,6 +58,7 @@ function readOptions() {
       ...Object.fromEntries(Object.keys(OPTIONS).map((k) => [k, { type: 'string' }])),
       targets: { type: 'string' },
       scenarios: { type: 'string' },
+      workers: { type: 'string' },
       out: { type: 'string' },
       'keep-tmp': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -76,15 +80,16 @@ function readOptions() {
     opts[k] = n
   }
   if (opts['rate-duration'] === null) opts['rate-duration'] = opts.duration
-  if (opts['h2-duration'] === null) opts['h2-duration'] = opts.duration
-  for (const k of ['duration', 'connections', 'threads', 'reps', 'rate-clients', 'workers', 'h2-duration', 'h2-clients', 'h2-streams']) {
+  for (const k of ['duration', 'extra-duration', 'connections', 'threads', 'reps', 'rate-clients', 'h2-clients', 'h2-streams']) {
     if (!Number.isInteger(opts[k]) || opts[k] < 1) throw new Error(`--${k}: expected a positive integer`)
   }
   const list = (v) => v.split(',').map((s) => s.trim()).filter(Boolean)
   const scenarios = list(values.scenarios ?? process.env.BENCH_SCENARIOS ?? Object.keys(SCENARIOS).join(','))
   for (const s of scenarios) if (!SCENARIOS[s]) throw new Error(`--scenarios: unknown scenario ${s} (known: ${Object.keys(SCENARIOS).join(', ')})`)
   if (!scenarios.length) throw new Error('--scenarios: empty')
-  const wanted = list(values.targets ?? process.env.BENCH_TARGETS ?? 'direct,meshproxy,haproxy')
+  const workers = list(values.workers ?? process.env.BENCH_WORKERS ?? '1,2').map(Number)
+  if (!workers.length || workers.some((w) => !Number.isInteger(w) || w < 1 || w > 64)) throw new Error(`--workers: expected a comma list of positive integers`)
+  const wanted = list(values.targets ?? process.env.BENCH_TARGETS ?? [...new Set(Object.values(ALL_TARGETS).map((t) => t.family))].join(','))
   const families = new Set(Object.values(ALL_TARGETS).map((t) => t.family))
   for (const t of wanted) {
     if (!ALL_TARGETS[t] && !families.has(t)) throw new Error(`--targets: unknown target ${t} (known: ${[...new Set([...families, ...Object.keys(ALL_TARGETS)])].join(', ')})`)
@@ -98,6 +103,7 @@ function readOptions() {
   }
   return {
     ...opts,
+    workers,
     scenarios: Object.keys(targetsByScenario),
     targetsByScenario,
     out: resolve(values.out ?? join(repoDir, 'bench', 'results')),
@@ -180,36 +186,46 @@ async function bareNodeRss() {
   }
 }
 
+/** The exact bytes every target must return for `path`. */
+function expectedBody(path) {
+  const b = BODIES[path]
+  return b.head ? Buffer.from(b.head) : bodyBytes(b.size)
+}
+
 /**
  * A few GETs through the target before measuring (so both backends answer through a proxy): a
  * target that answers wrongly is not benchmarked.
  */
-async function sanityCheck(url) {
+async function sanityCheck(url, path) {
+  const want = expectedBody(path)
   for (let i = 0; i < 4; i++) {
-    const r = await fetch(url, { signal: AbortSignal.timeout(5_000) })
-    const body = await r.text()
-    if (r.status !== 200 || body !== BODY) throw new Error(`sanity check ${url}: HTTP ${r.status} body ${JSON.stringify(body.slice(0, 200))}`)
+    const r = await fetch(url + path, { signal: AbortSignal.timeout(5_000) })
+    const body = Buffer.from(await r.arrayBuffer())
+    if (r.status !== 200 || !body.equals(want)) {
+      throw new Error(`sanity check ${url}${path}: HTTP ${r.status}, ${body.length} bytes (want ${want.length}) ${JSON.stringify(body.subarray(0, 100).toString('latin1'))}`)
+    }
   }
 }
 
 /** The same over h2c with prior knowledge (one connection, sequential streams). */
-async function sanityCheckH2c(url) {
+async function sanityCheckH2c(url, path) {
+  const want = expectedBody(path).toString('latin1')
   const client = http2.connect(url)
   const failed = new Promise((_, reject) => client.once('error', reject))
   failed.catch(() => {})
   try {
     for (let i = 0; i < 4; i++) {
       const one = new Promise((resolve, reject) => {
-        const req = client.request({ ':method': 'GET', ':path': '/' })
+        const req = client.request({ ':method': 'GET', ':path': path })
         let status = null
         let body = ''
-        req.setEncoding('utf8')
+        req.setEncoding('latin1')
         req.setTimeout(5_000, () => req.close(http2.constants.NGHTTP2_CANCEL))
         req.on('response', (h) => (status = h[':status']))
         req.on('data', (d) => (body += d))
         req.on('error', reject)
         req.on('close', () => {
-          if (status === 200 && body === BODY) resolve()
+          if (status === 200 && body === want) resolve()
           else reject(new Error(`HTTP ${status} body ${JSON.stringify(body.slice(0, 200))}${req.rstCode ? ` (RST_STREAM ${req.rstCode})` : ''}`))
         })
         req.end()
@@ -233,93 +249,164 @@ function noiseFlags(what, n, flag) {
   else if (n.redone) flag('note', `${what} run redone (${n.attempts.map(fmt).join(' → ')})`)
 }
 
-/** One repetition of one target: start, warm up, wrk, fixed rate, counters, stop. */
-async function measureTarget(target, ctx, rep, opts, tools, flags) {
+/** Backend counters (stub_status), summed over both backends. */
+async function backendStatus(backends) {
+  const all = await Promise.all(backends.map((b) => b.status()))
+  return { accepts: all.reduce((s, x) => s + x.accepts, 0), requests: all.reduce((s, x) => s + x.requests, 0) }
+}
+
+/**
+ * Runs one measured load phase inside the noise check, with the target's CPU (total and per
+ * thread) and the backends' connection and request counters taken around it, so a redo replaces
+ * them all.
+ */
+async function measuredPhase(label, inst, ctx, opts, run) {
+  return withNoiseCheck(label, opts, async () => {
+    const pids = inst.pids()
+    const b0 = await backendStatus(ctx.backends)
+    const c0 = sumCpuSeconds(pids)
+    const t0 = pids.map(threadCpu)
+    const res = await run()
+    res.cpuSeconds = sumCpuSeconds(pids) - c0
+    res.cpuByThread = threadCpuDelta(new Map(t0.flatMap((m) => [...m])), new Map(pids.flatMap((p) => [...threadCpu(p)])))
+    const b1 = await backendStatus(ctx.backends)
+    res.backends = { accepts: b1.accepts - b0.accepts, requests: b1.requests - b0.requests }
+    return res
+  })
+}
+
+/**
+ * One repetition of one target in one scenario: start it, check its answers, warm up, measure,
+ * read its counters, stop it. Every figure the report shows comes from the record returned.
+ */
+async function measureRun(sc, target, ctx, rep, workers, opts, tools, flags) {
   const flag = (kind, message) => {
-    flags.push({ scenario: 'http1', target: target.name, rep, kind, message })
+    flags.push({ scenario: sc.name, workers, target: target.name, rep, kind, message })
     log(`  ${{ error: 'FLAG', noise: 'NOISE' }[kind] ?? 'note'}: ${message}`)
   }
-  const rec = { scenario: 'http1', target: target.name, rep }
+  const rec = { scenario: sc.name, workers, target: target.name, rep }
   if (target.family === 'meshproxy') rec.addon = addonInfo(repoDir) // which build this rep ran
-  const inst = await target.start({ ...ctx, rep, tools, workers: opts.workers })
+  const inst = await target.start({ ...ctx, rep, tools, workers })
   try {
     rec.command = inst.command ?? null
+    rec.setup = inst.setup ?? null
     rec.rssAtStartKb = inst.pids().reduce((s, p) => s + (statusKb(p, 'VmRSS') ?? 0), 0)
-    await sanityCheck(inst.url)
-    const wrkOpts = { threads: opts.threads, connections: opts.connections }
-    if (opts.warmup > 0) await runWrk(tools.wrk, inst.url, { ...wrkOpts, durationS: opts.warmup })
-    const before = await inst.snapshot()
+    const url = inst.url + sc.path
+    if (sc.kind === 'h2c') await sanityCheckH2c(inst.url, sc.path)
+    else await sanityCheck(inst.url, sc.path)
 
-    // Throughput. CPU of the target's processes is sampled inside the steal check so a redo
-    // replaces it too.
-    const w = await withNoiseCheck(`${target.name} wrk`, opts, async () => {
-      const pids = inst.pids()
-      const c0 = sumCpuSeconds(pids)
-      const t0 = pids.map(threadCpu)
-      const res = await runWrk(tools.wrk, inst.url, { ...wrkOpts, durationS: opts.duration })
-      res.cpuSeconds = sumCpuSeconds(pids) - c0
-      res.cpuByThread = threadCpuDelta(new Map(t0.flatMap((m) => [...m])), new Map(pids.flatMap((p) => [...threadCpu(p)])))
-      return res
-    })
-    rec.wrk = { ...w.result, noise: noiseRecord(w) }
-    rec.cpuPer10kWrk = (rec.wrk.cpuSeconds / rec.wrk.requests) * 10_000
-    const mid = await inst.snapshot()
-    log(
-      `  wrk: ${Math.round(rec.wrk.rps)} req/s, p50 ${rec.wrk.latencyMs.p50?.toFixed(3)} ms, p99 ${rec.wrk.latencyMs.p99?.toFixed(3)} ms, ` +
-        `CPU ${rec.wrk.cpuSeconds.toFixed(2)} s, steal ${w.steal.toFixed(2)}%, other load ${w.other.toFixed(1)}%`,
-    )
-    if (rec.wrk.non2xx3xx) flag('error', `wrk: ${rec.wrk.non2xx3xx} non-2xx/3xx responses`)
-    const se = rec.wrk.socketErrors
-    if (se.connect + se.read + se.write + se.timeout) flag('error', `wrk socket errors: connect ${se.connect}, read ${se.read}, write ${se.write}, timeout ${se.timeout}`)
-    noiseFlags('wrk', w, flag)
-
-    // Fixed-rate latency.
-    if (tools.h2load && opts['rate-duration'] > 0) {
-      const r = await withNoiseCheck(`${target.name} h2load`, opts, async () => {
-        const pids = inst.pids()
-        const c0 = sumCpuSeconds(pids)
-        const res = await runH2load(tools.h2load, inst.url, {
-          clients: opts['rate-clients'],
-          rate: opts.rate,
-          durationS: opts['rate-duration'],
-          logFile: join(ctx.workDir, `h2load-${target.name}-${rep}.log`),
-        })
-        res.cpuSeconds = sumCpuSeconds(pids) - c0
-        return res
-      })
-      rec.rate = { ...r.result, noise: noiseRecord(r) }
-      rec.cpuPer10kRate = rec.rate.succeeded ? (rec.rate.cpuSeconds / rec.rate.succeeded) * 10_000 : null
-      const L = rec.rate.latencyMs
-      log(`  h2load ${opts.rate}/s: achieved ${Math.round(rec.rate.achievedRps)}/s, p50 ${L.p50?.toFixed(3)} ms, p99 ${L.p99?.toFixed(3)} ms, max ${L.max?.toFixed(3)} ms, other load ${r.other.toFixed(1)}%`)
-      const bad = rec.rate.failed + rec.rate.errored + rec.rate.timeout
-      if (bad) flag('error', `h2load: ${rec.rate.failed} failed, ${rec.rate.errored} errored, ${rec.rate.timeout} timed out`)
-      const s = rec.rate.status
-      if (s && s['3xx'] + s['4xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
-      if (rec.rate.achievedRps < 0.95 * opts.rate) flag('error', `h2load achieved ${Math.round(rec.rate.achievedRps)} req/s of the ${opts.rate} asked (target could not keep up)`)
-      noiseFlags('fixed-rate', r, flag)
+    if (sc.kind === 'idle') {
+      await measureIdle(sc, inst, url, rec, flag)
+    } else {
+      const seconds = sc.name === 'http1' || sc.name === 'h2c' ? opts.duration : opts['extra-duration']
+      const load =
+        sc.kind === 'h2c'
+          ? (durationS, logFile) => runH2loadH2c(tools.h2load, url, { clients: opts['h2-clients'], streams: opts['h2-streams'], durationS, logFile })
+          : (durationS) => runWrk(tools.wrk, url, { threads: opts.threads, connections: sc.connections ?? opts.connections, durationS, headers: sc.headers })
+      if (opts.warmup > 0) await load(opts.warmup)
+      const m = await measuredPhase(`${target.name} ${sc.name}`, inst, ctx, opts, () =>
+        load(seconds, sc.kind === 'h2c' ? join(ctx.workDir, `h2load-${target.name}-${rep}.log`) : undefined),
+      )
+      rec.load = { ...m.result, noise: noiseRecord(m) }
+      const done = sc.kind === 'h2c' ? rec.load.succeeded : rec.load.requests
+      rec.cpuPer10k = done ? (rec.load.cpuSeconds / done) * 10_000 : null
+      rec.upstream = upstreamFigures(target, rec.load.backends, done)
+      const L = rec.load.latencyMs
+      log(
+        `  ${sc.kind === 'h2c' ? 'h2load' : 'wrk'}: ${Math.round(rec.load.rps)} req/s, p50 ${L?.p50?.toFixed(3)} ms, p99 ${L?.p99?.toFixed(3)} ms, ` +
+          `CPU ${rec.load.cpuSeconds.toFixed(2)} s, steal ${m.steal.toFixed(2)}%, other load ${m.other.toFixed(1)}%` +
+          (rec.upstream ? `, upstream: ${rec.upstream.requests} requests on ${rec.upstream.opened} new connections` : ''),
+      )
+      loadErrorFlags(sc, rec.load, flag)
+      noiseFlags(sc.kind === 'h2c' ? 'h2load' : 'wrk', m, flag)
+      if (sc.rate && tools.h2load && opts['rate-duration'] > 0) await measureRate(target, inst, url, ctx, rep, opts, tools, rec, flag)
     }
 
-    const after = await inst.snapshot()
     rec.peakRssKb = sumPeakRssKb(inst.pids())
     rec.processes = inst.pids().length
-    if (after) {
-      rec.upstream = {
-        before,
-        afterWrk: mid,
-        after,
-        // Lifetime of this target instance (warm-up + wrk + fixed rate).
-        requestsPerConnection: after.upstreamOpened ? after.upstreamRequests / after.upstreamOpened : null,
-        openedDuringWrk: mid.upstreamOpened - before.upstreamOpened,
-      }
-      proxyErrorFlags(target, after, flag)
-      if (rec.upstream.requestsPerConnection != null) log(`  upstream: ${after.upstreamRequests} requests over ${after.upstreamOpened} connections opened`)
-    }
-    log(`  peak RSS ${(rec.peakRssKb / 1024).toFixed(1)} MB over ${rec.processes} process(es), CPU/10k req ${rec.cpuPer10kWrk.toFixed(3)} s`)
+    rec.proxy = await inst.snapshot()
+    if (rec.proxy) proxyErrorFlags(target, rec.proxy, flag)
+    log(`  peak RSS ${(rec.peakRssKb / 1024).toFixed(1)} MB over ${rec.processes} process(es)${rec.cpuPer10k != null ? `, CPU/10k req ${rec.cpuPer10k.toFixed(3)} s` : ''}`)
   } finally {
     await stopAndCollect(target, inst, rec, flag)
   }
   return rec
 }
+
+/**
+ * Upstream connection reuse seen at the backends (stub_status), the same way for every target:
+ * the share of requests that did not need a new connection.
+ */
+function upstreamFigures(target, b, clientRequests) {
+  if (target.family === 'direct' || !b) return null
+  return {
+    opened: b.accepts,
+    requests: b.requests,
+    reuse: b.requests ? 1 - b.accepts / b.requests : null,
+    // Requests the load generator completed vs requests the backends saw: equal for a proxy
+    // that forwards every request once (a few in flight at the end may differ).
+    clientRequests,
+  }
+}
+
+function loadErrorFlags(sc, res, flag) {
+  if (sc.kind === 'h2c') {
+    if (res.protocol !== 'h2c') flag('error', `h2load spoke ${res.protocol ?? 'no protocol'} instead of h2c`)
+    const bad = res.failed + res.errored + res.timeout
+    if (bad) flag('error', `h2load: ${res.failed} failed, ${res.errored} errored, ${res.timeout} timed out`)
+    const s = res.status
+    if (s && s['3xx'] + s['4xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
+    return
+  }
+  if (res.non2xx3xx) flag('error', `wrk: ${res.non2xx3xx} non-2xx/3xx responses`)
+  const se = res.socketErrors
+  // Under churn wrk counts the server's close after `Connection: close` as nothing; a read
+  // error there is a reset, which is an error like anywhere else.
+  if (se.connect + se.read + se.write + se.timeout) flag('error', `wrk socket errors: connect ${se.connect}, read ${se.read}, write ${se.write}, timeout ${se.timeout}`)
+}
+
+/** The fixed-rate (open loop) latency run: h2load --h1 at --rate req/s in total. */
+async function measureRate(target, inst, url, ctx, rep, opts, tools, rec, flag) {
+  const r = await measuredPhase(`${target.name} fixed rate`, inst, ctx, opts, () =>
+    runH2load(tools.h2load, url, {
+      clients: opts['rate-clients'],
+      rate: opts.rate,
+      durationS: opts['rate-duration'],
+      logFile: join(ctx.workDir, `h2load-${target.name}-${rep}.log`),
+    }),
+  )
+  rec.rate = { ...r.result, noise: noiseRecord(r) }
+  rec.cpuPer10kRate = rec.rate.succeeded ? (rec.rate.cpuSeconds / rec.rate.succeeded) * 10_000 : null
+  const L = rec.rate.latencyMs
+  log(`  h2load ${opts.rate}/s: achieved ${Math.round(rec.rate.achievedRps)}/s, p50 ${L.p50?.toFixed(3)} ms, p99 ${L.p99?.toFixed(3)} ms, max ${L.max?.toFixed(3)} ms, other load ${r.other.toFixed(1)}%`)
+  const bad = rec.rate.failed + rec.rate.errored + rec.rate.timeout
+  if (bad) flag('error', `h2load: ${rec.rate.failed} failed, ${rec.rate.errored} errored, ${rec.rate.timeout} timed out`)
+  const s = rec.rate.status
+  if (s && s['3xx'] + s['4xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
+  if (rec.rate.achievedRps < 0.95 * opts.rate) flag('error', `h2load achieved ${Math.round(rec.rate.achievedRps)} req/s of the ${opts.rate} asked (target could not keep up)`)
+  noiseFlags('fixed-rate', r, flag)
+}
+
+/**
+ * Memory with many idle keep-alive connections: RSS before, RSS with them open (after a second
+ * to settle), and the difference per connection. Not a timing, so no noise check.
+ */
+async function measureIdle(sc, inst, url, rec, flag) {
+  const rss = () => inst.pids().reduce((s, p) => s + (statusKb(p, 'VmRSS') ?? 0), 0)
+  const before = rss()
+  const idle = await openIdle(url, sc.idleConnections, expectedBody(sc.path))
+  try {
+    await new Promise((r) => setTimeout(r, 1_000))
+    const withIdle = rss()
+    const held = idle.held()
+    rec.idle = { connections: sc.idleConnections, held, rssBeforeKb: before, rssIdleKb: withIdle, kbPerConnection: (withIdle - before) / sc.idleConnections }
+    log(`  ${held}/${sc.idleConnections} idle connections held: RSS ${(before / 1024).toFixed(1)} → ${(withIdle / 1024).toFixed(1)} MB (${rec.idle.kbPerConnection.toFixed(1)} KB each)`)
+    if (held < sc.idleConnections) flag('error', `the target closed ${sc.idleConnections - held} of ${sc.idleConnections} idle connections within a second`)
+  } finally {
+    idle.close()
+  }
+}
+
 
 /** Error counters a proxy keeps about itself (over the instance's lifetime), as flags. */
 function proxyErrorFlags(target, after, flag) {
@@ -338,94 +425,13 @@ function proxyErrorFlags(target, after, flag) {
 /** Stops the target; anything it printed besides start/shutdown lines goes into the JSON and a note. */
 async function stopAndCollect(target, inst, rec, flag) {
   await inst.stop()
-  // Anything the proxy said on stderr besides its shutdown message (warnings under load, log
-  // lines) is worth a look: keep it in the JSON and note it.
   const noise = (inst.output?.() ?? '')
     .split('\n')
-    .filter((l) => l.trim() && !/listening on|admin on|draining|\[NOTICE\]/.test(l))
+    .filter((l) => l.trim() && !/listening|admin on|draining|\[NOTICE\]/.test(l))
   if (noise.length) {
     rec.stderr = noise.slice(0, 50)
     flag('note', `${target.name} printed ${noise.length} other line(s), first: ${noise[0].slice(0, 200)}`)
   }
-}
-
-/**
- * One repetition of one h2c target: start, sanity GETs over h2c, unrecorded h2load warm-up, then
- * the measured closed-loop h2load run (`-c C -m M -D D`) with the target's CPU, per-thread CPU and
- * upstream counters taken around it (inside the noise check, so a redo replaces them).
- */
-async function measureH2cTarget(target, ctx, rep, opts, tools, flags) {
-  const flag = (kind, message) => {
-    flags.push({ scenario: 'h2c', target: target.name, rep, kind, message })
-    log(`  ${{ error: 'FLAG', noise: 'NOISE' }[kind] ?? 'note'}: ${message}`)
-  }
-  const rec = { scenario: 'h2c', target: target.name, rep }
-  if (target.family === 'meshproxy') rec.addon = addonInfo(repoDir)
-  const inst = await target.start({ ...ctx, rep, tools, workers: opts.workers })
-  try {
-    rec.command = inst.command ?? null
-    rec.rssAtStartKb = inst.pids().reduce((s, p) => s + (statusKb(p, 'VmRSS') ?? 0), 0)
-    await sanityCheckH2c(inst.url)
-    const load = { clients: opts['h2-clients'], streams: opts['h2-streams'] }
-    if (opts.warmup > 0) await runH2loadH2c(tools.h2load, inst.url, { ...load, durationS: opts.warmup })
-    const before = await inst.snapshot()
-
-    const h = await withNoiseCheck(`${target.name} h2load`, opts, async () => {
-      const pids = inst.pids()
-      const s0 = await inst.snapshot()
-      const c0 = sumCpuSeconds(pids)
-      const t0 = pids.map(threadCpu)
-      const res = await runH2loadH2c(tools.h2load, inst.url, {
-        ...load,
-        durationS: opts['h2-duration'],
-        logFile: join(ctx.workDir, `h2load-${target.name}-${rep}.log`),
-      })
-      res.cpuSeconds = sumCpuSeconds(pids) - c0
-      res.cpuByThread = threadCpuDelta(new Map(t0.flatMap((m) => [...m])), new Map(pids.flatMap((p) => [...threadCpu(p)])))
-      const s1 = await inst.snapshot()
-      res.upstreamDuringRun = s0 && s1 ? { opened: s1.upstreamOpened - s0.upstreamOpened, requests: s1.upstreamRequests - s0.upstreamRequests } : null
-      return res
-    })
-    rec.h2 = { ...h.result, noise: noiseRecord(h) }
-    rec.cpuPer10k = rec.h2.succeeded ? (rec.h2.cpuSeconds / rec.h2.succeeded) * 10_000 : null
-    const L = rec.h2.latencyMs
-    log(
-      `  h2load: ${Math.round(rec.h2.rps)} req/s, p50 ${L.p50?.toFixed(3)} ms, p99 ${L.p99?.toFixed(3)} ms, ` +
-        `CPU ${rec.h2.cpuSeconds.toFixed(2)} s, steal ${h.steal.toFixed(2)}%, other load ${h.other.toFixed(1)}%`,
-    )
-    if (rec.h2.protocol !== 'h2c') flag('error', `h2load spoke ${rec.h2.protocol ?? 'no protocol'} instead of h2c`)
-    const bad = rec.h2.failed + rec.h2.errored + rec.h2.timeout
-    if (bad) flag('error', `h2load: ${rec.h2.failed} failed, ${rec.h2.errored} errored, ${rec.h2.timeout} timed out`)
-    const s = rec.h2.status
-    if (s && s['3xx'] + s['4xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
-    noiseFlags('h2load', h, flag)
-
-    const after = await inst.snapshot()
-    rec.peakRssKb = sumPeakRssKb(inst.pids())
-    rec.processes = inst.pids().length
-    if (after) {
-      rec.upstream = {
-        before,
-        after,
-        // Lifetime of this target instance: sanity GETs + warm-up + measured run.
-        openedLifetime: after.upstreamOpened,
-        openedDuringRun: rec.h2.upstreamDuringRun?.opened ?? null,
-        requestsPerConnection: after.upstreamOpened ? after.upstreamRequests / after.upstreamOpened : null,
-      }
-      proxyErrorFlags(target, after, flag)
-      log(`  upstream: ${after.upstreamRequests} requests over ${after.upstreamOpened} connections opened (${rec.upstream.openedDuringRun} during the measured run)`)
-      // nginx ends a connection after keepalive_requests (HTTP/2 too, with a GOAWAY that races
-      // with streams in flight): a long --h2-duration can reach it even with the raised limit.
-      const perConn = rec.upstream.requestsPerConnection
-      if (target.upstream === 'h2' && perConn > 0.8 * NGINX_KEEPALIVE.requests) {
-        flag('note', `${Math.round(perConn)} requests per upstream h2 connection, near nginx keepalive_requests ${NGINX_KEEPALIVE.requests}: raise it for runs this long`)
-      }
-    }
-    log(`  peak RSS ${(rec.peakRssKb / 1024).toFixed(1)} MB over ${rec.processes} process(es), CPU/10k req ${rec.cpuPer10k?.toFixed(3)} s`)
-  } finally {
-    await stopAndCollect(target, inst, rec, flag)
-  }
-  return rec
 }
 
 async function main() {
@@ -451,7 +457,7 @@ async function main() {
     delete targetsByScenario.h2c
   }
   if (!tools.haproxy) {
-    const hs = Object.values(targetsByScenario).flat().filter((n) => ALL_TARGETS[n].family === 'haproxy')
+    const hs = [...new Set(Object.values(targetsByScenario).flat().filter((n) => ALL_TARGETS[n].family === 'haproxy'))]
     if (hs.length) skipped.push({ what: `haproxy target(s) ${hs.join(', ')}`, why: `haproxy not found; ${INSTALL_HINT}` })
     for (const k of Object.keys(targetsByScenario)) targetsByScenario[k] = targetsByScenario[k].filter((n) => ALL_TARGETS[n].family !== 'haproxy')
   }
@@ -459,10 +465,16 @@ async function main() {
   const scenarios = Object.keys(targetsByScenario)
 
   const versions = collectVersions(tools, repoDir)
-  log(`${versions.cpuModel}, ${versions.cores} cores; node ${versions.node}, nginx ${versions.nginx}, haproxy ${versions.haproxy ?? '–'}, wrk ${versions.wrk}, h2load ${versions.h2load ?? '–'}`)
+  log(
+    `${versions.cpuModel}, ${versions.cores} cores; node ${versions.node}, nginx ${versions.nginx}, haproxy ${versions.haproxy ?? '–'}, ` +
+      `wrk ${versions.wrk}, h2load ${versions.h2load ?? '–'}, http-proxy ${versions.httpProxy ?? '–'}, undici ${versions.undici ?? '–'}`,
+  )
+  log(`workers ${opts.workers.join(', ')}; scenarios ${scenarios.join(', ')}; ${opts.reps} rep(s)`)
   if (versions.gitDirty) log('note: the git tree has uncommitted changes')
 
   const workDir = mkdtempSync(join(tmpdir(), 'meshproxy-bench-'))
+  // nginx workers drop root to `nobody` and must be able to read the backends' static files.
+  chmodSync(workDir, 0o755)
   const flags = []
   const runs = []
   let ok = false
@@ -479,42 +491,49 @@ async function main() {
     log('measuring bare node RSS (with and without the addon)')
     const bare = await bareNodeRss()
 
-    const [p1, p2, h1, h2] = await freePorts(4)
-    log(`starting backends: nginx on ${p1} and ${p2} (HTTP/1.1), ${h1} and ${h2} (h2c)`)
+    const ports = await freePorts(6)
+    log(`starting backends: nginx on ${ports[0]} and ${ports[1]} (HTTP/1.1), ${ports[2]} and ${ports[3]} (h2c)`)
     const backends = [
-      await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), p1, h1),
-      await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), p2, h2),
+      await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), ports[0], ports[2], ports[4]),
+      await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), ports[1], ports[3], ports[5]),
     ]
     for (const b of backends) {
-      await sanityCheck(`http://${b.addr}/`)
-      if (scenarios.includes('h2c')) await sanityCheckH2c(`http://${b.h2Addr}/`)
+      for (const path of Object.keys(BODIES)) await sanityCheck(`http://${b.addr}`, path)
+      if (scenarios.includes('h2c')) await sanityCheckH2c(`http://${b.h2Addr}`, '/')
     }
     const ctx = { backends, repoDir, workDir }
 
-    // Scenarios one after the other (http1, then h2c); inside each, every repetition runs each
-    // target once, in an order rotated per repetition.
-    for (const scenario of scenarios) {
-      const targets = targetsByScenario[scenario]
-      const measure = scenario === 'h2c' ? measureH2cTarget : measureTarget
-      for (let rep = 0; rep < opts.reps; rep++) {
-        // Rotate the order so no target always runs first (cold caches) or last (warm box).
-        const order = targets.map((_, i) => targets[(i + rep) % targets.length])
-        for (const name of order) {
-          log(`${scenario} rep ${rep + 1}/${opts.reps}: ${name}`)
-          try {
-            runs.push(await measure(ALL_TARGETS[name], ctx, rep, opts, tools, flags))
-          } catch (e) {
-            // A target that crashes or refuses is a result too: record it and carry on.
-            log(`  ${name} FAILED: ${e.message}`)
-            flags.push({ scenario, target: name, rep, kind: 'error', message: `run failed: ${e.message.split('\n')[0]}` })
-            runs.push({ scenario, target: name, rep, error: e.message })
+    // Worker counts, then scenarios one after the other; inside each, every repetition runs
+    // each target once, in an order rotated per repetition.
+    const total = opts.workers.length * scenarios.reduce((s, n) => s + targetsByScenario[n].length, 0) * opts.reps
+    let done = 0
+    const t0 = Date.now()
+    for (const workers of opts.workers) {
+      for (const scenario of scenarios) {
+        const sc = { name: scenario, ...SCENARIOS[scenario] }
+        const targets = targetsByScenario[scenario]
+        for (let rep = 0; rep < opts.reps; rep++) {
+          // Rotate the order so no target always runs first (cold caches) or last (warm box).
+          const order = targets.map((_, i) => targets[(i + rep) % targets.length])
+          for (const name of order) {
+            const eta = done ? ` — ${done}/${total} done, ≈${Math.ceil(((Date.now() - t0) / done) * (total - done) / 60_000)} min left` : ''
+            log(`[workers ${workers}] ${scenario} rep ${rep + 1}/${opts.reps}: ${name}${eta}`)
+            try {
+              runs.push(await measureRun(sc, ALL_TARGETS[name], ctx, rep, workers, opts, tools, flags))
+            } catch (e) {
+              // A target that crashes or refuses is a result too: record it and carry on.
+              log(`  ${name} FAILED: ${e.message}`)
+              flags.push({ scenario, workers, target: name, rep, kind: 'error', message: `run failed: ${e.message.split('\n')[0]}` })
+              runs.push({ scenario, workers, target: name, rep, error: e.message })
+            }
+            done++
           }
         }
       }
     }
     for (const b of backends) await b.stop()
 
-    const kept = runs.flatMap((r) => [r.wrk, r.rate, r.h2].filter(Boolean).map((x) => x.noise))
+    const kept = runs.flatMap((r) => [r.load, r.rate].filter(Boolean).map((x) => x.noise))
     const steals = kept.map((n) => n.steal)
     const others = kept.map((n) => n.otherLoad)
     // Only a change between meshproxy reps mixes builds; report the build the reps actually ran.
@@ -522,28 +541,26 @@ async function main() {
     const builds = [...new Set(repAddons.map((a) => a.sha256))]
     if (repAddons.length) versions.addon = { ...repAddons.at(-1), atStart: versions.addon }
     if (builds.length > 1) {
-      const which = runs.filter((r) => r.addon).map((r) => `${r.target} rep ${r.rep + 1}: ${r.addon.sha256}`).join(', ')
-      flags.push({ scenario: null, target: 'meshproxy', rep: null, kind: 'noise', message: `the native addon was rebuilt during the run (${which}): reps mix builds` })
+      flags.push({ scenario: null, workers: null, target: 'meshproxy', rep: null, kind: 'noise', message: `the native addon was rebuilt during the run (${builds.join(', ')}): reps mix builds` })
     }
+    const aggregates = opts.workers.flatMap((workers) =>
+      scenarios.map((s) => aggregate(runs.filter((r) => r.scenario === s && r.workers === workers), { name: s, ...SCENARIOS[s] }, targetsByScenario[s], workers)),
+    )
     const result = {
       date: new Date().toISOString(),
       config: {
         ...opts,
-        body: BODY,
         stealLimit: opts['steal-limit'],
-        wrkCommand: targetsByScenario.http1 ? `wrk -t${opts.threads} -c${opts.connections} -d${opts.duration}s --latency URL` : null,
-        h2loadCommand:
-          targetsByScenario.http1 && tools.h2load && opts['rate-duration'] > 0
-            ? `h2load --h1 -c ${opts['rate-clients']} --rps ${opts.rate / opts['rate-clients']} -D ${opts['rate-duration']} --log-file LOG URL`
-            : null,
-        h2cCommand: targetsByScenario.h2c
-          ? `h2load --no-tls-proto=h2c -c ${opts['h2-clients']} -m ${opts['h2-streams']} -D ${opts['h2-duration']} --log-file LOG URL`
-          : null,
+        commands: {
+          wrk: `wrk -t${opts.threads} -c${opts.connections} -d${opts.duration}s --latency URL (16k, 1m, churn: -d${opts['extra-duration']}s; 1m: -c${SCENARIOS['1m'].connections}; churn: -H 'Connection: close')`,
+          rate: tools.h2load && opts['rate-duration'] > 0 ? `h2load --h1 -c ${opts['rate-clients']} --rps ${opts.rate / opts['rate-clients']} -D ${opts['rate-duration']} --log-file LOG URL` : null,
+          h2c: `h2load --no-tls-proto=h2c -c ${opts['h2-clients']} -m ${opts['h2-streams']} -D ${opts.duration} --log-file LOG URL`,
+          idle: `${SCENARIOS.idle.idleConnections} HTTP/1.1 connections, one GET each, then idle`,
+        },
         scenarios,
         targetsByScenario,
         nginxKeepalive: NGINX_KEEPALIVE,
-        meshproxyCommand: runs.find((r) => r.target === 'meshproxy' && r.command)?.command ?? null,
-        meshproxyCommands: Object.fromEntries(runs.filter((r) => ALL_TARGETS[r.target]?.family === 'meshproxy' && r.command).map((r) => [r.target, r.command])),
+        setups: Object.fromEntries(runs.filter((r) => r.setup).map((r) => [`${r.target}@${r.workers}`, { setup: r.setup, command: r.command }])),
         argv: process.argv.slice(2),
         meshproxyLogEnv: process.env.MESHPROXY_LOG ?? null,
       },
@@ -554,6 +571,7 @@ async function main() {
         max: Math.max(0, ...steals),
         mean: steals.length ? steals.reduce((s, x) => s + x, 0) / steals.length : 0,
         redone: kept.filter((n) => n.redone).length,
+        noisy: kept.filter((n) => n.noisy).length,
       },
       otherLoad: {
         max: Math.max(0, ...others),
@@ -561,17 +579,21 @@ async function main() {
         before: preflight,
       },
       flags,
-      // http1 under `aggregate` (as before the h2c scenario existed), h2c under `aggregateH2c`.
-      aggregate: targetsByScenario.http1 ? aggregate(runs.filter((r) => r.scenario === 'http1'), SCENARIOS.http1, targetsByScenario.http1) : null,
-      aggregateH2c: targetsByScenario.h2c ? aggregate(runs.filter((r) => r.scenario === 'h2c'), SCENARIOS.h2c, targetsByScenario.h2c) : null,
+      aggregates,
       runs,
     }
+    result.targets = checkTargets(result)
     const md = markdown(result)
     mkdirSync(opts.out, { recursive: true })
     writeFileSync(join(opts.out, 'latest.json'), JSON.stringify(result, null, 2) + '\n')
     writeFileSync(join(opts.out, 'latest.md'), md)
+    try {
+      writeFileSync(join(opts.out, 'latest.svg'), await renderChart(result))
+    } catch (e) {
+      log(`chart not rendered: ${e.message}`)
+    }
     process.stdout.write('\n' + md)
-    log(`wrote ${join(opts.out, 'latest.json')} and latest.md`)
+    log(`wrote ${join(opts.out, 'latest.json')}, latest.md and latest.svg`)
     ok = !runs.some((r) => r.error)
   } catch (e) {
     keep = true

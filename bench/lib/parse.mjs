@@ -131,3 +131,10 @@ export function parseHaproxyStat(text) {
   const header = lines.shift()?.replace(/^#\s*/, '').split(',') ?? []
   return lines.map((l) => Object.fromEntries(l.split(',').map((v, i) => [header[i], v])))
 }
+
+/** nginx stub_status: "Active connections: N\nserver accepts handled requests\n A H R\n...". */
+export function parseStubStatus(text) {
+  const m = /server accepts handled requests\s+(\d+)\s+(\d+)\s+(\d+)/.exec(text)
+  if (!m) throw new Error(`stub_status output not understood:\n${text}`)
+  return { accepts: Number(m[1]), handled: Number(m[2]), requests: Number(m[3]), active: Number(/Active connections:\s*(\d+)/.exec(text)?.[1] ?? NaN) }
+}

@@ -1,5 +1,6 @@
-// Aggregation (median over repetitions) and the markdown report.
-import { ALL_TARGETS } from './targets.mjs'
+// Aggregation (median over repetitions), the issue's targets checked against the medians, and the
+// markdown report.
+import { ALL_TARGETS, SCENARIOS } from './targets.mjs'
 
 export function median(values) {
   const v = values.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b)
@@ -12,38 +13,7 @@ export function ratio(a, b) {
   return typeof a === 'number' && typeof b === 'number' && b !== 0 ? a / b : null
 }
 
-/** The figures reported per target (median of reps). `get` reads one repetition's record. */
-export const FIGURES = [
-  { key: 'rps', phase: 'wrk', title: 'wrk req/s', get: (r) => r.wrk?.rps, fmt: fmtInt, better: 'higher' },
-  { key: 'p50', phase: 'wrk', title: 'wrk p50', get: (r) => r.wrk?.latencyMs.p50, fmt: fmtMs, better: 'lower' },
-  { key: 'p99', phase: 'wrk', title: 'wrk p99', get: (r) => r.wrk?.latencyMs.p99, fmt: fmtMs, better: 'lower' },
-  { key: 'rateP50', phase: 'rate', title: 'fixed-rate p50', get: (r) => r.rate?.latencyMs.p50, fmt: fmtMs, better: 'lower' },
-  { key: 'rateP99', phase: 'rate', title: 'fixed-rate p99', get: (r) => r.rate?.latencyMs.p99, fmt: fmtMs, better: 'lower' },
-  { key: 'rateMax', phase: 'rate', title: 'fixed-rate max', get: (r) => r.rate?.latencyMs.max, fmt: fmtMs, better: 'lower' },
-  { key: 'cpuPer10k', phase: 'wrk', title: 'CPU s/10k req', get: (r) => r.cpuPer10kWrk, fmt: fmt3, better: 'lower' },
-  { key: 'peakRssMb', phase: null, title: 'peak RSS', get: (r) => r.peakRssKb / 1024, fmt: fmtMb, better: 'lower' },
-]
-
-/**
- * h2c scenario (closed-loop h2load). `noRatio` figures are shown as they are: the number of
- * upstream connections is a property of the proxy, not a cost to compare with direct.
- */
-export const H2C_FIGURES = [
-  { key: 'rps', phase: 'h2', title: 'req/s', get: (r) => r.h2?.rps, fmt: fmtInt, better: 'higher' },
-  { key: 'p50', phase: 'h2', title: 'p50', get: (r) => r.h2?.latencyMs?.p50, fmt: fmtMs, better: 'lower' },
-  { key: 'p99', phase: 'h2', title: 'p99', get: (r) => r.h2?.latencyMs?.p99, fmt: fmtMs, better: 'lower' },
-  { key: 'cpuPer10k', phase: 'h2', title: 'CPU s/10k req', get: (r) => r.cpuPer10k, fmt: fmt3, better: 'lower' },
-  { key: 'peakRssMb', phase: null, title: 'peak RSS', get: (r) => r.peakRssKb / 1024, fmt: fmtMb, better: 'lower' },
-  { key: 'upOpened', phase: null, title: 'upstream conns opened', get: (r) => r.upstream?.openedLifetime, fmt: fmtCount, noRatio: true },
-  { key: 'upOpenedRun', phase: 'h2', title: 'of which in measured run', get: (r) => r.upstream?.openedDuringRun, fmt: fmtCount, noRatio: true },
-]
-
-export const FIGURE_SETS = { http1: FIGURES, h2c: H2C_FIGURES }
-
 function fmtCount(x) {
-  return x == null ? 'n/a' : Math.round(x).toLocaleString('en-US')
-}
-function fmtInt(x) {
   return x == null ? '–' : Math.round(x).toLocaleString('en-US')
 }
 function fmtMs(x) {
@@ -56,22 +26,57 @@ function fmt3(x) {
 function fmtMb(x) {
   return x == null ? '–' : `${x.toFixed(1)} MB`
 }
-function fmtRatio(x) {
+function fmtKb(x) {
+  return x == null ? '–' : `${x.toFixed(1)} KB`
+}
+function fmtPct(x) {
+  return x == null ? '–' : `${(x * 100).toFixed(x > 0.999 && x < 1 ? 3 : 2)} %`
+}
+export function fmtRatio(x) {
   return x == null ? '–' : `${x.toFixed(2)}×`
 }
 
+// Figures per scenario kind. `phase`: the record field whose noise flag decides whether a rep is
+// clean for this figure. `noRatio`: shown as is (a reuse share is not a cost to divide).
+const LOAD = [
+  { key: 'rps', phase: 'load', title: 'req/s', get: (r) => r.load?.rps, fmt: fmtCount, better: 'higher' },
+  { key: 'p50', phase: 'load', title: 'p50', get: (r) => r.load?.latencyMs?.p50, fmt: fmtMs, better: 'lower' },
+  { key: 'p99', phase: 'load', title: 'p99', get: (r) => r.load?.latencyMs?.p99, fmt: fmtMs, better: 'lower' },
+]
+const COST = [
+  { key: 'cpuPer10k', phase: 'load', title: 'CPU s/10k req', get: (r) => r.cpuPer10k, fmt: fmt3, better: 'lower' },
+  { key: 'peakRssMb', phase: null, title: 'peak RSS', get: (r) => r.peakRssKb / 1024, fmt: fmtMb, better: 'lower' },
+  { key: 'reuse', phase: 'load', title: 'upstream reuse', get: (r) => r.upstream?.reuse, fmt: fmtPct, noRatio: true },
+  { key: 'upOpened', phase: 'load', title: 'upstream conns opened', get: (r) => r.upstream?.opened, fmt: fmtCount, noRatio: true },
+]
+const RATE = [
+  { key: 'rateP50', phase: 'rate', title: '2k/s p50', get: (r) => r.rate?.latencyMs.p50, fmt: fmtMs, better: 'lower' },
+  { key: 'rateP99', phase: 'rate', title: '2k/s p99', get: (r) => r.rate?.latencyMs.p99, fmt: fmtMs, better: 'lower' },
+  { key: 'rateMax', phase: 'rate', title: '2k/s max', get: (r) => r.rate?.latencyMs.max, fmt: fmtMs, better: 'lower' },
+]
+const IDLE = [
+  { key: 'held', phase: null, title: 'idle conns held', get: (r) => r.idle?.held, fmt: fmtCount, noRatio: true },
+  { key: 'rssIdleMb', phase: null, title: 'RSS with them', get: (r) => r.idle?.rssIdleKb / 1024, fmt: fmtMb, better: 'lower' },
+  { key: 'kbPerConn', phase: null, title: 'per connection', get: (r) => r.idle?.kbPerConnection, fmt: fmtKb, better: 'lower' },
+]
+
+export function figuresFor(scenario) {
+  const sc = SCENARIOS[scenario]
+  if (sc.kind === 'idle') return IDLE
+  return sc.rate ? [...LOAD, ...RATE, ...COST] : [...LOAD, ...COST]
+}
+
 /**
- * Medians per target plus ratios: every target to the scenario's baseline (`meshproxy/direct`) and
- * each proxy pair (`meshproxy/haproxy`, `meshproxy-h2/haproxy-h2`).
+ * Medians per target plus ratios: every target to the scenario's baseline (`meshproxy/direct`)
+ * and each proxy pair (`meshproxy/haproxy`, …), at one worker count.
  */
-export function aggregate(runs, scenario, targetNames) {
-  const figures = FIGURE_SETS[scenario.name]
+export function aggregate(runs, scenario, targetNames, workers) {
+  const figures = figuresFor(scenario.name)
   const byTarget = {}
   for (const name of targetNames) {
     const reps = runs.filter((r) => r.target === name && !r.error)
     const med = {}
     for (const f of figures) med[f.key] = median(reps.map(f.get))
-    med.reuse = median(reps.map((r) => r.upstream?.requestsPerConnection))
     med.cpuPer10kRate = median(reps.map((r) => r.cpuPer10kRate))
     // The same medians over only the runs that were not noisy (steal / other load under the
     // limits), per phase, so a run on a shared box still yields usable numbers.
@@ -83,13 +88,7 @@ export function aggregate(runs, scenario, targetNames) {
       medianClean[f.key] = median(ok.map(f.get))
       cleanReps[f.key] = ok.length
     }
-    byTarget[name] = {
-      reps: reps.length,
-      failed: runs.filter((r) => r.target === name && r.error).length,
-      median: med,
-      medianClean,
-      cleanReps,
-    }
+    byTarget[name] = { reps: reps.length, failed: runs.filter((r) => r.target === name && r.error).length, median: med, medianClean, cleanReps }
   }
   const ratios = {}
   const rated = figures.filter((f) => !f.noRatio)
@@ -102,12 +101,59 @@ export function aggregate(runs, scenario, targetNames) {
     if (!byTarget[a] || !byTarget[b]) continue
     ratios[`${a}/${b}`] = Object.fromEntries(rated.map((f) => [f.key, ratio(byTarget[a].median[f.key], byTarget[b].median[f.key])]))
   }
-  return { scenario: scenario.name, baseline: scenario.baseline, pairs: scenario.pairs, byTarget, ratios }
+  return { scenario: scenario.name, workers, baseline: scenario.baseline, pairs: scenario.pairs, byTarget, ratios }
 }
 
 const label = (name) => ALL_TARGETS[name]?.label ?? name
 
-/** The main table: medians, (ratio to the baseline), errors; then one row per proxy pair. */
+/**
+ * The issue's performance targets, each checked at every worker count against the medians of the
+ * same run. `met` is null when a figure is missing (target skipped or failed).
+ */
+export function checkTargets(result) {
+  const out = []
+  const agg = (s, w) => result.aggregates.find((a) => a.scenario === s && a.workers === w)
+  const med = (s, w, t, k) => agg(s, w)?.byTarget[t]?.median[k] ?? null
+  const bare = result.bare?.nodeAddonKb != null ? result.bare.nodeAddonKb / 1024 : null
+  for (const w of result.config.workers) {
+    const add = (what, value, goal, met, detail) => out.push({ workers: w, what, value, goal, met: value == null ? null : met, detail })
+    for (const [s, mp, peer, goal] of [
+      ['http1', 'meshproxy', 'haproxy', 1.2],
+      ['http1', 'meshproxy', 'nginx', 1.2],
+      ['h2c', 'meshproxy-h1', 'haproxy-h1', 1.2],
+      ['h2c', 'meshproxy-h1', 'nginx-h1', 1.2],
+      ['h2c', 'meshproxy-h2', 'haproxy-h2', 1.2],
+      ['16k', 'meshproxy', 'haproxy', 1.0],
+      ['16k', 'meshproxy', 'nginx', 1.0],
+    ]) {
+      const r = ratio(med(s, w, mp, 'rps'), med(s, w, peer, 'rps'))
+      add(`${s} throughput, ${label(mp)} ÷ ${label(peer)}`, r, `≥ ${goal.toFixed(1)}×`, r >= goal, `${fmtCount(med(s, w, mp, 'rps'))} vs ${fmtCount(med(s, w, peer, 'rps'))} req/s`)
+    }
+    const p50 = med('http1', w, 'meshproxy', 'rateP50')
+    const nginxP50 = med('http1', w, 'nginx', 'rateP50')
+    add('2k/s p50 ≤ nginx', ratio(p50, nginxP50), '≤ 1.00×', p50 <= nginxP50, `${fmtMs(p50)} vs ${fmtMs(nginxP50)}`)
+    const peers = ['haproxy', 'nginx', 'http-proxy', 'undici'].map((t) => [t, med('http1', w, t, 'rateP99')]).filter(([, v]) => v != null)
+    const best = peers.sort((a, b) => a[1] - b[1])[0]
+    const p99 = med('http1', w, 'meshproxy', 'rateP99')
+    add(`2k/s p99 ≤ the best peer${best ? ` (${best[0]})` : ''}`, best ? ratio(p99, best[1]) : null, '≤ 1.00×', best && p99 <= best[1], best ? `${fmtMs(p99)} vs ${fmtMs(best[1])}` : '')
+    const cpu = med('http1', w, 'meshproxy', 'cpuPer10k')
+    const hcpu = med('http1', w, 'haproxy', 'cpuPer10k')
+    add('CPU s/10k req ≤ haproxy (http1)', ratio(cpu, hcpu), '≤ 1.00×', cpu <= hcpu, `${fmt3(cpu)} vs ${fmt3(hcpu)} s`)
+    const reuses = Object.keys(SCENARIOS)
+      .filter((s) => SCENARIOS[s].kind !== 'idle')
+      .flatMap((s) => ['meshproxy', 'meshproxy-h1', 'meshproxy-h2'].map((t) => [`${s}/${t}`, med(s, w, t, 'reuse')]))
+      .filter(([, v]) => v != null)
+    const worst = reuses.sort((a, b) => a[1] - b[1])[0]
+    add('upstream connection reuse (worst scenario)', worst?.[1] ?? null, '≥ 99.9 %', worst?.[1] >= 0.999, worst ? `${fmtPct(worst[1])} in ${worst[0]}` : '')
+    const rss = med('http1', w, 'meshproxy', 'peakRssMb')
+    const hrss = med('http1', w, 'haproxy', 'peakRssMb')
+    const own = rss != null && bare != null ? rss - bare : null
+    add('peak RSS − bare node+addon ≤ haproxy RSS (http1)', ratio(own, hrss), '≤ 1.00×', own <= hrss, `${fmtMb(own)} vs ${fmtMb(hrss)}`)
+  }
+  return out
+}
+
+/** The main table of one scenario at one worker count: medians, (ratio to the baseline), errors; then the pairs. */
 function mainTable(agg, figures, flags) {
   const L = []
   const names = Object.keys(agg.byTarget)
@@ -121,7 +167,7 @@ function mainTable(agg, figures, flags) {
       const v = f.fmt(t.median[f.key])
       return r && r[f.key] != null ? `${v} (${fmtRatio(r[f.key])})` : v
     })
-    const errs = flags.filter((x) => x.target === name && x.kind === 'error').length
+    const errs = flags.filter((x) => x.target === name && x.scenario === agg.scenario && x.workers === agg.workers && x.kind === 'error').length
     L.push(`| ${label(name)} | ${cells.join(' | ')} | ${errs ? `**${errs}** ⚠` : '0'} |`)
   }
   for (const [a, b] of agg.pairs) {
@@ -137,9 +183,7 @@ function cleanTable(agg, figures) {
   const names = Object.keys(agg.byTarget)
   const anyNoisy = names.some((n) => figures.some((f) => agg.byTarget[n].cleanReps[f.key] < agg.byTarget[n].reps))
   if (!anyNoisy) return []
-  const L = []
-  L.push('Medians over the **clean runs only** (steal and other load under the limits); (n) = clean repetitions:')
-  L.push('')
+  const L = ['Medians over the **clean runs only** (steal and other load under the limits); (n) = clean repetitions:', '']
   const cf = figures.filter((f) => f.phase && !f.noRatio)
   L.push(`| target | ${cf.map((f) => f.title).join(' | ')} |`)
   L.push(`|:--|${cf.map(() => '--:').join('|')}|`)
@@ -153,149 +197,140 @@ function cleanTable(agg, figures) {
     })
     L.push(`| ${label(name)} | ${cells.join(' | ')} |`)
   }
-  for (const [a, b] of agg.pairs) {
-    const m = agg.byTarget[a]?.medianClean
-    const h = agg.byTarget[b]?.medianClean
-    if (m && h) L.push(`| **${label(a)} ÷ ${label(b)}** | ${cf.map((f) => fmtRatio(ratio(m[f.key], h[f.key]))).join(' | ')} |`)
-  }
   L.push('')
   return L
 }
 
-/** "CPU by thread" note: the top threads of each proxy in one (preferably clean) repetition. */
-function threadNote(result, agg, phase, seconds) {
+/** "CPU by thread": the top threads of each proxy in one (preferably clean) repetition. */
+function threadNote(result, agg) {
   return Object.keys(agg.byTarget)
     .filter((n) => n !== agg.baseline)
     .map((n) => {
-      const ok = (r) => r.target === n && r[phase]?.cpuByThread
-      const rep = result.runs.find((r) => ok(r) && !r[phase].noise?.noisy) ?? result.runs.find(ok)
+      const ok = (r) => r.target === n && r.scenario === agg.scenario && r.workers === agg.workers && r.load?.cpuByThread
+      const rep = result.runs.find((r) => ok(r) && !r.load.noise?.noisy) ?? result.runs.find(ok)
       if (!rep) return null
-      const top = rep[phase].cpuByThread.slice(0, 4).map((t) => `${t.name} ${t.seconds.toFixed(2)} s`).join(', ')
-      return `${label(n)} (rep ${rep.rep + 1}, ${rep[phase].cpuSeconds.toFixed(2)} s in ${seconds} s): ${top}`
+      const top = rep.load.cpuByThread.slice(0, 3).map((t) => `${t.name} ${t.seconds.toFixed(2)} s`).join(', ')
+      return `${label(n)} ${rep.load.cpuSeconds.toFixed(2)} s: ${top}`
     })
     .filter(Boolean)
 }
 
+/** One line per worker count and target: the headline figures across scenarios. */
+export function summaryTable(result, workers) {
+  const get = (s, t, k) => result.aggregates.find((a) => a.scenario === s && a.workers === workers)?.byTarget[t]?.median[k]
+  const rel = (s, t) => {
+    const a = result.aggregates.find((x) => x.scenario === s && x.workers === workers)
+    return a?.ratios[`${t}/${a.baseline}`]?.rps
+  }
+  const cell = (s, t) => {
+    const v = get(s, t, 'rps')
+    const r = rel(s, t)
+    return v == null ? '–' : `${fmtCount(v)}${r != null ? ` (${fmtRatio(r)})` : ''}`
+  }
+  const rows = [
+    ['direct', 'direct-h2'],
+    ['meshproxy', 'meshproxy-h1'],
+    ['haproxy', 'haproxy-h1'],
+    ['nginx', 'nginx-h1'],
+    ['http-proxy', null],
+    ['undici', null],
+  ]
+  const L = [
+    `| target | http1 req/s | h2c req/s | 16 KiB req/s | 1 MiB req/s | churn req/s | 2k/s p50 | 2k/s p99 | CPU s/10k | peak RSS | idle: per conn | reuse |`,
+    `|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|`,
+  ]
+  for (const [t, th2] of rows) {
+    if (!result.aggregates.some((a) => a.workers === workers && a.byTarget[t])) continue
+    L.push(
+      `| ${t} | ${cell('http1', t)} | ${th2 ? cell('h2c', th2) : 'n/a'} | ${cell('16k', t)} | ${cell('1m', t)} | ${cell('churn', t)} | ` +
+        `${fmtMs(get('http1', t, 'rateP50'))} | ${fmtMs(get('http1', t, 'rateP99'))} | ${fmt3(get('http1', t, 'cpuPer10k'))} | ${fmtMb(get('http1', t, 'peakRssMb'))} | ` +
+        `${fmtKb(get('idle', t, 'kbPerConn'))} | ${t.startsWith('direct') ? 'n/a' : fmtPct(get('http1', t, 'reuse'))} |`,
+    )
+  }
+  return L
+}
+
+export function targetsTable(result, workers) {
+  const L = ['| target (issue #4) | goal | measured | | |', '|:--|:--|--:|:--|:--|']
+  for (const t of result.targets.filter((x) => x.workers === workers)) {
+    const v = t.what.startsWith('upstream') ? fmtPct(t.value) : fmtRatio(t.value)
+    L.push(`| ${t.what} | ${t.goal} | ${v} | ${t.met == null ? 'n/a' : t.met ? '✅ met' : '❌ not met'} | ${t.detail} |`)
+  }
+  return L
+}
+
 export function markdown(result) {
   const { config, versions, bare, flags, steal, skipped } = result
-  const L = []
-  L.push(`# meshproxy bench — ${result.date}`)
-  L.push('')
+  const L = [`# meshproxy bench — ${result.date}`, '']
   const noisy = flags.filter((f) => f.kind === 'noise').length
   if (noisy) {
     L.push(
       `> **⚠ ${noisy} noise flag(s): measured runs noisy even after a redo (steal or other processes' load above the limit) or a rebuilt addon. ` +
-        `Treat the main tables with care; the clean-runs tables below them exclude the noisy runs.**`,
+        `Treat the main tables with care; the clean-runs tables exclude the noisy runs.**`,
+      '',
     )
-    L.push('')
   }
-  const method = `${config.reps} repetition(s), target order rotated each time; **median** of the repetitions, each column independently.`
-
-  // --- HTTP/1.1 -------------------------------------------------------------------------------
-  const agg = result.aggregate
-  if (agg) {
-    const names = Object.keys(agg.byTarget)
-    if (result.aggregateH2c) {
-      L.push('## HTTP/1.1')
-      L.push('')
+  L.push(
+    `${config.reps} repetition(s) per target, target order rotated each time; **median** of the repetitions, each column independently. ` +
+      `Ratios in parentheses are to the direct path in the same run. Each target proxies round-robin over the same two nginx backends with upstream keep-alive.`,
+    '',
+  )
+  for (const w of config.workers) {
+    L.push(`## ${w} worker thread${w > 1 ? 's' : ''}`, '')
+    L.push(...summaryTable(result, w), '')
+    if (result.targets.some((t) => t.workers === w)) L.push(...targetsTable(result, w), '')
+    for (const agg of result.aggregates.filter((a) => a.workers === w)) {
+      const sc = SCENARIOS[agg.scenario]
+      L.push(`### ${sc.title} — ${w} worker${w > 1 ? 's' : ''}`, '')
+      const figures = figuresFor(agg.scenario)
+      L.push(...mainTable(agg, figures, flags), '')
+      L.push(...cleanTable(agg, figures))
+      if (sc.kind !== 'idle') {
+        const threads = threadNote(result, agg)
+        if (threads.length) L.push(`CPU by thread during the measured run: ${threads.join('; ')}.`, '')
+      }
     }
-    L.push(
-      `HTTP/1.1 keep-alive, ${JSON.stringify(config.body)} body from nginx. ` +
-        `Throughput: \`${config.wrkCommand}\`. Fixed rate: \`${config.h2loadCommand ?? 'skipped (no h2load)'}\` ` +
-        `(${config.rate} req/s total). ${method} Ratios in parentheses are to \`direct\` (same run).`,
-    )
-    L.push('')
-    L.push(...mainTable(agg, FIGURES, flags))
-    L.push('')
-    L.push(...cleanTable(agg, FIGURES))
-    L.push(`- CPU and RSS are the target's own processes (for \`direct\`: backend nginx master+worker). CPU s/10k req is utime+stime over the wrk run ÷ requests × 10,000.`)
-    const cpuRate = names.map((n) => `${n} ${fmt3(agg.byTarget[n].median.cpuPer10kRate)}`).join(', ')
-    L.push(`- CPU s/10k req at the fixed rate (not saturated): ${cpuRate}.`)
-    const threads = threadNote(result, agg, 'wrk', config.duration)
-    if (threads.length) L.push(`- CPU by thread during wrk: ${threads.join('; ')}.`)
-    const reuse = names
-      .filter((n) => agg.byTarget[n].median.reuse != null)
-      .map((n) => `${n} ${agg.byTarget[n].median.reuse.toFixed(0)} req/conn`)
-    if (reuse.length) {
-      L.push(`- Upstream connection reuse (requests ÷ upstream connections opened, over each target's lifetime: warm-up + wrk + fixed rate): ${reuse.join(', ')}.`)
-    }
-    L.push('')
   }
-
-  // --- h2c --------------------------------------------------------------------------------------
-  const h2 = result.aggregateH2c
-  if (h2) {
-    const names = Object.keys(h2.byTarget)
-    if (agg) {
-      L.push('## h2c (HTTP/2 cleartext, prior knowledge)')
-      L.push('')
-    }
-    L.push(
-      `h2c with prior knowledge from the client, same body and backends. Closed loop: \`${config.h2cCommand}\` ` +
-        `(${config['h2-clients']} connections × ${config['h2-streams']} streams in flight), after a ${config.warmup} s unrecorded h2load warm-up. ` +
-        `\`→ h1\` / \`→ h2\`: the proxy talks HTTP/1.1 / h2c to the backends' HTTP/1.1 / h2c ports. ${method} ` +
-        `Ratios in parentheses are to \`direct-h2\` (same run).`,
-    )
-    L.push('')
-    L.push(...mainTable(h2, H2C_FIGURES, flags))
-    L.push('')
-    L.push(...cleanTable(h2, H2C_FIGURES))
-    L.push(
-      `- p50/p99: nearest rank over h2load's \`--log-file\` (one line per request; h2load 1.52 prints only min/max/mean/sd). ` +
-        `CPU s/10k req: utime+stime of the target's processes over the measured run ÷ succeeded requests × 10,000.`,
-    )
-    L.push(
-      `- Upstream conns opened: meshproxy \`meshproxy_upstream_connections_opened_total\` from \`/metrics\`, haproxy \`connect\` from \`show stat\`, summed over both backends; ` +
-        `first over the instance's lifetime (4 sanity GETs + warm-up + measured run), then the delta over the measured run alone. n/a for \`direct-h2\` (no upstream).`,
-    )
-    const reuse = names
-      .filter((n) => h2.byTarget[n].median.reuse != null)
-      .map((n) => `${label(n)} ${fmtInt(h2.byTarget[n].median.reuse)}`)
-    if (reuse.length) L.push(`- Upstream requests per connection opened (lifetime): ${reuse.join(', ')}.`)
-    const threads = threadNote(result, h2, 'h2', config['h2-duration'])
-    if (threads.length) L.push(`- CPU by thread during h2load: ${threads.join('; ')}.`)
-    L.push('')
-  }
-
-  // --- common notes ---------------------------------------------------------------------------
-  if (agg || h2) L.push('Notes:')
-  L.push('')
+  L.push('## How it was measured', '')
+  const c = config.commands
+  L.push(`- Throughput (closed loop): \`${c.wrk}\`; h2c: \`${c.h2c}\` after a ${config.warmup} s unrecorded warm-up.`)
+  if (c.rate) L.push(`- Fixed rate (open loop, http1): \`${c.rate}\` = ${config.rate} req/s in total; p50/p99/max by nearest rank over h2load's per-request log.`)
+  L.push(`- Idle: ${c.idle}; RSS of the target's processes one second later, minus before, ÷ connections.`)
+  L.push(
+    `- CPU s/10k req: utime+stime of all the target's processes (threads and cluster workers included) over the measured run ÷ requests × 10,000. ` +
+      `Peak RSS: VmHWM summed over its processes. Upstream reuse: 1 − connections accepted ÷ requests served, read from the backends' nginx stub_status around the measured run (the same for every target).`,
+  )
   const ka = config.nginxKeepalive
-  if (ka) {
-    L.push(
-      `- Backends: two nginx, \`worker_processes 1\`, HTTP/1.1 and h2c (\`listen … http2\`) ports each, with \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\` ` +
-        `so that nginx's default of 1000 requests per connection limits no target's upstream reuse (in nginx ≥ 1.19.7 these also apply to HTTP/2 connections).`,
-    )
-  }
-  const mp = agg?.byTarget.meshproxy?.median.peakRssMb ?? h2?.byTarget['meshproxy-h1']?.median.peakRssMb
+  if (ka) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
+  const setups = Object.entries(config.setups ?? {})
+  if (setups.length) L.push(`- Targets: ${setups.map(([k, v]) => `**${k.replace('@', '** (workers ')}): ${v.setup}`).join('; ')}.`)
+  const mp = result.aggregates.find((a) => a.scenario === 'http1')?.byTarget.meshproxy?.median.peakRssMb
   if (mp != null && bare) {
-    const own = bare.nodeAddonKb != null ? mp - bare.nodeAddonKb / 1024 : null
     L.push(
-      `- Memory: meshproxy peak RSS ${fmtMb(mp)}${agg?.byTarget.meshproxy ? '' : ' (→ h1, h2c)'}; bare \`node\` ${fmtMb(bare.nodeKb / 1024)}, bare \`node\` + addon loaded ${fmtMb(bare.nodeAddonKb / 1024)} ` +
-        `→ the proxy's own cost ≈ **${fmtMb(own)}** (CLI deps + config + runtime + buffers).`,
+      `- Memory: bare \`node\` ${fmtMb(bare.nodeKb / 1024)}, bare \`node\` + addon loaded ${fmtMb(bare.nodeAddonKb / 1024)}; meshproxy's http1 peak RSS ${fmtMb(mp)} → its own cost ≈ **${fmtMb(mp - bare.nodeAddonKb / 1024)}**.`,
     )
   }
   const other = result.otherLoad
   L.push(
     `- Noise: steal max ${steal.max.toFixed(2)}% / mean ${steal.mean.toFixed(2)}% of CPU during measured runs; ` +
-      `other processes (outside the bench) max ${other.max.toFixed(1)}% / mean ${other.mean.toFixed(1)}% of the machine (${other.before.toFixed(1)}% before start); ` +
-      `runs redone (steal > ${config.stealLimit}% or other load > ${config['other-limit']}%): ${steal.redone}.`,
+      `other processes max ${other.max.toFixed(1)}% / mean ${other.mean.toFixed(1)}% of the machine (${other.before.toFixed(1)}% before start); ` +
+      `runs redone: ${steal.redone}; still noisy after a redo: ${steal.noisy}.`,
   )
   if (skipped.length) L.push(`- **Skipped**: ${skipped.map((s) => `${s.what} (${s.why})`).join('; ')}.`)
-  // Errors first (non-2xx, socket errors, proxy errors), then noise, then plain notes.
   const order = { error: 0, noise: 1 }
   const sorted = [...flags].sort((a, b) => (order[a.kind] ?? 2) - (order[b.kind] ?? 2))
   if (sorted.length) {
-    L.push('')
-    L.push('**Flags** (⚠ = error responses or failures; ~ = measurement noise)')
-    L.push('')
-    for (const f of sorted) L.push(`- ${{ error: '⚠ ', noise: '~ ' }[f.kind] ?? ''}${f.target}${f.rep == null ? '' : ` rep ${f.rep + 1}`}: ${f.message}`)
+    L.push('', '**Flags** (⚠ = error responses or failures; ~ = measurement noise)', '')
+    for (const f of sorted) {
+      const where = [f.target, f.scenario, f.workers != null ? `w${f.workers}` : null, f.rep != null ? `rep ${f.rep + 1}` : null].filter(Boolean).join(' ')
+      L.push(`- ${{ error: '⚠ ', noise: '~ ' }[f.kind] ?? ''}${where}: ${f.message}`)
+    }
   }
   L.push('')
   const v = versions
   L.push(
     `Machine: ${v.cpuModel}, ${v.cores} cores, Linux ${v.kernel}. node ${v.node}, rustc ${v.rust ?? '?'}, nginx ${v.nginx}, haproxy ${v.haproxy ?? '–'}, ` +
-      `wrk ${v.wrk}, h2load ${v.h2load ?? '–'}. Commit ${v.gitCommit?.slice(0, 12) ?? '?'}${v.gitDirty ? ' (dirty)' : ''}` +
+      `http-proxy ${v.httpProxy ?? '–'}, undici ${v.undici ?? '–'}, wrk ${v.wrk}, h2load ${v.h2load ?? '–'}. Commit ${v.gitCommit?.slice(0, 12) ?? '?'}${v.gitDirty ? ' (dirty)' : ''}` +
       (v.addon ? `, addon ${v.addon.sha256} built ${v.addon.mtime}` : '') +
       '.',
   )

@@ -53,6 +53,13 @@ export function collectVersions(tools, repoDir) {
     }
   })()
   const addon = addonInfo(repoDir)
+  const pkgVersion = (name) => {
+    try {
+      return JSON.parse(readFileSync(join(repoDir, 'node_modules', name, 'package.json'), 'utf8')).version
+    } catch {
+      return null
+    }
+  }
   return {
     node: process.version,
     rust: versionLine(which('rustc'), ['--version'], /rustc (\S+)/),
@@ -60,6 +67,8 @@ export function collectVersions(tools, repoDir) {
     haproxy: versionLine(tools.haproxy, ['-v'], /HAProxy version (\S+)/),
     wrk: versionLine(tools.wrk, ['-v'], /wrk (\S+)/),
     h2load: versionLine(tools.h2load, ['--version'], /nghttp2\/(\S+)/),
+    httpProxy: pkgVersion('http-proxy'),
+    undici: pkgVersion('undici'),
     gitCommit: git(['rev-parse', 'HEAD']),
     gitDirty: (git(['status', '--porcelain', '--untracked-files=no']) ?? '') !== '',
     addon,

@@ -1,0 +1,281 @@
+#!/usr/bin/env node
+// `npm run bench:ci`: the regression gate, short enough for every change (≈3–4 min on 2 cores).
+// It gates only on what is stable across hosts and neighbours:
+//   1. instructions per request on the hot path, counted by valgrind's callgrind around a fixed
+//      number of requests through the data plane (crates/meshproxy-core/examples/serve.rs), for
+//      HTTP/1.1, h2c → HTTP/1.1 and h2c → h2c; compared with bench/baseline.json ± its tolerance;
+//   2. meshproxy's HTTP/1.1 throughput as a ratio to HAProxy's in the same run (bench/run.mjs,
+//      3 interleaved reps), against the floor in bench/baseline.json.
+// Not p99: on two shared cores it is noise.
+//
+// Exit codes: 0 pass · 1 regression · 2 could not measure (missing tool, build or run failure) ·
+// 3 inconclusive (hypervisor steal or other load stayed above the limit even after redos).
+import { spawnSync } from 'node:child_process'
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { installCleanupHandlers, runToEnd, start, stop, stopAll, waitForOutput } from './lib/procs.mjs'
+import { freePorts, startNginx } from './lib/targets.mjs'
+import { collectVersions, findTools, INSTALL_HINT, which } from './lib/tools.mjs'
+import { median } from './lib/report.mjs'
+
+const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const baselinePath = join(repoDir, 'bench', 'baseline.json')
+const EXIT = { pass: 0, regression: 1, error: 2, inconclusive: 3 }
+const log = (msg) => console.error(`[bench:ci ${new Date().toISOString().slice(11, 19)}] ${msg}`)
+
+const { values: args } = parseArgs({
+  options: {
+    'update-baseline': { type: 'boolean' },
+    'skip-throughput': { type: 'boolean' },
+    requests: { type: 'string', default: '2000' },
+    out: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  },
+})
+if (args.help) {
+  process.stdout.write(
+    'usage: npm run bench:ci -- [--update-baseline] [--skip-throughput] [--requests N] [--out DIR]\n' +
+      '  --update-baseline  write the measured figures into bench/baseline.json (after an intended change)\n' +
+      '  --skip-throughput  only the instruction counts (no haproxy needed)\n' +
+      '  --requests N       requests per callgrind measurement (default 2000)\n' +
+      'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
+  )
+  process.exit(0)
+}
+const outDir = resolve(args.out ?? join(repoDir, 'bench', 'results'))
+const REQUESTS = Number(args.requests)
+
+function fail(code, msg) {
+  log(msg)
+  process.exitCode = code
+  throw Object.assign(new Error(msg), { exitCode: code })
+}
+
+/** The data-plane binary the instruction counts come from, built like the addon (release). */
+function buildServe() {
+  log('building the data-plane example (cargo build --release -p meshproxy-core --example serve, symbols kept)')
+  // Symbols kept (the release profile strips them) so the report can name the hot functions.
+  const env = { ...process.env, CARGO_PROFILE_RELEASE_STRIP: 'none' }
+  const r = spawnSync('cargo', ['build', '--release', '-p', 'meshproxy-core', '--example', 'serve'], { cwd: repoDir, env, stdio: ['ignore', 'inherit', 'inherit'] })
+  if (r.status !== 0) fail(EXIT.error, 'cargo build of the serve example failed')
+  return join(repoDir, 'target', 'release', 'examples', 'serve')
+}
+
+/** The normalized config for `--to backends` (what `meshproxy run --to` hands the addon). */
+async function configJson(backends, listen, protocol) {
+  const { configFromEndpoints } = await import(join(repoDir, 'dist', 'index.js'))
+  const r = configFromEndpoints(backends, 'round-robin', { listenOverride: listen, defaultAdmin: null }, protocol)
+  if (!r.config) fail(EXIT.error, `config: ${JSON.stringify(r.diagnostics)}`)
+  return JSON.stringify(r.config)
+}
+
+const callgrindControl = (pid, ...a) => {
+  const r = spawnSync('callgrind_control', [...a, String(pid)], { encoding: 'utf8', timeout: 30_000 })
+  if (r.status !== 0) fail(EXIT.error, `callgrind_control ${a.join(' ')}: ${r.stderr || r.stdout}`)
+}
+
+async function h2load(h2loadBin, url, extra) {
+  const r = await runToEnd('h2load', h2loadBin, [...extra, url])
+  const ok = /(\d+) succeeded, (\d+) failed, (\d+) errored/.exec(r.stdout)
+  if (r.code !== 0 || !ok || Number(ok[2]) + Number(ok[3]) > 0) fail(EXIT.error, `h2load ${extra.join(' ')} ${url}: ${r.stdout}${r.stderr}`)
+  return Number(ok[1])
+}
+
+/**
+ * One proxy under callgrind with instrumentation off until the warm-up; then, per phase, the
+ * counters are zeroed, exactly `REQUESTS` requests are sent and the counts dumped. Connection
+ * set-up (10 per phase) is included, as it is in real traffic.
+ */
+async function countInstructions(tools, serveBin, workDir, name, backends, protocol, phases) {
+  const [port] = await freePorts(1)
+  const conf = join(workDir, `${name}.json`)
+  writeFileSync(conf, await configJson(backends, `127.0.0.1:${port}`, protocol))
+  const outBase = join(workDir, `callgrind.${name}`)
+  const child = start(`callgrind-${name}`, tools.valgrind, ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, serveBin, conf], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  })
+  try {
+    await waitForOutput(child, /listening on/, 60_000)
+    const url = `http://127.0.0.1:${port}/`
+    callgrindControl(child.pid, '-i', 'on')
+    const results = {}
+    for (const { phase, args: loadArgs } of phases) {
+      await h2load(tools.h2load, url, [...loadArgs, '-n', '500'])
+      const perRequest = []
+      for (let rep = 0; rep < 3; rep++) {
+        callgrindControl(child.pid, '-z')
+        const n = await h2load(tools.h2load, url, [...loadArgs, '-n', String(REQUESTS)])
+        const tag = `${phase}-${rep}`
+        callgrindControl(child.pid, '-d', tag)
+        const file = readdirSync(workDir).map((f) => join(workDir, f)).find((f) => f.startsWith(`${outBase}.`) && readFileSync(f, 'utf8').includes(`desc: Trigger: dump ${tag}\n`))
+        const total = Number(/^summary: (\d+)/m.exec(readFileSync(file, 'utf8'))?.[1])
+        if (!total) fail(EXIT.error, `callgrind dump ${tag}: no instruction total in ${file}`)
+        perRequest.push(total / n)
+        if (rep === 0) results[`${phase}File`] = file
+      }
+      results[phase] = { perRequest: median(perRequest), reps: perRequest, requests: REQUESTS }
+      log(`  ${phase}: ${Math.round(results[phase].perRequest).toLocaleString('en-US')} instructions/request (reps ${perRequest.map((x) => Math.round(x)).join(', ')})`)
+    }
+    return results
+  } finally {
+    child.stdin.end() // the example stops when stdin closes
+    await Promise.race([child.exited, new Promise((r) => setTimeout(r, 20_000))])
+    await stop(child)
+  }
+}
+
+/** The top functions of one callgrind dump (inclusive of nothing: self cost), for the report. */
+function topFunctions(file, n = 12) {
+  const r = spawnSync('callgrind_annotate', ['--threshold=99', file], { encoding: 'utf8', maxBuffer: 64 << 20 })
+  if (r.status !== 0) return []
+  return r.stdout
+    .split('\n')
+    .filter((l) => /^\s*[\d,]+ \([\s\d.]+%\)\s+\S/.test(l))
+    .slice(1, n + 1)
+    .map((l) => l.trim().replace(/\s+/g, ' ').slice(0, 160))
+}
+
+async function throughput() {
+  log('throughput vs haproxy: bench/run.mjs, http1, meshproxy + haproxy (+ direct), 3 reps × 4 s')
+  const out = join(outDir, 'ci-throughput')
+  const r = spawnSync(
+    process.execPath,
+    [join(repoDir, 'bench', 'run.mjs'), '--scenarios', 'http1', '--targets', 'meshproxy,haproxy', '--workers', '1', '--reps', '3', '--duration', '4', '--rate-duration', '0', '--warmup', '1', '--quiet-wait', '20', '--out', out],
+    { cwd: repoDir, stdio: ['ignore', 'ignore', 'inherit'] },
+  )
+  if (!existsSync(join(out, 'latest.json'))) fail(EXIT.error, `bench/run.mjs wrote no results (exit ${r.status})`)
+  const res = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8'))
+  const agg = res.aggregates.find((a) => a.scenario === 'http1')
+  const noisy = res.runs.filter((x) => x.load?.noise?.noisy).length
+  return {
+    exit: r.status,
+    ratio: agg?.ratios['meshproxy/haproxy']?.rps ?? null,
+    meshproxy: agg?.byTarget.meshproxy?.median.rps ?? null,
+    haproxy: agg?.byTarget.haproxy?.median.rps ?? null,
+    noisyRuns: noisy,
+    steal: res.steal,
+    errors: res.flags.filter((f) => f.kind === 'error').map((f) => `${f.target}: ${f.message}`),
+  }
+}
+
+async function main() {
+  const tools = { ...findTools(), valgrind: which('valgrind'), callgrindControl: which('callgrind_control') }
+  const need = ['nginx', 'h2load', 'valgrind', 'callgrind_control', ...(args['skip-throughput'] ? [] : ['wrk', 'haproxy'])]
+  const missing = need.filter((t) => !tools[t === 'callgrind_control' ? 'callgrindControl' : t])
+  if (missing.length) fail(EXIT.error, `missing tool(s): ${missing.join(', ')} — install with: ${INSTALL_HINT} valgrind`)
+  if (!existsSync(join(repoDir, 'dist', 'index.js'))) fail(EXIT.error, 'dist/ is missing: run `npm run build` first')
+  const baseline = existsSync(baselinePath) ? JSON.parse(readFileSync(baselinePath, 'utf8')) : null
+  if (!baseline && !args['update-baseline']) fail(EXIT.error, `${baselinePath} is missing: create it with npm run bench:ci -- --update-baseline`)
+
+  const serveBin = buildServe()
+  const workDir = mkdtempSync(join(tmpdir(), 'meshproxy-bench-ci-'))
+  chmodSync(workDir, 0o755) // nginx workers (nobody) read the backends' files
+  installCleanupHandlers(log, () => rmSync(workDir, { recursive: true, force: true }))
+  const ports = await freePorts(6)
+  const backends = [
+    await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), ports[0], ports[2], ports[4]),
+    await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), ports[1], ports[3], ports[5]),
+  ]
+  log(`instructions per request under callgrind (${REQUESTS} requests per measurement, median of 3)`)
+  const h1 = await countInstructions(tools, serveBin, workDir, 'h1', backends.map((b) => b.addr), 'http1', [
+    { phase: 'http1', args: ['--h1', '-c', '10'] },
+    { phase: 'h2c', args: ['-c', '10', '-m', '10'] },
+  ])
+  const h2 = await countInstructions(tools, serveBin, workDir, 'h2', backends.map((b) => b.h2Addr), 'http2', [{ phase: 'h2c-h2', args: ['-c', '10', '-m', '10'] }])
+  const instructions = { http1: h1.http1.perRequest, h2c: h1.h2c.perRequest, 'h2c-h2': h2['h2c-h2'].perRequest }
+  const top = { http1: topFunctions(h1.http1File), 'h2c-h2': topFunctions(h2['h2c-h2File']) }
+  // Kept for `callgrind_annotate --tree=caller FILE` or kcachegrind: who calls the hot functions.
+  mkdirSync(outDir, { recursive: true })
+  for (const [phase, file] of [['http1', h1.http1File], ['h2c', h1.h2cFile], ['h2c-h2', h2['h2c-h2File']]]) copyFileSync(file, join(outDir, `callgrind.${phase}.out`))
+  for (const b of backends) await b.stop()
+
+  const tp = args['skip-throughput'] ? null : await throughput()
+  if (tp) log(`throughput: meshproxy ${Math.round(tp.meshproxy)} req/s, haproxy ${Math.round(tp.haproxy)} req/s → ${tp.ratio?.toFixed(3)}× (noisy runs: ${tp.noisyRuns})`)
+
+  // --- verdict ---
+  const checks = []
+  const tol = baseline?.instructionTolerance ?? 0.03
+  for (const [k, v] of Object.entries(instructions)) {
+    const b = baseline?.instructionsPerRequest?.[k]
+    if (b == null) {
+      checks.push({ what: `instructions/request ${k}`, value: v, baseline: null, verdict: 'new' })
+      continue
+    }
+    const change = v / b - 1
+    const verdict = change > tol ? 'regression' : change < -tol ? 'improved' : 'pass'
+    checks.push({ what: `instructions/request ${k}`, value: v, baseline: b, change, tolerance: tol, verdict })
+  }
+  let inconclusive = null
+  if (tp) {
+    const floor = baseline?.throughputVsHaproxy?.min
+    if (tp.ratio == null || tp.errors.length) checks.push({ what: 'http1 throughput ÷ haproxy', value: tp.ratio, verdict: 'regression', detail: tp.errors.join('; ') || 'no ratio' })
+    else if (tp.noisyRuns > 0) {
+      inconclusive = `${tp.noisyRuns} throughput run(s) stayed noisy after a redo (steal max ${tp.steal.max.toFixed(1)}%)`
+      checks.push({ what: 'http1 throughput ÷ haproxy', value: tp.ratio, baseline: floor, verdict: 'inconclusive', detail: inconclusive })
+    } else checks.push({ what: 'http1 throughput ÷ haproxy', value: tp.ratio, baseline: floor, verdict: floor == null ? 'new' : tp.ratio >= floor ? 'pass' : 'regression' })
+  }
+
+  const versions = collectVersions(findTools(), repoDir)
+  const result = { date: new Date().toISOString(), requests: REQUESTS, instructions, callgrind: { h1, h2 }, topFunctions: top, throughput: tp, checks, baseline, versions }
+  mkdirSync(outDir, { recursive: true })
+  writeFileSync(join(outDir, 'ci.json'), JSON.stringify(result, null, 2) + '\n')
+  const md = ciMarkdown(result)
+  writeFileSync(join(outDir, 'ci.md'), md)
+  process.stdout.write('\n' + md)
+
+  if (args['update-baseline']) {
+    const next = {
+      note: 'Regression baseline for `npm run bench:ci` (bench/ci.mjs). Update with `npm run bench:ci -- --update-baseline` after an intended change, and say why in the commit.',
+      recorded: { date: result.date, commit: versions.gitCommit, rustc: versions.rust, cpu: versions.cpuModel, valgrind: spawnSync('valgrind', ['--version'], { encoding: 'utf8' }).stdout.trim() },
+      instructionsPerRequest: Object.fromEntries(Object.entries(instructions).map(([k, v]) => [k, Math.round(v)])),
+      instructionTolerance: baseline?.instructionTolerance ?? 0.03,
+      throughputVsHaproxy: {
+        measured: tp?.ratio ?? baseline?.throughputVsHaproxy?.measured ?? null,
+        // The floor sits well under the measured ratio: the ratio moves ±10 % between runs here.
+        min: baseline?.throughputVsHaproxy?.min ?? (tp?.ratio != null ? Math.floor(tp.ratio * 0.85 * 100) / 100 : null),
+      },
+    }
+    writeFileSync(baselinePath, JSON.stringify(next, null, 2) + '\n')
+    log(`wrote ${baselinePath}`)
+    return EXIT.pass
+  }
+  if (checks.some((c) => c.verdict === 'regression')) return EXIT.regression
+  if (inconclusive) return EXIT.inconclusive
+  return EXIT.pass
+}
+
+function ciMarkdown(r) {
+  const L = [`# meshproxy bench:ci — ${r.date}`, '']
+  L.push('| check | measured | baseline | change | verdict |', '|:--|--:|--:|--:|:--|')
+  for (const c of r.checks) {
+    const isInstr = c.what.startsWith('instructions')
+    const fmt = (x) => (x == null ? '–' : isInstr ? Math.round(x).toLocaleString('en-US') : `${x.toFixed(3)}×`)
+    const base = isInstr ? fmt(c.baseline) : c.baseline == null ? '–' : `≥ ${c.baseline.toFixed(2)}×`
+    const change = c.change == null ? '' : `${c.change >= 0 ? '+' : ''}${(c.change * 100).toFixed(2)} % (±${(c.tolerance * 100).toFixed(0)} %)`
+    const icon = { pass: '✅ pass', improved: '✅ improved — update the baseline', regression: '❌ regression', inconclusive: '⚠ inconclusive', new: 'new (no baseline)' }[c.verdict]
+    L.push(`| ${c.what} | ${fmt(c.value)} | ${base} | ${change} | ${icon}${c.detail ? `: ${c.detail}` : ''} |`)
+  }
+  L.push('')
+  L.push(`Instructions: \`valgrind --tool=callgrind\` around ${r.requests} requests through \`crates/meshproxy-core/examples/serve.rs\` (current-thread runtime, round-robin over two nginx backends), median of 3; HTTP/1.1 via \`h2load --h1 -c 10\`, h2c via \`h2load -c 10 -m 10\`.`)
+  if (r.throughput) L.push(`Throughput: \`bench/run.mjs --scenarios http1 --targets meshproxy,haproxy --workers 1 --reps 3 --duration 4\`: meshproxy ${Math.round(r.throughput.meshproxy)} req/s, haproxy ${Math.round(r.throughput.haproxy)} req/s; steal max ${r.throughput.steal.max.toFixed(2)}%.`)
+  for (const [k, fns] of Object.entries(r.topFunctions)) {
+    if (!fns.length) continue
+    L.push('', `Top functions by own instructions (${k}):`, '', '```', ...fns, '```')
+  }
+  const v = r.versions
+  L.push('', `Machine: ${v.cpuModel}, ${v.cores} cores. rustc ${v.rust}, commit ${v.gitCommit?.slice(0, 12)}${v.gitDirty ? ' (dirty)' : ''}.`)
+  return L.join('\n') + '\n'
+}
+
+main()
+  .then((code) => {
+    process.exitCode = code
+  })
+  .catch((e) => {
+    if (e.exitCode == null) log(`error: ${e.stack ?? e}`)
+    process.exitCode = e.exitCode ?? EXIT.error
+  })
+  .finally(() => stopAll())
