@@ -184,7 +184,9 @@ impl Endpoint {
         if let Some(sender) = self.pool.checkout() {
             return Ok(Checkout { sender, reused: true });
         }
-        Ok(Checkout { sender: self.connect().await?, reused: false })
+        // Boxed: the connect future is large and rarely needed; inline, it would size every
+        // request's future (moved several times per request) to fit it.
+        Ok(Checkout { sender: Box::pin(self.connect()).await?, reused: false })
     }
 
     pub fn checkin(&self, sender: Sender) {
@@ -198,6 +200,11 @@ impl Endpoint {
         if let Some(claimed) = self.h2.claim() {
             return Ok(claimed);
         }
+        // Boxed for the same reason as in `checkout`.
+        Box::pin(self.open_h2_and_claim()).await
+    }
+
+    async fn open_h2_and_claim(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot), ProxyError> {
         let _connecting = self.h2.connecting.lock().await;
         if let Some(claimed) = self.h2.claim() {
             return Ok(claimed);

@@ -54,7 +54,7 @@ pub async fn send(
             match retry {
                 Some(req) if conn.reused => {
                     tracing::debug!(endpoint = %ep.address, error = %err.error(), "stale pooled connection; retrying on a fresh one");
-                    let mut fresh = ep.connect().await?;
+                    let mut fresh = Box::pin(ep.connect()).await?;
                     match fresh.send_request(req).await {
                         Ok(resp) => Ok((resp, Upstream::Http1(fresh))),
                         Err(e) => {

@@ -30,19 +30,28 @@ static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Removes hop-by-hop headers. `TE` is kept only as `trailers` (the one value a proxy may pass).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-                    if name != header::TE {
-                        headers.remove(&name);
-                    }
-                }
-            }
+    // Most messages carry few or none of these. One pass over the names (standard ones compare
+    // as enum tags) finds which are present; a blind `remove` per candidate would hash each name
+    // twice a request, a measurable share of the hot path (callgrind).
+    let mut present = 0u8;
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            te = true;
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present == 0 && !te {
+        return;
+    }
+    if present & 1 != 0 {
+        strip_connection_listed(headers);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if let Some(te) = headers.get(header::TE) {
         let trailers =
@@ -55,10 +64,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The headers `Connection` names are hop-by-hop too (`Connection: keep-alive, X-Secret`);
+/// `TE` is left to the caller's `trailers` rule.
+fn strip_connection_listed(headers: &mut HeaderMap) {
+    let Some(conn) = headers.get(header::CONNECTION).cloned() else { return };
+    let Ok(list) = conn.to_str() else { return };
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        // The common values name headers already handled or absent: no lowercase copy for them.
+        if name.eq_ignore_ascii_case("keep-alive") || name.eq_ignore_ascii_case("close") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+            if name != header::TE {
+                headers.remove(&name);
+            }
+        }
+    }
+}
+
 /// Adds `x-forwarded-for` (appended), `x-forwarded-proto` and `x-forwarded-host` (set when the
 /// client did not send them) and `via` (appended) to a request going upstream.
 pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, version: http::Version) {
-    match headers.get(&X_FORWARDED_FOR) {
+    // One scan for the three names instead of a hashed lookup each (see strip_hop_by_hop).
+    let (mut has_xff, mut has_proto, mut has_host) = (false, false, false);
+    for name in headers.keys() {
+        has_xff |= name == X_FORWARDED_FOR;
+        has_proto |= name == X_FORWARDED_PROTO;
+        has_host |= name == X_FORWARDED_HOST;
+    }
+    let prev = if has_xff { headers.get(&X_FORWARDED_FOR) } else { None };
+    match prev {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
             v.extend_from_slice(prev.as_bytes());
@@ -72,10 +107,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, version: 
             headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
         }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !has_proto {
         headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
+    if !has_host {
         if let Some(host) = headers.get(header::HOST).cloned() {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
