@@ -53,6 +53,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
             headers: [],
             service: 'default',
             responseHeaderTimeoutMs: 15000,
+            allowConnect: false,
           },
         ],
       },
@@ -273,6 +274,21 @@ test('validateModel cross-checks tcpService like route services', (t) => {
   m.listeners[0]!.protocol = 'tcp'
   t.deepEqual(validateModel(m).map((x) => [x.message, x.hint]), [
     ['listeners[0].tcpService: tcp listener "web" has no tcpService', 'set tcpService: to the service its connections are forwarded to'],
+  ])
+})
+
+test('validateModel: allowConnect is a required boolean, checked against the route match', (t) => {
+  const m = model()
+  const route = m.listeners[0]!.routes[0]! as unknown as Record<string, unknown>
+  route.allowConnect = 'yes'
+  t.deepEqual(validateModel(m).map((x) => x.message), ['listeners[0].routes[0].allowConnect: expected true or false, got string "yes"'])
+  delete route.allowConnect
+  t.deepEqual(validateModel(m).map((x) => x.message), ['listeners[0].routes[0].allowConnect: missing required field'])
+  // The fixture's route matches GET /v1: a CONNECT (matched as path "/") could never reach it.
+  route.allowConnect = true
+  t.deepEqual(validateModel(m).map((x) => x.message), [
+    'listeners[0].routes[0].allowConnect: route "api" allows CONNECT but matches path "/v1"; CONNECT requests are matched as path "/"',
+    'listeners[0].routes[0].allowConnect: route "api" allows CONNECT but its methods (GET) exclude CONNECT',
   ])
 })
 

@@ -92,6 +92,7 @@ test('native document loads into the exact model', (t) => {
             headers: [{ name: 'x-canary', value: 'true' }],
             service: 'api',
             responseHeaderTimeoutMs: 2500,
+            allowConnect: false,
           },
           {
             name: 'web-route-1',
@@ -101,6 +102,7 @@ test('native document loads into the exact model', (t) => {
             headers: [],
             service: 'web',
             responseHeaderTimeoutMs: 15000,
+            allowConnect: false,
           },
         ],
       },
@@ -177,6 +179,7 @@ services:
             headers: [],
             service: 's',
             responseHeaderTimeoutMs: 15000,
+            allowConnect: false,
           },
         ],
       },
@@ -635,4 +638,21 @@ test('a service used only as a tcpService is not reported unused', (t) => {
   // Without the listener that uses it, it is.
   const unused = loadConfigText('listeners: [{ routes: [{ service: web }] }]\nservices: [{ name: web, endpoints: [127.0.0.1:1] }, { name: smtp, endpoints: [127.0.0.1:2] }]')
   t.deepEqual(warnings(unused).map((d) => d.message), ['service "smtp" is not used by any route'])
+})
+
+test('allowConnect: false by default; true or false only; an error on routes no CONNECT can match', (t) => {
+  const route = (fields: string) => loadConfigText(`listeners: [{ routes: [{ service: s${fields} }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`, { file: 'c.yaml' })
+  t.is(route('').config?.listeners[0]?.routes[0]?.allowConnect, false)
+  t.is(route(', allowConnect: true').config?.listeners[0]?.routes[0]?.allowConnect, true)
+  t.is(route(', match: { methods: [CONNECT], host: db.internal }, allowConnect: true').config?.listeners[0]?.routes[0]?.allowConnect, true)
+  t.deepEqual(lines(errors(route(', allowConnect: yes'))), ['c.yaml:1:52: error: "allowConnect" in route must be true or false, got string "yes"'])
+  t.deepEqual(lines(errors(route(', allowConnectt: true'))).map((l) => l.replace(/ \(.*$/, '')), ['c.yaml:1:38: error: unknown field "allowConnectt" in route'])
+  // CONNECT is matched by host with the path taken as "/", so these routes would never open a tunnel.
+  t.deepEqual(lines(errors(route(', match: { path: /v1 }, allowConnect: true'))), [
+    'c.yaml:1:60: error: route "listener-0-route-0" allows CONNECT but matches path "/v1"; CONNECT requests are matched as path "/" (match CONNECT by host only: drop the path from this route)',
+  ])
+  t.deepEqual(lines(errors(route(', match: { method: GET }, allowConnect: true'))), [
+    'c.yaml:1:62: error: route "listener-0-route-0" allows CONNECT but its methods (GET) exclude CONNECT (add CONNECT to methods, or drop the method match)',
+  ])
+  t.deepEqual(errors(route(', match: { path: /v1 }, allowConnect: false')), [], 'only routes that allow CONNECT are checked')
 })

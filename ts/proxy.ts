@@ -44,6 +44,8 @@ export interface EndpointStats {
   inflight: number
   requests: number
   failures: number
+  /** Requests re-sent once after a failure that left them unprocessed or safe to repeat. */
+  retries: number
 }
 
 export interface ProxyStats {

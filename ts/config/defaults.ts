@@ -130,6 +130,7 @@ export function makeRoute(name: string, service: string): RouteModel {
     headers: [],
     service,
     ...ROUTE_DEFAULTS,
+    allowConnect: false,
   }
 }
 

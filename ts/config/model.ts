@@ -39,6 +39,14 @@ export interface RouteModel {
   service: string
   /** Time allowed for the upstream's response headers, in ms; 0 = no limit. Default 15000. */
   responseHeaderTimeoutMs: number
+  /**
+   * `CONNECT` requests (HTTP/1.1 `CONNECT host:port`, HTTP/2 `CONNECT` with only `:authority`)
+   * matching this route — by their authority's host, with the path taken as `/` — are answered
+   * 200 and tunnelled as opaque TCP to an endpoint of `service` chosen by its balancer (never to
+   * the authority the client named). Without it they are refused: 403 `connect-refused`. Default
+   * false.
+   */
+  allowConnect: boolean
 }
 
 export interface ListenerModel {

@@ -37,7 +37,7 @@ const HTTP2_KEYS: Array<[string, keyof Http2Model]> = [
   ['keepAliveTimeout', 'keepAliveTimeoutMs'],
 ]
 const HTTP2_FIELDS = HTTP2_KEYS.map(([key]) => key)
-const ROUTE_FIELDS = ['name', 'match', 'service', 'timeout']
+const ROUTE_FIELDS = ['name', 'match', 'service', 'timeout', 'allowConnect']
 const MATCH_FIELDS = ['host', 'hosts', 'path', 'pathType', 'method', 'methods', 'headers']
 const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', 'connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'maxStreamsPerConnection', 'pool']
 /** Names people write for an upstream protocol, for the hint only: the model takes the exact values. */
@@ -178,7 +178,10 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', true) ?? '')
   const timeout = f.limit('timeout', ROUTE_LIMITS.responseHeaderTimeoutMs)
   if (timeout !== undefined) route.responseHeaderTimeoutMs = timeout
+  const allowConnect = f.bool('allowConnect')
+  if (allowConnect !== undefined) route.allowConnect = allowConnect
   ctx.origins.set(route, '', r.loc(node))
+  ctx.origins.set(route, 'allowConnect', f.keyLoc('allowConnect'))
   ctx.origins.set(route, 'name', f.valueLoc('name'))
   ctx.origins.set(route, 'service', f.valueLoc('service'))
 

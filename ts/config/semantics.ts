@@ -57,6 +57,17 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
         const hint = undefinedServiceHint(route.service, known)
         error({ obj: route, field: 'service', path: `${path}.service` }, `route "${route.name}" refers to undefined service "${route.service}"`, hint)
       }
+      // CONNECT names no path (it is matched as `/`), so a narrower route would silently never
+      // open a tunnel.
+      if (route.allowConnect) {
+        const at = { obj: route, field: 'allowConnect', path: `${path}.allowConnect` }
+        if (route.path.value !== '/') {
+          error(at, `route "${route.name}" allows CONNECT but matches path "${route.path.value}"; CONNECT requests are matched as path "/"`, 'match CONNECT by host only: drop the path from this route')
+        }
+        if (route.methods.length > 0 && !route.methods.includes('CONNECT')) {
+          error(at, `route "${route.name}" allows CONNECT but its methods (${route.methods.join(', ')}) exclude CONNECT`, 'add CONNECT to methods, or drop the method match')
+        }
+      }
     })
     const tcpService = listener.tcpService ?? null
     if (tcpService !== null && !serviceNames.has(tcpService)) {

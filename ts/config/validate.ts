@@ -27,7 +27,7 @@ type Obj = Record<string, unknown>
 
 const MODEL_FIELDS = ['listeners', 'services', 'admin']
 const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', ...Object.keys(LISTENER_LIMITS), 'http2', 'routes']
-const ROUTE_FIELDS = ['name', 'hosts', 'path', 'methods', 'headers', 'service', ...Object.keys(ROUTE_LIMITS)]
+const ROUTE_FIELDS = ['name', 'hosts', 'path', 'methods', 'headers', 'service', ...Object.keys(ROUTE_LIMITS), 'allowConnect']
 const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', ...Object.keys(SERVICE_LIMITS), 'pool']
 
 class Checker {
@@ -167,6 +167,9 @@ function checkRoute(c: Checker, v: unknown, path: string): void {
     c.normalized(match.value, `${path}.path.value`, normalizePath)
   }
   c.limits(r, path, ROUTE_LIMITS)
+  if (r.allowConnect !== undefined && typeof r.allowConnect !== 'boolean') {
+    c.error(`${path}.allowConnect`, `expected true or false, got ${describe(r.allowConnect)}`)
+  }
 }
 
 function checkService(c: Checker, v: unknown, path: string): void {

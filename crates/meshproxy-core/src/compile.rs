@@ -54,6 +54,8 @@ pub struct RouteRuntime {
     pub service: Arc<ServiceRuntime>,
     /// None = no limit.
     pub response_header_timeout: Option<Duration>,
+    /// `CONNECT` to this route's service is tunnelled instead of refused.
+    pub allow_connect: bool,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -117,6 +119,7 @@ fn compile_listener(
                 name: r.name.as_str().into(),
                 response_header_timeout: (r.response_header_timeout_ms > 0)
                     .then(|| Duration::from_millis(r.response_header_timeout_ms)),
+                allow_connect: r.allow_connect,
                 metrics: metrics.route(&l.name, &r.name, &r.service),
                 service,
             })

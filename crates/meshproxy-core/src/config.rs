@@ -113,6 +113,10 @@ pub struct RouteConfig {
     pub headers: Vec<HeaderMatch>,
     pub service: String,
     pub response_header_timeout_ms: u64,
+    /// `CONNECT` requests matching this route (by their authority's host) are tunnelled over TCP
+    /// to an endpoint of `service`; without it they are refused (403).
+    #[serde(default)]
+    pub allow_connect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +224,7 @@ pub(crate) mod testing {
             headers: vec![],
             service: service.into(),
             response_header_timeout_ms: 15_000,
+            allow_connect: false,
         }
     }
 

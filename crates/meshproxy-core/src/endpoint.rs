@@ -42,6 +42,9 @@ impl Multiplexed for H2Handle {
     fn peer_max_streams(&self) -> usize {
         self.peer_max.load(Ordering::Relaxed)
     }
+    fn same_connection(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.peer_max, &other.peer_max)
+    }
 }
 
 type H2Connection = http2::Connection<TokioIo<TcpStream>, UpstreamBody, TokioExecutor>;
@@ -105,6 +108,8 @@ pub struct Endpoint {
     pub opened: AtomicU64,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Requests re-sent after a failure that left them unprocessed (or safe to repeat).
+    pub retries: AtomicU64,
 }
 
 /// A connection taken for one request; `reused` tells whether it came from the pool.
@@ -130,6 +135,7 @@ impl Endpoint {
             opened: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -197,21 +203,33 @@ impl Endpoint {
 
     /// A stream on an HTTP/2 connection with room, opening a connection if all are full.
     pub async fn checkout_h2(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot), ProxyError> {
-        if let Some(claimed) = self.h2.claim() {
+        self.checkout_h2_avoiding(None).await
+    }
+
+    /// Like [`Endpoint::checkout_h2`], on a connection other than `avoid`: a retry must not land
+    /// on the connection that just refused the stream or is going away.
+    pub async fn checkout_h2_avoiding(
+        self: &Arc<Self>,
+        avoid: Option<&H2Handle>,
+    ) -> Result<(H2Handle, StreamSlot), ProxyError> {
+        if let Some(claimed) = self.h2.claim_avoiding(avoid) {
             return Ok(claimed);
         }
         // Boxed for the same reason as in `checkout`.
-        Box::pin(self.open_h2_and_claim()).await
+        Box::pin(self.open_h2_and_claim(avoid)).await
     }
 
-    async fn open_h2_and_claim(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot), ProxyError> {
+    async fn open_h2_and_claim(
+        self: &Arc<Self>,
+        avoid: Option<&H2Handle>,
+    ) -> Result<(H2Handle, StreamSlot), ProxyError> {
         let _connecting = self.h2.connecting.lock().await;
-        if let Some(claimed) = self.h2.claim() {
+        if let Some(claimed) = self.h2.claim_avoiding(avoid) {
             return Ok(claimed);
         }
         let sender = self.connect_h2().await?;
         self.h2.insert(sender);
-        self.h2.claim().ok_or(ProxyError::UpstreamConnect)
+        self.h2.claim_avoiding(avoid).ok_or(ProxyError::UpstreamConnect)
     }
 
     /// Opens a new HTTP/2 (h2c prior knowledge) connection.
@@ -309,6 +327,7 @@ impl Endpoint {
             inflight: self.inflight(),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
         }
     }
 }

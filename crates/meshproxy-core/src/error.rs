@@ -43,6 +43,9 @@ pub enum ProxyError {
     UpstreamConnect,
     UpstreamReset,
     UpstreamTimeout,
+    /// The upstream did not complete the WebSocket handshake an HTTP/2 client's extended
+    /// CONNECT was translated into (no 101, or a wrong `Sec-WebSocket-Accept`).
+    UpstreamHandshake,
     Overloaded,
     UriTooLong,
     BadRequest,
@@ -51,12 +54,13 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub const ALL: [ProxyError; 10] = [
+    pub const ALL: [ProxyError; 11] = [
         ProxyError::NoRoute,
         ProxyError::NoEndpoints,
         ProxyError::UpstreamConnect,
         ProxyError::UpstreamReset,
         ProxyError::UpstreamTimeout,
+        ProxyError::UpstreamHandshake,
         ProxyError::Overloaded,
         ProxyError::UriTooLong,
         ProxyError::BadRequest,
@@ -70,7 +74,9 @@ impl ProxyError {
             ProxyError::NoEndpoints | ProxyError::Overloaded | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::UpstreamConnect | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamReset | ProxyError::UpstreamHandshake => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
@@ -86,6 +92,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect => "upstream-connect",
             ProxyError::UpstreamReset => "upstream-reset",
             ProxyError::UpstreamTimeout => "upstream-timeout",
+            ProxyError::UpstreamHandshake => "upstream-handshake",
             ProxyError::Overloaded => "overloaded",
             ProxyError::UriTooLong => "uri-too-long",
             ProxyError::BadRequest => "bad-request",
@@ -104,6 +111,7 @@ impl ProxyError {
             ProxyError::NoEndpoints
             | ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
+            | ProxyError::UpstreamHandshake
             | ProxyError::Overloaded
             | ProxyError::ShuttingDown => "14", // UNAVAILABLE
         }
@@ -123,6 +131,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect => "meshproxy: could not connect to the upstream\n",
             ProxyError::UpstreamReset => "meshproxy: the upstream connection failed\n",
             ProxyError::UpstreamTimeout => "meshproxy: the upstream did not answer in time\n",
+            ProxyError::UpstreamHandshake => {
+                "meshproxy: the upstream did not accept the WebSocket handshake\n"
+            }
             ProxyError::Overloaded => "meshproxy: too many requests in flight to the upstream\n",
             ProxyError::UriTooLong => "meshproxy: request URI too long\n",
             ProxyError::BadRequest => "meshproxy: malformed request\n",

@@ -266,7 +266,9 @@ async fn serve(
                 .keep_alive_interval(
                     (h2.keep_alive_interval_ms > 0).then(|| Duration::from_millis(h2.keep_alive_interval_ms)),
                 )
-                .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)));
+                .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)))
+                // RFC 8441: clients may open WebSockets with extended CONNECT.
+                .enable_connect_protocol();
             // hyper's defaults against reset floods (CVE-2023-44487) stay on:
             // max_pending_accept_reset_streams and max_local_error_reset_streams.
             drive(builder.serve_connection(io, service), peer, limits, &activity, drain).await;

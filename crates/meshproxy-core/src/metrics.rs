@@ -141,6 +141,7 @@ pub struct EndpointSample {
     pub inflight: u64,
     pub requests: u64,
     pub failures: u64,
+    pub retries: u64,
 }
 
 impl Metrics {
@@ -300,7 +301,7 @@ impl Metrics {
         }
         drop(listeners);
 
-        let eps: [Family<EndpointSample, u64>; 6] = [
+        let eps: [Family<EndpointSample, u64>; 7] = [
             ("meshproxy_upstream_connections_open", "gauge", "Open upstream connections.", |e| e.open),
             (
                 "meshproxy_upstream_connections_opened_total",
@@ -322,6 +323,12 @@ impl Metrics {
                 "counter",
                 "Requests to the endpoint that failed to connect or were reset.",
                 |e| e.failures,
+            ),
+            (
+                "meshproxy_upstream_retries_total",
+                "counter",
+                "Requests re-sent once after a failure that left them unprocessed or safe to repeat (stale pooled connection, HTTP/2 REFUSED_STREAM or GOAWAY).",
+                |e| e.retries,
             ),
         ];
         for (name, kind, help, get) in eps {

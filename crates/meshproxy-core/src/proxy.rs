@@ -3,9 +3,11 @@
 //! response back.
 
 pub mod body;
+mod connect;
 mod forward;
 mod headers;
 mod service;
 mod upgrade;
+mod websocket;
 
 pub use service::ProxyService;

@@ -87,6 +87,8 @@ pub struct EndpointStats {
     pub inflight: u64,
     pub requests: u64,
     pub failures: u64,
+    /// Requests re-sent once (see `meshproxy_upstream_retries_total`).
+    pub retries: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -254,6 +256,7 @@ impl MeshProxy {
                     inflight: e.inflight,
                     requests: e.requests,
                     failures: e.failures,
+                    retries: e.retries,
                 })
                 .collect(),
         }

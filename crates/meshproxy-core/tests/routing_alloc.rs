@@ -40,6 +40,7 @@ fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str) -> RouteCo
         headers: vec![],
         service: "s".into(),
         response_header_timeout_ms: 0,
+        allow_connect: false,
     }
 }
 

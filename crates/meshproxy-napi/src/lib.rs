@@ -169,6 +169,7 @@ pub struct BindingEndpointStats {
     pub inflight: f64,
     pub requests: f64,
     pub failures: f64,
+    pub retries: f64,
 }
 
 #[napi(object)]

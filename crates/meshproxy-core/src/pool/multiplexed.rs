@@ -16,6 +16,8 @@ pub trait Multiplexed: Clone {
     fn is_closed(&self) -> bool;
     /// The peer's current limit on concurrent streams.
     fn peer_max_streams(&self) -> usize;
+    /// True when both handles drive the same connection.
+    fn same_connection(&self, other: &Self) -> bool;
 }
 
 struct Conn<C> {
@@ -65,10 +67,15 @@ impl<C: Multiplexed> MultiplexedSet<C> {
 
     /// A stream on a connection with room, if any.
     pub fn claim(&self) -> Option<(C, StreamSlot)> {
+        self.claim_avoiding(None)
+    }
+
+    /// A stream on a connection with room other than `avoid` (where a request just failed).
+    pub fn claim_avoiding(&self, avoid: Option<&C>) -> Option<(C, StreamSlot)> {
         let cap = self.max_streams.load(Ordering::Relaxed);
         let mut conns = self.conns.lock();
         conns.retain(|c| !c.handle.is_closed());
-        for c in conns.iter() {
+        for c in conns.iter().filter(|c| !avoid.is_some_and(|a| a.same_connection(&c.handle))) {
             let limit = cap.min(c.handle.peer_max_streams()).max(1);
             let mut current = c.active.load(Ordering::Acquire);
             while current < limit {
@@ -134,6 +141,9 @@ mod tests {
         fn peer_max_streams(&self) -> usize {
             self.peer_max
         }
+        fn same_connection(&self, other: &Self) -> bool {
+            Arc::ptr_eq(&self.closed, &other.closed)
+        }
     }
     fn fake(peer_max: usize) -> Fake {
         Fake { peer_max, closed: Arc::new(AtomicBool::new(false)) }
@@ -152,6 +162,17 @@ mod tests {
         drop(a);
         assert!(set.claim().is_some(), "a released slot is reused");
         drop(slots);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_can_avoid_the_connection_that_failed() {
+        let set = MultiplexedSet::new(10);
+        let first = fake(10);
+        set.insert(first.clone());
+        assert!(set.claim_avoiding(Some(&first)).is_none(), "the only connection is the one to avoid");
+        set.insert(fake(10));
+        let (other, _slot) = set.claim_avoiding(Some(&first)).unwrap();
+        assert!(!other.same_connection(&first));
     }
 
     #[tokio::test(start_paused = true)]

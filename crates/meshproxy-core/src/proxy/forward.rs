@@ -3,6 +3,8 @@
 //! on a fresh connection when that is safe — nothing was sent yet (hyper hands the request back),
 //! or the method is idempotent and the body empty (the request is rebuilt). This is the stale
 //! keep-alive race behind Node backends (`keepAliveTimeout` 5 s) that otherwise shows as a 502.
+//! HTTP/2 adds the failures that prove a request was never processed (RFC 9113 §8.7), after which
+//! any method may be re-sent.
 
 use std::sync::Arc;
 
@@ -54,6 +56,7 @@ pub async fn send(
             match retry {
                 Some(req) if conn.reused => {
                     tracing::debug!(endpoint = %ep.address, error = %err.error(), "stale pooled connection; retrying on a fresh one");
+                    ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut fresh = Box::pin(ep.connect()).await?;
                     match fresh.send_request(req).await {
                         Ok(resp) => Ok((resp, Upstream::Http1(fresh))),
@@ -73,34 +76,37 @@ pub async fn send(
 }
 
 /// Sends one request as a stream on a shared HTTP/2 connection. A request that fails before its
-/// response headers is re-sent once on another stream when that is safe: hyper handed it back
-/// unsent, or it is idempotent with no body. The common case is a peer's GOAWAY (nginx sends one
-/// after `keepalive_requests`): streams the peer never processed fail, and the next checkout skips
-/// the closing connection.
+/// response headers is re-sent once, on another connection, when that is safe: hyper handed it
+/// back unsent; or its body is empty and either the method is idempotent or the peer proved it
+/// never processed the stream — a `REFUSED_STREAM` reset, or a GOAWAY whose last-stream-id is
+/// below the stream's (RFC 9113 §8.7: such requests may be retried whatever their method). The
+/// common case is a peer's GOAWAY (nginx sends one after `keepalive_requests`). A body that was
+/// already handed to the connection cannot be replayed, so such requests are not retried.
 pub async fn send_h2(
     ep: &Arc<Endpoint>,
     mut req: Request<UpstreamBody>,
 ) -> Result<(Response<Incoming>, Upstream), ProxyError> {
     to_h2(&mut req)?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let replay =
-        (matches!(req.body(), UpstreamBody::Empty) && idempotent(req.method())).then(|| Replay::of(&req));
+    let replay = matches!(req.body(), UpstreamBody::Empty).then(|| Replay::of(&req));
     let (mut handle, slot) = ep.checkout_h2().await?;
     match handle.sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, Upstream::Http2(slot))),
         Err(mut err) => {
             drop(slot);
+            let unprocessed = never_processed(err.error());
             let retry = match (err.take_message(), replay) {
                 (Some(unsent), _) => unsent,
-                (None, Some(head)) => head.into_request(),
-                (None, None) => {
+                (None, Some(head)) if unprocessed || idempotent(&head.0) => head.into_request(),
+                (None, _) => {
                     tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream h2 request failed");
                     return Err(ep.failed(ProxyError::UpstreamReset));
                 }
             };
-            tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream h2 request failed; retrying once");
-            let (mut handle, slot) = ep.checkout_h2().await?;
-            match handle.sender.send_request(retry).await {
+            tracing::debug!(endpoint = %ep.address, error = %err.error(), unprocessed, "upstream h2 request failed; retrying once on another connection");
+            ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (mut other, slot) = ep.checkout_h2_avoiding(Some(&handle)).await?;
+            match other.sender.send_request(retry).await {
                 Ok(resp) => Ok((resp, Upstream::Http2(slot))),
                 Err(e) => {
                     tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
@@ -109,6 +115,21 @@ pub async fn send_h2(
             }
         }
     }
+}
+
+/// True when the peer told us it never processed the stream: it reset it with `REFUSED_STREAM`,
+/// or sent a GOAWAY whose last-stream-id excludes it (h2 fails exactly those streams with a
+/// remote GOAWAY error; streams the peer kept fail later with an I/O error, if at all).
+fn never_processed(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)) || h2.is_go_away());
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// HTTP/2 carries the target as `:scheme` and `:authority`, not `Host`. A request that came in

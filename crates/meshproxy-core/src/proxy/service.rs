@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{Release, ResponseBody, UpstreamBody};
-use super::{forward, headers, upgrade};
+use super::{connect, forward, headers, upgrade, websocket};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
@@ -122,6 +122,33 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
+/// What a request asks of the proxy beyond forwarding it.
+enum Kind {
+    Plain,
+    /// HTTP/1.1 `Upgrade`, with its token.
+    Upgrade(HeaderValue),
+    /// HTTP/2 extended CONNECT for a WebSocket (RFC 8441).
+    WebSocketH2,
+    /// `CONNECT` to an authority: a TCP tunnel if a route allows it.
+    Connect,
+    /// Extended CONNECT for a protocol other than WebSocket, which the proxy cannot translate.
+    OtherProtocol,
+}
+
+fn classify(req: &Request<Incoming>) -> Kind {
+    if req.method() == Method::CONNECT {
+        return match req.extensions().get::<hyper::ext::Protocol>() {
+            None => Kind::Connect,
+            Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => Kind::WebSocketH2,
+            Some(_) => Kind::OtherProtocol,
+        };
+    }
+    match upgrade::requested(req.version(), req.headers()) {
+        Some(token) => Kind::Upgrade(token),
+        None => Kind::Plain,
+    }
+}
+
 async fn route_and_forward(
     ctx: &ConnCtx,
     listener: &ListenerRuntime,
@@ -130,10 +157,10 @@ async fn route_and_forward(
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
-    let upgrade_token = upgrade::requested(req.version(), req.headers());
+    let kind = classify(&req);
     let protocol = if grpc {
         Protocol::Grpc
-    } else if upgrade_token.is_some() {
+    } else if matches!(kind, Kind::Upgrade(_) | Kind::WebSocketH2) {
         Protocol::Ws
     } else if req.version() == Version::HTTP_2 {
         Protocol::H2
@@ -152,7 +179,7 @@ async fn route_and_forward(
         }
         local_error(e, grpc, activity)
     };
-    if req.method() == Method::CONNECT {
+    if matches!(kind, Kind::OtherProtocol) {
         return fail(ProxyError::ConnectRefused, None, Some(activity));
     }
     if is_ambiguous(&req) {
@@ -161,7 +188,38 @@ async fn route_and_forward(
     if uri_len(req.uri()) > listener.limits.max_uri_bytes {
         return fail(ProxyError::UriTooLong, None, Some(activity));
     }
-    let Some(route) = find_route(listener, &req) else {
+    if matches!(kind, Kind::Connect) {
+        // A CONNECT names only an authority: routes match it by host, as if its path were `/`.
+        let route = find_route(listener, &req, &Method::CONNECT, "/");
+        let Some(route) = route.filter(|r| r.allow_connect) else {
+            return fail(ProxyError::ConnectRefused, route, Some(activity));
+        };
+        let service = &route.service;
+        let hash = service.balancer.hash_key().and_then(|k| request_hash(k, &req, ctx.client));
+        let Some(endpoint) = service.balancer.pick(hash).and_then(|i| service.endpoints.get(i)) else {
+            return fail(ProxyError::NoEndpoints, Some(route), Some(activity));
+        };
+        let upstream = match endpoint.connect_tcp().await {
+            Ok(s) => s,
+            Err(e) => return fail(e, Some(route), Some(activity)),
+        };
+        let mut req = req;
+        let downstream = hyper::upgrade::on(&mut req);
+        route.metrics.record(protocol, 200, start.elapsed());
+        connect::splice(
+            downstream,
+            upstream,
+            endpoint.clone(),
+            service.tcp.clone(),
+            listener.limits.tunnel_idle_timeout,
+            ctx.drain.clone(),
+            activity,
+        );
+        return Response::new(ResponseBody::empty(None));
+    }
+    // An extended CONNECT is a GET in everything but its framing.
+    let route_method = if matches!(kind, Kind::WebSocketH2) { &Method::GET } else { req.method() };
+    let Some(route) = find_route(listener, &req, route_method, req.uri().path()) else {
         return fail(ProxyError::NoRoute, None, Some(activity));
     };
     let service = &route.service;
@@ -170,22 +228,34 @@ async fn route_and_forward(
         return fail(ProxyError::NoEndpoints, Some(route), Some(activity));
     };
 
-    // Upgrades exist only in HTTP/1.1, whatever the service's protocol.
-    let h2 = upgrade_token.is_none()
+    // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
+    // extended CONNECT).
+    let h2 = matches!(kind, Kind::Plain)
         && match service.protocol {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
         };
     let mut req = req;
-    let upgrade = upgrade_token.map(|token| (token, hyper::upgrade::on(&mut req)));
+    let downstream_upgrade = match kind {
+        Kind::Upgrade(_) | Kind::WebSocketH2 => Some(hyper::upgrade::on(&mut req)),
+        _ => None,
+    };
     let mut upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address, h2) {
         Ok(r) => r,
         Err(e) => return fail(e, Some(route), Some(activity)),
     };
-    if let Some((token, _)) = &upgrade {
-        upgrade::restore(upstream_req.headers_mut(), token.clone());
-    }
+    let ws_key = match &kind {
+        Kind::Upgrade(token) => {
+            upgrade::restore(upstream_req.headers_mut(), token.clone());
+            None
+        }
+        Kind::WebSocketH2 => {
+            *upstream_req.method_mut() = Method::GET;
+            Some(websocket::to_http1_handshake(upstream_req.headers_mut()))
+        }
+        _ => None,
+    };
     let attempt = async {
         let permit = endpoint.acquire().await?;
         let (resp, upstream) = if h2 {
@@ -203,19 +273,34 @@ async fn route_and_forward(
     };
     match result {
         Ok((mut resp, upstream, permit)) => {
-            route.metrics.record(protocol, resp.status().as_u16(), start.elapsed());
-            let tunnel = match upgrade {
-                Some((_, downstream)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let handshake = ws_key.as_ref().map(|key| websocket::judge(resp.status(), resp.headers(), key));
+            if handshake == Some(websocket::Answer::Broken) {
+                tracing::debug!(endpoint = %endpoint.address, status = %resp.status(), "upstream did not accept the translated WebSocket handshake");
+                drop((resp, upstream, permit));
+                return fail(endpoint.failed(ProxyError::UpstreamHandshake), Some(route), Some(activity));
+            }
+            let accepted = handshake == Some(websocket::Answer::Accepted);
+            let status = if accepted { StatusCode::OK } else { resp.status() };
+            route.metrics.record(protocol, status.as_u16(), start.elapsed());
+            let tunnel = match downstream_upgrade {
+                Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     Some((downstream, hyper::upgrade::on(&mut resp)))
                 }
                 _ => None,
             };
             let (mut parts, body) = resp.into_parts();
-            // The 101 keeps its Upgrade (hop-by-hop, but this hop carries it).
-            let token = tunnel.as_ref().and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+            // An HTTP/1.1 client's 101 keeps its Upgrade (hop-by-hop, but this hop carries it).
+            let token = match kind {
+                Kind::Upgrade(_) if tunnel.is_some() => parts.headers.get(header::UPGRADE).cloned(),
+                _ => None,
+            };
             headers::strip_hop_by_hop(&mut parts.headers);
             if let Some(token) = token {
                 upgrade::restore(&mut parts.headers, token);
+            }
+            if accepted {
+                parts.status = status;
+                websocket::to_h2_accepted(&mut parts.headers);
             }
             parts.headers.append(header::VIA, headers::via(parts.version));
             if let Some((downstream, upstream_io)) = tunnel {
@@ -226,8 +311,9 @@ async fn route_and_forward(
                     upstream_io,
                     listener.limits.tunnel_idle_timeout,
                     ctx.drain.clone(),
+                    Some(activity),
                 );
-                return Response::from_parts(parts, ResponseBody::empty(Some(activity)));
+                return Response::from_parts(parts, ResponseBody::empty(None));
             }
             let release = Release { upstream, endpoint: endpoint.clone(), permit };
             let grpc_metrics = if grpc {
@@ -266,13 +352,18 @@ fn uri_len(uri: &Uri) -> usize {
     }
 }
 
-fn find_route<'a>(listener: &'a ListenerRuntime, req: &Request<Incoming>) -> Option<&'a RouteRuntime> {
+fn find_route<'a>(
+    listener: &'a ListenerRuntime,
+    req: &Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Option<&'a RouteRuntime> {
     let host = req
         .uri()
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
-    let i = listener.table.find(host, req.uri().path(), req.method(), req.headers())?;
+    let i = listener.table.find(host, path, method, req.headers())?;
     listener.routes.get(i)
 }
 

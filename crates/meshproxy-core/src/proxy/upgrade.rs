@@ -10,7 +10,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::listener::Drain;
+use crate::listener::{ActivityGuard, Drain};
 use crate::tunnel;
 
 /// The `Upgrade` token of an HTTP/1.1 upgrade request (`Connection` must name `upgrade`).
@@ -34,9 +34,18 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
-/// Splices the two upgraded connections once both handovers complete.
-pub fn splice(downstream: OnUpgrade, upstream: OnUpgrade, idle: Duration, drain: watch::Receiver<Drain>) {
+/// Splices the two upgraded connections once both handovers complete. `busy` keeps a
+/// multiplexed (HTTP/2) downstream connection out of its idle timeout while the tunnel, one of
+/// its streams, is open.
+pub fn splice(
+    downstream: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    drain: watch::Receiver<Drain>,
+    busy: Option<ActivityGuard>,
+) {
     tokio::spawn(async move {
+        let _busy = busy;
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {
