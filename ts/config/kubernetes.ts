@@ -5,7 +5,7 @@
  * happens in `k8s-translate.ts` once every document of the file has been read, since an Ingress
  * may come before the Services it names.
  */
-import { isScalar } from 'yaml'
+import { isScalar } from './yaml-lib.js'
 import type { PathMatchType } from './model.js'
 import type { Loc } from './diagnostics.js'
 import { readPathType } from './native.js'

@@ -5,7 +5,8 @@
  * pieces merged, options applied, and the whole-model checks run.
  */
 import { readFile } from 'node:fs/promises'
-import { isMap, isScalar, LineCounter, parseAllDocuments, type YAMLMap } from 'yaml'
+import type { YAMLMap } from 'yaml'
+import { isMap, isScalar, newLineCounter, parseAllDocuments } from './yaml-lib.js'
 import type { AdminModel, ConfigModel, ListenerModel, ServiceModel } from './model.js'
 import { DiagnosticSink, Origins, type Diagnostic, type Loc } from './diagnostics.js'
 import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener } from './defaults.js'
@@ -49,7 +50,7 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
   const origins = new Origins()
   const defaultListen = optionAddress(sink, 'defaultListen', opts.defaultListen ?? DEFAULT_LISTEN) ?? DEFAULT_LISTEN
 
-  const lineCounter = new LineCounter()
+  const lineCounter = newLineCounter()
   const docs = parseAllDocuments(text, { lineCounter, prettyErrors: false })
   const listeners: ListenerModel[] = []
   const services: ServiceModel[] = []

@@ -3,7 +3,7 @@
  * field-by-field reading into model objects with defaults applied, positions recorded in
  * `Origins` for the cross-checks that run once every document is read.
  */
-import { isMap, isSeq } from 'yaml'
+import { isMap, isSeq } from './yaml-lib.js'
 import type { AdminModel, BalancerModel, EndpointModel, HeaderMatch, Http2Model, ListenerModel, PathMatchType, RouteModel, ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import {

@@ -3,8 +3,8 @@
  * the sink and returns undefined instead of throwing, so one pass over a file reports every
  * problem in it. Missing and explicit `null` are the same thing ("not set"), as in Kubernetes.
  */
-import { isAlias, isMap, isScalar, isSeq, Pair, Scalar, YAMLMap, YAMLSeq } from 'yaml'
-import type { Document, LineCounter, Node } from 'yaml'
+import type { Document, LineCounter, Node, Pair, Scalar, YAMLMap, YAMLSeq } from 'yaml'
+import { isAlias, isMap, isScalar, isSeq } from './yaml-lib.js'
 import { DiagnosticSink, suggest, type Loc } from './diagnostics.js'
 import type { LimitSpec } from './defaults.js'
 import { describe, parseDuration, type Parsed } from './values.js'
