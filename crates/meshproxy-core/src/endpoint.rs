@@ -115,7 +115,8 @@ pub struct Endpoint {
 /// A connection taken for one request; `reused` tells whether it came from the pool.
 pub struct Checkout {
     pub sender: Sender,
-    pub reused: bool,
+    /// How long the connection sat in the pool; None for a new connection.
+    pub idle: Option<Duration>,
 }
 
 impl Endpoint {
@@ -187,12 +188,12 @@ impl Endpoint {
 
     /// A pooled connection if one is usable, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ProxyError> {
-        if let Some(sender) = self.pool.checkout() {
-            return Ok(Checkout { sender, reused: true });
+        if let Some((sender, idle)) = self.pool.checkout_with_idle() {
+            return Ok(Checkout { sender, idle: Some(idle) });
         }
         // Boxed: the connect future is large and rarely needed; inline, it would size every
         // request's future (moved several times per request) to fit it.
-        Ok(Checkout { sender: Box::pin(self.connect()).await?, reused: false })
+        Ok(Checkout { sender: Box::pin(self.connect()).await?, idle: None })
     }
 
     pub fn checkin(&self, sender: Sender) {

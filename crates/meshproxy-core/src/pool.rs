@@ -62,12 +62,19 @@ impl<C: Reusable> Pool<C> {
 
     /// Takes the freshest usable idle connection, discarding stale ones on the way.
     pub fn checkout(&self) -> Option<C> {
+        self.checkout_with_idle().map(|(conn, _)| conn)
+    }
+
+    /// [`Pool::checkout`], also saying how long the connection sat idle: only a connection idle
+    /// for a while can meet a peer's keep-alive timeout on the way (see `forward::send`).
+    pub fn checkout_with_idle(&self) -> Option<(C, Duration)> {
         let timeout = self.idle_timeout();
         let now = Instant::now();
         let mut idle = self.idle.lock();
         while let Some(entry) = idle.pop() {
-            if now.duration_since(entry.since) < timeout && !entry.conn.is_closed() && entry.conn.is_ready() {
-                return Some(entry.conn);
+            let idle_for = now.duration_since(entry.since);
+            if idle_for < timeout && !entry.conn.is_closed() && entry.conn.is_ready() {
+                return Some((entry.conn, idle_for));
             }
         }
         None

@@ -5,7 +5,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // `Trailer` is not hop-by-hop (RFC 9110 §6.6.2): it announces the trailer fields, and HTTP/1.1
-// encoders need it to send them on.
+// encoders need it to send them on. The order is the bit order of `strip_hop_by_hop`'s scan.
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -36,10 +36,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u8;
     let mut te = false;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if name == header::TE {
-            te = true;
+        // A match on the lowercase name compiles to a length switch and at most one compare.
+        match name.as_str() {
+            "connection" => present |= 1,
+            "keep-alive" => present |= 1 << 1,
+            "proxy-connection" => present |= 1 << 2,
+            "proxy-authenticate" => present |= 1 << 3,
+            "transfer-encoding" => present |= 1 << 4,
+            "upgrade" => present |= 1 << 5,
+            "te" => te = true,
+            _ => {}
         }
     }
     if present == 0 && !te {
