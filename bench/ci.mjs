@@ -234,8 +234,10 @@ async function main() {
       instructionTolerance: baseline?.instructionTolerance ?? 0.03,
       throughputVsHaproxy: {
         measured: tp?.ratio ?? baseline?.throughputVsHaproxy?.measured ?? null,
-        // The floor sits well under the measured ratio: the ratio moves ±10 % between runs here.
-        min: baseline?.throughputVsHaproxy?.min ?? (tp?.ratio != null ? Math.floor(tp.ratio * 0.85 * 100) / 100 : null),
+        // The floor sits well under the measured ratio: the ratio swings by a third between runs
+        // on a shared 2-core machine; small regressions are the instruction counts' job.
+        min: baseline?.throughputVsHaproxy?.min ?? (tp?.ratio != null ? Math.floor(tp.ratio * 0.6 * 100) / 100 : null),
+        why: baseline?.throughputVsHaproxy?.why,
       },
     }
     writeFileSync(baselinePath, JSON.stringify(next, null, 2) + '\n')
