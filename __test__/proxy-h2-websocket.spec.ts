@@ -5,55 +5,13 @@
  * Also: a refused upgrade is passed back, a backend that does not complete the handshake is a
  * 502, and a plain HTTP/2 CONNECT without `:protocol` is still refused.
  */
-import http from 'node:http'
 import http2 from 'node:http2'
-import type { AddressInfo } from 'node:net'
 import test, { type ExecutionContext } from 'ava'
-import { WebSocketServer } from 'ws'
 import { h2connect, h2request } from './helpers/h2.js'
 import { load, startProxy } from './helpers/proxy.js'
+import { startWsBackend } from './helpers/ws.js'
 import { metricValue } from './helpers/tcp.js'
 import { FrameReader, OP, clientFrame, closePayload } from './helpers/wsframe.js'
-
-interface WsBackend {
-  address: string
-  /** Heads of the upgrade requests the backend saw. */
-  upgrades: http.IncomingHttpHeaders[]
-}
-
-/**
- * `ws` server: echoes text as `echo:<text>` and binary as is; `close:<code>` makes it close
- * with that code. `refuse` answers every upgrade 403; `plain` has no upgrade handling at all, so
- * the handshake request gets an ordinary 200.
- */
-async function wsBackend(t: ExecutionContext, mode: 'ok' | 'refuse' | 'plain' = 'ok'): Promise<WsBackend> {
-  const upgrades: http.IncomingHttpHeaders[] = []
-  const server = http.createServer((_req, res) => res.end('plain'))
-  const wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => (protocols.has('chat') ? 'chat' : false) })
-  if (mode !== 'plain') {
-    server.on('upgrade', (req, socket, head) => {
-      upgrades.push(req.headers)
-      if (mode === 'refuse') {
-        socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 6\r\nx-refused: yes\r\n\r\nno way')
-        return
-      }
-      wss.handleUpgrade(req, socket, head, (ws) => {
-        ws.on('message', (data, isBinary) => {
-          const text = data.toString()
-          if (!isBinary && text.startsWith('close:')) ws.close(Number(text.slice(6)), 'bye')
-          else ws.send(isBinary ? data : `echo:${text}`, { binary: isBinary })
-        })
-      })
-    })
-  }
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => {
-    for (const c of wss.clients) c.terminate()
-    server.closeAllConnections()
-    return new Promise<void>((resolve) => server.close(() => resolve()))
-  })
-  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, upgrades }
-}
 
 function config(backend: string, protocol: 'http1' | 'http2' = 'http1') {
   return load(`
@@ -99,14 +57,14 @@ function openWebSocket(s: http2.ClientHttp2Session, path = '/chat', extra: http2
 }
 
 test('the proxy advertises SETTINGS_ENABLE_CONNECT_PROTOCOL on h2c connections', async (t) => {
-  const backend = await wsBackend(t)
+  const backend = await startWsBackend(t)
   const { address } = await startProxy(t, config(backend.address))
   const s = await session(t, address)
   t.true(s.remoteSettings.enableConnectProtocol)
 })
 
 test('extended CONNECT → HTTP/1.1 WebSocket: 200, subprotocol, messages both ways, close codes', async (t) => {
-  const backend = await wsBackend(t)
+  const backend = await startWsBackend(t)
   const { address, proxy } = await startProxy(t, config(backend.address))
   const s = await session(t, address)
   const ws = await openWebSocket(s, '/chat', { 'sec-websocket-protocol': 'chat, superchat' })
@@ -160,7 +118,7 @@ test('extended CONNECT → HTTP/1.1 WebSocket: 200, subprotocol, messages both w
 })
 
 test('an http2 service gets the WebSocket as an HTTP/1.1 upgrade too', async (t) => {
-  const backend = await wsBackend(t)
+  const backend = await startWsBackend(t)
   const { address } = await startProxy(t, config(backend.address, 'http2'))
   const ws = await openWebSocket(await session(t, address))
   t.is(ws.status, 200)
@@ -169,7 +127,7 @@ test('an http2 service gets the WebSocket as an HTTP/1.1 upgrade too', async (t)
 })
 
 test('a refused upgrade is passed back with its status, headers and body', async (t) => {
-  const backend = await wsBackend(t, 'refuse')
+  const backend = await startWsBackend(t, 'refuse')
   const { address } = await startProxy(t, config(backend.address))
   const ws = await openWebSocket(await session(t, address))
   t.is(ws.status, 403)
@@ -185,7 +143,7 @@ test('a refused upgrade is passed back with its status, headers and body', async
 })
 
 test('a backend that answers the handshake without 101 is a 502 upstream-handshake, not a tunnel', async (t) => {
-  const backend = await wsBackend(t, 'plain')
+  const backend = await startWsBackend(t, 'plain')
   const { address, proxy } = await startProxy(t, config(backend.address))
   const ws = await openWebSocket(await session(t, address))
   t.is(ws.status, 502)
@@ -194,7 +152,7 @@ test('a backend that answers the handshake without 101 is a 502 upstream-handsha
 })
 
 test('routing as GET: no route for the path is a 404; other :protocol values and plain CONNECT are refused', async (t) => {
-  const backend = await wsBackend(t)
+  const backend = await startWsBackend(t)
   const { address } = await startProxy(t, config(backend.address))
   const s = await session(t, address)
   const miss = await openWebSocket(s, '/other')

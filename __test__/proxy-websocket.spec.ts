@@ -2,36 +2,10 @@
  * WebSocket (HTTP/1.1 Upgrade) through meshproxy with the `ws` package on both sides: messages
  * both ways, a 10 MB message, close codes, many concurrent sockets, a refused upgrade passed back.
  */
-import http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import test, { type ExecutionContext } from 'ava'
-import WebSocket, { WebSocketServer } from 'ws'
+import WebSocket from 'ws'
 import { startProxy, simpleYaml } from './helpers/proxy.js'
-
-async function wsBackend(t: ExecutionContext, opts: { refuse?: boolean } = {}): Promise<string> {
-  const server = http.createServer((_req, res) => res.end('plain'))
-  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 })
-  server.on('upgrade', (req, socket, head) => {
-    if (opts.refuse) {
-      socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 6\r\nx-refused: yes\r\n\r\nno way')
-      return
-    }
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      ws.on('message', (data, isBinary) => {
-        const text = data.toString()
-        if (!isBinary && text.startsWith('close:')) ws.close(Number(text.slice(6)), 'bye')
-        else ws.send(isBinary ? data : `echo:${text}`, { binary: isBinary })
-      })
-    })
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => {
-    for (const c of wss.clients) c.terminate()
-    server.closeAllConnections()
-    return new Promise<void>((resolve) => server.close(() => resolve()))
-  })
-  return `127.0.0.1:${(server.address() as AddressInfo).port}`
-}
+import { startWsBackend } from './helpers/ws.js'
 
 function open(t: ExecutionContext, url: string): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
@@ -47,7 +21,7 @@ function next(ws: WebSocket): Promise<{ data: Buffer; binary: boolean }> {
 }
 
 test('messages both ways, a 10 MB binary message, and the close code', async (t) => {
-  const backend = await wsBackend(t)
+  const { address: backend } = await startWsBackend(t)
   const { address } = await startProxy(t, simpleYaml([backend]))
   const ws = await open(t, `ws://${address}/chat`)
   ws.send('hello')
@@ -64,7 +38,7 @@ test('messages both ways, a 10 MB binary message, and the close code', async (t)
 })
 
 test('many concurrent sockets', async (t) => {
-  const backend = await wsBackend(t)
+  const { address: backend } = await startWsBackend(t)
   const { address } = await startProxy(t, simpleYaml([backend]))
   const sockets = await Promise.all(Array.from({ length: 50 }, () => open(t, `ws://${address}/`)))
   const replies = await Promise.all(
@@ -81,7 +55,7 @@ test('many concurrent sockets', async (t) => {
 })
 
 test('a backend that refuses the upgrade gets its status passed back', async (t) => {
-  const backend = await wsBackend(t, { refuse: true })
+  const { address: backend } = await startWsBackend(t, 'refuse')
   const { address } = await startProxy(t, simpleYaml([backend]))
   const status = await new Promise<number>((resolve, reject) => {
     const ws = new WebSocket(`ws://${address}/`)
