@@ -188,7 +188,7 @@ impl Endpoint {
 
     /// A pooled connection if one is usable, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ProxyError> {
-        if let Some((sender, idle)) = self.pool.checkout_with_idle() {
+        if let Some((sender, idle)) = self.pool.checkout() {
             return Ok(Checkout { sender, idle: Some(idle) });
         }
         // Boxed: the connect future is large and rarely needed; inline, it would size every
@@ -249,9 +249,9 @@ impl Endpoint {
         Ok(H2Handle { sender, peer_max })
     }
 
-    /// A raw TCP connection for opaque forwarding; counted as opened and open (the caller
-    /// decrements `open` when it ends).
-    pub async fn connect_tcp(&self) -> Result<TcpStream, ProxyError> {
+    /// A raw TCP connection for opaque forwarding; counted as opened and open. Only
+    /// [`crate::tcp::TcpUpstream`] calls it, and undoes `open` when dropped.
+    pub(crate) async fn connect_tcp(&self) -> Result<TcpStream, ProxyError> {
         let stream = self.tcp_connect().await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);

@@ -60,14 +60,10 @@ impl<C: Reusable> Pool<C> {
         Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
     }
 
-    /// Takes the freshest usable idle connection, discarding stale ones on the way.
-    pub fn checkout(&self) -> Option<C> {
-        self.checkout_with_idle().map(|(conn, _)| conn)
-    }
-
-    /// [`Pool::checkout`], also saying how long the connection sat idle: only a connection idle
-    /// for a while can meet a peer's keep-alive timeout on the way (see `forward::send`).
-    pub fn checkout_with_idle(&self) -> Option<(C, Duration)> {
+    /// Takes the freshest usable idle connection, discarding stale ones on the way, with how
+    /// long it sat idle: only a connection idle for a while can meet a peer's keep-alive timeout
+    /// on the way (see `forward::send`).
+    pub fn checkout(&self) -> Option<(C, Duration)> {
         let timeout = self.idle_timeout();
         let now = Instant::now();
         let mut idle = self.idle.lock();
@@ -146,7 +142,7 @@ mod tests {
         p.checkin(c);
         assert_eq!(p.idle_len(), 2, "idle set is bounded");
         b.1.store(true, Ordering::Relaxed);
-        assert_eq!(p.checkout().map(|c| c.0), Some(1), "closed connection skipped");
+        assert_eq!(p.checkout().map(|(c, _)| c.0), Some(1), "closed connection skipped");
         assert!(p.checkout().is_none());
     }
 
@@ -158,7 +154,7 @@ mod tests {
         p.checkin(fake(2));
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(p.reap(), 1);
-        assert_eq!(p.checkout().map(|c| c.0), Some(2));
+        assert_eq!(p.checkout().map(|(c, _)| c.0), Some(2));
         p.checkin(fake(3));
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(p.checkout().is_none(), "expired connection never handed out");

@@ -1,19 +1,68 @@
 //! Opaque TCP forwarding: one upstream connection per downstream connection, to an endpoint the
 //! service's balancer picks (a `hash` balancer hashes the client address here; header and cookie
 //! keys do not exist in TCP, so those fall back to random), spliced with half-close handling and
-//! an idle timeout, bytes counted per service.
+//! an idle timeout, bytes counted per service. `CONNECT` tunnels use the same upstream side
+//! ([`TcpUpstream`]).
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::ServiceRuntime;
+use crate::endpoint::Endpoint;
+use crate::error::ProxyError;
 use crate::listener::Drain;
+use crate::metrics::TcpMetrics;
 use crate::tunnel;
+
+/// The upstream side of an opaque TCP session: a connected socket, counted as one of the
+/// service's TCP connections and open tunnels and as open at the endpoint until it is dropped,
+/// however the session ends.
+pub struct TcpUpstream {
+    stream: TcpStream,
+    endpoint: Arc<Endpoint>,
+    metrics: Arc<TcpMetrics>,
+}
+
+impl TcpUpstream {
+    pub async fn connect(endpoint: &Arc<Endpoint>, metrics: &Arc<TcpMetrics>) -> Result<Self, ProxyError> {
+        let stream = endpoint.connect_tcp().await?;
+        metrics.connections.fetch_add(1, Ordering::Relaxed);
+        metrics.open.fetch_add(1, Ordering::Relaxed);
+        Ok(TcpUpstream { stream, endpoint: endpoint.clone(), metrics: metrics.clone() })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Splices `downstream` with this connection, counting bytes for the service.
+    pub async fn relay<IO>(
+        &mut self,
+        downstream: &mut IO,
+        idle: Duration,
+        drain: watch::Receiver<Drain>,
+    ) -> io::Result<tunnel::Moved>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        tunnel::splice(downstream, &mut self.stream, idle, drain, &self.metrics.bytes).await
+    }
+}
+
+impl Drop for TcpUpstream {
+    fn drop(&mut self) {
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 pub async fn forward<IO>(
     mut downstream: IO,
@@ -35,20 +84,14 @@ pub async fn forward<IO>(
         tracing::debug!(%peer, service = %service.name, "no endpoints for a TCP connection; closing");
         return;
     };
-    let mut upstream = match endpoint.connect_tcp().await {
-        Ok(s) => s,
+    let mut upstream = match TcpUpstream::connect(endpoint, &service.tcp).await {
+        Ok(u) => u,
         Err(_) => {
             tracing::debug!(%peer, endpoint = %endpoint.address, "TCP upstream connect failed; closing");
             return;
         }
     };
-    let m = &service.tcp;
-    m.connections.fetch_add(1, Ordering::Relaxed);
-    m.open.fetch_add(1, Ordering::Relaxed);
-    let result = tunnel::splice(&mut downstream, &mut upstream, idle, drain, &m.bytes).await;
-    m.open.fetch_sub(1, Ordering::Relaxed);
-    endpoint.open.fetch_sub(1, Ordering::Relaxed);
-    if let Err(e) = result {
+    if let Err(e) = upstream.relay(&mut downstream, idle, drain).await {
         tracing::debug!(%peer, endpoint = %endpoint.address, error = %e, "TCP connection ended with an error");
     }
 }

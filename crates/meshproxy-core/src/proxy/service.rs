@@ -22,6 +22,7 @@ use crate::error::ProxyError;
 use crate::listener::{Activity, ActivityGuard, Drain};
 use crate::metrics::Protocol;
 use crate::server::Shared;
+use crate::tcp::TcpUpstream;
 use tokio::sync::watch;
 
 static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
@@ -200,8 +201,8 @@ async fn route_and_forward(
         let Some(endpoint) = service.balancer.pick(hash).and_then(|i| service.endpoints.get(i)) else {
             return fail(ProxyError::NoEndpoints, Some(route), Some(activity));
         };
-        let upstream = match endpoint.connect_tcp().await {
-            Ok(s) => s,
+        let upstream = match TcpUpstream::connect(endpoint, &service.tcp).await {
+            Ok(u) => u,
             Err(e) => return fail(e, Some(route), Some(activity)),
         };
         let mut req = req;
@@ -210,8 +211,6 @@ async fn route_and_forward(
         connect::splice(
             downstream,
             upstream,
-            endpoint.clone(),
-            service.tcp.clone(),
             listener.limits.tunnel_idle_timeout,
             ctx.drain.clone(),
             activity,
@@ -408,22 +407,17 @@ fn prepare_request(
     h2: bool,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    if let Some(a) = parts.uri.authority() {
-        // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority
-        // becomes the Host if the client sent none (x-forwarded-host reads it).
-        if !parts.headers.contains_key(header::HOST) {
-            let host = HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest)?;
-            parts.headers.insert(header::HOST, host);
-        }
-        if !h2 {
-            let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest)?;
-        }
-    }
     if !parts.headers.contains_key(header::HOST) {
-        // HTTP/1.0 clients may omit Host; the upstream request is HTTP/1.1, which requires it.
-        let host = HeaderValue::from_str(upstream_authority).map_err(|_| ProxyError::BadRequest)?;
+        // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority becomes
+        // the Host (x-forwarded-host reads it). HTTP/1.0 clients may send neither; the upstream
+        // request is HTTP/1.1, which requires a Host, so it names the endpoint.
+        let host = parts.uri.authority().map_or(upstream_authority, |a| a.as_str());
+        let host = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest)?;
         parts.headers.insert(header::HOST, host);
+    }
+    if !h2 && parts.uri.authority().is_some() {
+        let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest)?;
     }
     headers::strip_hop_by_hop(&mut parts.headers);
     // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
