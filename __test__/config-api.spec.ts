@@ -10,6 +10,7 @@ import {
   validateModel,
   type ConfigModel,
 } from '../ts/config/index.js'
+import { DOCUMENTED_HTTP2_DEFAULTS } from './helpers/defaults.js'
 
 test('formatDiagnostic: one line, position left out when there is none', (t) => {
   t.is(
@@ -36,14 +37,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         maxHeaderBytes: 65536,
         maxUriBytes: 8192,
         tunnelIdleTimeoutMs: 300000,
-        http2: {
-          maxConcurrentStreams: 100,
-          maxHeaderListSize: 16384,
-          connectionWindowSize: 1048576,
-          streamWindowSize: 262144,
-          keepAliveIntervalMs: 20000,
-          keepAliveTimeoutMs: 20000,
-        },
+        http2: DOCUMENTED_HTTP2_DEFAULTS,
         routes: [
           {
             name: 'default',

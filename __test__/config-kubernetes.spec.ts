@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import test from 'ava'
 import { formatDiagnostic, loadConfigFile, loadConfigText, type Diagnostic, type LoadResult } from '../ts/config/index.js'
+import { DOCUMENTED_HTTP2_DEFAULTS } from './helpers/defaults.js'
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url)
 const SEED = readFileSync(fixture('seed-ingress.yaml'), 'utf8')
@@ -69,14 +70,7 @@ test('seed Ingress alone loads with warnings for both backends', (t) => {
 
 test('Kubernetes-derived listeners and services get the HTTP/2 and protocol defaults', (t) => {
   const config = loadConfigText(SEED).config!
-  t.deepEqual(config.listeners[0]?.http2, {
-    maxConcurrentStreams: 100,
-    maxHeaderListSize: 16384,
-    connectionWindowSize: 1048576,
-    streamWindowSize: 262144,
-    keepAliveIntervalMs: 20000,
-    keepAliveTimeoutMs: 20000,
-  })
+  t.deepEqual(config.listeners[0]?.http2, DOCUMENTED_HTTP2_DEFAULTS)
   t.deepEqual(config.services.map((s) => [s.name, s.protocol, s.maxStreamsPerConnection]), [
     ['service-a:80', 'http1', 100],
     ['service-b:80', 'http1', 100],

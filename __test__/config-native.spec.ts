@@ -1,5 +1,6 @@
 import test from 'ava'
 import { formatDiagnostic, loadConfigText, type ConfigModel, type Diagnostic, type LoadResult } from '../ts/config/index.js'
+import { DOCUMENTED_HTTP2_DEFAULTS } from './helpers/defaults.js'
 
 const errors = (r: LoadResult): Diagnostic[] => r.diagnostics.filter((d) => d.severity === 'error')
 const warnings = (r: LoadResult): Diagnostic[] => r.diagnostics.filter((d) => d.severity === 'warning')
@@ -162,14 +163,7 @@ services:
         maxHeaderBytes: 65536,
         maxUriBytes: 8192,
         tunnelIdleTimeoutMs: 300000,
-        http2: {
-          maxConcurrentStreams: 100,
-          maxHeaderListSize: 16384,
-          connectionWindowSize: 1048576,
-          streamWindowSize: 262144,
-          keepAliveIntervalMs: 20000,
-          keepAliveTimeoutMs: 20000,
-        },
+        http2: DOCUMENTED_HTTP2_DEFAULTS,
         routes: [
           {
             name: 'listener-0-route-0',
@@ -232,14 +226,6 @@ test('durations: ms integers and unit strings', (t) => {
   t.regex(errors(zero)[0]?.message ?? '', /idleTimeout.*between 1ms/)
 })
 
-const HTTP2_DEFAULTS = {
-  maxConcurrentStreams: 100,
-  maxHeaderListSize: 16384,
-  connectionWindowSize: 1048576,
-  streamWindowSize: 262144,
-  keepAliveIntervalMs: 20000,
-  keepAliveTimeoutMs: 20000,
-}
 
 test('http2: defaults for every listener, also with an empty or partial http2 mapping', (t) => {
   const config = load(`
@@ -250,11 +236,11 @@ listeners:
   - { name: d, address: 127.0.0.1:1003, http2: { maxConcurrentStreams: 1 }, routes: [{ service: s }] }
 services: [{ name: s, endpoints: [127.0.0.1:1] }]
 `)
-  t.deepEqual(config.listeners.map((l) => l.http2), [HTTP2_DEFAULTS, HTTP2_DEFAULTS, HTTP2_DEFAULTS, { ...HTTP2_DEFAULTS, maxConcurrentStreams: 1 }])
+  t.deepEqual(config.listeners.map((l) => l.http2), [DOCUMENTED_HTTP2_DEFAULTS, DOCUMENTED_HTTP2_DEFAULTS, DOCUMENTED_HTTP2_DEFAULTS, { ...DOCUMENTED_HTTP2_DEFAULTS, maxConcurrentStreams: 1 }])
   // Each listener has its own copy: changing one must not change the defaults of another.
   t.not(config.listeners[0]!.http2, config.listeners[1]!.http2)
   // A listener created by an option gets them too.
-  t.deepEqual(load('services: []', { listenOverride: '127.0.0.1:5000' }).listeners[0]?.http2, HTTP2_DEFAULTS)
+  t.deepEqual(load('services: []', { listenOverride: '127.0.0.1:5000' }).listeners[0]?.http2, DOCUMENTED_HTTP2_DEFAULTS)
 })
 
 test('http2: keep-alive times are durations; 0 turns the interval off but not the timeout', (t) => {
@@ -549,7 +535,7 @@ test('listener protocol, tcpService and detectTimeout load into the model', (t) 
     maxHeaderBytes: 65536,
     maxUriBytes: 8192,
     tunnelIdleTimeoutMs: 300000,
-    http2: HTTP2_DEFAULTS,
+    http2: DOCUMENTED_HTTP2_DEFAULTS,
     routes: [],
   })
   t.like(web, { protocol: 'http', tcpService: 'smtp', detectTimeoutMs: 300 })

@@ -6,8 +6,8 @@
  */
 import http from 'node:http'
 import http2 from 'node:http2'
-import type { AddressInfo } from 'node:net'
 import test, { type ExecutionContext } from 'ava'
+import { listenH2 } from './helpers/h2.js'
 import { load, startProxy } from './helpers/proxy.js'
 import { metricValue } from './helpers/tcp.js'
 
@@ -31,17 +31,9 @@ interface Backend {
  */
 async function startBackend(t: ExecutionContext, failure: Failure): Promise<Backend> {
   const server = http2.createServer()
-  const open = new Set<http2.ServerHttp2Session>()
   const served: string[] = []
-  let sessions = 0
   let failed = false
   let held: http2.ServerHttp2Stream | undefined
-  server.on('session', (s) => {
-    sessions += 1
-    open.add(s)
-    s.on('close', () => open.delete(s))
-    s.on('error', () => {})
-  })
   const serve = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void => {
     let body = ''
     stream.on('data', (c: Buffer) => (body += c.toString()))
@@ -69,18 +61,11 @@ async function startBackend(t: ExecutionContext, failure: Failure): Promise<Back
     failed = true
     stream.close(failure === 'refuse' ? NGHTTP2_REFUSED_STREAM : NGHTTP2_INTERNAL_ERROR)
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve())
-        for (const s of open) s.destroy()
-      }),
-  )
+  const listening = await listenH2(t, server)
   return {
-    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    address: listening.address,
     get sessions() {
-      return sessions
+      return listening.sessions
     },
     served,
   }

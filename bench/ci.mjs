@@ -127,7 +127,7 @@ async function countInstructions(tools, serveBin, workDir, name, backends, proto
   }
 }
 
-/** The top functions of one callgrind dump (inclusive of nothing: self cost), for the report. */
+/** The top functions of one callgrind dump by their own (exclusive) instructions, for the report. */
 function topFunctions(file, n = 12) {
   const r = spawnSync('callgrind_annotate', ['--threshold=99', file], { encoding: 'utf8', maxBuffer: 64 << 20 })
   if (r.status !== 0) return []

@@ -14,16 +14,38 @@ export interface H2Backend {
 }
 
 /** An h2c server answering `name` (and echoing the request body length) on every stream. */
-export async function startH2Backend(t: ExecutionContext, name: string, opts: { delayMs?: number } = {}): Promise<H2Backend> {
-  const server = http2.createServer()
+/**
+ * Listens on an ephemeral 127.0.0.1 port and counts the server's sessions; at teardown, closes
+ * it and destroys the sessions still open (`close()` alone waits for them).
+ */
+export async function listenH2(t: ExecutionContext, server: http2.Http2Server): Promise<{ address: string; readonly sessions: number }> {
   let sessions = 0
-  let streams = 0
   const open = new Set<http2.ServerHttp2Session>()
   server.on('session', (s) => {
     sessions += 1
     open.add(s)
     s.on('close', () => open.delete(s))
+    s.on('error', () => {})
   })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        for (const s of open) s.destroy()
+      }),
+  )
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    get sessions() {
+      return sessions
+    },
+  }
+}
+
+export async function startH2Backend(t: ExecutionContext, name: string, opts: { delayMs?: number } = {}): Promise<H2Backend> {
+  const server = http2.createServer()
+  let streams = 0
   server.on('stream', (stream, headers) => {
     streams += 1
     let n = 0
@@ -39,19 +61,11 @@ export async function startH2Backend(t: ExecutionContext, name: string, opts: { 
     })
     stream.on('error', () => {})
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as AddressInfo).port
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve())
-        for (const s of open) s.destroy()
-      }),
-  )
+  const listening = await listenH2(t, server)
   return {
-    address: `127.0.0.1:${port}`,
+    address: listening.address,
     get sessions() {
-      return sessions
+      return listening.sessions
     },
     get streams() {
       return streams
