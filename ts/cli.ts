@@ -78,7 +78,9 @@ async function run(opts: RunOptions): Promise<void> {
   }
   initLogging(opts.log)
   const proxy = new Proxy(result.config, { workers: opts.workers })
-  printStarted(await proxy.start())
+  const started = await proxy.start()
+  // Handlers first, then "listening": whoever waits for that line may signal at once, and a
+  // SIGHUP before its handler exists would kill the process (the default action).
   closeOnSignals(proxy, opts.grace)
   if (opts.config) {
     process.on('SIGHUP', () => {
@@ -97,6 +99,7 @@ async function run(opts: RunOptions): Promise<void> {
       })()
     })
   }
+  printStarted(started)
 }
 
 async function check(file: string): Promise<void> {

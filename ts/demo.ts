@@ -60,6 +60,11 @@ admin: ${opts.admin}
     for (const s of [web1, web2, api]) s.close()
     throw err
   }
+  // Signal handlers before the lines a user (or a test) reacts to, as in `run`.
+  closeOnSignals(proxy, 2000, () => {
+    for (const s of [web1, web2, api]) s.close()
+    process.exit(0)
+  })
   const addr = info.listeners[0]!.localAddress
   console.log(`meshproxy demo: services web-1 :${port(web1)}, web-2 :${port(web2)}, api :${port(api)}`)
   console.log(`meshproxy demo: proxy on http://${addr}, admin on http://${info.admin}
@@ -73,8 +78,4 @@ Try:
   curl -s http://${info.admin}/config
 
 Ctrl-C drains and stops.`)
-  closeOnSignals(proxy, 2000, () => {
-    for (const s of [web1, web2, api]) s.close()
-    process.exit(0)
-  })
 }
