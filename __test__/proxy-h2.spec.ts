@@ -2,14 +2,16 @@
  * HTTP/2 through meshproxy: h2c clients (prior knowledge) on the same port as HTTP/1.1, to
  * HTTP/1.1 and to HTTP/2 upstreams, with upstream stream multiplexing counted at the backend.
  */
+import { createHash } from 'node:crypto'
 import http from 'node:http'
+import http2 from 'node:http2'
 import test from 'ava'
 import { startBackend } from './helpers/backend.js'
-import { h2connect, h2request, startH2Backend } from './helpers/h2.js'
+import { h2connect, h2request, listenH2, startH2Backend } from './helpers/h2.js'
 import { load, startProxy } from './helpers/proxy.js'
 import type { ConfigModel } from '../ts/index.js'
 
-function config(endpoint: string, protocol: 'http1' | 'http2' | 'auto', hosts = ''): ConfigModel {
+function config(endpoint: string, protocol: 'http1' | 'http2' | 'auto', hosts = '', pool = ''): ConfigModel {
   const model = load(`
 admin: null
 listeners:
@@ -23,6 +25,7 @@ services:
   - name: s
     protocol: ${protocol}
     endpoints: [${endpoint}]
+    ${pool ? `pool: ${pool}` : ''}
 `)
   return model
 }
@@ -148,4 +151,79 @@ test('trailers on an HTTP/1.1 chunked response reach HTTP/2 and HTTP/1.1 clients
       .on('error', reject)
   })
   t.is(h1['x-checksum'], 'abc123')
+})
+
+/** Deterministic bytes, so both ends can compare digests. */
+function pattern(size: number): Buffer {
+  const b = Buffer.alloc(size)
+  for (let i = 0; i < size; i++) b[i] = (i * 31 + (i >> 12)) & 0xff
+  return b
+}
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+test('HTTP/2 upstream: 8 MiB each way through flow-control windows smaller than the bodies', async (t) => {
+  // Node's default stream window is 64 KiB: the upload must wait for the backend's
+  // WINDOW_UPDATEs; the download (over the proxy's 2 MiB stream window) needs the proxy to give
+  // back window as the client reads.
+  const big = pattern(8 * 1024 * 1024)
+  const server = http2.createServer()
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {})
+    if (headers[':path'] === '/download') {
+      stream.respond({ ':status': 200, 'content-length': String(big.length) })
+      stream.end(big)
+      return
+    }
+    const hash = createHash('sha256')
+    let n = 0
+    stream.on('data', (c: Buffer) => {
+      hash.update(c)
+      n += c.length
+    })
+    stream.on('end', () => {
+      stream.respond({ ':status': 200 })
+      stream.end(`${n}:${hash.digest('hex')}`)
+    })
+  })
+  const backend = await listenH2(t, server)
+  const { port } = await startProxy(t, config(backend.address, 'http2'))
+
+  const upload = await new Promise<string>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: '/upload', method: 'POST', agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve(body))
+    })
+    req.on('error', reject)
+    req.end(big) // no Content-Length known upstream: chunked downstream, DATA frames upstream
+  })
+  t.is(upload, `${big.length}:${sha(big)}`)
+
+  const download = await new Promise<{ status: number; length: string | undefined; body: Buffer }>((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: '/download', agent: false }, (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, length: res.headers['content-length'], body: Buffer.concat(chunks) }))
+      })
+      .on('error', reject)
+  })
+  t.is(download.status, 200)
+  t.is(download.length, String(big.length), 'the length the upstream announced is passed on')
+  t.is(download.body.length, big.length)
+  t.is(sha(download.body), sha(big))
+})
+
+test('an idle upstream HTTP/2 connection is closed after the pool idle timeout; the next request opens another', async (t) => {
+  const backend = await startH2Backend(t, 'h2')
+  let closed = 0
+  backend.server.on('session', (s) => s.on('close', () => (closed += 1)))
+  const { port, proxy } = await startProxy(t, config(backend.address, 'http2', '', '{ idleTimeout: 300ms }'))
+  t.is((await h1get(port, '/one')).body, 'h2:0')
+  t.is(backend.sessions, 1)
+  // Reaped within idle timeout + one reaper tick (500 ms); the backend sees the connection end.
+  for (let i = 0; i < 40 && closed === 0; i++) await new Promise((r) => setTimeout(r, 50))
+  t.is(closed, 1, 'the backend saw the idle connection close')
+  t.is((await proxy.stats()).endpoints[0]!.openConnections, 0)
+  t.is((await h1get(port, '/two')).body, 'h2:0')
+  t.is(backend.sessions, 2)
 })

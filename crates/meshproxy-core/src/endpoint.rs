@@ -8,12 +8,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -25,49 +28,108 @@ use crate::pool::{Pool, PoolSettings, Reusable};
 use crate::proxy::body::UpstreamBody;
 
 pub type Sender = http1::SendRequest<UpstreamBody>;
-pub type H2Sender = http2::SendRequest<UpstreamBody>;
+/// The HTTP/2 client side speaks the `h2` crate directly: hyper's HTTP/2 client spawns a task per
+/// request (the response future) and hands each response over a channel, ~4 % of the h2c → h2
+/// path's instructions plus two task wake-ups per request. Here the request's own task awaits
+/// the response, and a body is piped by a task only when there is one (see `forward::send_h2`).
+pub type H2Sender = h2::client::SendRequest<Bytes>;
 
-/// An HTTP/2 connection's sender, and the peer's SETTINGS_MAX_CONCURRENT_STREAMS as last seen by
-/// the connection task (hyper exposes it on the connection, not the sender).
+/// Settings hyper's HTTP/2 client used (hyper 1.x defaults), kept when it was replaced.
+const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const H2_CONN_WINDOW: u32 = 5 * 1024 * 1024;
+const H2_MAX_FRAME: u32 = 16 * 1024;
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+const H2_MAX_SEND_BUF: usize = 1024 * 1024;
+/// A PING every 20 s; no PONG by the next one closes the connection (a peer that vanished
+/// without a FIN would otherwise hold its streams until the OS gives up on the socket).
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// What an HTTP/2 connection's driver task publishes for the pool.
+struct H2State {
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS as last seen.
+    peer_max: AtomicUsize,
+    /// Set when the connection has ended.
+    closed: AtomicBool,
+}
+
+/// An HTTP/2 connection's sender and what its driver publishes. When the last sender is dropped
+/// (the pool let the connection go), h2 wakes the driver, and the connection closes once its
+/// streams have ended.
 #[derive(Clone)]
 pub struct H2Handle {
     pub sender: H2Sender,
-    peer_max: Arc<AtomicUsize>,
+    state: Arc<H2State>,
 }
 
 impl Multiplexed for H2Handle {
     fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.state.closed.load(Ordering::Acquire)
     }
     fn peer_max_streams(&self) -> usize {
-        self.peer_max.load(Ordering::Relaxed)
+        self.state.peer_max.load(Ordering::Relaxed)
     }
     fn same_connection(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.peer_max, &other.peer_max)
+        Arc::ptr_eq(&self.state, &other.state)
     }
 }
 
-type H2Connection = http2::Connection<TokioIo<TcpStream>, UpstreamBody, TokioExecutor>;
+/// Why an upstream HTTP/2 connection ended.
+#[derive(Debug, thiserror::Error)]
+enum H2ConnEnd {
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+    #[error("no PING acknowledgement within {0:?}")]
+    KeepAliveTimeout(Duration),
+}
 
 pin_project_lite::pin_project! {
-    /// Drives an HTTP/2 client connection and publishes the peer's stream limit after each poll.
-    struct WatchedH2 {
+    /// Drives one HTTP/2 client connection: frames both ways, keep-alive pings, and the
+    /// published state.
+    struct H2Driver {
         #[pin]
-        conn: H2Connection,
-        peer_max: Arc<AtomicUsize>,
+        conn: h2::client::Connection<TcpStream, Bytes>,
+        state: Arc<H2State>,
+        ping: Option<h2::PingPong>,
+        #[pin]
+        ping_timer: tokio::time::Sleep,
+        ping_outstanding: bool,
+    }
+
+    impl PinnedDrop for H2Driver {
+        fn drop(this: Pin<&mut Self>) {
+            this.state.closed.store(true, Ordering::Release);
+        }
     }
 }
 
-impl std::future::Future for WatchedH2 {
-    type Output = Result<(), hyper::Error>;
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
+impl std::future::Future for H2Driver {
+    type Output = Result<(), H2ConnEnd>;
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if let Some(ping) = this.ping.as_mut() {
+            if *this.ping_outstanding {
+                if let Poll::Ready(r) = ping.poll_pong(cx) {
+                    *this.ping_outstanding = false;
+                    r?;
+                }
+            }
+            if this.ping_timer.as_mut().poll(cx).is_ready() {
+                if *this.ping_outstanding {
+                    return Poll::Ready(Err(H2ConnEnd::KeepAliveTimeout(H2_KEEPALIVE)));
+                }
+                ping.send_ping(h2::Ping::opaque())?;
+                *this.ping_outstanding = true;
+                this.ping_timer.as_mut().reset(tokio::time::Instant::now() + H2_KEEPALIVE);
+                // Registers the new deadline with the timer.
+                let _ = this.ping_timer.as_mut().poll(cx);
+            }
+        }
         let r = this.conn.as_mut().poll(cx);
-        this.peer_max.store(this.conn.current_max_send_streams(), Ordering::Relaxed);
-        r
+        this.state.peer_max.store(this.conn.max_concurrent_send_streams(), Ordering::Relaxed);
+        if r.is_ready() {
+            this.state.closed.store(true, Ordering::Release);
+        }
+        r.map_err(H2ConnEnd::from)
     }
 }
 
@@ -236,17 +298,31 @@ impl Endpoint {
     /// Opens a new HTTP/2 (h2c prior knowledge) connection.
     pub async fn connect_h2(self: &Arc<Self>) -> Result<H2Handle, ProxyError> {
         let stream = self.tcp_connect().await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .handshake(TokioIo::new(stream))
+        let (sender, mut conn) = h2::client::Builder::new()
+            .initial_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONN_WINDOW)
+            .max_frame_size(H2_MAX_FRAME)
+            .max_header_list_size(H2_MAX_HEADER_LIST)
+            .max_send_buffer_size(H2_MAX_SEND_BUF)
+            // Until the peer's SETTINGS arrive, the RFC's recommended minimum.
+            .initial_max_send_streams(100)
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream)
             .await
-            .map_err(|_| self.failed(ProxyError::UpstreamConnect))?;
-        // Until the peer's SETTINGS arrive, assume the RFC's recommended minimum of 100.
-        let peer_max = Arc::new(AtomicUsize::new(100));
-        self.track(WatchedH2 { conn, peer_max: peer_max.clone() });
-        Ok(H2Handle { sender, peer_max })
+            .map_err(|e| {
+                tracing::debug!(endpoint = %self.address, error = %e, "upstream h2 handshake failed");
+                self.failed(ProxyError::UpstreamConnect)
+            })?;
+        let state = Arc::new(H2State { peer_max: AtomicUsize::new(100), closed: AtomicBool::new(false) });
+        let ping = conn.ping_pong();
+        self.track(H2Driver {
+            conn,
+            state: state.clone(),
+            ping,
+            ping_timer: tokio::time::sleep(H2_KEEPALIVE),
+            ping_outstanding: false,
+        });
+        Ok(H2Handle { sender, state })
     }
 
     /// A raw TCP connection for opaque forwarding; counted as opened and open. Only
@@ -282,9 +358,10 @@ impl Endpoint {
     }
 
     /// Counts a new connection open until its task ends.
-    fn track<F>(self: &Arc<Self>, conn: F)
+    fn track<F, E>(self: &Arc<Self>, conn: F)
     where
-        F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
     {
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);

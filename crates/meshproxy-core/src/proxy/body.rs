@@ -51,6 +51,165 @@ impl Body for UpstreamBody {
     }
 }
 
+/// How a forwarded response body can end badly. Either way hyper aborts the downstream
+/// response (HTTP/1.1: the connection closes; HTTP/2: the stream is reset), never ends it as if
+/// complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
+
+/// A response body as it comes from upstream: hyper's for HTTP/1.1, an `h2` stream for HTTP/2.
+pub enum UpstreamIncoming {
+    H1(Incoming),
+    H2(H2Body),
+}
+
+impl UpstreamIncoming {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::H1(b) => b.is_end_stream(),
+            UpstreamIncoming::H2(b) => b.recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::H1(b) => b.size_hint(),
+            UpstreamIncoming::H2(b) => match b.remaining {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            UpstreamIncoming::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            UpstreamIncoming::H2(b) => b.poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+}
+
+/// An HTTP/2 response stream as a body: DATA then trailers. Received bytes are released to the
+/// flow-control window as they are handed on, so the upstream sends at the pace the downstream
+/// reads (h2 validates `content-length` against the DATA received).
+pub struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+    /// From `content-length`, counted down: what the downstream side announces.
+    remaining: Option<u64>,
+}
+
+impl H2Body {
+    pub fn new(recv: h2::RecvStream, headers: &http::HeaderMap) -> Self {
+        let remaining = if recv.is_end_stream() {
+            Some(0)
+        } else {
+            headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+        };
+        H2Body { recv, data_done: false, remaining }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    // Only fails once the stream is gone, and then the next poll says so.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(n) = self.remaining.as_mut() {
+                        *n = n.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => self.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Copies a request body into an HTTP/2 stream. Runs as its own task, started only for requests
+/// that have a body: the response may arrive (and the request's task move on) before the body
+/// ends — gRPC client streaming, or a server answering early.
+pub async fn pipe_to_h2(mut body: UpstreamBody, mut tx: h2::SendStream<Bytes>) {
+    loop {
+        // Backpressure: wait for some window before taking the next frame from the client (h2
+        // buffers what exceeds the window, up to its send-buffer limit). A reset from the peer
+        // (e.g. it answered without reading the body) ends the copy.
+        let ready = std::future::poll_fn(|cx| {
+            tx.reserve_capacity(1);
+            if tx.capacity() == 0 {
+                loop {
+                    match tx.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(0))) => {}
+                        Poll::Ready(Some(Ok(_))) => return Poll::Ready(true),
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(false),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+            match tx.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(false),
+                Poll::Pending => Poll::Ready(true),
+            }
+        })
+        .await;
+        if !ready {
+            return;
+        }
+        let frame = std::future::poll_fn(|cx| {
+            if tx.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Some)
+        })
+        .await;
+        let result = match frame {
+            // Reset by the peer.
+            None => return,
+            // No more frames and no end sent yet: an empty DATA frame with END_STREAM.
+            Some(None) => tx.send_data(Bytes::new(), true),
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    let eos = body.is_end_stream();
+                    match tx.send_data(data, eos) {
+                        Ok(()) if !eos => continue,
+                        r => r,
+                    }
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => {
+                        tx.reserve_capacity(0);
+                        tx.send_trailers(trailers)
+                    }
+                    Err(_) => continue,
+                },
+            },
+            // The client's body broke off: the upstream must not take it as complete.
+            Some(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body failed; resetting the upstream stream");
+                tx.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "upstream h2 stream refused the request body");
+        }
+        return;
+    }
+}
+
 /// The upstream connection a response came on.
 pub enum Upstream {
     /// Goes back to the endpoint's idle set when the response has been read to its end.
@@ -94,7 +253,7 @@ impl Release {
 enum Kind {
     Local(Option<Bytes>),
     Upstream {
-        body: Incoming,
+        body: UpstreamIncoming,
         release: Option<Release>,
         /// For gRPC responses: where the `grpc-status` trailer is counted.
         grpc: Option<Arc<RouteMetrics>>,
@@ -123,7 +282,7 @@ impl ResponseBody {
     }
 
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamIncoming,
         release: Release,
         activity: ActivityGuard,
         grpc: Option<Arc<RouteMetrics>>,
@@ -140,16 +299,16 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream { body, release, grpc } => {
-                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let polled = body.poll_frame(cx);
                 let done = match &polled {
                     Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(frame))) => {

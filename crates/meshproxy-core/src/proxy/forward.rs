@@ -12,11 +12,12 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
+use http_body::Body as _;
 
 use crate::endpoint::Endpoint;
+use crate::endpoint::H2Sender;
 use crate::error::ProxyError;
-use crate::proxy::body::{Upstream, UpstreamBody};
+use crate::proxy::body::{pipe_to_h2, H2Body, Upstream, UpstreamBody, UpstreamIncoming};
 
 fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
@@ -33,8 +34,8 @@ impl Replay {
         Replay(req.method().clone(), req.uri().clone(), req.version(), req.headers().clone())
     }
 
-    fn into_request(self) -> Request<UpstreamBody> {
-        let mut req = Request::new(UpstreamBody::Empty);
+    fn into_request<B>(self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
         *req.method_mut() = self.0;
         *req.uri_mut() = self.1;
         *req.version_mut() = self.2;
@@ -46,7 +47,7 @@ impl Replay {
 pub async fn send(
     ep: &Arc<Endpoint>,
     req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Upstream), ProxyError> {
+) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
     let mut conn = ep.checkout().await?;
     let reused = conn.idle.is_some();
     let replay = (conn.idle.is_some_and(|idle| idle >= REPLAY_AFTER_IDLE)
@@ -55,11 +56,11 @@ pub async fn send(
     .then(|| Replay::of(&req));
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match conn.sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, Upstream::Http1(conn.sender))),
+        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1(conn.sender))),
         Err(mut err) => {
             let retry = match (err.take_message(), replay) {
                 (Some(unsent), _) => Some(unsent),
-                (None, Some(head)) => Some(head.into_request()),
+                (None, Some(head)) => Some(head.into_request(UpstreamBody::Empty)),
                 (None, None) => None,
             };
             match retry {
@@ -68,7 +69,7 @@ pub async fn send(
                     ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut fresh = Box::pin(ep.connect()).await?;
                     match fresh.send_request(req).await {
-                        Ok(resp) => Ok((resp, Upstream::Http1(fresh))),
+                        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1(fresh))),
                         Err(e) => {
                             tracing::debug!(endpoint = %ep.address, error = %e, "upstream request failed");
                             Err(ep.failed(ProxyError::UpstreamReset))
@@ -85,60 +86,89 @@ pub async fn send(
 }
 
 /// Sends one request as a stream on a shared HTTP/2 connection. A request that fails before its
-/// response headers is re-sent once, on another connection, when that is safe: hyper handed it
-/// back unsent; or its body is empty and either the method is idempotent or the peer proved it
-/// never processed the stream — a `REFUSED_STREAM` reset, or a GOAWAY whose last-stream-id is
-/// below the stream's (RFC 9113 §8.7: such requests may be retried whatever their method). The
-/// common case is a peer's GOAWAY (nginx sends one after `keepalive_requests`). A body that was
-/// already handed to the connection cannot be replayed, so such requests are not retried.
+/// response headers is re-sent once, on another connection, when that is safe: it never reached
+/// the connection (closed or going away); or its body is empty and either the method is
+/// idempotent or the peer proved it never processed the stream — a `REFUSED_STREAM` reset, or a
+/// GOAWAY whose last-stream-id is below the stream's (RFC 9113 §8.7: such requests may be
+/// retried whatever their method). The common case is a peer's GOAWAY (nginx sends one after
+/// `keepalive_requests`). A body already handed to the stream cannot be replayed, so such
+/// requests are not retried.
 pub async fn send_h2(
     ep: &Arc<Endpoint>,
     mut req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Upstream), ProxyError> {
+) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
     to_h2(&mut req)?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let replay = matches!(req.body(), UpstreamBody::Empty).then(|| Replay::of(&req));
+    // h2 takes the head by value; a retry needs it again.
+    let replay = Replay::of(&req);
+    let (parts, body) = req.into_parts();
     let (mut handle, slot) = ep.checkout_h2().await?;
-    match handle.sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp, Upstream::Http2(slot))),
-        Err(mut err) => {
-            drop(slot);
-            let unprocessed = never_processed(err.error());
-            let retry = match (err.take_message(), replay) {
-                (Some(unsent), _) => unsent,
-                (None, Some(head)) if unprocessed || idempotent(&head.0) => head.into_request(),
-                (None, _) => {
-                    tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream h2 request failed");
-                    return Err(ep.failed(ProxyError::UpstreamReset));
-                }
-            };
-            tracing::debug!(endpoint = %ep.address, error = %err.error(), unprocessed, "upstream h2 request failed; retrying once on another connection");
-            ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (mut other, slot) = ep.checkout_h2_avoiding(Some(&handle)).await?;
-            match other.sender.send_request(retry).await {
-                Ok(resp) => Ok((resp, Upstream::Http2(slot))),
-                Err(e) => {
-                    tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
-                    Err(ep.failed(ProxyError::UpstreamReset))
-                }
-            }
+    let failure = match exchange(&mut handle.sender, Request::from_parts(parts, ()), body).await {
+        Ok(resp) => return Ok((resp, Upstream::Http2(slot))),
+        Err(f) => f,
+    };
+    drop(slot);
+    let (err, body) = match failure {
+        H2Failure::Unsent(err, body) => (err, body),
+        H2Failure::Sent(err, true) if never_processed(&err) || idempotent(&replay.0) => {
+            (err, UpstreamBody::Empty)
         }
+        H2Failure::Sent(err, _) => {
+            tracing::debug!(endpoint = %ep.address, error = %err, "upstream h2 request failed");
+            return Err(ep.failed(ProxyError::UpstreamReset));
+        }
+    };
+    tracing::debug!(endpoint = %ep.address, error = %err, "upstream h2 request failed; retrying once on another connection");
+    ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (mut other, slot) = ep.checkout_h2_avoiding(Some(&handle)).await?;
+    match exchange(&mut other.sender, replay.into_request(()), body).await {
+        Ok(resp) => Ok((resp, Upstream::Http2(slot))),
+        Err(H2Failure::Unsent(e, _) | H2Failure::Sent(e, _)) => {
+            tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
+            Err(ep.failed(ProxyError::UpstreamReset))
+        }
+    }
+}
+
+enum H2Failure {
+    /// Never handed to the connection: safe to send elsewhere, and the body is still whole.
+    Unsent(h2::Error, UpstreamBody),
+    /// Sent (with an empty body when true); the error tells whether the peer processed it.
+    Sent(h2::Error, bool),
+}
+
+/// One request/response exchange on an HTTP/2 connection, awaited in the caller's task.
+async fn exchange(
+    sender: &mut H2Sender,
+    head: Request<()>,
+    body: UpstreamBody,
+) -> Result<Response<UpstreamIncoming>, H2Failure> {
+    if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+        return Err(H2Failure::Unsent(e, body));
+    }
+    let empty = body.is_end_stream();
+    let (response, tx) = match sender.send_request(head, empty) {
+        Ok(sent) => sent,
+        Err(e) => return Err(H2Failure::Unsent(e, body)),
+    };
+    if !empty {
+        tokio::spawn(pipe_to_h2(body, tx));
+    }
+    match response.await {
+        Ok(resp) => {
+            let (parts, recv) = resp.into_parts();
+            let body = H2Body::new(recv, &parts.headers);
+            Ok(Response::from_parts(parts, UpstreamIncoming::H2(body)))
+        }
+        Err(e) => Err(H2Failure::Sent(e, empty)),
     }
 }
 
 /// True when the peer told us it never processed the stream: it reset it with `REFUSED_STREAM`,
 /// or sent a GOAWAY whose last-stream-id excludes it (h2 fails exactly those streams with a
 /// remote GOAWAY error; streams the peer kept fail later with an I/O error, if at all).
-fn never_processed(err: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)) || h2.is_go_away());
-        }
-        source = e.source();
-    }
-    false
+fn never_processed(e: &h2::Error) -> bool {
+    e.is_remote() && ((e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)) || e.is_go_away())
 }
 
 /// HTTP/2 carries the target as `:scheme` and `:authority`, not `Host`. A request that came in
