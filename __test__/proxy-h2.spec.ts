@@ -227,3 +227,42 @@ test('an idle upstream HTTP/2 connection is closed after the pool idle timeout; 
   t.is((await h1get(port, '/two')).body, 'h2:0')
   t.is(backend.sessions, 2)
 })
+
+// With one worker (the default) a connection's streams run inside its task; with more, each
+// stream is a task of the multi-thread runtime. Both executors serve the same traffic.
+for (const workers of [1, 2]) {
+  test(`${workers} worker thread(s): 500 concurrent h2c streams to an HTTP/1.1 and an HTTP/2 backend, and a reset mid-flight`, async (t) => {
+    const h1 = await startBackend(t, 'h1')
+    const h2 = await startH2Backend(t, 'h2', { delayMs: 5 })
+    const model = load(`
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - { name: one, match: { path: /one }, service: one }
+      - { name: two, service: two }
+services:
+  - { name: one, protocol: http1, endpoints: [${h1.address}] }
+  - { name: two, protocol: http2, endpoints: [${h2.address}] }
+`)
+    const { address, proxy } = await startProxy(t, model, {}, { workers })
+    const session = h2connect(t, address)
+    const all = await Promise.all(
+      Array.from({ length: 500 }, (_, i) => h2request(session, { ':path': i % 2 ? '/one/x' : `/two/${i}` }, i % 5 ? undefined : 'body')),
+    )
+    t.true(all.every((r, i) => r.status === 200 && r.body === (i % 2 ? 'h1' : `h2:${i % 5 ? 0 : 4}`)))
+    // A stream reset by the client mid-flight is cancelled upstream; the connection serves on.
+    const slow = session.request({ ':path': '/two/slow' })
+    slow.on('error', () => {})
+    await new Promise((r) => setTimeout(r, 2))
+    slow.close(0x8)
+    t.is((await h2request(session, { ':path': '/one/after' })).status, 200)
+    let inflight = -1
+    for (let i = 0; i < 50 && inflight !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 20))
+      inflight = (await proxy.stats()).endpoints.reduce((n, e) => n + e.inflight, 0)
+    }
+    t.is(inflight, 0)
+  })
+}

@@ -3,7 +3,7 @@
  * admin on port 0, bound addresses returned, `close({ graceMs: 0 })` registered as a teardown.
  */
 import type { ExecutionContext } from 'ava'
-import { Proxy, formatDiagnostic, loadConfigText, type ConfigModel, type LoadOptions, type StartInfo } from '../../ts/index.js'
+import { Proxy, formatDiagnostic, loadConfigText, type ConfigModel, type LoadOptions, type ProxyOptions, type StartInfo } from '../../ts/index.js'
 
 /** Loads native YAML (or Kubernetes resources) that must be free of errors. */
 export function load(yaml: string, opts: LoadOptions = {}): ConfigModel {
@@ -29,9 +29,14 @@ export function portOf(address: string): number {
   return Number(m[1])
 }
 
-export async function startProxy(t: ExecutionContext, config: string | ConfigModel, loadOpts: LoadOptions = {}): Promise<Started> {
+export async function startProxy(
+  t: ExecutionContext,
+  config: string | ConfigModel,
+  loadOpts: LoadOptions = {},
+  proxyOpts: ProxyOptions = {},
+): Promise<Started> {
   const model = typeof config === 'string' ? load(config, loadOpts) : config
-  const proxy = new Proxy(model)
+  const proxy = new Proxy(model, proxyOpts)
   t.teardown(() => proxy.close({ graceMs: 0 }))
   const info = await proxy.start()
   const first = info.listeners[0]

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balance;
 pub mod compile;
 pub mod config;
+mod conn_exec;
 pub mod detect;
 pub mod endpoint;
 pub mod error;

@@ -18,6 +18,8 @@ use std::future::Future;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::conn_exec::{ConnExec, WithStreams};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -255,23 +257,16 @@ async fn serve(
     match detected {
         Detected::Http2 => {
             activity.multiplexed();
-            let h2 = &limits.http2;
-            let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(h2.max_concurrent_streams)
-                .max_header_list_size(h2.max_header_list_size)
-                .initial_connection_window_size(h2.connection_window_size)
-                .initial_stream_window_size(h2.stream_window_size)
-                .keep_alive_interval(
-                    (h2.keep_alive_interval_ms > 0).then(|| Duration::from_millis(h2.keep_alive_interval_ms)),
-                )
-                .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)))
-                // RFC 8441: clients may open WebSockets with extended CONNECT.
-                .enable_connect_protocol();
-            // hyper's defaults against reset floods (CVE-2023-44487) stay on:
-            // max_pending_accept_reset_streams and max_local_error_reset_streams.
-            drive(builder.serve_connection(io, service), peer, limits, &activity, drain).await;
+            let current_thread = tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread;
+            if current_thread {
+                let exec = ConnExec::default();
+                let conn = h2_builder(exec.clone(), limits).serve_connection(io, service);
+                drive(WithStreams::new(conn, exec), peer, limits, &activity, drain).await;
+            } else {
+                let conn = h2_builder(TokioExecutor::new(), limits).serve_connection(io, service);
+                drive(conn, peer, limits, &activity, drain).await;
+            }
         }
         // Anything else goes to the HTTP/1 parser, which answers 400 to what is not HTTP.
         Detected::Http1 | Detected::Opaque => {
@@ -293,6 +288,12 @@ async fn serve(
 /// A served connection that can be asked to finish what it is doing and close.
 trait Drainable: Future<Output = Result<(), hyper::Error>> {
     fn drain(self: Pin<&mut Self>);
+}
+
+impl<C: Drainable> Drainable for WithStreams<C> {
+    fn drain(self: Pin<&mut Self>) {
+        self.conn().drain();
+    }
 }
 
 impl<I, S, B> Drainable for http1::UpgradeableConnection<I, S>
@@ -324,6 +325,27 @@ where
 
 /// Runs a connection to its end, enforcing the idle and header-read timeouts and following
 /// the listener's drain signal.
+/// The downstream HTTP/2 settings, on either executor (see `conn_exec`).
+fn h2_builder<E: Clone>(exec: E, limits: &ListenerLimits) -> http2::Builder<E> {
+    let h2 = &limits.http2;
+    let mut builder = http2::Builder::new(exec);
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(h2.max_header_list_size)
+        .initial_connection_window_size(h2.connection_window_size)
+        .initial_stream_window_size(h2.stream_window_size)
+        .keep_alive_interval(
+            (h2.keep_alive_interval_ms > 0).then(|| Duration::from_millis(h2.keep_alive_interval_ms)),
+        )
+        .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)))
+        // RFC 8441: clients may open WebSockets with extended CONNECT.
+        .enable_connect_protocol();
+    // hyper's defaults against reset floods (CVE-2023-44487) stay on:
+    // max_pending_accept_reset_streams and max_local_error_reset_streams.
+    builder
+}
+
 async fn drive<C: Drainable>(
     conn: C,
     peer: SocketAddr,
