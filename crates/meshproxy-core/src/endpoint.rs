@@ -156,8 +156,10 @@ pub struct Endpoint {
     pub address: Box<str>,
     /// Parsed once when the address is an IP literal; host names resolve at connect time.
     socket: Option<SocketAddr>,
-    pool: Pool<Sender>,
-    h2: MultiplexedSet<H2Handle>,
+    /// One idle set per worker thread (see `crate::workers`): a connection is only ever used
+    /// by the worker whose runtime drives it.
+    pools: Box<[Pool<Sender>]>,
+    h2: Box<[MultiplexedSet<H2Handle>]>,
     limiter: Arc<Semaphore>,
     max_inflight: AtomicU32,
     pending: AtomicUsize,
@@ -182,12 +184,12 @@ pub struct Checkout {
 }
 
 impl Endpoint {
-    fn new(address: &str, s: EndpointSettings) -> Self {
+    fn new(address: &str, s: EndpointSettings, workers: usize) -> Self {
         Endpoint {
             address: address.into(),
             socket: address.parse().ok(),
-            pool: Pool::new(s.pool),
-            h2: MultiplexedSet::new(s.max_streams as usize),
+            pools: (0..workers.max(1)).map(|_| Pool::new(s.pool)).collect(),
+            h2: (0..workers.max(1)).map(|_| MultiplexedSet::new(s.max_streams as usize)).collect(),
             limiter: Arc::new(Semaphore::new(s.max_inflight as usize)),
             max_inflight: AtomicU32::new(s.max_inflight),
             pending: AtomicUsize::new(0),
@@ -202,11 +204,32 @@ impl Endpoint {
         }
     }
 
+    /// The calling worker's idle HTTP/1.1 connections.
+    fn pool(&self) -> &Pool<Sender> {
+        &self.pools[crate::workers::current() % self.pools.len()]
+    }
+
+    /// The calling worker's HTTP/2 connections.
+    fn h2(&self) -> &MultiplexedSet<H2Handle> {
+        &self.h2[crate::workers::current() % self.h2.len()]
+    }
+
+    fn clear_idle(&self) {
+        for (pool, h2) in self.pools.iter().zip(self.h2.iter()) {
+            pool.clear();
+            h2.clear();
+        }
+    }
+
     /// Applies the settings of a config that has been swapped in. Reloads are serialized by
     /// the proxy, so resizes of the in-flight limit do not race each other.
     pub fn update(&self, s: EndpointSettings) {
-        self.pool.set_settings(s.pool);
-        self.h2.set_max_streams(s.max_streams as usize);
+        for p in self.pools.iter() {
+            p.set_settings(s.pool);
+        }
+        for h in self.h2.iter() {
+            h.set_max_streams(s.max_streams as usize);
+        }
         self.max_pending.store(s.max_pending as usize, Ordering::Relaxed);
         self.connect_timeout_ms.store(s.connect_timeout.as_millis() as u64, Ordering::Relaxed);
         let old = self.max_inflight.swap(s.max_inflight, Ordering::Relaxed);
@@ -250,7 +273,7 @@ impl Endpoint {
 
     /// A pooled connection if one is usable, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ProxyError> {
-        if let Some((sender, idle)) = self.pool.checkout() {
+        if let Some((sender, idle)) = self.pool().checkout() {
             return Ok(Checkout { sender, idle: Some(idle) });
         }
         // Boxed: the connect future is large and rarely needed; inline, it would size every
@@ -260,7 +283,7 @@ impl Endpoint {
 
     pub fn checkin(&self, sender: Sender) {
         if !self.retired.load(Ordering::Acquire) {
-            self.pool.checkin(sender);
+            self.pool().checkin(sender);
         }
     }
 
@@ -275,7 +298,7 @@ impl Endpoint {
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
     ) -> Result<(H2Handle, StreamSlot), ProxyError> {
-        if let Some(claimed) = self.h2.claim_avoiding(avoid) {
+        if let Some(claimed) = self.h2().claim_avoiding(avoid) {
             return Ok(claimed);
         }
         // Boxed for the same reason as in `checkout`.
@@ -286,13 +309,13 @@ impl Endpoint {
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
     ) -> Result<(H2Handle, StreamSlot), ProxyError> {
-        let _connecting = self.h2.connecting.lock().await;
-        if let Some(claimed) = self.h2.claim_avoiding(avoid) {
+        let _connecting = self.h2().connecting.lock().await;
+        if let Some(claimed) = self.h2().claim_avoiding(avoid) {
             return Ok(claimed);
         }
         let sender = self.connect_h2().await?;
-        self.h2.insert(sender);
-        self.h2.claim_avoiding(avoid).ok_or(ProxyError::UpstreamConnect)
+        self.h2().insert(sender);
+        self.h2().claim_avoiding(avoid).ok_or(ProxyError::UpstreamConnect)
     }
 
     /// Opens a new HTTP/2 (h2c prior knowledge) connection.
@@ -401,7 +424,7 @@ impl Endpoint {
             address: self.address.to_string(),
             open: self.open.load(Ordering::Relaxed),
             opened: self.opened.load(Ordering::Relaxed),
-            idle: self.pool.idle_len(),
+            idle: self.pools.iter().map(Pool::idle_len).sum(),
             inflight: self.inflight(),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
@@ -411,12 +434,23 @@ impl Endpoint {
 }
 
 /// All endpoints, keyed by address, shared by every config version.
-#[derive(Default)]
 pub struct Registry {
     endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint>>>,
+    /// Worker threads, each with its own pools in every endpoint.
+    workers: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(1)
+    }
 }
 
 impl Registry {
+    pub fn new(workers: usize) -> Self {
+        Registry { endpoints: Mutex::default(), workers: workers.max(1) }
+    }
+
     /// The endpoint for `address`, created with `settings` on first use. An existing endpoint
     /// keeps its settings until the config that changes them is swapped in
     /// ([`crate::compile::Snapshot::apply_endpoint_settings`]), so a reload that fails later
@@ -426,7 +460,7 @@ impl Registry {
         if let Some(ep) = map.get(address) {
             return ep.clone();
         }
-        let ep = Arc::new(Endpoint::new(address, settings));
+        let ep = Arc::new(Endpoint::new(address, settings, self.workers));
         map.insert(address.into(), ep.clone());
         ep
     }
@@ -438,8 +472,7 @@ impl Registry {
             let kept = keep(addr);
             if !kept {
                 ep.retired.store(true, Ordering::Release);
-                ep.pool.clear();
-                ep.h2.clear();
+                ep.clear_idle();
             }
             kept
         });
@@ -447,15 +480,16 @@ impl Registry {
 
     pub fn reap_idle(&self) {
         for ep in self.endpoints.lock().values() {
-            ep.pool.reap();
-            ep.h2.reap(ep.pool.idle_timeout());
+            for (pool, h2) in ep.pools.iter().zip(ep.h2.iter()) {
+                pool.reap();
+                h2.reap(pool.idle_timeout());
+            }
         }
     }
 
     pub fn clear_idle(&self) {
         for ep in self.endpoints.lock().values() {
-            ep.pool.clear();
-            ep.h2.clear();
+            ep.clear_idle();
         }
     }
 

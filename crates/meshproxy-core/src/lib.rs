@@ -22,6 +22,7 @@ pub mod routing;
 pub mod server;
 pub mod tcp;
 pub mod tunnel;
+pub mod workers;
 
 pub use config::Config;
 pub use error::{Error, ProxyError};

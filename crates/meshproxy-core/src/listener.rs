@@ -9,7 +9,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -206,14 +206,50 @@ pub async fn accept_loop(
         metrics.open.fetch_add(1, Ordering::Relaxed);
         let rt = rt.clone();
         drop(snapshot);
-        let conns = shared.connections.clone();
-        conns.fetch_add(1, Ordering::AcqRel);
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        let open = OpenConn { listener: metrics, all: shared.connections.clone() };
         let (shared, key, drain) = (shared.clone(), key.clone(), drain.clone());
-        tokio::spawn(async move {
-            serve(stream, peer, rt, shared, key, drain).await;
-            metrics.open.fetch_sub(1, Ordering::Relaxed);
-            conns.fetch_sub(1, Ordering::AcqRel);
-        });
+        let worker = match shared.workers.len() {
+            0 | 1 => None,
+            n => Some(shared.next_worker.fetch_add(1, Ordering::Relaxed) % n),
+        };
+        match worker {
+            Some(w) if w != crate::workers::current() => {
+                // To another worker: the socket leaves this runtime's reactor and joins that one's.
+                let handle = shared.workers[w].clone();
+                match stream.into_std() {
+                    Ok(std) => {
+                        handle.spawn(async move {
+                            match TcpStream::from_std(std) {
+                                Ok(stream) => serve(stream, peer, rt, shared, key, drain).await,
+                                Err(e) => tracing::warn!(%peer, error = %e, "could not hand a connection to a worker"),
+                            }
+                            drop(open);
+                        });
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "could not hand a connection to a worker"),
+                }
+            }
+            _ => {
+                tokio::spawn(async move {
+                    serve(stream, peer, rt, shared, key, drain).await;
+                    drop(open);
+                });
+            }
+        }
+    }
+}
+
+/// One accepted connection in the listener's and the proxy's open counts, until dropped.
+struct OpenConn {
+    listener: Arc<crate::metrics::ListenerMetrics>,
+    all: Arc<AtomicUsize>,
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.listener.open.fetch_sub(1, Ordering::Relaxed);
+        self.all.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

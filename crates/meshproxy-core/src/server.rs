@@ -28,6 +28,10 @@ pub struct Shared {
     pub metrics: Metrics,
     pub ready: AtomicBool,
     pub connections: Arc<AtomicUsize>,
+    /// Worker runtimes accepted connections are dealt to (see `crate::workers`); empty: served
+    /// on the runtime that accepts them.
+    pub workers: Vec<tokio::runtime::Handle>,
+    pub next_worker: AtomicUsize,
 }
 
 struct RunningListener {
@@ -109,9 +113,17 @@ async fn bind(address: &str) -> Result<TcpListener, Error> {
 }
 
 impl MeshProxy {
-    /// Compiles the config; nothing is bound until [`MeshProxy::start`].
+    /// Compiles the config; nothing is bound until [`MeshProxy::start`]. Connections are served
+    /// on the runtime that calls `start` (any flavor).
     pub fn new(config: Config) -> Result<Self, Error> {
-        let registry = Registry::default();
+        Self::with_workers(config, Vec::new())
+    }
+
+    /// Like [`MeshProxy::new`], with accepted connections dealt round-robin to `workers`
+    /// (current-thread runtimes, [`crate::workers::Workers::handles`]); call `start` on the
+    /// first of them.
+    pub fn with_workers(config: Config, workers: Vec<tokio::runtime::Handle>) -> Result<Self, Error> {
+        let registry = Registry::new(workers.len());
         let metrics = Metrics::default();
         let snapshot = Snapshot::compile(config, &registry, &metrics)?;
         let shared = Arc::new(Shared {
@@ -120,6 +132,8 @@ impl MeshProxy {
             metrics,
             ready: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
+            workers,
+            next_worker: AtomicUsize::new(0),
         });
         Ok(MeshProxy { shared, state: Mutex::new(State::Created) })
     }
@@ -440,6 +454,47 @@ mod tests {
         assert_eq!(err.code(), "MESHPROXY_BIND_FAILED");
         assert_eq!(get(&addr, "h", "/").await.0, 200);
         assert_eq!(proxy.stats().await.listeners.len(), 1);
+        proxy.close(Duration::from_millis(100)).await.unwrap();
+    }
+
+    /// An embedder's multi-thread runtime: HTTP/2 streams run as tasks of their own (the
+    /// current-thread path runs them inside the connection's task, which the JS tests cover).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn h2c_streams_on_a_multi_thread_runtime() {
+        let (a, _) = backend("from-a").await;
+        let config = Config {
+            listeners: vec![listener("127.0.0.1:0", vec![route("r", &[], Prefix, "/", "a")])],
+            services: vec![service("a", &[&a])],
+            admin: None,
+        };
+        let proxy = MeshProxy::new(config).unwrap();
+        let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(s).await.unwrap();
+        tokio::spawn(conn);
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let mut client = client.clone();
+            calls.spawn(async move {
+                client = client.ready().await.unwrap();
+                let req = http::Request::get(format!("http://h.test/{i}")).body(()).unwrap();
+                let (resp, _) = client.send_request(req, true).unwrap();
+                let resp = resp.await.unwrap();
+                let status = resp.status();
+                let mut body = resp.into_body();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    bytes.extend_from_slice(&chunk);
+                }
+                (status, bytes)
+            });
+        }
+        while let Some(r) = calls.join_next().await {
+            let (status, body) = r.unwrap();
+            assert_eq!((status.as_u16(), body.as_slice()), (200, &b"from-a"[..]));
+        }
         proxy.close(Duration::from_millis(100)).await.unwrap();
     }
 }

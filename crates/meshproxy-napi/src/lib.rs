@@ -55,7 +55,7 @@ impl BindingProxy {
         let handle = runtime.handle();
         let proxy = {
             let _enter = handle.enter();
-            MeshProxy::new(config).map_err(js_error)
+            MeshProxy::with_workers(config, runtime.handles()).map_err(js_error)
         };
         let proxy = match proxy {
             Ok(p) => p,
