@@ -228,8 +228,8 @@ test('an idle upstream HTTP/2 connection is closed after the pool idle timeout; 
   t.is(backend.sessions, 2)
 })
 
-// With one worker (the default) a connection's streams run inside its task; with more, each
-// stream is a task of the multi-thread runtime. Both executors serve the same traffic.
+// Each worker thread is an event loop of its own; with 2, connections are dealt to both and
+// each keeps its own upstream pools. (An embedder's multi-thread runtime is covered in Rust.)
 for (const workers of [1, 2]) {
   test(`${workers} worker thread(s): 500 concurrent h2c streams to an HTTP/1.1 and an HTTP/2 backend, and a reset mid-flight`, async (t) => {
     const h1 = await startBackend(t, 'h1')

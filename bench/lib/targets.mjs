@@ -228,7 +228,7 @@ async function startMeshproxy(name, upstream, { backends, repoDir, workers }) {
   return {
     url: `http://${HOST}:${listen}`,
     command: `node ${args.join(' ')}`,
-    setup: `CLI defaults, round-robin, --workers ${workers} (${workers === 1 ? 'current-thread runtime' : `multi-thread runtime, ${workers} threads`}), upstream ${h2 ? 'h2c' : 'HTTP/1.1'} keep-alive pool`,
+    setup: `CLI defaults, round-robin, --workers ${workers} (${workers === 1 ? 'one current-thread runtime' : `${workers} current-thread runtimes, one per thread, connections dealt round-robin`}), upstream ${h2 ? 'h2c' : 'HTTP/1.1'} keep-alive pool`,
     pids: () => processTree(child.pid),
     /** Counters we report: upstream connections opened vs requests, errors, downstream conns. */
     snapshot: async () => {

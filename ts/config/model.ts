@@ -159,7 +159,7 @@ export interface EndpointModel {
 }
 
 export interface PoolModel {
-  /** Idle keep-alive connections kept per endpoint. Default 1000 (as many as may be in flight). */
+  /** Idle keep-alive connections kept per endpoint and worker thread. Default 1000 (as many as may be in flight). */
   maxIdlePerEndpoint: number
   /** Idle connections are closed after this, in ms. Default 4000 (below Node's 5 s keepAliveTimeout). */
   idleTimeoutMs: number
