@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -29,6 +30,9 @@ struct Queue {
     tasks: Mutex<Vec<Task>>,
     /// The connection's task, for futures queued from outside its poll.
     waker: AtomicWaker,
+    /// Set while [`WithStreams`] polls: what is queued then is started before the poll returns,
+    /// so waking the task (a wasted re-poll for every poll that starts streams) is not needed.
+    polling: AtomicBool,
 }
 
 impl<F> hyper::rt::Executor<F> for ConnExec
@@ -37,7 +41,9 @@ where
 {
     fn execute(&self, fut: F) {
         self.0.tasks.lock().push(Box::pin(fut));
-        self.0.waker.wake();
+        if !self.0.polling.load(Ordering::Acquire) {
+            self.0.waker.wake();
+        }
     }
 }
 
@@ -68,7 +74,10 @@ impl<C: Future> Future for WithStreams<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
-        this.exec.0.waker.register(cx.waker());
+        let queue = &*this.exec.0;
+        queue.waker.register(cx.waker());
+        queue.polling.store(true, Ordering::Release);
+        let _polling = Polling(&queue.polling);
         // Connection (reads requests, starts streams) → streams (route, forward, answer) →
         // connection again (writes what the streams answered), until nothing new was started.
         // Bounded: the connection's own limits bound the streams it can start in one poll.
@@ -76,7 +85,7 @@ impl<C: Future> Future for WithStreams<C> {
             if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
                 return Poll::Ready(out);
             }
-            let started = std::mem::take(&mut *this.exec.0.tasks.lock());
+            let started = std::mem::take(&mut *queue.tasks.lock());
             if started.is_empty() && this.running.is_empty() {
                 return Poll::Pending;
             }
@@ -86,12 +95,21 @@ impl<C: Future> Future for WithStreams<C> {
             while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {
                 finished = true;
             }
-            if !fresh && !finished && this.exec.0.tasks.lock().is_empty() {
+            if !fresh && !finished && queue.tasks.lock().is_empty() {
                 return Poll::Pending;
             }
         }
         // More work remains: let other connections run first.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// Clears `Queue::polling` however the poll returns.
+struct Polling<'a>(&'a AtomicBool);
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }

@@ -95,6 +95,8 @@ pin_project_lite::pin_project! {
         ping_outstanding: bool,
     }
 
+    // The connection is closed for the pool once its driver is gone, however it ended (done,
+    // failed, or dropped with its runtime).
     impl PinnedDrop for H2Driver {
         fn drop(this: Pin<&mut Self>) {
             this.state.closed.store(true, Ordering::Release);
@@ -126,9 +128,6 @@ impl std::future::Future for H2Driver {
         }
         let r = this.conn.as_mut().poll(cx);
         this.state.peer_max.store(this.conn.max_concurrent_send_streams(), Ordering::Relaxed);
-        if r.is_ready() {
-            this.state.closed.store(true, Ordering::Release);
-        }
         r.map_err(H2ConnEnd::from)
     }
 }
@@ -156,10 +155,9 @@ pub struct Endpoint {
     pub address: Box<str>,
     /// Parsed once when the address is an IP literal; host names resolve at connect time.
     socket: Option<SocketAddr>,
-    /// One idle set per worker thread (see `crate::workers`): a connection is only ever used
-    /// by the worker whose runtime drives it.
-    pools: Box<[Pool<Sender>]>,
-    h2: Box<[MultiplexedSet<H2Handle>]>,
+    /// One set of pools per worker thread (see `crate::workers`): a connection is only ever
+    /// used by the worker whose runtime drives it.
+    pools: Box<[WorkerPools]>,
     limiter: Arc<Semaphore>,
     max_inflight: AtomicU32,
     pending: AtomicUsize,
@@ -176,6 +174,12 @@ pub struct Endpoint {
     pub retries: AtomicU64,
 }
 
+/// One worker's upstream connections to an endpoint.
+struct WorkerPools {
+    http1: Pool<Sender>,
+    h2: MultiplexedSet<H2Handle>,
+}
+
 /// A connection taken for one request; `reused` tells whether it came from the pool.
 pub struct Checkout {
     pub sender: Sender,
@@ -188,8 +192,12 @@ impl Endpoint {
         Endpoint {
             address: address.into(),
             socket: address.parse().ok(),
-            pools: (0..workers.max(1)).map(|_| Pool::new(s.pool)).collect(),
-            h2: (0..workers.max(1)).map(|_| MultiplexedSet::new(s.max_streams as usize)).collect(),
+            pools: (0..workers.max(1))
+                .map(|_| WorkerPools {
+                    http1: Pool::new(s.pool),
+                    h2: MultiplexedSet::new(s.max_streams as usize),
+                })
+                .collect(),
             limiter: Arc::new(Semaphore::new(s.max_inflight as usize)),
             max_inflight: AtomicU32::new(s.max_inflight),
             pending: AtomicUsize::new(0),
@@ -204,20 +212,15 @@ impl Endpoint {
         }
     }
 
-    /// The calling worker's idle HTTP/1.1 connections.
-    fn pool(&self) -> &Pool<Sender> {
+    /// The calling worker's pools.
+    fn local(&self) -> &WorkerPools {
         &self.pools[crate::workers::current() % self.pools.len()]
     }
 
-    /// The calling worker's HTTP/2 connections.
-    fn h2(&self) -> &MultiplexedSet<H2Handle> {
-        &self.h2[crate::workers::current() % self.h2.len()]
-    }
-
     fn clear_idle(&self) {
-        for (pool, h2) in self.pools.iter().zip(self.h2.iter()) {
-            pool.clear();
-            h2.clear();
+        for p in self.pools.iter() {
+            p.http1.clear();
+            p.h2.clear();
         }
     }
 
@@ -225,10 +228,8 @@ impl Endpoint {
     /// the proxy, so resizes of the in-flight limit do not race each other.
     pub fn update(&self, s: EndpointSettings) {
         for p in self.pools.iter() {
-            p.set_settings(s.pool);
-        }
-        for h in self.h2.iter() {
-            h.set_max_streams(s.max_streams as usize);
+            p.http1.set_settings(s.pool);
+            p.h2.set_max_streams(s.max_streams as usize);
         }
         self.max_pending.store(s.max_pending as usize, Ordering::Relaxed);
         self.connect_timeout_ms.store(s.connect_timeout.as_millis() as u64, Ordering::Relaxed);
@@ -273,7 +274,7 @@ impl Endpoint {
 
     /// A pooled connection if one is usable, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ProxyError> {
-        if let Some((sender, idle)) = self.pool().checkout() {
+        if let Some((sender, idle)) = self.local().http1.checkout() {
             return Ok(Checkout { sender, idle: Some(idle) });
         }
         // Boxed: the connect future is large and rarely needed; inline, it would size every
@@ -283,7 +284,7 @@ impl Endpoint {
 
     pub fn checkin(&self, sender: Sender) {
         if !self.retired.load(Ordering::Acquire) {
-            self.pool().checkin(sender);
+            self.local().http1.checkin(sender);
         }
     }
 
@@ -298,7 +299,7 @@ impl Endpoint {
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
     ) -> Result<(H2Handle, StreamSlot), ProxyError> {
-        if let Some(claimed) = self.h2().claim_avoiding(avoid) {
+        if let Some(claimed) = self.local().h2.claim_avoiding(avoid) {
             return Ok(claimed);
         }
         // Boxed for the same reason as in `checkout`.
@@ -309,13 +310,14 @@ impl Endpoint {
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
     ) -> Result<(H2Handle, StreamSlot), ProxyError> {
-        let _connecting = self.h2().connecting.lock().await;
-        if let Some(claimed) = self.h2().claim_avoiding(avoid) {
+        let set = &self.local().h2;
+        let _connecting = set.connecting.lock().await;
+        if let Some(claimed) = set.claim_avoiding(avoid) {
             return Ok(claimed);
         }
         let sender = self.connect_h2().await?;
-        self.h2().insert(sender);
-        self.h2().claim_avoiding(avoid).ok_or(ProxyError::UpstreamConnect)
+        set.insert(sender);
+        set.claim_avoiding(avoid).ok_or(ProxyError::UpstreamConnect)
     }
 
     /// Opens a new HTTP/2 (h2c prior knowledge) connection.
@@ -424,7 +426,7 @@ impl Endpoint {
             address: self.address.to_string(),
             open: self.open.load(Ordering::Relaxed),
             opened: self.opened.load(Ordering::Relaxed),
-            idle: self.pools.iter().map(Pool::idle_len).sum(),
+            idle: self.pools.iter().map(|p| p.http1.idle_len()).sum(),
             inflight: self.inflight(),
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
@@ -480,9 +482,9 @@ impl Registry {
 
     pub fn reap_idle(&self) {
         for ep in self.endpoints.lock().values() {
-            for (pool, h2) in ep.pools.iter().zip(ep.h2.iter()) {
-                pool.reap();
-                h2.reap(pool.idle_timeout());
+            for p in ep.pools.iter() {
+                p.http1.reap();
+                p.h2.reap(p.http1.idle_timeout());
             }
         }
     }

@@ -203,11 +203,9 @@ pub async fn accept_loop(
             continue;
         }
         metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        metrics.open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenConn::count(metrics, &shared.connections);
         let rt = rt.clone();
         drop(snapshot);
-        shared.connections.fetch_add(1, Ordering::AcqRel);
-        let open = OpenConn { listener: metrics, all: shared.connections.clone() };
         let (shared, key, drain) = (shared.clone(), key.clone(), drain.clone());
         let worker = match shared.workers.len() {
             0 | 1 => None,
@@ -244,6 +242,14 @@ pub async fn accept_loop(
 struct OpenConn {
     listener: Arc<crate::metrics::ListenerMetrics>,
     all: Arc<AtomicUsize>,
+}
+
+impl OpenConn {
+    fn count(listener: Arc<crate::metrics::ListenerMetrics>, all: &Arc<AtomicUsize>) -> Self {
+        listener.open.fetch_add(1, Ordering::Relaxed);
+        all.fetch_add(1, Ordering::AcqRel);
+        OpenConn { listener, all: all.clone() }
+    }
 }
 
 impl Drop for OpenConn {
@@ -359,8 +365,6 @@ where
     }
 }
 
-/// Runs a connection to its end, enforcing the idle and header-read timeouts and following
-/// the listener's drain signal.
 /// The downstream HTTP/2 settings, on either executor (see `conn_exec`).
 fn h2_builder<E: Clone>(exec: E, limits: &ListenerLimits) -> http2::Builder<E> {
     let h2 = &limits.http2;
@@ -382,6 +386,8 @@ fn h2_builder<E: Clone>(exec: E, limits: &ListenerLimits) -> http2::Builder<E> {
     builder
 }
 
+/// Runs a connection to its end, enforcing the idle and header-read timeouts and following
+/// the listener's drain signal.
 async fn drive<C: Drainable>(
     conn: C,
     peer: SocketAddr,
