@@ -11,6 +11,7 @@
 // Exit codes: 0 pass · 1 regression · 2 could not measure (missing tool, build or run failure) ·
 // 3 inconclusive (hypervisor steal or other load stayed above the limit even after redos).
 import { spawnSync } from 'node:child_process'
+import { connect } from 'node:net'
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -93,12 +94,34 @@ async function countInstructions(tools, serveBin, workDir, name, backends, proto
   const [port] = await freePorts(1)
   const conf = join(workDir, `${name}.json`)
   writeFileSync(conf, await configJson(backends, `127.0.0.1:${port}`, protocol))
+  return underCallgrind(tools, workDir, name, [serveBin, conf], port, /listening on/, phases)
+}
+
+/**
+ * The same measurement of HAProxy (one thread, the `npm run bench` setup, its frontend detecting
+ * h2c by the preface): a reference line, not gated. Its count depends on HAProxy's version and
+ * build, which differ between hosts; within one host it tells how far #3's h2c target is.
+ */
+async function countHaproxyInstructions(tools, workDir, name, servers, phases) {
+  const [port] = await freePorts(1)
+  const conf = join(workDir, `haproxy-${name}.cfg`)
+  writeFileSync(
+    conf,
+    ['global', '  nbthread 1', '  maxconn 1000', 'defaults', '  mode http', '  option http-keep-alive', '  http-reuse always',
+      '  timeout connect 5s', '  timeout client 65s', '  timeout server 30s', 'frontend bench', `  bind 127.0.0.1:${port}`,
+      '  default_backend nginx', 'backend nginx', '  balance roundrobin', ...servers.map((s, i) => `  server b${i + 1} ${s}`), ''].join('\n'),
+  )
+  return underCallgrind(tools, workDir, `haproxy-${name}`, [tools.haproxy, '-db', '-f', conf], port, null, phases)
+}
+
+async function underCallgrind(tools, workDir, name, command, port, ready, phases) {
   const outBase = join(workDir, `callgrind.${name}`)
-  const child = start(`callgrind-${name}`, tools.valgrind, ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, serveBin, conf], {
+  const child = start(`callgrind-${name}`, tools.valgrind, ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, ...command], {
     stdio: ['pipe', 'pipe', 'pipe'],
   })
   try {
-    await waitForOutput(child, /listening on/, 60_000)
+    if (ready) await waitForOutput(child, ready, 60_000)
+    else await waitForPort(port, 60_000)
     const url = `http://127.0.0.1:${port}/`
     callgrindControl(child.pid, '-i', 'on')
     const results = {}
@@ -121,9 +144,23 @@ async function countInstructions(tools, serveBin, workDir, name, backends, proto
     }
     return results
   } finally {
-    child.stdin.end() // the example stops when stdin closes
-    await Promise.race([child.exited, new Promise((r) => setTimeout(r, 20_000))])
+    child.stdin.end() // the example stops when stdin closes (HAProxy is stopped by signal)
+    await Promise.race([child.exited, new Promise((r) => setTimeout(r, ready ? 20_000 : 0))])
     await stop(child)
+  }
+}
+
+/** Resolves once something accepts TCP connections on 127.0.0.1:`port`. */
+async function waitForPort(port, timeoutMs) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const s = connect({ host: '127.0.0.1', port }, () => (s.destroy(), resolve(true)))
+      s.on('error', () => resolve(false))
+    })
+    if (ok) return
+    if (Date.now() > deadline) fail(EXIT.error, `nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, 200))
   }
 }
 
@@ -186,6 +223,16 @@ async function main() {
   ])
   const h2 = await countInstructions(tools, serveBin, workDir, 'h2', backends.map((b) => b.h2Addr), 'http2', [{ phase: 'h2c-h2', args: ['-c', '10', '-m', '10'] }])
   const instructions = { http1: h1.http1.perRequest, h2c: h1.h2c.perRequest, 'h2c-h2': h2['h2c-h2'].perRequest }
+  let haproxy = null
+  if (tools.haproxy) {
+    log('the same for HAProxy, for reference (not gated)')
+    const r1 = await countHaproxyInstructions(tools, workDir, 'h1', backends.map((b) => b.addr), [
+      { phase: 'http1', args: ['--h1', '-c', '10'] },
+      { phase: 'h2c', args: ['-c', '10', '-m', '10'] },
+    ])
+    const r2 = await countHaproxyInstructions(tools, workDir, 'h2', backends.map((b) => `${b.h2Addr} proto h2`), [{ phase: 'h2c-h2', args: ['-c', '10', '-m', '10'] }])
+    haproxy = { http1: r1.http1.perRequest, h2c: r1.h2c.perRequest, 'h2c-h2': r2['h2c-h2'].perRequest }
+  }
   const top = { http1: topFunctions(h1.http1File), 'h2c-h2': topFunctions(h2['h2c-h2File']) }
   // Kept for `callgrind_annotate --tree=caller FILE` or kcachegrind: who calls the hot functions.
   mkdirSync(outDir, { recursive: true })
@@ -219,7 +266,7 @@ async function main() {
   }
 
   const versions = collectVersions(findTools(), repoDir)
-  const result = { date: new Date().toISOString(), requests: REQUESTS, instructions, callgrind: { h1, h2 }, topFunctions: top, throughput: tp, checks, baseline, versions }
+  const result = { date: new Date().toISOString(), requests: REQUESTS, instructions, callgrind: { h1, h2 }, topFunctions: top, throughput: tp, haproxy, checks, baseline, versions }
   mkdirSync(outDir, { recursive: true })
   writeFileSync(join(outDir, 'ci.json'), JSON.stringify(result, null, 2) + '\n')
   const md = ciMarkdown(result)
@@ -262,6 +309,15 @@ function ciMarkdown(r) {
   }
   L.push('')
   L.push(`Instructions: \`valgrind --tool=callgrind\` around ${r.requests} requests through \`crates/meshproxy-core/examples/serve.rs\` (current-thread runtime, round-robin over two nginx backends), median of 3; HTTP/1.1 via \`h2load --h1 -c 10\`, h2c via \`h2load -c 10 -m 10\`.`)
+  if (r.haproxy) {
+    L.push('', 'Reference, not gated: HAProxy under the same harness (1 thread, `http-reuse always`; its count depends on its version and build).', '')
+    L.push('| path | meshproxy | HAProxy | ratio |', '|:--|--:|--:|--:|')
+    for (const [k, v] of Object.entries(r.haproxy)) {
+      const m = r.instructions[k]
+      L.push(`| ${k} | ${Math.round(m).toLocaleString('en-US')} | ${Math.round(v).toLocaleString('en-US')} | ${(m / v).toFixed(2)}× |`)
+    }
+    L.push('')
+  }
   if (r.throughput) L.push(`Throughput: \`bench/run.mjs --scenarios http1 --targets meshproxy,haproxy --workers 1 --reps 3 --duration 4\`: meshproxy ${Math.round(r.throughput.meshproxy)} req/s, haproxy ${Math.round(r.throughput.haproxy)} req/s; steal max ${r.throughput.steal.max.toFixed(2)}%.`)
   for (const [k, fns] of Object.entries(r.topFunctions)) {
     if (!fns.length) continue

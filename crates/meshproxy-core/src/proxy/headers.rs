@@ -28,46 +28,79 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 
-/// Removes hop-by-hop headers. `TE` is kept only as `trailers` (the one value a proxy may pass).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry few or none of these. One pass over the names (standard ones compare
-    // as enum tags) finds which are present; a blind `remove` per candidate would hash each name
-    // twice a request, a measurable share of the hot path (callgrind).
-    let mut present = 0u8;
-    let mut te = false;
+/// Which names of interest one pass over a message's header names found. Standard names compare
+/// as enum tags, so the pass is cheaper than a hashed lookup per name: most messages carry none of
+/// the hop-by-hop ones, and a blind `remove` per candidate hashed each name twice a request, a
+/// measurable share of the hot path (callgrind).
+#[derive(Clone, Copy, Default)]
+pub struct Seen {
+    /// Bit i: `HOP_BY_HOP[i]` is present.
+    hop: u8,
+    te: bool,
+    pub host: bool,
+    pub expect: bool,
+    xff: bool,
+    xfp: bool,
+    xfh: bool,
+}
+
+pub fn scan(headers: &HeaderMap) -> Seen {
+    let mut seen = Seen::default();
     for name in headers.keys() {
         // A match on the lowercase name compiles to a length switch and at most one compare.
         match name.as_str() {
-            "connection" => present |= 1,
-            "keep-alive" => present |= 1 << 1,
-            "proxy-connection" => present |= 1 << 2,
-            "proxy-authenticate" => present |= 1 << 3,
-            "transfer-encoding" => present |= 1 << 4,
-            "upgrade" => present |= 1 << 5,
-            "te" => te = true,
+            "connection" => seen.hop |= 1,
+            "keep-alive" => seen.hop |= 1 << 1,
+            "proxy-connection" => seen.hop |= 1 << 2,
+            "proxy-authenticate" => seen.hop |= 1 << 3,
+            "transfer-encoding" => seen.hop |= 1 << 4,
+            "upgrade" => seen.hop |= 1 << 5,
+            "te" => seen.te = true,
+            "host" => seen.host = true,
+            "expect" => seen.expect = true,
+            "x-forwarded-for" => seen.xff = true,
+            "x-forwarded-proto" => seen.xfp = true,
+            "x-forwarded-host" => seen.xfh = true,
             _ => {}
         }
     }
-    if present == 0 && !te {
-        return;
+    seen
+}
+
+/// Removes hop-by-hop headers. `TE` is kept only as `trailers` (the one value a proxy may pass).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let seen = scan(headers);
+    strip_seen(headers, seen);
+}
+
+/// `strip_hop_by_hop` after a `scan`. Returns what is left of `seen` for the other names (a
+/// `Connection` header may name any header, so after one the names are scanned again); the
+/// hop-by-hop bits and `te` are left clear.
+pub fn strip_seen(headers: &mut HeaderMap, seen: Seen) -> Seen {
+    if seen.hop == 0 && !seen.te {
+        return seen;
     }
-    if present & 1 != 0 {
+    if seen.hop & 1 != 0 {
         strip_connection_listed(headers);
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
+        if seen.hop & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    if let Some(te) = headers.get(header::TE) {
-        let trailers =
-            te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    if seen.te {
+        let trailers = headers
+            .get(header::TE)
+            .and_then(|te| te.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
             headers.remove(header::TE);
         }
     }
+    let left = if seen.hop & 1 != 0 { scan(headers) } else { seen };
+    Seen { hop: 0, te: false, ..left }
 }
 
 /// The headers `Connection` names are hop-by-hop too (`Connection: keep-alive, X-Secret`);
@@ -89,16 +122,16 @@ fn strip_connection_listed(headers: &mut HeaderMap) {
 }
 
 /// Adds `x-forwarded-for` (appended), `x-forwarded-proto` and `x-forwarded-host` (set when the
-/// client did not send them) and `via` (appended) to a request going upstream.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, version: http::Version) {
-    // One scan for the three names instead of a hashed lookup each (see strip_hop_by_hop).
-    let (mut has_xff, mut has_proto, mut has_host) = (false, false, false);
-    for name in headers.keys() {
-        has_xff |= name == X_FORWARDED_FOR;
-        has_proto |= name == X_FORWARDED_PROTO;
-        has_host |= name == X_FORWARDED_HOST;
-    }
-    let prev = if has_xff { headers.get(&X_FORWARDED_FOR) } else { None };
+/// client did not send them) and `via` (appended) to a request going upstream. `seen` is a
+/// `scan` of `headers` as they are now; `host` is the request's host, for `x-forwarded-host`.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    seen: Seen,
+    client_ip: &HeaderValue,
+    host: Option<HeaderValue>,
+    version: http::Version,
+) {
+    let prev = if seen.xff { headers.get(&X_FORWARDED_FOR) } else { None };
     match prev {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
@@ -113,11 +146,11 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, version: 
             headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
         }
     }
-    if !has_proto {
+    if !seen.xfp {
         headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
     }
-    if !has_host {
-        if let Some(host) = headers.get(header::HOST).cloned() {
+    if !seen.xfh {
+        if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
     }
@@ -151,10 +184,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("api.example.com"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), http::Version::HTTP_11);
+        let host = h.get("host").cloned();
+        let seen = scan(&h);
+        add_forwarded(&mut h, seen, &HeaderValue::from_static("127.0.0.1"), host, http::Version::HTTP_11);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");
         assert_eq!(h.get("via").unwrap(), "1.1 meshproxy");
+    }
+
+    #[test]
+    fn a_forwarded_header_named_by_connection_is_replaced_not_appended_to() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-forwarded-for"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let seen = scan(&h);
+        let seen = strip_seen(&mut h, seen);
+        add_forwarded(&mut h, seen, &HeaderValue::from_static("127.0.0.1"), None, http::Version::HTTP_2);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
+        assert!(h.get("x-forwarded-host").is_none() && h.get("connection").is_none());
+        assert_eq!(h.get("via").unwrap(), "2 meshproxy");
     }
 }

@@ -489,14 +489,21 @@ fn prepare_request(
     h2: bool,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(header::HOST) {
-        // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority becomes
-        // the Host (x-forwarded-host reads it). HTTP/1.0 clients may send neither; the upstream
+    let seen = headers::scan(&parts.headers);
+    let host = if seen.host {
+        parts.headers.get(header::HOST).cloned()
+    } else {
+        // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority is the
+        // host (x-forwarded-host reads it). HTTP/1.0 clients may send neither; the upstream
         // request is HTTP/1.1, which requires a Host, so it names the endpoint.
         let host = parts.uri.authority().map_or(upstream_authority, |a| a.as_str());
         let host = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest)?;
-        parts.headers.insert(header::HOST, host);
-    }
+        // An HTTP/2 upstream takes the authority as `:authority`, not as a `Host` (`to_h2`).
+        if !h2 || parts.uri.authority().is_none() {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        Some(host)
+    };
     if !h2 && parts.uri.authority().is_some() {
         // Origin form from the parts already parsed (no re-parse, no copy of the path).
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -507,11 +514,13 @@ fn prepare_request(
         }
         parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest)?;
     }
-    headers::strip_hop_by_hop(&mut parts.headers);
+    let seen = headers::strip_seen(&mut parts.headers, seen);
     // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
     // first read, i.e. when the upstream is ready for it), so it does not travel further.
-    parts.headers.remove(header::EXPECT);
-    headers::add_forwarded(&mut parts.headers, client_ip, parts.version);
+    if seen.expect {
+        parts.headers.remove(header::EXPECT);
+    }
+    headers::add_forwarded(&mut parts.headers, seen, client_ip, host, parts.version);
     parts.version = Version::HTTP_11;
     let body = if body.is_end_stream() { UpstreamBody::Empty } else { UpstreamBody::Stream(body) };
     Ok(Request::from_parts(parts, body))
