@@ -78,6 +78,8 @@ export interface H2Response {
   status: number
   headers: http2.IncomingHttpHeaders
   body: string
+  /** The trailer section, when the response had one. */
+  trailers?: http2.IncomingHttpHeaders
 }
 
 /** One request on an existing session. */
@@ -95,8 +97,10 @@ export function h2request(
       status = Number(h[':status'])
       resHeaders = h
     })
+    let trailers: http2.IncomingHttpHeaders | undefined
+    req.on('trailers', (h) => (trailers = h))
     req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => resolve({ status, headers: resHeaders, body: Buffer.concat(chunks).toString() }))
+    req.on('end', () => resolve({ status, headers: resHeaders, body: Buffer.concat(chunks).toString(), ...(trailers ? { trailers } : {}) }))
     req.on('error', reject)
     if (body !== undefined) req.end(body)
   })

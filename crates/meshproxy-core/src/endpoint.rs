@@ -15,19 +15,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::ProxyError;
+use crate::h1::H1Conn;
 use crate::metrics::EndpointSample;
 use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
-use crate::pool::{Pool, PoolSettings, Reusable};
-use crate::proxy::body::UpstreamBody;
+use crate::pool::{Pool, PoolSettings};
 
-pub type Sender = http1::SendRequest<UpstreamBody>;
 /// The HTTP/2 client side speaks the `h2` crate directly: hyper's HTTP/2 client spawns a task per
 /// request (the response future) and hands each response over a channel, ~4 % of the h2c → h2
 /// path's instructions plus two task wake-ups per request. Here the request's own task awaits
@@ -132,12 +129,15 @@ impl std::future::Future for H2Driver {
     }
 }
 
-impl Reusable for Sender {
-    fn is_closed(&self) -> bool {
-        http1::SendRequest::is_closed(self)
-    }
-    fn is_ready(&self) -> bool {
-        http1::SendRequest::is_ready(self)
+/// Counts an HTTP/1.1 connection (which has no task of its own) as open until it is dropped.
+/// Weak for the reason given in [`Endpoint::track`].
+pub struct ConnCount(Weak<Endpoint>);
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        if let Some(ep) = self.0.upgrade() {
+            ep.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -176,13 +176,13 @@ pub struct Endpoint {
 
 /// One worker's upstream connections to an endpoint.
 struct WorkerPools {
-    http1: Pool<Sender>,
+    http1: Pool<H1Conn>,
     h2: MultiplexedSet<H2Handle>,
 }
 
 /// A connection taken for one request; `reused` tells whether it came from the pool.
 pub struct Checkout {
-    pub sender: Sender,
+    pub conn: H1Conn,
     /// How long the connection sat in the pool; None for a new connection.
     pub idle: Option<Duration>,
 }
@@ -274,17 +274,17 @@ impl Endpoint {
 
     /// A pooled connection if one is usable, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ProxyError> {
-        if let Some((sender, idle)) = self.local().http1.checkout() {
-            return Ok(Checkout { sender, idle: Some(idle) });
+        if let Some((conn, idle)) = self.local().http1.checkout() {
+            return Ok(Checkout { conn, idle: Some(idle) });
         }
         // Boxed: the connect future is large and rarely needed; inline, it would size every
         // request's future (moved several times per request) to fit it.
-        Ok(Checkout { sender: Box::pin(self.connect()).await?, idle: None })
+        Ok(Checkout { conn: Box::pin(self.connect()).await?, idle: None })
     }
 
-    pub fn checkin(&self, sender: Sender) {
+    pub fn checkin(&self, conn: H1Conn) {
         if !self.retired.load(Ordering::Acquire) {
-            self.local().http1.checkin(sender);
+            self.local().http1.checkin(conn);
         }
     }
 
@@ -405,14 +405,11 @@ impl Endpoint {
     }
 
     /// Opens a new HTTP/1.1 upstream connection, bounded by the connect timeout.
-    pub async fn connect(self: &Arc<Self>) -> Result<Sender, ProxyError> {
+    pub async fn connect(self: &Arc<Self>) -> Result<H1Conn, ProxyError> {
         let stream = self.tcp_connect().await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| self.failed(ProxyError::UpstreamConnect))?;
-        self.track(conn.with_upgrades());
-        Ok(sender)
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(H1Conn::new(stream, ConnCount(Arc::downgrade(self))))
     }
 
     /// Counts a failure and passes the error on.

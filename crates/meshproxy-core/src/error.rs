@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// The upstream did not complete the WebSocket handshake an HTTP/2 client's extended
     /// CONNECT was translated into (no 101, or a wrong `Sec-WebSocket-Accept`).
     UpstreamHandshake,
+    /// The upstream's HTTP/1.1 response could not be parsed or framed (malformed status line or
+    /// fields, conflicting lengths, a head over 64 KiB, a 101 nobody asked for).
+    UpstreamProtocol,
     Overloaded,
     UriTooLong,
     BadRequest,
@@ -54,13 +57,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub const ALL: [ProxyError; 11] = [
+    pub const ALL: [ProxyError; 12] = [
         ProxyError::NoRoute,
         ProxyError::NoEndpoints,
         ProxyError::UpstreamConnect,
         ProxyError::UpstreamReset,
         ProxyError::UpstreamTimeout,
         ProxyError::UpstreamHandshake,
+        ProxyError::UpstreamProtocol,
         ProxyError::Overloaded,
         ProxyError::UriTooLong,
         ProxyError::BadRequest,
@@ -74,9 +78,10 @@ impl ProxyError {
             ProxyError::NoEndpoints | ProxyError::Overloaded | ProxyError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::UpstreamConnect | ProxyError::UpstreamReset | ProxyError::UpstreamHandshake => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamHandshake
+            | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
@@ -93,6 +98,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream-reset",
             ProxyError::UpstreamTimeout => "upstream-timeout",
             ProxyError::UpstreamHandshake => "upstream-handshake",
+            ProxyError::UpstreamProtocol => "upstream-protocol",
             ProxyError::Overloaded => "overloaded",
             ProxyError::UriTooLong => "uri-too-long",
             ProxyError::BadRequest => "bad-request",
@@ -112,6 +118,7 @@ impl ProxyError {
             | ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamHandshake
+            | ProxyError::UpstreamProtocol
             | ProxyError::Overloaded
             | ProxyError::ShuttingDown => "14", // UNAVAILABLE
         }
@@ -134,6 +141,7 @@ impl ProxyError {
             ProxyError::UpstreamHandshake => {
                 "meshproxy: the upstream did not accept the WebSocket handshake\n"
             }
+            ProxyError::UpstreamProtocol => "meshproxy: the upstream sent a malformed response\n",
             ProxyError::Overloaded => "meshproxy: too many requests in flight to the upstream\n",
             ProxyError::UriTooLong => "meshproxy: request URI too long\n",
             ProxyError::BadRequest => "meshproxy: malformed request\n",

@@ -14,6 +14,7 @@ mod conn_exec;
 pub mod detect;
 pub mod endpoint;
 pub mod error;
+pub mod h1;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -5,7 +5,7 @@
 pub mod body;
 mod connect;
 mod forward;
-mod headers;
+pub(crate) mod headers;
 mod service;
 mod upgrade;
 mod websocket;

@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::endpoint::{Endpoint, Sender};
+use crate::h1::{H1Body, H1Error};
 use crate::listener::ActivityGuard;
 use crate::metrics::RouteMetrics;
 use crate::pool::multiplexed::StreamSlot;
@@ -60,11 +60,14 @@ pub enum BodyError {
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
     H2(#[from] h2::Error),
+    #[error(transparent)]
+    H1(#[from] H1Error),
 }
 
-/// A response body as it comes from upstream: hyper's for HTTP/1.1, an `h2` stream for HTTP/2.
+/// A response body as it comes from upstream: read off its connection for HTTP/1.1, an `h2`
+/// stream for HTTP/2.
 pub enum UpstreamIncoming {
-    H1(Incoming),
+    H1(H1Body),
     H2(H2Body),
 }
 
@@ -88,7 +91,7 @@ impl UpstreamIncoming {
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self {
-            UpstreamIncoming::H1(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            UpstreamIncoming::H1(b) => b.poll_frame(cx).map_err(BodyError::from),
             UpstreamIncoming::H2(b) => b.poll_frame(cx).map_err(BodyError::from),
         }
     }
@@ -212,8 +215,8 @@ pub async fn pipe_to_h2(mut body: UpstreamBody, mut tx: h2::SendStream<Bytes>) {
 
 /// The upstream connection a response came on.
 pub enum Upstream {
-    /// Goes back to the endpoint's idle set when the response has been read to its end.
-    Http1(Sender),
+    /// An HTTP/1.1 connection: its body ([`H1Body`]) returns it to the pool.
+    Http1,
     /// Holds a stream slot on a shared connection until the response ends.
     Http2(StreamSlot),
 }
@@ -221,35 +224,19 @@ pub enum Upstream {
 /// What is given back when the response body has been read to its end (or dropped).
 pub struct Release {
     pub upstream: Upstream,
-    pub endpoint: Arc<Endpoint>,
     pub permit: OwnedSemaphorePermit,
 }
 
 impl Release {
+    /// The in-flight slot and the HTTP/2 stream slot free up as soon as the response has ended.
     fn run(self) {
-        let Release { upstream, endpoint, permit } = self;
-        drop(permit);
-        let sender = match upstream {
-            Upstream::Http1(sender) => sender,
-            Upstream::Http2(slot) => return drop(slot),
-        };
-        if sender.is_ready() {
-            endpoint.checkin(sender);
-        } else if !sender.is_closed() {
-            // The connection finishes its own bookkeeping (e.g. the request body still
-            // draining) a moment after the response ends; pool it once it says it is ready.
-            let mut sender = sender;
-            tokio::spawn(async move {
-                if let Ok(Ok(())) =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), sender.ready()).await
-                {
-                    endpoint.checkin(sender);
-                }
-            });
-        }
+        drop(self);
     }
 }
 
+// Upstream is the common variant: boxing it to shrink the rare local one would cost an
+// allocation per response.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Local(Option<Bytes>),
     Upstream {

@@ -1,22 +1,22 @@
 //! Sending one request to one endpoint, with the single retry that keep-alive pooling needs: a
 //! request that failed on a *reused* connection because the peer had closed it is re-sent once
-//! on a fresh connection when that is safe — nothing was sent yet (hyper hands the request back),
-//! or the method is idempotent and the body empty (the request is rebuilt). This is the stale
-//! keep-alive race behind Node backends (`keepAliveTimeout` 5 s) that otherwise shows as a 502.
-//! That race needs a connection that sat idle up to the peer's keep-alive timeout, so the copy a
-//! rebuild needs is only made for connections idle at least [`REPLAY_AFTER_IDLE`]: under load
-//! connections are idle for microseconds, and the copy was ~3 % of the instructions per request.
-//! HTTP/2 adds the failures that prove a request was never processed (RFC 9113 §8.7), after which
-//! any method may be re-sent.
+//! on a fresh connection when that is safe — no byte of it was sent (the body is still whole),
+//! or the connection ended before any response, the body is empty and the method idempotent.
+//! This is the stale keep-alive race behind Node backends (`keepAliveTimeout` 5 s) that
+//! otherwise shows as a 502. That race needs a connection that sat idle up to the peer's
+//! keep-alive timeout, so the second case is only retried for connections idle at least
+//! [`REPLAY_AFTER_IDLE`]. HTTP/2 adds the failures that prove a request was never processed
+//! (RFC 9113 §8.7), after which any method may be re-sent.
 
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use http_body::Body as _;
 
-use crate::endpoint::Endpoint;
 use crate::endpoint::H2Sender;
+use crate::endpoint::{Checkout, Endpoint};
 use crate::error::ProxyError;
+use crate::h1::Failed;
 use crate::proxy::body::{pipe_to_h2, H2Body, Upstream, UpstreamBody, UpstreamIncoming};
 
 fn idempotent(m: &Method) -> bool {
@@ -26,7 +26,7 @@ fn idempotent(m: &Method) -> bool {
 /// Below every keep-alive timeout in common use (1 s and up; Node 5 s, nginx 75 s).
 pub const REPLAY_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// A copy of an empty-bodied request's head, kept only while a reused connection might fail.
+/// A copy of an HTTP/2 request's head: h2 takes the head by value, and a retry needs it again.
 struct Replay(Method, http::Uri, http::Version, http::HeaderMap);
 
 impl Replay {
@@ -48,39 +48,36 @@ pub async fn send(
     ep: &Arc<Endpoint>,
     req: Request<UpstreamBody>,
 ) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
-    let mut conn = ep.checkout().await?;
-    let reused = conn.idle.is_some();
-    let replay = (conn.idle.is_some_and(|idle| idle >= REPLAY_AFTER_IDLE)
-        && matches!(req.body(), UpstreamBody::Empty)
-        && idempotent(req.method()))
-    .then(|| Replay::of(&req));
+    let (head, body) = req.into_parts();
+    let empty = body.is_end_stream();
+    let Checkout { conn, idle } = ep.checkout().await?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match conn.sender.try_send_request(req).await {
-        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1(conn.sender))),
-        Err(mut err) => {
-            let retry = match (err.take_message(), replay) {
-                (Some(unsent), _) => Some(unsent),
-                (None, Some(head)) => Some(head.into_request(UpstreamBody::Empty)),
-                (None, None) => None,
-            };
-            match retry {
-                Some(req) if reused => {
-                    tracing::debug!(endpoint = %ep.address, error = %err.error(), "stale pooled connection; retrying on a fresh one");
-                    ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut fresh = Box::pin(ep.connect()).await?;
-                    match fresh.send_request(req).await {
-                        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1(fresh))),
-                        Err(e) => {
-                            tracing::debug!(endpoint = %ep.address, error = %e, "upstream request failed");
-                            Err(ep.failed(ProxyError::UpstreamReset))
-                        }
-                    }
-                }
-                _ => {
-                    tracing::debug!(endpoint = %ep.address, error = %err.error(), "upstream request failed");
-                    Err(ep.failed(ProxyError::UpstreamReset))
-                }
-            }
+    // The head is encoded from a reference, so a retry has it without a copy.
+    let Failed { error, unsent, no_response } = match conn.send(&head, body, ep).await {
+        Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1)),
+        Err(failed) => failed,
+    };
+    let retry = match (idle, unsent) {
+        (Some(_), Some(body)) => Some(body),
+        (Some(idle), None)
+            if no_response && idle >= REPLAY_AFTER_IDLE && idempotent(&head.method) && empty =>
+        {
+            Some(UpstreamBody::Empty)
+        }
+        _ => None,
+    };
+    let Some(body) = retry else {
+        tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
+        return Err(ep.failed(error.proxy_error()));
+    };
+    tracing::debug!(endpoint = %ep.address, %error, "stale pooled connection; retrying on a fresh one");
+    ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fresh = Box::pin(ep.connect()).await?;
+    match fresh.send(&head, body, ep).await {
+        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1)),
+        Err(Failed { error, .. }) => {
+            tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
+            Err(ep.failed(error.proxy_error()))
         }
     }
 }

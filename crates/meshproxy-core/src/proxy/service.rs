@@ -363,7 +363,7 @@ fn finish(
     result: Result<(Response<UpstreamIncoming>, Upstream, OwnedSemaphorePermit), ProxyError>,
 ) -> Response<ResponseBody> {
     let After { kind, downstream_upgrade, ws_key, activity } = after;
-    let (mut resp, upstream, permit) = match result {
+    let (resp, upstream, permit) = match result {
         Ok(r) => r,
         Err(e) => return meta.fail(e, Some(route), activity),
     };
@@ -376,13 +376,12 @@ fn finish(
     let accepted = handshake == Some(websocket::Answer::Accepted);
     let status = if accepted { StatusCode::OK } else { resp.status() };
     route.metrics.record(meta.protocol, status.as_u16(), meta.start.elapsed());
-    let tunnel = match downstream_upgrade {
-        Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Some((downstream, hyper::upgrade::on(&mut resp)))
-        }
+    let (mut parts, mut body) = resp.into_parts();
+    // A 101 hands over the upstream connection (HTTP/1.1: upgrades never go over HTTP/2).
+    let tunnel = match (downstream_upgrade, &mut body) {
+        (Some(downstream), UpstreamIncoming::H1(b)) => b.take_upgraded().map(|up| (downstream, up)),
         _ => None,
     };
-    let (mut parts, body) = resp.into_parts();
     // An HTTP/1.1 client's 101 keeps its Upgrade (hop-by-hop, but this hop carries it).
     let token = match kind {
         Kind::Upgrade(_) if tunnel.is_some() => parts.headers.get(header::UPGRADE).cloned(),
@@ -409,7 +408,7 @@ fn finish(
         );
         return Response::from_parts(parts, ResponseBody::empty(None));
     }
-    let release = Release { upstream, endpoint: endpoint.clone(), permit };
+    let release = Release { upstream, permit };
     let grpc_metrics = if meta.grpc {
         match parts.headers.get(&GRPC_STATUS) {
             // Trailers-only response: the status is in the headers.

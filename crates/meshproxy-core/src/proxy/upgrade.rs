@@ -1,7 +1,8 @@
 //! HTTP/1.1 `Upgrade` (WebSocket and friends): the request's `Upgrade`/`Connection: upgrade`
-//! travel upstream; if the upstream answers 101, both connections are handed over by hyper and
-//! bytes are spliced both ways until either side closes (half-closes propagate) or the tunnel is
-//! idle for the listener's tunnel idle timeout. Any other answer is passed back as it is.
+//! travel upstream; if the upstream answers 101, both connections are handed over (downstream by
+//! hyper, upstream by [`crate::h1`]) and bytes are spliced both ways until either side closes
+//! (half-closes propagate) or the tunnel is idle for the listener's tunnel idle timeout. Any
+//! other answer is passed back as it is.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::h1::H1Conn;
 use crate::listener::{ActivityGuard, Drain};
 use crate::tunnel;
 
@@ -39,22 +41,22 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 /// its streams, is open.
 pub fn splice(
     downstream: OnUpgrade,
-    upstream: OnUpgrade,
+    mut upstream: H1Conn,
     idle: Duration,
     drain: watch::Receiver<Drain>,
     busy: Option<ActivityGuard>,
 ) {
     tokio::spawn(async move {
         let _busy = busy;
-        let (down, up) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
+        let down = match downstream.await {
+            Ok(down) => down,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade handover failed");
                 return;
             }
         };
-        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-        match tunnel::splice(&mut down, &mut up, idle, drain, &tunnel::Counters::default()).await {
+        let mut down = TokioIo::new(down);
+        match tunnel::splice(&mut down, &mut upstream, idle, drain, &tunnel::Counters::default()).await {
             Ok(bytes) => tracing::debug!(?bytes, "upgraded connection closed"),
             Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         }
