@@ -485,11 +485,23 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H1Error> {
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Framing is this hop's business: the field goes no further.
+            continue;
         } else if name == header::CONNECTION {
+            let mut names_fields = false;
             for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let (c, k) = (token.eq_ignore_ascii_case(b"close"), token.eq_ignore_ascii_case(b"keep-alive"));
+                close |= c;
+                keep_alive |= k;
+                names_fields |= !(c || k || token.is_empty());
             }
+            // Hop-by-hop either way; kept only when it names fields that the downstream side's
+            // stripping must remove too (the usual `keep-alive` costs nothing further).
+            if !names_fields {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            continue;
         }
         headers.append(name, value);
     }
