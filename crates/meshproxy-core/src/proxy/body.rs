@@ -221,17 +221,11 @@ pub enum Upstream {
     Http2(StreamSlot),
 }
 
-/// What is given back when the response body has been read to its end (or dropped).
+/// What is given back, by being dropped, as soon as the response has ended (or is dropped): the
+/// endpoint's in-flight slot and, for HTTP/2, the stream slot on the shared connection.
 pub struct Release {
     pub upstream: Upstream,
     pub permit: OwnedSemaphorePermit,
-}
-
-impl Release {
-    /// The in-flight slot and the HTTP/2 stream slot free up as soon as the response has ended.
-    fn run(self) {
-        drop(self);
-    }
 }
 
 // Upstream is the common variant: boxing it to shrink the rare local one would cost an
@@ -274,12 +268,7 @@ impl ResponseBody {
         activity: ActivityGuard,
         grpc: Option<Arc<RouteMetrics>>,
     ) -> Self {
-        let release = if body.is_end_stream() {
-            release.run();
-            None
-        } else {
-            Some(release)
-        };
+        let release = (!body.is_end_stream()).then_some(release);
         ResponseBody { kind: Kind::Upstream { body, release, grpc }, _activity: Some(activity) }
     }
 }
@@ -308,16 +297,11 @@ impl Body for ResponseBody {
                     }
                     // An error mid-body: the connection is dropped, never pooled, and hyper
                     // aborts the downstream response instead of ending it cleanly.
-                    Poll::Ready(Some(Err(_))) => {
-                        release.take();
-                        false
-                    }
+                    Poll::Ready(Some(Err(_))) => true,
                     Poll::Pending => false,
                 };
                 if done {
-                    if let Some(r) = release.take() {
-                        r.run();
-                    }
+                    release.take();
                 }
                 polled
             }
