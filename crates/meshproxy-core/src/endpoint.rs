@@ -90,6 +90,7 @@ pin_project_lite::pin_project! {
         #[pin]
         ping_timer: tokio::time::Sleep,
         ping_outstanding: bool,
+        keepalive: Duration,
     }
 
     // The connection is closed for the pool once its driver is gone, however it ended (done,
@@ -114,11 +115,11 @@ impl std::future::Future for H2Driver {
             }
             if this.ping_timer.as_mut().poll(cx).is_ready() {
                 if *this.ping_outstanding {
-                    return Poll::Ready(Err(H2ConnEnd::KeepAliveTimeout(H2_KEEPALIVE)));
+                    return Poll::Ready(Err(H2ConnEnd::KeepAliveTimeout(*this.keepalive)));
                 }
                 ping.send_ping(h2::Ping::opaque())?;
                 *this.ping_outstanding = true;
-                this.ping_timer.as_mut().reset(tokio::time::Instant::now() + H2_KEEPALIVE);
+                this.ping_timer.as_mut().reset(tokio::time::Instant::now() + *this.keepalive);
                 // Registers the new deadline with the timer.
                 let _ = this.ping_timer.as_mut().poll(cx);
             }
@@ -172,6 +173,8 @@ pub struct Endpoint {
     pub failures: AtomicU64,
     /// Requests re-sent after a failure that left them unprocessed (or safe to repeat).
     pub retries: AtomicU64,
+    /// [`H2_KEEPALIVE`]; shorter in tests.
+    h2_keepalive: Duration,
 }
 
 /// One worker's upstream connections to an endpoint.
@@ -209,6 +212,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            h2_keepalive: H2_KEEPALIVE,
         }
     }
 
@@ -344,8 +348,9 @@ impl Endpoint {
             conn,
             state: state.clone(),
             ping,
-            ping_timer: tokio::time::sleep(H2_KEEPALIVE),
+            ping_timer: tokio::time::sleep(self.h2_keepalive),
             ping_outstanding: false,
+            keepalive: self.h2_keepalive,
         });
         Ok(H2Handle { sender, state })
     }
@@ -496,5 +501,55 @@ impl Registry {
         let mut v: Vec<_> = self.endpoints.lock().values().map(|e| e.sample()).collect();
         v.sort_by(|a, b| a.address.cmp(&b.address));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::multiplexed::Multiplexed;
+
+    fn settings() -> EndpointSettings {
+        EndpointSettings {
+            pool: PoolSettings { max_idle: 8, idle_timeout: Duration::from_secs(4) },
+            connect_timeout: Duration::from_secs(1),
+            max_inflight: 100,
+            max_pending: 100,
+            max_streams: 100,
+        }
+    }
+
+    /// An h2c upstream that completes the handshake and then either keeps serving its connection
+    /// (which is what answers PINGs) or holds it open without reading another frame.
+    async fn h2_upstream(answers: bool) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address").to_string();
+        let task = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::handshake(socket).await.expect("server handshake");
+            if answers {
+                while let Some(Ok(_)) = conn.accept().await {}
+            } else {
+                std::future::pending::<()>().await;
+                drop(conn);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn an_upstream_h2_connection_whose_peer_stops_answering_pings_is_closed() {
+        for answers in [false, true] {
+            let (addr, upstream) = h2_upstream(answers).await;
+            let mut ep = Endpoint::new(&addr, settings(), 1);
+            ep.h2_keepalive = Duration::from_millis(100);
+            let ep = Arc::new(ep);
+            let handle = ep.connect_h2().await.expect("connect");
+            // Three intervals: a PING at 100 ms, its deadline at 200 ms, and room for a slow CI.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert_eq!(handle.is_closed(), !answers, "upstream answers PINGs: {answers}");
+            assert_eq!(ep.open.load(Ordering::Relaxed), u64::from(answers));
+            upstream.abort();
+        }
     }
 }
