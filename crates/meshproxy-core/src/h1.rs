@@ -42,8 +42,6 @@ const READ_SIZE: usize = 16 * 1024;
 const MAX_READ_SIZE: usize = 256 * 1024;
 /// A chunk-size line (with extensions) longer than this is malformed.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Request-body bytes queued for the socket before the body is polled again (backpressure).
-const MAX_QUEUED: usize = 64 * 1024;
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +246,6 @@ struct Outgoing {
     head: Vec<u8>,
     head_sent: usize,
     queue: VecDeque<Bytes>,
-    queued: usize,
     body: Option<UpstreamBody>,
     chunked: bool,
 }
@@ -290,7 +287,7 @@ impl Outgoing {
             }
         };
         buf.extend_from_slice(b"\r\n");
-        Outgoing { head: buf, head_sent: 0, queue: VecDeque::new(), queued: 0, body, chunked }
+        Outgoing { head: buf, head_sent: 0, queue: VecDeque::new(), body, chunked }
     }
 
     fn done(&self) -> bool {
@@ -299,7 +296,6 @@ impl Outgoing {
 
     fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
-            self.queued += b.len();
             self.queue.push_back(b);
         }
     }
@@ -337,7 +333,6 @@ impl Outgoing {
                     Poll::Ready(Ok(mut n)) => {
                         *written = true;
                         progress = true;
-                        self.queued -= n;
                         while n > 0 {
                             let front = &mut self.queue[0];
                             if n >= front.len() {
@@ -356,10 +351,9 @@ impl Outgoing {
                     Poll::Pending => return Ok(progress),
                 }
             }
+            // Backpressure: the body is polled again only once the socket took all of the last
+            // frame.
             let Some(body) = self.body.as_mut() else { return Ok(progress) };
-            if self.queued >= MAX_QUEUED {
-                return Ok(progress);
-            }
             match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => return Ok(progress),
                 Poll::Ready(Some(Err(e))) => return Err(H1Error::RequestBody(e)),
