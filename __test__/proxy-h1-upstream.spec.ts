@@ -141,14 +141,12 @@ test('an upstream that closes mid-body: the client sees an aborted response, nev
 })
 
 test('an early answer (413 before the request body): passed back, the connection not reused', async (t) => {
-  let bodyBytes = 0
   const up = await startTcpServer(t, (socket) => {
     let head = ''
     socket.on('data', (c: Buffer) => {
-      if (!head.includes('\r\n\r\n')) {
-        head += c.toString('latin1')
-        if (head.includes('\r\n\r\n')) socket.write('HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!')
-      } else bodyBytes += c.length
+      if (head.includes('\r\n\r\n')) return
+      head += c.toString('latin1')
+      if (head.includes('\r\n\r\n')) socket.write('HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!')
     })
   })
   const { port } = await startProxy(t, simpleYaml([up.address]))
@@ -158,7 +156,6 @@ test('an early answer (413 before the request body): passed back, the connection
   const next = await request(port, { method: 'POST', path: '/upload', body: 'small' })
   t.is(next.status, 413)
   t.is(up.connections, 2, 'the first connection still had request body in flight: closed, not pooled')
-  t.true(bodyBytes <= 4 << 20, 'the body was not sent twice')
 })
 
 test('bytes an idle pooled connection receives unasked (a 408): the next request goes on a fresh connection', async (t) => {

@@ -11,14 +11,13 @@
 // Exit codes: 0 pass · 1 regression · 2 could not measure (missing tool, build or run failure) ·
 // 3 inconclusive (hypervisor steal or other load stayed above the limit even after redos).
 import { spawnSync } from 'node:child_process'
-import { connect } from 'node:net'
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { installCleanupHandlers, runToEnd, start, stop, stopAll, waitForOutput } from './lib/procs.mjs'
-import { freePorts, startNginx } from './lib/targets.mjs'
+import { installCleanupHandlers, runToEnd, start, stop, stopAll, waitForOutput, waitForPort } from './lib/procs.mjs'
+import { freePorts, haproxyConf, startNginx } from './lib/targets.mjs'
 import { collectVersions, findTools, INSTALL_HINT, which } from './lib/tools.mjs'
 import { median } from './lib/report.mjs'
 
@@ -102,15 +101,13 @@ async function countInstructions(tools, serveBin, workDir, name, backends, proto
  * h2c by the preface): a reference line, not gated. Its count depends on HAProxy's version and
  * build, which differ between hosts; within one host it tells how far #3's h2c target is.
  */
-async function countHaproxyInstructions(tools, workDir, name, servers, phases) {
+async function countHaproxyInstructions(tools, workDir, name, backends, upstream, phases) {
   const [port] = await freePorts(1)
-  const conf = join(workDir, `haproxy-${name}.cfg`)
-  writeFileSync(
-    conf,
-    ['global', '  nbthread 1', '  maxconn 1000', 'defaults', '  mode http', '  option http-keep-alive', '  http-reuse always',
-      '  timeout connect 5s', '  timeout client 65s', '  timeout server 30s', 'frontend bench', `  bind 127.0.0.1:${port}`,
-      '  default_backend nginx', 'backend nginx', '  balance roundrobin', ...servers.map((s, i) => `  server b${i + 1} ${s}`), ''].join('\n'),
-  )
+  const dir = join(workDir, `haproxy-${name}`)
+  mkdirSync(dir, { recursive: true })
+  const conf = join(dir, 'haproxy.cfg')
+  // The bench's own HAProxy config; a plain bind, so one frontend takes HTTP/1.1 and h2c.
+  writeFileSync(conf, haproxyConf(dir, port, backends, 1000, 1, { bindH2: false, upstream }))
   return underCallgrind(tools, workDir, `haproxy-${name}`, [tools.haproxy, '-db', '-f', conf], port, null, phases)
 }
 
@@ -121,7 +118,7 @@ async function underCallgrind(tools, workDir, name, command, port, ready, phases
   })
   try {
     if (ready) await waitForOutput(child, ready, 60_000)
-    else await waitForPort(port, 60_000)
+    else await waitForPort(child, port, '127.0.0.1', 60_000)
     const url = `http://127.0.0.1:${port}/`
     callgrindControl(child.pid, '-i', 'on')
     const results = {}
@@ -147,20 +144,6 @@ async function underCallgrind(tools, workDir, name, command, port, ready, phases
     child.stdin.end() // the example stops when stdin closes (HAProxy is stopped by signal)
     await Promise.race([child.exited, new Promise((r) => setTimeout(r, ready ? 20_000 : 0))])
     await stop(child)
-  }
-}
-
-/** Resolves once something accepts TCP connections on 127.0.0.1:`port`. */
-async function waitForPort(port, timeoutMs) {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const ok = await new Promise((resolve) => {
-      const s = connect({ host: '127.0.0.1', port }, () => (s.destroy(), resolve(true)))
-      s.on('error', () => resolve(false))
-    })
-    if (ok) return
-    if (Date.now() > deadline) fail(EXIT.error, `nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`)
-    await new Promise((r) => setTimeout(r, 200))
   }
 }
 
@@ -226,11 +209,11 @@ async function main() {
   let haproxy = null
   if (tools.haproxy) {
     log('the same for HAProxy, for reference (not gated)')
-    const r1 = await countHaproxyInstructions(tools, workDir, 'h1', backends.map((b) => b.addr), [
+    const r1 = await countHaproxyInstructions(tools, workDir, 'h1', backends, 'h1', [
       { phase: 'http1', args: ['--h1', '-c', '10'] },
       { phase: 'h2c', args: ['-c', '10', '-m', '10'] },
     ])
-    const r2 = await countHaproxyInstructions(tools, workDir, 'h2', backends.map((b) => `${b.h2Addr} proto h2`), [{ phase: 'h2c-h2', args: ['-c', '10', '-m', '10'] }])
+    const r2 = await countHaproxyInstructions(tools, workDir, 'h2', backends, 'h2', [{ phase: 'h2c-h2', args: ['-c', '10', '-m', '10'] }])
     haproxy = { http1: r1.http1.perRequest, h2c: r1.h2c.perRequest, 'h2c-h2': r2['h2c-h2'].perRequest }
   }
   const top = { http1: topFunctions(h1.http1File), 'h2c-h2': topFunctions(h2['h2c-h2File']) }

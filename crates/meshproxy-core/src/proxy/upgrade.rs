@@ -11,7 +11,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::h1::H1Conn;
+use crate::h1::Upgraded;
 use crate::listener::{ActivityGuard, Drain};
 use crate::tunnel;
 
@@ -41,7 +41,7 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 /// its streams, is open.
 pub fn splice(
     downstream: OnUpgrade,
-    mut upstream: H1Conn,
+    mut upstream: Upgraded,
     idle: Duration,
     drain: watch::Receiver<Drain>,
     busy: Option<ActivityGuard>,
@@ -56,7 +56,7 @@ pub fn splice(
             }
         };
         let mut down = TokioIo::new(down);
-        match tunnel::splice(&mut down, &mut upstream, idle, drain, &tunnel::Counters::default()).await {
+        match tunnel::splice(&mut down, &mut upstream.io, idle, drain, &tunnel::Counters::default()).await {
             Ok(bytes) => tracing::debug!(?bytes, "upgraded connection closed"),
             Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         }
