@@ -21,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::ProxyError;
 use crate::h1::H1Conn;
+use crate::h2_ping::{KeepAlive, PingError};
 use crate::metrics::EndpointSample;
 use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
 use crate::pool::{Pool, PoolSettings};
@@ -75,8 +76,8 @@ impl Multiplexed for H2Handle {
 enum H2ConnEnd {
     #[error("{0}")]
     H2(#[from] h2::Error),
-    #[error("no PING acknowledgement within {0:?}")]
-    KeepAliveTimeout(Duration),
+    #[error(transparent)]
+    KeepAlive(#[from] PingError),
 }
 
 pin_project_lite::pin_project! {
@@ -86,11 +87,7 @@ pin_project_lite::pin_project! {
         #[pin]
         conn: h2::client::Connection<TcpStream, Bytes>,
         state: Arc<H2State>,
-        ping: Option<h2::PingPong>,
-        #[pin]
-        ping_timer: tokio::time::Sleep,
-        ping_outstanding: bool,
-        keepalive: Duration,
+        keepalive: Option<KeepAlive>,
     }
 
     // The connection is closed for the pool once its driver is gone, however it ended (done,
@@ -106,23 +103,8 @@ impl std::future::Future for H2Driver {
     type Output = Result<(), H2ConnEnd>;
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(ping) = this.ping.as_mut() {
-            if *this.ping_outstanding {
-                if let Poll::Ready(r) = ping.poll_pong(cx) {
-                    *this.ping_outstanding = false;
-                    r?;
-                }
-            }
-            if this.ping_timer.as_mut().poll(cx).is_ready() {
-                if *this.ping_outstanding {
-                    return Poll::Ready(Err(H2ConnEnd::KeepAliveTimeout(*this.keepalive)));
-                }
-                ping.send_ping(h2::Ping::opaque())?;
-                *this.ping_outstanding = true;
-                this.ping_timer.as_mut().reset(tokio::time::Instant::now() + *this.keepalive);
-                // Registers the new deadline with the timer.
-                let _ = this.ping_timer.as_mut().poll(cx);
-            }
+        if let Some(Poll::Ready(e)) = this.keepalive.as_mut().map(|k| k.poll(cx)) {
+            return Poll::Ready(Err(e.into()));
         }
         let r = this.conn.as_mut().poll(cx);
         this.state.peer_max.store(this.conn.max_concurrent_send_streams(), Ordering::Relaxed);
@@ -343,15 +325,8 @@ impl Endpoint {
                 self.failed(ProxyError::UpstreamConnect)
             })?;
         let state = Arc::new(H2State { peer_max: AtomicUsize::new(100), closed: AtomicBool::new(false) });
-        let ping = conn.ping_pong();
-        self.track(H2Driver {
-            conn,
-            state: state.clone(),
-            ping,
-            ping_timer: tokio::time::sleep(self.h2_keepalive),
-            ping_outstanding: false,
-            keepalive: self.h2_keepalive,
-        });
+        let keepalive = conn.ping_pong().map(|p| KeepAlive::new(p, self.h2_keepalive, self.h2_keepalive));
+        self.track(H2Driver { conn, state: state.clone(), keepalive });
         Ok(H2Handle { sender, state })
     }
 

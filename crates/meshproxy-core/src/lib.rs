@@ -4,17 +4,19 @@
 //!
 //! Layout, one concern per module: [`config`] (the normalized model), [`compile`] (model →
 //! immutable snapshot), [`routing`], [`balance`], [`pool`] and [`endpoint`] (upstream state that
-//! outlives snapshots), [`proxy`] (the forwarding service), [`listener`], [`admin`], [`metrics`].
+//! outlives snapshots), [`proxy`] (the forwarding service), [`h1`] (the upstream HTTP/1.1
+//! client), [`h2_server`] (the downstream HTTP/2 server), [`listener`], [`admin`], [`metrics`].
 
 pub mod admin;
 pub mod balance;
 pub mod compile;
 pub mod config;
-mod conn_exec;
 pub mod detect;
 pub mod endpoint;
 pub mod error;
 pub mod h1;
+pub mod h2_ping;
+pub mod h2_server;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -1,5 +1,6 @@
 //! Downstream listeners: the accept loop (connection cap, accept-error backoff) and the
-//! per-connection task (HTTP/1.1 via hyper, header-read and idle timeouts, graceful drain).
+//! per-connection task (HTTP/1.1 via hyper, HTTP/2 via [`crate::h2_server`], header-read and idle
+//! timeouts, graceful drain).
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection sits idle, which
 //! would cap the idle time at the header timeout; so both timeouts are tracked here from what the
@@ -16,10 +17,9 @@ use std::time::Duration;
 
 use std::future::Future;
 
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 
-use crate::conn_exec::{ConnExec, WithStreams};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::compile::{ListenerLimits, ListenerRuntime};
 use crate::config::ListenerProtocol;
 use crate::detect::{self, Detected, PrefixedIo};
+use crate::h2_server;
 use crate::proxy::ProxyService;
 use crate::server::Shared;
 use crate::tcp;
@@ -294,20 +295,17 @@ async fn serve(
             return;
         }
     }
-    let io = TokioIo::new(PrefixedIo::new(prefix, io));
+    let io = PrefixedIo::new(prefix, io);
     let service = ProxyService::new(shared, key, peer, activity.clone(), drain.clone());
     match detected {
         Detected::Http2 => {
             activity.multiplexed();
-            let current_thread = tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::CurrentThread;
-            if current_thread {
-                let exec = ConnExec::default();
-                let conn = h2_builder(exec.clone(), limits).serve_connection(io, service);
-                drive(WithStreams::new(conn, exec), peer, limits, &activity, drain).await;
-            } else {
-                let conn = h2_builder(TokioExecutor::new(), limits).serve_connection(io, service);
-                drive(conn, peer, limits, &activity, drain).await;
+            // The preface is already buffered: the handshake only writes the server's SETTINGS.
+            let handshake = h2_server::Serve::handshake(io, &limits.http2, service);
+            match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                Ok(Ok(conn)) => drive(conn, peer, limits, &activity, drain).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "downstream HTTP/2 handshake failed"),
+                Err(_) => tracing::debug!(%peer, "downstream HTTP/2 handshake timed out"),
             }
         }
         // Anything else goes to the HTTP/1 parser, which answers 400 to what is not HTTP.
@@ -320,7 +318,7 @@ async fn serve(
                 .max_header_size(limits.max_header_bytes)
                 .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
                 .header_read_timeout(None)
-                .serve_connection(io, service)
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             drive(conn, peer, limits, &activity, drain).await;
         }
@@ -328,13 +326,16 @@ async fn serve(
 }
 
 /// A served connection that can be asked to finish what it is doing and close.
-trait Drainable: Future<Output = Result<(), hyper::Error>> {
+trait Drainable {
     fn drain(self: Pin<&mut Self>);
 }
 
-impl<C: Drainable> Drainable for WithStreams<C> {
+impl<IO> Drainable for h2_server::Serve<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     fn drain(self: Pin<&mut Self>) {
-        self.conn().drain();
+        self.get_mut().graceful_shutdown();
     }
 }
 
@@ -351,50 +352,18 @@ where
     }
 }
 
-impl<I, S, B, E> Drainable for http2::Connection<I, S, E>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn drain(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-/// The downstream HTTP/2 settings, on either executor (see `conn_exec`).
-fn h2_builder<E: Clone>(exec: E, limits: &ListenerLimits) -> http2::Builder<E> {
-    let h2 = &limits.http2;
-    let mut builder = http2::Builder::new(exec);
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(h2.max_concurrent_streams)
-        .max_header_list_size(h2.max_header_list_size)
-        .initial_connection_window_size(h2.connection_window_size)
-        .initial_stream_window_size(h2.stream_window_size)
-        .keep_alive_interval(
-            (h2.keep_alive_interval_ms > 0).then(|| Duration::from_millis(h2.keep_alive_interval_ms)),
-        )
-        .keep_alive_timeout(Duration::from_millis(h2.keep_alive_timeout_ms.max(1)))
-        // RFC 8441: clients may open WebSockets with extended CONNECT.
-        .enable_connect_protocol();
-    // hyper's defaults against reset floods (CVE-2023-44487) stay on:
-    // max_pending_accept_reset_streams and max_local_error_reset_streams.
-    builder
-}
-
 /// Runs a connection to its end, enforcing the idle and header-read timeouts and following
 /// the listener's drain signal.
-async fn drive<C: Drainable>(
+async fn drive<C, E>(
     conn: C,
     peer: SocketAddr,
     limits: &ListenerLimits,
     activity: &Activity,
     mut drain: watch::Receiver<Drain>,
-) {
+) where
+    C: Drainable + Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     if *drain.borrow_and_update() != Drain::Run {
         conn.as_mut().drain();

@@ -3,6 +3,7 @@
 //! response back.
 
 pub mod body;
+mod client_tunnel;
 mod connect;
 mod forward;
 pub(crate) mod headers;

@@ -39,7 +39,7 @@ use response::{parse_head, Framing, ResponseHead};
 use crate::detect::PrefixedIo;
 use crate::endpoint::{ConnCount, Endpoint};
 use crate::pool::Reusable;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::body::RequestBody;
 
 /// A response head (status line and fields) larger than this is refused: hyper's client limit
 /// was ~400 KB of buffer, nginx's `large_client_header_buffers` default is 4 × 8 KB.
@@ -66,7 +66,7 @@ pub enum H1Error {
     #[error("response head over {MAX_HEAD} bytes or {MAX_FIELDS} fields")]
     HeadTooLarge,
     #[error("request body failed: {0}")]
-    RequestBody(hyper::Error),
+    RequestBody(crate::proxy::body::ClientBodyError),
     #[error("upstream answered 101 to a request that asked for no upgrade")]
     UnaskedUpgrade,
 }
@@ -125,7 +125,7 @@ pub struct Failed {
     pub error: H1Error,
     /// The request body, when no byte of the request reached the socket (it can be re-sent
     /// whatever its method).
-    pub unsent: Option<UpstreamBody>,
+    pub unsent: Option<RequestBody>,
     /// True when the connection ended (EOF or reset) before any byte of a response: with an
     /// empty body and an idempotent method the request may be re-sent (RFC 9110 §9.2.2).
     pub no_response: bool,
@@ -142,7 +142,7 @@ impl H1Conn {
     pub async fn send(
         mut self,
         head: &Parts,
-        body: UpstreamBody,
+        body: RequestBody,
         ep: &Arc<Endpoint>,
     ) -> Result<Response<H1Body>, Failed> {
         self.read_size = READ_SIZE;
@@ -153,8 +153,7 @@ impl H1Conn {
             Ok(r) => r,
             Err(error) => {
                 let no_response = matches!(error, H1Error::ClosedBeforeResponse);
-                let unsent =
-                    if written { None } else { Some(out.body.take().unwrap_or(UpstreamBody::Empty)) };
+                let unsent = if written { None } else { Some(out.body.take().unwrap_or(RequestBody::Empty)) };
                 return Err(Failed { error, unsent, no_response });
             }
         };

@@ -14,7 +14,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::{is_reset, H1Error};
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::body::RequestBody;
 
 /// The request on its way out: the encoded head, then the body framed by `content-length` or
 /// chunked.
@@ -22,12 +22,12 @@ pub(super) struct Outgoing {
     pub(super) head: Vec<u8>,
     pub(super) head_sent: usize,
     queue: VecDeque<Bytes>,
-    pub(super) body: Option<UpstreamBody>,
+    pub(super) body: Option<RequestBody>,
     chunked: bool,
 }
 
 impl Outgoing {
-    pub(super) fn new(head: &Parts, body: UpstreamBody, mut buf: Vec<u8>) -> Self {
+    pub(super) fn new(head: &Parts, body: RequestBody, mut buf: Vec<u8>) -> Self {
         buf.clear();
         buf.extend_from_slice(head.method.as_str().as_bytes());
         buf.push(b' ');
@@ -41,7 +41,7 @@ impl Outgoing {
         }
         let mut chunked = false;
         let body = match body {
-            UpstreamBody::Empty => None,
+            RequestBody::Empty => None,
             b if b.is_end_stream() => None,
             b => {
                 // A client's `content-length` travels as it is (the downstream side holds the

@@ -15,53 +15,80 @@ use crate::listener::ActivityGuard;
 use crate::metrics::RouteMetrics;
 use crate::pool::multiplexed::StreamSlot;
 
-/// A request body sent upstream: the downstream body as it arrives, or nothing (which lets a
-/// request be re-sent on a fresh connection after a stale pooled one failed).
-pub enum UpstreamBody {
+/// A request body as the client sends it, forwarded upstream frame by frame: from hyper's
+/// HTTP/1.1 server or an HTTP/2 stream (`crate::h2_server`), or nothing (which lets a request be
+/// re-sent on a fresh connection after a stale pooled one failed).
+pub enum RequestBody {
     Empty,
-    Stream(Incoming),
+    Http1(Incoming),
+    H2(H2Body),
+    /// An HTTP/2 `CONNECT`'s stream: taken by [`super::client_tunnel::ClientTunnel`], never sent
+    /// as a body.
+    H2Tunnel(crate::h2_server::PendingTunnel),
 }
 
-impl Body for UpstreamBody {
+/// How a client's request body can break off.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
+
+impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty | RequestBody::H2Tunnel(_) => Poll::Ready(None),
+            RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
+            RequestBody::H2(b) => b.poll_frame(cx).map_err(ClientBodyError::from),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Empty | RequestBody::H2Tunnel(_) => true,
+            RequestBody::Http1(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Stream(b) => b.size_hint(),
+            RequestBody::Empty | RequestBody::H2Tunnel(_) => SizeHint::with_exact(0),
+            RequestBody::Http1(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
         }
     }
 }
 
-/// How a forwarded response body can end badly. Either way hyper aborts the downstream
-/// response (HTTP/1.1: the connection closes; HTTP/2: the stream is reset), never ends it as if
-/// complete.
+/// How a forwarded response body can end badly. Either way the downstream response is aborted
+/// (HTTP/1.1: hyper closes the connection; HTTP/2: the stream is reset, see
+/// [`BodyError::h2_reason`]), never ended as if complete.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    #[error(transparent)]
-    Hyper(#[from] hyper::Error),
     #[error(transparent)]
     H2(#[from] h2::Error),
     #[error(transparent)]
     H1(#[from] H1Error),
+}
+
+impl BodyError {
+    /// The reset a client's HTTP/2 stream gets when its response breaks off: an upstream HTTP/2
+    /// stream's reset passes on with its reason (a gRPC server's CANCEL stays a CANCEL), anything
+    /// else is INTERNAL_ERROR.
+    pub fn h2_reason(&self) -> h2::Reason {
+        match self {
+            BodyError::H2(e) if e.is_reset() => e.reason().unwrap_or(h2::Reason::INTERNAL_ERROR),
+            _ => h2::Reason::INTERNAL_ERROR,
+        }
+    }
 }
 
 /// A response body as it comes from upstream: read off its connection for HTTP/1.1, an `h2`
@@ -75,17 +102,14 @@ impl UpstreamIncoming {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamIncoming::H1(b) => b.is_end_stream(),
-            UpstreamIncoming::H2(b) => b.recv.is_end_stream(),
+            UpstreamIncoming::H2(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamIncoming::H1(b) => b.size_hint(),
-            UpstreamIncoming::H2(b) => match b.remaining {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
+            UpstreamIncoming::H2(b) => b.size_hint(),
         }
     }
 
@@ -97,7 +121,8 @@ impl UpstreamIncoming {
     }
 }
 
-/// An HTTP/2 response stream as a body: DATA then trailers. Received bytes are released to the
+/// An HTTP/2 stream's incoming half as a body (an upstream's response, a client's request): DATA
+/// then trailers. Received bytes are released to the
 /// flow-control window as they are handed on, so the upstream sends at the pace the downstream
 /// reads (h2 validates `content-length` against the DATA received).
 pub struct H2Body {
@@ -115,6 +140,17 @@ impl H2Body {
             headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
         };
         H2Body { recv, data_done: false, remaining }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
@@ -142,10 +178,16 @@ impl H2Body {
     }
 }
 
-/// Copies a request body into an HTTP/2 stream. Runs as its own task, started only for requests
-/// that have a body: the response may arrive (and the request's task move on) before the body
-/// ends — gRPC client streaming, or a server answering early.
-pub async fn pipe_to_h2(mut body: UpstreamBody, mut tx: h2::SendStream<Bytes>) {
+/// Copies a body into an HTTP/2 stream: a request body to an upstream (as its own task, started
+/// only for requests that have a body: the response may arrive, and the request's task move on,
+/// before the body ends — gRPC client streaming, or a server answering early), or a response
+/// body to a client. A body that breaks off resets the stream with what `reason` says, so the
+/// peer never takes it as complete.
+pub async fn pipe_to_h2<B>(mut body: B, mut tx: h2::SendStream<Bytes>, reason: fn(&B::Error) -> h2::Reason)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     loop {
         // Backpressure: wait for some window before taking the next frame from the client (h2
         // buffers what exceeds the window, up to its send-buffer limit). A reset from the peer
@@ -199,15 +241,14 @@ pub async fn pipe_to_h2(mut body: UpstreamBody, mut tx: h2::SendStream<Bytes>) {
                     Err(_) => continue,
                 },
             },
-            // The client's body broke off: the upstream must not take it as complete.
             Some(Some(Err(e))) => {
-                tracing::debug!(error = %e, "request body failed; resetting the upstream stream");
-                tx.send_reset(h2::Reason::CANCEL);
+                tracing::debug!(error = %e, "body failed; resetting the h2 stream");
+                tx.send_reset(reason(&e));
                 return;
             }
         };
         if let Err(e) = result {
-            tracing::debug!(error = %e, "upstream h2 stream refused the request body");
+            tracing::debug!(error = %e, "h2 stream refused the body");
         }
         return;
     }
@@ -295,8 +336,8 @@ impl Body for ResponseBody {
                         }
                         body.is_end_stream()
                     }
-                    // An error mid-body: the connection is dropped, never pooled, and hyper
-                    // aborts the downstream response instead of ending it cleanly.
+                    // An error mid-body: the connection is dropped, never pooled, and the
+                    // downstream response is aborted instead of ended cleanly.
                     Poll::Ready(Some(Err(_))) => true,
                     Poll::Pending => false,
                 };

@@ -8,17 +8,16 @@
 
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use super::client_tunnel::ClientTunnel;
 use crate::listener::{ActivityGuard, Drain};
 use crate::tcp::TcpUpstream;
 
-/// Splices the client's side of the tunnel (once hyper hands it over, after the 200 is sent)
-/// with the already connected upstream.
+/// Splices the client's side of the tunnel (once the 200 is sent) with the already connected
+/// upstream.
 pub fn splice(
-    downstream: OnUpgrade,
+    downstream: ClientTunnel,
     mut upstream: TcpUpstream,
     idle: Duration,
     drain: watch::Receiver<Drain>,
@@ -27,11 +26,10 @@ pub fn splice(
     tokio::spawn(async move {
         // An HTTP/2 client's tunnel is one stream: its connection is not idle while it is open.
         let _busy = busy;
-        let down = match downstream.await {
+        let mut down = match downstream.open().await {
             Ok(down) => down,
             Err(e) => return tracing::debug!(error = %e, "CONNECT handover failed"),
         };
-        let mut down = TokioIo::new(down);
         match upstream.relay(&mut down, idle, drain).await {
             Ok(bytes) => {
                 tracing::debug!(endpoint = %upstream.endpoint().address, ?bytes, "CONNECT tunnel closed")

@@ -17,7 +17,7 @@ use crate::endpoint::H2Sender;
 use crate::endpoint::{Checkout, Endpoint};
 use crate::error::ProxyError;
 use crate::h1::Failed;
-use crate::proxy::body::{pipe_to_h2, H2Body, Upstream, UpstreamBody, UpstreamIncoming};
+use crate::proxy::body::{pipe_to_h2, H2Body, RequestBody, Upstream, UpstreamIncoming};
 
 fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
@@ -30,7 +30,7 @@ pub const REPLAY_AFTER_IDLE: std::time::Duration = std::time::Duration::from_mil
 struct Replay(Method, http::Uri, http::Version, http::HeaderMap);
 
 impl Replay {
-    fn of(req: &Request<UpstreamBody>) -> Self {
+    fn of(req: &Request<RequestBody>) -> Self {
         Replay(req.method().clone(), req.uri().clone(), req.version(), req.headers().clone())
     }
 
@@ -46,7 +46,7 @@ impl Replay {
 
 pub async fn send(
     ep: &Arc<Endpoint>,
-    req: Request<UpstreamBody>,
+    req: Request<RequestBody>,
 ) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
     let (head, body) = req.into_parts();
     let empty = body.is_end_stream();
@@ -62,7 +62,7 @@ pub async fn send(
         (Some(idle), None)
             if no_response && idle >= REPLAY_AFTER_IDLE && idempotent(&head.method) && empty =>
         {
-            Some(UpstreamBody::Empty)
+            Some(RequestBody::Empty)
         }
         _ => None,
     };
@@ -92,7 +92,7 @@ pub async fn send(
 /// requests are not retried.
 pub async fn send_h2(
     ep: &Arc<Endpoint>,
-    mut req: Request<UpstreamBody>,
+    mut req: Request<RequestBody>,
 ) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
     to_h2(&mut req)?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -108,7 +108,7 @@ pub async fn send_h2(
     let (err, body) = match failure {
         H2Failure::Unsent(err, body) => (err, body),
         H2Failure::Sent(err, true) if never_processed(&err) || idempotent(&replay.0) => {
-            (err, UpstreamBody::Empty)
+            (err, RequestBody::Empty)
         }
         H2Failure::Sent(err, _) => {
             tracing::debug!(endpoint = %ep.address, error = %err, "upstream h2 request failed");
@@ -129,7 +129,7 @@ pub async fn send_h2(
 
 enum H2Failure {
     /// Never handed to the connection: safe to send elsewhere, and the body is still whole.
-    Unsent(h2::Error, UpstreamBody),
+    Unsent(h2::Error, RequestBody),
     /// Sent (with an empty body when true); the error tells whether the peer processed it.
     Sent(h2::Error, bool),
 }
@@ -138,7 +138,7 @@ enum H2Failure {
 async fn exchange(
     sender: &mut H2Sender,
     head: Request<()>,
-    body: UpstreamBody,
+    body: RequestBody,
 ) -> Result<Response<UpstreamIncoming>, H2Failure> {
     if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
         return Err(H2Failure::Unsent(e, body));
@@ -149,7 +149,8 @@ async fn exchange(
         Err(e) => return Err(H2Failure::Unsent(e, body)),
     };
     if !empty {
-        tokio::spawn(pipe_to_h2(body, tx));
+        // The client's body broke off: the upstream must not take it as complete.
+        tokio::spawn(pipe_to_h2(body, tx, |_| h2::Reason::CANCEL));
     }
     match response.await {
         Ok(resp) => {
@@ -171,7 +172,7 @@ fn never_processed(e: &h2::Error) -> bool {
 /// HTTP/2 carries the target as `:scheme` and `:authority`, not `Host`. A request that came in
 /// absolute (HTTP/2, or HTTP/1.1 absolute-form) already has them; an origin-form one gets its
 /// `Host` as the authority.
-fn to_h2(req: &mut Request<UpstreamBody>) -> Result<(), ProxyError> {
+fn to_h2(req: &mut Request<RequestBody>) -> Result<(), ProxyError> {
     *req.version_mut() = http::Version::HTTP_2;
     let host = req.headers_mut().remove(http::header::HOST);
     if req.uri().authority().is_some() {

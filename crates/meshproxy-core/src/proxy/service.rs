@@ -13,7 +13,8 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{Release, ResponseBody, Upstream, UpstreamBody, UpstreamIncoming};
+use super::body::{Release, RequestBody, ResponseBody, Upstream, UpstreamIncoming};
+use super::client_tunnel::ClientTunnel;
 use super::{connect, forward, headers, upgrade, websocket};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{ListenerRuntime, RouteRuntime};
@@ -57,13 +58,24 @@ impl ProxyService {
     }
 }
 
+impl ProxyService {
+    /// The service without hyper around it, for [`crate::h2_server`].
+    pub(crate) fn serve(
+        &self,
+        req: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+        handle(self.ctx.clone(), req)
+    }
+}
+
+/// hyper's HTTP/1.1 server calls this.
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        Box::pin(handle(self.ctx.clone(), req))
+        Box::pin(handle(self.ctx.clone(), req.map(RequestBody::Http1)))
     }
 }
 
@@ -89,7 +101,7 @@ pub fn local_error(e: ProxyError, grpc: bool, activity: Option<ActivityGuard>) -
     resp
 }
 
-fn is_grpc(req: &Request<Incoming>) -> bool {
+fn is_grpc(req: &Request<RequestBody>) -> bool {
     req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
@@ -97,14 +109,14 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
 /// `finish`); the only awaits are the upstream attempt and the rare CONNECT tunnel (boxed). Each
 /// nested `async fn` level would be a future of nearly the same size (kilobytes) built and then
 /// copied into its parent's on every request — callgrind showed memcpy at ~12 % of the h2 path.
-async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response<ResponseBody>, Infallible> {
     let activity = ctx.activity.begin();
     // Holding the snapshot for the whole request: a reload mid-request does not change its route.
     let snapshot = ctx.shared.snapshot.load_full();
     let Some(listener) = snapshot.listeners.get(&*ctx.listener_key) else {
         return Ok(local_error(ProxyError::ShuttingDown, is_grpc(&req), Some(activity)));
     };
-    // If the client goes away before the response headers, hyper drops this future: count it.
+    // If the client goes away before the response headers, the server drops this future: count it.
     let cancelled = CancelGuard(Some(&listener.metrics.cancelled));
     let resp = match plan(&ctx, listener, req, activity) {
         Planned::Done(resp) => resp,
@@ -171,9 +183,9 @@ enum Kind {
     OtherProtocol,
 }
 
-fn classify(req: &Request<Incoming>) -> Kind {
+fn classify(req: &Request<RequestBody>) -> Kind {
     if req.method() == Method::CONNECT {
-        return match req.extensions().get::<hyper::ext::Protocol>() {
+        return match req.extensions().get::<h2::ext::Protocol>() {
             None => Kind::Connect,
             Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => Kind::WebSocketH2,
             Some(_) => Kind::OtherProtocol,
@@ -227,14 +239,14 @@ struct Forward<'a> {
     route: &'a RouteRuntime,
     endpoint: &'a Arc<crate::endpoint::Endpoint>,
     h2: bool,
-    upstream_req: Request<UpstreamBody>,
+    upstream_req: Request<RequestBody>,
     after: After,
 }
 
 /// What shapes the response once the upstream answers.
 struct After {
     kind: Kind,
-    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    downstream_upgrade: Option<ClientTunnel>,
     ws_key: Option<HeaderValue>,
     activity: ActivityGuard,
 }
@@ -245,7 +257,7 @@ struct Tunnel<'a> {
     meta: Meta<'a>,
     route: &'a RouteRuntime,
     endpoint: &'a Arc<crate::endpoint::Endpoint>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     activity: ActivityGuard,
 }
 
@@ -256,7 +268,7 @@ impl Tunnel<'_> {
             Ok(u) => u,
             Err(e) => return meta.fail(e, Some(route), activity),
         };
-        let downstream = hyper::upgrade::on(&mut req);
+        let downstream = ClientTunnel::take(&mut req);
         route.metrics.record(meta.protocol, 200, meta.start.elapsed());
         connect::splice(
             downstream,
@@ -273,7 +285,7 @@ impl Tunnel<'_> {
 fn plan<'a>(
     ctx: &'a ConnCtx,
     listener: &'a ListenerRuntime,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     activity: ActivityGuard,
 ) -> Planned<'a> {
     let grpc = is_grpc(&req);
@@ -331,7 +343,7 @@ fn plan<'a>(
         };
     let mut req = req;
     let downstream_upgrade = match kind {
-        Kind::Upgrade(_) | Kind::WebSocketH2 => Some(hyper::upgrade::on(&mut req)),
+        Kind::Upgrade(_) | Kind::WebSocketH2 => Some(ClientTunnel::take(&mut req)),
         _ => None,
     };
     let mut upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address, h2) {
@@ -428,7 +440,7 @@ fn finish(
 /// are handled by hyper's parser before we see the request: `Transfer-Encoding` with
 /// `Content-Length` drops the latter (the body is framed by chunks, as §6.3 requires of an
 /// intermediary), conflicting `Content-Length`s and a non-chunked final coding are 400s.
-fn is_ambiguous(req: &Request<Incoming>) -> bool {
+fn is_ambiguous(req: &Request<RequestBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.uri().authority().is_none()
         && !req.headers().contains_key(header::HOST)
@@ -445,7 +457,7 @@ fn uri_len(uri: &Uri) -> usize {
 
 fn find_route<'a>(
     listener: &'a ListenerRuntime,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     method: &Method,
     path: &str,
 ) -> Option<&'a RouteRuntime> {
@@ -458,7 +470,7 @@ fn find_route<'a>(
     listener.routes.get(i)
 }
 
-fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> Option<u64> {
+fn request_hash(key: &HashKey, req: &Request<RequestBody>, client: SocketAddr) -> Option<u64> {
     match key {
         HashKey::Header(name) => req.headers().get(name).map(|v| hash_key_bytes(v.as_bytes())),
         HashKey::Cookie(name) => req
@@ -482,11 +494,11 @@ fn request_hash(key: &HashKey, req: &Request<Incoming>, client: SocketAddr) -> O
 /// upstream an origin-form URI with `Host` (an HTTP/2 upstream keeps an absolute URI, which
 /// `forward::send_h2` sends as `:scheme`/`:authority`).
 fn prepare_request(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client_ip: &HeaderValue,
     upstream_authority: &str,
     h2: bool,
-) -> Result<Request<UpstreamBody>, ProxyError> {
+) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let seen = headers::scan(&parts.headers);
     let host = if seen.host {
@@ -521,7 +533,7 @@ fn prepare_request(
     }
     headers::add_forwarded(&mut parts.headers, seen, client_ip, host, parts.version);
     parts.version = Version::HTTP_11;
-    let body = if body.is_end_stream() { UpstreamBody::Empty } else { UpstreamBody::Stream(body) };
+    let body = if body.is_end_stream() { RequestBody::Empty } else { body };
     Ok(Request::from_parts(parts, body))
 }
 

@@ -1,16 +1,16 @@
 //! HTTP/1.1 `Upgrade` (WebSocket and friends): the request's `Upgrade`/`Connection: upgrade`
-//! travel upstream; if the upstream answers 101, both connections are handed over (downstream by
-//! hyper, upstream by [`crate::h1`]) and bytes are spliced both ways until either side closes
-//! (half-closes propagate) or the tunnel is idle for the listener's tunnel idle timeout. Any
-//! other answer is passed back as it is.
+//! travel upstream; if the upstream answers 101, both sides are handed over (the client's
+//! connection by hyper, or its HTTP/2 stream for a WebSocket over HTTP/2; the upstream's by
+//! [`crate::h1`]) and bytes are spliced both ways until either side closes (half-closes
+//! propagate) or the tunnel is idle for the listener's tunnel idle timeout. Any other answer is
+//! passed back as it is.
 
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use super::client_tunnel::ClientTunnel;
 use crate::h1::Upgraded;
 use crate::listener::{ActivityGuard, Drain};
 use crate::tunnel;
@@ -40,7 +40,7 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 /// multiplexed (HTTP/2) downstream connection out of its idle timeout while the tunnel, one of
 /// its streams, is open.
 pub fn splice(
-    downstream: OnUpgrade,
+    downstream: ClientTunnel,
     mut upstream: Upgraded,
     idle: Duration,
     drain: watch::Receiver<Drain>,
@@ -48,14 +48,13 @@ pub fn splice(
 ) {
     tokio::spawn(async move {
         let _busy = busy;
-        let down = match downstream.await {
+        let mut down = match downstream.open().await {
             Ok(down) => down,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade handover failed");
                 return;
             }
         };
-        let mut down = TokioIo::new(down);
         match tunnel::splice(&mut down, &mut upstream.io, idle, drain, &tunnel::Counters::default()).await {
             Ok(bytes) => tracing::debug!(?bytes, "upgraded connection closed"),
             Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
