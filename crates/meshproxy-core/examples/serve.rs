@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use meshproxy_core::{Config, MeshProxy};
 
+/// The addon's allocator, so the counts are those of what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: serve CONFIG.json (runs until stdin closes)")?;
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
