@@ -60,14 +60,9 @@ pub async fn serve(
         }
         return;
     }
+    // No Content-Length from the size hint (hyper's habit): an upstream's travels as it came,
+    // and the proxy's own responses set theirs (`local_error`).
     let end = body.is_end_stream();
-    if !end {
-        if let Some(len) = body.size_hint().exact() {
-            if !head.headers.contains_key(header::CONTENT_LENGTH) {
-                head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            }
-        }
-    }
     match respond.send_response(Response::from_parts(head, ()), end) {
         Ok(tx) if !end => pipe_to_h2(body, tx, BodyError::h2_reason).await,
         Ok(_) => {}

@@ -128,22 +128,26 @@ impl UpstreamIncoming {
 pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
+    /// `recv.is_end_stream()` as of the last poll: asked several times per request, each a lock
+    /// of h2's stream store.
+    ended: bool,
     /// From `content-length`, counted down: what the downstream side announces.
     remaining: Option<u64>,
 }
 
 impl H2Body {
     pub fn new(recv: h2::RecvStream, headers: &http::HeaderMap) -> Self {
-        let remaining = if recv.is_end_stream() {
+        let ended = recv.is_end_stream();
+        let remaining = if ended {
             Some(0)
         } else {
             headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
         };
-        H2Body { recv, data_done: false, remaining }
+        H2Body { recv, data_done: false, ended, remaining }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -162,6 +166,7 @@ impl H2Body {
                     if let Some(n) = self.remaining.as_mut() {
                         *n = n.saturating_sub(data.len() as u64);
                     }
+                    self.ended = self.recv.is_end_stream();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
@@ -170,8 +175,14 @@ impl H2Body {
             }
         }
         match self.recv.poll_trailers(cx) {
-            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Ok(Some(t))) => {
+                self.ended = true;
+                Poll::Ready(Some(Ok(Frame::trailers(t))))
+            }
+            Poll::Ready(Ok(None)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
             Poll::Pending => Poll::Pending,
         }

@@ -72,8 +72,18 @@ pub async fn send(
     };
     tracing::debug!(endpoint = %ep.address, %error, "stale pooled connection; retrying on a fresh one");
     ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let fresh = Box::pin(ep.connect()).await?;
-    match fresh.send(&head, body, ep).await {
+    // Boxed, as the other rare paths: inline, a second exchange's state would size every
+    // request's future (built and moved on every request) to hold it.
+    Box::pin(retry_h1(ep, &head, body)).await
+}
+
+async fn retry_h1(
+    ep: &Arc<Endpoint>,
+    head: &http::request::Parts,
+    body: RequestBody,
+) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
+    let fresh = ep.connect().await?;
+    match fresh.send(head, body, ep).await {
         Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1)),
         Err(Failed { error, .. }) => {
             tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
@@ -117,7 +127,17 @@ pub async fn send_h2(
     };
     tracing::debug!(endpoint = %ep.address, error = %err, "upstream h2 request failed; retrying once on another connection");
     ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (mut other, slot) = ep.checkout_h2_avoiding(Some(&handle)).await?;
+    // Boxed for the reason given in `send`.
+    Box::pin(retry_h2(ep, &handle, replay, body)).await
+}
+
+async fn retry_h2(
+    ep: &Arc<Endpoint>,
+    failed_on: &crate::endpoint::H2Handle,
+    replay: Replay,
+    body: RequestBody,
+) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
+    let (mut other, slot) = ep.checkout_h2_avoiding(Some(failed_on)).await?;
     match exchange(&mut other.sender, replay.into_request(()), body).await {
         Ok(resp) => Ok((resp, Upstream::Http2(slot))),
         Err(H2Failure::Unsent(e, _) | H2Failure::Sent(e, _)) => {

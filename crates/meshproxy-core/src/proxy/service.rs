@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -96,6 +97,8 @@ pub fn local_error(e: ProxyError, grpc: bool, activity: Option<ActivityGuard>) -
     let mut resp = Response::new(ResponseBody::local(e.body(), activity));
     *resp.status_mut() = e.status();
     let h = resp.headers_mut();
+    // Set here: the HTTP/2 server does not derive it from the body's size, as hyper does.
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(e.body().len()));
     h.insert(ERROR_HEADER.clone(), HeaderValue::from_static(e.as_str()));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
@@ -127,11 +130,14 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             // every request (callgrind: ~600 instructions).
             let mut attempt = std::pin::pin!(async {
                 let permit = endpoint.acquire().await?;
-                let (resp, upstream) = if h2 {
-                    forward::send_h2(endpoint, upstream_req).await?
+                // One future awaited at one point: awaited in two branches, the two send futures
+                // were laid out side by side in this one instead of overlapping.
+                let send = if h2 {
+                    Either::Left(forward::send_h2(endpoint, upstream_req))
                 } else {
-                    forward::send(endpoint, upstream_req).await?
+                    Either::Right(forward::send(endpoint, upstream_req))
                 };
+                let (resp, upstream) = send.await?;
                 Ok::<_, ProxyError>((resp, upstream, permit))
             });
             let result = match route.response_header_timeout {
