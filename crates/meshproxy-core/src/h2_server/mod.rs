@@ -216,8 +216,66 @@ mod tests {
         let mut client = client.ready().await.unwrap();
         let (resp, _) =
             client.send_request(http::Request::get("http://h.test/").body(()).unwrap(), true).unwrap();
-        assert_eq!(resp.await.unwrap().status(), 404, "and it still serves requests (no route here)");
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 404, "and it still serves requests (no route here)");
+        // A response the proxy makes itself says when and how long, as hyper's HTTP/1.1 ones do.
+        assert!(resp.headers().contains_key(http::header::DATE), "Date on a proxy-made HTTP/2 response");
+        let length: usize = resp.headers()[http::header::CONTENT_LENGTH].to_str().unwrap().parse().unwrap();
+        let mut body = resp.into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            got += chunk.unwrap().len();
+        }
+        assert_eq!(got, length);
         proxy.close(Duration::from_millis(100)).await.unwrap();
+    }
+
+    /// Closing the proxy drains an HTTP/2 client connection: the stream in flight completes, the
+    /// client is told GOAWAY, and the connection ends without waiting out the grace period.
+    #[tokio::test]
+    async fn graceful_close_finishes_the_stream_in_flight_then_ends_the_connection() {
+        use crate::config::testing::{route, service};
+        use crate::config::PathMatchType::Prefix;
+        // A backend that answers after 300 ms.
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend_addr = backend.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = backend.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow").await;
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        let config = Config {
+            listeners: vec![listener("127.0.0.1:0", vec![route("r", &[], Prefix, "/", "b")])],
+            services: vec![service("b", &[&backend_addr])],
+            admin: None,
+        };
+        let proxy = MeshProxy::new(config).unwrap();
+        let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+        let (client, conn) = h2::client::handshake(TcpStream::connect(&addr).await.unwrap()).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let (resp, _) =
+            client.send_request(http::Request::get("http://h.test/").body(()).unwrap(), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let start = Instant::now();
+        let close = tokio::spawn(async move { proxy.close(Duration::from_secs(10)).await });
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "the stream in flight completes");
+        let mut body = resp.into_body();
+        assert_eq!(body.data().await.unwrap().unwrap(), &b"slow"[..]);
+        tokio::time::timeout(Duration::from_secs(3), conn)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+            .unwrap();
+        close.await.unwrap().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(3), "close did not wait out its 10 s grace");
     }
 
     #[tokio::test]
