@@ -61,7 +61,10 @@ test('run -c with a bad file exits 1 without listening', async (t) => {
   t.notRegex(r.stdout, /listening/)
   t.regex(r.stderr, new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+:\\d+: error: unknown field "bogus"`, 'm'))
   t.regex(r.stderr, /refusing to start/)
-  t.is(await tryConnect(port), 'ECONNREFUSED')
+  // No check that the port is free afterwards: the process has exited by now, so its sockets are
+  // closed either way, and another test running in parallel may have been given the same port
+  // (it failed once in CI although the CLI had refused to start). `listening` missing
+  // from stdout is the proof that nothing was bound.
 })
 
 test('check: a good file exits 0 with a one-line summary', async (t) => {
