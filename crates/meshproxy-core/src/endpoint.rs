@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::ProxyError;
 use crate::h1::H1Conn;
-use crate::h2_ping::{KeepAlive, PingError};
+use crate::h2_ping::{H2ConnError, KeepAlive};
 use crate::metrics::EndpointSample;
 use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
 use crate::pool::{Pool, PoolSettings};
@@ -71,15 +71,6 @@ impl Multiplexed for H2Handle {
     }
 }
 
-/// Why an upstream HTTP/2 connection ended.
-#[derive(Debug, thiserror::Error)]
-enum H2ConnEnd {
-    #[error("{0}")]
-    H2(#[from] h2::Error),
-    #[error(transparent)]
-    KeepAlive(#[from] PingError),
-}
-
 pin_project_lite::pin_project! {
     /// Drives one HTTP/2 client connection: frames both ways, keep-alive pings, and the
     /// published state.
@@ -100,15 +91,15 @@ pin_project_lite::pin_project! {
 }
 
 impl std::future::Future for H2Driver {
-    type Output = Result<(), H2ConnEnd>;
+    type Output = Result<(), H2ConnError>;
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Some(Poll::Ready(e)) = this.keepalive.as_mut().map(|k| k.poll(cx)) {
-            return Poll::Ready(Err(e.into()));
+            return Poll::Ready(Err(e));
         }
         let r = this.conn.as_mut().poll(cx);
         this.state.peer_max.store(this.conn.max_concurrent_send_streams(), Ordering::Relaxed);
-        r.map_err(H2ConnEnd::from)
+        r.map_err(H2ConnError::from)
     }
 }
 
@@ -334,8 +325,7 @@ impl Endpoint {
     /// [`crate::tcp::TcpUpstream`] calls it, and undoes `open` when dropped.
     pub(crate) async fn connect_tcp(&self) -> Result<TcpStream, ProxyError> {
         let stream = self.tcp_connect().await?;
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
+        self.count_opened();
         Ok(stream)
     }
 
@@ -368,8 +358,7 @@ impl Endpoint {
         F: std::future::Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
+        self.count_opened();
         // Weak: the endpoint's pool owns the connection's sender, so a strong reference here
         // would keep a removed endpoint (and its idle connection) alive forever.
         let ep: Weak<Endpoint> = Arc::downgrade(self);
@@ -387,9 +376,14 @@ impl Endpoint {
     /// Opens a new HTTP/1.1 upstream connection, bounded by the connect timeout.
     pub async fn connect(self: &Arc<Self>) -> Result<H1Conn, ProxyError> {
         let stream = self.tcp_connect().await?;
+        self.count_opened();
+        Ok(H1Conn::new(stream, ConnCount(Arc::downgrade(self))))
+    }
+
+    /// A new connection: opened, and open until whatever holds it undoes `open`.
+    fn count_opened(&self) {
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(H1Conn::new(stream, ConnCount(Arc::downgrade(self))))
     }
 
     /// Counts a failure and passes the error on.

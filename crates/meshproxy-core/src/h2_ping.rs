@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+/// Why an HTTP/2 connection (either side's) ended other than cleanly.
 #[derive(Debug, thiserror::Error)]
-pub enum PingError {
+pub enum H2ConnError {
     #[error(transparent)]
     H2(#[from] h2::Error),
     #[error("no PING acknowledgement within {0:?}")]
-    Timeout(Duration),
+    KeepAliveTimeout(Duration),
 }
 
 pub struct KeepAlive {
@@ -38,7 +39,7 @@ impl KeepAlive {
     }
 
     /// Pending while the peer keeps answering; polled with the connection it belongs to.
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<PingError> {
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<H2ConnError> {
         if self.outstanding {
             if let Poll::Ready(r) = self.ping.poll_pong(cx) {
                 if let Err(e) = r {
@@ -50,7 +51,7 @@ impl KeepAlive {
         }
         if self.timer.as_mut().poll(cx).is_ready() {
             if self.outstanding {
-                return Poll::Ready(PingError::Timeout(self.timeout));
+                return Poll::Ready(H2ConnError::KeepAliveTimeout(self.timeout));
             }
             if let Err(e) = self.ping.send_ping(h2::Ping::opaque()) {
                 return Poll::Ready(e.into());

@@ -3,8 +3,9 @@
 //!
 //! hyper's client runs each connection as a task of its own and hands every request to it over
 //! a channel, the response back over another, and the body through a third, with two task
-//! switches per request. Replacing it took an HTTP/1.1 request from 34,854 to 28,910
-//! instructions end to end under callgrind (−17 %; h2c → HTTP/1.1 −12 %). Here the request's
+//! switches per request. Replacing it took an HTTP/1.1 request from 34,804 to 27,475
+//! instructions end to end under callgrind (−21 %; h2c → HTTP/1.1 50,624 → 42,267, −17 %;
+//! `npm run bench:ci`). Here the request's
 //! task writes the head, reads the response head, and the response body reads the socket as the
 //! downstream consumes it; an idle connection is a socket in the pool, with no task. Parsing is
 //! `httparse`'s (the parser hyper uses); message framing follows RFC 9112 §6–7.

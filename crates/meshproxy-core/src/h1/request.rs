@@ -16,6 +16,16 @@ use tokio::net::TcpStream;
 use super::{is_reset, H1Error};
 use crate::proxy::body::RequestBody;
 
+/// `name: value` lines, as a head or a trailer section has them.
+fn put_fields(buf: &mut Vec<u8>, fields: &http::HeaderMap) {
+    for (name, value) in fields {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The request on its way out: the encoded head, then the body framed by `content-length` or
 /// chunked.
 pub(super) struct Outgoing {
@@ -33,15 +43,9 @@ impl Outgoing {
         buf.push(b' ');
         buf.extend_from_slice(head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         buf.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &head.headers {
-            buf.extend_from_slice(name.as_str().as_bytes());
-            buf.extend_from_slice(b": ");
-            buf.extend_from_slice(value.as_bytes());
-            buf.extend_from_slice(b"\r\n");
-        }
+        put_fields(&mut buf, &head.headers);
         let mut chunked = false;
         let body = match body {
-            RequestBody::Empty => None,
             b if b.is_end_stream() => None,
             b => {
                 // A client's `content-length` travels as it is (the downstream side holds the
@@ -146,12 +150,7 @@ impl Outgoing {
                         // Trailers: sent with a chunked body; a content-length one has no room.
                         if let (true, Ok(trailers)) = (self.chunked, frame.into_trailers()) {
                             let mut t = b"0\r\n".to_vec();
-                            for (name, value) in &trailers {
-                                t.extend_from_slice(name.as_str().as_bytes());
-                                t.extend_from_slice(b": ");
-                                t.extend_from_slice(value.as_bytes());
-                                t.extend_from_slice(b"\r\n");
-                            }
+                            put_fields(&mut t, &trailers);
                             t.extend_from_slice(b"\r\n");
                             self.push(Bytes::from(t));
                             self.chunked = false;

@@ -4,8 +4,8 @@
 //! does not use: a boxed service future and a boxed stream future per request, its own
 //! connection-header stripping on every request and response (h2 already refuses
 //! connection-specific request headers as malformed, and the proxy strips hop-by-hop response
-//! fields itself), and an `Incoming` body wrapper. Under callgrind that glue was ~4–5k of the
-//! ~61k instructions an h2c → h2 request cost.
+//! fields itself), and an `Incoming` body wrapper. Serving on `h2` directly cut ~1.6k of the
+//! ~61k instructions an h2c → h2 request cost (callgrind, `npm run bench:ci`).
 //!
 //! A connection's streams run inside the connection's own task on the current-thread runtime
 //! (`--workers 1` and the worker pool): a stream that answers is followed, in the same poll, by
@@ -26,19 +26,10 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Http2Config;
-use crate::h2_ping::{KeepAlive, PingError};
+use crate::h2_ping::{H2ConnError, KeepAlive};
 use crate::proxy::ProxyService;
 
 pub use tunnel::{H2Io, PendingTunnel};
-
-/// Why a downstream HTTP/2 connection ended other than cleanly.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error(transparent)]
-    H2(#[from] h2::Error),
-    #[error(transparent)]
-    KeepAlive(#[from] PingError),
-}
 
 /// The listener's HTTP/2 settings, and limits against reset floods (CVE-2023-44487, h2's
 /// defaults, set here so they stay whatever h2's become): a client that has more than 20 streams
@@ -102,12 +93,12 @@ impl<IO> Future for Serve<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    type Output = Result<(), ConnError>;
+    type Output = Result<(), H2ConnError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let Some(Poll::Ready(e)) = this.keepalive.as_mut().map(|k| k.poll(cx)) {
-            return Poll::Ready(Err(e.into()));
+            return Poll::Ready(Err(e));
         }
         // Connection (reads frames, accepts streams, writes what streams queued) → streams
         // (route, forward, answer) → connection again, so an answer is written in the poll that

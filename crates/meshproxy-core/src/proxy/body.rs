@@ -122,9 +122,9 @@ impl UpstreamIncoming {
 }
 
 /// An HTTP/2 stream's incoming half as a body (an upstream's response, a client's request): DATA
-/// then trailers. Received bytes are released to the
-/// flow-control window as they are handed on, so the upstream sends at the pace the downstream
-/// reads (h2 validates `content-length` against the DATA received).
+/// then trailers. Received bytes are released to the flow-control window as they are handed on,
+/// so the sender sends at the pace the other side reads (h2 validates `content-length` against
+/// the DATA received).
 pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
@@ -200,7 +200,7 @@ where
     B::Error: std::fmt::Display,
 {
     loop {
-        // Backpressure: wait for some window before taking the next frame from the client (h2
+        // Backpressure: wait for some window before taking the next frame from the body (h2
         // buffers what exceeds the window, up to its send-buffer limit). A reset from the peer
         // (e.g. it answered without reading the body) ends the copy.
         let ready = std::future::poll_fn(|cx| {
@@ -265,18 +265,11 @@ where
     }
 }
 
-/// The upstream connection a response came on.
-pub enum Upstream {
-    /// An HTTP/1.1 connection: its body ([`H1Body`]) returns it to the pool.
-    Http1,
-    /// Holds a stream slot on a shared connection until the response ends.
-    Http2(StreamSlot),
-}
-
 /// What is given back, by being dropped, as soon as the response has ended (or is dropped): the
-/// endpoint's in-flight slot and, for HTTP/2, the stream slot on the shared connection.
+/// endpoint's in-flight slot and, for HTTP/2, the stream slot on the shared connection (an
+/// HTTP/1.1 connection goes back to its pool with its body, [`H1Body`]).
 pub struct Release {
-    pub upstream: Upstream,
+    pub stream: Option<StreamSlot>,
     pub permit: OwnedSemaphorePermit,
 }
 

@@ -17,7 +17,11 @@ use crate::endpoint::H2Sender;
 use crate::endpoint::{Checkout, Endpoint};
 use crate::error::ProxyError;
 use crate::h1::Failed;
-use crate::proxy::body::{pipe_to_h2, H2Body, RequestBody, Upstream, UpstreamIncoming};
+use crate::pool::multiplexed::StreamSlot;
+use crate::proxy::body::{pipe_to_h2, H2Body, RequestBody, UpstreamIncoming};
+
+/// A response, and for HTTP/2 the stream slot it holds on its connection until it ends.
+type Sent = (Response<UpstreamIncoming>, Option<StreamSlot>);
 
 fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
@@ -44,17 +48,14 @@ impl Replay {
     }
 }
 
-pub async fn send(
-    ep: &Arc<Endpoint>,
-    req: Request<RequestBody>,
-) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
+pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent, ProxyError> {
     let (head, body) = req.into_parts();
     let empty = body.is_end_stream();
     let Checkout { conn, idle } = ep.checkout().await?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The head is encoded from a reference, so a retry has it without a copy.
     let Failed { error, unsent, no_response } = match conn.send(&head, body, ep).await {
-        Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1)),
+        Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), None)),
         Err(failed) => failed,
     };
     let retry = match (idle, unsent) {
@@ -81,10 +82,10 @@ async fn retry_h1(
     ep: &Arc<Endpoint>,
     head: &http::request::Parts,
     body: RequestBody,
-) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
+) -> Result<Sent, ProxyError> {
     let fresh = ep.connect().await?;
     match fresh.send(head, body, ep).await {
-        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), Upstream::Http1)),
+        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), None)),
         Err(Failed { error, .. }) => {
             tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
             Err(ep.failed(error.proxy_error()))
@@ -100,10 +101,7 @@ async fn retry_h1(
 /// retried whatever their method). The common case is a peer's GOAWAY (nginx sends one after
 /// `keepalive_requests`). A body already handed to the stream cannot be replayed, so such
 /// requests are not retried.
-pub async fn send_h2(
-    ep: &Arc<Endpoint>,
-    mut req: Request<RequestBody>,
-) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
+pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Result<Sent, ProxyError> {
     to_h2(&mut req)?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // h2 takes the head by value; a retry needs it again.
@@ -111,7 +109,7 @@ pub async fn send_h2(
     let (parts, body) = req.into_parts();
     let (mut handle, slot) = ep.checkout_h2().await?;
     let failure = match exchange(&mut handle.sender, Request::from_parts(parts, ()), body).await {
-        Ok(resp) => return Ok((resp, Upstream::Http2(slot))),
+        Ok(resp) => return Ok((resp, Some(slot))),
         Err(f) => f,
     };
     drop(slot);
@@ -136,10 +134,10 @@ async fn retry_h2(
     failed_on: &crate::endpoint::H2Handle,
     replay: Replay,
     body: RequestBody,
-) -> Result<(Response<UpstreamIncoming>, Upstream), ProxyError> {
+) -> Result<Sent, ProxyError> {
     let (mut other, slot) = ep.checkout_h2_avoiding(Some(failed_on)).await?;
     match exchange(&mut other.sender, replay.into_request(()), body).await {
-        Ok(resp) => Ok((resp, Upstream::Http2(slot))),
+        Ok(resp) => Ok((resp, Some(slot))),
         Err(H2Failure::Unsent(e, _) | H2Failure::Sent(e, _)) => {
             tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
             Err(ep.failed(ProxyError::UpstreamReset))

@@ -14,7 +14,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{Release, RequestBody, ResponseBody, Upstream, UpstreamIncoming};
+use super::body::{Release, RequestBody, ResponseBody, UpstreamIncoming};
 use super::client_tunnel::ClientTunnel;
 use super::{connect, forward, headers, upgrade, websocket};
 use crate::balance::{hash_key_bytes, HashKey};
@@ -23,6 +23,7 @@ use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::listener::{Activity, ActivityGuard, Drain};
 use crate::metrics::Protocol;
+use crate::pool::multiplexed::StreamSlot;
 use crate::server::Shared;
 use crate::tcp::TcpUpstream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -137,8 +138,8 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                 } else {
                     Either::Right(forward::send(endpoint, upstream_req))
                 };
-                let (resp, upstream) = send.await?;
-                Ok::<_, ProxyError>((resp, upstream, permit))
+                let (resp, stream) = send.await?;
+                Ok::<_, ProxyError>((resp, stream, permit))
             });
             let result = match route.response_header_timeout {
                 Some(t) => {
@@ -378,17 +379,17 @@ fn finish(
     route: &RouteRuntime,
     endpoint: &Arc<crate::endpoint::Endpoint>,
     after: After,
-    result: Result<(Response<UpstreamIncoming>, Upstream, OwnedSemaphorePermit), ProxyError>,
+    result: Result<(Response<UpstreamIncoming>, Option<StreamSlot>, OwnedSemaphorePermit), ProxyError>,
 ) -> Response<ResponseBody> {
     let After { kind, downstream_upgrade, ws_key, activity } = after;
-    let (resp, upstream, permit) = match result {
+    let (resp, stream, permit) = match result {
         Ok(r) => r,
         Err(e) => return meta.fail(e, Some(route), activity),
     };
     let handshake = ws_key.as_ref().map(|key| websocket::judge(resp.status(), resp.headers(), key));
     if handshake == Some(websocket::Answer::Broken) {
         tracing::debug!(endpoint = %endpoint.address, status = %resp.status(), "upstream did not accept the translated WebSocket handshake");
-        drop((resp, upstream, permit));
+        drop((resp, stream, permit));
         return meta.fail(endpoint.failed(ProxyError::UpstreamHandshake), Some(route), activity);
     }
     let accepted = handshake == Some(websocket::Answer::Accepted);
@@ -416,7 +417,7 @@ fn finish(
     parts.headers.append(header::VIA, headers::via(parts.version));
     if let Some((downstream, upstream_io)) = tunnel {
         // The tunnel outlives this request; its connection is not pooled again.
-        drop((upstream, permit));
+        drop((stream, permit));
         upgrade::splice(
             downstream,
             upstream_io,
@@ -426,7 +427,7 @@ fn finish(
         );
         return Response::from_parts(parts, ResponseBody::empty(None));
     }
-    let release = Release { upstream, permit };
+    let release = Release { stream, permit };
     let grpc_metrics = if meta.grpc {
         match parts.headers.get(&GRPC_STATUS) {
             // Trailers-only response: the status is in the headers.
