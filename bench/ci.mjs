@@ -2,7 +2,7 @@
 // `npm run bench:ci`: the regression gate, short enough for every change (≈3–4 min on 2 cores).
 // It gates only on what is stable across hosts and neighbours:
 //   1. instructions per request on the hot path, counted by valgrind's callgrind around a fixed
-//      number of requests through the data plane (crates/meshproxy-core/examples/serve.rs), for
+//      number of requests through the data plane (crates/meshproxy-napi/examples/serve.rs), for
 //      HTTP/1.1, h2c → HTTP/1.1 and h2c → h2c; compared with bench/baseline.json ± its tolerance;
 //   2. meshproxy's HTTP/1.1 throughput as a ratio to HAProxy's in the same run (bench/run.mjs,
 //      3 interleaved reps), against the floor in bench/baseline.json.
@@ -54,14 +54,21 @@ function fail(code, msg) {
   throw Object.assign(new Error(msg), { exitCode: code })
 }
 
-/** The data-plane binary the instruction counts come from, built like the addon (release). */
-function buildServe() {
-  log('building the data-plane example (cargo build --release -p meshproxy-core --example serve, symbols kept)')
-  // Symbols kept (the release profile strips them) so the report can name the hot functions.
-  const env = { ...process.env, CARGO_PROFILE_RELEASE_STRIP: 'none' }
-  const r = spawnSync('cargo', ['build', '--release', '-p', 'meshproxy-core', '--example', 'serve'], { cwd: repoDir, env, stdio: ['ignore', 'inherit', 'inherit'] })
+/**
+ * The data-plane binary the instruction counts come from, built exactly as `npm run build:native`
+ * builds the addon: the same target triple, profile and PGO flags, so that meshproxy-core and its
+ * dependencies are the same compilation units (cargo reuses them) and the committed profile
+ * applies to it as it does to the addon.
+ */
+async function buildServe() {
+  const { pgoFlags, rustcInfo, withRustflags } = await import(join(repoDir, 'pgo', 'build.mjs'))
+  const rustc = rustcInfo()
+  const pgo = pgoFlags(rustc.host, rustc)
+  log(`building the data-plane example (cargo build --release --target ${rustc.host} -p meshproxy-napi --example serve), ${pgo.flags ? `with PGO: ${pgo.why}` : `without PGO: ${pgo.why}`}`)
+  const env = pgo.flags ? withRustflags(process.env, pgo.flags) : process.env
+  const r = spawnSync('cargo', ['build', '--release', '--target', rustc.host, '-p', 'meshproxy-napi', '--example', 'serve'], { cwd: repoDir, env, stdio: ['ignore', 'inherit', 'inherit'] })
   if (r.status !== 0) fail(EXIT.error, 'cargo build of the serve example failed')
-  return join(repoDir, 'target', 'release', 'examples', 'serve')
+  return { bin: join(repoDir, 'target', rustc.host, 'release', 'examples', 'serve'), pgo: pgo.flags ? pgo.why : `off (${pgo.why})` }
 }
 
 /** The normalized config for `--to backends` (what `meshproxy run --to` hands the addon). */
@@ -190,7 +197,7 @@ async function main() {
   const baseline = existsSync(baselinePath) ? JSON.parse(readFileSync(baselinePath, 'utf8')) : null
   if (!baseline && !args['update-baseline']) fail(EXIT.error, `${baselinePath} is missing: create it with npm run bench:ci -- --update-baseline`)
 
-  const serveBin = buildServe()
+  const { bin: serveBin, pgo } = await buildServe()
   const workDir = mkdtempSync(join(tmpdir(), 'meshproxy-bench-ci-'))
   chmodSync(workDir, 0o755) // nginx workers (nobody) read the backends' files
   installCleanupHandlers(log, () => rmSync(workDir, { recursive: true, force: true }))
@@ -249,7 +256,7 @@ async function main() {
   }
 
   const versions = collectVersions(findTools(), repoDir)
-  const result = { date: new Date().toISOString(), requests: REQUESTS, instructions, callgrind: { h1, h2 }, topFunctions: top, throughput: tp, haproxy, checks, baseline, versions }
+  const result = { date: new Date().toISOString(), requests: REQUESTS, pgo, instructions, callgrind: { h1, h2 }, topFunctions: top, throughput: tp, haproxy, checks, baseline, versions }
   mkdirSync(outDir, { recursive: true })
   writeFileSync(join(outDir, 'ci.json'), JSON.stringify(result, null, 2) + '\n')
   const md = ciMarkdown(result)
@@ -291,7 +298,7 @@ function ciMarkdown(r) {
     L.push(`| ${c.what} | ${fmt(c.value)} | ${base} | ${change} | ${icon}${c.detail ? `: ${c.detail}` : ''} |`)
   }
   L.push('')
-  L.push(`Instructions: \`valgrind --tool=callgrind\` around ${r.requests} requests through \`crates/meshproxy-core/examples/serve.rs\` (current-thread runtime, round-robin over two nginx backends), median of 3; HTTP/1.1 via \`h2load --h1 -c 10\`, h2c via \`h2load -c 10 -m 10\`.`)
+  L.push(`Instructions: \`valgrind --tool=callgrind\` around ${r.requests} requests through \`crates/meshproxy-napi/examples/serve.rs\` (current-thread runtime, round-robin over two nginx backends; built as the addon is, PGO ${r.pgo ?? 'unknown'}), median of 3; HTTP/1.1 via \`h2load --h1 -c 10\`, h2c via \`h2load -c 10 -m 10\`.`)
   if (r.haproxy) {
     L.push('', 'Reference, not gated: HAProxy under the same harness (1 thread, `http-reuse always`; its count depends on its version and build).', '')
     L.push('| path | meshproxy | HAProxy | ratio |', '|:--|--:|--:|--:|')

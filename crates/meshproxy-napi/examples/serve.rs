@@ -6,6 +6,11 @@
 //! path spends per request: a figure that, unlike time, does not move with a noisy neighbour. A
 //! Node process under valgrind would spend minutes starting V8 and adds nothing per request (no
 //! request ever calls into JS).
+//!
+//! It lives in the binding crate, not in meshproxy-core, so that meshproxy-core and its
+//! dependencies are compiled exactly as for the addon: an example of meshproxy-core would turn on
+//! its dev-dependencies' features (tokio's test-util, hyper's client), which changes those crates'
+//! code and every symbol name, and the addon's PGO profile (pgo/) would then not apply to it.
 
 use std::io::Read;
 use std::time::Duration;
