@@ -12,7 +12,7 @@
 // retried once without it, so an install never fails on account of the profile alone.
 import { spawnSync, execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { gunzipSync } from 'node:zlib'
@@ -55,7 +55,12 @@ export function pgoFlags(target, rustc = rustcInfo()) {
   if (process.env.MESHPROXY_PGO === '0') return { flags: null, why: 'MESHPROXY_PGO=0' }
   const gz = profilePath(target)
   if (!existsSync(gz)) return { flags: null, why: `no profile for ${target} in pgo/` }
-  const meta = JSON.parse(readFileSync(metaPath(target), 'utf8'))
+  let meta
+  try {
+    meta = JSON.parse(readFileSync(metaPath(target), 'utf8'))
+  } catch (e) {
+    return { flags: null, why: `${metaPath(target)} is unreadable (${e.message}); re-record with npm run pgo` }
+  }
   if (!(major(rustc.llvm) >= major(meta.llvm))) {
     return { flags: null, why: `the profile was written by LLVM ${meta.llvm}; this rustc (${rustc.release}) has LLVM ${rustc.llvm}, which cannot read it` }
   }
@@ -64,8 +69,12 @@ export function pgoFlags(target, rustc = rustcInfo()) {
   const dir = join(REPO, 'target', 'pgo')
   const file = join(dir, `${target}-${hash}.profdata`)
   if (!existsSync(file)) {
+    // Written whole or not at all: a truncated file at this path would be taken as the profile
+    // by every later build (and fail each, falling back to no PGO) until target/ is cleaned.
     mkdirSync(dir, { recursive: true })
-    writeFileSync(file, data)
+    const tmp = `${file}.${process.pid}.tmp`
+    writeFileSync(tmp, data)
+    renameSync(tmp, file)
   }
   // Functions changed since the profile was recorded keep their non-PGO code; LLVM would warn
   // once per such function, which says nothing actionable during an install.

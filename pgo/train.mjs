@@ -38,10 +38,17 @@ if (!existsSync(profdata)) {
 }
 
 const work = mkdtempSync(join(tmpdir(), 'meshproxy-pgo-'))
-const raw = join(work, 'raw')
+// A fixed path: it is part of RUSTFLAGS, which cargo fingerprints, so a new path every run would
+// rebuild the instrumented addon from scratch each time.
+const trainTarget = join(REPO, 'target', 'pgo-train')
+const raw = join(trainTarget, 'profraw')
+rmSync(raw, { recursive: true, force: true })
+let failed = null
 try {
+  // The bench drives the CLI (dist/); build the TypeScript if it is not there yet.
+  if (!existsSync(join(REPO, 'dist', 'cli.js')) && run('npm', ['run', 'build:ts']) !== 0) throw new Error('npm run build:ts failed')
   // %m: one file per binary, merged online across processes (every ava worker loads the addon).
-  const env = withRustflags({ ...process.env, CARGO_TARGET_DIR: join(REPO, 'target', 'pgo-train'), MESHPROXY_PGO: '0' }, [`-Cprofile-generate=${raw}`])
+  const env = withRustflags({ ...process.env, CARGO_TARGET_DIR: trainTarget, MESHPROXY_PGO: '0' }, [`-Cprofile-generate=${raw}`])
   if (napi(NAPI_ARGS, env) !== 0) throw new Error('the instrumented build failed')
 
   const bench = ['bench/run.mjs', '--targets', 'meshproxy', '--workers', '1,2', '--reps', '1', '--warmup', '0', '--duration', duration, '--extra-duration', duration, '--rate-duration', '0', '--quiet-wait', '0', '--out', join(work, 'bench')]
@@ -67,7 +74,12 @@ try {
   }
   writeFileSync(metaPath(target), `${JSON.stringify(meta, null, 2)}\n`)
   console.error(`\npgo: wrote ${profilePath(target)} (${meta.workload}); rebuilding the addon with it`)
+} catch (e) {
+  failed = e
+  console.error(`\npgo: ${e.message}; the committed profile is unchanged. Rebuilding the normal addon over the instrumented one`)
 } finally {
   rmSync(work, { recursive: true, force: true })
 }
-process.exit(run(process.execPath, [join(REPO, 'pgo', 'build.mjs')]))
+// Always: native/ must not be left holding the instrumented build.
+const status = run(process.execPath, [join(REPO, 'pgo', 'build.mjs')])
+process.exit(failed ? 1 : status)
