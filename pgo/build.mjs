@@ -6,10 +6,10 @@
 // branchy parsing and bookkeeping whose hot paths LLVM cannot tell from its cold ones without a
 // profile. With one, an h2c → h2 request costs ~21 % fewer instructions (see pgo/README.md).
 //
-// The profile is used only when it can be: MESHPROXY_PGO=0 turns it off; a target with no
-// profile, or a rustc whose LLVM is older than the one that wrote it (older LLVM cannot read a
-// newer profile format), builds without one. If the profile-guided build fails, the build is
-// retried once without it, so an install never fails on account of the profile alone.
+// The profile is used only where it applies: MESHPROXY_PGO=0 turns it off; a target with no
+// profile, or a rustc other than the one that recorded it, builds without one. If the
+// profile-guided build fails, the build is retried once without it, so an install never fails on
+// account of the profile alone.
 import { spawnSync, execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
@@ -37,8 +37,6 @@ export function rustcInfo() {
 export const profilePath = (target) => join(PGO_DIR, `${target}.profdata.gz`)
 export const metaPath = (target) => join(PGO_DIR, `${target}.json`)
 
-const major = (version) => Number.parseInt(String(version).split('.')[0], 10)
-
 /** The target a napi argument list builds for: its --target, or rustc's host. */
 function targetOf(args, host) {
   const i = args.findIndex((a) => a === '--target' || a === '-t')
@@ -61,8 +59,10 @@ export function pgoFlags(target, rustc = rustcInfo()) {
   } catch (e) {
     return { flags: null, why: `${metaPath(target)} is unreadable (${e.message}); re-record with npm run pgo` }
   }
-  if (!(major(rustc.llvm) >= major(meta.llvm))) {
-    return { flags: null, why: `the profile was written by LLVM ${meta.llvm}; this rustc (${rustc.release}) has LLVM ${rustc.llvm}, which cannot read it` }
+  // cargo hashes the compiler's version into every crate's metadata, hence into every symbol
+  // name, and LLVM finds a function's profile by that name: another rustc would match nothing.
+  if (rustc.release !== meta.rustc) {
+    return { flags: null, why: `the profile was recorded with rustc ${meta.rustc} and this is ${rustc.release}, whose symbol names differ, so it would match nothing; npm run pgo re-records it` }
   }
   const data = gunzipSync(readFileSync(gz))
   const hash = createHash('sha256').update(data).digest('hex').slice(0, 16)
