@@ -245,4 +245,13 @@ pub(crate) mod testing {
             routes,
         }
     }
+
+    /// Every request on an ephemeral port to one endpoint (service `s`, round-robin, HTTP/1.1).
+    pub fn all_to(endpoint: &str) -> Config {
+        Config {
+            listeners: vec![listener("127.0.0.1:0", vec![route("r", &[], PathMatchType::Prefix, "/", "s")])],
+            services: vec![service("s", &[endpoint])],
+            admin: None,
+        }
+    }
 }

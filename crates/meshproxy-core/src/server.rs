@@ -462,12 +462,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn h2c_streams_on_a_multi_thread_runtime() {
         let (a, _) = backend("from-a").await;
-        let config = Config {
-            listeners: vec![listener("127.0.0.1:0", vec![route("r", &[], Prefix, "/", "a")])],
-            services: vec![service("a", &[&a])],
-            admin: None,
-        };
-        let proxy = MeshProxy::new(config).unwrap();
+        let proxy = MeshProxy::new(crate::config::testing::all_to(&a)).unwrap();
         let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
         let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let (client, conn) = h2::client::handshake(s).await.unwrap();

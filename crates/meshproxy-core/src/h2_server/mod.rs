@@ -225,8 +225,6 @@ mod tests {
     /// client is told GOAWAY, and the connection ends without waiting out the grace period.
     #[tokio::test]
     async fn graceful_close_finishes_the_stream_in_flight_then_ends_the_connection() {
-        use crate::config::testing::{route, service};
-        use crate::config::PathMatchType::Prefix;
         // A backend that answers after 300 ms.
         let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend_addr = backend.local_addr().unwrap().to_string();
@@ -241,12 +239,7 @@ mod tests {
                 });
             }
         });
-        let config = Config {
-            listeners: vec![listener("127.0.0.1:0", vec![route("r", &[], Prefix, "/", "b")])],
-            services: vec![service("b", &[&backend_addr])],
-            admin: None,
-        };
-        let proxy = MeshProxy::new(config).unwrap();
+        let proxy = MeshProxy::new(crate::config::testing::all_to(&backend_addr)).unwrap();
         let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
         let (client, conn) = h2::client::handshake(TcpStream::connect(&addr).await.unwrap()).await.unwrap();
         let conn = tokio::spawn(conn);
