@@ -59,6 +59,12 @@ for (const peer of ['http-proxy', 'undici']) {
     // Keep-alive upstream: 20 sequential requests over one client connection need at most one
     // connection per backend.
     t.true(backends.a.connections <= 1 && backends.b.connections <= 1, `upstream connections a=${backends.a.connections} b=${backends.b.connections}`)
+    // The forwarding headers meshproxy adds, added by every peer so all do the same work.
+    const seen = backends.a.requests[0].headers
+    t.is(seen['x-forwarded-for'], '127.0.0.1')
+    t.is(seen['x-forwarded-proto'], 'http')
+    t.is(seen['x-forwarded-host'], `127.0.0.1:${port}`)
+    t.regex(String(seen.via), /^1\.1 /)
   })
 }
 

@@ -7,7 +7,9 @@ import { peerArgs, runPeer } from './common.mjs'
 const { host, port, backends, workers } = peerArgs()
 runPeer('http-proxy', workers, (listening) => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1024, maxFreeSockets: 1024 })
-  const proxy = httpProxy.createProxyServer({ agent, xfwd: false })
+  // xfwd + Via: the forwarding headers every target adds (bench/lib/targets.mjs).
+  const proxy = httpProxy.createProxyServer({ agent, xfwd: true })
+  proxy.on('proxyReq', (proxyReq, req) => proxyReq.appendHeader('via', `${req.httpVersion} http-proxy`))
   proxy.on('error', (err, _req, res) => {
     if (res.headersSent) return res.destroy()
     res.writeHead(502, { 'content-type': 'text/plain' }).end(`http-proxy: ${err.message}\n`)

@@ -13,6 +13,12 @@ runPeer('undici', workers, (listening) => {
   const server = http.createServer(async (req, res) => {
     const headers = {}
     for (const [k, v] of Object.entries(req.headers)) if (!HOP.has(k)) headers[k] = v
+    // The forwarding headers every target adds (bench/lib/targets.mjs).
+    const xff = req.headers['x-forwarded-for']
+    headers['x-forwarded-for'] = xff ? `${xff}, ${req.socket.remoteAddress}` : req.socket.remoteAddress
+    headers['x-forwarded-proto'] ??= 'http'
+    if (req.headers.host) headers['x-forwarded-host'] ??= req.headers.host
+    headers.via = req.headers.via ? `${req.headers.via}, ${req.httpVersion} undici` : `${req.httpVersion} undici`
     try {
       const up = await pool.request({
         method: req.method,
