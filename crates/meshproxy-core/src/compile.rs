@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
+use rustc_hash::FxHashMap;
 
 use crate::balance::{Balancer, HashKey, Ring, RoundRobin, WeightedRandom};
 use crate::config::{
@@ -20,8 +21,9 @@ use crate::Error;
 
 pub struct Snapshot {
     pub config: Arc<Config>,
-    /// Keyed by the listener's configured address (its identity across reloads).
-    pub listeners: HashMap<Box<str>, Arc<ListenerRuntime>>,
+    /// Keyed by the listener's configured address (its identity across reloads). Looked up on
+    /// every request, with keys only the config sets: FxHash, not SipHash.
+    pub listeners: FxHashMap<Box<str>, Arc<ListenerRuntime>>,
     /// Settings this config gives each endpoint, applied only once it is swapped in.
     endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)>,
 }
@@ -79,7 +81,7 @@ impl Snapshot {
             endpoint_settings.extend(service.endpoints.iter().map(|e| (e.clone(), settings)));
             services.insert(s.name.as_str(), Arc::new(service));
         }
-        let mut listeners = HashMap::new();
+        let mut listeners = FxHashMap::default();
         for l in &config.listeners {
             let runtime = compile_listener(l, &services, metrics)?;
             if listeners.insert(l.address.as_str().into(), Arc::new(runtime)).is_some() {
