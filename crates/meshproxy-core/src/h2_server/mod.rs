@@ -109,11 +109,13 @@ where
                 match this.conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
                         accepted = true;
-                        let task = stream::serve(this.service.clone(), req, respond);
+                        let service = this.service.clone();
                         if this.spawn {
-                            tokio::spawn(task);
+                            tokio::spawn(stream::serve(service, req, respond));
                         } else {
-                            this.streams.push(Box::pin(task));
+                            let task =
+                                crate::proxy::box_built_in_place(|| stream::serve(service, req, respond));
+                            this.streams.push(task);
                         }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),

@@ -77,7 +77,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        Box::pin(handle(self.ctx.clone(), req.map(RequestBody::Http1)))
+        super::box_built_in_place(|| handle(self.ctx.clone(), req.map(RequestBody::Http1)))
     }
 }
 
