@@ -300,7 +300,7 @@ function ciMarkdown(r) {
   L.push('')
   L.push(`Instructions: \`valgrind --tool=callgrind\` around ${r.requests} requests through \`crates/meshproxy-napi/examples/serve.rs\` (current-thread runtime, round-robin over two nginx backends; built as the addon is, PGO ${r.pgo ?? 'unknown'}), median of 3; HTTP/1.1 via \`h2load --h1 -c 10\`, h2c via \`h2load -c 10 -m 10\`.`)
   if (r.haproxy) {
-    L.push('', 'Reference, not gated: HAProxy under the same harness (1 thread, `http-reuse always`; its count depends on its version and build).', '')
+    L.push('', 'Reference, not gated: HAProxy under the same harness (1 thread, `http-reuse always`, adding the same forwarding headers as meshproxy: see bench/README.md; its count depends on its version and build).', '')
     L.push('| path | meshproxy | HAProxy | ratio |', '|:--|--:|--:|--:|')
     for (const [k, v] of Object.entries(r.haproxy)) {
       const m = r.instructions[k]
