@@ -96,6 +96,19 @@ test('run --to: serves, admin answers, SIGTERM exits 0', async (t) => {
   t.is(await tryConnect(cli.port), 'ECONNREFUSED')
 })
 
+test('run --to --no-proxy-headers: no x-forwarded-* or via either way; with -c it is refused', async (t) => {
+  const backend = await startBackend(t, 'plain')
+  const cli = await startCliProxy(t, ['--to', backend.address, '--no-proxy-headers'])
+  const res = await get(cli.port, '/')
+  t.is(res.status, 200)
+  t.is(res.headers['via'], undefined)
+  t.is(backend.requests[0]!.headers['x-forwarded-for'], undefined)
+  t.is(backend.requests[0]!.headers['via'], undefined)
+  const withFile = await runCli(t, ['run', '-c', 'x.yaml', '--no-proxy-headers', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'])
+  t.is(withFile.code, 1)
+  t.regex(withFile.stderr, /--no-proxy-headers goes with --to; in a config file, set proxyHeaders: false on the listener/)
+})
+
 test('run: --config and --to together, or neither, exit 1', async (t) => {
   const both = await runCli(t, ['run', '--to', '127.0.0.1:1', '-c', 'x.yaml', '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'])
   t.is(both.code, 1)

@@ -38,6 +38,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         maxUriBytes: 8192,
         tunnelIdleTimeoutMs: 300000,
         http2: DOCUMENTED_HTTP2_DEFAULTS,
+        proxyHeaders: true,
         routes: [
           {
             name: 'default',
@@ -284,6 +285,17 @@ test('validateModel: allowConnect is a required boolean, checked against the rou
     'listeners[0].routes[0].allowConnect: route "api" allows CONNECT but matches path "/v1"; CONNECT requests are matched as path "/"',
     'listeners[0].routes[0].allowConnect: route "api" allows CONNECT but its methods (GET) exclude CONNECT',
   ])
+})
+
+test('validateModel: proxyHeaders is a required boolean', (t) => {
+  const m = model()
+  const listener = m.listeners[0]! as unknown as Record<string, unknown>
+  listener.proxyHeaders = 'off'
+  t.deepEqual(validateModel(m).map((x) => x.message), ['listeners[0].proxyHeaders: expected true or false, got string "off"'])
+  delete listener.proxyHeaders
+  t.deepEqual(validateModel(m).map((x) => x.message), ['listeners[0].proxyHeaders: missing required field'])
+  listener.proxyHeaders = false
+  t.deepEqual(validateModel(m), [])
 })
 
 test('validateModel runs the cross-checks on well-formed models', (t) => {

@@ -84,6 +84,7 @@ test('native document loads into the exact model', (t) => {
           keepAliveIntervalMs: 0,
           keepAliveTimeoutMs: 5000,
         },
+        proxyHeaders: true,
         routes: [
           {
             name: 'api',
@@ -164,6 +165,7 @@ services:
         maxUriBytes: 8192,
         tunnelIdleTimeoutMs: 300000,
         http2: DOCUMENTED_HTTP2_DEFAULTS,
+        proxyHeaders: true,
         routes: [
           {
             name: 'listener-0-route-0',
@@ -536,6 +538,7 @@ test('listener protocol, tcpService and detectTimeout load into the model', (t) 
     maxUriBytes: 8192,
     tunnelIdleTimeoutMs: 300000,
     http2: DOCUMENTED_HTTP2_DEFAULTS,
+    proxyHeaders: true,
     routes: [],
   })
   t.like(web, { protocol: 'http', tcpService: 'smtp', detectTimeoutMs: 300 })
@@ -554,6 +557,15 @@ test('detectTimeout is a duration of at least 1ms; misspelt keys get a suggestio
   t.like(errors(listener('detectTimeoutMs: 300'))[0], { message: 'unknown field "detectTimeoutMs" in listener', hint: 'did you mean "detectTimeout"?' })
   t.like(errors(listener('tcp_service: s'))[0], { message: 'unknown field "tcp_service" in listener', hint: 'did you mean "tcpService"?' })
   t.like(errors(listener('detectTimeout: 1s, tcpService: [s]'))[0], { message: '"tcpService" in listener must be a string, got a list' })
+})
+
+test('proxyHeaders: true by default, false turns them off, anything else is an error at the value', (t) => {
+  const listener = (fields: string) =>
+    loadConfigText(`listeners: [{ ${fields}routes: [{ service: s }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`, { file: 'p.yaml' })
+  t.is(listener('').config?.listeners[0]?.proxyHeaders, true)
+  t.is(listener('proxyHeaders: false, ').config?.listeners[0]?.proxyHeaders, false)
+  t.deepEqual(lines(errors(listener('proxyHeaders: no, '))), ['p.yaml:1:29: error: "proxyHeaders" in listener must be true or false, got string "no"'])
+  t.like(errors(listener('proxyHeader: false, '))[0], { message: 'unknown field "proxyHeader" in listener', hint: 'did you mean "proxyHeaders"?' })
 })
 
 test('unknown listener protocol: error at the value, the valid values as hint', (t) => {

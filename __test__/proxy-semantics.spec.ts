@@ -71,6 +71,25 @@ test('x-forwarded-for is appended to; client x-forwarded-proto/host are kept; vi
   t.is(h['host'], 'front.example.com')
 })
 
+test('proxyHeaders: false adds no x-forwarded-* or via either way; those sent pass unchanged', async (t) => {
+  const backend = await startBackend(t, 'a', (req, res) => {
+    req.resume()
+    res.setHeader('via', '1.1 origin')
+    res.end('ok')
+  })
+  const yaml = simpleYaml([backend.address]).replace('    address: 127.0.0.1:0\n', '    address: 127.0.0.1:0\n    proxyHeaders: false\n')
+  const { port } = await startProxy(t, yaml)
+  const plain = await get(port, '/', { host: 'front.example.com' })
+  t.is(plain.status, 200)
+  t.is(plain.headers['via'], '1.1 origin', 'the response Via as the backend sent it')
+  const h = backend.requests[0]!.headers
+  for (const name of ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'via']) t.is(h[name], undefined, name)
+  t.is(h['host'], 'front.example.com')
+  await get(port, '/', { 'x-forwarded-for': '10.0.0.1', via: '1.1 edge' })
+  t.is(backend.requests[1]!.headers['x-forwarded-for'], '10.0.0.1')
+  t.is(backend.requests[1]!.headers['via'], '1.1 edge')
+})
+
 test('response hop-by-hop headers from the backend are stripped; via added', async (t) => {
   const upstream = await startTcpServer(t, (socket) =>
     onRequestHeads(socket, () => {

@@ -46,6 +46,7 @@ interface RunOptions {
   to?: string
   balancer: string
   protocol: string
+  proxyHeaders: boolean
   listen?: string
   admin?: string
   workers: number
@@ -56,6 +57,9 @@ interface RunOptions {
 async function run(opts: RunOptions): Promise<void> {
   if (opts.config && opts.to) throw new MeshProxyError('MESHPROXY_INVALID_CONFIG', 'use either --config or --to, not both')
   if (!opts.config && !opts.to) throw new MeshProxyError('MESHPROXY_INVALID_CONFIG', 'nothing to run: give --config FILE or --to HOST:PORT[,HOST:PORT...]')
+  if (opts.config && !opts.proxyHeaders) {
+    throw new MeshProxyError('MESHPROXY_INVALID_CONFIG', '--no-proxy-headers goes with --to; in a config file, set proxyHeaders: false on the listener')
+  }
   const loadOpts = {
     ...(opts.listen !== undefined ? { listenOverride: opts.listen } : {}),
     ...(opts.admin !== undefined ? { adminOverride: opts.admin } : {}),
@@ -66,7 +70,7 @@ async function run(opts: RunOptions): Promise<void> {
       : configFromEndpoints(
           opts.to!.split(',').map((s) => s.trim()).filter(Boolean),
           opts.balancer,
-          loadOpts,
+          { ...loadOpts, proxyHeaders: opts.proxyHeaders },
           // Checked at run time by configFromEndpoints, with a diagnostic for bad values.
           opts.protocol as UpstreamProtocol,
         )
@@ -133,6 +137,7 @@ program
     ),
   )
   .addOption(new Option('--protocol <protocol>', 'protocol to the --to endpoints: http1, http2 (h2c) or auto').default('http1'))
+  .option('--no-proxy-headers', 'with --to: add no X-Forwarded-For/-Proto/-Host or Via headers (the listener\'s proxyHeaders: false)')
   .option('--listen <host:port>', `proxy listener address (default ${DEFAULT_LISTEN} unless the file names one)`)
   .option('--admin <host:port>', `admin listener address (default ${DEFAULT_ADMIN} unless the file names one)`)
   .option('--workers <n>', 'data-path worker threads', intOption(1, 256), 1)

@@ -117,7 +117,7 @@ export const POOL_LIMITS = {
 } as const satisfies Record<keyof typeof POOL_DEFAULTS, LimitSpec>
 
 export function makeListener(name: string, address: string, routes: RouteModel[] = []): ListenerModel {
-  return { name, address, protocol: 'http', tcpService: null, ...LISTENER_DEFAULTS, http2: { ...HTTP2_DEFAULTS }, routes }
+  return { name, address, protocol: 'http', tcpService: null, ...LISTENER_DEFAULTS, http2: { ...HTTP2_DEFAULTS }, proxyHeaders: true, routes }
 }
 
 /** A route matching every request (any host, any method, path prefix `/`). */

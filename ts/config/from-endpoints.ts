@@ -17,13 +17,14 @@ const BALANCER_FORMS = ['round-robin', 'random', 'hash', 'hash:source', 'hash:he
  * `random`, `hash` (source address), `hash:source`, `hash:header:<name>` or `hash:cookie:<name>`.
  * `protocol` is the service's upstream protocol (`http1`, `http2` for h2c, `auto`); a value
  * outside those (from an untyped caller) is reported like a bad balancer. Listener and service
- * limits, HTTP/2 settings included, are the defaults. Diagnostics carry `opts.file` (default
- * `<command line>`) and no position.
+ * limits, HTTP/2 settings included, are the defaults; `opts.proxyHeaders` false sets the
+ * listener's `proxyHeaders` off. Diagnostics carry `opts.file` (default `<command line>`) and no
+ * position.
  */
 export function configFromEndpoints(
   endpoints: string[],
   balancer: string,
-  opts: LoadOptions = {},
+  opts: LoadOptions & { proxyHeaders?: boolean } = {},
   protocol: UpstreamProtocol = DEFAULT_UPSTREAM_PROTOCOL,
 ): LoadResult {
   const loc: Loc = { file: opts.file ?? '<command line>', line: 0, column: 0 }
@@ -46,8 +47,10 @@ export function configFromEndpoints(
   }
   const listen = address(opts.listenOverride !== undefined ? 'listen' : 'defaultListen', opts.listenOverride ?? opts.defaultListen ?? DEFAULT_LISTEN)
   const adminAddress = opts.adminOverride ?? (opts.defaultAdmin === undefined ? DEFAULT_ADMIN : opts.defaultAdmin)
+  const listener = makeListener('listener-0', listen, [makeRoute('default', 'default')])
+  if (opts.proxyHeaders === false) listener.proxyHeaders = false
   const model: ConfigModel = {
-    listeners: [makeListener('listener-0', listen, [makeRoute('default', 'default')])],
+    listeners: [listener],
     services: [service],
     admin: adminAddress === null ? null : { address: address('admin', adminAddress) },
   }

@@ -85,6 +85,15 @@ export interface ListenerModel {
   /** Settings for downstream HTTP/2 (h2c) connections on this listener; see `Http2Model`. */
   http2: Http2Model
   /**
+   * Whether the proxy adds the headers that record it and the client: on requests
+   * `X-Forwarded-For` (the client's address, appended), `X-Forwarded-Proto` and
+   * `X-Forwarded-Host` (when absent) and `Via` (appended); on responses `Via` (appended). false:
+   * none are added, and those already present pass unchanged — e.g. between sidecars in a mesh,
+   * where every hop would otherwise append its own, or to keep client addresses from backends.
+   * Default true.
+   */
+  proxyHeaders: boolean
+  /**
    * In file order; precedence is computed by the data plane (see README "Routing"). Ignored on a
    * `tcp` listener.
    */

@@ -26,7 +26,7 @@ import { checkHeaderValue, checkName, isToken, normalizeHeaderName, normalizeHos
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 
 export const NATIVE_TOP_FIELDS = ['apiVersion', 'kind', 'metadata', 'admin', 'listeners', 'services'] as const
-const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', 'detectTimeout', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'tunnelIdleTimeout', 'http2', 'routes']
+const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', 'detectTimeout', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'tunnelIdleTimeout', 'http2', 'proxyHeaders', 'routes']
 /** YAML key → model field; the times drop the `Ms` as every other duration in the file does. */
 const HTTP2_KEYS: Array<[string, keyof Http2Model]> = [
   ['maxConcurrentStreams', 'maxConcurrentStreams'],
@@ -162,6 +162,8 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
   ctx.origins.set(listener, 'name', f.valueLoc('name'))
   ctx.origins.set(listener, 'address', f.valueLoc('address'))
   ctx.origins.set(listener, 'protocol', f.valueLoc('protocol'))
+  const proxyHeaders = f.bool('proxyHeaders')
+  if (proxyHeaders !== undefined) listener.proxyHeaders = proxyHeaders
   ctx.origins.set(listener, 'tcpService', f.valueLoc('tcpService'))
   ctx.origins.set(listener, 'routes', f.keyLoc('routes'))
   f.list('routes').forEach((routeNode, i) => {

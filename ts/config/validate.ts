@@ -26,7 +26,7 @@ import { checkHeaderValue, checkName, describe as describeValue, isToken, normal
 type Obj = Record<string, unknown>
 
 const MODEL_FIELDS = ['listeners', 'services', 'admin']
-const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', ...Object.keys(LISTENER_LIMITS), 'http2', 'routes']
+const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', ...Object.keys(LISTENER_LIMITS), 'http2', 'proxyHeaders', 'routes']
 const ROUTE_FIELDS = ['name', 'hosts', 'path', 'methods', 'headers', 'service', ...Object.keys(ROUTE_LIMITS), 'allowConnect']
 const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', ...Object.keys(SERVICE_LIMITS), 'pool']
 
@@ -141,6 +141,7 @@ function checkListener(c: Checker, v: unknown, path: string): void {
     else c.error(`${path}.tcpService`, `expected a service name or null, got ${describe(l.tcpService)}`)
   }
   c.limits(l, path, LISTENER_LIMITS)
+  if (l.proxyHeaders !== undefined && typeof l.proxyHeaders !== 'boolean') c.error(`${path}.proxyHeaders`, `expected true or false, got ${describe(l.proxyHeaders)}`)
   const http2 = l.http2 === undefined ? undefined : c.object(l.http2, `${path}.http2`, Object.keys(HTTP2_LIMITS))
   if (http2) c.limits(http2, `${path}.http2`, HTTP2_LIMITS)
   c.array(l.routes, `${path}.routes`).forEach((r, i) => checkRoute(c, r, `${path}.routes[${i}]`))

@@ -37,6 +37,8 @@ pub struct ListenerRuntime {
     pub routes: Vec<RouteRuntime>,
     pub limits: ListenerLimits,
     pub metrics: Arc<ListenerMetrics>,
+    /// Add `X-Forwarded-*` and `Via` to requests, `Via` to responses.
+    pub proxy_headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +144,7 @@ fn compile_listener(
         tcp_service,
         table: RouteTable::compile(&l.routes)?,
         routes,
+        proxy_headers: l.proxy_headers,
         limits: ListenerLimits {
             http2: l.http2.clone(),
             detect_timeout: Duration::from_millis(l.detect_timeout_ms.max(1)),

@@ -52,6 +52,10 @@ pub struct ListenerConfig {
     /// Settings for downstream HTTP/2 (h2c) connections on this listener.
     #[serde(default)]
     pub http2: Http2Config,
+    /// Whether requests get `X-Forwarded-For`/`-Proto`/`-Host` and `Via`, and responses `Via`
+    /// (proxy/headers.rs).
+    #[serde(default = "default_proxy_headers")]
+    pub proxy_headers: bool,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -175,6 +179,10 @@ fn default_tunnel_idle() -> u64 {
     300_000
 }
 
+fn default_proxy_headers() -> bool {
+    true
+}
+
 fn default_max_streams() -> u32 {
     100
 }
@@ -242,6 +250,7 @@ pub(crate) mod testing {
             detect_timeout_ms: 1_000,
             tunnel_idle_timeout_ms: 300_000,
             http2: Http2Config::default(),
+            proxy_headers: true,
             routes,
         }
     }

@@ -353,10 +353,11 @@ fn plan<'a>(
         Kind::Upgrade(_) | Kind::WebSocketH2 => Some(ClientTunnel::take(&mut req)),
         _ => None,
     };
-    let mut upstream_req = match prepare_request(req, &ctx.client_ip, &endpoint.address, h2) {
-        Ok(r) => r,
-        Err(e) => return Planned::Done(meta.fail(e, Some(route), activity)),
-    };
+    let mut upstream_req =
+        match prepare_request(req, &ctx.client_ip, &endpoint.address, h2, listener.proxy_headers) {
+            Ok(r) => r,
+            Err(e) => return Planned::Done(meta.fail(e, Some(route), activity)),
+        };
     let ws_key = match &kind {
         Kind::Upgrade(token) => {
             upgrade::restore(upstream_req.headers_mut(), token.clone());
@@ -414,7 +415,9 @@ fn finish(
         parts.status = status;
         websocket::to_h2_accepted(&mut parts.headers);
     }
-    parts.headers.append(header::VIA, headers::via(parts.version));
+    if meta.listener.proxy_headers {
+        parts.headers.append(header::VIA, headers::via(parts.version));
+    }
     if let Some((downstream, upstream_io)) = tunnel {
         // The tunnel outlives this request; its connection is not pooled again.
         drop((stream, permit));
@@ -505,11 +508,17 @@ fn prepare_request(
     client_ip: &HeaderValue,
     upstream_authority: &str,
     h2: bool,
+    forwarded: bool,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let seen = headers::scan(&parts.headers);
     let host = if seen.host {
-        parts.headers.get(header::HOST).cloned()
+        // Only x-forwarded-host reads it.
+        if forwarded {
+            parts.headers.get(header::HOST).cloned()
+        } else {
+            None
+        }
     } else {
         // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority is the
         // host (x-forwarded-host reads it). HTTP/1.0 clients may send neither; the upstream
@@ -538,7 +547,9 @@ fn prepare_request(
     if seen.expect {
         parts.headers.remove(header::EXPECT);
     }
-    headers::add_forwarded(&mut parts.headers, seen, client_ip, host, parts.version);
+    if forwarded {
+        headers::add_forwarded(&mut parts.headers, seen, client_ip, host, parts.version);
+    }
     parts.version = Version::HTTP_11;
     let body = if body.is_end_stream() { RequestBody::Empty } else { body };
     Ok(Request::from_parts(parts, body))
