@@ -46,12 +46,14 @@ for (const peer of ['http-proxy', 'undici']) {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
     t.teardown(() => agent.destroy())
     const bodies: string[] = []
+    let lastVia: string | undefined
     for (let i = 0; i < 20; i++) {
       const res = await new Promise<http.IncomingMessage>((resolve, reject) => http.get({ host: '127.0.0.1', port, path: '/x', agent }, resolve).on('error', reject))
       let body = ''
       res.setEncoding('utf8').on('data', (d) => (body += d))
       await once(res, 'end')
       t.is(res.statusCode, 200)
+      lastVia = res.headers.via
       bodies.push(body)
     }
     t.is(bodies.filter((b) => b === 'a').length, 10)
@@ -65,6 +67,7 @@ for (const peer of ['http-proxy', 'undici']) {
     t.is(seen['x-forwarded-proto'], 'http')
     t.is(seen['x-forwarded-host'], `127.0.0.1:${port}`)
     t.regex(String(seen.via), /^1\.1 /)
+    t.true(String(lastVia).endsWith(`1.1 ${peer}`), `response Via: ${lastVia}`)
   })
 }
 

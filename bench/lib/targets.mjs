@@ -194,18 +194,19 @@ function makeDirect(name, frontend) {
  * knowledge) on the same port; `upstream` is the protocol to the backends (h2 = `--protocol
  * http2` to their h2c ports).
  */
-function makeMeshproxy(name, frontend, upstream) {
+function makeMeshproxy(name, frontend, upstream, bare = false) {
+  const label = upstream === 'h2' ? 'meshproxy → h2' : frontend === 'h2c' ? 'meshproxy → h1' : 'meshproxy'
   return {
     name,
-    label: upstream === 'h2' ? 'meshproxy → h2' : frontend === 'h2c' ? 'meshproxy → h1' : 'meshproxy',
+    label: bare ? `${label} (bare)` : label,
     family: 'meshproxy',
     frontend,
     upstream,
-    start: (ctx) => startMeshproxy(name, upstream, ctx),
+    start: (ctx) => startMeshproxy(name, upstream, bare, ctx),
   }
 }
 
-async function startMeshproxy(name, upstream, { backends, repoDir, workers }) {
+async function startMeshproxy(name, upstream, bare, { backends, repoDir, workers }) {
   const [listen, admin] = await freePorts(2)
   const h2 = upstream === 'h2'
   const args = [
@@ -214,6 +215,7 @@ async function startMeshproxy(name, upstream, { backends, repoDir, workers }) {
     '--to',
     backends.map((b) => (h2 ? b.h2Addr : b.addr)).join(','),
     ...(h2 ? ['--protocol', 'http2'] : []),
+    ...(bare ? ['--no-proxy-headers'] : []),
     '--listen',
     `${HOST}:${listen}`,
     '--admin',
@@ -228,7 +230,7 @@ async function startMeshproxy(name, upstream, { backends, repoDir, workers }) {
   return {
     url: `http://${HOST}:${listen}`,
     command: `node ${args.join(' ')}`,
-    setup: `CLI defaults, round-robin, --workers ${workers} (${workers === 1 ? 'one current-thread runtime' : `${workers} current-thread runtimes, one per thread, connections dealt round-robin`}), upstream ${h2 ? 'h2c' : 'HTTP/1.1'} keep-alive pool`,
+    setup: `CLI defaults${bare ? ' but --no-proxy-headers' : ''}, round-robin, --workers ${workers} (${workers === 1 ? 'one current-thread runtime' : `${workers} current-thread runtimes, one per thread, connections dealt round-robin`}), upstream ${h2 ? 'h2c' : 'HTTP/1.1'} keep-alive pool`,
     pids: () => processTree(child.pid),
     /** Counters we report: upstream connections opened vs requests, errors, downstream conns. */
     snapshot: async () => {
@@ -256,17 +258,18 @@ async function startMeshproxy(name, upstream, { backends, repoDir, workers }) {
  * line gets `proto h2` and points at the backend's h2c port.
  */
 /**
- * The request headers meshproxy adds by default (proxy/headers.rs): `X-Forwarded-For` appended,
- * `X-Forwarded-Proto` and `X-Forwarded-Host` set when absent, `Via` appended. Every proxy under
- * test is configured to add them too, so all do the same work per request: for HAProxy these
- * rules cost ~30 % more proxy CPU per h2c → h2 request than its bare config (bench README).
- * The `-bare` HAProxy targets leave them out, to show that difference in the same run.
+ * The headers meshproxy adds by default (`proxyHeaders`, proxy/headers.rs): on requests
+ * `X-Forwarded-For` appended, `X-Forwarded-Proto` and `X-Forwarded-Host` set when absent, `Via`
+ * appended; on responses `Via` appended. Every proxy under test is configured to add them too,
+ * so all do the same work per request. The `-bare` targets (HAProxy as configured by default,
+ * meshproxy with `proxyHeaders: false`) add none, to show what the headers cost in the same run.
  */
-const HAPROXY_FORWARDING = [
+const HAPROXY_PROXY_HEADERS = [
   'option forwardfor',
   'http-request set-header X-Forwarded-Proto http if !{ req.hdr(x-forwarded-proto) -m found }',
   'http-request set-header X-Forwarded-Host %[req.hdr(host)] if !{ req.hdr(x-forwarded-host) -m found }',
   'http-request add-header Via "%[req.ver] haproxy"',
+  'http-response add-header Via "%[res.ver] haproxy"',
 ]
 
 export function haproxyConf(dir, port, backends, maxconn, workers, { bindH2, upstream, bare = false }) {
@@ -287,7 +290,7 @@ defaults
   timeout http-keep-alive 65s
 frontend bench
   bind ${HOST}:${port}${bindH2 ? ' proto h2' : ''}
-${bare ? '' : HAPROXY_FORWARDING.map((l) => `  ${l}\n`).join('')}  default_backend nginx
+${bare ? '' : HAPROXY_PROXY_HEADERS.map((l) => `  ${l}\n`).join('')}  default_backend nginx
 backend nginx
   balance roundrobin
 ${backends.map((b, i) => `  server b${i + 1} ${h2 ? `${b.h2Addr} proto h2` : b.addr}`).join('\n')}
@@ -333,7 +336,7 @@ async function startHaproxy(name, protos, { backends, workDir, tools, rep, worke
   return {
     url: `http://${HOST}:${port}`,
     command: `${tools.haproxy} -db -f ${conf}`,
-    setup: `nbthread ${workers}, mode http, http-reuse always, balance roundrobin${protos.bindH2 ? ', bind … proto h2' : ''}${protos.upstream === 'h2' ? ', server … proto h2' : ''}${protos.bare ? ', no forwarding headers' : ', option forwardfor + X-Forwarded-Proto/-Host + Via rules'}`,
+    setup: `nbthread ${workers}, mode http, http-reuse always, balance roundrobin${protos.bindH2 ? ', bind … proto h2' : ''}${protos.upstream === 'h2' ? ', server … proto h2' : ''}${protos.bare ? ', no proxy headers' : ', option forwardfor + X-Forwarded-Proto/-Host + Via rules both ways'}`,
     pids: () => processTree(child.pid),
     snapshot: async () => {
       try {
@@ -369,11 +372,12 @@ ${backends.map((b) => `    server ${b.addr};`).join('\n')}
       proxy_pass http://backends;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      # The forwarding headers every target adds (see HAPROXY_FORWARDING).
+      # The headers every target adds (see HAPROXY_PROXY_HEADERS).
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Host $http_host;
       proxy_set_header Via "$server_protocol nginx";
+      add_header Via "1.1 nginx" always;
       proxy_max_temp_file_size 0;
     }
   }
@@ -400,7 +404,7 @@ function makeNginx(name, frontend) {
       return {
         url: `http://${HOST}:${port}`,
         command: `${tools.nginx} -p ${dir} -c ${conf}`,
-        setup: `worker_processes ${workers}, proxy_pass to an upstream with keepalive 256, proxy_http_version 1.1, proxy_set_header X-Forwarded-For/-Proto/-Host + Via${frontend === 'h2c' ? ', listen … http2' : ''}`,
+        setup: `worker_processes ${workers}, proxy_pass to an upstream with keepalive 256, proxy_http_version 1.1, proxy_set_header X-Forwarded-For/-Proto/-Host + Via, add_header Via${frontend === 'h2c' ? ', listen … http2' : ''}`,
         pids: () => processTree(child.pid),
         snapshot: async () => null,
         stop: () => stop(child),
@@ -446,6 +450,8 @@ const TARGET_LIST = [
   makeDirect('direct-h2', 'h2c'),
   makeMeshproxy('meshproxy-h1', 'h2c', 'h1'),
   makeMeshproxy('meshproxy-h2', 'h2c', 'h2'),
+  makeMeshproxy('meshproxy-h1-bare', 'h2c', 'h1', true),
+  makeMeshproxy('meshproxy-h2-bare', 'h2c', 'h2', true),
   makeHaproxy('haproxy-h1', 'h2c', 'h1'),
   makeHaproxy('haproxy-h2', 'h2c', 'h2'),
   makeHaproxy('haproxy-h1-bare', 'h2c', 'h1', true),
@@ -473,14 +479,14 @@ export const SCENARIOS = {
     kind: 'h2c',
     title: 'h2c (HTTP/2 cleartext, prior knowledge), small responses',
     path: '/',
-    targets: ['direct-h2', 'meshproxy-h1', 'meshproxy-h2', 'haproxy-h1', 'haproxy-h2', 'haproxy-h1-bare', 'haproxy-h2-bare', 'nginx-h1'],
+    targets: ['direct-h2', 'meshproxy-h1', 'meshproxy-h2', 'haproxy-h1', 'haproxy-h2', 'meshproxy-h1-bare', 'meshproxy-h2-bare', 'haproxy-h1-bare', 'haproxy-h2-bare', 'nginx-h1'],
     baseline: 'direct-h2',
     pairs: [
       ['meshproxy-h1', 'haproxy-h1'],
       ['meshproxy-h1', 'nginx-h1'],
       ['meshproxy-h2', 'haproxy-h2'],
-      ['meshproxy-h1', 'haproxy-h1-bare'],
-      ['meshproxy-h2', 'haproxy-h2-bare'],
+      ['meshproxy-h1-bare', 'haproxy-h1-bare'],
+      ['meshproxy-h2-bare', 'haproxy-h2-bare'],
     ],
   },
   '16k': { kind: 'wrk', title: 'HTTP/1.1, 16 KiB responses', path: '/16k', targets: H1_TARGETS, baseline: 'direct', pairs: H1_PAIRS },

@@ -10,6 +10,10 @@ runPeer('http-proxy', workers, (listening) => {
   // xfwd + Via: the forwarding headers every target adds (bench/lib/targets.mjs).
   const proxy = httpProxy.createProxyServer({ agent, xfwd: true })
   proxy.on('proxyReq', (proxyReq, req) => proxyReq.appendHeader('via', `${req.httpVersion} http-proxy`))
+  proxy.on('proxyRes', (proxyRes) => {
+    const via = `${proxyRes.httpVersion} http-proxy`
+    proxyRes.headers.via = proxyRes.headers.via ? `${proxyRes.headers.via}, ${via}` : via
+  })
   proxy.on('error', (err, _req, res) => {
     if (res.headersSent) return res.destroy()
     res.writeHead(502, { 'content-type': 'text/plain' }).end(`http-proxy: ${err.message}\n`)

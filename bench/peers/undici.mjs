@@ -28,6 +28,7 @@ runPeer('undici', workers, (listening) => {
       })
       const out = {}
       for (const [k, v] of Object.entries(up.headers)) if (!HOP.has(k)) out[k] = v
+      out.via = out.via ? `${out.via}, 1.1 undici` : '1.1 undici'
       res.writeHead(up.statusCode, out)
       for await (const chunk of up.body) {
         if (!res.write(chunk)) await new Promise((r) => res.once('drain', r))
