@@ -508,13 +508,13 @@ fn prepare_request(
     client_ip: &HeaderValue,
     upstream_authority: &str,
     h2: bool,
-    forwarded: bool,
+    proxy_headers: bool,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let seen = headers::scan(&parts.headers);
     let host = if seen.host {
         // Only x-forwarded-host reads it.
-        if forwarded {
+        if proxy_headers {
             parts.headers.get(header::HOST).cloned()
         } else {
             None
@@ -547,7 +547,7 @@ fn prepare_request(
     if seen.expect {
         parts.headers.remove(header::EXPECT);
     }
-    if forwarded {
+    if proxy_headers {
         headers::add_forwarded(&mut parts.headers, seen, client_ip, host, parts.version);
     }
     parts.version = Version::HTTP_11;
