@@ -158,12 +158,13 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
       if (v !== undefined) listener.http2[field] = v
     }
   }
+  const proxyHeaders = f.bool('proxyHeaders')
+  if (proxyHeaders !== undefined) listener.proxyHeaders = proxyHeaders
+
   ctx.origins.set(listener, '', ctx.r.loc(node))
   ctx.origins.set(listener, 'name', f.valueLoc('name'))
   ctx.origins.set(listener, 'address', f.valueLoc('address'))
   ctx.origins.set(listener, 'protocol', f.valueLoc('protocol'))
-  const proxyHeaders = f.bool('proxyHeaders')
-  if (proxyHeaders !== undefined) listener.proxyHeaders = proxyHeaders
   ctx.origins.set(listener, 'tcpService', f.valueLoc('tcpService'))
   ctx.origins.set(listener, 'routes', f.keyLoc('routes'))
   f.list('routes').forEach((routeNode, i) => {

@@ -62,6 +62,11 @@ class Checker {
     return []
   }
 
+  /** An optional boolean: absent is the caller's business (a required key is `object`'s). */
+  boolean(v: unknown, path: string): void {
+    if (v !== undefined && typeof v !== 'boolean') this.error(path, `expected true or false, got ${describe(v)}`)
+  }
+
   string(v: unknown, path: string): string | undefined {
     if (typeof v === 'string') return v
     if (v !== undefined) this.error(path, `expected a string, got ${describe(v)}`)
@@ -141,7 +146,7 @@ function checkListener(c: Checker, v: unknown, path: string): void {
     else c.error(`${path}.tcpService`, `expected a service name or null, got ${describe(l.tcpService)}`)
   }
   c.limits(l, path, LISTENER_LIMITS)
-  if (l.proxyHeaders !== undefined && typeof l.proxyHeaders !== 'boolean') c.error(`${path}.proxyHeaders`, `expected true or false, got ${describe(l.proxyHeaders)}`)
+  c.boolean(l.proxyHeaders, `${path}.proxyHeaders`)
   const http2 = l.http2 === undefined ? undefined : c.object(l.http2, `${path}.http2`, Object.keys(HTTP2_LIMITS))
   if (http2) c.limits(http2, `${path}.http2`, HTTP2_LIMITS)
   c.array(l.routes, `${path}.routes`).forEach((r, i) => checkRoute(c, r, `${path}.routes[${i}]`))
@@ -168,9 +173,7 @@ function checkRoute(c: Checker, v: unknown, path: string): void {
     c.normalized(match.value, `${path}.path.value`, normalizePath)
   }
   c.limits(r, path, ROUTE_LIMITS)
-  if (r.allowConnect !== undefined && typeof r.allowConnect !== 'boolean') {
-    c.error(`${path}.allowConnect`, `expected true or false, got ${describe(r.allowConnect)}`)
-  }
+  c.boolean(r.allowConnect, `${path}.allowConnect`)
 }
 
 function checkService(c: Checker, v: unknown, path: string): void {

@@ -514,11 +514,7 @@ fn prepare_request(
     let seen = headers::scan(&parts.headers);
     let host = if seen.host {
         // Only x-forwarded-host reads it.
-        if proxy_headers {
-            parts.headers.get(header::HOST).cloned()
-        } else {
-            None
-        }
+        proxy_headers.then(|| parts.headers.get(header::HOST).cloned()).flatten()
     } else {
         // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority is the
         // host (x-forwarded-host reads it). HTTP/1.0 clients may send neither; the upstream
