@@ -16,6 +16,7 @@ export {
   DEFAULT_GRACE_MS,
   type CloseOptions,
   type EndpointStats,
+  type WorkerStats,
   type ListenerInfo,
   type ProxyOptions,
   type ProxyStats,

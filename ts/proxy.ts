@@ -57,6 +57,13 @@ export interface ProxyStats {
   listeners: ListenerInfo[]
   admin: string | null
   endpoints: EndpointStats[]
+  /** One entry per worker thread, in order. */
+  workers: WorkerStats[]
+}
+
+export interface WorkerStats {
+  /** Downstream connections dealt to this worker by the accept loop (round-robin). */
+  connections: number
 }
 
 export const DEFAULT_GRACE_MS = 10_000

@@ -22,6 +22,18 @@ pub enum Error {
     Closed,
 }
 
+impl From<meshproxy_config::ModelError> for Error {
+    fn from(e: meshproxy_config::ModelError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
+impl From<meshproxy_route::RouteError> for Error {
+    fn from(e: meshproxy_route::RouteError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
 impl Error {
     /// Stable machine-readable code, surfaced as the JS error's `code`.
     pub fn code(&self) -> &'static str {

@@ -8,9 +8,7 @@
 //! client), [`h2_server`] (the downstream HTTP/2 server), [`listener`], [`admin`], [`metrics`].
 
 pub mod admin;
-pub mod balance;
 pub mod compile;
-pub mod config;
 pub mod detect;
 pub mod endpoint;
 pub mod error;
@@ -21,12 +19,14 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
-pub mod routing;
 pub mod server;
 pub mod tcp;
 pub mod tunnel;
 pub mod workers;
 
-pub use config::Config;
 pub use error::{Error, ProxyError};
+pub use meshproxy_balance as balance;
+pub use meshproxy_config as config;
+pub use meshproxy_config::Config;
+pub use meshproxy_route as routing;
 pub use server::{MeshProxy, StartInfo, Stats};

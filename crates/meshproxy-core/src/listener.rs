@@ -212,6 +212,9 @@ pub async fn accept_loop(
             0 | 1 => None,
             n => Some(shared.next_worker.fetch_add(1, Ordering::Relaxed) % n),
         };
+        if let Some(c) = shared.worker_connections.get(worker.unwrap_or(0)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         match worker {
             Some(w) if w != crate::workers::current() => {
                 // To another worker: the socket leaves this runtime's reactor and joins that one's.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub struct Shared {
     /// on the runtime that accepts them.
     pub workers: Vec<tokio::runtime::Handle>,
     pub next_worker: AtomicUsize,
+    /// Connections dealt to each worker (one entry when there are no worker runtimes).
+    pub worker_connections: Box<[AtomicU64]>,
 }
 
 struct RunningListener {
@@ -106,6 +108,15 @@ pub struct Stats {
     pub listeners: Vec<ListenerInfo>,
     pub admin: Option<String>,
     pub endpoints: Vec<EndpointStats>,
+    /// Per worker thread, in order.
+    pub workers: Vec<WorkerStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStats {
+    /// Downstream connections the accept loop has dealt to this worker.
+    pub connections: u64,
 }
 
 async fn bind(address: &str) -> Result<TcpListener, Error> {
@@ -132,6 +143,7 @@ impl MeshProxy {
             metrics,
             ready: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
+            worker_connections: (0..workers.len().max(1)).map(|_| AtomicU64::new(0)).collect(),
             workers,
             next_worker: AtomicUsize::new(0),
         });
@@ -272,6 +284,11 @@ impl MeshProxy {
                     failures: e.failures,
                     retries: e.retries,
                 })
+                .collect(),
+            workers: s
+                .worker_connections
+                .iter()
+                .map(|c| WorkerStats { connections: c.load(Ordering::Relaxed) })
                 .collect(),
         }
     }

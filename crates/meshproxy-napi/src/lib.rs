@@ -60,7 +60,7 @@ impl BindingProxy {
     /// `MESHPROXY_INVALID_CONFIG` if it does not compile.
     #[napi(constructor)]
     pub fn new(config_json: String, workers: u32) -> Result<Self> {
-        let config = Config::from_json(&config_json).map_err(js_error)?;
+        let config = Config::from_json(&config_json).map_err(|e| js_error(e.into()))?;
         let runtime = RuntimeHost::new(workers.clamp(1, 256) as usize).map_err(internal)?;
         let handle = runtime.handle();
         let proxy = {
@@ -89,7 +89,7 @@ impl BindingProxy {
     /// Atomically replaces the config; a failed reload changes nothing.
     #[napi]
     pub async fn reload(&self, config_json: String) -> Result<()> {
-        let config = Config::from_json(&config_json).map_err(js_error)?;
+        let config = Config::from_json(&config_json).map_err(|e| js_error(e.into()))?;
         let proxy = self.inner.proxy.clone();
         self.run(async move { proxy.reload(config).await }).await?.map_err(js_error)
     }
@@ -192,4 +192,10 @@ pub struct BindingStats {
     pub listeners: Vec<BindingListenerInfo>,
     pub admin: Option<String>,
     pub endpoints: Vec<BindingEndpointStats>,
+    pub workers: Vec<BindingWorkerStats>,
+}
+
+#[napi(object)]
+pub struct BindingWorkerStats {
+    pub connections: f64,
 }

@@ -1,5 +1,9 @@
 //! The routing table: compiled once per config, then matched per request without allocating.
 //!
+//! Who uses it: the engine (`meshproxy-core`) compiles one table per listener and asks it for a
+//! route index per request. What it must not know: endpoints, balancing, sockets or what happens
+//! to a request after it is matched — it maps (host, path, method, headers) to an index, purely.
+//!
 //! Precedence (documented in the README): the request's host selects candidate groups in the
 //! order exact host, then the one-label `*.suffix` wildcard, then routes without hosts; the first
 //! group with a matching route wins. Within a group: an `Exact` path beats any `Prefix`, a longer
@@ -12,9 +16,17 @@ use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::config::{PathMatchType, RouteConfig};
-use crate::Error;
+use meshproxy_config::{PathMatchType, RouteConfig};
 use path::Segments;
+
+/// A route the table cannot compile (the TypeScript validator reports these first, with file
+/// positions; this is the data plane's own check).
+#[derive(Debug, thiserror::Error)]
+#[error("route {route:?}: {problem}")]
+pub struct RouteError {
+    pub route: String,
+    pub problem: String,
+}
 
 /// Longest host name we try to match (DNS names are at most 253 bytes).
 const MAX_HOST: usize = 255;
@@ -82,7 +94,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn compile(routes: &[RouteConfig]) -> Result<Self, Error> {
+    pub fn compile(routes: &[RouteConfig]) -> Result<Self, RouteError> {
         let mut table = RouteTable::default();
         for (index, r) in routes.iter().enumerate() {
             let compiled = || compile_route(index, r);
@@ -149,8 +161,8 @@ fn lowercase_host<'b>(host: &str, buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str
     std::str::from_utf8(out).ok()
 }
 
-fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, Error> {
-    let bad = |what: String| Error::Config(format!("route {:?}: {what}", r.name));
+fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteError> {
+    let bad = |problem: String| RouteError { route: r.name.clone(), problem };
     if !r.path.value.starts_with('/') {
         return Err(bad(format!("path {:?} must start with '/'", r.path.value)));
     }
@@ -171,7 +183,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, Error> 
                 .map_err(|_| bad(format!("invalid header value {:?}", h.value)))?;
             Ok((name, value))
         })
-        .collect::<Result<_, Error>>()?;
+        .collect::<Result<_, RouteError>>()?;
     Ok(CompiledRoute {
         index,
         exact: r.path.kind == PathMatchType::Exact,
@@ -185,8 +197,8 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::testing::route;
-    use crate::config::{HeaderMatch, PathMatchType::*};
+    use meshproxy_config::testing::route;
+    use meshproxy_config::{HeaderMatch, PathMatchType::*};
 
     fn find(t: &RouteTable, host: &str, path: &str) -> Option<usize> {
         t.find(Some(host), path, &Method::GET, &HeaderMap::new())

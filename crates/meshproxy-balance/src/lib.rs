@@ -2,6 +2,10 @@
 //! endpoints' weights and answers an index into the service's endpoint list. The listener (and,
 //! later, the in-process client) turns a request into an optional hash key; the balancer never
 //! sees the request.
+//!
+//! Who uses it: the engine (`meshproxy-core`), once per request. What it must not know: requests,
+//! sockets, connections or config files — it chooses among indices, purely, and is
+//! property-tested as such.
 
 mod hash;
 mod random;

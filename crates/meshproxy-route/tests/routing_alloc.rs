@@ -4,8 +4,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use http::{HeaderMap, HeaderValue, Method};
-use meshproxy_core::config::{HeaderMatch, PathMatch, PathMatchType, RouteConfig};
-use meshproxy_core::routing::RouteTable;
+use meshproxy_config::{HeaderMatch, PathMatch, PathMatchType, RouteConfig};
+use meshproxy_route::RouteTable;
 
 thread_local! {
     static ALLOCS: Cell<usize> = const { Cell::new(0) };

@@ -1,7 +1,11 @@
 //! The normalized config model, deserialized from the JSON the TypeScript validator produces
 //! (`ts/config/model.ts`). Every field is explicit: defaults are applied once, in TypeScript, so
-//! the data plane never guesses. Semantic checks that the routing compiler relies on are repeated
-//! in [`crate::compile`] and reported as [`crate::Error::Config`].
+//! the data plane never guesses.
+//!
+//! Who uses it: every other meshproxy crate (the engine compiles it into a snapshot; routing
+//! reads route matches; the binding parses it). What it must not know: sockets, tokio, the
+//! request path — it is plain data with serde, so that it can be read, tested and exported on
+//! its own. Semantic checks that the compilers rely on are repeated where they compile.
 
 use serde::{Deserialize, Serialize};
 
@@ -198,15 +202,21 @@ pub enum UpstreamProtocol {
     Auto,
 }
 
+/// A JSON document that is not a valid config model.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config model: {0}")]
+pub struct ModelError(#[from] serde_json::Error);
+
 impl Config {
     /// Parses the normalized JSON model.
-    pub fn from_json(json: &str) -> Result<Self, crate::Error> {
-        serde_json::from_str(json).map_err(|e| crate::Error::Config(format!("invalid config model: {e}")))
+    pub fn from_json(json: &str) -> Result<Self, ModelError> {
+        Ok(serde_json::from_str(json)?)
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
+/// Small configs for other crates' tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
     use super::*;
 
     pub fn service(name: &str, endpoints: &[&str]) -> ServiceConfig {
