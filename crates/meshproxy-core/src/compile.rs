@@ -14,7 +14,7 @@ use crate::config::{
     BalancerConfig, Config, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig, UpstreamProtocol,
 };
 use crate::endpoint::{Endpoint, EndpointSettings, Registry};
-use crate::metrics::{ListenerMetrics, Metrics, RouteMetrics, TcpMetrics};
+use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, TcpMetrics};
 use crate::pool::PoolSettings;
 use crate::routing::RouteTable;
 use crate::Error;
@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub listeners: FxHashMap<Box<str>, Arc<ListenerRuntime>>,
     /// Settings this config gives each endpoint, applied only once it is swapped in.
     endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)>,
+    /// The metric series this config counts into, published once it is swapped in.
+    metric_set: MetricSet,
 }
 
 pub struct ListenerRuntime {
@@ -72,33 +74,48 @@ pub struct ServiceRuntime {
 }
 
 impl Snapshot {
+    /// Compiles `config` against the endpoints and metric series of the running one, changing
+    /// neither: new endpoints and series are this snapshot's own until [`Snapshot::commit`].
     pub fn compile(config: Config, registry: &Registry, metrics: &Metrics) -> Result<Self, Error> {
         let mut services = HashMap::new();
-        let mut endpoint_settings = Vec::new();
+        let mut endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)> = Vec::new();
+        let mut metric_set = MetricSet::default();
         for s in &config.services {
             if services.contains_key(s.name.as_str()) {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
-            let (service, settings) = compile_service(s, registry, metrics)?;
+            let (service, settings) =
+                compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set)?;
             endpoint_settings.extend(service.endpoints.iter().map(|e| (e.clone(), settings)));
             services.insert(s.name.as_str(), Arc::new(service));
         }
         let mut listeners = FxHashMap::default();
         for l in &config.listeners {
-            let runtime = compile_listener(l, &services, metrics)?;
+            let runtime = compile_listener(l, &services, metrics, &mut metric_set)?;
             if listeners.insert(l.address.as_str().into(), Arc::new(runtime)).is_some() {
                 return Err(Error::Config(format!("duplicate listener address {:?}", l.address)));
             }
         }
-        Ok(Snapshot { config: Arc::new(config), listeners, endpoint_settings })
+        Ok(Snapshot { config: Arc::new(config), listeners, endpoint_settings, metric_set })
     }
 
-    /// Gives every endpoint this config's settings (when two services share an endpoint, the
-    /// later service's settings win). Call after the snapshot is swapped in.
-    pub fn apply_endpoint_settings(&self) {
+    /// Makes this snapshot's endpoints and series the proxy's: registers them, gives every
+    /// endpoint this config's settings (when two services share an endpoint, the later
+    /// service's settings win) and drops the endpoints no longer used. Call once it is swapped
+    /// in; series it no longer has are pruned later ([`Snapshot::prune_metrics`]).
+    pub fn commit(&self, registry: &Registry, metrics: &Metrics) {
+        registry.adopt(self.endpoint_settings.iter().map(|(e, _)| e));
         for (endpoint, settings) in &self.endpoint_settings {
             endpoint.update(*settings);
         }
+        let used = self.endpoint_addresses();
+        registry.retain(|addr| used.contains(addr));
+        metrics.install(&self.metric_set);
+    }
+
+    /// Drops the metric series of routes, listeners and services this snapshot does not have.
+    pub fn prune_metrics(&self, metrics: &Metrics) {
+        metrics.prune(&self.metric_set);
     }
 
     /// The endpoint addresses this snapshot uses (the registry drops the others).
@@ -111,6 +128,7 @@ fn compile_listener(
     l: &ListenerConfig,
     services: &HashMap<&str, Arc<ServiceRuntime>>,
     metrics: &Metrics,
+    metric_set: &mut MetricSet,
 ) -> Result<ListenerRuntime, Error> {
     let routes = l
         .routes
@@ -124,7 +142,7 @@ fn compile_listener(
                 response_header_timeout: (r.response_header_timeout_ms > 0)
                     .then(|| Duration::from_millis(r.response_header_timeout_ms)),
                 allow_connect: r.allow_connect,
-                metrics: metrics.route(&l.name, &r.name, &r.service),
+                metrics: metrics.route(metric_set, &l.name, &r.name, &r.service),
                 service,
             })
         })
@@ -155,14 +173,16 @@ fn compile_listener(
             max_header_bytes: l.max_header_bytes as usize,
             max_uri_bytes: l.max_uri_bytes as usize,
         },
-        metrics: metrics.listener(&l.name),
+        metrics: metrics.listener(metric_set, &l.name),
     })
 }
 
 fn compile_service(
     s: &ServiceConfig,
     registry: &Registry,
+    staged: &[(Arc<Endpoint>, EndpointSettings)],
     metrics: &Metrics,
+    metric_set: &mut MetricSet,
 ) -> Result<(ServiceRuntime, EndpointSettings), Error> {
     let settings = EndpointSettings {
         pool: PoolSettings {
@@ -174,7 +194,16 @@ fn compile_service(
         max_pending: s.max_pending_per_endpoint,
         max_streams: s.max_streams_per_connection.max(1),
     };
-    let endpoints: Vec<_> = s.endpoints.iter().map(|e| registry.get(&e.address, settings)).collect();
+    // An address named earlier in this config is the same endpoint.
+    let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(s.endpoints.len());
+    for e in &s.endpoints {
+        let earlier = staged.iter().map(|(ep, _)| ep).chain(&endpoints).find(|ep| *ep.address == *e.address);
+        let ep = match earlier {
+            Some(ep) => ep.clone(),
+            None => registry.lookup_or_new(&e.address, settings),
+        };
+        endpoints.push(ep);
+    }
     let weights: Vec<u32> = s.endpoints.iter().map(|e| e.weight).collect();
     let balancer = match &s.balancer {
         BalancerConfig::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
@@ -201,7 +230,7 @@ fn compile_service(
     };
     let service = ServiceRuntime {
         name: s.name.as_str().into(),
-        tcp: metrics.tcp(&s.name),
+        tcp: metrics.tcp(metric_set, &s.name),
         protocol: s.protocol,
         balancer,
         endpoints,

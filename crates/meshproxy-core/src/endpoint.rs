@@ -424,18 +424,24 @@ impl Registry {
         Registry { endpoints: Mutex::default(), workers: workers.max(1) }
     }
 
-    /// The endpoint for `address`, created with `settings` on first use. An existing endpoint
-    /// keeps its settings until the config that changes them is swapped in
-    /// ([`crate::compile::Snapshot::apply_endpoint_settings`]), so a reload that fails later
-    /// changes nothing.
-    pub fn get(&self, address: &str, settings: EndpointSettings) -> Arc<Endpoint> {
-        let mut map = self.endpoints.lock();
-        if let Some(ep) = map.get(address) {
+    /// The registered endpoint for `address`, or a new one with `settings` that is not
+    /// registered until [`Registry::adopt`]: a config being compiled must not change what the
+    /// running one shows (`stats`, `/metrics`) until it is swapped in. An existing endpoint keeps
+    /// its settings until then too ([`crate::compile::Snapshot::commit`]).
+    pub fn lookup_or_new(&self, address: &str, settings: EndpointSettings) -> Arc<Endpoint> {
+        if let Some(ep) = self.endpoints.lock().get(address) {
             return ep.clone();
         }
-        let ep = Arc::new(Endpoint::new(address, settings, self.workers));
-        map.insert(address.into(), ep.clone());
-        ep
+        Arc::new(Endpoint::new(address, settings, self.workers))
+    }
+
+    /// Registers the endpoints of a config that has been swapped in (those already registered
+    /// are the same objects).
+    pub fn adopt<'a>(&self, endpoints: impl IntoIterator<Item = &'a Arc<Endpoint>>) {
+        let mut map = self.endpoints.lock();
+        for ep in endpoints {
+            map.entry(ep.address.clone()).or_insert_with(|| ep.clone());
+        }
     }
 
     /// Drops endpoints no longer in use: their idle connections close now, in-flight requests

@@ -130,6 +130,33 @@ pub struct Metrics {
     tcp: Mutex<BTreeMap<String, Arc<TcpMetrics>>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Requests answered on routes whose series were pruned.
+    retired_requests: AtomicU64,
+}
+
+fn lookup<K: Ord + Clone, V: Default>(
+    map: &Mutex<BTreeMap<K, Arc<V>>>,
+    set: &mut Vec<(K, Arc<V>)>,
+    key: K,
+) -> Arc<V> {
+    if let Some((_, v)) = set.iter().find(|(k, _)| *k == key) {
+        return v.clone();
+    }
+    let v = map.lock().get(&key).cloned().unwrap_or_default();
+    set.push((key, v.clone()));
+    v
+}
+
+fn install<K: Ord + Clone, V>(map: &Mutex<BTreeMap<K, Arc<V>>>, set: &[(K, Arc<V>)]) {
+    let mut map = map.lock();
+    for (k, v) in set {
+        map.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+}
+
+fn retain<K: Ord, V>(map: &Mutex<BTreeMap<K, Arc<V>>>, set: &[(K, Arc<V>)]) {
+    let keep: std::collections::BTreeSet<&K> = set.iter().map(|(k, _)| k).collect();
+    map.lock().retain(|k, _| keep.contains(k));
 }
 
 /// What `/metrics` shows of one upstream endpoint.
@@ -144,18 +171,63 @@ pub struct EndpointSample {
     pub retries: u64,
 }
 
+/// The metric objects one compiled config uses, keyed as `/metrics` labels them. A compile only
+/// looks existing objects up (a route that survives a reload keeps counting where it was) and
+/// makes new ones for itself; they join [`Metrics`] when the config is swapped in
+/// ([`Metrics::install`]), so a config that fails to compile or bind changes no series.
+#[derive(Default)]
+pub struct MetricSet {
+    routes: Vec<(RouteKey, Arc<RouteMetrics>)>,
+    listeners: Vec<(String, Arc<ListenerMetrics>)>,
+    tcp: Vec<(String, Arc<TcpMetrics>)>,
+}
+
 impl Metrics {
-    pub fn route(&self, listener: &str, route: &str, service: &str) -> Arc<RouteMetrics> {
+    pub fn route(
+        &self,
+        set: &mut MetricSet,
+        listener: &str,
+        route: &str,
+        service: &str,
+    ) -> Arc<RouteMetrics> {
         let key = (listener.to_owned(), route.to_owned(), service.to_owned());
-        self.routes.lock().entry(key).or_default().clone()
+        lookup(&self.routes, &mut set.routes, key)
     }
 
-    pub fn tcp(&self, service: &str) -> Arc<TcpMetrics> {
-        self.tcp.lock().entry(service.to_owned()).or_default().clone()
+    pub fn tcp(&self, set: &mut MetricSet, service: &str) -> Arc<TcpMetrics> {
+        lookup(&self.tcp, &mut set.tcp, service.to_owned())
     }
 
-    pub fn listener(&self, name: &str) -> Arc<ListenerMetrics> {
-        self.listeners.lock().entry(name.to_owned()).or_default().clone()
+    pub fn listener(&self, set: &mut MetricSet, name: &str) -> Arc<ListenerMetrics> {
+        lookup(&self.listeners, &mut set.listeners, name.to_owned())
+    }
+
+    /// Adds a swapped-in config's series (those it shares with the current ones are the same
+    /// objects already).
+    pub fn install(&self, set: &MetricSet) {
+        install(&self.routes, &set.routes);
+        install(&self.listeners, &set.listeners);
+        install(&self.tcp, &set.tcp);
+    }
+
+    /// Drops the series `set` (the config now in use) does not have: removed routes, listeners
+    /// and services. Called once requests on the old config have drained, so their last counts
+    /// are scraped first; what a pruned route answered stays in [`Metrics::total_requests`].
+    pub fn prune(&self, set: &MetricSet) {
+        let mut routes = self.routes.lock();
+        let keep: std::collections::BTreeSet<&RouteKey> = set.routes.iter().map(|(k, _)| k).collect();
+        let mut retired = 0;
+        routes.retain(|k, m| {
+            let kept = keep.contains(k);
+            if !kept {
+                retired += m.status.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+            }
+            kept
+        });
+        self.retired_requests.fetch_add(retired, Ordering::Relaxed);
+        drop(routes);
+        retain(&self.listeners, &set.listeners);
+        retain(&self.tcp, &set.tcp);
     }
 
     /// Total requests answered (from upstream or by the proxy), for `stats()`.
@@ -166,7 +238,7 @@ impl Metrics {
             .values()
             .map(|m| m.status.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>())
             .sum();
-        routes
+        routes + self.retired_requests.load(Ordering::Relaxed)
     }
 
     pub fn render(&self, endpoints: &[EndpointSample]) -> String {
@@ -406,11 +478,14 @@ mod tests {
     #[test]
     fn exposition_counts_and_buckets() {
         let m = Metrics::default();
-        let r = m.route("web", "api", "svc");
+        let mut set = MetricSet::default();
+        let r = m.route(&mut set, "web", "api", "svc");
         r.record(Protocol::Http1, 200, Duration::from_millis(3));
         r.record(Protocol::Grpc, 503, Duration::from_millis(30));
         r.grpc_status(b"14");
-        m.listener("web").proxy_error(ProxyError::NoRoute);
+        m.listener(&mut set, "web").proxy_error(ProxyError::NoRoute);
+        assert_eq!(m.render(&[]).lines().filter(|l| l.contains("route=")).count(), 0, "unpublished");
+        m.install(&set);
         let text = m.render(&[]);
         assert!(text.contains(
             "meshproxy_requests_total{listener=\"web\",route=\"api\",service=\"svc\",status_class=\"2xx\"} 1"
@@ -422,6 +497,7 @@ mod tests {
         assert!(text.contains("protocol=\"grpc\"} 1\n"));
         assert!(text.contains("grpc_status=\"14\"} 1\n"));
         assert_eq!(m.total_requests(), 2);
-        assert!(Arc::ptr_eq(&r, &m.route("web", "api", "svc")), "metrics survive recompiles");
+        let mut next = MetricSet::default();
+        assert!(Arc::ptr_eq(&r, &m.route(&mut next, "web", "api", "svc")), "metrics survive recompiles");
     }
 }

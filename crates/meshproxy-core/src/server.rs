@@ -36,6 +36,9 @@ pub struct Shared {
     pub worker_connections: Box<[AtomicU64]>,
 }
 
+/// How long what a reload removed (a listener's connections, metric series) is kept draining.
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
+
 struct RunningListener {
     name: String,
     local: SocketAddr,
@@ -137,6 +140,7 @@ impl MeshProxy {
         let registry = Registry::new(workers.len());
         let metrics = Metrics::default();
         let snapshot = Snapshot::compile(config, &registry, &metrics)?;
+        snapshot.commit(&registry, &metrics);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
@@ -198,7 +202,7 @@ impl MeshProxy {
                 running.listeners.keys().filter(|k| !snapshot.listeners.contains_key(*k)).cloned().collect();
             for key in removed {
                 if let Some(l) = running.listeners.remove(&key) {
-                    retire_listener(l, Duration::from_secs(10));
+                    retire_listener(l, RETIRE_GRACE);
                 }
             }
             if let Some(admin) = running.admin.take() {
@@ -212,9 +216,18 @@ impl MeshProxy {
         } else {
             self.shared.snapshot.store(snapshot.clone());
         }
-        snapshot.apply_endpoint_settings();
-        let used = snapshot.endpoint_addresses();
-        self.shared.registry.retain(|addr| used.contains(addr));
+        snapshot.commit(&self.shared.registry, &self.shared.metrics);
+        // The series of removed routes, listeners and services go once requests on the old
+        // config have drained (the same grace a removed listener gets), so their last counts
+        // can still be scraped.
+        let shared = Arc::downgrade(&self.shared);
+        let at = Instant::now() + RETIRE_GRACE;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.snapshot.load().prune_metrics(&shared.metrics);
+            }
+        });
         Ok(())
     }
 
@@ -454,23 +467,95 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(&addr).await.is_err(), "port released on close");
     }
 
+    /// The endpoint addresses `stats()` lists.
+    async fn endpoint_addresses(proxy: &MeshProxy) -> Vec<String> {
+        proxy.stats().await.endpoints.into_iter().map(|e| e.address).collect()
+    }
+
     #[tokio::test]
     async fn failed_reload_changes_nothing() {
         let (a, _) = backend("a").await;
         let occupied = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let unused = "127.0.0.1:9".to_owned();
         let cfg = |extra: Option<String>| {
             let mut listeners = vec![listener("127.0.0.1:0", vec![route("r", &[], Prefix, "/", "a")])];
+            let mut services = vec![service("a", &[&a])];
             if let Some(addr) = extra {
-                listeners.push(listener(&addr, vec![]));
+                // A listener that cannot bind, with a route to a service whose endpoint is new.
+                let mut l = listener(&addr, vec![route("new-route", &[], Prefix, "/", "b")]);
+                l.name = "new-listener".into();
+                listeners.push(l);
+                services.push(service("b", &[&unused]));
             }
-            Config { listeners, services: vec![service("a", &[&a])], admin: None }
+            Config { listeners, services, admin: None }
         };
         let proxy = MeshProxy::new(cfg(None)).unwrap();
         let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+        assert_eq!(get(&addr, "h", "/").await.0, 200);
+        let metrics_before = proxy.metrics_text();
         let err = proxy.reload(cfg(Some(occupied.local_addr().unwrap().to_string()))).await.unwrap_err();
         assert_eq!(err.code(), "MESHPROXY_BIND_FAILED");
+        assert_eq!(
+            endpoint_addresses(&proxy).await,
+            vec![a.clone()],
+            "the rejected config's endpoint is not listed"
+        );
+        let metrics_after = proxy.metrics_text();
+        for name in ["new-route", "new-listener", "service=\"b\"", &unused] {
+            assert!(!metrics_after.contains(name), "{name} appeared in /metrics after a failed reload");
+        }
+        // Only the reload-failure counter moved.
+        let without_reloads = |m: &str| {
+            m.lines().filter(|l| !l.starts_with("meshproxy_config_reload")).collect::<Vec<_>>().join("\n")
+        };
+        assert_eq!(without_reloads(&metrics_before), without_reloads(&metrics_after));
         assert_eq!(get(&addr, "h", "/").await.0, 200);
         assert_eq!(proxy.stats().await.listeners.len(), 1);
+        proxy.close(Duration::from_millis(100)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_removes_a_route_and_endpoint_removes_their_series_after_draining() {
+        let (a, _) = backend("a").await;
+        let (b, _) = backend("b").await;
+        let both = Config {
+            listeners: vec![listener(
+                "127.0.0.1:0",
+                vec![
+                    route("to-a", &["a.test"], Prefix, "/", "a"),
+                    route("to-b", &["b.test"], Prefix, "/", "b"),
+                ],
+            )],
+            services: vec![service("a", &[&a]), service("b", &[&b])],
+            admin: None,
+        };
+        let proxy = MeshProxy::new(both.clone()).unwrap();
+        let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+        assert_eq!(get(&addr, "a.test", "/").await, (200, None, "a".into()));
+        assert_eq!(get(&addr, "b.test", "/").await, (200, None, "b".into()));
+        let requests = proxy.stats().await.requests;
+        assert!(proxy.metrics_text().contains("route=\"to-b\""));
+
+        let mut only_a = both;
+        only_a.listeners[0].routes.truncate(1);
+        only_a.services.truncate(1);
+        proxy.reload(only_a).await.unwrap();
+        assert_eq!(endpoint_addresses(&proxy).await, vec![a.clone()], "the removed endpoint goes at once");
+        assert!(proxy.metrics_text().contains("route=\"to-b\""), "kept while requests drain");
+        tokio::time::pause();
+        tokio::time::advance(RETIRE_GRACE + Duration::from_secs(1)).await;
+        tokio::time::resume();
+        let mut text = proxy.metrics_text();
+        for _ in 0..100 {
+            if !text.contains("route=\"to-b\"") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            text = proxy.metrics_text();
+        }
+        assert!(!text.contains("route=\"to-b\""), "series of the removed route pruned:\n{text}");
+        assert!(text.contains("route=\"to-a\""));
+        assert_eq!(proxy.stats().await.requests, requests, "pruning keeps the request total");
         proxy.close(Duration::from_millis(100)).await.unwrap();
     }
 
