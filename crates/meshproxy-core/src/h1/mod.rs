@@ -80,11 +80,16 @@ impl H1Error {
             H1Error::Malformed(_) | H1Error::HeadTooLarge | H1Error::UnaskedUpgrade => {
                 ProxyError::UpstreamProtocol
             }
-            H1Error::Io(_)
-            | H1Error::ClosedBeforeResponse
-            | H1Error::Incomplete
-            | H1Error::RequestBody(_) => ProxyError::UpstreamReset,
+            H1Error::Io(_) | H1Error::ClosedBeforeResponse | H1Error::Incomplete => ProxyError::UpstreamReset,
+            // Bad framing from the client (an invalid chunk size, a body cut short): its request
+            // is malformed, whatever the upstream had read of it.
+            H1Error::RequestBody(_) => ProxyError::BadRequest,
         }
+    }
+
+    /// True when the client, not the upstream, broke the exchange: never the endpoint's failure.
+    pub fn is_client(&self) -> bool {
+        matches!(self, H1Error::RequestBody(_))
     }
 }
 

@@ -58,6 +58,11 @@ pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent,
         Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), None)),
         Err(failed) => failed,
     };
+    if error.is_client() {
+        // The upstream connection is dropped, which aborts the request there.
+        tracing::debug!(endpoint = %ep.address, %error, "client request body failed; upstream request aborted");
+        return Err(error.proxy_error());
+    }
     let retry = match (idle, unsent) {
         (Some(_), Some(body)) => Some(body),
         (Some(idle), None)
@@ -86,6 +91,7 @@ async fn retry_h1(
     let fresh = ep.connect().await?;
     match fresh.send(head, body, ep).await {
         Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), None)),
+        Err(Failed { error, .. }) if error.is_client() => Err(error.proxy_error()),
         Err(Failed { error, .. }) => {
             tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
             Err(ep.failed(error.proxy_error()))
@@ -117,6 +123,12 @@ pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Resul
         H2Failure::Unsent(err, body) => (err, body),
         H2Failure::Sent(err, true) if never_processed(&err) || idempotent(&replay.0) => {
             (err, RequestBody::Empty)
+        }
+        // Reset by this side: the client's request body broke off (`pipe_to_h2` cancels the
+        // stream), a malformed request rather than the endpoint's failure.
+        H2Failure::Sent(err, _) if err.is_reset() && !err.is_remote() => {
+            tracing::debug!(endpoint = %ep.address, error = %err, "client request body failed; upstream stream cancelled");
+            return Err(ProxyError::BadRequest);
         }
         H2Failure::Sent(err, _) => {
             tracing::debug!(endpoint = %ep.address, error = %err, "upstream h2 request failed");

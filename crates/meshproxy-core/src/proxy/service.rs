@@ -310,15 +310,15 @@ fn plan<'a>(
     if matches!(kind, Kind::OtherProtocol) {
         return Planned::Done(meta.fail(ProxyError::ConnectRefused, None, activity));
     }
-    if is_ambiguous(&req) {
+    let Ok(host) = request_host(&req) else {
         return Planned::Done(meta.fail(ProxyError::BadRequest, None, activity));
-    }
+    };
     if uri_len(req.uri()) > listener.limits.max_uri_bytes {
         return Planned::Done(meta.fail(ProxyError::UriTooLong, None, activity));
     }
     if matches!(kind, Kind::Connect) {
         // A CONNECT names only an authority: routes match it by host, as if its path were `/`.
-        let route = find_route(listener, &req, &Method::CONNECT, "/");
+        let route = find_route(listener, host, &req, &Method::CONNECT, "/");
         let Some(route) = route.filter(|r| r.allow_connect) else {
             return Planned::Done(meta.fail(ProxyError::ConnectRefused, route, activity));
         };
@@ -331,7 +331,7 @@ fn plan<'a>(
     }
     // An extended CONNECT is a GET in everything but its framing.
     let route_method = if matches!(kind, Kind::WebSocketH2) { &Method::GET } else { req.method() };
-    let Some(route) = find_route(listener, &req, route_method, req.uri().path()) else {
+    let Some(route) = find_route(listener, host, &req, route_method, req.uri().path()) else {
         return Planned::Done(meta.fail(ProxyError::NoRoute, None, activity));
     };
     let service = &route.service;
@@ -446,14 +446,78 @@ fn finish(
     Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics))
 }
 
-/// An HTTP/1.1 request without `Host` must get 400 (RFC 9112 §3.2). The request-smuggling shapes
-/// are handled by hyper's parser before we see the request: `Transfer-Encoding` with
-/// `Content-Length` drops the latter (the body is framed by chunks, as §6.3 requires of an
-/// intermediary), conflicting `Content-Length`s and a non-chunked final coding are 400s.
-fn is_ambiguous(req: &Request<RequestBody>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.uri().authority().is_none()
-        && !req.headers().contains_key(header::HOST)
+/// The host a request is routed on: the target's authority when it has one (absolute form, and
+/// every HTTP/2 request), else its one `Host` field. `Err` for a malformed request, which gets
+/// 400 and is never forwarded (RFC 9112 §3.2): an HTTP/1.1 request with neither, more than one
+/// `Host` field line, or an invalid `Host` value; and an HTTP/2 request whose `Host` names another
+/// authority than `:authority` (RFC 9113 §8.3.1), since the proxy routes on one and a backend
+/// might route on the other. An HTTP/1.1 absolute-form target wins over a differing `Host`, which
+/// the upstream request replaces (RFC 9112 §3.2.2, see `prepare_request`).
+///
+/// The request-smuggling shapes of the body framing are handled by hyper's parser before we see
+/// the request: `Transfer-Encoding` with `Content-Length` drops the latter (the body is framed by
+/// chunks, as §6.3 requires of an intermediary), conflicting `Content-Length`s and a non-chunked
+/// final coding are 400s.
+fn request_host(req: &Request<RequestBody>) -> Result<Option<&str>, ()> {
+    let mut fields = req.headers().get_all(header::HOST).into_iter();
+    let host = fields.next();
+    if fields.next().is_some() {
+        return Err(());
+    }
+    let host = match host {
+        Some(h) if valid_host(h.as_bytes()) => Some(h),
+        Some(_) => return Err(()),
+        None => None,
+    };
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) if req.version() == Version::HTTP_2 => {
+            if h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                Ok(Some(a.as_str()))
+            } else {
+                Err(())
+            }
+        }
+        (Some(a), _) => Ok(Some(a.as_str())),
+        // Checked by `valid_host`: visible ASCII only.
+        (None, Some(h)) => Ok(h.to_str().ok().filter(|h| !h.is_empty())),
+        (None, None) if req.version() == Version::HTTP_11 => Err(()),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A `Host` value as RFC 9110 §7.2 allows it: `uri-host [ ":" port ]`, where a host is a
+/// registered name or IPv4 address (unreserved, percent-encoded and sub-delims characters) or a
+/// bracketed IP literal, and a port is digits; empty when the target has no authority. Anything
+/// else (spaces, `/`, `@` userinfo, `?`, `#`, controls, non-ASCII, a second `:`) could be read
+/// differently by the backend.
+fn valid_host(v: &[u8]) -> bool {
+    const fn reg_name() -> [bool; 256] {
+        let mut t = [false; 256];
+        let allowed = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=";
+        let mut i = 0;
+        while i < allowed.len() {
+            t[allowed[i] as usize] = true;
+            i += 1;
+        }
+        t
+    }
+    static REG_NAME: [bool; 256] = reg_name();
+    let (name, port, literal) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else { return false };
+        let port = match &v[end + 1..] {
+            [] => &[][..],
+            [b':', port @ ..] => port,
+            _ => return false,
+        };
+        (&v[1..end], port, true)
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i + 1..], false),
+            None => (v, &[][..], false),
+        }
+    };
+    name.iter().all(|&b| REG_NAME[b as usize] || (literal && b == b':'))
+        && port.iter().all(u8::is_ascii_digit)
 }
 
 /// The length of the request target as `Uri`'s `Display` writes it, without writing it: HTTP/2
@@ -467,15 +531,11 @@ fn uri_len(uri: &Uri) -> usize {
 
 fn find_route<'a>(
     listener: &'a ListenerRuntime,
+    host: Option<&str>,
     req: &Request<RequestBody>,
     method: &Method,
     path: &str,
 ) -> Option<&'a RouteRuntime> {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
     let i = listener.table.find(host, path, method, req.headers())?;
     listener.routes.get(i)
 }
@@ -512,7 +572,8 @@ fn prepare_request(
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let seen = headers::scan(&parts.headers);
-    let host = if seen.host {
+    // An absolute-form target's authority replaces a `Host` the client sent (RFC 9112 §3.2.2).
+    let host = if seen.host && parts.uri.authority().is_none() {
         // Only x-forwarded-host reads it.
         proxy_headers.then(|| parts.headers.get(header::HOST).cloned()).flatten()
     } else {
@@ -554,6 +615,31 @@ fn prepare_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values_as_rfc_9110_allows_them() {
+        for ok in
+            ["", "example.com", "Example.COM:8080", "a-b_c~d%20", "127.0.0.1:80", "[::1]", "[::1]:443", "h:"]
+        {
+            assert!(valid_host(ok.as_bytes()), "{ok:?} is valid");
+        }
+        for bad in [
+            "a b",
+            "a/b",
+            "user@host",
+            "host?x",
+            "host#x",
+            "a:b:c",
+            "host:http",
+            "[::1",
+            "[::1]x",
+            "x[::1]",
+            "host\t",
+            "h\u{e9}",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} is invalid");
+        }
+    }
 
     #[test]
     fn uri_len_is_the_displayed_length() {
