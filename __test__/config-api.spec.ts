@@ -164,6 +164,18 @@ test('validateModel reports JSON paths for structural problems', (t) => {
   ])
 })
 
+test('validateModel: an Exact path may end with "/", a Prefix path may not', (t) => {
+  const withPath = (type: 'Exact' | 'Prefix', value: string): string[] => {
+    const m = model()
+    m.listeners[0]!.routes[0]!.path = { type, value }
+    return validateModel(m).map((d) => `${d.message} (${d.hint})`)
+  }
+  t.deepEqual(withPath('Exact', '/v1/'), [])
+  t.deepEqual(withPath('Exact', '/v1//'), ['listeners[0].routes[0].path.value: "/v1//" is not normalized (use "/v1/")'])
+  t.deepEqual(withPath('Prefix', '/v1/'), ['listeners[0].routes[0].path.value: "/v1/" is not normalized (use "/v1")'])
+  t.deepEqual(withPath('Exact', '/'), [])
+})
+
 test('validateModel checks the HTTP/2 settings and the upstream protocol', (t) => {
   const m = model() as unknown as { services: Array<Record<string, unknown>>; listeners: Array<Record<string, unknown>> }
   const http2 = m.listeners[0]!.http2 as Record<string, unknown>

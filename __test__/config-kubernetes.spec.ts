@@ -263,7 +263,7 @@ ${ingress('second', 'web:80')}`
   t.deepEqual(errors(r), [])
   const routes = r.config!.listeners[0]!.routes
   t.deepEqual(routes.map((x) => [x.name, x.hosts, x.path.type, x.path.value, x.service]), [
-    ['ing-0-0', ['a.example.com'], 'Exact', '/api', 'api:80'],
+    ['ing-0-0', ['a.example.com'], 'Exact', '/api/', 'api:80'],
     ['ing-0-1', ['a.example.com'], 'Prefix', '/', 'api:80'],
     ['second-0-0', [], 'Prefix', '/', 'web:80'],
     ['ing-default', [], 'Prefix', '/', 'fallback:80'],

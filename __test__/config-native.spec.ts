@@ -89,7 +89,7 @@ test('native document loads into the exact model', (t) => {
           {
             name: 'api',
             hosts: ['api.example.com', '*.example.org'],
-            path: { type: 'Exact', value: '/v1' },
+            path: { type: 'Exact', value: '/v1/' },
             methods: ['GET', 'POST'],
             headers: [{ name: 'x-canary', value: 'true' }],
             service: 'api',
@@ -405,11 +405,19 @@ test('duplicate ports, names and admin clashes', (t) => {
   ])
 })
 
-test('path normalization', (t) => {
-  const cases: Array<[string, string]> = [['/a/../admin', '/admin'], ['//a//b/', '/a/b'], ['/./x/.', '/x'], ['/', '/'], ['/../..', '/'], ['/v1/', '/v1']]
-  for (const [input, expected] of cases) {
+test('path normalization: dot and empty segments go; Exact keeps a trailing slash, Prefix drops it', (t) => {
+  const prefix: Array<[string, string]> = [['/a/../admin', '/admin'], ['//a//b/', '/a/b'], ['/./x/.', '/x'], ['/', '/'], ['/../..', '/'], ['/v1/', '/v1']]
+  for (const [input, expected] of prefix) {
     const config = load(`listeners: [{ routes: [{ service: s, match: { path: "${input}" } }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`)
     t.is(config.listeners[0]?.routes[0]?.path.value, expected, input)
+  }
+  const exact: Array<[string, string]> = [['/v1/', '/v1/'], ['/v1', '/v1'], ['//a//b//', '/a/b/'], ['/x/.', '/x/'], ['/a/b/..', '/a/'], ['/', '/'], ['/a/..', '/']]
+  for (const [input, expected] of exact) {
+    // pathType before or after path: the order of the fields does not matter.
+    for (const match of [`{ pathType: Exact, path: "${input}" }`, `{ path: "${input}", pathType: Exact }`]) {
+      const config = load(`listeners: [{ routes: [{ service: s, match: ${match} }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`)
+      t.deepEqual(config.listeners[0]?.routes[0]?.path, { type: 'Exact', value: expected }, match)
+    }
   }
   const r = loadConfigText('listeners: [{ routes: [{ service: s, match: { path: "/a?b=1" } }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]')
   t.regex(errors(r)[0]?.message ?? '', /query/)

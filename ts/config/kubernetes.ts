@@ -167,7 +167,7 @@ function readIngressPath(r: DocReader, node: YNode, namespace: string): Omit<Ing
   if (pathText === undefined && pathTypeText !== 'ImplementationSpecific' && pathTypeText !== undefined) {
     r.error(f.node, `Ingress path with pathType ${pathTypeText} is missing required field "path"`, 'e.g. path: /')
   }
-  const path = pathText === undefined ? '/' : r.check(f.valueLoc('path'), 'Ingress path', normalizePath(pathText))
+  const path = pathText === undefined ? '/' : r.check(f.valueLoc('path'), 'Ingress path', normalizePath(pathText, pathType ?? 'Prefix'))
   const backendNode = f.require('backend')
   const backend = backendNode && readBackend(r, backendNode, 'Ingress backend', namespace)
   if (pathType === undefined || path === undefined || !backend) return undefined

@@ -12,7 +12,11 @@ export type PathMatchType = 'Exact' | 'Prefix'
 
 export interface PathMatch {
   type: PathMatchType
-  /** Always starts with `/`; already normalized (no dot segments, no trailing `/` unless `/`). */
+  /**
+   * Always starts with `/`; already normalized (no dot segments or empty segments). An `Exact`
+   * path may end with `/` (`/foo/` matches `/foo/`, not `/foo`); a `Prefix` path does not, as
+   * `/foo/` and `/foo` match the same requests.
+   */
   value: string
 }
 

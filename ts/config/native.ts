@@ -192,11 +192,11 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   if (!m) return route
   route.hosts = readOneOrMany(m, 'host', 'hosts', (n, s) => r.check(n, 'host', normalizeHost(s)))
   route.methods = readOneOrMany(m, 'method', 'methods', (n, s) => r.check(n, 'method', normalizeMethod(s)))
-  const pathNode = m.get('path')
-  const path = pathNode && r.string(pathNode, m.label('path'))
-  if (pathNode && path !== undefined) route.path.value = r.check(pathNode, 'path', normalizePath(path)) ?? '/'
   const pathType = m.str('pathType')
   if (pathType !== undefined) route.path.type = readPathType(r, m.valueLoc('pathType'), pathType) ?? 'Prefix'
+  const pathNode = m.get('path')
+  const path = pathNode && r.string(pathNode, m.label('path'))
+  if (pathNode && path !== undefined) route.path.value = r.check(pathNode, 'path', normalizePath(path, route.path.type)) ?? '/'
   const headers = m.fields('headers', 'header match', null)
   if (headers) route.headers = readHeaders(headers)
   return route

@@ -170,7 +170,7 @@ function checkRoute(c: Checker, v: unknown, path: string): void {
     if (match.type !== undefined && match.type !== 'Exact' && match.type !== 'Prefix') {
       c.error(`${path}.path.type`, `expected "Exact" or "Prefix", got ${describe(match.type)}`)
     }
-    c.normalized(match.value, `${path}.path.value`, normalizePath)
+    c.normalized(match.value, `${path}.path.value`, (s) => normalizePath(s, match.type === 'Exact' ? 'Exact' : 'Prefix'))
   }
   c.limits(r, path, ROUTE_LIMITS)
   c.boolean(r.allowConnect, `${path}.allowConnect`)

@@ -4,6 +4,7 @@
  * `validateModel`, so a value means the same thing whichever way it arrives.
  */
 import { isIPv4, isIPv6 } from 'node:net'
+import type { PathMatchType } from './model.js'
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string; hint?: string }
 
@@ -118,21 +119,24 @@ export function normalizeHost(input: string): Parsed<string> {
 }
 
 /**
- * An absolute request path, normalized the way the data plane compares them: duplicate slashes
- * collapsed, dot segments resolved (so `/a/../admin` is `/admin`, never a way around a route),
- * no trailing slash except the root.
+ * A route's path, normalized the way the data plane compares paths: duplicate slashes collapsed,
+ * dot segments resolved (so `/a/../admin` is `/admin`, never a way around a route). A trailing
+ * slash (also one left by a final `.` or `..` segment) is kept for `Exact`, where `/foo/` and
+ * `/foo` are different paths, and dropped for `Prefix`, which matches both alike; the root is `/`.
  */
-export function normalizePath(input: string): Parsed<string> {
+export function normalizePath(input: string, type: PathMatchType): Parsed<string> {
   if (!input.startsWith('/')) return fail(`path "${input}" does not start with "/"`, `write /${input.replace(/^\/*/, '')}`)
   if (/[?#]/.test(input)) return fail(`path "${input}" contains a query or fragment`, 'match the path only')
   if (/[\s\x00-\x1f\x7f]/.test(input)) return fail(`path "${input}" contains whitespace or control characters`)
   const out: string[] = []
-  for (const seg of input.split('/')) {
-    if (seg === '' || seg === '.') continue
+  let trailingSlash = false
+  for (const seg of input.slice(1).split('/')) {
     if (seg === '..') out.pop()
-    else out.push(seg)
+    else if (seg !== '' && seg !== '.') out.push(seg)
+    trailingSlash = seg === '' || seg === '.' || seg === '..'
   }
-  return ok('/' + out.join('/'))
+  const keepSlash = type === 'Exact' && trailingSlash && out.length > 0
+  return ok('/' + out.join('/') + (keepSlash ? '/' : ''))
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
