@@ -1,5 +1,5 @@
 /**
- * Case 9: the CLI as operators run it — `check` on bad and good files, `run -c` refusing a bad
+ * The CLI as operators run it — `check` on bad and good files, `run -c` refusing a bad
  * file, `run --to` serving and exiting 0 on SIGTERM, SIGHUP reloading the file.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'

@@ -1,5 +1,5 @@
 /**
- * Case 11: backpressure. 256 MiB streamed up to a backend that stops reading for 5 s, and 256 MiB
+ * Backpressure: 256 MiB streamed up to a backend that stops reading for 5 s, and 256 MiB
  * streamed down to a client that stops reading for 5 s, through a `meshproxy run` child process
  * whose resident memory must not grow by more than 16 MiB. (The proxy runs in a child so its RSS
  * is not mixed with the test's own buffers.)

@@ -1,5 +1,5 @@
 /**
- * Case 2: balancers through the real proxy — smooth weighted round-robin (exact), weighted random
+ * Balancers through the real proxy — smooth weighted round-robin (exact), weighted random
  * (loose bounds), consistent hashing on a header (stable, and minimal remapping when an endpoint
  * is added by `reload`), hashing without a key.
  */

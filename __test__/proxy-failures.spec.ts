@@ -1,5 +1,5 @@
 /**
- * Case 6: upstream failures become the proxy's own answers — 502 `upstream-connect` (refused),
+ * Upstream failures become the proxy's own answers — 502 `upstream-connect` (refused),
  * 502 `upstream-reset` (connection dropped before a response), 504 `upstream-timeout` (route
  * timeout), 503 `no-endpoints` — and a response that breaks mid-body is aborted downstream, never
  * ended cleanly.

@@ -1,5 +1,5 @@
 /**
- * Case 1: the routing table through the real proxy — host groups (exact, one-label wildcard,
+ * The routing table through the real proxy — host groups (exact, one-label wildcard,
  * default), Exact vs Prefix, longest prefix on segment boundaries, method and header matches,
  * dot segments, and 404 `no-route`.
  */

@@ -1,8 +1,8 @@
 /**
- * Case 10 (issue 2): the seed Ingress routes through the real proxy. With its Services and
- * EndpointSlices (placeholder ports rewritten to real backends) service-a.example.com reaches
- * service-a's two ready endpoints and service-b.example.com service-b's; the Ingress alone loads
- * and answers 503 `no-endpoints`.
+ * The seed Ingress routes through the real proxy. With its Services and EndpointSlices
+ * (placeholder ports rewritten to real backends) service-a.example.com reaches service-a's two
+ * ready endpoints and service-b.example.com service-b's; the Ingress alone loads and answers 503
+ * `no-endpoints`.
  */
 import { readFileSync } from 'node:fs'
 import http from 'node:http'
