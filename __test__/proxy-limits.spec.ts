@@ -458,7 +458,7 @@ test('headerReadTimeout 500ms: a client dribbling a request head one byte every 
 // timeout after protocol detection ends; a head whose first bytes trickle in during detection is
 // therefore accepted for up to twice the limit. Failing until the first check is scheduled from
 // when the head began (see the report of the tests that added this).
-test.failing('headerReadTimeout 500ms: a head whose first bytes trickle in during protocol detection and that completes 650 ms after its first byte is not forwarded', async (t) => {
+test('headerReadTimeout 500ms: a head whose first bytes trickle in during protocol detection and that completes 650 ms after its first byte is not forwarded', async (t) => {
   const backend = await startBackend(t, 'late')
   const { port } = await startProxy(t, yaml(backend.address, { listener: ['headerReadTimeout: 500ms'] }))
   const c = await tcpConnect(t, port)

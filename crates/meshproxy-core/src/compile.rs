@@ -13,11 +13,12 @@ use crate::balance::{Balancer, HashKey, Ring, RoundRobin, WeightedRandom};
 use crate::config::{
     BalancerConfig, Config, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig, UpstreamProtocol,
 };
-use crate::endpoint::{Endpoint, EndpointSettings, Registry};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, TcpMetrics};
-use crate::pool::PoolSettings;
 use crate::routing::RouteTable;
+use crate::upstream::{Endpoint, Registry};
 use crate::Error;
+use meshproxy_upstream::pool::PoolSettings;
+use meshproxy_upstream::EndpointSettings;
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -45,7 +46,7 @@ pub struct ListenerRuntime {
 
 #[derive(Debug, Clone)]
 pub struct ListenerLimits {
-    pub http2: Http2Config,
+    pub http2: meshproxy_http::h2_server::Settings,
     pub detect_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_connections: usize,
@@ -56,7 +57,6 @@ pub struct ListenerLimits {
 }
 
 pub struct RouteRuntime {
-    pub name: Box<str>,
     pub service: Arc<ServiceRuntime>,
     /// None = no limit.
     pub response_header_timeout: Option<Duration>,
@@ -138,7 +138,6 @@ fn compile_listener(
                 Error::Config(format!("route {:?} names an undefined service {:?}", r.name, r.service))
             })?;
             Ok(RouteRuntime {
-                name: r.name.as_str().into(),
                 response_header_timeout: (r.response_header_timeout_ms > 0)
                     .then(|| Duration::from_millis(r.response_header_timeout_ms)),
                 allow_connect: r.allow_connect,
@@ -164,7 +163,7 @@ fn compile_listener(
         routes,
         proxy_headers: l.proxy_headers,
         limits: ListenerLimits {
-            http2: l.http2.clone(),
+            http2: h2_settings(&l.http2),
             detect_timeout: Duration::from_millis(l.detect_timeout_ms.max(1)),
             tunnel_idle_timeout: Duration::from_millis(l.tunnel_idle_timeout_ms.max(1)),
             max_connections: l.max_connections as usize,
@@ -175,6 +174,17 @@ fn compile_listener(
         },
         metrics: metrics.listener(metric_set, &l.name),
     })
+}
+
+fn h2_settings(c: &Http2Config) -> meshproxy_http::h2_server::Settings {
+    meshproxy_http::h2_server::Settings {
+        max_concurrent_streams: c.max_concurrent_streams,
+        max_header_list_size: c.max_header_list_size,
+        connection_window_size: c.connection_window_size,
+        stream_window_size: c.stream_window_size,
+        keep_alive_interval_ms: c.keep_alive_interval_ms,
+        keep_alive_timeout_ms: c.keep_alive_timeout_ms,
+    }
 }
 
 fn compile_service(

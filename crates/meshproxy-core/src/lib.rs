@@ -1,27 +1,25 @@
-//! meshproxy's data plane: listeners, routing, balancing, connection pooling and forwarding,
-//! with no N-API in it. [`MeshProxy`] is the embedding API; the N-API binding is a thin shell
-//! around it, and `cargo test` exercises everything here alone.
+//! meshproxy's engine: listeners, the request path, the compiled snapshot and its atomic swap,
+//! metrics and admin, with no N-API in it. [`MeshProxy`] is the embedding API; the N-API binding
+//! is a thin shell around it, and `cargo test` exercises everything here alone.
 //!
-//! Layout, one concern per module: [`config`] (the normalized model), [`compile`] (model →
-//! immutable snapshot), [`routing`], [`balance`], [`pool`] and [`endpoint`] (upstream state that
-//! outlives snapshots), [`proxy`] (the forwarding service), [`h1`] (the upstream HTTP/1.1
-//! client), [`h2_server`] (the downstream HTTP/2 server), [`listener`], [`admin`], [`metrics`].
+//! Who uses it: `meshproxy-napi` (and embedders in Rust). What it must not know: Node, or how a
+//! config was written (YAML, Kubernetes manifests) — it takes the normalized model. Protocol
+//! engines live in `meshproxy-http`, endpoints and pools in `meshproxy-upstream`, routing and
+//! balancing in `meshproxy-route` and `meshproxy-balance`.
+//!
+//! Modules, one concern each: `compile` (model → immutable snapshot), `server` ([`MeshProxy`]),
+//! `listener` (accept, detect, serve, drain), `proxy` (the request path), `upstream` (the
+//! concrete upstream types), `tcp` (opaque forwarding), [`workers`], `admin`, `metrics`.
 
-pub mod admin;
-pub mod compile;
-pub mod detect;
-pub mod endpoint;
-pub mod error;
-pub mod h1;
-pub mod h2_ping;
-pub mod h2_server;
-pub mod listener;
-pub mod metrics;
-pub mod pool;
-pub mod proxy;
-pub mod server;
-pub mod tcp;
-pub mod tunnel;
+mod admin;
+mod compile;
+mod error;
+mod listener;
+mod metrics;
+mod proxy;
+mod server;
+mod tcp;
+mod upstream;
 pub mod workers;
 
 pub use error::{Error, ProxyError};

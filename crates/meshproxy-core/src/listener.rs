@@ -1,5 +1,5 @@
 //! Downstream listeners: the accept loop (connection cap, accept-error backoff) and the
-//! per-connection task (HTTP/1.1 via hyper, HTTP/2 via [`crate::h2_server`], header-read and idle
+//! per-connection task (HTTP/1.1 via hyper, HTTP/2 via [`meshproxy_http::h2_server`], header-read and idle
 //! timeouts, graceful drain).
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection sits idle, which
@@ -27,11 +27,14 @@ use tokio::time::Instant;
 
 use crate::compile::{ListenerLimits, ListenerRuntime};
 use crate::config::ListenerProtocol;
-use crate::detect::{self, Detected, PrefixedIo};
-use crate::h2_server;
 use crate::proxy::ProxyService;
 use crate::server::Shared;
 use crate::tcp;
+use meshproxy_http::detect::{self, Detected, PrefixedIo};
+use meshproxy_http::h2_server;
+
+#[cfg(test)]
+mod h2_tests;
 
 const IDLE: u8 = 0;
 /// Bytes of a new HTTP/1 request head are arriving.
@@ -89,16 +92,20 @@ impl Activity {
         }
     }
 
-    /// None if the connection has overstayed; otherwise when to look again.
+    /// None if the connection has overstayed its current phase; otherwise when to look again:
+    /// that phase's deadline, and no later than the shorter timeout from now, since the phase
+    /// may change before then (a head completes, a response ends and the connection idles).
     fn next_check(&self, limits: &ListenerLimits) -> Option<Instant> {
+        let now = Instant::now();
+        let soonest = now + limits.header_read_timeout.min(limits.idle_timeout);
         let limit = match self.phase.load(Ordering::Acquire) {
             IDLE => limits.idle_timeout,
             HEAD => limits.header_read_timeout,
-            _ => return Some(Instant::now() + limits.header_read_timeout.min(limits.idle_timeout)),
+            _ => return Some(soonest),
         };
         let since = self.base + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
         let deadline = since + limit;
-        (deadline > Instant::now()).then_some(deadline)
+        (deadline > now).then_some(deadline.min(soonest))
     }
 }
 
@@ -154,15 +161,7 @@ impl AsyncWrite for TrackedIo {
     }
 }
 
-/// What the owner tells a listener's connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drain {
-    Run,
-    /// Finish in-flight requests, answer them with `Connection: close`, close idle connections.
-    Graceful,
-    /// Close everything now.
-    Force,
-}
+pub use meshproxy_http::Drain;
 
 /// Accepts until `stop` flips; never ends on an accept error (e.g. EMFILE), backing off instead.
 pub async fn accept_loop(
@@ -216,7 +215,7 @@ pub async fn accept_loop(
             c.fetch_add(1, Ordering::Relaxed);
         }
         match worker {
-            Some(w) if w != crate::workers::current() => {
+            Some(w) if w != meshproxy_upstream::worker::current() => {
                 // To another worker: the socket leaves this runtime's reactor and joins that one's.
                 let handle = shared.workers[w].clone();
                 match stream.into_std() {
@@ -333,9 +332,10 @@ trait Drainable {
     fn drain(self: Pin<&mut Self>);
 }
 
-impl<IO> Drainable for h2_server::Serve<IO>
+impl<IO, S> Drainable for h2_server::Serve<IO, S>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: h2_server::Handler,
 {
     fn drain(self: Pin<&mut Self>) {
         self.get_mut().graceful_shutdown();
@@ -371,7 +371,13 @@ async fn drive<C, E>(
     if *drain.borrow_and_update() != Drain::Run {
         conn.as_mut().drain();
     }
-    let check = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
+    // The clocks started before the connection was served: a head whose first bytes arrived
+    // during protocol detection has had part of its header-read time already.
+    let Some(first) = activity.next_check(limits) else {
+        tracing::debug!(%peer, "downstream connection timed out (slow request head)");
+        return;
+    };
+    let check = tokio::time::sleep_until(first);
     tokio::pin!(check);
     loop {
         tokio::select! {

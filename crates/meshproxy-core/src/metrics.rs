@@ -15,6 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::ProxyError;
+use meshproxy_upstream::Sample;
 
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] =
@@ -115,7 +116,7 @@ pub struct TcpMetrics {
     pub connections: AtomicU64,
     pub open: AtomicU64,
     /// Client → upstream and upstream → client, counted as they move.
-    pub bytes: crate::tunnel::Counters,
+    pub bytes: meshproxy_http::tunnel::Counters,
 }
 
 type RouteKey = (String, String, String);
@@ -157,18 +158,6 @@ fn install<K: Ord + Clone, V>(map: &Mutex<BTreeMap<K, Arc<V>>>, set: &[(K, Arc<V
 fn retain<K: Ord, V>(map: &Mutex<BTreeMap<K, Arc<V>>>, set: &[(K, Arc<V>)]) {
     let keep: std::collections::BTreeSet<&K> = set.iter().map(|(k, _)| k).collect();
     map.lock().retain(|k, _| keep.contains(k));
-}
-
-/// What `/metrics` shows of one upstream endpoint.
-pub struct EndpointSample {
-    pub address: String,
-    pub open: u64,
-    pub opened: u64,
-    pub idle: usize,
-    pub inflight: u64,
-    pub requests: u64,
-    pub failures: u64,
-    pub retries: u64,
 }
 
 /// The metric objects one compiled config uses, keyed as `/metrics` labels them. A compile only
@@ -241,7 +230,7 @@ impl Metrics {
         routes + self.retired_requests.load(Ordering::Relaxed)
     }
 
-    pub fn render(&self, endpoints: &[EndpointSample]) -> String {
+    pub fn render(&self, endpoints: &[Sample]) -> String {
         let mut out = String::with_capacity(4096);
         let routes = self.routes.lock();
         header(
@@ -373,7 +362,7 @@ impl Metrics {
         }
         drop(listeners);
 
-        let eps: [Family<EndpointSample, u64>; 7] = [
+        let eps: [Family<Sample, u64>; 7] = [
             ("meshproxy_upstream_connections_open", "gauge", "Open upstream connections.", |e| e.open),
             (
                 "meshproxy_upstream_connections_opened_total",

@@ -16,10 +16,11 @@ use tokio::time::Instant;
 
 use crate::compile::Snapshot;
 use crate::config::Config;
-use crate::endpoint::Registry;
-use crate::listener::{self, Drain};
+use crate::listener;
 use crate::metrics::Metrics;
+use crate::upstream::Registry;
 use crate::{admin, Error};
+use meshproxy_http::Drain;
 
 /// State shared by every connection: the current snapshot and what outlives snapshots.
 pub struct Shared {
@@ -137,7 +138,7 @@ impl MeshProxy {
     /// (current-thread runtimes, [`crate::workers::Workers::handles`]); call `start` on the
     /// first of them.
     pub fn with_workers(config: Config, workers: Vec<tokio::runtime::Handle>) -> Result<Self, Error> {
-        let registry = Registry::new(workers.len());
+        let registry = Registry::new(workers.len(), crate::upstream::Connector::default());
         let metrics = Metrics::default();
         let snapshot = Snapshot::compile(config, &registry, &metrics)?;
         snapshot.commit(&registry, &metrics);

@@ -11,29 +11,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::ServiceRuntime;
-use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
-use crate::listener::Drain;
 use crate::metrics::TcpMetrics;
-use crate::tunnel;
+use crate::upstream::{Endpoint, UpIo};
+use meshproxy_http::tunnel;
+use meshproxy_http::Drain;
 
 /// The upstream side of an opaque TCP session: a connected socket, counted as one of the
 /// service's TCP connections and open tunnels and as open at the endpoint until it is dropped,
 /// however the session ends.
 pub struct TcpUpstream {
-    stream: TcpStream,
+    stream: UpIo,
     endpoint: Arc<Endpoint>,
     metrics: Arc<TcpMetrics>,
 }
 
 impl TcpUpstream {
     pub async fn connect(endpoint: &Arc<Endpoint>, metrics: &Arc<TcpMetrics>) -> Result<Self, ProxyError> {
-        let stream = endpoint.connect_tcp().await?;
+        let stream = endpoint.connect_opaque().await?;
         metrics.connections.fetch_add(1, Ordering::Relaxed);
         metrics.open.fetch_add(1, Ordering::Relaxed);
         Ok(TcpUpstream { stream, endpoint: endpoint.clone(), metrics: metrics.clone() })
@@ -60,7 +59,6 @@ impl TcpUpstream {
 impl Drop for TcpUpstream {
     fn drop(&mut self) {
         self.metrics.open.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -8,20 +8,12 @@
 //! stays on its worker; so do the upstream connections it opens, since each worker checks out
 //! from and returns to its own pool ([`current`] selects it).
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
-thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The worker the calling thread is; 0 outside worker threads (tests, an embedder's runtime).
-pub fn current() -> usize {
-    INDEX.with(Cell::get)
-}
+pub use meshproxy_upstream::worker::current;
 
 struct Worker {
     handle: Handle,
@@ -48,7 +40,7 @@ impl Workers {
             let handle = rt.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let spawned = std::thread::Builder::new().name("meshproxy-worker".into()).spawn(move || {
-                INDEX.with(|i| i.set(index));
+                meshproxy_upstream::worker::set_current(index);
                 rt.block_on(async {
                     let _ = stopped.await;
                 });

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::client_tunnel::ClientTunnel;
-use crate::listener::{ActivityGuard, Drain};
+use crate::listener::ActivityGuard;
 use crate::tcp::TcpUpstream;
+use meshproxy_http::client_tunnel::ClientTunnel;
+use meshproxy_http::Drain;
 
 /// Splices the client's side of the tunnel (once the 200 is sent) with the already connected
 /// upstream.

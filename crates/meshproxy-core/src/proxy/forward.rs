@@ -13,12 +13,13 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use http_body::Body as _;
 
-use crate::endpoint::H2Sender;
-use crate::endpoint::{Checkout, Endpoint};
 use crate::error::ProxyError;
-use crate::h1::Failed;
-use crate::pool::multiplexed::StreamSlot;
-use crate::proxy::body::{pipe_to_h2, H2Body, RequestBody, UpstreamIncoming};
+use crate::upstream::{h1_error, Endpoint, UpstreamIncoming};
+use meshproxy_http::body::{pipe_to_h2, H2Body, RequestBody};
+use meshproxy_http::h1::Failed;
+use meshproxy_http::h2_client::{H2Handle, H2Sender};
+use meshproxy_upstream::pool::multiplexed::StreamSlot;
+use meshproxy_upstream::Checkout;
 
 /// A response, and for HTTP/2 the stream slot it holds on its connection until it ends.
 type Sent = (Response<UpstreamIncoming>, Option<StreamSlot>);
@@ -54,14 +55,14 @@ pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent,
     let Checkout { conn, idle } = ep.checkout().await?;
     ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The head is encoded from a reference, so a retry has it without a copy.
-    let Failed { error, unsent, no_response } = match conn.send(&head, body, ep).await {
+    let Failed { error, unsent, no_response } = match conn.send(&head, body, ep.clone()).await {
         Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), None)),
         Err(failed) => failed,
     };
     if error.is_client() {
         // The upstream connection is dropped, which aborts the request there.
         tracing::debug!(endpoint = %ep.address, %error, "client request body failed; upstream request aborted");
-        return Err(error.proxy_error());
+        return Err(h1_error(&error));
     }
     let retry = match (idle, unsent) {
         (Some(_), Some(body)) => Some(body),
@@ -74,7 +75,7 @@ pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent,
     };
     let Some(body) = retry else {
         tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
-        return Err(ep.failed(error.proxy_error()));
+        return Err(ep.failed(h1_error(&error)));
     };
     tracing::debug!(endpoint = %ep.address, %error, "stale pooled connection; retrying on a fresh one");
     ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -89,12 +90,12 @@ async fn retry_h1(
     body: RequestBody,
 ) -> Result<Sent, ProxyError> {
     let fresh = ep.connect().await?;
-    match fresh.send(head, body, ep).await {
+    match fresh.send(head, body, ep.clone()).await {
         Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), None)),
-        Err(Failed { error, .. }) if error.is_client() => Err(error.proxy_error()),
+        Err(Failed { error, .. }) if error.is_client() => Err(h1_error(&error)),
         Err(Failed { error, .. }) => {
             tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
-            Err(ep.failed(error.proxy_error()))
+            Err(ep.failed(h1_error(&error)))
         }
     }
 }
@@ -143,7 +144,7 @@ pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Resul
 
 async fn retry_h2(
     ep: &Arc<Endpoint>,
-    failed_on: &crate::endpoint::H2Handle,
+    failed_on: &H2Handle,
     replay: Replay,
     body: RequestBody,
 ) -> Result<Sent, ProxyError> {

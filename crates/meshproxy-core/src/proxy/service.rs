@@ -14,18 +14,22 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{Release, RequestBody, ResponseBody, UpstreamIncoming};
-use super::client_tunnel::ClientTunnel;
-use super::{connect, forward, headers, upgrade, websocket};
+use super::body::{Release, ResponseBody};
+use super::{connect, forward, upgrade, websocket};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
-use crate::listener::{Activity, ActivityGuard, Drain};
+use crate::listener::{Activity, ActivityGuard};
 use crate::metrics::Protocol;
-use crate::pool::multiplexed::StreamSlot;
 use crate::server::Shared;
 use crate::tcp::TcpUpstream;
+use crate::upstream::{Endpoint, UpstreamIncoming};
+use meshproxy_http::body::RequestBody;
+use meshproxy_http::client_tunnel::ClientTunnel;
+use meshproxy_http::headers;
+use meshproxy_http::Drain;
+use meshproxy_upstream::pool::multiplexed::StreamSlot;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
@@ -60,13 +64,21 @@ impl ProxyService {
     }
 }
 
-impl ProxyService {
-    /// The service without hyper around it, for [`crate::h2_server`].
-    pub(crate) fn serve(
+/// The HTTP/2 server calls this, once per stream.
+impl meshproxy_http::h2_server::Handler for ProxyService {
+    type Body = ResponseBody;
+
+    fn call(
         &self,
         req: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
-        handle(self.ctx.clone(), req)
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+        let ctx = self.ctx.clone();
+        async move {
+            match handle(ctx, req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
     }
 }
 
@@ -77,7 +89,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        super::box_built_in_place(|| handle(self.ctx.clone(), req.map(RequestBody::Http1)))
+        meshproxy_http::box_built_in_place(|| handle(self.ctx.clone(), req.map(RequestBody::Http1)))
     }
 }
 
@@ -244,7 +256,7 @@ enum Planned<'a> {
 struct Forward<'a> {
     meta: Meta<'a>,
     route: &'a RouteRuntime,
-    endpoint: &'a Arc<crate::endpoint::Endpoint>,
+    endpoint: &'a Arc<Endpoint>,
     h2: bool,
     upstream_req: Request<RequestBody>,
     after: After,
@@ -263,7 +275,7 @@ struct Tunnel<'a> {
     ctx: &'a ConnCtx,
     meta: Meta<'a>,
     route: &'a RouteRuntime,
-    endpoint: &'a Arc<crate::endpoint::Endpoint>,
+    endpoint: &'a Arc<Endpoint>,
     req: Request<RequestBody>,
     activity: ActivityGuard,
 }
@@ -378,7 +390,7 @@ fn finish(
     ctx: &ConnCtx,
     meta: &Meta<'_>,
     route: &RouteRuntime,
-    endpoint: &Arc<crate::endpoint::Endpoint>,
+    endpoint: &Arc<Endpoint>,
     after: After,
     result: Result<(Response<UpstreamIncoming>, Option<StreamSlot>, OwnedSemaphorePermit), ProxyError>,
 ) -> Response<ResponseBody> {
@@ -430,7 +442,7 @@ fn finish(
         );
         return Response::from_parts(parts, ResponseBody::empty(None));
     }
-    let release = Release { stream, permit };
+    let release = Release { _stream: stream, _permit: permit };
     let grpc_metrics = if meta.grpc {
         match parts.headers.get(&GRPC_STATUS) {
             // Trailers-only response: the status is in the headers.

@@ -1,7 +1,7 @@
 //! HTTP/1.1 `Upgrade` (WebSocket and friends): the request's `Upgrade`/`Connection: upgrade`
 //! travel upstream; if the upstream answers 101, both sides are handed over (the client's
 //! connection by hyper, or its HTTP/2 stream for a WebSocket over HTTP/2; the upstream's by
-//! [`crate::h1`]) and bytes are spliced both ways until either side closes (half-closes
+//! [`meshproxy_http::h1`]) and bytes are spliced both ways until either side closes (half-closes
 //! propagate) or the tunnel is idle for the listener's tunnel idle timeout. Any other answer is
 //! passed back as it is.
 
@@ -10,10 +10,11 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use tokio::sync::watch;
 
-use super::client_tunnel::ClientTunnel;
-use crate::h1::Upgraded;
-use crate::listener::{ActivityGuard, Drain};
-use crate::tunnel;
+use crate::listener::ActivityGuard;
+use crate::upstream::UpIo;
+use meshproxy_http::client_tunnel::ClientTunnel;
+use meshproxy_http::h1::Upgraded;
+use meshproxy_http::{tunnel, Drain};
 
 /// The `Upgrade` token of an HTTP/1.1 upgrade request (`Connection` must name `upgrade`).
 pub fn requested(version: http::Version, headers: &HeaderMap) -> Option<HeaderValue> {
@@ -41,7 +42,7 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 /// its streams, is open.
 pub fn splice(
     downstream: ClientTunnel,
-    mut upstream: Upgraded,
+    mut upstream: Upgraded<UpIo>,
     idle: Duration,
     drain: watch::Receiver<Drain>,
     busy: Option<ActivityGuard>,

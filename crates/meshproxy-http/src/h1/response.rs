@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body::Frame;
 
-use super::{H1Body, H1Error, MAX_CHUNK_LINE, MAX_FIELDS, MAX_HEAD};
+use super::{H1Error, MAX_CHUNK_LINE, MAX_FIELDS, MAX_HEAD};
 
 /// How a response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,7 +28,7 @@ pub(super) enum Chunk {
 }
 
 pub(super) struct ResponseHead {
-    pub(super) response: Response<H1Body>,
+    pub(super) response: Response<()>,
     pub(super) framing: Framing,
     pub(super) keep_alive: bool,
 }
@@ -137,7 +137,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H1E
     // Both a coding and a length: the framing is suspect, so the connection is not reused.
     let suspect = coded && length.is_some();
     let keep_alive = !(close || suspect) && (version == Version::HTTP_11 || keep_alive);
-    let mut response = Response::new(H1Body::placeholder());
+    let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
@@ -223,7 +223,7 @@ pub(super) fn decode_chunked(buf: &mut BytesMut, state: &mut Chunk) -> Result<De
                             trailers.append(name, value);
                         }
                         buf.advance(len);
-                        crate::proxy::headers::strip_hop_by_hop(&mut trailers);
+                        crate::headers::strip_hop_by_hop(&mut trailers);
                         Ok(Decoded::Frame(Frame::trailers(trailers)))
                     }
                     Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Ok(Decoded::NeedMore),

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::listener::Drain;
+use crate::Drain;
 
 /// Bytes moved `a → b` and `b → a`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

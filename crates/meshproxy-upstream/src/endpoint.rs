@@ -7,111 +7,42 @@
 //! endpoint that disappears is drained (idle connections closed, in-flight requests finish).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use meshproxy_http::h1::{H1Conn, Recycle};
+use meshproxy_http::h2_client::{self, H2Handle};
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::error::ProxyError;
-use crate::h1::H1Conn;
-use crate::h2_ping::{H2ConnError, KeepAlive};
-use crate::metrics::EndpointSample;
+use crate::connect::{Connector, Counted, OpenCount, Target, TcpConnector};
 use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{Pool, PoolSettings, Reusable};
+use crate::UpstreamError;
 
-/// The HTTP/2 client side speaks the `h2` crate directly: hyper's HTTP/2 client spawns a task per
-/// request (the response future) and hands each response over a channel, ~4 % of the h2c → h2
-/// path's instructions plus two task wake-ups per request. Here the request's own task awaits
-/// the response, and a body is piped by a task only when there is one (see `forward::send_h2`).
-pub type H2Sender = h2::client::SendRequest<Bytes>;
+/// A connection to an endpoint made by connector `C`, counted open on the endpoint.
+pub type Conn<C> = Counted<<C as Connector>::Io>;
 
-/// Settings hyper's HTTP/2 client used (hyper 1.x defaults), kept when it was replaced.
-const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const H2_CONN_WINDOW: u32 = 5 * 1024 * 1024;
-const H2_MAX_FRAME: u32 = 16 * 1024;
-const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
-const H2_MAX_SEND_BUF: usize = 1024 * 1024;
-/// A PING every 20 s; no PONG by the next one closes the connection (a peer that vanished
-/// without a FIN would otherwise hold its streams until the OS gives up on the socket).
-const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+impl<C: meshproxy_http::h1::Io> Reusable for H1Conn<C> {
+    fn is_closed(&self) -> bool {
+        H1Conn::is_closed(self)
+    }
 
-/// What an HTTP/2 connection's driver task publishes for the pool.
-struct H2State {
-    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS as last seen.
-    peer_max: AtomicUsize,
-    /// Set when the connection has ended.
-    closed: AtomicBool,
-}
-
-/// An HTTP/2 connection's sender and what its driver publishes. When the last sender is dropped
-/// (the pool let the connection go), h2 wakes the driver, and the connection closes once its
-/// streams have ended.
-#[derive(Clone)]
-pub struct H2Handle {
-    pub sender: H2Sender,
-    state: Arc<H2State>,
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 impl Multiplexed for H2Handle {
     fn is_closed(&self) -> bool {
-        self.state.closed.load(Ordering::Acquire)
+        H2Handle::is_closed(self)
     }
     fn peer_max_streams(&self) -> usize {
-        self.state.peer_max.load(Ordering::Relaxed)
+        H2Handle::peer_max_streams(self)
     }
     fn same_connection(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.state, &other.state)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Drives one HTTP/2 client connection: frames both ways, keep-alive pings, and the
-    /// published state.
-    struct H2Driver {
-        #[pin]
-        conn: h2::client::Connection<TcpStream, Bytes>,
-        state: Arc<H2State>,
-        keepalive: Option<KeepAlive>,
-    }
-
-    // The connection is closed for the pool once its driver is gone, however it ended (done,
-    // failed, or dropped with its runtime).
-    impl PinnedDrop for H2Driver {
-        fn drop(this: Pin<&mut Self>) {
-            this.state.closed.store(true, Ordering::Release);
-        }
-    }
-}
-
-impl std::future::Future for H2Driver {
-    type Output = Result<(), H2ConnError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        if let Some(Poll::Ready(e)) = this.keepalive.as_mut().map(|k| k.poll(cx)) {
-            return Poll::Ready(Err(e));
-        }
-        let r = this.conn.as_mut().poll(cx);
-        this.state.peer_max.store(this.conn.max_concurrent_send_streams(), Ordering::Relaxed);
-        r.map_err(H2ConnError::from)
-    }
-}
-
-/// Counts an HTTP/1.1 connection (which has no task of its own) as open until it is dropped.
-/// Weak for the reason given in [`Endpoint::track`].
-pub struct ConnCount(Weak<Endpoint>);
-
-impl Drop for ConnCount {
-    fn drop(&mut self) {
-        if let Some(ep) = self.0.upgrade() {
-            ep.open.fetch_sub(1, Ordering::Relaxed);
-        }
+        H2Handle::same_connection(self, other)
     }
 }
 
@@ -125,13 +56,13 @@ pub struct EndpointSettings {
     pub max_streams: u32,
 }
 
-pub struct Endpoint {
+pub struct Endpoint<C: Connector = TcpConnector> {
     pub address: Box<str>,
-    /// Parsed once when the address is an IP literal; host names resolve at connect time.
-    socket: Option<SocketAddr>,
-    /// One set of pools per worker thread (see `crate::workers`): a connection is only ever
+    target: Target,
+    connector: C,
+    /// One set of pools per worker thread (see [`crate::worker`]): a connection is only ever
     /// used by the worker whose runtime drives it.
-    pools: Box<[WorkerPools]>,
+    pools: Box<[WorkerPools<C>]>,
     limiter: Arc<Semaphore>,
     max_inflight: AtomicU32,
     pending: AtomicUsize,
@@ -146,28 +77,36 @@ pub struct Endpoint {
     pub failures: AtomicU64,
     /// Requests re-sent after a failure that left them unprocessed (or safe to repeat).
     pub retries: AtomicU64,
-    /// [`H2_KEEPALIVE`]; shorter in tests.
+    /// [`h2_client::KEEPALIVE`]; shorter in tests.
     h2_keepalive: Duration,
 }
 
 /// One worker's upstream connections to an endpoint.
-struct WorkerPools {
-    http1: Pool<H1Conn>,
+struct WorkerPools<C: Connector> {
+    http1: Pool<H1Conn<Conn<C>>>,
     h2: MultiplexedSet<H2Handle>,
 }
 
-/// A connection taken for one request; `reused` tells whether it came from the pool.
-pub struct Checkout {
-    pub conn: H1Conn,
+/// A connection taken for one request; `idle` tells whether (and how long) it sat in the pool.
+pub struct Checkout<C: Connector> {
+    pub conn: H1Conn<Conn<C>>,
     /// How long the connection sat in the pool; None for a new connection.
     pub idle: Option<Duration>,
 }
 
-impl Endpoint {
-    fn new(address: &str, s: EndpointSettings, workers: usize) -> Self {
+/// A finished HTTP/1.1 exchange hands its connection back to the endpoint's pool.
+impl<C: Connector> Recycle<Conn<C>> for Endpoint<C> {
+    fn recycle(&self, conn: H1Conn<Conn<C>>) {
+        self.checkin(conn);
+    }
+}
+
+impl<C: Connector> Endpoint<C> {
+    pub fn new(address: &str, s: EndpointSettings, workers: usize, connector: C) -> Self {
         Endpoint {
             address: address.into(),
-            socket: address.parse().ok(),
+            target: Target::new(address),
+            connector,
             pools: (0..workers.max(1))
                 .map(|_| WorkerPools {
                     http1: Pool::new(s.pool),
@@ -185,13 +124,13 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            h2_keepalive: H2_KEEPALIVE,
+            h2_keepalive: h2_client::KEEPALIVE,
         }
     }
 
     /// The calling worker's pools.
-    fn local(&self) -> &WorkerPools {
-        &self.pools[crate::workers::current() % self.pools.len()]
+    fn local(&self) -> &WorkerPools<C> {
+        &self.pools[crate::worker::current() % self.pools.len()]
     }
 
     fn clear_idle(&self) {
@@ -229,19 +168,19 @@ impl Endpoint {
     }
 
     /// Takes an in-flight slot, waiting in the bounded pending queue if all are taken.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
         match self.limiter.clone().try_acquire_owned() {
             Ok(p) => return Ok(p),
-            Err(TryAcquireError::Closed) => return Err(ProxyError::Overloaded),
+            Err(TryAcquireError::Closed) => return Err(UpstreamError::Overloaded),
             Err(TryAcquireError::NoPermits) => {}
         }
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending.load(Ordering::Relaxed) {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(ProxyError::Overloaded);
+            return Err(UpstreamError::Overloaded);
         }
         let permit = self.limiter.clone().acquire_owned().await;
         self.pending.fetch_sub(1, Ordering::AcqRel);
-        permit.map_err(|_| ProxyError::Overloaded)
+        permit.map_err(|_| UpstreamError::Overloaded)
     }
 
     pub fn inflight(&self) -> u64 {
@@ -250,7 +189,7 @@ impl Endpoint {
     }
 
     /// A pooled connection if one is usable, else a new one.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, ProxyError> {
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout<C>, UpstreamError> {
         if let Some((conn, idle)) = self.local().http1.checkout() {
             return Ok(Checkout { conn, idle: Some(idle) });
         }
@@ -259,14 +198,14 @@ impl Endpoint {
         Ok(Checkout { conn: Box::pin(self.connect()).await?, idle: None })
     }
 
-    pub fn checkin(&self, conn: H1Conn) {
+    pub fn checkin(&self, conn: H1Conn<Conn<C>>) {
         if !self.retired.load(Ordering::Acquire) {
             self.local().http1.checkin(conn);
         }
     }
 
     /// A stream on an HTTP/2 connection with room, opening a connection if all are full.
-    pub async fn checkout_h2(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot), ProxyError> {
+    pub async fn checkout_h2(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot), UpstreamError> {
         self.checkout_h2_avoiding(None).await
     }
 
@@ -275,7 +214,7 @@ impl Endpoint {
     pub async fn checkout_h2_avoiding(
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
-    ) -> Result<(H2Handle, StreamSlot), ProxyError> {
+    ) -> Result<(H2Handle, StreamSlot), UpstreamError> {
         if let Some(claimed) = self.local().h2.claim_avoiding(avoid) {
             return Ok(claimed);
         }
@@ -286,7 +225,7 @@ impl Endpoint {
     async fn open_h2_and_claim(
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
-    ) -> Result<(H2Handle, StreamSlot), ProxyError> {
+    ) -> Result<(H2Handle, StreamSlot), UpstreamError> {
         let set = &self.local().h2;
         let _connecting = set.connecting.lock().await;
         if let Some(claimed) = set.claim_avoiding(avoid) {
@@ -294,90 +233,54 @@ impl Endpoint {
         }
         let sender = self.connect_h2().await?;
         set.insert(sender);
-        set.claim_avoiding(avoid).ok_or(ProxyError::UpstreamConnect)
+        set.claim_avoiding(avoid).ok_or(UpstreamError::Connect)
     }
 
     /// Opens a new HTTP/2 (h2c prior knowledge) connection.
-    pub async fn connect_h2(self: &Arc<Self>) -> Result<H2Handle, ProxyError> {
-        let stream = self.tcp_connect().await?;
-        let (sender, mut conn) = h2::client::Builder::new()
-            .initial_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONN_WINDOW)
-            .max_frame_size(H2_MAX_FRAME)
-            .max_header_list_size(H2_MAX_HEADER_LIST)
-            .max_send_buffer_size(H2_MAX_SEND_BUF)
-            // Until the peer's SETTINGS arrive, the RFC's recommended minimum.
-            .initial_max_send_streams(100)
-            .enable_push(false)
-            .handshake::<_, Bytes>(stream)
-            .await
-            .map_err(|e| {
-                tracing::debug!(endpoint = %self.address, error = %e, "upstream h2 handshake failed");
-                self.failed(ProxyError::UpstreamConnect)
-            })?;
-        let state = Arc::new(H2State { peer_max: AtomicUsize::new(100), closed: AtomicBool::new(false) });
-        let keepalive = conn.ping_pong().map(|p| KeepAlive::new(p, self.h2_keepalive, self.h2_keepalive));
-        self.track(H2Driver { conn, state: state.clone(), keepalive });
-        Ok(H2Handle { sender, state })
-    }
-
-    /// A raw TCP connection for opaque forwarding; counted as opened and open. Only
-    /// [`crate::tcp::TcpUpstream`] calls it, and undoes `open` when dropped.
-    pub(crate) async fn connect_tcp(&self) -> Result<TcpStream, ProxyError> {
-        let stream = self.tcp_connect().await?;
-        self.count_opened();
-        Ok(stream)
-    }
-
-    async fn tcp_connect(&self) -> Result<TcpStream, ProxyError> {
-        let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
-        let connect = async {
-            match self.socket {
-                Some(addr) => TcpStream::connect(addr).await,
-                None => TcpStream::connect(&*self.address).await,
-            }
-        };
-        let stream = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(endpoint = %self.address, error = %e, "upstream connect failed");
-                return Err(self.failed(ProxyError::UpstreamConnect));
-            }
-            Err(_) => {
-                tracing::debug!(endpoint = %self.address, "upstream connect timed out");
-                return Err(self.failed(ProxyError::UpstreamConnect));
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
-    }
-
-    /// Counts a new connection open until its task ends.
-    fn track<F, E>(self: &Arc<Self>, conn: F)
-    where
-        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display,
-    {
-        self.count_opened();
-        // Weak: the endpoint's pool owns the connection's sender, so a strong reference here
-        // would keep a removed endpoint (and its idle connection) alive forever.
-        let ep: Weak<Endpoint> = Arc::downgrade(self);
+    pub async fn connect_h2(self: &Arc<Self>) -> Result<H2Handle, UpstreamError> {
+        let io = self.open_counted().await?;
+        let (handle, driver) = h2_client::handshake(io, self.h2_keepalive).await.map_err(|e| {
+            tracing::debug!(endpoint = %self.address, error = %e, "upstream h2 handshake failed");
+            self.failed(UpstreamError::Connect)
+        })?;
+        let address = self.address.clone();
         tokio::spawn(async move {
-            let result = conn.await;
-            if let Some(ep) = ep.upgrade() {
-                if let Err(e) = result {
-                    tracing::debug!(endpoint = %ep.address, error = %e, "upstream connection ended with an error");
-                }
-                ep.open.fetch_sub(1, Ordering::Relaxed);
+            if let Err(e) = driver.await {
+                tracing::debug!(endpoint = %address, error = %e, "upstream connection ended with an error");
             }
         });
+        Ok(handle)
+    }
+
+    /// A raw connection for opaque forwarding (TCP, `CONNECT`), counted as opened and open
+    /// until dropped.
+    pub async fn connect_opaque(self: &Arc<Self>) -> Result<Conn<C>, UpstreamError> {
+        self.open_counted().await
     }
 
     /// Opens a new HTTP/1.1 upstream connection, bounded by the connect timeout.
-    pub async fn connect(self: &Arc<Self>) -> Result<H1Conn, ProxyError> {
-        let stream = self.tcp_connect().await?;
+    pub async fn connect(self: &Arc<Self>) -> Result<H1Conn<Conn<C>>, UpstreamError> {
+        Ok(H1Conn::new(self.open_counted().await?))
+    }
+
+    /// A new connection from the connector, bounded by the connect timeout, counted as opened
+    /// and open until dropped.
+    async fn open_counted(self: &Arc<Self>) -> Result<Conn<C>, UpstreamError> {
+        let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let io = match tokio::time::timeout(timeout, self.connector.connect(&self.target)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %self.address, error = %e, "upstream connect failed");
+                return Err(self.failed(UpstreamError::Connect));
+            }
+            Err(_) => {
+                tracing::debug!(endpoint = %self.address, "upstream connect timed out");
+                return Err(self.failed(UpstreamError::Connect));
+            }
+        };
         self.count_opened();
-        Ok(H1Conn::new(stream, ConnCount(Arc::downgrade(self))))
+        let weak: Weak<dyn OpenCount> = Arc::downgrade(self) as Weak<dyn OpenCount>;
+        Ok(Counted::new(io, weak))
     }
 
     /// A new connection: opened, and open until whatever holds it undoes `open`.
@@ -387,13 +290,13 @@ impl Endpoint {
     }
 
     /// Counts a failure and passes the error on.
-    pub fn failed(&self, e: ProxyError) -> ProxyError {
+    pub fn failed<E>(&self, e: E) -> E {
         self.failures.fetch_add(1, Ordering::Relaxed);
         e
     }
 
-    pub fn sample(&self) -> EndpointSample {
-        EndpointSample {
+    pub fn sample(&self) -> Sample {
+        Sample {
             address: self.address.to_string(),
             open: self.open.load(Ordering::Relaxed),
             opened: self.opened.load(Ordering::Relaxed),
@@ -406,38 +309,51 @@ impl Endpoint {
     }
 }
 
-/// All endpoints, keyed by address, shared by every config version.
-pub struct Registry {
-    endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint>>>,
-    /// Worker threads, each with its own pools in every endpoint.
-    workers: usize,
+/// What `stats()` and `/metrics` show of one endpoint.
+pub struct Sample {
+    pub address: String,
+    pub open: u64,
+    pub opened: u64,
+    pub idle: usize,
+    pub inflight: u64,
+    pub requests: u64,
+    pub failures: u64,
+    pub retries: u64,
 }
 
-impl Default for Registry {
+/// All endpoints, keyed by address, shared by every config version.
+pub struct Registry<C: Connector = TcpConnector> {
+    endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint<C>>>>,
+    /// Worker threads, each with its own pools in every endpoint.
+    workers: usize,
+    connector: C,
+}
+
+impl<C: Connector + Default> Default for Registry<C> {
     fn default() -> Self {
-        Registry::new(1)
+        Registry::new(1, C::default())
     }
 }
 
-impl Registry {
-    pub fn new(workers: usize) -> Self {
-        Registry { endpoints: Mutex::default(), workers: workers.max(1) }
+impl<C: Connector> Registry<C> {
+    pub fn new(workers: usize, connector: C) -> Self {
+        Registry { endpoints: Mutex::default(), workers: workers.max(1), connector }
     }
 
     /// The registered endpoint for `address`, or a new one with `settings` that is not
     /// registered until [`Registry::adopt`]: a config being compiled must not change what the
     /// running one shows (`stats`, `/metrics`) until it is swapped in. An existing endpoint keeps
-    /// its settings until then too ([`crate::compile::Snapshot::commit`]).
-    pub fn lookup_or_new(&self, address: &str, settings: EndpointSettings) -> Arc<Endpoint> {
+    /// its settings until then too (the engine applies them with [`Endpoint::update`]).
+    pub fn lookup_or_new(&self, address: &str, settings: EndpointSettings) -> Arc<Endpoint<C>> {
         if let Some(ep) = self.endpoints.lock().get(address) {
             return ep.clone();
         }
-        Arc::new(Endpoint::new(address, settings, self.workers))
+        Arc::new(Endpoint::new(address, settings, self.workers, self.connector.clone()))
     }
 
     /// Registers the endpoints of a config that has been swapped in (those already registered
     /// are the same objects).
-    pub fn adopt<'a>(&self, endpoints: impl IntoIterator<Item = &'a Arc<Endpoint>>) {
+    pub fn adopt<'a>(&self, endpoints: impl IntoIterator<Item = &'a Arc<Endpoint<C>>>) {
         let mut map = self.endpoints.lock();
         for ep in endpoints {
             map.entry(ep.address.clone()).or_insert_with(|| ep.clone());
@@ -472,7 +388,7 @@ impl Registry {
         }
     }
 
-    pub fn samples(&self) -> Vec<EndpointSample> {
+    pub fn samples(&self) -> Vec<Sample> {
         let mut v: Vec<_> = self.endpoints.lock().values().map(|e| e.sample()).collect();
         v.sort_by(|a, b| a.address.cmp(&b.address));
         v
@@ -482,7 +398,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::multiplexed::Multiplexed;
 
     fn settings() -> EndpointSettings {
         EndpointSettings {
@@ -516,7 +431,7 @@ mod tests {
     async fn an_upstream_h2_connection_whose_peer_stops_answering_pings_is_closed() {
         for answers in [false, true] {
             let (addr, upstream) = h2_upstream(answers).await;
-            let mut ep = Endpoint::new(&addr, settings(), 1);
+            let mut ep = Endpoint::new(&addr, settings(), 1, TcpConnector);
             ep.h2_keepalive = Duration::from_millis(100);
             let ep = Arc::new(ep);
             let handle = ep.connect_h2().await.expect("connect");

@@ -11,10 +11,9 @@ use http::header;
 use http::request::Parts;
 use http_body::Body;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::{is_reset, H1Error};
-use crate::proxy::body::RequestBody;
+use crate::body::RequestBody;
 
 /// `name: value` lines, as a head or a trailer section has them.
 fn put_fields(buf: &mut Vec<u8>, fields: &http::HeaderMap) {
@@ -84,7 +83,7 @@ impl Outgoing {
     /// progress (the caller loops).
     pub(super) fn poll_send(
         &mut self,
-        io: &mut TcpStream,
+        io: &mut (impl AsyncWrite + Unpin),
         cx: &mut Context<'_>,
         written: &mut bool,
     ) -> Result<bool, H1Error> {

@@ -14,11 +14,11 @@ use http_body::Body as _;
 use tokio::sync::oneshot;
 
 use super::tunnel::PendingTunnel;
-use crate::proxy::body::{pipe_to_h2, BodyError, H2Body, RequestBody};
-use crate::proxy::ProxyService;
+use super::Handler;
+use crate::body::{pipe_to_h2, BodyError, H2Body, RequestBody};
 
-pub async fn serve(
-    service: ProxyService,
+pub async fn serve<S: Handler>(
+    service: S,
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
 ) {
@@ -31,7 +31,7 @@ pub async fn serve(
     } else {
         (RequestBody::H2(H2Body::new(recv, &parts.headers)), None)
     };
-    let mut call = std::pin::pin!(service.serve(Request::from_parts(parts, body)));
+    let mut call = std::pin::pin!(service.call(Request::from_parts(parts, body)));
     let answered = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = call.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
@@ -43,7 +43,7 @@ pub async fn serve(
         }
     })
     .await;
-    let Some(Ok(resp)) = answered else { return };
+    let Some(resp) = answered else { return };
     let (mut head, body) = resp.into_parts();
     if !head.headers.contains_key(header::DATE) {
         // RFC 9110 §6.6.1: a recipient with a clock adds the Date a response lacks.

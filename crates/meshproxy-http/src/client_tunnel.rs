@@ -10,7 +10,7 @@ use http::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::body::RequestBody;
+use crate::body::RequestBody;
 use crate::h2_server::{H2Io, PendingTunnel};
 
 pub enum ClientTunnel {

@@ -8,52 +8,47 @@ use http_body::{Frame, SizeHint};
 
 use super::request::Outgoing;
 use super::response::{decode_chunked, Decoded, Framing};
-use super::{H1Conn, H1Error, Upgraded, READ_SIZE};
-use crate::endpoint::Endpoint;
+use super::{H1Conn, H1Error, Io, Recycle, Upgraded, READ_SIZE};
 
-enum BodyState {
-    Reading(H1Conn, Framing),
-    Upgraded(H1Conn),
+enum BodyState<C> {
+    Reading(H1Conn<C>, Framing),
+    Upgraded(H1Conn<C>),
     Done,
 }
 
 /// A response body read off its connection as the downstream asks for it. When it ends cleanly
 /// (and the request has been sent in full) the connection goes back to the pool; if it is
 /// dropped early or fails, the connection closes.
-pub struct H1Body {
-    state: BodyState,
+pub struct H1Body<C> {
+    state: BodyState<C>,
     /// The rest of the request body, still being sent (boxed: rare, and large).
     out: Option<Box<Outgoing>>,
     reusable: bool,
-    ep: Option<Arc<Endpoint>>,
+    recycle: Option<Arc<dyn Recycle<C>>>,
 }
 
-impl H1Body {
-    /// Until `send` knows what the response is.
-    pub(super) fn placeholder() -> Self {
-        H1Body { state: BodyState::Done, out: None, reusable: false, ep: None }
-    }
-
-    pub(super) fn upgraded(conn: H1Conn) -> Self {
-        H1Body { state: BodyState::Upgraded(conn), out: None, reusable: false, ep: None }
+impl<C: Io> H1Body<C> {
+    pub(super) fn upgraded(conn: H1Conn<C>) -> Self {
+        H1Body { state: BodyState::Upgraded(conn), out: None, reusable: false, recycle: None }
     }
 
     /// The body of a response with `framing` on `conn`, still sending `out`; ended at once (and
     /// the connection pooled) if there is nothing to read.
     pub(super) fn reading(
-        conn: H1Conn,
+        conn: H1Conn<C>,
         framing: Framing,
         out: Option<Box<Outgoing>>,
         reusable: bool,
-        ep: Arc<Endpoint>,
+        recycle: Arc<dyn Recycle<C>>,
     ) -> Self {
-        let mut body = H1Body { state: BodyState::Reading(conn, framing), out, reusable, ep: Some(ep) };
+        let mut body =
+            H1Body { state: BodyState::Reading(conn, framing), out, reusable, recycle: Some(recycle) };
         body.settle();
         body
     }
 
     /// The connection of a 101 response, with any bytes already read past its head.
-    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+    pub fn take_upgraded(&mut self) -> Option<Upgraded<C>> {
         match std::mem::replace(&mut self.state, BodyState::Done) {
             BodyState::Upgraded(conn) => Some(conn.into_upgraded()),
             other => {
@@ -90,8 +85,8 @@ impl H1Body {
         }
         // Bytes past the end of the response were never asked for: the connection is out of step.
         if self.reusable && self.out.is_none() && conn.rbuf.is_empty() {
-            if let Some(ep) = self.ep.take() {
-                ep.checkin(conn);
+            if let Some(recycle) = self.recycle.take() {
+                recycle.recycle(conn);
             }
         }
     }

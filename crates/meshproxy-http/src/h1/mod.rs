@@ -3,12 +3,14 @@
 //!
 //! hyper's client runs each connection as a task of its own and hands every request to it over
 //! a channel, the response back over another, and the body through a third, with two task
-//! switches per request. Replacing it took an HTTP/1.1 request from 34,804 to 27,475
-//! instructions end to end under callgrind (−21 %; h2c → HTTP/1.1 50,624 → 42,267, −17 %;
-//! `npm run bench:ci`). Here the request's
-//! task writes the head, reads the response head, and the response body reads the socket as the
-//! downstream consumes it; an idle connection is a socket in the pool, with no task. Parsing is
-//! `httparse`'s (the parser hyper uses); message framing follows RFC 9112 §6–7.
+//! switches per request (docs/performance.md has the measurement). Here the request's task writes
+//! the head, reads the response head, and the response body reads the socket as the downstream
+//! consumes it; an idle connection is a socket in the pool, with no task. Parsing is `httparse`'s
+//! (the parser hyper uses); message framing follows RFC 9112 §6–7.
+//!
+//! The client is generic over its connection ([`Io`]): plain TCP today, TLS or an in-memory
+//! duplex in tests. A connection whose exchange ended cleanly is handed to a [`Recycle`] hook
+//! (the endpoint's pool); this module knows no endpoints.
 //!
 //! `request` encodes and sends the request, `response` parses heads and chunked framing (pure
 //! functions over the read buffer), `body` reads the response body off the connection.
@@ -31,16 +33,43 @@ use bytes::BytesMut;
 use http::header;
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub use body::H1Body;
 use request::Outgoing;
 use response::{parse_head, Framing, ResponseHead};
 
+use crate::body::RequestBody;
 use crate::detect::PrefixedIo;
-use crate::endpoint::{ConnCount, Endpoint};
-use crate::pool::Reusable;
-use crate::proxy::body::RequestBody;
+
+/// A connection the HTTP/1.1 client can speak over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// True when an idle connection cannot carry a request: the peer closed it (EOF), reset it,
+    /// or sent something unasked (a 408, say). Must not block, and should not make a system call
+    /// unless the socket is readable.
+    fn is_closed_idle(&self) -> bool;
+}
+
+impl Io for TcpStream {
+    /// The readiness check is the reactor's state, no system call, unless it says readable.
+    fn is_closed_idle(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            // Readiness can also be left over from the last read of the previous response.
+            Poll::Ready(Ok(())) => {
+                !matches!(self.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Poll::Ready(Err(_)) => true,
+        }
+    }
+}
+
+/// Where a connection goes when its exchange ended cleanly and it can carry another request.
+pub trait Recycle<C: Io>: Send + Sync + 'static {
+    fn recycle(&self, conn: H1Conn<C>);
+}
 
 /// A response head (status line and fields) larger than this is refused: hyper's client limit
 /// was ~400 KB of buffer, nginx's `large_client_header_buffers` default is 4 × 8 KB.
@@ -67,63 +96,34 @@ pub enum H1Error {
     #[error("response head over {MAX_HEAD} bytes or {MAX_FIELDS} fields")]
     HeadTooLarge,
     #[error("request body failed: {0}")]
-    RequestBody(crate::proxy::body::ClientBodyError),
+    RequestBody(crate::body::ClientBodyError),
     #[error("upstream answered 101 to a request that asked for no upgrade")]
     UnaskedUpgrade,
 }
 
 impl H1Error {
-    /// What the client is told (the `meshproxy-error` header).
-    pub fn proxy_error(&self) -> crate::error::ProxyError {
-        use crate::error::ProxyError;
-        match self {
-            H1Error::Malformed(_) | H1Error::HeadTooLarge | H1Error::UnaskedUpgrade => {
-                ProxyError::UpstreamProtocol
-            }
-            H1Error::Io(_) | H1Error::ClosedBeforeResponse | H1Error::Incomplete => ProxyError::UpstreamReset,
-            // Bad framing from the client (an invalid chunk size, a body cut short): its request
-            // is malformed, whatever the upstream had read of it.
-            H1Error::RequestBody(_) => ProxyError::BadRequest,
-        }
-    }
-
-    /// True when the client, not the upstream, broke the exchange: never the endpoint's failure.
+    /// True when the client, not the upstream, broke the exchange (bad framing of its request
+    /// body, a body cut short): its request is malformed, whatever the upstream had read of it,
+    /// and never the endpoint's failure.
     pub fn is_client(&self) -> bool {
         matches!(self, H1Error::RequestBody(_))
+    }
+
+    /// True when the upstream's response could not be parsed or framed (as opposed to the
+    /// connection failing).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, H1Error::Malformed(_) | H1Error::HeadTooLarge | H1Error::UnaskedUpgrade)
     }
 }
 
 /// An HTTP/1.1 connection to an upstream, idle or carrying one exchange.
-pub struct H1Conn {
-    io: TcpStream,
+pub struct H1Conn<C> {
+    io: C,
     /// Bytes read and not yet consumed.
     rbuf: BytesMut,
     /// The request head being written; kept between requests for its allocation.
     wbuf: Vec<u8>,
     read_size: usize,
-    /// Counts the connection as open on its endpoint until it is dropped.
-    _count: ConnCount,
-}
-
-impl Reusable for H1Conn {
-    /// An idle connection has nothing to say: if it is readable, the upstream closed it (EOF) or
-    /// sent something unasked (a 408, say); either way it cannot carry a request. The readiness
-    /// check is the reactor's state, no system call, unless it says readable.
-    fn is_closed(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            // Readiness can also be left over from the last read of the previous response.
-            Poll::Ready(Ok(())) => {
-                !matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-            Poll::Ready(Err(_)) => true,
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        true
-    }
 }
 
 /// What a failed exchange leaves for a retry on a fresh connection.
@@ -137,20 +137,25 @@ pub struct Failed {
     pub no_response: bool,
 }
 
-impl H1Conn {
-    pub fn new(io: TcpStream, count: ConnCount) -> Self {
-        H1Conn { io, rbuf: BytesMut::new(), wbuf: Vec::new(), read_size: READ_SIZE, _count: count }
+impl<C: Io> H1Conn<C> {
+    pub fn new(io: C) -> Self {
+        H1Conn { io, rbuf: BytesMut::new(), wbuf: Vec::new(), read_size: READ_SIZE }
+    }
+
+    /// True when this idle connection cannot carry a request (see [`Io::is_closed_idle`]).
+    pub fn is_closed(&self) -> bool {
+        self.io.is_closed_idle()
     }
 
     /// Sends one request and waits for its final response head (1xx other than 101 are
-    /// skipped). The connection travels with the response body, which returns it to `ep`'s
-    /// pool when both messages have ended and it can be reused.
+    /// skipped). The connection travels with the response body, which hands it to `recycle`
+    /// when both messages have ended and it can be reused.
     pub async fn send(
         mut self,
         head: &Parts,
         body: RequestBody,
-        ep: &Arc<Endpoint>,
-    ) -> Result<Response<H1Body>, Failed> {
+        recycle: Arc<dyn Recycle<C>>,
+    ) -> Result<Response<H1Body<C>>, Failed> {
         self.read_size = READ_SIZE;
         let mut out = Outgoing::new(head, body, std::mem::take(&mut self.wbuf));
         let mut written = false;
@@ -163,7 +168,7 @@ impl H1Conn {
                 return Err(Failed { error, unsent, no_response });
             }
         };
-        let ResponseHead { mut response, framing, keep_alive } = resp;
+        let ResponseHead { response, framing, keep_alive } = resp;
         if out.head_sent == out.head.len() {
             self.wbuf = std::mem::take(&mut out.head);
             out.head_sent = 0;
@@ -174,13 +179,11 @@ impl H1Conn {
             if !head.headers.contains_key(header::UPGRADE) {
                 return Err(Failed { error: H1Error::UnaskedUpgrade, unsent: None, no_response: false });
             }
-            *response.body_mut() = H1Body::upgraded(self);
-            return Ok(response);
+            return Ok(response.map(|()| H1Body::upgraded(self)));
         }
         let reusable = keep_alive && !matches!(framing, Framing::Eof);
         let out = (!out.done()).then(|| Box::new(out));
-        *response.body_mut() = H1Body::reading(self, framing, out, reusable, ep.clone());
-        Ok(response)
+        Ok(response.map(|()| H1Body::reading(self, framing, out, reusable, recycle)))
     }
 
     fn poll_exchange(
@@ -232,7 +235,7 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-impl H1Conn {
+impl<C: Io> H1Conn<C> {
     /// Reads what the socket has into `rbuf`. The room offered grows while reads fill it (a
     /// large body then takes fewer, larger reads, as hyper's adaptive buffer did) and starts
     /// small again for each response.
@@ -249,14 +252,12 @@ impl H1Conn {
 }
 
 /// An upgraded connection, the tunnel's now: the bytes read past the 101's head come first.
-/// Counted open on its endpoint until dropped.
-pub struct Upgraded {
-    pub io: PrefixedIo<TcpStream>,
-    _count: ConnCount,
+pub struct Upgraded<C> {
+    pub io: PrefixedIo<C>,
 }
 
-impl H1Conn {
-    fn into_upgraded(self) -> Upgraded {
-        Upgraded { io: PrefixedIo::new(self.rbuf.freeze(), self.io), _count: self._count }
+impl<C: Io> H1Conn<C> {
+    fn into_upgraded(self) -> Upgraded<C> {
+        Upgraded { io: PrefixedIo::new(self.rbuf.freeze(), self.io) }
     }
 }

@@ -1,0 +1,263 @@
+//! Message bodies as the protocol engines carry them: a client's request body (HTTP/1.1 via
+//! hyper, an HTTP/2 stream), an upstream's response body (our HTTP/1.1 client, an HTTP/2 stream),
+//! and the copy of a body into an HTTP/2 stream. All stream frame by frame (no buffering): one
+//! side's flow control is the other's, which is what bounds memory.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::h1::{H1Body, H1Error, Io};
+
+/// A request body as the client sends it, forwarded upstream frame by frame: from hyper's
+/// HTTP/1.1 server or an HTTP/2 stream ([`crate::h2_server`]), or nothing (which lets a request be
+/// re-sent on a fresh connection after a stale pooled one failed).
+pub enum RequestBody {
+    Empty,
+    Http1(Incoming),
+    H2(H2Body),
+    /// An HTTP/2 `CONNECT`'s stream: taken by [`crate::client_tunnel::ClientTunnel`], never sent
+    /// as a body.
+    H2Tunnel(crate::h2_server::PendingTunnel),
+}
+
+/// How a client's request body can break off.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            RequestBody::Empty | RequestBody::H2Tunnel(_) => Poll::Ready(None),
+            RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
+            RequestBody::H2(b) => b.poll_frame(cx).map_err(ClientBodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty | RequestBody::H2Tunnel(_) => true,
+            RequestBody::Http1(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty | RequestBody::H2Tunnel(_) => SizeHint::with_exact(0),
+            RequestBody::Http1(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// How a forwarded response body can end badly. Either way the downstream response is aborted
+/// (HTTP/1.1: hyper closes the connection; HTTP/2: the stream is reset, see
+/// [`BodyError::h2_reason`]), never ended as if complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+    #[error(transparent)]
+    H1(#[from] H1Error),
+}
+
+impl BodyError {
+    /// The reset a client's HTTP/2 stream gets when its response breaks off: an upstream HTTP/2
+    /// stream's reset passes on with its reason (a gRPC server's CANCEL stays a CANCEL), anything
+    /// else is INTERNAL_ERROR.
+    pub fn h2_reason(&self) -> h2::Reason {
+        match self {
+            BodyError::H2(e) if e.is_reset() => e.reason().unwrap_or(h2::Reason::INTERNAL_ERROR),
+            _ => h2::Reason::INTERNAL_ERROR,
+        }
+    }
+}
+
+/// A response body as it comes from upstream: read off its connection for HTTP/1.1, an `h2`
+/// stream for HTTP/2.
+pub enum UpstreamIncoming<C> {
+    H1(H1Body<C>),
+    H2(H2Body),
+}
+
+impl<C: Io> UpstreamIncoming<C> {
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamIncoming::H1(b) => b.is_end_stream(),
+            UpstreamIncoming::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamIncoming::H1(b) => b.size_hint(),
+            UpstreamIncoming::H2(b) => b.size_hint(),
+        }
+    }
+
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            UpstreamIncoming::H1(b) => b.poll_frame(cx).map_err(BodyError::from),
+            UpstreamIncoming::H2(b) => b.poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+}
+
+/// An HTTP/2 stream's incoming half as a body (an upstream's response, a client's request): DATA
+/// then trailers. Received bytes are released to the flow-control window as they are handed on,
+/// so the sender sends at the pace the other side reads (h2 validates `content-length` against
+/// the DATA received).
+pub struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+    /// `recv.is_end_stream()` as of the last poll: asked several times per request, each a lock
+    /// of h2's stream store.
+    ended: bool,
+    /// From `content-length`, counted down: what the downstream side announces.
+    remaining: Option<u64>,
+}
+
+impl H2Body {
+    pub fn new(recv: h2::RecvStream, headers: &http::HeaderMap) -> Self {
+        let ended = recv.is_end_stream();
+        let remaining = if ended {
+            Some(0)
+        } else {
+            headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+        };
+        H2Body { recv, data_done: false, ended, remaining }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    // Only fails once the stream is gone, and then the next poll says so.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(n) = self.remaining.as_mut() {
+                        *n = n.saturating_sub(data.len() as u64);
+                    }
+                    self.ended = self.recv.is_end_stream();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => self.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(t))) => {
+                self.ended = true;
+                Poll::Ready(Some(Ok(Frame::trailers(t))))
+            }
+            Poll::Ready(Ok(None)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Copies a body into an HTTP/2 stream: a request body to an upstream (as its own task, started
+/// only for requests that have a body: the response may arrive, and the request's task move on,
+/// before the body ends — gRPC client streaming, or a server answering early), or a response
+/// body to a client. A body that breaks off resets the stream with what `reason` says, so the
+/// peer never takes it as complete.
+pub async fn pipe_to_h2<B>(mut body: B, mut tx: h2::SendStream<Bytes>, reason: fn(&B::Error) -> h2::Reason)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    loop {
+        // Backpressure: wait for some window before taking the next frame from the body (h2
+        // buffers what exceeds the window, up to its send-buffer limit). A reset from the peer
+        // (e.g. it answered without reading the body) ends the copy.
+        let ready = std::future::poll_fn(|cx| {
+            tx.reserve_capacity(1);
+            if tx.capacity() == 0 {
+                loop {
+                    match tx.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(0))) => {}
+                        Poll::Ready(Some(Ok(_))) => return Poll::Ready(true),
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(false),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+            match tx.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(false),
+                Poll::Pending => Poll::Ready(true),
+            }
+        })
+        .await;
+        if !ready {
+            return;
+        }
+        let frame = std::future::poll_fn(|cx| {
+            if tx.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Some)
+        })
+        .await;
+        let result = match frame {
+            // Reset by the peer.
+            None => return,
+            // No more frames and no end sent yet: an empty DATA frame with END_STREAM.
+            Some(None) => tx.send_data(Bytes::new(), true),
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    let eos = body.is_end_stream();
+                    match tx.send_data(data, eos) {
+                        Ok(()) if !eos => continue,
+                        r => r,
+                    }
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => {
+                        tx.reserve_capacity(0);
+                        tx.send_trailers(trailers)
+                    }
+                    Err(_) => continue,
+                },
+            },
+            Some(Some(Err(e))) => {
+                tracing::debug!(error = %e, "body failed; resetting the h2 stream");
+                tx.send_reset(reason(&e));
+                return;
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "h2 stream refused the body");
+        }
+        return;
+    }
+}

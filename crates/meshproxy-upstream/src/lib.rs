@@ -1,0 +1,28 @@
+//! meshproxy's upstream side: endpoints and their registry, the connectors that open
+//! connections, the pools that keep them (idle HTTP/1.1 connections, multiplexed HTTP/2 ones, one
+//! set per worker thread), and the per-endpoint limits (in-flight permits with a bounded pending
+//! queue).
+//!
+//! Who uses it: the engine (`meshproxy-core`), which compiles a config's services into endpoint
+//! handles and sends each request's attempt through one. What it must not know: routes,
+//! listeners, requests' meaning or the responses the proxy makes — it hands out connections and
+//! permits, counts what happens to them, and reports [`UpstreamError`]s for the engine to answer.
+
+pub mod connect;
+pub mod endpoint;
+pub mod pool;
+pub mod worker;
+
+pub use connect::{Connector, Counted, Target, TcpConnector};
+pub use endpoint::{Checkout, Endpoint, EndpointSettings, Registry, Sample};
+
+/// Why an endpoint could not take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// Its in-flight slots and pending queue are full.
+    #[error("endpoint overloaded")]
+    Overloaded,
+    /// No connection could be opened (refused, timed out, or the HTTP/2 handshake failed).
+    #[error("upstream connect failed")]
+    Connect,
+}
