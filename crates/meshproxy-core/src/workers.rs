@@ -1,8 +1,8 @@
 //! Worker threads: N current-thread runtimes, one per thread, each serving the connections handed
 //! to it and keeping its own upstream pools — the shape of HAProxy's threads and nginx's worker
-//! processes. tokio's work-stealing runtime was measured slower at 2 workers than at 1 (HTTP/1.1
-//! 20.5k vs 29.1k req/s, CPU per request +57 %): a request's downstream and upstream tasks ran on
-//! different threads, so each hand-off between them was a cross-thread wake-up.
+//! processes. Not tokio's work-stealing runtime: there a request's downstream and upstream tasks
+//! run on different threads, so each hand-off between them is a cross-thread wake-up
+//! (docs/performance.md has the measurement).
 //!
 //! Connections are dealt round-robin by the accept loop (which runs on worker 0). A connection
 //! stays on its worker; so do the upstream connections it opens, since each worker checks out

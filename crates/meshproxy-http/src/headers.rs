@@ -30,8 +30,8 @@ static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Which names of interest one pass over a message's header names found. Standard names compare
 /// as enum tags, so the pass is cheaper than a hashed lookup per name: most messages carry none of
-/// the hop-by-hop ones, and a blind `remove` per candidate hashed each name twice a request, a
-/// measurable share of the hot path (callgrind).
+/// the hop-by-hop ones, and a blind `remove` per candidate would hash each name twice a
+/// request.
 #[derive(Clone, Copy, Default)]
 pub struct Seen {
     /// Bit i: `HOP_BY_HOP[i]` is present.

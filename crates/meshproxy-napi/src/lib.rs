@@ -20,11 +20,8 @@ use host::RuntimeHost;
 
 /// The addon's Rust allocations (Node's own are untouched) go to mimalloc: the data path
 /// allocates per request (h2's streams and header blocks, request futures), and glibc's malloc
-/// spent ~5k instructions per h2c → h2 request on them, much of it in its slow path for blocks
-/// over 1 KiB. Under callgrind (`npm run bench:ci`, the `serve` example uses the same allocator):
-/// −1.9 % instructions per HTTP/1.1 request, −4.6 % h2c → h1, −6.7 % h2c → h2. The price is
-/// memory: 14.2 MB of peak RSS under the HTTP/1.1 load instead of 12.2 MB, and 17.9 KB per idle
-/// client connection instead of 16.2 KB (`npm run bench`).
+/// takes its slow path for many of them (blocks over 1 KiB). The price is a little more memory
+/// per connection; docs/performance.md has both measurements.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -124,7 +124,7 @@ fn is_grpc(req: &Request<RequestBody>) -> bool {
 /// One request, start to response head. Routing and checks are plain functions (`plan`,
 /// `finish`); the only awaits are the upstream attempt and the rare CONNECT tunnel (boxed). Each
 /// nested `async fn` level would be a future of nearly the same size (kilobytes) built and then
-/// copied into its parent's on every request — callgrind showed memcpy at ~12 % of the h2 path.
+/// copied into its parent's on every request (docs/performance.md).
 async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response<ResponseBody>, Infallible> {
     let activity = ctx.activity.begin();
     // Holding the snapshot for the whole request: a reload mid-request does not change its route.
@@ -140,7 +140,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         Planned::Forward(Forward { meta, route, endpoint, h2, upstream_req, after }) => {
             // Pinned where it is built and raced with the timer in place: `tokio::time::timeout(t,
             // attempt)` moves this (large) future into its own, a memcpy of its whole size on
-            // every request (callgrind: ~600 instructions).
+            // every request.
             let mut attempt = std::pin::pin!(async {
                 let permit = endpoint.acquire().await?;
                 // One future awaited at one point: awaited in two branches, the two send futures
