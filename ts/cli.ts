@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `meshproxy` CLI: `run`, `check`, `demo`. Only this side handles signals: the first
+ * The `meshproxy` CLI: `run`, `check`, `schema`, `demo`. Only this side handles signals: the first
  * SIGINT/SIGTERM drains and closes the proxy, a second one forces it; SIGHUP reloads the file.
  */
 import { readFileSync } from 'node:fs'
@@ -14,6 +14,7 @@ import {
   type LoadResult,
   type UpstreamProtocol,
 } from './config/index.js'
+import { modelSchema, nativeSchema } from './config/json-schema.js'
 import { MeshProxyError } from './errors.js'
 import { DEFAULT_GRACE_MS, Proxy, type StartInfo } from './proxy.js'
 import { runDemo } from './demo.js'
@@ -150,6 +151,14 @@ program
   .description('validate a config file and print every problem (exit code 1 on errors)')
   .argument('<file>', 'YAML config file')
   .action((file: string) => check(file))
+
+program
+  .command('schema')
+  .description('print the JSON Schema of the YAML config, for editors (yaml-language-server)')
+  .option('--model', 'the normalized model the data plane reads instead (schema/config-model.schema.json)')
+  .action((opts: { model?: boolean }) => {
+    process.stdout.write(JSON.stringify(opts.model ? modelSchema() : nativeSchema(), null, 2) + '\n')
+  })
 
 program
   .command('demo')

@@ -10,6 +10,7 @@ import { isMap, isScalar, newLineCounter, parseAllDocuments } from './yaml-lib.j
 import type { AdminModel, ConfigModel, ListenerModel, ServiceModel } from './model.js'
 import { DiagnosticSink, Origins, type Diagnostic, type Loc } from './diagnostics.js'
 import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener } from './defaults.js'
+import { OUR_API_VERSION } from './model.js'
 import { K8sResources, readK8sResource } from './kubernetes.js'
 import { translateK8s } from './k8s-translate.js'
 import { NATIVE_TOP_FIELDS, readNativeDoc, type NativeContext } from './native.js'
@@ -38,8 +39,6 @@ export interface LoadResult {
   /** Sizes of the loaded model (of what could be read, when there are errors). */
   summary: { listeners: number; routes: number; services: number; endpoints: number }
 }
-
-export const OUR_API_VERSION = 'meshproxy.io/v1alpha1'
 
 /** Problems with the options themselves have no place in the file. */
 const OPTIONS_LOC: Loc = { file: '<options>', line: 0, column: 0 }

@@ -1,45 +1,28 @@
 /**
  * Native meshproxy documents (no `apiVersion`, or `meshproxy.io/v1alpha1` `kind: Config`):
  * field-by-field reading into model objects with defaults applied, positions recorded in
- * `Origins` for the cross-checks that run once every document is read.
+ * `Origins` for the cross-checks that run once every document is read. The keys each mapping
+ * accepts, and the reading of numbers, durations, booleans and enums, come from the field table
+ * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isMap, isSeq } from './yaml-lib.js'
-import type { AdminModel, BalancerModel, EndpointModel, HeaderMatch, Http2Model, ListenerModel, PathMatchType, RouteModel, ServiceModel } from './model.js'
+import { BALANCER_KINDS, CONFIG, ENDPOINT, LISTENER, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
-import {
-  HTTP2_LIMITS,
-  LISTENER_LIMITS,
-  LISTENER_PROTOCOLS,
-  POOL_LIMITS,
-  ROUTE_LIMITS,
-  SERVICE_LIMITS,
-  UPSTREAM_PROTOCOLS,
-  WEIGHT_MAX,
-  WEIGHT_MIN,
-  makeListener,
-  makeRoute,
-  makeService,
-  isListenerProtocol,
-  isUpstreamProtocol,
-} from './defaults.js'
+import { complete, yamlEntries, yamlKey, type EnumField, type Table } from './fields.js'
+import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
 import { checkHeaderValue, checkName, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 
-export const NATIVE_TOP_FIELDS = ['apiVersion', 'kind', 'metadata', 'admin', 'listeners', 'services'] as const
-const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', 'detectTimeout', 'maxConnections', 'headerReadTimeout', 'idleTimeout', 'maxHeaderBytes', 'maxUriBytes', 'tunnelIdleTimeout', 'http2', 'proxyHeaders', 'routes']
-/** YAML key → model field; the times drop the `Ms` as every other duration in the file does. */
-const HTTP2_KEYS: Array<[string, keyof Http2Model]> = [
-  ['maxConcurrentStreams', 'maxConcurrentStreams'],
-  ['maxHeaderListSize', 'maxHeaderListSize'],
-  ['connectionWindowSize', 'connectionWindowSize'],
-  ['streamWindowSize', 'streamWindowSize'],
-  ['keepAliveInterval', 'keepAliveIntervalMs'],
-  ['keepAliveTimeout', 'keepAliveTimeoutMs'],
-]
-const HTTP2_FIELDS = HTTP2_KEYS.map(([key]) => key)
-const ROUTE_FIELDS = ['name', 'match', 'service', 'timeout', 'allowConnect']
-const MATCH_FIELDS = ['host', 'hosts', 'path', 'pathType', 'method', 'methods', 'headers']
-const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', 'connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'maxStreamsPerConnection', 'pool']
+/** The keys a table's YAML form accepts, in table order (the order "valid fields:" hints list them). */
+const keysOf = (t: Table): string[] => yamlEntries(t).map(([key]) => key)
+
+export const NATIVE_TOP_FIELDS = keysOf(CONFIG)
+const LISTENER_FIELDS = keysOf(LISTENER)
+const ROUTE_FIELDS = keysOf(ROUTE)
+const MATCH_FIELDS = Object.keys(ROUTE_MATCH)
+const SERVICE_FIELDS = keysOf(SERVICE)
+const ENDPOINT_FIELDS = keysOf(ENDPOINT)
+const { min: WEIGHT_MIN, max: WEIGHT_MAX } = ENDPOINT.fields.weight
 /** Names people write for an upstream protocol, for the hint only: the model takes the exact values. */
 const PROTOCOL_ALIASES: Record<string, string> = {
   h2: 'http2',
@@ -65,11 +48,14 @@ const LISTENER_PROTOCOL_ALIASES: Record<string, string> = {
   raw: 'tcp',
   tls: 'tcp',
 }
-const POOL_FIELDS = ['maxIdlePerEndpoint', 'idleTimeout']
-const ENDPOINT_FIELDS = ['address', 'weight']
-const BALANCERS = ['round-robin', 'random', 'hash']
+/** Other names for enum values, by the enum (`"listener protocol"`): for hints only, the model takes the exact values. */
+const ALIASES: Record<string, Record<string, string>> = {
+  'listener protocol': LISTENER_PROTOCOL_ALIASES,
+  'service protocol': PROTOCOL_ALIASES,
+}
+const BALANCERS: readonly string[] = BALANCER_KINDS
 const HASH_SOURCES = ['header', 'cookie', 'source']
-export const PATH_TYPES = ['Exact', 'Prefix', 'ImplementationSpecific']
+export const PATH_TYPES = ROUTE_MATCH.pathType.enum
 
 export interface NativeContext {
   r: DocReader
@@ -130,36 +116,10 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
   const addressNode = f.get('address')
   const address = (addressNode && readAddress(ctx.r, addressNode, 'listener address', '127.0.0.1:4140')) ?? ctx.defaultListen
   const listener = makeListener(name, address)
-  const protocol = f.str('protocol')
-  if (protocol !== undefined) {
-    if (isListenerProtocol(protocol)) listener.protocol = protocol
-    else ctx.r.error(f.valueLoc('protocol'), `unknown listener protocol "${protocol}"`, protocolHint(protocol, LISTENER_PROTOCOLS, LISTENER_PROTOCOL_ALIASES))
-  }
   // `tcpService: null` is the default, written out.
   const tcpService = f.str('tcpService')
   if (tcpService !== undefined) listener.tcpService = tcpService
-  const limits: Array<[string, keyof typeof LISTENER_LIMITS]> = [
-    ['maxConnections', 'maxConnections'],
-    ['headerReadTimeout', 'headerReadTimeoutMs'],
-    ['idleTimeout', 'idleTimeoutMs'],
-    ['maxHeaderBytes', 'maxHeaderBytes'],
-    ['maxUriBytes', 'maxUriBytes'],
-    ['tunnelIdleTimeout', 'tunnelIdleTimeoutMs'],
-    ['detectTimeout', 'detectTimeoutMs'],
-  ]
-  for (const [key, field] of limits) {
-    const v = f.limit(key, LISTENER_LIMITS[field])
-    if (v !== undefined) listener[field] = v
-  }
-  const http2 = f.fields('http2', 'listener http2', HTTP2_FIELDS)
-  if (http2) {
-    for (const [key, field] of HTTP2_KEYS) {
-      const v = http2.limit(key, HTTP2_LIMITS[field])
-      if (v !== undefined) listener.http2[field] = v
-    }
-  }
-  const proxyHeaders = f.bool('proxyHeaders')
-  if (proxyHeaders !== undefined) listener.proxyHeaders = proxyHeaders
+  readPlain(f, LISTENER, listener)
 
   ctx.origins.set(listener, '', ctx.r.loc(node))
   ctx.origins.set(listener, 'name', f.valueLoc('name'))
@@ -179,10 +139,7 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   const f = r.fields(node, 'route', ROUTE_FIELDS)
   if (!f) return undefined
   const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', true) ?? '')
-  const timeout = f.limit('timeout', ROUTE_LIMITS.responseHeaderTimeoutMs)
-  if (timeout !== undefined) route.responseHeaderTimeoutMs = timeout
-  const allowConnect = f.bool('allowConnect')
-  if (allowConnect !== undefined) route.allowConnect = allowConnect
+  readPlain(f, ROUTE, route)
   ctx.origins.set(route, '', r.loc(node))
   ctx.origins.set(route, 'allowConnect', f.keyLoc('allowConnect'))
   ctx.origins.set(route, 'name', f.valueLoc('name'))
@@ -265,24 +222,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
 
   const balancerNode = f.get('balancer')
   if (balancerNode) service.balancer = readBalancer(r, balancerNode) ?? service.balancer
-  const protocol = f.str('protocol')
-  if (protocol !== undefined) {
-    if (isUpstreamProtocol(protocol)) service.protocol = protocol
-    else r.error(f.valueLoc('protocol'), `unknown service protocol "${protocol}"`, protocolHint(protocol, UPSTREAM_PROTOCOLS, PROTOCOL_ALIASES))
-  }
-  const limits = ['connectTimeout', 'maxInflightPerEndpoint', 'maxPendingPerEndpoint', 'maxStreamsPerConnection'] as const
-  for (const key of limits) {
-    const field = key === 'connectTimeout' ? 'connectTimeoutMs' : key
-    const v = f.limit(key, SERVICE_LIMITS[field])
-    if (v !== undefined) service[field] = v
-  }
-  const pool = f.fields('pool', 'service pool', POOL_FIELDS)
-  if (pool) {
-    const maxIdle = pool.limit('maxIdlePerEndpoint', POOL_LIMITS.maxIdlePerEndpoint)
-    if (maxIdle !== undefined) service.pool.maxIdlePerEndpoint = maxIdle
-    const idle = pool.limit('idleTimeout', POOL_LIMITS.idleTimeoutMs)
-    if (idle !== undefined) service.pool.idleTimeoutMs = idle
-  }
+  readPlain(f, SERVICE, service)
   for (const n of f.list('endpoints')) {
     const endpoint = readEndpoint(r, n)
     if (!endpoint) continue
@@ -295,10 +235,42 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   return service
 }
 
+/**
+ * Reads the plain fields of table `t` — numbers, durations, booleans, enums, and objects of only
+ * those (a listener's `http2`) — from `f` into `target`, where written. Names, addresses, lists
+ * and shorthands have readers of their own.
+ */
+function readPlain(f: Fields, t: Table, target: object): void {
+  const out = target as Record<string, unknown>
+  for (const [name, field] of Object.entries(t.fields)) {
+    if (field.yaml === false) continue
+    const key = yamlKey(name, field)
+    let value: unknown
+    if (field.kind === 'int') value = f.limit(key, limitOf(field))
+    else if (field.kind === 'boolean') value = f.bool(key)
+    else if (field.kind === 'enum') value = readEnum(f, key, field)
+    else if (field.kind === 'object' && isPlain(field.table)) {
+      const sub = f.fields(key, `${f.what} ${key}`, keysOf(field.table))
+      if (sub) readPlain(sub, field.table, out[name] as object)
+    }
+    if (value !== undefined) out[name] = value
+  }
+}
+
+const isPlain = (t: Table): boolean => Object.values(t.fields).every((f) => f.kind === 'int' || f.kind === 'boolean' || f.kind === 'enum')
+
+function readEnum(f: Fields, key: string, field: EnumField): string | undefined {
+  const value = f.str(key)
+  if (value === undefined || field.values.includes(value)) return value
+  const what = `${f.what} ${key}`
+  f.r.error(f.valueLoc(key), `unknown ${what} "${value}"`, enumHint(value, field, ALIASES[what] ?? {}))
+  return undefined
+}
+
 /** `did you mean` when a close or common name was written, then always the valid values. */
-function protocolHint(protocol: string, protocols: readonly string[], aliases: Record<string, string>): string {
-  const valid = `valid protocols: ${protocols.join(', ')}`
-  const guess = aliases[protocol.toLowerCase()] ?? closest(protocol, protocols)
+function enumHint(value: string, field: EnumField, aliases: Record<string, string>): string {
+  const valid = `valid ${field.noun}: ${field.values.join(', ')}`
+  const guess = aliases[value.toLowerCase()] ?? closest(value, field.values)
   return guess === undefined ? valid : `did you mean "${guess}"? ${valid}`
 }
 
@@ -309,13 +281,13 @@ function readEndpoint(r: DocReader, node: YNode): EndpointModel | undefined {
   }
   if (!isMap(node)) {
     const address = readAddress(r, node, 'endpoint address', '127.0.0.1:8080')
-    return address === undefined ? undefined : { address, weight: 1 }
+    return address === undefined ? undefined : complete(ENDPOINT, { address })
   }
   const f = r.fields(node, 'endpoint', ENDPOINT_FIELDS)
   const addressNode = f?.require('address')
   const address = addressNode && readAddress(r, addressNode, 'endpoint address', '127.0.0.1:8080')
-  const weight = f?.int('weight', WEIGHT_MIN, WEIGHT_MAX) ?? 1
-  return address === undefined ? undefined : { address, weight }
+  const weight = f?.int('weight', WEIGHT_MIN, WEIGHT_MAX)
+  return address === undefined ? undefined : complete(ENDPOINT, weight === undefined ? { address } : { address, weight })
 }
 
 /**

@@ -2,33 +2,17 @@
  * `validateModel`: checks an already-normalized `ConfigModel` built in code (by the Proxy
  * constructor's callers) before it crosses to the data plane. Values must already be in the
  * normalized form the loader produces: the data plane does not normalize again, so `/a/` or
- * `GET`-vs-`get` differences would otherwise change routing silently.
+ * `GET`-vs-`get` differences would otherwise change routing silently. The structure — fields,
+ * types, limits, enum values, normal forms — is checked as the field table (`model.ts`) declares
+ * it; then the cross-checks the loader also runs (`semantics.ts`).
  */
-import type { ConfigModel } from './model.js'
+import { BALANCER_KINDS, CONFIG, type ConfigModel } from './model.js'
+import { isNested, modelEntries, type Field, type Table } from './fields.js'
 import { suggest, type Diagnostic } from './diagnostics.js'
-import {
-  HTTP2_LIMITS,
-  LISTENER_LIMITS,
-  LISTENER_PROTOCOLS,
-  POOL_LIMITS,
-  ROUTE_LIMITS,
-  SERVICE_LIMITS,
-  UPSTREAM_PROTOCOLS,
-  WEIGHT_MAX,
-  WEIGHT_MIN,
-  isListenerProtocol,
-  isUpstreamProtocol,
-  type LimitSpec,
-} from './defaults.js'
 import { checkSemantics } from './semantics.js'
-import { checkHeaderValue, checkName, describe as describeValue, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, type Parsed } from './values.js'
+import { describe as describeValue, isToken, normalizeHeaderName, type Parsed } from './values.js'
 
 type Obj = Record<string, unknown>
-
-const MODEL_FIELDS = ['listeners', 'services', 'admin']
-const LISTENER_FIELDS = ['name', 'address', 'protocol', 'tcpService', ...Object.keys(LISTENER_LIMITS), 'http2', 'proxyHeaders', 'routes']
-const ROUTE_FIELDS = ['name', 'hosts', 'path', 'methods', 'headers', 'service', ...Object.keys(ROUTE_LIMITS), 'allowConnect']
-const SERVICE_FIELDS = ['name', 'balancer', 'endpoints', 'protocol', ...Object.keys(SERVICE_LIMITS), 'pool']
 
 class Checker {
   readonly diags: Diagnostic[] = []
@@ -79,14 +63,10 @@ class Checker {
     else if (v < min || v > max) this.error(path, `must be between ${min} and ${max}, got ${v}`)
   }
 
-  limits(o: Obj, path: string, specs: Record<string, LimitSpec>): void {
-    for (const [key, spec] of Object.entries(specs)) this.int(o[key], `${path}.${key}`, spec.min, spec.max)
-  }
-
-  /** One of the `valid` strings (a protocol); absent is left to the required-field check. */
-  oneOf(v: unknown, path: string, valid: readonly string[], is: (v: unknown) => boolean): void {
-    if (v === undefined || is(v)) return
-    const hint = typeof v === 'string' ? suggest(v, valid, 'valid protocols') : `valid protocols: ${valid.join(', ')}`
+  /** One of the `valid` strings (`noun` names them in the hint); absent is left to the required-field check. */
+  oneOf(v: unknown, path: string, valid: readonly string[], noun: string): void {
+    if (v === undefined || valid.includes(v as string)) return
+    const hint = typeof v === 'string' ? suggest(v, valid, `valid ${noun}`) : `valid ${noun}: ${valid.join(', ')}`
     this.error(path, `expected one of ${valid.map((p) => `"${p}"`).join(', ')}, got ${describe(v)}`, hint)
   }
 
@@ -107,11 +87,6 @@ function describe(v: unknown): string {
   return describeValue(v)
 }
 
-const address = (s: string): Parsed<string> => {
-  const parsed = parseAddress(s)
-  return parsed.ok ? { ok: true, value: parsed.value.text } : parsed
-}
-
 /**
  * Every structural problem of `model` as error diagnostics (file `<object>`, no position,
  * messages starting with the JSON path such as `services[1].endpoints[0].weight`), followed by
@@ -119,14 +94,7 @@ const address = (s: string): Parsed<string> => {
  */
 export function validateModel(model: unknown): Diagnostic[] {
   const c = new Checker()
-  const root = c.object(model, 'config', MODEL_FIELDS)
-  if (!root) return c.diags
-  if (root.admin !== null && root.admin !== undefined) {
-    const admin = c.object(root.admin, 'admin', ['address'])
-    if (admin) c.normalized(admin.address, 'admin.address', address)
-  }
-  c.array(root.listeners, 'listeners').forEach((l, i) => checkListener(c, l, `listeners[${i}]`))
-  c.array(root.services, 'services').forEach((s, i) => checkService(c, s, `services[${i}]`))
+  if (!checkObject(c, model, '', CONFIG)) return c.diags
   // Cross-checks assume the structure holds; on a broken one they would only add noise.
   if (c.diags.length === 0) {
     checkSemantics(model as ConfigModel, (target, message, hint) => c.error(target.path, message, hint))
@@ -134,63 +102,60 @@ export function validateModel(model: unknown): Diagnostic[] {
   return c.diags
 }
 
-function checkListener(c: Checker, v: unknown, path: string): void {
-  const l = c.object(v, path, LISTENER_FIELDS)
-  if (!l) return
-  c.normalized(l.name, `${path}.name`, (s) => checkName(s, 'listener'))
-  c.normalized(l.address, `${path}.address`, address)
-  c.oneOf(l.protocol, `${path}.protocol`, LISTENER_PROTOCOLS, isListenerProtocol)
-  // null (no tcpService) must be written out like every other default.
-  if (l.tcpService !== null && l.tcpService !== undefined) {
-    if (typeof l.tcpService === 'string') c.normalized(l.tcpService, `${path}.tcpService`, (s) => checkName(s, 'service'))
-    else c.error(`${path}.tcpService`, `expected a service name or null, got ${describe(l.tcpService)}`)
-  }
-  c.limits(l, path, LISTENER_LIMITS)
-  c.boolean(l.proxyHeaders, `${path}.proxyHeaders`)
-  const http2 = l.http2 === undefined ? undefined : c.object(l.http2, `${path}.http2`, Object.keys(HTTP2_LIMITS))
-  if (http2) c.limits(http2, `${path}.http2`, HTTP2_LIMITS)
-  c.array(l.routes, `${path}.routes`).forEach((r, i) => checkRoute(c, r, `${path}.routes[${i}]`))
+/** Checks of the custom fields of the table (`CustomField.name`). */
+const CUSTOM_CHECKS: Record<string, (c: Checker, v: unknown, path: string) => void> = {
+  Balancer: checkBalancer,
 }
 
-function checkRoute(c: Checker, v: unknown, path: string): void {
-  const r = c.object(v, path, ROUTE_FIELDS)
-  if (!r) return
-  c.normalized(r.name, `${path}.name`, (s) => checkName(s, 'route'))
-  c.normalized(r.service, `${path}.service`, (s) => checkName(s, 'service'))
-  c.array(r.hosts, `${path}.hosts`).forEach((h, i) => c.normalized(h, `${path}.hosts[${i}]`, normalizeHost))
-  c.array(r.methods, `${path}.methods`).forEach((m, i) => c.normalized(m, `${path}.methods[${i}]`, normalizeMethod))
-  c.array(r.headers, `${path}.headers`).forEach((h, i) => {
-    const header = c.object(h, `${path}.headers[${i}]`, ['name', 'value'])
-    if (!header) return
-    c.normalized(header.name, `${path}.headers[${i}].name`, normalizeHeaderName)
-    c.normalized(header.value, `${path}.headers[${i}].value`, checkHeaderValue)
-  })
-  const match = r.path === undefined ? undefined : c.object(r.path, `${path}.path`, ['type', 'value'])
-  if (match) {
-    if (match.type !== undefined && match.type !== 'Exact' && match.type !== 'Prefix') {
-      c.error(`${path}.path.type`, `expected "Exact" or "Prefix", got ${describe(match.type)}`)
+const join = (path: string, key: string): string => (path === '' ? key : `${path}.${key}`)
+
+/**
+ * An object of `table`: exactly its fields, each checked by its declaration. An object's own
+ * values come before what is nested in it, so a listener's problems are listed before its
+ * routes'. `path` '' is the whole config. Returns false when `v` is not an object at all.
+ */
+function checkObject(c: Checker, v: unknown, path: string, table: Table): boolean {
+  const fields = modelEntries(table)
+  const o = c.object(v, path || 'config', fields.map(([key]) => key))
+  if (!o) return false
+  for (const nestedFirst of [false, true]) {
+    for (const [key, field] of fields) {
+      if (isNested(field) === nestedFirst) checkValue(c, o[key], join(path, key), field, o)
     }
-    c.normalized(match.value, `${path}.path.value`, (s) => normalizePath(s, match.type === 'Exact' ? 'Exact' : 'Prefix'))
   }
-  c.limits(r, path, ROUTE_LIMITS)
-  c.boolean(r.allowConnect, `${path}.allowConnect`)
+  return true
 }
 
-function checkService(c: Checker, v: unknown, path: string): void {
-  const s = c.object(v, path, SERVICE_FIELDS)
-  if (!s) return
-  c.normalized(s.name, `${path}.name`, (n) => checkName(n, 'service'))
-  c.oneOf(s.protocol, `${path}.protocol`, UPSTREAM_PROTOCOLS, isUpstreamProtocol)
-  c.limits(s, path, SERVICE_LIMITS)
-  const pool = s.pool === undefined ? undefined : c.object(s.pool, `${path}.pool`, Object.keys(POOL_LIMITS))
-  if (pool) c.limits(pool, `${path}.pool`, POOL_LIMITS)
-  c.array(s.endpoints, `${path}.endpoints`).forEach((e, i) => {
-    const endpoint = c.object(e, `${path}.endpoints[${i}]`, ['address', 'weight'])
-    if (!endpoint) return
-    c.normalized(endpoint.address, `${path}.endpoints[${i}].address`, address)
-    c.int(endpoint.weight, `${path}.endpoints[${i}].weight`, WEIGHT_MIN, WEIGHT_MAX)
-  })
-  if (s.balancer !== undefined) checkBalancer(c, s.balancer, `${path}.balancer`)
+function checkValue(c: Checker, v: unknown, path: string, field: Field, parent: Obj): void {
+  // A missing field is reported by checkObject.
+  if (v === undefined) return
+  switch (field.kind) {
+    case 'string':
+      if (field.nullable && v === null) return
+      if (field.nullable && typeof v !== 'string') c.error(path, `expected ${field.noun ?? 'a string'} or null, got ${describe(v)}`)
+      else c.normalized(v, path, (s) => field.normalize(s, parent))
+      return
+    case 'int':
+      return c.int(v, path, field.min, field.max)
+    case 'boolean':
+      return c.boolean(v, path)
+    case 'enum':
+      return c.oneOf(v, path, field.values, field.noun)
+    case 'object':
+      if (field.nullable && v === null) return
+      checkObject(c, v, path, field.table)
+      return
+    case 'list':
+      c.array(v, path).forEach((item, i) => checkValue(c, item, `${path}[${i}]`, field.items, parent))
+      return
+    case 'custom': {
+      const check = CUSTOM_CHECKS[field.name]
+      if (!check) throw new Error(`no check for the custom field ${field.name}`)
+      return check(c, v, path)
+    }
+    case 'yaml-only':
+      return
+  }
 }
 
 function checkBalancer(c: Checker, v: unknown, path: string): void {
@@ -202,7 +167,7 @@ function checkBalancer(c: Checker, v: unknown, path: string): void {
     return
   }
   if (b.kind !== 'hash') {
-    c.error(`${path}.kind`, `unknown balancer kind ${typeof b.kind === 'string' ? `"${b.kind}"` : describe(b.kind)}`, typeof b.kind === 'string' ? suggest(b.kind, ['round-robin', 'random', 'hash']) : undefined)
+    c.error(`${path}.kind`, `unknown balancer kind ${typeof b.kind === 'string' ? `"${b.kind}"` : describe(b.kind)}`, typeof b.kind === 'string' ? suggest(b.kind, BALANCER_KINDS) : undefined)
     return
   }
   if (sources.length !== 1) {

@@ -139,7 +139,7 @@ export class DocReader {
     return undefined
   }
 
-  /** A limit from `defaults.ts`: durations accept ms integers and strings such as `10s`. */
+  /** A limit of the field table (`model.ts`): durations accept ms integers and strings such as `10s`. */
   limit(node: YNode, what: string, spec: LimitSpec): number | undefined {
     if (!spec.duration) return this.integer(node, what, spec.min, spec.max)
     if (!isScalar(node)) {
