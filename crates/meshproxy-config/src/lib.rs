@@ -1,6 +1,8 @@
-//! The normalized config model, deserialized from the JSON the TypeScript validator produces
-//! (`ts/config/model.ts`). Every field is explicit: defaults are applied once, in TypeScript, so
-//! the data plane never guesses.
+//! The normalized config model, deserialized from the JSON the TypeScript side produces. Its
+//! fields are declared in the TypeScript field table (`ts/config/model.ts`); `schema_agreement`
+//! tests that these structs read exactly what that table generates
+//! (`schema/config-model.schema.json`), so a field added here must be added there too. Every field
+//! is explicit: defaults are applied once, in TypeScript, so the data plane never guesses.
 //!
 //! Who uses it: every other meshproxy crate (the engine compiles it into a snapshot; routing
 //! reads route matches; the binding parses it). What it must not know: sockets, tokio, the
@@ -10,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
     pub listeners: Vec<ListenerConfig>,
@@ -18,12 +21,14 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminConfig {
     pub address: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     /// HTTP/1.1 and h2c, detected per connection; other traffic goes to `tcp_service` if set.
@@ -33,6 +38,7 @@ pub enum ListenerProtocol {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -65,6 +71,7 @@ pub struct ListenerConfig {
 
 /// HTTP/2 settings a production proxy sets on purpose (defaults in [`Http2Config::default`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Http2Config {
     pub max_concurrent_streams: u32,
@@ -91,12 +98,14 @@ impl Default for Http2Config {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub enum PathMatchType {
     Exact,
     Prefix,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PathMatch {
     #[serde(rename = "type")]
@@ -105,6 +114,7 @@ pub struct PathMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -112,6 +122,7 @@ pub struct HeaderMatch {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -128,6 +139,7 @@ pub struct RouteConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum BalancerConfig {
     RoundRobin,
@@ -143,6 +155,7 @@ pub enum BalancerConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub address: String,
@@ -150,6 +163,7 @@ pub struct EndpointConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolConfig {
     pub max_idle_per_endpoint: u32,
@@ -157,6 +171,7 @@ pub struct PoolConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
@@ -192,6 +207,7 @@ fn default_max_streams() -> u32 {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     #[default]
@@ -274,3 +290,6 @@ pub mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod schema_agreement;
