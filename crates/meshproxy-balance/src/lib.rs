@@ -7,10 +7,12 @@
 //! sockets, connections or config files — it chooses among indices, purely, and is
 //! property-tested as such.
 
+mod distribution;
 mod hash;
 mod random;
 mod round_robin;
 
+pub use distribution::Distribution;
 pub use hash::Ring;
 pub use random::WeightedRandom;
 pub use round_robin::RoundRobin;
@@ -35,6 +37,24 @@ pub enum Balancer {
     },
 }
 
+/// What a balancer may read of an endpoint's live state.
+pub trait EndpointView {
+    /// False when the endpoint should get no new requests (removed, and later ejected or
+    /// failing its health checks).
+    fn available(&self) -> bool;
+    /// Requests in flight to it.
+    fn load(&self) -> u64;
+}
+
+impl<T: EndpointView> EndpointView for std::sync::Arc<T> {
+    fn available(&self) -> bool {
+        (**self).available()
+    }
+    fn load(&self) -> u64 {
+        (**self).load()
+    }
+}
+
 impl Balancer {
     /// The hash key source, if this balancer wants one.
     pub fn hash_key(&self) -> Option<&HashKey> {
@@ -44,7 +64,21 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint index; `None` only when there are no endpoints.
+    /// Picks one of `endpoints` (the list the balancer was built for, in the same order): the
+    /// algorithm's choice, or when that one is unavailable the next available one after it.
+    /// When none is available it keeps the algorithm's choice (as Envoy's panic threshold does:
+    /// better to try an endpoint than to fail every request). `None` only when there are none.
+    pub fn select<E: EndpointView>(&self, endpoints: &[E], hash: Option<u64>) -> Option<usize> {
+        let i = self.pick(hash)?;
+        if endpoints.get(i)?.available() {
+            return Some(i);
+        }
+        let n = endpoints.len();
+        Some((1..n).map(|k| (i + k) % n).find(|&j| endpoints[j].available()).unwrap_or(i))
+    }
+
+    /// The algorithm's choice of an endpoint index, whatever the endpoints' state; `None` only
+    /// when there are no endpoints.
     pub fn pick(&self, hash: Option<u64>) -> Option<usize> {
         match self {
             Balancer::RoundRobin(rr) => rr.pick(),
@@ -75,4 +109,44 @@ fn gcd(a: u64, b: u64) -> u64 {
 fn reduced(weights: &[u32]) -> Vec<u64> {
     let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w.max(1))));
     weights.iter().map(|&w| u64::from(w.max(1)) / g.max(1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    struct View(bool);
+    impl EndpointView for View {
+        fn available(&self) -> bool {
+            self.0
+        }
+        fn load(&self) -> u64 {
+            0
+        }
+    }
+
+    proptest! {
+        /// Whatever is unavailable, `select` returns an available endpoint when there is one, and
+        /// otherwise still an endpoint.
+        #[test]
+        fn select_prefers_available_endpoints(up in proptest::collection::vec(any::<bool>(), 1..12), picks in 1usize..50) {
+            let views: Vec<View> = up.iter().map(|&u| View(u)).collect();
+            let rr = Balancer::RoundRobin(RoundRobin::new(&vec![1; views.len()]));
+            for _ in 0..picks {
+                let i = rr.select(&views, None).unwrap();
+                prop_assert!(i < views.len());
+                prop_assert!(views[i].0 || !up.iter().any(|&u| u));
+            }
+        }
+    }
+
+    #[test]
+    fn select_skips_an_unavailable_endpoint_and_keeps_the_rotation_for_the_others() {
+        let views = [View(true), View(false), View(true)];
+        let rr = Balancer::RoundRobin(RoundRobin::new(&[1, 1, 1]));
+        let got: Vec<usize> = (0..6).map(|_| rr.select(&views, None).unwrap()).collect();
+        assert_eq!(got, [0, 2, 2, 0, 2, 2]);
+        assert_eq!(rr.select::<View>(&[], None), None);
+    }
 }

@@ -6,14 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderName;
 use rustc_hash::FxHashMap;
 
-use crate::balance::{Balancer, HashKey, Ring, RoundRobin, WeightedRandom};
+use crate::balance::{Balancer, Distribution, HashKey, Ring, RoundRobin, WeightedRandom};
 use crate::config::{
-    BalancerConfig, Config, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig, UpstreamProtocol,
+    BalancerConfig, Config, EndpointConfig, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig,
+    UpstreamProtocol,
 };
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, TcpMetrics};
+use crate::proxy::filter::{self, RequestFilter, ResponseFilter};
 use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;
@@ -25,6 +28,8 @@ pub struct Snapshot {
     /// Keyed by the listener's configured address (its identity across reloads). Looked up on
     /// every request, with keys only the config sets: FxHash, not SipHash.
     pub listeners: FxHashMap<Box<str>, Arc<ListenerRuntime>>,
+    /// Every service, by name.
+    pub backends: HashMap<Box<str>, Arc<Backend>>,
     /// Settings this config gives each endpoint, applied only once it is swapped in.
     endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)>,
     /// The metric series this config counts into, published once it is swapped in.
@@ -35,13 +40,11 @@ pub struct ListenerRuntime {
     pub name: Box<str>,
     pub protocol: ListenerProtocol,
     /// Where opaque (non-HTTP) connections go.
-    pub tcp_service: Option<Arc<ServiceRuntime>>,
+    pub tcp_service: Option<Arc<Backend>>,
     pub table: RouteTable,
     pub routes: Vec<RouteRuntime>,
     pub limits: ListenerLimits,
     pub metrics: Arc<ListenerMetrics>,
-    /// Add `X-Forwarded-*` and `Via` to requests, `Via` to responses.
-    pub proxy_headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -57,20 +60,63 @@ pub struct ListenerLimits {
 }
 
 pub struct RouteRuntime {
-    pub service: Arc<ServiceRuntime>,
+    /// The backends requests are split over (one today: the route's service).
+    pub backends: Distribution<Arc<Backend>>,
     /// None = no limit.
     pub response_header_timeout: Option<Duration>,
     /// `CONNECT` to this route's service is tunnelled instead of refused.
     pub allow_connect: bool,
     pub metrics: Arc<RouteMetrics>,
+    /// Run in order on each request before a backend is chosen, and on each response head.
+    pub request_filters: Box<[RequestFilter]>,
+    pub response_filters: Box<[ResponseFilter]>,
 }
 
-pub struct ServiceRuntime {
+/// A service as routes reach it. Its endpoints, with the balancer built for them, are one
+/// [`EndpointSet`] swapped on its own: discovery can change a service's endpoints without
+/// recompiling the routes that use it.
+pub struct Backend {
     pub name: Box<str>,
     pub tcp: Arc<TcpMetrics>,
     pub protocol: UpstreamProtocol,
-    pub balancer: Balancer,
-    pub endpoints: Vec<Arc<Endpoint>>,
+    /// What this service's endpoints are given (pools, limits, timeouts).
+    pub settings: EndpointSettings,
+    endpoints: ArcSwap<EndpointSet>,
+}
+
+/// A service's endpoints and the balancer compiled for them (same order).
+pub struct EndpointSet {
+    balancer: Balancer,
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Backend {
+    /// The current endpoint set, for the time it takes to choose one.
+    #[inline]
+    pub fn endpoints(&self) -> arc_swap::Guard<Arc<EndpointSet>> {
+        self.endpoints.load()
+    }
+
+    /// Replaces the endpoint set; requests already sent keep their endpoint.
+    pub fn swap_endpoints(&self, set: EndpointSet) {
+        self.endpoints.store(Arc::new(set));
+    }
+}
+
+impl EndpointSet {
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.balancer.hash_key()
+    }
+
+    /// The balancer's choice among the available endpoints (see [`Balancer::select`]).
+    #[inline]
+    pub fn select(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
+        self.balancer.select(&self.endpoints, hash).and_then(|i| self.endpoints.get(i))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.endpoints.iter()
+    }
 }
 
 impl Snapshot {
@@ -84,9 +130,8 @@ impl Snapshot {
             if services.contains_key(s.name.as_str()) {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
-            let (service, settings) =
-                compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set)?;
-            endpoint_settings.extend(service.endpoints.iter().map(|e| (e.clone(), settings)));
+            let service = compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set)?;
+            endpoint_settings.extend(service.endpoints().iter().map(|e| (e.clone(), service.settings)));
             services.insert(s.name.as_str(), Arc::new(service));
         }
         let mut listeners = FxHashMap::default();
@@ -96,7 +141,8 @@ impl Snapshot {
                 return Err(Error::Config(format!("duplicate listener address {:?}", l.address)));
             }
         }
-        Ok(Snapshot { config: Arc::new(config), listeners, endpoint_settings, metric_set })
+        let backends = services.into_iter().map(|(name, b)| (name.into(), b)).collect();
+        Ok(Snapshot { config: Arc::new(config), listeners, backends, endpoint_settings, metric_set })
     }
 
     /// Makes this snapshot's endpoints and series the proxy's: registers them, gives every
@@ -126,7 +172,7 @@ impl Snapshot {
 
 fn compile_listener(
     l: &ListenerConfig,
-    services: &HashMap<&str, Arc<ServiceRuntime>>,
+    services: &HashMap<&str, Arc<Backend>>,
     metrics: &Metrics,
     metric_set: &mut MetricSet,
 ) -> Result<ListenerRuntime, Error> {
@@ -137,12 +183,15 @@ fn compile_listener(
             let service = services.get(r.service.as_str()).cloned().ok_or_else(|| {
                 Error::Config(format!("route {:?} names an undefined service {:?}", r.name, r.service))
             })?;
+            let (request_filters, response_filters) = filter::compile(l.proxy_headers);
             Ok(RouteRuntime {
+                backends: Distribution::One(service),
+                request_filters,
+                response_filters,
                 response_header_timeout: (r.response_header_timeout_ms > 0)
                     .then(|| Duration::from_millis(r.response_header_timeout_ms)),
                 allow_connect: r.allow_connect,
                 metrics: metrics.route(metric_set, &l.name, &r.name, &r.service),
-                service,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
@@ -161,7 +210,6 @@ fn compile_listener(
         tcp_service,
         table: RouteTable::compile(&l.routes)?,
         routes,
-        proxy_headers: l.proxy_headers,
         limits: ListenerLimits {
             http2: h2_settings(&l.http2),
             detect_timeout: Duration::from_millis(l.detect_timeout_ms.max(1)),
@@ -187,14 +235,9 @@ fn h2_settings(c: &Http2Config) -> meshproxy_http::h2_server::Settings {
     }
 }
 
-fn compile_service(
-    s: &ServiceConfig,
-    registry: &Registry,
-    staged: &[(Arc<Endpoint>, EndpointSettings)],
-    metrics: &Metrics,
-    metric_set: &mut MetricSet,
-) -> Result<(ServiceRuntime, EndpointSettings), Error> {
-    let settings = EndpointSettings {
+/// What a service gives its endpoints.
+fn endpoint_settings(s: &ServiceConfig) -> EndpointSettings {
+    EndpointSettings {
         pool: PoolSettings {
             max_idle: s.pool.max_idle_per_endpoint as usize,
             idle_timeout: Duration::from_millis(s.pool.idle_timeout_ms),
@@ -203,18 +246,47 @@ fn compile_service(
         max_inflight: s.max_inflight_per_endpoint.max(1),
         max_pending: s.max_pending_per_endpoint,
         max_streams: s.max_streams_per_connection.max(1),
-    };
+    }
+}
+
+fn compile_service(
+    s: &ServiceConfig,
+    registry: &Registry,
+    staged: &[(Arc<Endpoint>, EndpointSettings)],
+    metrics: &Metrics,
+    metric_set: &mut MetricSet,
+) -> Result<Backend, Error> {
+    let settings = endpoint_settings(s);
+    let set = compile_endpoint_set(s, &s.endpoints, registry, staged, settings)?;
+    Ok(Backend {
+        name: s.name.as_str().into(),
+        tcp: metrics.tcp(metric_set, &s.name),
+        protocol: s.protocol,
+        settings,
+        endpoints: ArcSwap::from_pointee(set),
+    })
+}
+
+/// `endpoints` as service `s`'s endpoint set: the registered endpoint for each address (or one
+/// named earlier in `staged`, or a new one with `settings`) and `s`'s balancer over them.
+pub fn compile_endpoint_set(
+    s: &ServiceConfig,
+    endpoints: &[EndpointConfig],
+    registry: &Registry,
+    staged: &[(Arc<Endpoint>, EndpointSettings)],
+    settings: EndpointSettings,
+) -> Result<EndpointSet, Error> {
     // An address named earlier in this config is the same endpoint.
-    let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(s.endpoints.len());
-    for e in &s.endpoints {
-        let earlier = staged.iter().map(|(ep, _)| ep).chain(&endpoints).find(|ep| *ep.address == *e.address);
+    let mut handles: Vec<Arc<Endpoint>> = Vec::with_capacity(endpoints.len());
+    for e in endpoints {
+        let earlier = staged.iter().map(|(ep, _)| ep).chain(&handles).find(|ep| *ep.address == *e.address);
         let ep = match earlier {
             Some(ep) => ep.clone(),
             None => registry.lookup_or_new(&e.address, settings),
         };
-        endpoints.push(ep);
+        handles.push(ep);
     }
-    let weights: Vec<u32> = s.endpoints.iter().map(|e| e.weight).collect();
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
     let balancer = match &s.balancer {
         BalancerConfig::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
         BalancerConfig::Random => Balancer::Random(WeightedRandom::new(&weights)),
@@ -234,16 +306,9 @@ fn compile_service(
                     )))
                 }
             };
-            let ids: Vec<(&str, u32)> = s.endpoints.iter().map(|e| (e.address.as_str(), e.weight)).collect();
+            let ids: Vec<(&str, u32)> = endpoints.iter().map(|e| (e.address.as_str(), e.weight)).collect();
             Balancer::Hash { key, ring: Ring::new(&ids), fallback: WeightedRandom::new(&weights) }
         }
     };
-    let service = ServiceRuntime {
-        name: s.name.as_str().into(),
-        tcp: metrics.tcp(metric_set, &s.name),
-        protocol: s.protocol,
-        balancer,
-        endpoints,
-    };
-    Ok((service, settings))
+    Ok(EndpointSet { balancer, endpoints: handles })
 }

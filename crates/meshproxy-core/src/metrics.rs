@@ -86,11 +86,22 @@ impl RouteMetrics {
 
     /// Counts a gRPC status as sent in `grpc-status` (trailers, or a trailers-only response).
     pub fn grpc_status(&self, value: &[u8]) {
-        let code = std::str::from_utf8(value).ok().and_then(|v| v.parse::<usize>().ok());
-        if let Some(counter) = code.and_then(|c| self.grpc_status.get(c)) {
+        if let Some(code) = parse_grpc_status(value) {
+            self.grpc_code(code);
+        }
+    }
+
+    /// Counts a gRPC status code (0 … 16; others are ignored).
+    pub fn grpc_code(&self, code: u8) {
+        if let Some(counter) = self.grpc_status.get(usize::from(code)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A `grpc-status` value as a code, if it is one.
+pub fn parse_grpc_status(value: &[u8]) -> Option<u8> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Per listener: downstream connections and the errors the proxy answered itself.

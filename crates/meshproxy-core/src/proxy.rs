@@ -1,10 +1,25 @@
-//! The HTTP forwarding path: the per-connection service that routes a request, picks an
-//! endpoint, rewrites proxy headers, forwards through the endpoint's pool and streams the
-//! response back.
+//! The request path. One future per request ([`service`]'s `handle`), in explicit phases:
+//!
+//! 1. admit ([`admit`]): what the request is, and 400 for what is malformed;
+//! 2. route: the listener's routing table;
+//! 3. request filters ([`filter`]), compiled per route: continue, answer now, or wait;
+//! 4. backend: the route's weighted choice among its backends (a traffic split);
+//! 5. endpoint: the backend's balancer over its current endpoint set; then the request in the
+//!    form the endpoint takes ([`rewrite`]);
+//! 6. the attempt ([`forward`]), bounded by the route's response-header timeout;
+//! 7. response filters;
+//! 8. respond, with the outcome observed once ([`outcome`]).
+//!
+//! Upgrades ([`upgrade`], [`websocket`]) and `CONNECT` tunnels ([`connect`]) leave the path at
+//! phase 8 (or 2) with their connections spliced.
 
+mod admit;
 pub mod body;
 mod connect;
+pub mod filter;
 mod forward;
+mod outcome;
+mod rewrite;
 mod service;
 mod upgrade;
 mod websocket;

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::compile::Snapshot;
-use crate::config::Config;
+use crate::config::{Config, EndpointConfig};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::upstream::Registry;
@@ -232,6 +232,39 @@ impl MeshProxy {
         Ok(())
     }
 
+    /// Replaces one service's endpoints without recompiling routes (service discovery between
+    /// reloads): the new set gets the service's balancer and endpoint settings, endpoints it
+    /// keeps keep their pooled connections, endpoints it drops drain, and requests in flight keep
+    /// their endpoint. The next reload's config decides again.
+    pub async fn update_endpoints(&self, service: &str, endpoints: &[EndpointConfig]) -> Result<(), Error> {
+        let _serialized = self.state.lock().await;
+        if let Some(bad) = endpoints.iter().find(|e| e.address.is_empty()) {
+            return Err(Error::Config(format!(
+                "service {service:?}: an endpoint address is empty ({bad:?})"
+            )));
+        }
+        let snapshot = self.shared.snapshot.load_full();
+        let (Some(backend), Some(config)) =
+            (snapshot.backends.get(service), snapshot.config.services.iter().find(|s| s.name == service))
+        else {
+            return Err(Error::Config(format!("no service {service:?}")));
+        };
+        let registry = &self.shared.registry;
+        let set = crate::compile::compile_endpoint_set(config, endpoints, registry, &[], backend.settings)?;
+        registry.adopt(set.iter());
+        for ep in set.iter() {
+            ep.update(backend.settings);
+        }
+        backend.swap_endpoints(set);
+        let used: std::collections::HashSet<Box<str>> = snapshot
+            .backends
+            .values()
+            .flat_map(|b| b.endpoints().iter().map(|e| e.address.clone()).collect::<Vec<_>>())
+            .collect();
+        registry.retain(|addr| used.contains(addr));
+        Ok(())
+    }
+
     /// Stops accepting, turns `/ready` to 503, lets in-flight requests finish (keep-alive clients
     /// are told `Connection: close`), and after `grace` closes whatever is left. Idempotent.
     pub async fn close(&self, grace: Duration) -> Result<(), Error> {
@@ -403,6 +436,7 @@ mod tests {
     use super::*;
     use crate::config::testing::{listener, route, service};
     use crate::config::PathMatchType::Prefix;
+    use crate::ProxyError;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper_util::rt::TokioIo;
     use std::sync::atomic::AtomicU64;
@@ -557,6 +591,103 @@ mod tests {
         assert!(!text.contains("route=\"to-b\""), "series of the removed route pruned:\n{text}");
         assert!(text.contains("route=\"to-a\""));
         assert_eq!(proxy.stats().await.requests, requests, "pruning keeps the request total");
+        proxy.close(Duration::from_millis(100)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_services_endpoints_are_replaced_without_recompiling_its_routes() {
+        let (a, _) = backend("a").await;
+        let (b, _) = backend("b").await;
+        let proxy = MeshProxy::new(crate::config::testing::all_to(&a)).unwrap();
+        let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+        assert_eq!(get(&addr, "h", "/").await.2, "a");
+        let before = proxy.shared.snapshot.load_full();
+        let to_b = [EndpointConfig { address: b.clone(), weight: 1 }];
+        proxy.update_endpoints("s", &to_b).await.unwrap();
+        assert!(Arc::ptr_eq(&before, &proxy.shared.snapshot.load_full()), "the same compiled routes");
+        for _ in 0..3 {
+            assert_eq!(get(&addr, "h", "/").await.2, "b");
+        }
+        assert_eq!(endpoint_addresses(&proxy).await, vec![b.clone()], "the old endpoint drained away");
+        let err = proxy.update_endpoints("nope", &to_b).await.unwrap_err();
+        assert_eq!(err.code(), "MESHPROXY_INVALID_CONFIG");
+        // The config decides again at the next reload.
+        proxy.reload(crate::config::testing::all_to(&a)).await.unwrap();
+        assert_eq!(get(&addr, "h", "/").await.2, "a");
+        proxy.close(Duration::from_millis(100)).await.unwrap();
+    }
+
+    /// A backend that answers with the `x-forwarded-for` it received.
+    async fn echo_forwarded_for() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                            let xff = req.headers().get("x-forwarded-for").map(|v| v.as_bytes().to_vec());
+                            let body = xff.unwrap_or_else(|| b"none".to_vec());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Starts a proxy whose one route runs `filters` (before the built-in ones) on requests.
+    async fn with_request_filters(
+        backend: &str,
+        filters: Vec<crate::proxy::filter::RequestFilter>,
+    ) -> (MeshProxy, String) {
+        let proxy = MeshProxy::new(crate::config::testing::all_to(backend)).unwrap();
+        let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+        let shared = &proxy.shared;
+        let mut snapshot =
+            Snapshot::compile(crate::config::testing::all_to(backend), &shared.registry, &shared.metrics)
+                .unwrap();
+        let key: Box<str> = "127.0.0.1:0".into();
+        let listener = Arc::get_mut(snapshot.listeners.get_mut(&key).unwrap()).unwrap();
+        let route = &mut listener.routes[0];
+        let mut all = filters;
+        all.extend(std::mem::take(&mut route.request_filters).into_vec());
+        route.request_filters = all.into_boxed_slice();
+        snapshot.commit(&shared.registry, &shared.metrics);
+        shared.snapshot.store(Arc::new(snapshot));
+        (proxy, addr)
+    }
+
+    #[tokio::test]
+    async fn a_filter_that_waits_holds_the_request_then_the_remaining_filters_run() {
+        use crate::proxy::filter::RequestFilter;
+        let backend = echo_forwarded_for().await;
+        let (proxy, addr) =
+            with_request_filters(&backend, vec![RequestFilter::Delay(Duration::from_millis(150))]).await;
+        let start = Instant::now();
+        let (status, err, body) = get(&addr, "h", "/").await;
+        assert_eq!((status, err), (200, None));
+        assert!(start.elapsed() >= Duration::from_millis(150), "the request waited for the filter");
+        assert_eq!(body, "127.0.0.1", "the filter after the waiting one (forwarded headers) ran");
+        proxy.close(Duration::from_millis(100)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_filter_that_answers_stops_the_request_before_any_endpoint() {
+        use crate::proxy::filter::RequestFilter;
+        let backend = echo_forwarded_for().await;
+        let (proxy, addr) =
+            with_request_filters(&backend, vec![RequestFilter::Refuse(ProxyError::ConnectRefused)]).await;
+        let (status, err, _) = get(&addr, "h", "/").await;
+        assert_eq!((status, err.as_deref()), (403, Some("connect-refused")));
+        let stats = proxy.stats().await;
+        assert_eq!(stats.endpoints[0].requests, 0, "never sent");
+        assert_eq!(stats.requests, 1, "answered and counted on the route");
         proxy.close(Duration::from_millis(100)).await.unwrap();
     }
 

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::balance::{hash_key_bytes, HashKey};
-use crate::compile::ServiceRuntime;
+use crate::compile::Backend;
 use crate::error::ProxyError;
 use crate::metrics::TcpMetrics;
 use crate::upstream::{Endpoint, UpIo};
@@ -65,26 +65,29 @@ impl Drop for TcpUpstream {
 pub async fn forward<IO>(
     mut downstream: IO,
     peer: SocketAddr,
-    service: &ServiceRuntime,
+    service: &Backend,
     idle: Duration,
     drain: watch::Receiver<Drain>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let hash = match service.balancer.hash_key() {
+    let set = service.endpoints();
+    let hash = match set.hash_key() {
         Some(HashKey::Source) => Some(match peer.ip() {
             std::net::IpAddr::V4(ip) => hash_key_bytes(&ip.octets()),
             std::net::IpAddr::V6(ip) => hash_key_bytes(&ip.octets()),
         }),
         _ => None,
     };
-    let Some(endpoint) = service.balancer.pick(hash).and_then(|i| service.endpoints.get(i)) else {
+    let Some(endpoint) = set.select(hash).cloned() else {
         tracing::debug!(%peer, service = %service.name, "no endpoints for a TCP connection; closing");
         return;
     };
-    let mut upstream = match TcpUpstream::connect(endpoint, &service.tcp).await {
+    drop(set);
+    let mut upstream = match TcpUpstream::connect(&endpoint, &service.tcp).await {
         Ok(u) => u,
         Err(_) => {
+            endpoint.count_failure();
             tracing::debug!(%peer, endpoint = %endpoint.address, "TCP upstream connect failed; closing");
             return;
         }

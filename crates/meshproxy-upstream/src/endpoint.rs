@@ -71,12 +71,12 @@ pub struct Endpoint<C: Connector = TcpConnector> {
     /// Set when a reload removed the endpoint: connections finishing their last request close
     /// instead of going back to a pool nobody will use.
     retired: AtomicBool,
-    pub open: AtomicU64,
-    pub opened: AtomicU64,
-    pub requests: AtomicU64,
-    pub failures: AtomicU64,
+    pub(crate) open: AtomicU64,
+    opened: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
     /// Requests re-sent after a failure that left them unprocessed (or safe to repeat).
-    pub retries: AtomicU64,
+    retries: AtomicU64,
     /// [`h2_client::KEEPALIVE`]; shorter in tests.
     h2_keepalive: Duration,
 }
@@ -92,6 +92,16 @@ pub struct Checkout<C: Connector> {
     pub conn: H1Conn<Conn<C>>,
     /// How long the connection sat in the pool; None for a new connection.
     pub idle: Option<Duration>,
+}
+
+/// What the balancer reads of an endpoint.
+impl<C: Connector> meshproxy_balance::EndpointView for Endpoint<C> {
+    fn available(&self) -> bool {
+        !self.retired.load(Ordering::Relaxed)
+    }
+    fn load(&self) -> u64 {
+        self.inflight()
+    }
 }
 
 /// A finished HTTP/1.1 exchange hands its connection back to the endpoint's pool.
@@ -204,8 +214,9 @@ impl<C: Connector> Endpoint<C> {
         }
     }
 
-    /// A stream on an HTTP/2 connection with room, opening a connection if all are full.
-    pub async fn checkout_h2(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot), UpstreamError> {
+    /// A stream on an HTTP/2 connection with room, opening a connection if all are full; true
+    /// when the connection already existed.
+    pub async fn checkout_h2(self: &Arc<Self>) -> Result<(H2Handle, StreamSlot, bool), UpstreamError> {
         self.checkout_h2_avoiding(None).await
     }
 
@@ -214,9 +225,9 @@ impl<C: Connector> Endpoint<C> {
     pub async fn checkout_h2_avoiding(
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
-    ) -> Result<(H2Handle, StreamSlot), UpstreamError> {
-        if let Some(claimed) = self.local().h2.claim_avoiding(avoid) {
-            return Ok(claimed);
+    ) -> Result<(H2Handle, StreamSlot, bool), UpstreamError> {
+        if let Some((handle, slot)) = self.local().h2.claim_avoiding(avoid) {
+            return Ok((handle, slot, true));
         }
         // Boxed for the same reason as in `checkout`.
         Box::pin(self.open_h2_and_claim(avoid)).await
@@ -225,15 +236,17 @@ impl<C: Connector> Endpoint<C> {
     async fn open_h2_and_claim(
         self: &Arc<Self>,
         avoid: Option<&H2Handle>,
-    ) -> Result<(H2Handle, StreamSlot), UpstreamError> {
+    ) -> Result<(H2Handle, StreamSlot, bool), UpstreamError> {
         let set = &self.local().h2;
         let _connecting = set.connecting.lock().await;
-        if let Some(claimed) = set.claim_avoiding(avoid) {
-            return Ok(claimed);
+        if let Some((handle, slot)) = set.claim_avoiding(avoid) {
+            // Another request opened one while this one waited.
+            return Ok((handle, slot, true));
         }
         let sender = self.connect_h2().await?;
         set.insert(sender);
-        set.claim_avoiding(avoid).ok_or(UpstreamError::Connect)
+        let (handle, slot) = set.claim_avoiding(avoid).ok_or(UpstreamError::Connect)?;
+        Ok((handle, slot, false))
     }
 
     /// Opens a new HTTP/2 (h2c prior knowledge) connection.
@@ -241,7 +254,7 @@ impl<C: Connector> Endpoint<C> {
         let io = self.open_counted().await?;
         let (handle, driver) = h2_client::handshake(io, self.h2_keepalive).await.map_err(|e| {
             tracing::debug!(endpoint = %self.address, error = %e, "upstream h2 handshake failed");
-            self.failed(UpstreamError::Connect)
+            UpstreamError::Connect
         })?;
         let address = self.address.clone();
         tokio::spawn(async move {
@@ -271,11 +284,11 @@ impl<C: Connector> Endpoint<C> {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %self.address, error = %e, "upstream connect failed");
-                return Err(self.failed(UpstreamError::Connect));
+                return Err(UpstreamError::Connect);
             }
             Err(_) => {
                 tracing::debug!(endpoint = %self.address, "upstream connect timed out");
-                return Err(self.failed(UpstreamError::Connect));
+                return Err(UpstreamError::Connect);
             }
         };
         self.count_opened();
@@ -289,10 +302,19 @@ impl<C: Connector> Endpoint<C> {
         self.open.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a failure and passes the error on.
-    pub fn failed<E>(&self, e: E) -> E {
+    /// Counts a request sent to this endpoint (the engine's outcome of an attempt).
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failure of this endpoint (the engine's outcome of an attempt or a tunnel).
+    pub fn count_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        e
+    }
+
+    /// Counts a request re-sent on a fresh connection after a stale one failed.
+    pub fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn sample(&self) -> Sample {

@@ -21,8 +21,9 @@ use meshproxy_http::h2_client::{H2Handle, H2Sender};
 use meshproxy_upstream::pool::multiplexed::StreamSlot;
 use meshproxy_upstream::Checkout;
 
-/// A response, and for HTTP/2 the stream slot it holds on its connection until it ends.
-type Sent = (Response<UpstreamIncoming>, Option<StreamSlot>);
+/// A response; for HTTP/2 the stream slot it holds on its connection until it ends; and whether
+/// the connection had carried an earlier request.
+pub type Sent = (Response<UpstreamIncoming>, Option<StreamSlot>, bool);
 
 fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
@@ -53,10 +54,9 @@ pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent,
     let (head, body) = req.into_parts();
     let empty = body.is_end_stream();
     let Checkout { conn, idle } = ep.checkout().await?;
-    ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The head is encoded from a reference, so a retry has it without a copy.
     let Failed { error, unsent, no_response } = match conn.send(&head, body, ep.clone()).await {
-        Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), None)),
+        Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), None, idle.is_some())),
         Err(failed) => failed,
     };
     if error.is_client() {
@@ -75,10 +75,10 @@ pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent,
     };
     let Some(body) = retry else {
         tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
-        return Err(ep.failed(h1_error(&error)));
+        return Err(h1_error(&error));
     };
     tracing::debug!(endpoint = %ep.address, %error, "stale pooled connection; retrying on a fresh one");
-    ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ep.count_retry();
     // Boxed, as the other rare paths: inline, a second exchange's state would size every
     // request's future (built and moved on every request) to hold it.
     Box::pin(retry_h1(ep, &head, body)).await
@@ -91,11 +91,10 @@ async fn retry_h1(
 ) -> Result<Sent, ProxyError> {
     let fresh = ep.connect().await?;
     match fresh.send(head, body, ep.clone()).await {
-        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), None)),
-        Err(Failed { error, .. }) if error.is_client() => Err(h1_error(&error)),
+        Ok(resp) => Ok((resp.map(UpstreamIncoming::H1), None, false)),
         Err(Failed { error, .. }) => {
             tracing::debug!(endpoint = %ep.address, %error, "upstream request failed");
-            Err(ep.failed(h1_error(&error)))
+            Err(h1_error(&error))
         }
     }
 }
@@ -110,13 +109,12 @@ async fn retry_h1(
 /// requests are not retried.
 pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Result<Sent, ProxyError> {
     to_h2(&mut req)?;
-    ep.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // h2 takes the head by value; a retry needs it again.
     let replay = Replay::of(&req);
     let (parts, body) = req.into_parts();
-    let (mut handle, slot) = ep.checkout_h2().await?;
+    let (mut handle, slot, reused) = ep.checkout_h2().await?;
     let failure = match exchange(&mut handle.sender, Request::from_parts(parts, ()), body).await {
-        Ok(resp) => return Ok((resp, Some(slot))),
+        Ok(resp) => return Ok((resp, Some(slot), reused)),
         Err(f) => f,
     };
     drop(slot);
@@ -133,11 +131,11 @@ pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Resul
         }
         H2Failure::Sent(err, _) => {
             tracing::debug!(endpoint = %ep.address, error = %err, "upstream h2 request failed");
-            return Err(ep.failed(ProxyError::UpstreamReset));
+            return Err(ProxyError::UpstreamReset);
         }
     };
     tracing::debug!(endpoint = %ep.address, error = %err, "upstream h2 request failed; retrying once on another connection");
-    ep.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ep.count_retry();
     // Boxed for the reason given in `send`.
     Box::pin(retry_h2(ep, &handle, replay, body)).await
 }
@@ -148,12 +146,12 @@ async fn retry_h2(
     replay: Replay,
     body: RequestBody,
 ) -> Result<Sent, ProxyError> {
-    let (mut other, slot) = ep.checkout_h2_avoiding(Some(failed_on)).await?;
+    let (mut other, slot, reused) = ep.checkout_h2_avoiding(Some(failed_on)).await?;
     match exchange(&mut other.sender, replay.into_request(()), body).await {
-        Ok(resp) => Ok((resp, Some(slot))),
+        Ok(resp) => Ok((resp, Some(slot), reused)),
         Err(H2Failure::Unsent(e, _) | H2Failure::Sent(e, _)) => {
             tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
-            Err(ep.failed(ProxyError::UpstreamReset))
+            Err(ProxyError::UpstreamReset)
         }
     }
 }

@@ -1,4 +1,8 @@
-//! The per-connection hyper service: one call per request.
+//! The request path, one future per request in explicit phases (see [`super`]): [`handle`]
+//! runs them in order; each phase's decisions are plain functions, so the only awaits are a
+//! filter that must wait (rare, boxed), the upstream attempt, and a `CONNECT` tunnel (rare,
+//! boxed). Each nested `async fn` level would be a future of nearly the same size (kilobytes)
+//! built and then copied into its parent's on every request (docs/performance.md).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,28 +13,30 @@ use std::task::Poll;
 
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
+use super::admit::{self, Kind};
 use super::body::{Release, ResponseBody};
-use super::{connect, forward, upgrade, websocket};
+use super::filter::{self, RequestCx, Step, Verdict};
+use super::outcome::{self, Outcome};
+use super::{connect, forward, rewrite, upgrade, websocket};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::listener::{Activity, ActivityGuard};
-use crate::metrics::Protocol;
+use crate::metrics::{parse_grpc_status, Protocol};
 use crate::server::Shared;
 use crate::tcp::TcpUpstream;
 use crate::upstream::{Endpoint, UpstreamIncoming};
 use meshproxy_http::body::RequestBody;
 use meshproxy_http::client_tunnel::ClientTunnel;
-use meshproxy_http::headers;
+use meshproxy_http::headers::{self, Seen};
 use meshproxy_http::Drain;
-use meshproxy_upstream::pool::multiplexed::StreamSlot;
-use tokio::sync::{watch, OwnedSemaphorePermit};
 
 static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
 static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
@@ -117,57 +123,84 @@ pub fn local_error(e: ProxyError, grpc: bool, activity: Option<ActivityGuard>) -
     resp
 }
 
-fn is_grpc(req: &Request<RequestBody>) -> bool {
-    req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// One request, start to response head. Routing and checks are plain functions (`plan`,
-/// `finish`); the only awaits are the upstream attempt and the rare CONNECT tunnel (boxed). Each
-/// nested `async fn` level would be a future of nearly the same size (kilobytes) built and then
-/// copied into its parent's on every request (docs/performance.md).
+/// One request, start to response head, in phases: 1 admit, 2 route, 3 request filters, 4 choose
+/// a backend, 5 choose an endpoint, 6 the attempt, 7 response filters, 8 respond. Every request's
+/// outcome is observed once ([`outcome::observe`]).
 async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response<ResponseBody>, Infallible> {
     let activity = ctx.activity.begin();
     // Holding the snapshot for the whole request: a reload mid-request does not change its route.
     let snapshot = ctx.shared.snapshot.load_full();
     let Some(listener) = snapshot.listeners.get(&*ctx.listener_key) else {
-        return Ok(local_error(ProxyError::ShuttingDown, is_grpc(&req), Some(activity)));
+        return Ok(local_error(ProxyError::ShuttingDown, admit::is_grpc(&req), Some(activity)));
     };
     // If the client goes away before the response headers, the server drops this future: count it.
     let cancelled = CancelGuard(Some(&listener.metrics.cancelled));
-    let resp = match plan(&ctx, listener, req, activity) {
-        Planned::Done(resp) => resp,
-        Planned::Connect(tunnel) => Box::pin(tunnel.run()).await,
-        Planned::Forward(Forward { meta, route, endpoint, h2, upstream_req, after }) => {
-            // Pinned where it is built and raced with the timer in place: `tokio::time::timeout(t,
-            // attempt)` moves this (large) future into its own, a memcpy of its whole size on
-            // every request.
-            let mut attempt = std::pin::pin!(async {
-                let permit = endpoint.acquire().await?;
-                // One future awaited at one point: awaited in two branches, the two send futures
-                // were laid out side by side in this one instead of overlapping.
-                let send = if h2 {
-                    Either::Left(forward::send_h2(endpoint, upstream_req))
-                } else {
-                    Either::Right(forward::send(endpoint, upstream_req))
-                };
-                let (resp, stream) = send.await?;
-                Ok::<_, ProxyError>((resp, stream, permit))
-            });
-            let result = match route.response_header_timeout {
-                Some(t) => {
-                    let mut timer = std::pin::pin!(tokio::time::sleep(t));
-                    std::future::poll_fn(|cx| {
-                        if let Poll::Ready(r) = attempt.as_mut().poll(cx) {
-                            return Poll::Ready(r);
-                        }
-                        timer.as_mut().poll(cx).map(|()| Err(endpoint.failed(ProxyError::UpstreamTimeout)))
-                    })
-                    .await
+    let resp = 'respond: {
+        // 1, 2: admit and route.
+        let mut routed = match route(&ctx, listener, req, activity) {
+            Routed::Answered(resp) => break 'respond *resp,
+            Routed::Connect(tunnel) => break 'respond Box::pin(tunnel.run()).await,
+            Routed::Http(r) => r,
+        };
+        // 3: request filters.
+        let mut from = 0;
+        let mut waiting: Option<Pin<Box<dyn Future<Output = Verdict> + Send>>> = None;
+        loop {
+            if let Some(fut) = waiting.take() {
+                match fut.await {
+                    Verdict::Continue => {}
+                    Verdict::Respond(e) => break 'respond routed.fail(e),
+                    Verdict::Wait(again) => {
+                        waiting = Some(again);
+                        continue;
+                    }
                 }
-                None => attempt.await,
-            };
-            finish(&ctx, &meta, route, endpoint, after, result)
+            }
+            let mut cx = RequestCx { head: &mut routed.head, seen: routed.seen, client_ip: &ctx.client_ip };
+            match filter::run_request(&routed.route.request_filters, from, &mut cx) {
+                Step::Done => break,
+                Step::Respond(e) => break 'respond routed.fail(e),
+                Step::Wait(fut, next) => {
+                    waiting = Some(fut);
+                    from = next;
+                }
+            }
         }
+        // 4, 5: backend and endpoint; the request in the endpoint's form.
+        let Forward { meta, route, endpoint, h2, upstream_req, after } = match select(&ctx, routed) {
+            Ok(f) => f,
+            Err(resp) => break 'respond *resp,
+        };
+        // 6: the attempt. Pinned where it is built and raced with the timer in place:
+        // `tokio::time::timeout(t, attempt)` moves this (large) future into its own, a memcpy of
+        // its whole size on every request.
+        let mut attempt = std::pin::pin!(async {
+            let permit = endpoint.acquire().await?;
+            // One future awaited at one point: awaited in two branches, the two send futures
+            // would be laid out side by side in this one instead of overlapping.
+            let send = if h2 {
+                Either::Left(forward::send_h2(&endpoint, upstream_req))
+            } else {
+                Either::Right(forward::send(&endpoint, upstream_req))
+            };
+            let sent = send.await?;
+            Ok::<_, ProxyError>((sent, permit))
+        });
+        let result = match route.response_header_timeout {
+            Some(t) => {
+                let mut timer = std::pin::pin!(tokio::time::sleep(t));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = attempt.as_mut().poll(cx) {
+                        return Poll::Ready(r);
+                    }
+                    timer.as_mut().poll(cx).map(|()| Err(ProxyError::UpstreamTimeout))
+                })
+                .await
+            }
+            None => attempt.await,
+        };
+        // 7, 8: response filters, respond.
+        respond(&ctx, &meta, route, &endpoint, after, result)
     };
     cancelled.disarm();
     Ok(resp)
@@ -189,33 +222,6 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
-/// What a request asks of the proxy beyond forwarding it.
-enum Kind {
-    Plain,
-    /// HTTP/1.1 `Upgrade`, with its token.
-    Upgrade(HeaderValue),
-    /// HTTP/2 extended CONNECT for a WebSocket (RFC 8441).
-    WebSocketH2,
-    /// `CONNECT` to an authority: a TCP tunnel if a route allows it.
-    Connect,
-    /// Extended CONNECT for a protocol other than WebSocket, which the proxy cannot translate.
-    OtherProtocol,
-}
-
-fn classify(req: &Request<RequestBody>) -> Kind {
-    if req.method() == Method::CONNECT {
-        return match req.extensions().get::<h2::ext::Protocol>() {
-            None => Kind::Connect,
-            Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => Kind::WebSocketH2,
-            Some(_) => Kind::OtherProtocol,
-        };
-    }
-    match upgrade::requested(req.version(), req.headers()) {
-        Some(token) => Kind::Upgrade(token),
-        None => Kind::Plain,
-    }
-}
-
 /// What every outcome of one request needs for its metrics and its error shape.
 struct Meta<'a> {
     listener: &'a ListenerRuntime,
@@ -225,38 +231,68 @@ struct Meta<'a> {
 }
 
 impl Meta<'_> {
-    /// A proxy-made error response, counted on the listener and (when routed) on the route.
+    /// A proxy-made error response, its outcome observed.
     fn fail(
         &self,
         e: ProxyError,
         route: Option<&RouteRuntime>,
+        endpoint: Option<&Endpoint>,
         activity: ActivityGuard,
     ) -> Response<ResponseBody> {
-        self.listener.metrics.proxy_error(e);
-        if let Some(r) = route {
-            // A gRPC client sees HTTP 200 and a grpc-status; count what it saw.
-            let status = if self.grpc { 200 } else { e.status().as_u16() };
-            r.metrics.record(self.protocol, status, self.start.elapsed());
-            if self.grpc {
-                r.metrics.grpc_status(e.grpc_status().as_bytes());
-            }
-        }
+        // A gRPC client sees HTTP 200 and a grpc-status; count what it saw.
+        let (status, grpc) = if self.grpc {
+            (StatusCode::OK, parse_grpc_status(e.grpc_status().as_bytes()))
+        } else {
+            (e.status(), None)
+        };
+        let outcome = Outcome {
+            status,
+            error: Some(e),
+            grpc,
+            reused: false,
+            latency: self.start.elapsed(),
+            protocol: self.protocol,
+        };
+        outcome::observe(&outcome, self.listener, route, endpoint);
         local_error(e, self.grpc, Some(activity))
     }
 }
 
-enum Planned<'a> {
-    /// Answered without an upstream (an error, or a refusal).
-    Done(Response<ResponseBody>),
+/// Where phases 1 and 2 leave a request.
+// The large variant is the common one: boxing it would allocate on every request.
+#[allow(clippy::large_enum_variant)]
+enum Routed<'a> {
+    /// Answered without an upstream (an error, or a refusal). Boxed, as `Connect` is: both are
+    /// rare, and the common variant is returned by value on every request.
+    Answered(Box<Response<ResponseBody>>),
     Connect(Box<Tunnel<'a>>),
-    Forward(Forward<'a>),
+    Http(RoutedRequest<'a>),
 }
 
-/// A request routed to an endpoint, ready to send.
+/// A request admitted and routed, its hop-by-hop fields removed.
+struct RoutedRequest<'a> {
+    meta: Meta<'a>,
+    route: &'a RouteRuntime,
+    kind: Kind,
+    head: Parts,
+    body: RequestBody,
+    /// One scan of the head's field names, after hop-by-hop removal.
+    seen: Seen,
+    downstream_upgrade: Option<ClientTunnel>,
+    activity: ActivityGuard,
+}
+
+impl RoutedRequest<'_> {
+    fn fail(self, e: ProxyError) -> Response<ResponseBody> {
+        self.meta.fail(e, Some(self.route), None, self.activity)
+    }
+}
+
+/// A request with its endpoint, in the form the endpoint takes, ready to send.
 struct Forward<'a> {
     meta: Meta<'a>,
     route: &'a RouteRuntime,
-    endpoint: &'a Arc<Endpoint>,
+    endpoint: Arc<Endpoint>,
     h2: bool,
     upstream_req: Request<RequestBody>,
     after: After,
@@ -275,20 +311,29 @@ struct Tunnel<'a> {
     ctx: &'a ConnCtx,
     meta: Meta<'a>,
     route: &'a RouteRuntime,
-    endpoint: &'a Arc<Endpoint>,
+    backend: &'a crate::compile::Backend,
+    endpoint: Arc<Endpoint>,
     req: Request<RequestBody>,
     activity: ActivityGuard,
 }
 
 impl Tunnel<'_> {
     async fn run(self) -> Response<ResponseBody> {
-        let Tunnel { ctx, meta, route, endpoint, mut req, activity } = self;
-        let upstream = match TcpUpstream::connect(endpoint, &route.service.tcp).await {
+        let Tunnel { ctx, meta, route, backend, endpoint, mut req, activity } = self;
+        let upstream = match TcpUpstream::connect(&endpoint, &backend.tcp).await {
             Ok(u) => u,
-            Err(e) => return meta.fail(e, Some(route), activity),
+            Err(e) => return meta.fail(e, Some(route), Some(&endpoint), activity),
         };
         let downstream = ClientTunnel::take(&mut req);
-        route.metrics.record(meta.protocol, 200, meta.start.elapsed());
+        let outcome = Outcome {
+            status: StatusCode::OK,
+            error: None,
+            grpc: None,
+            reused: false,
+            latency: meta.start.elapsed(),
+            protocol: meta.protocol,
+        };
+        outcome::observe(&outcome, meta.listener, Some(route), Some(&endpoint));
         connect::splice(
             downstream,
             upstream,
@@ -300,76 +345,93 @@ impl Tunnel<'_> {
     }
 }
 
-/// Everything before the upstream: checks, route, endpoint, the upstream request.
-fn plan<'a>(
+/// Phases 1 and 2: what the request is, whether it is well-formed, and its route. A routed
+/// request leaves with its hop-by-hop fields removed (they are this hop's, whatever filters and
+/// the upstream do next).
+fn route<'a>(
     ctx: &'a ConnCtx,
     listener: &'a ListenerRuntime,
     req: Request<RequestBody>,
     activity: ActivityGuard,
-) -> Planned<'a> {
-    let grpc = is_grpc(&req);
-    let kind = classify(&req);
-    let protocol = if grpc {
-        Protocol::Grpc
-    } else if matches!(kind, Kind::Upgrade(_) | Kind::WebSocketH2) {
-        Protocol::Ws
-    } else if req.version() == Version::HTTP_2 {
-        Protocol::H2
-    } else {
-        Protocol::Http1
-    };
+) -> Routed<'a> {
+    let grpc = admit::is_grpc(&req);
+    let kind = admit::classify(&req);
+    let protocol = admit::protocol(&req, &kind, grpc);
     let meta = Meta { listener, start: Instant::now(), grpc, protocol };
     if matches!(kind, Kind::OtherProtocol) {
-        return Planned::Done(meta.fail(ProxyError::ConnectRefused, None, activity));
+        return Routed::Answered(Box::new(meta.fail(ProxyError::ConnectRefused, None, None, activity)));
     }
-    let Ok(host) = request_host(&req) else {
-        return Planned::Done(meta.fail(ProxyError::BadRequest, None, activity));
+    let Ok(host) = admit::request_host(&req) else {
+        return Routed::Answered(Box::new(meta.fail(ProxyError::BadRequest, None, None, activity)));
     };
-    if uri_len(req.uri()) > listener.limits.max_uri_bytes {
-        return Planned::Done(meta.fail(ProxyError::UriTooLong, None, activity));
+    if admit::uri_len(req.uri()) > listener.limits.max_uri_bytes {
+        return Routed::Answered(Box::new(meta.fail(ProxyError::UriTooLong, None, None, activity)));
     }
     if matches!(kind, Kind::Connect) {
         // A CONNECT names only an authority: routes match it by host, as if its path were `/`.
         let route = find_route(listener, host, &req, &Method::CONNECT, "/");
         let Some(route) = route.filter(|r| r.allow_connect) else {
-            return Planned::Done(meta.fail(ProxyError::ConnectRefused, route, activity));
+            return Routed::Answered(Box::new(meta.fail(ProxyError::ConnectRefused, route, None, activity)));
         };
-        let service = &route.service;
-        let hash = service.balancer.hash_key().and_then(|k| request_hash(k, &req, ctx.client));
-        let Some(endpoint) = service.balancer.pick(hash).and_then(|i| service.endpoints.get(i)) else {
-            return Planned::Done(meta.fail(ProxyError::NoEndpoints, Some(route), activity));
+        let backend = route.backends.pick();
+        let set = backend.endpoints();
+        let hash = set.hash_key().and_then(|k| request_hash(k, req.headers(), ctx.client));
+        let Some(endpoint) = set.select(hash).cloned() else {
+            return Routed::Answered(Box::new(meta.fail(
+                ProxyError::NoEndpoints,
+                Some(route),
+                None,
+                activity,
+            )));
         };
-        return Planned::Connect(Box::new(Tunnel { ctx, meta, route, endpoint, req, activity }));
+        return Routed::Connect(Box::new(Tunnel { ctx, meta, route, backend, endpoint, req, activity }));
     }
     // An extended CONNECT is a GET in everything but its framing.
     let route_method = if matches!(kind, Kind::WebSocketH2) { &Method::GET } else { req.method() };
     let Some(route) = find_route(listener, host, &req, route_method, req.uri().path()) else {
-        return Planned::Done(meta.fail(ProxyError::NoRoute, None, activity));
+        return Routed::Answered(Box::new(meta.fail(ProxyError::NoRoute, None, None, activity)));
     };
-    let service = &route.service;
-    let hash = service.balancer.hash_key().and_then(|k| request_hash(k, &req, ctx.client));
-    let Some(endpoint) = service.balancer.pick(hash).and_then(|i| service.endpoints.get(i)) else {
-        return Planned::Done(meta.fail(ProxyError::NoEndpoints, Some(route), activity));
-    };
-
-    // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
-    // extended CONNECT).
-    let h2 = matches!(kind, Kind::Plain)
-        && match service.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
-        };
     let mut req = req;
     let downstream_upgrade = match kind {
         Kind::Upgrade(_) | Kind::WebSocketH2 => Some(ClientTunnel::take(&mut req)),
         _ => None,
     };
-    let mut upstream_req =
-        match prepare_request(req, &ctx.client_ip, &endpoint.address, h2, listener.proxy_headers) {
-            Ok(r) => r,
-            Err(e) => return Planned::Done(meta.fail(e, Some(route), activity)),
+    let (mut head, body) = req.into_parts();
+    let seen = headers::scan(&head.headers);
+    let seen = headers::strip_seen(&mut head.headers, seen);
+    // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
+    // first read, i.e. when the upstream is ready for it), so it does not travel further.
+    if seen.expect {
+        head.headers.remove(header::EXPECT);
+    }
+    Routed::Http(RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity })
+}
+
+/// Phases 4 and 5: the backend (a weighted choice when a route splits its traffic), the
+/// endpoint (the backend's balancer over its current endpoint set), and the request in the
+/// form that endpoint takes.
+/// The error (rare) is boxed so that the common result stays small.
+fn select<'a>(ctx: &ConnCtx, routed: RoutedRequest<'a>) -> Result<Forward<'a>, Box<Response<ResponseBody>>> {
+    let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
+    let backend = route.backends.pick();
+    let set = backend.endpoints();
+    let hash = set.hash_key().and_then(|k| request_hash(k, &head.headers, ctx.client));
+    let Some(endpoint) = set.select(hash).cloned() else {
+        return Err(Box::new(meta.fail(ProxyError::NoEndpoints, Some(route), None, activity)));
+    };
+    drop(set);
+    // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
+    // extended CONNECT).
+    let h2 = matches!(kind, Kind::Plain)
+        && match backend.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => head.version == Version::HTTP_2,
         };
+    let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
+        Ok(r) => r,
+        Err(e) => return Err(Box::new(meta.fail(e, Some(route), None, activity))),
+    };
     let ws_key = match &kind {
         Kind::Upgrade(token) => {
             upgrade::restore(upstream_req.headers_mut(), token.clone());
@@ -382,32 +444,47 @@ fn plan<'a>(
         _ => None,
     };
     let after = After { kind, downstream_upgrade, ws_key, activity };
-    Planned::Forward(Forward { meta, route, endpoint, h2, upstream_req, after })
+    Ok(Forward { meta, route, endpoint, h2, upstream_req, after })
 }
 
-/// The downstream response from the upstream's answer (or failure).
-fn finish(
+/// Phases 7 and 8: the downstream response from the upstream's answer (or failure), its
+/// outcome observed.
+fn respond(
     ctx: &ConnCtx,
     meta: &Meta<'_>,
     route: &RouteRuntime,
     endpoint: &Arc<Endpoint>,
     after: After,
-    result: Result<(Response<UpstreamIncoming>, Option<StreamSlot>, OwnedSemaphorePermit), ProxyError>,
+    result: Result<(forward::Sent, OwnedSemaphorePermit), ProxyError>,
 ) -> Response<ResponseBody> {
     let After { kind, downstream_upgrade, ws_key, activity } = after;
-    let (resp, stream, permit) = match result {
+    let ((resp, stream, reused), permit) = match result {
         Ok(r) => r,
-        Err(e) => return meta.fail(e, Some(route), activity),
+        Err(e) => return meta.fail(e, Some(route), Some(endpoint), activity),
     };
     let handshake = ws_key.as_ref().map(|key| websocket::judge(resp.status(), resp.headers(), key));
     if handshake == Some(websocket::Answer::Broken) {
         tracing::debug!(endpoint = %endpoint.address, status = %resp.status(), "upstream did not accept the translated WebSocket handshake");
         drop((resp, stream, permit));
-        return meta.fail(endpoint.failed(ProxyError::UpstreamHandshake), Some(route), activity);
+        return meta.fail(ProxyError::UpstreamHandshake, Some(route), Some(endpoint), activity);
     }
     let accepted = handshake == Some(websocket::Answer::Accepted);
     let status = if accepted { StatusCode::OK } else { resp.status() };
-    route.metrics.record(meta.protocol, status.as_u16(), meta.start.elapsed());
+    // Trailers-only gRPC response: the status is in the headers.
+    let grpc = if meta.grpc {
+        resp.headers().get(&GRPC_STATUS).map(|v| parse_grpc_status(v.as_bytes()))
+    } else {
+        None
+    };
+    let outcome = Outcome {
+        status,
+        error: None,
+        grpc: grpc.flatten(),
+        reused,
+        latency: meta.start.elapsed(),
+        protocol: meta.protocol,
+    };
+    outcome::observe(&outcome, meta.listener, Some(route), Some(endpoint));
     let (mut parts, mut body) = resp.into_parts();
     // A 101 hands over the upstream connection (HTTP/1.1: upgrades never go over HTTP/2).
     let tunnel = match (downstream_upgrade, &mut body) {
@@ -427,9 +504,7 @@ fn finish(
         parts.status = status;
         websocket::to_h2_accepted(&mut parts.headers);
     }
-    if meta.listener.proxy_headers {
-        parts.headers.append(header::VIA, headers::via(parts.version));
-    }
+    filter::run_response(&route.response_filters, &mut parts);
     if let Some((downstream, upstream_io)) = tunnel {
         // The tunnel outlives this request; its connection is not pooled again.
         drop((stream, permit));
@@ -443,102 +518,9 @@ fn finish(
         return Response::from_parts(parts, ResponseBody::empty(None));
     }
     let release = Release { _stream: stream, _permit: permit };
-    let grpc_metrics = if meta.grpc {
-        match parts.headers.get(&GRPC_STATUS) {
-            // Trailers-only response: the status is in the headers.
-            Some(code) => {
-                route.metrics.grpc_status(code.as_bytes());
-                None
-            }
-            None => Some(route.metrics.clone()),
-        }
-    } else {
-        None
-    };
+    // A streamed gRPC response's status comes in its trailers: the body counts it.
+    let grpc_metrics = (meta.grpc && grpc.is_none()).then(|| route.metrics.clone());
     Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics))
-}
-
-/// The host a request is routed on: the target's authority when it has one (absolute form, and
-/// every HTTP/2 request), else its one `Host` field. `Err` for a malformed request, which gets
-/// 400 and is never forwarded (RFC 9112 §3.2): an HTTP/1.1 request with neither, more than one
-/// `Host` field line, or an invalid `Host` value; and an HTTP/2 request whose `Host` names another
-/// authority than `:authority` (RFC 9113 §8.3.1), since the proxy routes on one and a backend
-/// might route on the other. An HTTP/1.1 absolute-form target wins over a differing `Host`, which
-/// the upstream request replaces (RFC 9112 §3.2.2, see `prepare_request`).
-///
-/// The request-smuggling shapes of the body framing are handled by hyper's parser before we see
-/// the request: `Transfer-Encoding` with `Content-Length` drops the latter (the body is framed by
-/// chunks, as §6.3 requires of an intermediary), conflicting `Content-Length`s and a non-chunked
-/// final coding are 400s.
-fn request_host(req: &Request<RequestBody>) -> Result<Option<&str>, ()> {
-    let mut fields = req.headers().get_all(header::HOST).into_iter();
-    let host = fields.next();
-    if fields.next().is_some() {
-        return Err(());
-    }
-    let host = match host {
-        Some(h) if valid_host(h.as_bytes()) => Some(h),
-        Some(_) => return Err(()),
-        None => None,
-    };
-    match (req.uri().authority(), host) {
-        (Some(a), Some(h)) if req.version() == Version::HTTP_2 => {
-            if h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
-                Ok(Some(a.as_str()))
-            } else {
-                Err(())
-            }
-        }
-        (Some(a), _) => Ok(Some(a.as_str())),
-        // Checked by `valid_host`: visible ASCII only.
-        (None, Some(h)) => Ok(h.to_str().ok().filter(|h| !h.is_empty())),
-        (None, None) if req.version() == Version::HTTP_11 => Err(()),
-        (None, None) => Ok(None),
-    }
-}
-
-/// A `Host` value as RFC 9110 §7.2 allows it: `uri-host [ ":" port ]`, where a host is a
-/// registered name or IPv4 address (unreserved, percent-encoded and sub-delims characters) or a
-/// bracketed IP literal, and a port is digits; empty when the target has no authority. Anything
-/// else (spaces, `/`, `@` userinfo, `?`, `#`, controls, non-ASCII, a second `:`) could be read
-/// differently by the backend.
-fn valid_host(v: &[u8]) -> bool {
-    const fn reg_name() -> [bool; 256] {
-        let mut t = [false; 256];
-        let allowed = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=";
-        let mut i = 0;
-        while i < allowed.len() {
-            t[allowed[i] as usize] = true;
-            i += 1;
-        }
-        t
-    }
-    static REG_NAME: [bool; 256] = reg_name();
-    let (name, port, literal) = if v.first() == Some(&b'[') {
-        let Some(end) = v.iter().position(|&b| b == b']') else { return false };
-        let port = match &v[end + 1..] {
-            [] => &[][..],
-            [b':', port @ ..] => port,
-            _ => return false,
-        };
-        (&v[1..end], port, true)
-    } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(i) => (&v[..i], &v[i + 1..], false),
-            None => (v, &[][..], false),
-        }
-    };
-    name.iter().all(|&b| REG_NAME[b as usize] || (literal && b == b':'))
-        && port.iter().all(u8::is_ascii_digit)
-}
-
-/// The length of the request target as `Uri`'s `Display` writes it, without writing it: HTTP/2
-/// requests are absolute, and formatting each one to a `String` was ~4 % of the h2 hot path.
-fn uri_len(uri: &Uri) -> usize {
-    let scheme = uri.scheme_str().map_or(0, |s| s.len() + "://".len());
-    let authority = uri.authority().map_or(0, |a| a.as_str().len());
-    let query = uri.query().map_or(0, |q| q.len() + 1);
-    scheme + authority + uri.path().len() + query
 }
 
 fn find_route<'a>(
@@ -552,11 +534,10 @@ fn find_route<'a>(
     listener.routes.get(i)
 }
 
-fn request_hash(key: &HashKey, req: &Request<RequestBody>, client: SocketAddr) -> Option<u64> {
+fn request_hash(key: &HashKey, headers: &http::HeaderMap, client: SocketAddr) -> Option<u64> {
     match key {
-        HashKey::Header(name) => req.headers().get(name).map(|v| hash_key_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => req
-            .headers()
+        HashKey::Header(name) => headers.get(name).map(|v| hash_key_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -569,104 +550,5 @@ fn request_hash(key: &HashKey, req: &Request<RequestBody>, client: SocketAddr) -
             std::net::IpAddr::V4(ip) => hash_key_bytes(&ip.octets()),
             std::net::IpAddr::V6(ip) => hash_key_bytes(&ip.octets()),
         }),
-    }
-}
-
-/// Turns the downstream request into the upstream one: proxy headers, and for an HTTP/1.1
-/// upstream an origin-form URI with `Host` (an HTTP/2 upstream keeps an absolute URI, which
-/// `forward::send_h2` sends as `:scheme`/`:authority`).
-fn prepare_request(
-    req: Request<RequestBody>,
-    client_ip: &HeaderValue,
-    upstream_authority: &str,
-    h2: bool,
-    proxy_headers: bool,
-) -> Result<Request<RequestBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    let seen = headers::scan(&parts.headers);
-    // An absolute-form target's authority replaces a `Host` the client sent (RFC 9112 §3.2.2).
-    let host = if seen.host && parts.uri.authority().is_none() {
-        // Only x-forwarded-host reads it.
-        proxy_headers.then(|| parts.headers.get(header::HOST).cloned()).flatten()
-    } else {
-        // Absolute-form (`GET http://host/path`, and every HTTP/2 request): the authority is the
-        // host (x-forwarded-host reads it). HTTP/1.0 clients may send neither; the upstream
-        // request is HTTP/1.1, which requires a Host, so it names the endpoint.
-        let host = parts.uri.authority().map_or(upstream_authority, |a| a.as_str());
-        let host = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest)?;
-        // An HTTP/2 upstream takes the authority as `:authority`, not as a `Host` (`to_h2`).
-        if !h2 || parts.uri.authority().is_none() {
-            parts.headers.insert(header::HOST, host.clone());
-        }
-        Some(host)
-    };
-    if !h2 && parts.uri.authority().is_some() {
-        // Origin form from the parts already parsed (no re-parse, no copy of the path).
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = None;
-        uri.authority = None;
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest)?;
-    }
-    let seen = headers::strip_seen(&mut parts.headers, seen);
-    // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
-    // first read, i.e. when the upstream is ready for it), so it does not travel further.
-    if seen.expect {
-        parts.headers.remove(header::EXPECT);
-    }
-    if proxy_headers {
-        headers::add_forwarded(&mut parts.headers, seen, client_ip, host, parts.version);
-    }
-    parts.version = Version::HTTP_11;
-    let body = if body.is_end_stream() { RequestBody::Empty } else { body };
-    Ok(Request::from_parts(parts, body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_values_as_rfc_9110_allows_them() {
-        for ok in
-            ["", "example.com", "Example.COM:8080", "a-b_c~d%20", "127.0.0.1:80", "[::1]", "[::1]:443", "h:"]
-        {
-            assert!(valid_host(ok.as_bytes()), "{ok:?} is valid");
-        }
-        for bad in [
-            "a b",
-            "a/b",
-            "user@host",
-            "host?x",
-            "host#x",
-            "a:b:c",
-            "host:http",
-            "[::1",
-            "[::1]x",
-            "x[::1]",
-            "host\t",
-            "h\u{e9}",
-        ] {
-            assert!(!valid_host(bad.as_bytes()), "{bad:?} is invalid");
-        }
-    }
-
-    #[test]
-    fn uri_len_is_the_displayed_length() {
-        for s in [
-            "/",
-            "/a/b?x=1&y",
-            "http://example.com",
-            "http://example.com/",
-            "https://example.com:8443/p?q",
-            "example.com:443",
-            "*",
-            "http://[::1]:80/x?",
-        ] {
-            let uri: Uri = s.parse().unwrap();
-            assert_eq!(uri_len(&uri), uri.to_string().len(), "{s}");
-        }
     }
 }

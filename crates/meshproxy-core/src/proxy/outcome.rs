@@ -1,0 +1,124 @@
+//! One outcome per request, made in one place: what the client was answered (the upstream's
+//! status, or the error the proxy answered itself), whether an endpoint was tried and on a
+//! reused connection, and how long until the response head. Everything that learns from a
+//! request reads it here: the listener's and route's metrics and the endpoint's counters today;
+//! latency estimates, outlier ejection, circuit breakers and retry budgets as they come.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::compile::{ListenerRuntime, RouteRuntime};
+use crate::error::ProxyError;
+use crate::metrics::Protocol;
+use crate::upstream::Endpoint;
+
+/// How one request ended, as of its response head.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// The status the client is answered with (for gRPC, HTTP's: 200 carrying a `grpc-status`).
+    pub status: StatusCode,
+    /// Set when the proxy answered itself.
+    pub error: Option<ProxyError>,
+    /// `grpc-status` when the head carries it (a trailers-only response, or one the proxy made);
+    /// a streamed gRPC response's status arrives in its trailers and is counted there.
+    pub grpc: Option<u8>,
+    /// The request went out on a connection that had carried an earlier one.
+    pub reused: bool,
+    /// From the request's arrival to its response head.
+    pub latency: Duration,
+    pub protocol: Protocol,
+}
+
+impl Outcome {
+    /// True when the endpoint is to blame: it could not be reached, reset the exchange, timed
+    /// out, or answered something unusable. Client errors (bad framing, a client going away) and
+    /// the proxy's own limits never count against an endpoint.
+    pub fn endpoint_failed(&self) -> bool {
+        matches!(
+            self.error,
+            Some(
+                ProxyError::UpstreamConnect
+                    | ProxyError::UpstreamReset
+                    | ProxyError::UpstreamTimeout
+                    | ProxyError::UpstreamHandshake
+                    | ProxyError::UpstreamProtocol
+            )
+        )
+    }
+
+    /// True when the request reached the endpoint (it was sent, whatever came back).
+    pub fn sent(&self) -> bool {
+        !matches!(self.error, Some(ProxyError::Overloaded | ProxyError::UpstreamConnect))
+    }
+}
+
+/// Reads one outcome into every place that learns from it.
+pub fn observe(
+    outcome: &Outcome,
+    listener: &ListenerRuntime,
+    route: Option<&RouteRuntime>,
+    endpoint: Option<&Endpoint>,
+) {
+    // Compiled out of release builds (`release_max_level_debug`): a developer's view of every
+    // outcome.
+    tracing::trace!(
+        status = outcome.status.as_u16(),
+        error = outcome.error.map(ProxyError::as_str),
+        reused = outcome.reused,
+        latency_us = outcome.latency.as_micros() as u64,
+        "request outcome"
+    );
+    if let Some(e) = outcome.error {
+        listener.metrics.proxy_error(e);
+    }
+    if let Some(r) = route {
+        r.metrics.record(outcome.protocol, outcome.status.as_u16(), outcome.latency);
+        if let Some(code) = outcome.grpc {
+            r.metrics.grpc_code(code);
+        }
+    }
+    if let Some(ep) = endpoint {
+        if outcome.sent() {
+            ep.count_request();
+        }
+        if outcome.endpoint_failed() {
+            ep.count_failure();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(error: Option<ProxyError>) -> Outcome {
+        Outcome {
+            status: error.map_or(StatusCode::OK, ProxyError::status),
+            error,
+            grpc: None,
+            reused: false,
+            latency: Duration::ZERO,
+            protocol: Protocol::Http1,
+        }
+    }
+
+    #[test]
+    fn only_the_endpoints_own_failures_count_against_it() {
+        for e in ProxyError::ALL {
+            let blamed = matches!(
+                e,
+                ProxyError::UpstreamConnect
+                    | ProxyError::UpstreamReset
+                    | ProxyError::UpstreamTimeout
+                    | ProxyError::UpstreamHandshake
+                    | ProxyError::UpstreamProtocol
+            );
+            assert_eq!(with(Some(e)).endpoint_failed(), blamed, "{e:?}");
+        }
+        assert!(!with(None).endpoint_failed());
+        assert!(!with(Some(ProxyError::BadRequest)).endpoint_failed(), "bad framing is the client's");
+        assert!(!with(Some(ProxyError::Overloaded)).sent(), "refused before it was sent");
+        assert!(with(Some(ProxyError::UpstreamReset)).sent());
+    }
+}
