@@ -3,7 +3,6 @@
 //! runtime budget with the data path beyond what a scrape costs.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::body::ResponseBody;
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -56,18 +55,18 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
         "/ready" => {
-            if shared.ready.load(Ordering::Acquire) {
+            if shared.is_ready() {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain")
             }
         }
         "/metrics" => {
-            let body = shared.metrics.render(&shared.registry.samples());
+            let body = shared.metrics().render(&shared.registry().samples());
             text(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }
         "/config" => {
-            let snapshot = shared.snapshot.load();
+            let snapshot = shared.snapshot().load();
             let body = serde_json::to_string_pretty(&*snapshot.config)
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             text(StatusCode::OK, body, "application/json")

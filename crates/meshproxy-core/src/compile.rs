@@ -15,8 +15,8 @@ use crate::config::{
     BalancerConfig, Config, EndpointConfig, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig,
     UpstreamProtocol,
 };
+use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, TcpMetrics};
-use crate::proxy::filter::{self, RequestFilter, ResponseFilter};
 use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;

@@ -11,13 +11,16 @@
 //! `listener` (accept, detect, serve, drain), `proxy` (the request path), `upstream` (the
 //! concrete upstream types), `tcp` (opaque forwarding), [`workers`], `admin`, `metrics`.
 
+mod activity;
 mod admin;
 mod compile;
 mod error;
+mod filter;
 mod listener;
 mod metrics;
 mod proxy;
 mod server;
+mod state;
 mod tcp;
 mod upstream;
 pub mod workers;

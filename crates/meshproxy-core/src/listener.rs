@@ -10,7 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,103 +23,18 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
+use crate::activity::Activity;
 use crate::compile::{ListenerLimits, ListenerRuntime};
 use crate::config::ListenerProtocol;
 use crate::proxy::ProxyService;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::tcp;
 use meshproxy_http::detect::{self, Detected, PrefixedIo};
 use meshproxy_http::h2_server;
 
 #[cfg(test)]
 mod h2_tests;
-
-const IDLE: u8 = 0;
-/// Bytes of a new HTTP/1 request head are arriving.
-const HEAD: u8 = 1;
-const BUSY: u8 = 2;
-
-/// What a downstream connection is doing, for its timeouts.
-pub struct Activity {
-    phase: AtomicU8,
-    /// HTTP/2: frames (PINGs, SETTINGS) arrive without meaning a request is starting, and
-    /// headers arrive whole; only the idle timeout applies, when no stream is open.
-    multiplexed: AtomicBool,
-    busy: AtomicU32,
-    /// When the current phase began, in ms since `base`.
-    since_ms: AtomicU64,
-    base: Instant,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            phase: AtomicU8::new(IDLE),
-            multiplexed: AtomicBool::new(false),
-            busy: AtomicU32::new(0),
-            since_ms: AtomicU64::new(0),
-            base: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
-    }
-
-    /// Marks a request in progress until the guard (held by the response body) drops.
-    pub fn begin(self: &Arc<Self>) -> ActivityGuard {
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        self.phase.store(BUSY, Ordering::Release);
-        ActivityGuard(self.clone())
-    }
-
-    fn multiplexed(&self) {
-        self.multiplexed.store(true, Ordering::Release);
-        if self.busy.load(Ordering::Acquire) == 0 {
-            self.since_ms.store(self.now_ms(), Ordering::Release);
-            self.phase.store(IDLE, Ordering::Release);
-        }
-    }
-
-    fn on_read(&self) {
-        if self.phase.load(Ordering::Acquire) == IDLE
-            && !self.multiplexed.load(Ordering::Relaxed)
-            && self.phase.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        {
-            self.since_ms.store(self.now_ms(), Ordering::Release);
-        }
-    }
-
-    /// None if the connection has overstayed its current phase; otherwise when to look again:
-    /// that phase's deadline, and no later than the shorter timeout from now, since the phase
-    /// may change before then (a head completes, a response ends and the connection idles).
-    fn next_check(&self, limits: &ListenerLimits) -> Option<Instant> {
-        let now = Instant::now();
-        let soonest = now + limits.header_read_timeout.min(limits.idle_timeout);
-        let limit = match self.phase.load(Ordering::Acquire) {
-            IDLE => limits.idle_timeout,
-            HEAD => limits.header_read_timeout,
-            _ => return Some(soonest),
-        };
-        let since = self.base + Duration::from_millis(self.since_ms.load(Ordering::Acquire));
-        let deadline = since + limit;
-        (deadline > now).then_some(deadline.min(soonest))
-    }
-}
-
-pub struct ActivityGuard(Arc<Activity>);
-
-impl Drop for ActivityGuard {
-    fn drop(&mut self) {
-        let a = &self.0;
-        if a.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-            a.since_ms.store(a.now_ms(), Ordering::Release);
-            a.phase.store(IDLE, Ordering::Release);
-        }
-    }
-}
 
 /// The downstream socket, noting when bytes of a new request start to arrive.
 struct TrackedIo {
@@ -192,7 +107,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let snapshot = shared.snapshot.load();
+        let snapshot = shared.snapshot().load();
         let Some(rt) = snapshot.listeners.get(&*key) else {
             continue;
         };
@@ -203,21 +118,14 @@ pub async fn accept_loop(
             continue;
         }
         metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        let open = OpenConn::count(metrics, &shared.connections);
+        let open = OpenConn::count(metrics, shared.open_connections());
         let rt = rt.clone();
         drop(snapshot);
+        let worker = shared.deal().map(|(w, handle)| (w, handle.clone()));
         let (shared, key, drain) = (shared.clone(), key.clone(), drain.clone());
-        let worker = match shared.workers.len() {
-            0 | 1 => None,
-            n => Some(shared.next_worker.fetch_add(1, Ordering::Relaxed) % n),
-        };
-        if let Some(c) = shared.worker_connections.get(worker.unwrap_or(0)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
         match worker {
-            Some(w) if w != meshproxy_upstream::worker::current() => {
+            Some((w, handle)) if w != meshproxy_upstream::worker::current() => {
                 // To another worker: the socket leaves this runtime's reactor and joins that one's.
-                let handle = shared.workers[w].clone();
                 match stream.into_std() {
                     Ok(std) => {
                         handle.spawn(async move {

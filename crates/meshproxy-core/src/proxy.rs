@@ -16,7 +16,6 @@
 mod admit;
 pub mod body;
 mod connect;
-pub mod filter;
 mod forward;
 mod outcome;
 mod rewrite;

@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
@@ -18,24 +17,10 @@ use crate::compile::Snapshot;
 use crate::config::{Config, EndpointConfig};
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::state::Shared;
 use crate::upstream::Registry;
 use crate::{admin, Error};
 use meshproxy_http::Drain;
-
-/// State shared by every connection: the current snapshot and what outlives snapshots.
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub registry: Registry,
-    pub metrics: Metrics,
-    pub ready: AtomicBool,
-    pub connections: Arc<AtomicUsize>,
-    /// Worker runtimes accepted connections are dealt to (see `crate::workers`); empty: served
-    /// on the runtime that accepts them.
-    pub workers: Vec<tokio::runtime::Handle>,
-    pub next_worker: AtomicUsize,
-    /// Connections dealt to each worker (one entry when there are no worker runtimes).
-    pub worker_connections: Box<[AtomicU64]>,
-}
 
 /// How long what a reload removed (a listener's connections, metric series) is kept draining.
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
@@ -142,16 +127,7 @@ impl MeshProxy {
         let metrics = Metrics::default();
         let snapshot = Snapshot::compile(config, &registry, &metrics)?;
         snapshot.commit(&registry, &metrics);
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            registry,
-            metrics,
-            ready: AtomicBool::new(false),
-            connections: Arc::new(AtomicUsize::new(0)),
-            worker_connections: (0..workers.len().max(1)).map(|_| AtomicU64::new(0)).collect(),
-            workers,
-            next_worker: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new(snapshot, registry, metrics, workers));
         Ok(MeshProxy { shared, state: Mutex::new(State::Created) })
     }
 
@@ -163,7 +139,7 @@ impl MeshProxy {
             State::Running(_) => return Err(Error::AlreadyRunning),
             State::Closed => return Err(Error::Closed),
         }
-        let snapshot = self.shared.snapshot.load_full();
+        let snapshot = self.shared.snapshot().load_full();
         let mut running = Running { listeners: HashMap::new(), admin: None, reaper: self.spawn_reaper() };
         let bound = match self.bind_new(&snapshot.config, &running).await {
             Ok(b) => b,
@@ -173,7 +149,7 @@ impl MeshProxy {
             }
         };
         self.launch(&mut running, bound);
-        self.shared.ready.store(true, Ordering::Release);
+        self.shared.set_ready(true);
         let info = info(&running);
         *state = State::Running(running);
         Ok(info)
@@ -185,8 +161,11 @@ impl MeshProxy {
     pub async fn reload(&self, config: Config) -> Result<(), Error> {
         let mut state = self.state.lock().await;
         let result = self.reload_locked(&mut state, config).await;
-        let counter =
-            if result.is_ok() { &self.shared.metrics.reloads } else { &self.shared.metrics.reload_failures };
+        let counter = if result.is_ok() {
+            &self.shared.metrics().reloads
+        } else {
+            &self.shared.metrics().reload_failures
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         result
     }
@@ -195,10 +174,10 @@ impl MeshProxy {
         if matches!(state, State::Closed) {
             return Err(Error::Closed);
         }
-        let snapshot = Arc::new(Snapshot::compile(config, &self.shared.registry, &self.shared.metrics)?);
+        let snapshot = Arc::new(Snapshot::compile(config, self.shared.registry(), self.shared.metrics())?);
         if let State::Running(running) = state {
             let bound = self.bind_new(&snapshot.config, running).await?;
-            self.shared.snapshot.store(snapshot.clone());
+            self.shared.snapshot().store(snapshot.clone());
             let removed: Vec<Box<str>> =
                 running.listeners.keys().filter(|k| !snapshot.listeners.contains_key(*k)).cloned().collect();
             for key in removed {
@@ -215,9 +194,9 @@ impl MeshProxy {
             }
             self.launch(running, bound);
         } else {
-            self.shared.snapshot.store(snapshot.clone());
+            self.shared.snapshot().store(snapshot.clone());
         }
-        snapshot.commit(&self.shared.registry, &self.shared.metrics);
+        snapshot.commit(self.shared.registry(), self.shared.metrics());
         // The series of removed routes, listeners and services go once requests on the old
         // config have drained (the same grace a removed listener gets), so their last counts
         // can still be scraped.
@@ -226,7 +205,7 @@ impl MeshProxy {
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             if let Some(shared) = shared.upgrade() {
-                shared.snapshot.load().prune_metrics(&shared.metrics);
+                shared.snapshot().load().prune_metrics(shared.metrics());
             }
         });
         Ok(())
@@ -243,13 +222,13 @@ impl MeshProxy {
                 "service {service:?}: an endpoint address is empty ({bad:?})"
             )));
         }
-        let snapshot = self.shared.snapshot.load_full();
+        let snapshot = self.shared.snapshot().load_full();
         let (Some(backend), Some(config)) =
             (snapshot.backends.get(service), snapshot.config.services.iter().find(|s| s.name == service))
         else {
             return Err(Error::Config(format!("no service {service:?}")));
         };
-        let registry = &self.shared.registry;
+        let registry = self.shared.registry();
         let set = crate::compile::compile_endpoint_set(config, endpoints, registry, &[], backend.settings)?;
         registry.adopt(set.iter());
         for ep in set.iter() {
@@ -273,27 +252,27 @@ impl MeshProxy {
             State::Running(r) => r,
             State::Created | State::Closed => return Ok(()),
         };
-        self.shared.ready.store(false, Ordering::Release);
+        self.shared.set_ready(false);
         for l in running.listeners.values() {
             let _ = l.stop.send(true);
             let _ = l.drain.send(Drain::Graceful);
         }
         let deadline = Instant::now() + grace;
-        while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while self.shared.open_connections().load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for l in running.listeners.values() {
             let _ = l.drain.send(Drain::Force);
         }
         let forced = Instant::now() + Duration::from_secs(1);
-        while self.shared.connections.load(Ordering::Acquire) > 0 && Instant::now() < forced {
+        while self.shared.open_connections().load(Ordering::Acquire) > 0 && Instant::now() < forced {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if let Some(admin) = running.admin {
             let _ = admin.stop.send(true);
         }
         running.reaper.abort();
-        self.shared.registry.clear_idle();
+        self.shared.registry().clear_idle();
         Ok(())
     }
 
@@ -311,14 +290,14 @@ impl MeshProxy {
         let s = &self.shared;
         Stats {
             state: name,
-            ready: s.ready.load(Ordering::Acquire),
-            downstream_connections: s.connections.load(Ordering::Acquire),
-            requests: s.metrics.total_requests(),
-            reloads: s.metrics.reloads.load(Ordering::Relaxed),
+            ready: s.is_ready(),
+            downstream_connections: s.open_connections().load(Ordering::Acquire),
+            requests: s.metrics().total_requests(),
+            reloads: s.metrics().reloads.load(Ordering::Relaxed),
             listeners,
             admin,
             endpoints: s
-                .registry
+                .registry()
                 .samples()
                 .into_iter()
                 .map(|e| EndpointStats {
@@ -332,17 +311,13 @@ impl MeshProxy {
                     retries: e.retries,
                 })
                 .collect(),
-            workers: s
-                .worker_connections
-                .iter()
-                .map(|c| WorkerStats { connections: c.load(Ordering::Relaxed) })
-                .collect(),
+            workers: s.dealt().map(|connections| WorkerStats { connections }).collect(),
         }
     }
 
     /// The `/metrics` text, also for embedders without an admin listener.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render(&self.shared.registry.samples())
+        self.shared.metrics().render(&self.shared.registry().samples())
     }
 
     fn spawn_reaper(&self) -> JoinHandle<()> {
@@ -352,7 +327,7 @@ impl MeshProxy {
             loop {
                 tick.tick().await;
                 match shared.upgrade() {
-                    Some(s) => s.registry.reap_idle(),
+                    Some(s) => s.registry().reap_idle(),
                     None => return,
                 }
             }
@@ -386,7 +361,7 @@ impl MeshProxy {
             running.listeners.insert(address.into(), RunningListener { name, local, stop, drain });
         }
         // Listener names may change on reload while the socket stays.
-        let snapshot = self.shared.snapshot.load();
+        let snapshot = self.shared.snapshot().load();
         for (key, l) in running.listeners.iter_mut() {
             if let Some(rt) = snapshot.listeners.get(key) {
                 l.name = rt.name.to_string();
@@ -601,10 +576,10 @@ mod tests {
         let proxy = MeshProxy::new(crate::config::testing::all_to(&a)).unwrap();
         let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
         assert_eq!(get(&addr, "h", "/").await.2, "a");
-        let before = proxy.shared.snapshot.load_full();
+        let before = proxy.shared.snapshot().load_full();
         let to_b = [EndpointConfig { address: b.clone(), weight: 1 }];
         proxy.update_endpoints("s", &to_b).await.unwrap();
-        assert!(Arc::ptr_eq(&before, &proxy.shared.snapshot.load_full()), "the same compiled routes");
+        assert!(Arc::ptr_eq(&before, &proxy.shared.snapshot().load_full()), "the same compiled routes");
         for _ in 0..3 {
             assert_eq!(get(&addr, "h", "/").await.2, "b");
         }
@@ -644,13 +619,13 @@ mod tests {
     /// Starts a proxy whose one route runs `filters` (before the built-in ones) on requests.
     async fn with_request_filters(
         backend: &str,
-        filters: Vec<crate::proxy::filter::RequestFilter>,
+        filters: Vec<crate::filter::RequestFilter>,
     ) -> (MeshProxy, String) {
         let proxy = MeshProxy::new(crate::config::testing::all_to(backend)).unwrap();
         let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
         let shared = &proxy.shared;
         let mut snapshot =
-            Snapshot::compile(crate::config::testing::all_to(backend), &shared.registry, &shared.metrics)
+            Snapshot::compile(crate::config::testing::all_to(backend), shared.registry(), shared.metrics())
                 .unwrap();
         let key: Box<str> = "127.0.0.1:0".into();
         let listener = Arc::get_mut(snapshot.listeners.get_mut(&key).unwrap()).unwrap();
@@ -658,14 +633,14 @@ mod tests {
         let mut all = filters;
         all.extend(std::mem::take(&mut route.request_filters).into_vec());
         route.request_filters = all.into_boxed_slice();
-        snapshot.commit(&shared.registry, &shared.metrics);
-        shared.snapshot.store(Arc::new(snapshot));
+        snapshot.commit(shared.registry(), shared.metrics());
+        shared.snapshot().store(Arc::new(snapshot));
         (proxy, addr)
     }
 
     #[tokio::test]
     async fn a_filter_that_waits_holds_the_request_then_the_remaining_filters_run() {
-        use crate::proxy::filter::RequestFilter;
+        use crate::filter::RequestFilter;
         let backend = echo_forwarded_for().await;
         let (proxy, addr) =
             with_request_filters(&backend, vec![RequestFilter::Delay(Duration::from_millis(150))]).await;
@@ -679,7 +654,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_filter_that_answers_stops_the_request_before_any_endpoint() {
-        use crate::proxy::filter::RequestFilter;
+        use crate::filter::RequestFilter;
         let backend = echo_forwarded_for().await;
         let (proxy, addr) =
             with_request_filters(&backend, vec![RequestFilter::Refuse(ProxyError::ConnectRefused)]).await;

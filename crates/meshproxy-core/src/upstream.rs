@@ -14,7 +14,7 @@ pub type Registry = meshproxy_upstream::Registry<Connector>;
 /// An upstream connection, counted open on its endpoint.
 pub type UpIo = Conn<Connector>;
 /// An upstream response body (HTTP/1.1 read off `UpIo`, or an HTTP/2 stream).
-pub type UpstreamIncoming = meshproxy_http::body::UpstreamIncoming<UpIo>;
+pub type UpstreamIncoming = meshproxy_http::upstream_body::UpstreamIncoming<UpIo>;
 
 impl From<UpstreamError> for ProxyError {
     fn from(e: UpstreamError) -> Self {

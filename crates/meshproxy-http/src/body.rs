@@ -1,6 +1,6 @@
 //! Message bodies as the protocol engines carry them: a client's request body (HTTP/1.1 via
-//! hyper, an HTTP/2 stream), an upstream's response body (our HTTP/1.1 client, an HTTP/2 stream),
-//! and the copy of a body into an HTTP/2 stream. All stream frame by frame (no buffering): one
+//! hyper, an HTTP/2 stream), an HTTP/2 stream's incoming half, and the copy of a body into an
+//! HTTP/2 stream. An upstream's response body is [`crate::upstream_body`]. All stream frame by frame (no buffering): one
 //! side's flow control is the other's, which is what bounds memory.
 
 use std::pin::Pin;
@@ -9,8 +9,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-
-use crate::h1::{H1Body, H1Error, Io};
 
 /// A request body as the client sends it, forwarded upstream frame by frame: from hyper's
 /// HTTP/1.1 server or an HTTP/2 stream ([`crate::h2_server`]), or nothing (which lets a request be
@@ -21,7 +19,7 @@ pub enum RequestBody {
     H2(H2Body),
     /// An HTTP/2 `CONNECT`'s stream: taken by [`crate::client_tunnel::ClientTunnel`], never sent
     /// as a body.
-    H2Tunnel(crate::h2_server::PendingTunnel),
+    H2Tunnel(crate::h2_tunnel::PendingTunnel),
 }
 
 /// How a client's request body can break off.
@@ -65,59 +63,6 @@ impl Body for RequestBody {
     }
 }
 
-/// How a forwarded response body can end badly. Either way the downstream response is aborted
-/// (HTTP/1.1: hyper closes the connection; HTTP/2: the stream is reset, see
-/// [`BodyError::h2_reason`]), never ended as if complete.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error(transparent)]
-    H2(#[from] h2::Error),
-    #[error(transparent)]
-    H1(#[from] H1Error),
-}
-
-impl BodyError {
-    /// The reset a client's HTTP/2 stream gets when its response breaks off: an upstream HTTP/2
-    /// stream's reset passes on with its reason (a gRPC server's CANCEL stays a CANCEL), anything
-    /// else is INTERNAL_ERROR.
-    pub fn h2_reason(&self) -> h2::Reason {
-        match self {
-            BodyError::H2(e) if e.is_reset() => e.reason().unwrap_or(h2::Reason::INTERNAL_ERROR),
-            _ => h2::Reason::INTERNAL_ERROR,
-        }
-    }
-}
-
-/// A response body as it comes from upstream: read off its connection for HTTP/1.1, an `h2`
-/// stream for HTTP/2.
-pub enum UpstreamIncoming<C> {
-    H1(H1Body<C>),
-    H2(H2Body),
-}
-
-impl<C: Io> UpstreamIncoming<C> {
-    pub fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamIncoming::H1(b) => b.is_end_stream(),
-            UpstreamIncoming::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamIncoming::H1(b) => b.size_hint(),
-            UpstreamIncoming::H2(b) => b.size_hint(),
-        }
-    }
-
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self {
-            UpstreamIncoming::H1(b) => b.poll_frame(cx).map_err(BodyError::from),
-            UpstreamIncoming::H2(b) => b.poll_frame(cx).map_err(BodyError::from),
-        }
-    }
-}
-
 /// An HTTP/2 stream's incoming half as a body (an upstream's response, a client's request): DATA
 /// then trailers. Received bytes are released to the flow-control window as they are handed on,
 /// so the sender sends at the pace the other side reads (h2 validates `content-length` against
@@ -143,18 +88,21 @@ impl H2Body {
         H2Body { recv, data_done: false, ended, remaining }
     }
 
-    fn is_end_stream(&self) -> bool {
+    pub(crate) fn is_end_stream(&self) -> bool {
         self.ended
     }
 
-    fn size_hint(&self) -> SizeHint {
+    pub(crate) fn size_hint(&self) -> SizeHint {
         match self.remaining {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
     }
 
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         if !self.data_done {
             match self.recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => {

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::RequestBody;
-use crate::h2_server::{H2Io, PendingTunnel};
+use crate::h2_tunnel::{H2Io, PendingTunnel};
 
 pub enum ClientTunnel {
     Http1(hyper::upgrade::OnUpgrade),

@@ -16,8 +16,10 @@ pub mod h1;
 pub mod h2_client;
 pub mod h2_ping;
 pub mod h2_server;
+pub mod h2_tunnel;
 pub mod headers;
 pub mod tunnel;
+pub mod upstream_body;
 
 use std::future::Future;
 use std::pin::Pin;

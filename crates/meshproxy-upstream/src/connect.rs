@@ -7,15 +7,12 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::task::{Context, Poll};
 
 use meshproxy_http::h1::Io;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-use crate::endpoint::Endpoint;
 
 /// Where an endpoint is: its address as configured, and the socket address when it is an IP
 /// literal (parsed once; host names resolve at connect time).
@@ -61,15 +58,9 @@ pub struct Counted<IO> {
     endpoint: Weak<dyn OpenCount>,
 }
 
-/// The counter a [`Counted`] connection decrements when it is dropped.
+/// The counter a [`Counted`] connection decrements when it is dropped (its endpoint's).
 pub(crate) trait OpenCount: Send + Sync {
     fn closed(&self);
-}
-
-impl<C: Connector> OpenCount for Endpoint<C> {
-    fn closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl<IO> Counted<IO> {

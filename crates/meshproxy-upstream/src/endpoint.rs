@@ -94,6 +94,13 @@ pub struct Checkout<C: Connector> {
     pub idle: Option<Duration>,
 }
 
+/// A [`Counted`] connection to this endpoint is open until dropped.
+impl<C: Connector> OpenCount for Endpoint<C> {
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What the balancer reads of an endpoint.
 impl<C: Connector> meshproxy_balance::EndpointView for Endpoint<C> {
     fn available(&self) -> bool {
@@ -188,8 +195,10 @@ impl<C: Connector> Endpoint<C> {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(UpstreamError::Overloaded);
         }
+        // The place in the queue is given back however the wait ends, also when the waiting
+        // request is dropped (its client went away, or its timeout fired).
+        let _queued = Queued(&self.pending);
         let permit = self.limiter.clone().acquire_owned().await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
         permit.map_err(|_| UpstreamError::Overloaded)
     }
 
@@ -328,6 +337,15 @@ impl<C: Connector> Endpoint<C> {
             failures: self.failures.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A place in an endpoint's pending queue, held while a request waits for an in-flight slot.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -477,7 +477,6 @@ async fn the_inflight_limit_queues_up_to_max_pending_and_refuses_the_rest() {
 /// never gives its place back: after `max_pending` of them the endpoint refuses every request that
 /// would have to wait.
 #[tokio::test]
-#[ignore = "bug: a cancelled Endpoint::acquire leaks its pending-queue place"]
 async fn a_waiter_dropped_while_queued_gives_its_place_back() {
     let s = EndpointSettings { max_inflight: 1, max_pending: 1, ..settings() };
     let (ep, _) = endpoint(s, Behaviour::Http1);

@@ -9,10 +9,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::listener::ActivityGuard;
+use crate::activity::ActivityGuard;
 use crate::metrics::RouteMetrics;
 use crate::upstream::UpstreamIncoming;
-use meshproxy_http::body::BodyError;
+use meshproxy_http::upstream_body::BodyError;
 use meshproxy_upstream::pool::multiplexed::StreamSlot;
 
 /// What is given back, by being dropped, as soon as the response has ended (or is dropped): the

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::listener::ActivityGuard;
+use crate::activity::ActivityGuard;
 use crate::tcp::TcpUpstream;
 use meshproxy_http::client_tunnel::ClientTunnel;
 use meshproxy_http::Drain;

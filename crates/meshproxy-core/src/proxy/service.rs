@@ -21,16 +21,16 @@ use tokio::time::Instant;
 
 use super::admit::{self, Kind};
 use super::body::{Release, ResponseBody};
-use super::filter::{self, RequestCx, Step, Verdict};
 use super::outcome::{self, Outcome};
 use super::{connect, forward, rewrite, upgrade, websocket};
+use crate::activity::{Activity, ActivityGuard};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
-use crate::listener::{Activity, ActivityGuard};
+use crate::filter::{self, RequestCx, Step, Verdict};
 use crate::metrics::{parse_grpc_status, Protocol};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::tcp::TcpUpstream;
 use crate::upstream::{Endpoint, UpstreamIncoming};
 use meshproxy_http::body::RequestBody;
@@ -129,7 +129,7 @@ pub fn local_error(e: ProxyError, grpc: bool, activity: Option<ActivityGuard>) -
 async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response<ResponseBody>, Infallible> {
     let activity = ctx.activity.begin();
     // Holding the snapshot for the whole request: a reload mid-request does not change its route.
-    let snapshot = ctx.shared.snapshot.load_full();
+    let snapshot = ctx.shared.snapshot().load_full();
     let Some(listener) = snapshot.listeners.get(&*ctx.listener_key) else {
         return Ok(local_error(ProxyError::ShuttingDown, admit::is_grpc(&req), Some(activity)));
     };

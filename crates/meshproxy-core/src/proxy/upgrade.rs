@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use tokio::sync::watch;
 
-use crate::listener::ActivityGuard;
+use crate::activity::ActivityGuard;
 use crate::upstream::UpIo;
 use meshproxy_http::client_tunnel::ClientTunnel;
 use meshproxy_http::h1::Upgraded;

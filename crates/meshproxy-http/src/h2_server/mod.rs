@@ -13,7 +13,6 @@
 //! run on several workers at once.
 
 mod stream;
-mod tunnel;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,8 +24,6 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::h2_ping::{H2ConnError, KeepAlive};
-
-pub use tunnel::{H2Io, PendingTunnel};
 
 /// What a downstream HTTP/2 connection is allowed (the listener's `http2` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +43,7 @@ pub struct Settings {
 /// nothing of routes or endpoints.
 pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// The response body; its error decides how a broken-off HTTP/2 response is reset.
-    type Body: http_body::Body<Data = Bytes, Error = crate::body::BodyError> + Send + Unpin + 'static;
+    type Body: http_body::Body<Data = Bytes, Error = crate::upstream_body::BodyError> + Send + Unpin + 'static;
 
     fn call(
         &self,

@@ -13,9 +13,10 @@ use http::{Method, Request, Response};
 use http_body::Body as _;
 use tokio::sync::oneshot;
 
-use super::tunnel::PendingTunnel;
 use super::Handler;
-use crate::body::{pipe_to_h2, BodyError, H2Body, RequestBody};
+use crate::body::{pipe_to_h2, H2Body, RequestBody};
+use crate::h2_tunnel::PendingTunnel;
+use crate::upstream_body::BodyError;
 
 pub async fn serve<S: Handler>(
     service: S,

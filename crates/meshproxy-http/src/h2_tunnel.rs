@@ -16,11 +16,11 @@ pub struct PendingTunnel {
 }
 
 impl PendingTunnel {
-    pub(super) fn new(recv: h2::RecvStream, send: oneshot::Receiver<h2::SendStream<Bytes>>) -> Self {
+    pub(crate) fn new(recv: h2::RecvStream, send: oneshot::Receiver<h2::SendStream<Bytes>>) -> Self {
         PendingTunnel { recv, send }
     }
 
-    /// Waits for the 2xx to be sent (see `stream::serve`).
+    /// Waits for the 2xx to be sent (see `h2_server`).
     pub async fn open(self) -> io::Result<H2Io> {
         let send = self
             .send
