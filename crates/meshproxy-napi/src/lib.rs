@@ -2,6 +2,10 @@
 //! across the boundary once (config as JSON in, stats as objects out) and never call into
 //! JavaScript per request.
 //!
+//! Who uses it: the TypeScript `Proxy` (ts/proxy.ts), through the generated loader. What it must
+//! not know: the data path — everything it does is parse, call `meshproxy-core`, and convert
+//! errors and results.
+//!
 //! Each proxy owns a dedicated tokio runtime with `workers` threads ([`host`]), separate from
 //! napi's global runtime (which only runs the short futures behind the promises). That keeps the
 //! data path's thread count a deliberate setting, and lets `close()` release the threads.

@@ -109,22 +109,24 @@ fn valid_host(v: &[u8]) -> bool {
         t
     }
     static REG_NAME: [bool; 256] = reg_name();
-    let (name, port, literal) = if v.first() == Some(&b'[') {
+    let port = |p: &[u8]| p.iter().all(u8::is_ascii_digit);
+    if v.first() == Some(&b'[') {
         let Some(end) = v.iter().position(|&b| b == b']') else { return false };
-        let port = match &v[end + 1..] {
-            [] => &[][..],
-            [b':', port @ ..] => port,
-            _ => return false,
-        };
-        (&v[1..end], port, true)
-    } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(i) => (&v[..i], &v[i + 1..], false),
-            None => (v, &[][..], false),
+        let literal = v[1..end].iter().all(|&b| REG_NAME[b as usize] || b == b':');
+        return literal
+            && match &v[end + 1..] {
+                [] => true,
+                [b':', p @ ..] => port(p),
+                _ => false,
+            };
+    }
+    // One pass: the name, then at the first `:` the port.
+    for (i, &b) in v.iter().enumerate() {
+        if !REG_NAME[b as usize] {
+            return b == b':' && port(&v[i + 1..]);
         }
-    };
-    name.iter().all(|&b| REG_NAME[b as usize] || (literal && b == b':'))
-        && port.iter().all(u8::is_ascii_digit)
+    }
+    true
 }
 
 /// The length of the request target as `Uri`'s `Display` writes it, without writing it: HTTP/2

@@ -54,6 +54,7 @@ impl Outcome {
 }
 
 /// Reads one outcome into every place that learns from it.
+#[inline]
 pub fn observe(
     outcome: &Outcome,
     listener: &ListenerRuntime,

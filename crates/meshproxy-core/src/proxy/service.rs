@@ -166,11 +166,27 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                 }
             }
         }
-        // 4, 5: backend and endpoint; the request in the endpoint's form.
-        let Forward { meta, route, endpoint, h2, upstream_req, after } = match select(&ctx, routed) {
-            Ok(f) => f,
-            Err(resp) => break 'respond *resp,
+        // 4, 5: backend and endpoint; then the request in the endpoint's form.
+        let Some((endpoint, h2)) = select(&ctx, &routed) else {
+            break 'respond routed.fail(ProxyError::NoEndpoints);
         };
+        let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
+        let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
+            Ok(r) => r,
+            Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
+        };
+        let ws_key = match &kind {
+            Kind::Upgrade(token) => {
+                upgrade::restore(upstream_req.headers_mut(), token.clone());
+                None
+            }
+            Kind::WebSocketH2 => {
+                *upstream_req.method_mut() = Method::GET;
+                Some(websocket::to_http1_handshake(upstream_req.headers_mut()))
+            }
+            _ => None,
+        };
+        let after = After { kind, downstream_upgrade, ws_key, activity };
         // 6: the attempt. Pinned where it is built and raced with the timer in place:
         // `tokio::time::timeout(t, attempt)` moves this (large) future into its own, a memcpy of
         // its whole size on every request.
@@ -288,16 +304,6 @@ impl RoutedRequest<'_> {
     }
 }
 
-/// A request with its endpoint, in the form the endpoint takes, ready to send.
-struct Forward<'a> {
-    meta: Meta<'a>,
-    route: &'a RouteRuntime,
-    endpoint: Arc<Endpoint>,
-    h2: bool,
-    upstream_req: Request<RequestBody>,
-    after: After,
-}
-
 /// What shapes the response once the upstream answers.
 struct After {
     kind: Kind,
@@ -407,44 +413,23 @@ fn route<'a>(
     Routed::Http(RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity })
 }
 
-/// Phases 4 and 5: the backend (a weighted choice when a route splits its traffic), the
-/// endpoint (the backend's balancer over its current endpoint set), and the request in the
-/// form that endpoint takes.
-/// The error (rare) is boxed so that the common result stays small.
-fn select<'a>(ctx: &ConnCtx, routed: RoutedRequest<'a>) -> Result<Forward<'a>, Box<Response<ResponseBody>>> {
-    let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
-    let backend = route.backends.pick();
+/// Phases 4 and 5: the backend (a weighted choice when a route splits its traffic) and the
+/// endpoint (the backend's balancer over its current endpoint set); whether the request goes
+/// over HTTP/2. `None` when the backend has no endpoints.
+fn select(ctx: &ConnCtx, routed: &RoutedRequest<'_>) -> Option<(Arc<Endpoint>, bool)> {
+    let backend = routed.route.backends.pick();
     let set = backend.endpoints();
-    let hash = set.hash_key().and_then(|k| request_hash(k, &head.headers, ctx.client));
-    let Some(endpoint) = set.select(hash).cloned() else {
-        return Err(Box::new(meta.fail(ProxyError::NoEndpoints, Some(route), None, activity)));
-    };
-    drop(set);
+    let hash = set.hash_key().and_then(|k| request_hash(k, &routed.head.headers, ctx.client));
+    let endpoint = set.select(hash)?.clone();
     // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
     // extended CONNECT).
-    let h2 = matches!(kind, Kind::Plain)
+    let h2 = matches!(routed.kind, Kind::Plain)
         && match backend.protocol {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Auto => head.version == Version::HTTP_2,
+            UpstreamProtocol::Auto => routed.head.version == Version::HTTP_2,
         };
-    let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
-        Ok(r) => r,
-        Err(e) => return Err(Box::new(meta.fail(e, Some(route), None, activity))),
-    };
-    let ws_key = match &kind {
-        Kind::Upgrade(token) => {
-            upgrade::restore(upstream_req.headers_mut(), token.clone());
-            None
-        }
-        Kind::WebSocketH2 => {
-            *upstream_req.method_mut() = Method::GET;
-            Some(websocket::to_http1_handshake(upstream_req.headers_mut()))
-        }
-        _ => None,
-    };
-    let after = After { kind, downstream_upgrade, ws_key, activity };
-    Ok(Forward { meta, route, endpoint, h2, upstream_req, after })
+    Some((endpoint, h2))
 }
 
 /// Phases 7 and 8: the downstream response from the upstream's answer (or failure), its
