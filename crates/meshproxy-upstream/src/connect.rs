@@ -67,14 +67,6 @@ impl<IO> Counted<IO> {
     pub(crate) fn new(io: IO, endpoint: Weak<dyn OpenCount>) -> Self {
         Counted { io, endpoint }
     }
-
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
-    pub fn get_mut(&mut self) -> &mut IO {
-        &mut self.io
-    }
 }
 
 impl<IO> Drop for Counted<IO> {
