@@ -379,10 +379,7 @@ fn route<'a>(
         let Some(route) = route.filter(|r| r.allow_connect) else {
             return Routed::Answered(Box::new(meta.fail(ProxyError::ConnectRefused, route, None, activity)));
         };
-        let backend = route.backends.pick();
-        let set = backend.endpoints();
-        let hash = set.hash_key().and_then(|k| request_hash(k, req.headers(), ctx.client));
-        let Some(endpoint) = set.select(hash).cloned() else {
+        let Some((backend, endpoint)) = choose(ctx, route, req.headers()) else {
             return Routed::Answered(Box::new(meta.fail(
                 ProxyError::NoEndpoints,
                 Some(route),
@@ -417,10 +414,7 @@ fn route<'a>(
 /// endpoint (the backend's balancer over its current endpoint set); whether the request goes
 /// over HTTP/2. `None` when the backend has no endpoints.
 fn select(ctx: &ConnCtx, routed: &RoutedRequest<'_>) -> Option<(Arc<Endpoint>, bool)> {
-    let backend = routed.route.backends.pick();
-    let set = backend.endpoints();
-    let hash = set.hash_key().and_then(|k| request_hash(k, &routed.head.headers, ctx.client));
-    let endpoint = set.select(hash)?.clone();
+    let (backend, endpoint) = choose(ctx, routed.route, &routed.head.headers)?;
     // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
     // extended CONNECT).
     let h2 = matches!(routed.kind, Kind::Plain)
@@ -430,6 +424,20 @@ fn select(ctx: &ConnCtx, routed: &RoutedRequest<'_>) -> Option<(Arc<Endpoint>, b
             UpstreamProtocol::Auto => routed.head.version == Version::HTTP_2,
         };
     Some((endpoint, h2))
+}
+
+/// A backend of `route` and one of its endpoints, by the backend's balancer (hashing the
+/// request when it asks to). `None` when the backend has no endpoints.
+fn choose<'a>(
+    ctx: &ConnCtx,
+    route: &'a RouteRuntime,
+    headers: &http::HeaderMap,
+) -> Option<(&'a crate::compile::Backend, Arc<Endpoint>)> {
+    let backend = route.backends.pick();
+    let set = backend.endpoints();
+    let hash = set.hash_key().and_then(|k| request_hash(k, headers, ctx.client));
+    let endpoint = set.select(hash)?.clone();
+    Some((&**backend, endpoint))
 }
 
 /// Phases 7 and 8: the downstream response from the upstream's answer (or failure), its
