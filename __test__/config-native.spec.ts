@@ -53,6 +53,9 @@ services:
     maxInflightPerEndpoint: 10
     maxPendingPerEndpoint: 0
     pool: { maxIdlePerEndpoint: 8, idleTimeout: 2s }
+    failureStatuses: 5xx, 429
+    failureGrpcStatuses: unavailable
+    failureAccrual: { consecutiveFailures: 5, minPenalty: 2s, maxPenalty: 1m, jitterPercent: 0, maxEjectionPercent: 34 }
   - name: web
     balancer: random
     endpoints: ["[::1]:9000"]
@@ -123,6 +126,9 @@ test('native document loads into the exact model', (t) => {
         maxPendingPerEndpoint: 0,
         maxStreamsPerConnection: 50,
         pool: { maxIdlePerEndpoint: 8, idleTimeoutMs: 2000 },
+        failureStatuses: '429,500-599',
+        failureGrpcStatuses: 'unavailable',
+        failureAccrual: { consecutiveFailures: 5, minPenaltyMs: 2000, maxPenaltyMs: 60000, jitterPercent: 0, maxEjectionPercent: 34 },
       },
       {
         name: 'web',
@@ -134,6 +140,9 @@ test('native document loads into the exact model', (t) => {
         maxPendingPerEndpoint: 1000,
         maxStreamsPerConnection: 100,
         pool: { maxIdlePerEndpoint: 1000, idleTimeoutMs: 4000 },
+        failureStatuses: '500-599',
+        failureGrpcStatuses: 'unknown,deadline-exceeded,internal,unavailable',
+        failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
       },
     ],
   })
@@ -191,6 +200,9 @@ services:
         maxPendingPerEndpoint: 1000,
         maxStreamsPerConnection: 100,
         pool: { maxIdlePerEndpoint: 1000, idleTimeoutMs: 4000 },
+        failureStatuses: '500-599',
+        failureGrpcStatuses: 'unknown,deadline-exceeded,internal,unavailable',
+        failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
       },
     ],
   })

@@ -133,7 +133,7 @@ program
   .option('-c, --config <file>', 'YAML config (native and/or Kubernetes Ingress, Service, EndpointSlice)')
   .option('--to <endpoints>', 'comma-separated HOST:PORT list: one service, one catch-all route')
   .addOption(
-    new Option('--balancer <kind>', 'balancer for --to: round-robin, random, hash, hash:header:<name>, hash:cookie:<name>').default(
+    new Option('--balancer <kind>', 'balancer for --to: round-robin, random, least-request, p2c-ewma, hash, hash:header:<name>, hash:cookie:<name>').default(
       'round-robin',
     ),
   )

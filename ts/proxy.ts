@@ -46,7 +46,17 @@ export interface EndpointStats {
   failures: number
   /** Requests re-sent once after a failure that left them unprocessed or safe to repeat. */
   retries: number
+  /** `healthy`; `ejected` by failure accrual; `probing` (its penalty is over and one request tests it); `unready` (its health check fails). */
+  state: EndpointState
+  /** While ejected: milliseconds until a probe may go; otherwise null. */
+  ejectedForMs: number | null
+  /** Times failure accrual ejected it. */
+  ejections: number
+  /** The peak-EWMA latency estimate in milliseconds (what `p2c-ewma` compares, times the requests in flight + 1). */
+  latencyMs: number
 }
+
+export type EndpointState = 'healthy' | 'ejected' | 'probing' | 'unready'
 
 export interface ProxyStats {
   state: 'created' | 'running' | 'closed'
@@ -126,7 +136,8 @@ export class Proxy {
   async stats(): Promise<ProxyStats> {
     try {
       const s = await this.#binding.stats()
-      return { ...s, state: s.state as ProxyStats['state'], admin: s.admin ?? null }
+      const endpoints = s.endpoints.map((e) => ({ ...e, state: e.state as EndpointState, ejectedForMs: e.ejectedForMs ?? null }))
+      return { ...s, state: s.state as ProxyStats['state'], admin: s.admin ?? null, endpoints }
     } catch (err) {
       throw fromNative(err)
     }

@@ -2,18 +2,19 @@
  * `configFromEndpoints`: the model behind `meshproxy run --to a,b --balancer x`, built without a
  * file but checked exactly like one.
  */
-import type { BalancerModel, ConfigModel, EndpointModel, UpstreamProtocol } from './model.js'
+import { SIMPLE_BALANCER_KINDS, type BalancerModel, type ConfigModel, type EndpointModel, type UpstreamProtocol } from './model.js'
 import { DiagnosticSink, suggest, type Loc } from './diagnostics.js'
 import { DEFAULT_ADMIN, DEFAULT_LISTEN, DEFAULT_UPSTREAM_PROTOCOL, UPSTREAM_PROTOCOLS, isUpstreamProtocol, makeListener, makeRoute, makeService } from './defaults.js'
 import { finish, type LoadOptions, type LoadResult } from './load.js'
 import { checkSemantics } from './semantics.js'
 import { isToken, normalizeHeaderName, parseAddress } from './values.js'
 
-const BALANCER_FORMS = ['round-robin', 'random', 'hash', 'hash:source', 'hash:header:<name>', 'hash:cookie:<name>']
+const BALANCER_FORMS = ['round-robin', 'random', 'least-request', 'p2c-ewma', 'hash', 'hash:source', 'hash:header:<name>', 'hash:cookie:<name>']
 
 /**
  * One listener (`listenOverride` ?? `defaultListen`) with one catch-all route to one service,
  * `default`, over `endpoints` (`host:port` each, weight 1). `balancer` is `round-robin`,
+ * `least-request`, `p2c-ewma`,
  * `random`, `hash` (source address), `hash:source`, `hash:header:<name>` or `hash:cookie:<name>`.
  * `protocol` is the service's upstream protocol (`http1`, `http2` for h2c, `auto`); a value
  * outside those (from an untyped caller) is reported like a bad balancer. Listener and service
@@ -61,7 +62,8 @@ export function configFromEndpoints(
 function parseBalancer(sink: DiagnosticSink, loc: Loc, spec: string): BalancerModel {
   const [kind, source, name, ...rest] = spec.trim().split(':')
   if (rest.length === 0) {
-    if ((kind === 'round-robin' || kind === 'random') && source === undefined) return { kind }
+    const simple = SIMPLE_BALANCER_KINDS.find((k) => k === kind)
+    if (simple !== undefined && source === undefined) return { kind: simple }
     if (kind === 'hash' && (source === undefined || (source === 'source' && name === undefined))) return { kind: 'hash', source: true }
     if (kind === 'hash' && source === 'header' && name !== undefined) {
       const header = normalizeHeaderName(name)

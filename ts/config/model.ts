@@ -27,7 +27,7 @@ import {
   type JsonSchema,
   type ModelOf,
 } from './fields.js'
-import { checkHeaderValue, checkName, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, type Parsed } from './values.js'
+import { checkHeaderValue, checkName, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, parseGrpcStatusSet, parseStatusSet, type Parsed } from './values.js'
 
 export const DEFAULT_LISTEN = '127.0.0.1:4140'
 export const DEFAULT_ADMIN = '127.0.0.1:4191'
@@ -174,10 +174,13 @@ export const POOL = table('Pool', 'Idle upstream connections kept for reuse.', {
 })
 
 /** The balancer kinds, the default first; `hash` takes exactly one key source. */
-export const BALANCER_KINDS = ['round-robin', 'random', 'hash'] as const
+export const BALANCER_KINDS = ['round-robin', 'random', 'least-request', 'p2c-ewma', 'hash'] as const
+/** The kinds with no options. */
+export const SIMPLE_BALANCER_KINDS = ['round-robin', 'random', 'least-request', 'p2c-ewma'] as const
+export type SimpleBalancerKind = (typeof SIMPLE_BALANCER_KINDS)[number]
 
 /** Consistent hashing on exactly one key source; requests without the key go to a random endpoint. */
-export type BalancerModel = { kind: 'round-robin' } | { kind: 'random' } | { kind: 'hash'; header?: string; cookie?: string; source?: boolean }
+export type BalancerModel = { kind: SimpleBalancerKind } | { kind: 'hash'; header?: string; cookie?: string; source?: boolean }
 
 const noFields = (kind: string): JsonSchema => ({
   type: 'object',
@@ -186,12 +189,14 @@ const noFields = (kind: string): JsonSchema => ({
   additionalProperties: false,
 })
 
-const BALANCER = custom<BalancerModel>('Balancer', 'How a service picks an endpoint for a request (or a TCP connection).', {
+const BALANCER = custom<BalancerModel>(
+  'Balancer',
+  'How a service picks an endpoint for a request (or a TCP connection). `round-robin` (weighted, smooth); `random` (weighted); `least-request`: of two endpoints drawn at random, the one with fewer requests in flight; `p2c-ewma`: of two endpoints drawn at random, the one with the lower peak-EWMA latency times (requests in flight + 1), as Linkerd\'s proxy balances; `hash`: consistent hashing. Every kind skips endpoints that are ejected or failing their health checks; when none is left, it balances over all of them.',
+  {
   default: { kind: 'round-robin' },
   schema: {
     oneOf: [
-      noFields('round-robin'),
-      noFields('random'),
+      ...SIMPLE_BALANCER_KINDS.map(noFields),
       {
         description: 'Consistent hashing on exactly one key source; requests without the key go to a random endpoint.',
         type: 'object',
@@ -215,8 +220,7 @@ const BALANCER = custom<BalancerModel>('Balancer', 'How a service picks an endpo
         {
           type: 'object',
           properties: {
-            'round-robin': { type: ['object', 'null'], additionalProperties: false },
-            random: { type: ['object', 'null'], additionalProperties: false },
+            ...Object.fromEntries(SIMPLE_BALANCER_KINDS.map((k) => [k, { type: ['object', 'null'], additionalProperties: false }])),
             hash: {
               description: 'Exactly one key source.',
               type: ['object', 'null'],
@@ -237,7 +241,20 @@ const BALANCER = custom<BalancerModel>('Balancer', 'How a service picks an endpo
       ],
     },
   },
-})
+  },
+)
+
+export const FAILURE_ACCRUAL = table(
+  'FailureAccrual',
+  'Passive failure detection (as Linkerd\'s `balancer.linkerd.io/failure-accrual: consecutive`): an endpoint whose responses fail `consecutiveFailures` times in a row (see the service\'s `failureStatuses`, `failureGrpcStatuses`; connect errors, resets and timeouts always count; client errors never) is ejected — it gets no new requests — for a penalty that starts at `minPenalty` and doubles on each ejection in a row up to `maxPenalty`, with jitter. Then one request probes it: a success readmits it (and resets the penalty), a failure ejects it again.',
+  {
+    consecutiveFailures: count('Failures in a row that eject an endpoint; 0 = never eject.', { min: 0, max: 1000, default: 0 }),
+    minPenaltyMs: duration('The first ejection\'s length.', { min: 1, default: 1000 }),
+    maxPenaltyMs: duration('The longest ejection.', { min: 1, default: 60000 }),
+    jitterPercent: count('Each penalty is shortened by a random share of up to this percentage, so ejected endpoints do not come back together.', { min: 0, max: 100, default: 50 }),
+    maxEjectionPercent: count('At most this share of the service\'s endpoints is ejected at once (at least one, when the service has several).', { min: 0, max: 100, default: 50 }),
+  },
+)
 
 /** The values of a service's `protocol`, the default first. */
 export const UPSTREAM_PROTOCOLS = ['http1', 'http2', 'auto'] as const
@@ -260,6 +277,17 @@ export const SERVICE = table('Service', 'A set of endpoints and how requests rea
     { min: 1, default: 100 },
   ),
   pool: nested(POOL),
+  failureStatuses: text(
+    'The HTTP response statuses that count as an endpoint\'s failure (for `failureAccrual` and the success-rate metrics), in Linkerd\'s syntax: codes, ranges and classes, e.g. `5xx` or `500-504,429`; `""` = none.',
+    parseStatusSet,
+    { default: '500-599' },
+  ),
+  failureGrpcStatuses: text(
+    'The `grpc-status` values of a gRPC response that count as an endpoint\'s failure, e.g. `unavailable,internal` (names as Linkerd writes them, or codes); `""` = none.',
+    parseGrpcStatusSet,
+    { default: 'unknown,deadline-exceeded,internal,unavailable' },
+  ),
+  failureAccrual: nested(FAILURE_ACCRUAL),
 })
 
 export const ADMIN = table('Admin', 'The admin listener (`/live`, `/ready`, `/metrics`, `/config`).', {
@@ -284,6 +312,7 @@ export type HeaderMatch = ModelOf<typeof HEADER_MATCH>
 export type ServiceModel = ModelOf<typeof SERVICE>
 export type EndpointModel = ModelOf<typeof ENDPOINT>
 export type PoolModel = ModelOf<typeof POOL>
+export type FailureAccrualModel = ModelOf<typeof FAILURE_ACCRUAL>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]
 export type UpstreamProtocol = (typeof UPSTREAM_PROTOCOLS)[number]

@@ -6,7 +6,7 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isMap, isSeq } from './yaml-lib.js'
-import { BALANCER_KINDS, CONFIG, ENDPOINT, LISTENER, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
+import { BALANCER_KINDS, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, LISTENER, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -54,6 +54,7 @@ const ALIASES: Record<string, Record<string, string>> = {
   'service protocol': PROTOCOL_ALIASES,
 }
 const BALANCERS: readonly string[] = BALANCER_KINDS
+const isSimpleBalancer = (kind: string | undefined): kind is SimpleBalancerKind => (SIMPLE_BALANCER_KINDS as readonly (string | undefined)[]).includes(kind)
 const HASH_SOURCES = ['header', 'cookie', 'source']
 export const PATH_TYPES = ROUTE_MATCH.pathType.enum
 
@@ -223,6 +224,12 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   const balancerNode = f.get('balancer')
   if (balancerNode) service.balancer = readBalancer(r, balancerNode) ?? service.balancer
   readPlain(f, SERVICE, service)
+  for (const key of ['failureStatuses', 'failureGrpcStatuses'] as const) {
+    const node = f.get(key)
+    const value = node && r.text(node, f.label(key))
+    const field = SERVICE.fields[key]
+    if (node && value !== undefined) service[key] = r.check(node, f.label(key), field.normalize(value, service)) ?? service[key]
+  }
   for (const n of f.list('endpoints')) {
     const endpoint = readEndpoint(r, n)
     if (!endpoint) continue
@@ -291,14 +298,14 @@ function readEndpoint(r: DocReader, node: YNode): EndpointModel | undefined {
 }
 
 /**
- * `round-robin` | `random` | `hash` (source address), or the mapping forms
+ * `round-robin` | `random` | `least-request` | `p2c-ewma` | `hash` (source address), or the mapping forms
  * `{ hash: { header | cookie | source } }`. The mapping must name one balancer and a hash one key
  * source, since the data plane hashes on exactly one.
  */
 export function readBalancer(r: DocReader, node: YNode): BalancerModel | undefined {
   if (!('items' in node)) {
     const kind = r.string(node, 'balancer')
-    if (kind === 'round-robin' || kind === 'random') return { kind }
+    if (isSimpleBalancer(kind)) return { kind }
     if (kind === 'hash') return { kind: 'hash', source: true }
     if (kind !== undefined) r.error(node, `unknown balancer "${kind}"`, suggest(kind, BALANCERS, 'valid balancers'))
     return undefined
@@ -312,7 +319,7 @@ export function readBalancer(r: DocReader, node: YNode): BalancerModel | undefin
     return undefined
   }
   const kind = kinds[0]
-  if (kind === 'round-robin' || kind === 'random') {
+  if (isSimpleBalancer(kind)) {
     const opts = f.fields(kind, `${kind} balancer`, [])
     return opts || !f.has(kind) ? { kind } : undefined
   }

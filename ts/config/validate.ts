@@ -6,7 +6,7 @@
  * types, limits, enum values, normal forms — is checked as the field table (`model.ts`) declares
  * it; then the cross-checks the loader also runs (`semantics.ts`).
  */
-import { BALANCER_KINDS, CONFIG, type ConfigModel } from './model.js'
+import { BALANCER_KINDS, CONFIG, SIMPLE_BALANCER_KINDS, type ConfigModel } from './model.js'
 import { isNested, modelEntries, type Field, type Table } from './fields.js'
 import { suggest, type Diagnostic } from './diagnostics.js'
 import { checkSemantics } from './semantics.js'
@@ -162,7 +162,7 @@ function checkBalancer(c: Checker, v: unknown, path: string): void {
   const b = c.object(v, path, ['kind'], ['header', 'cookie', 'source'])
   if (!b) return
   const sources = ['header', 'cookie', 'source'].filter((k) => b[k] !== undefined)
-  if (b.kind === 'round-robin' || b.kind === 'random') {
+  if ((SIMPLE_BALANCER_KINDS as readonly unknown[]).includes(b.kind)) {
     if (sources.length > 0) c.error(path, `${b.kind} balancer takes no ${sources.join('/')}`, 'key sources belong to kind "hash"')
     return
   }

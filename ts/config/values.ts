@@ -179,3 +179,82 @@ export function describe(v: unknown): string {
   if (typeof v === 'string') return `string "${v}"`
   return `${typeof v} ${String(v)}`
 }
+
+/**
+ * An HTTP status set in Linkerd's syntax (`retry.linkerd.io/http`): comma-separated codes
+ * (`429`), ranges (`500-504`) and classes (`5xx`), each within 100..599. Normalized to sorted,
+ * merged ranges: `5xx,429` → `429,500-599`. The empty string is the empty set.
+ */
+export function parseStatusSet(input: string): Parsed<string> {
+  const hint = 'e.g. "5xx", "500-504,429" or "" for none'
+  const ranges: Array<[number, number]> = []
+  for (const raw of input.split(',')) {
+    const item = raw.trim().toLowerCase()
+    if (item === '') {
+      if (input.trim() === '') break
+      return fail(`empty item in status set "${input}"`, hint)
+    }
+    let m: RegExpMatchArray | null
+    let lo: number
+    let hi: number
+    if ((m = item.match(/^([1-5])xx$/))) [lo, hi] = [Number(m[1]) * 100, Number(m[1]) * 100 + 99]
+    else if ((m = item.match(/^(\d{3})$/))) [lo, hi] = [Number(m[1]), Number(m[1])]
+    else if ((m = item.match(/^(\d{3})\s*-\s*(\d{3})$/))) [lo, hi] = [Number(m[1]), Number(m[2])]
+    else return fail(`"${raw.trim()}" is not a status, range or class`, hint)
+    if (lo < 100 || hi > 599) return fail(`status "${raw.trim()}" is outside 100..599`, hint)
+    if (lo > hi) return fail(`status range "${raw.trim()}" is backwards`, `write it low-high, e.g. ${hi}-${lo}`)
+    ranges.push([lo, hi])
+  }
+  ranges.sort((a, b) => a[0] - b[0])
+  const merged: Array<[number, number]> = []
+  for (const r of ranges) {
+    const last = merged[merged.length - 1]
+    if (last && r[0] <= last[1] + 1) last[1] = Math.max(last[1], r[1])
+    else merged.push([r[0], r[1]])
+  }
+  return ok(merged.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)).join(','))
+}
+
+/** The gRPC status codes by their names in Linkerd's syntax (kebab-case), in code order. */
+export const GRPC_STATUS_NAMES = [
+  'ok',
+  'cancelled',
+  'unknown',
+  'invalid-argument',
+  'deadline-exceeded',
+  'not-found',
+  'already-exists',
+  'permission-denied',
+  'resource-exhausted',
+  'failed-precondition',
+  'aborted',
+  'out-of-range',
+  'unimplemented',
+  'internal',
+  'unavailable',
+  'data-loss',
+  'unauthenticated',
+] as const
+
+/**
+ * A gRPC status set as Linkerd writes it (`retry.linkerd.io/grpc`): comma-separated names
+ * (`unavailable`, also `UNAVAILABLE` or `deadline_exceeded`) or codes (`14`). Normalized to the
+ * kebab-case names in code order. The empty string is the empty set.
+ */
+export function parseGrpcStatusSet(input: string): Parsed<string> {
+  const codes = new Set<number>()
+  for (const raw of input.split(',')) {
+    const item = raw.trim().toLowerCase().replaceAll('_', '-')
+    if (item === '') {
+      if (input.trim() === '') break
+      return fail(`empty item in gRPC status set "${input}"`, 'e.g. "unavailable,internal"')
+    }
+    const code = /^\d+$/.test(item) ? Number(item) : (GRPC_STATUS_NAMES as readonly string[]).indexOf(item)
+    if (code < 0 || code >= GRPC_STATUS_NAMES.length) {
+      const guess = GRPC_STATUS_NAMES.find((n) => n.startsWith(item.slice(0, 4)))
+      return fail(`"${raw.trim()}" is not a gRPC status`, `${guess ? `did you mean "${guess}"? ` : ''}valid: ${GRPC_STATUS_NAMES.join(', ')} or 0..16`)
+    }
+    codes.add(code)
+  }
+  return ok([...codes].sort((a, b) => a - b).map((c) => GRPC_STATUS_NAMES[c]).join(','))
+}

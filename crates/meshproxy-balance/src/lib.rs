@@ -1,4 +1,5 @@
-//! Endpoint selection, independent of HTTP and of the listener: a balancer is compiled from the
+//! Endpoint selection (round-robin, weighted random, consistent hashing, and the power of two
+//! choices over load or latency), independent of HTTP and of the listener: a balancer is compiled from the
 //! endpoints' weights and answers an index into the service's endpoint list. The listener (and,
 //! later, the in-process client) turns a request into an optional hash key; the balancer never
 //! sees the request.
@@ -9,11 +10,13 @@
 
 mod distribution;
 mod hash;
+mod p2c;
 mod random;
 mod round_robin;
 
 pub use distribution::Distribution;
 pub use hash::Ring;
+pub use p2c::{Cost, P2c};
 pub use random::WeightedRandom;
 pub use round_robin::RoundRobin;
 
@@ -29,6 +32,8 @@ pub enum HashKey {
 pub enum Balancer {
     RoundRobin(RoundRobin),
     Random(WeightedRandom),
+    /// `least-request` and `p2c-ewma`.
+    P2c(P2c),
     /// Consistent hashing; requests without the key fall back to weighted random.
     Hash {
         key: HashKey,
@@ -44,6 +49,10 @@ pub trait EndpointView {
     fn available(&self) -> bool;
     /// Requests in flight to it.
     fn load(&self) -> u64;
+    /// Its latency estimate (peak EWMA, any unit as long as every endpoint uses the same).
+    fn latency(&self) -> f64 {
+        1.0
+    }
 }
 
 impl<T: EndpointView> EndpointView for std::sync::Arc<T> {
@@ -52,6 +61,9 @@ impl<T: EndpointView> EndpointView for std::sync::Arc<T> {
     }
     fn load(&self) -> u64 {
         (**self).load()
+    }
+    fn latency(&self) -> f64 {
+        (**self).latency()
     }
 }
 
@@ -65,10 +77,14 @@ impl Balancer {
     }
 
     /// Picks one of `endpoints` (the list the balancer was built for, in the same order): the
-    /// algorithm's choice, or when that one is unavailable the next available one after it.
+    /// algorithm's choice, or when that one is unavailable the next available one after it (a
+    /// [`P2c`] compares two available candidates).
     /// When none is available it keeps the algorithm's choice (as Envoy's panic threshold does:
     /// better to try an endpoint than to fail every request). `None` only when there are none.
     pub fn select<E: EndpointView>(&self, endpoints: &[E], hash: Option<u64>) -> Option<usize> {
+        if let Balancer::P2c(p) = self {
+            return p.select(endpoints);
+        }
         let i = self.pick(hash)?;
         if endpoints.get(i)?.available() {
             return Some(i);
@@ -83,6 +99,7 @@ impl Balancer {
         match self {
             Balancer::RoundRobin(rr) => rr.pick(),
             Balancer::Random(r) => r.pick(),
+            Balancer::P2c(p) => p.candidates().map(|(a, _)| a),
             Balancer::Hash { ring, fallback, .. } => match hash {
                 Some(h) => ring.pick(h),
                 None => fallback.pick(),

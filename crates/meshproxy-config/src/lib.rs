@@ -144,6 +144,11 @@ pub struct RouteConfig {
 pub enum BalancerConfig {
     RoundRobin,
     Random,
+    /// Of two endpoints drawn at random, the one with fewer requests in flight.
+    LeastRequest,
+    /// Of two endpoints drawn at random, the one with the lower peak-EWMA latency times
+    /// (requests in flight + 1).
+    P2cEwma,
     Hash {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         header: Option<String>,
@@ -188,6 +193,37 @@ pub struct ServiceConfig {
     /// peer's SETTINGS_MAX_CONCURRENT_STREAMS).
     #[serde(default = "default_max_streams")]
     pub max_streams_per_connection: u32,
+    /// HTTP statuses that count as the endpoint's failure, as normalized ranges: `429,500-599`.
+    pub failure_statuses: String,
+    /// `grpc-status` values that count as the endpoint's failure, kebab-case names:
+    /// `unknown,deadline-exceeded,internal,unavailable`.
+    pub failure_grpc_statuses: String,
+    pub failure_accrual: FailureAccrualConfig,
+}
+
+/// Consecutive-failure ejection (0 failures = off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailureAccrualConfig {
+    pub consecutive_failures: u32,
+    pub min_penalty_ms: u64,
+    pub max_penalty_ms: u64,
+    pub jitter_percent: u32,
+    pub max_ejection_percent: u32,
+}
+
+impl Default for FailureAccrualConfig {
+    /// Off; the penalties are Linkerd's defaults.
+    fn default() -> Self {
+        FailureAccrualConfig {
+            consecutive_failures: 0,
+            min_penalty_ms: 1_000,
+            max_penalty_ms: 60_000,
+            jitter_percent: 50,
+            max_ejection_percent: 50,
+        }
+    }
 }
 
 fn default_detect_timeout() -> u64 {
@@ -246,6 +282,9 @@ pub mod testing {
             pool: PoolConfig { max_idle_per_endpoint: 1000, idle_timeout_ms: 4000 },
             protocol: UpstreamProtocol::Http1,
             max_streams_per_connection: 100,
+            failure_statuses: "500-599".into(),
+            failure_grpc_statuses: "unknown,deadline-exceeded,internal,unavailable".into(),
+            failure_accrual: FailureAccrualConfig::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The admin listener: `/live`, `/ready` (503 while starting or draining), `/metrics`
-//! (Prometheus text) and `/config` (the active config as JSON). It never shares a port or a
+//! (Prometheus text), `/config` (the active config as JSON) and `/endpoints` (each service's
+//! endpoints with their health, as JSON). It never shares a port or a
 //! runtime budget with the data path beyond what a scrape costs.
 
 use std::convert::Infallible;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::body::ResponseBody;
+use crate::server::EndpointStats;
 use crate::state::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -71,12 +73,32 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             text(StatusCode::OK, body, "application/json")
         }
+        "/endpoints" => text(StatusCode::OK, endpoints_json(shared), "application/json"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /live /ready /metrics /config\n".into(),
+            "admin endpoints: /live /ready /metrics /config /endpoints\n".into(),
             "text/plain",
         ),
     }
+}
+
+/// `{"services": [{"name", "balancer", "endpoints": [EndpointStats…]}]}`, services by name.
+fn endpoints_json(shared: &Shared) -> String {
+    let snapshot = shared.snapshot().load();
+    let mut services: Vec<_> = snapshot
+        .config
+        .services
+        .iter()
+        .filter_map(|s| {
+            let backend = snapshot.backends.get(s.name.as_str())?;
+            let endpoints: Vec<EndpointStats> =
+                backend.endpoints().iter().map(|e| EndpointStats::from(e.sample())).collect();
+            Some(serde_json::json!({ "name": s.name, "balancer": s.balancer, "endpoints": endpoints }))
+        })
+        .collect();
+    services.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    serde_json::to_string_pretty(&serde_json::json!({ "services": services }))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<ResponseBody> {

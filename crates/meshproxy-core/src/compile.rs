@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 use rustc_hash::FxHashMap;
 
-use crate::balance::{Balancer, Distribution, HashKey, Ring, RoundRobin, WeightedRandom};
+use crate::balance::{Balancer, Cost, Distribution, HashKey, P2c, Ring, RoundRobin, WeightedRandom};
+use crate::classify::FailurePolicy;
 use crate::config::{
     BalancerConfig, Config, EndpointConfig, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig,
     UpstreamProtocol,
@@ -81,6 +82,8 @@ pub struct Backend {
     pub protocol: UpstreamProtocol,
     /// What this service's endpoints are given (pools, limits, timeouts).
     pub settings: EndpointSettings,
+    /// What counts as an endpoint's failure, and what a failure does.
+    pub failure: FailurePolicy,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -116,6 +119,12 @@ impl EndpointSet {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.endpoints.iter()
+    }
+
+    /// Whether one more of these endpoints may be ejected under `accrual`'s cap.
+    pub fn may_eject(&self, accrual: &meshproxy_upstream::Accrual) -> bool {
+        let ejected = self.endpoints.iter().filter(|e| e.health.is_ejected()).count();
+        ejected < accrual.max_ejected(self.endpoints.len())
     }
 }
 
@@ -263,6 +272,7 @@ fn compile_service(
         tcp: metrics.tcp(metric_set, &s.name),
         protocol: s.protocol,
         settings,
+        failure: FailurePolicy::compile(s)?,
         endpoints: ArcSwap::from_pointee(set),
     })
 }
@@ -290,6 +300,8 @@ pub fn compile_endpoint_set(
     let balancer = match &s.balancer {
         BalancerConfig::RoundRobin => Balancer::RoundRobin(RoundRobin::new(&weights)),
         BalancerConfig::Random => Balancer::Random(WeightedRandom::new(&weights)),
+        BalancerConfig::LeastRequest => Balancer::P2c(P2c::new(&weights, Cost::Load)),
+        BalancerConfig::P2cEwma => Balancer::P2c(P2c::new(&weights, Cost::PeakEwma)),
         BalancerConfig::Hash { header, cookie, source } => {
             let key = match (header, cookie, source) {
                 (Some(h), None, None | Some(false)) => {

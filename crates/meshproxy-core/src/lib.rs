@@ -7,12 +7,14 @@
 //! engines live in `meshproxy-http`, endpoints and pools in `meshproxy-upstream`, routing and
 //! balancing in `meshproxy-route` and `meshproxy-balance`.
 //!
-//! Modules, one concern each: `compile` (model → immutable snapshot), `server` ([`MeshProxy`]),
+//! Modules, one concern each: `compile` (model → immutable snapshot), `classify` (what counts as
+//! an endpoint's failure), `server` ([`MeshProxy`]),
 //! `listener` (accept, detect, serve, drain), `proxy` (the request path), `upstream` (the
 //! concrete upstream types), `tcp` (opaque forwarding), [`workers`], `admin`, `metrics`.
 
 mod activity;
 mod admin;
+mod classify;
 mod compile;
 mod error;
 mod filter;

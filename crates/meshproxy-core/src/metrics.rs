@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::ProxyError;
-use meshproxy_upstream::Sample;
+use meshproxy_upstream::{HealthState, Sample};
 
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] =
@@ -373,7 +373,7 @@ impl Metrics {
         }
         drop(listeners);
 
-        let eps: [Family<Sample, u64>; 7] = [
+        let eps: [Family<Sample, u64>; 9] = [
             ("meshproxy_upstream_connections_open", "gauge", "Open upstream connections.", |e| e.open),
             (
                 "meshproxy_upstream_connections_opened_total",
@@ -393,7 +393,7 @@ impl Metrics {
             (
                 "meshproxy_upstream_failures_total",
                 "counter",
-                "Requests to the endpoint that failed to connect or were reset.",
+                "Requests to the endpoint that failed: connect errors, resets, timeouts, unusable answers, and responses its service counts as failures (failureStatuses, failureGrpcStatuses).",
                 |e| e.failures,
             ),
             (
@@ -401,6 +401,18 @@ impl Metrics {
                 "counter",
                 "Requests re-sent once after a failure that left them unprocessed or safe to repeat (stale pooled connection, HTTP/2 REFUSED_STREAM or GOAWAY).",
                 |e| e.retries,
+            ),
+            (
+                "meshproxy_upstream_ejected",
+                "gauge",
+                "1 while the endpoint is ejected by failure accrual (or probing after its penalty), else 0.",
+                |e| u64::from(matches!(e.state, HealthState::Ejected { .. } | HealthState::Probing)),
+            ),
+            (
+                "meshproxy_upstream_ejections_total",
+                "counter",
+                "Times failure accrual ejected the endpoint.",
+                |e| e.ejections,
             ),
         ];
         for (name, kind, help, get) in eps {

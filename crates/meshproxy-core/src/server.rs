@@ -84,6 +84,36 @@ pub struct EndpointStats {
     pub failures: u64,
     /// Requests re-sent once (see `meshproxy_upstream_retries_total`).
     pub retries: u64,
+    /// `healthy`, `ejected`, `probing` or `unready`.
+    pub state: &'static str,
+    /// While ejected: milliseconds until a probe may go.
+    pub ejected_for_ms: Option<u64>,
+    /// Times failure accrual ejected it.
+    pub ejections: u64,
+    /// The peak-EWMA latency estimate (milliseconds) `p2c-ewma` balances on.
+    pub latency_ms: f64,
+}
+
+impl From<meshproxy_upstream::Sample> for EndpointStats {
+    fn from(e: meshproxy_upstream::Sample) -> Self {
+        EndpointStats {
+            address: e.address,
+            open_connections: e.open,
+            opened_connections: e.opened,
+            idle_connections: e.idle,
+            inflight: e.inflight,
+            requests: e.requests,
+            failures: e.failures,
+            retries: e.retries,
+            state: e.state.as_str(),
+            ejected_for_ms: match e.state {
+                meshproxy_upstream::HealthState::Ejected { remaining } => Some(remaining.as_millis() as u64),
+                _ => None,
+            },
+            ejections: e.ejections,
+            latency_ms: e.latency_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -296,21 +326,7 @@ impl MeshProxy {
             reloads: s.metrics().reloads.load(Ordering::Relaxed),
             listeners,
             admin,
-            endpoints: s
-                .registry()
-                .samples()
-                .into_iter()
-                .map(|e| EndpointStats {
-                    address: e.address,
-                    open_connections: e.open,
-                    opened_connections: e.opened,
-                    idle_connections: e.idle,
-                    inflight: e.inflight,
-                    requests: e.requests,
-                    failures: e.failures,
-                    retries: e.retries,
-                })
-                .collect(),
+            endpoints: s.registry().samples().into_iter().map(EndpointStats::from).collect(),
             workers: s.dealt().map(|connections| WorkerStats { connections }).collect(),
         }
     }

@@ -181,6 +181,10 @@ pub struct BindingEndpointStats {
     pub requests: f64,
     pub failures: f64,
     pub retries: f64,
+    pub state: String,
+    pub ejected_for_ms: Option<f64>,
+    pub ejections: f64,
+    pub latency_ms: f64,
 }
 
 #[napi(object)]

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::connect::{Connector, Counted, OpenCount, Target, TcpConnector};
+use crate::health::Health;
 use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
 use crate::pool::{Pool, PoolSettings, Reusable};
 use crate::UpstreamError;
@@ -79,6 +80,8 @@ pub struct Endpoint<C: Connector = TcpConnector> {
     retries: AtomicU64,
     /// [`h2_client::KEEPALIVE`]; shorter in tests.
     h2_keepalive: Duration,
+    /// Failures, ejection and latency as the endpoint's traffic shows them.
+    pub health: Health,
 }
 
 /// One worker's upstream connections to an endpoint.
@@ -103,11 +106,15 @@ impl<C: Connector> OpenCount for Endpoint<C> {
 
 /// What the balancer reads of an endpoint.
 impl<C: Connector> meshproxy_balance::EndpointView for Endpoint<C> {
+    #[inline]
     fn available(&self) -> bool {
-        !self.retired.load(Ordering::Relaxed)
+        !self.retired.load(Ordering::Relaxed) && self.health.available()
     }
     fn load(&self) -> u64 {
         self.inflight()
+    }
+    fn latency(&self) -> f64 {
+        self.health.latency_estimate()
     }
 }
 
@@ -142,6 +149,7 @@ impl<C: Connector> Endpoint<C> {
             failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             h2_keepalive: h2_client::KEEPALIVE,
+            health: Health::default(),
         }
     }
 
@@ -336,6 +344,9 @@ impl<C: Connector> Endpoint<C> {
             requests: self.requests.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            state: self.health.state(),
+            ejections: self.health.ejections(),
+            latency_ms: self.health.latency_estimate() / 1e6,
         }
     }
 }
@@ -359,6 +370,11 @@ pub struct Sample {
     pub requests: u64,
     pub failures: u64,
     pub retries: u64,
+    pub state: crate::HealthState,
+    /// Times failure accrual ejected it.
+    pub ejections: u64,
+    /// The peak-EWMA latency estimate, in milliseconds.
+    pub latency_ms: f64,
 }
 
 /// All endpoints, keyed by address, shared by every config version.

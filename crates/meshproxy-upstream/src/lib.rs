@@ -1,7 +1,7 @@
 //! meshproxy's upstream side: endpoints and their registry, the connectors that open
 //! connections, the pools that keep them (idle HTTP/1.1 connections, multiplexed HTTP/2 ones, one
 //! set per worker thread), and the per-endpoint limits (in-flight permits with a bounded pending
-//! queue).
+//! queue), and each endpoint's health (failure accrual, ejection, latency estimate).
 //!
 //! Who uses it: the engine (`meshproxy-core`), which compiles a config's services into endpoint
 //! handles and sends each request's attempt through one. What it must not know: routes,
@@ -10,11 +10,13 @@
 
 pub mod connect;
 pub mod endpoint;
+pub mod health;
 pub mod pool;
 pub mod worker;
 
 pub use connect::{Connector, Counted, Target, TcpConnector};
 pub use endpoint::{Checkout, Endpoint, EndpointSettings, Registry, Sample};
+pub use health::{Accrual, Health, HealthState};
 
 /// Why an endpoint could not take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

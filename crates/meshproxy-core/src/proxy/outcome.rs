@@ -1,14 +1,15 @@
 //! One outcome per request, made in one place: what the client was answered (the upstream's
 //! status, or the error the proxy answered itself), whether an endpoint was tried and on a
 //! reused connection, and how long until the response head. Everything that learns from a
-//! request reads it here: the listener's and route's metrics and the endpoint's counters today;
-//! latency estimates, outlier ejection, circuit breakers and retry budgets as they come.
+//! request reads it here: the listener's and route's metrics, the endpoint's counters, and the
+//! endpoint's health (failure accrual and the latency estimate), classified by the service's
+//! failure policy.
 
 use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::compile::{ListenerRuntime, RouteRuntime};
+use crate::compile::{Backend, ListenerRuntime, RouteRuntime};
 use crate::error::ProxyError;
 use crate::metrics::Protocol;
 use crate::upstream::Endpoint;
@@ -53,13 +54,14 @@ impl Outcome {
     }
 }
 
-/// Reads one outcome into every place that learns from it.
+/// Reads one outcome into every place that learns from it. `target` is the backend and the
+/// endpoint the request was sent to (or meant for).
 #[inline]
 pub fn observe(
     outcome: &Outcome,
     listener: &ListenerRuntime,
     route: Option<&RouteRuntime>,
-    endpoint: Option<&Endpoint>,
+    target: Option<(&Backend, &Endpoint)>,
 ) {
     // Compiled out of release builds (`release_max_level_debug`): a developer's view of every
     // outcome.
@@ -79,13 +81,46 @@ pub fn observe(
             r.metrics.grpc_code(code);
         }
     }
-    if let Some(ep) = endpoint {
+    if let Some((backend, ep)) = target {
         if outcome.sent() {
             ep.count_request();
         }
-        if outcome.endpoint_failed() {
+        // An answer the endpoint gave is its failure by the service's policy; one the proxy made
+        // is when the endpoint caused it.
+        let failed = match outcome.error {
+            None => backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc),
+            Some(_) => outcome.endpoint_failed(),
+        };
+        if failed {
             ep.count_failure();
         }
+        if backend.failure.tracks_health() {
+            health(outcome, backend, ep, failed);
+        }
+    }
+}
+
+/// Feeds the endpoint's health: failures toward ejection, answers toward readmission and the
+/// latency estimate. The proxy's own refusals and the client's errors say nothing of the
+/// endpoint and are left out.
+fn health(outcome: &Outcome, backend: &Backend, ep: &Endpoint, failed: bool) {
+    if failed {
+        let accrual = backend.failure.accrual.as_ref();
+        let ejected = ep.health.failed(accrual, || accrual.is_some_and(|a| backend.endpoints().may_eject(a)));
+        if let Some(penalty) = ejected {
+            tracing::warn!(
+                service = %backend.name,
+                endpoint = %ep.address,
+                failures = ep.health.consecutive_failures(),
+                penalty_ms = penalty.as_millis() as u64,
+                "endpoint ejected"
+            );
+        }
+    } else if outcome.error.is_none() {
+        ep.health.succeeded();
+    }
+    if outcome.error.is_none() && backend.failure.track_latency {
+        ep.health.observe_latency(outcome.latency);
     }
 }
 

@@ -25,7 +25,7 @@ use super::outcome::{self, Outcome};
 use super::{connect, forward, rewrite, upgrade, websocket};
 use crate::activity::{Activity, ActivityGuard};
 use crate::balance::{hash_key_bytes, HashKey};
-use crate::compile::{ListenerRuntime, RouteRuntime};
+use crate::compile::{Backend, ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::filter::{self, RequestCx, Step, Verdict};
@@ -167,7 +167,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
         }
         // 4, 5: backend and endpoint; then the request in the endpoint's form.
-        let Some((endpoint, h2)) = select(&ctx, &routed) else {
+        let Some((backend, endpoint, h2)) = select(&ctx, &routed) else {
             break 'respond routed.fail(ProxyError::NoEndpoints);
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
@@ -216,7 +216,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             None => attempt.await,
         };
         // 7, 8: response filters, respond.
-        respond(&ctx, &meta, route, &endpoint, after, result)
+        respond(&ctx, &meta, route, (backend, &endpoint), after, result)
     };
     cancelled.disarm();
     Ok(resp)
@@ -252,7 +252,7 @@ impl Meta<'_> {
         &self,
         e: ProxyError,
         route: Option<&RouteRuntime>,
-        endpoint: Option<&Endpoint>,
+        target: Option<(&Backend, &Endpoint)>,
         activity: ActivityGuard,
     ) -> Response<ResponseBody> {
         // A gRPC client sees HTTP 200 and a grpc-status; count what it saw.
@@ -269,7 +269,7 @@ impl Meta<'_> {
             latency: self.start.elapsed(),
             protocol: self.protocol,
         };
-        outcome::observe(&outcome, self.listener, route, endpoint);
+        outcome::observe(&outcome, self.listener, route, target);
         local_error(e, self.grpc, Some(activity))
     }
 }
@@ -317,7 +317,7 @@ struct Tunnel<'a> {
     ctx: &'a ConnCtx,
     meta: Meta<'a>,
     route: &'a RouteRuntime,
-    backend: &'a crate::compile::Backend,
+    backend: &'a Backend,
     endpoint: Arc<Endpoint>,
     req: Request<RequestBody>,
     activity: ActivityGuard,
@@ -328,7 +328,7 @@ impl Tunnel<'_> {
         let Tunnel { ctx, meta, route, backend, endpoint, mut req, activity } = self;
         let upstream = match TcpUpstream::connect(&endpoint, &backend.tcp).await {
             Ok(u) => u,
-            Err(e) => return meta.fail(e, Some(route), Some(&endpoint), activity),
+            Err(e) => return meta.fail(e, Some(route), Some((backend, &endpoint)), activity),
         };
         let downstream = ClientTunnel::take(&mut req);
         let outcome = Outcome {
@@ -339,7 +339,7 @@ impl Tunnel<'_> {
             latency: meta.start.elapsed(),
             protocol: meta.protocol,
         };
-        outcome::observe(&outcome, meta.listener, Some(route), Some(&endpoint));
+        outcome::observe(&outcome, meta.listener, Some(route), Some((backend, &endpoint)));
         connect::splice(
             downstream,
             upstream,
@@ -413,7 +413,7 @@ fn route<'a>(
 /// Phases 4 and 5: the backend (a weighted choice when a route splits its traffic) and the
 /// endpoint (the backend's balancer over its current endpoint set); whether the request goes
 /// over HTTP/2. `None` when the backend has no endpoints.
-fn select(ctx: &ConnCtx, routed: &RoutedRequest<'_>) -> Option<(Arc<Endpoint>, bool)> {
+fn select<'a>(ctx: &ConnCtx, routed: &RoutedRequest<'a>) -> Option<(&'a Backend, Arc<Endpoint>, bool)> {
     let (backend, endpoint) = choose(ctx, routed.route, &routed.head.headers)?;
     // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
     // extended CONNECT).
@@ -423,7 +423,7 @@ fn select(ctx: &ConnCtx, routed: &RoutedRequest<'_>) -> Option<(Arc<Endpoint>, b
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Auto => routed.head.version == Version::HTTP_2,
         };
-    Some((endpoint, h2))
+    Some((backend, endpoint, h2))
 }
 
 /// A backend of `route` and one of its endpoints, by the backend's balancer (hashing the
@@ -432,11 +432,13 @@ fn choose<'a>(
     ctx: &ConnCtx,
     route: &'a RouteRuntime,
     headers: &http::HeaderMap,
-) -> Option<(&'a crate::compile::Backend, Arc<Endpoint>)> {
+) -> Option<(&'a Backend, Arc<Endpoint>)> {
     let backend = route.backends.pick();
     let set = backend.endpoints();
     let hash = set.hash_key().and_then(|k| request_hash(k, headers, ctx.client));
     let endpoint = set.select(hash)?.clone();
+    // An ejected endpoint whose penalty is over gets this request as its probe.
+    endpoint.health.sending();
     Some((&**backend, endpoint))
 }
 
@@ -446,20 +448,20 @@ fn respond(
     ctx: &ConnCtx,
     meta: &Meta<'_>,
     route: &RouteRuntime,
-    endpoint: &Arc<Endpoint>,
+    (backend, endpoint): (&Backend, &Arc<Endpoint>),
     after: After,
     result: Result<(forward::Sent, OwnedSemaphorePermit), ProxyError>,
 ) -> Response<ResponseBody> {
     let After { kind, downstream_upgrade, ws_key, activity } = after;
     let ((resp, stream, reused), permit) = match result {
         Ok(r) => r,
-        Err(e) => return meta.fail(e, Some(route), Some(endpoint), activity),
+        Err(e) => return meta.fail(e, Some(route), Some((backend, endpoint)), activity),
     };
     let handshake = ws_key.as_ref().map(|key| websocket::judge(resp.status(), resp.headers(), key));
     if handshake == Some(websocket::Answer::Broken) {
         tracing::debug!(endpoint = %endpoint.address, status = %resp.status(), "upstream did not accept the translated WebSocket handshake");
         drop((resp, stream, permit));
-        return meta.fail(ProxyError::UpstreamHandshake, Some(route), Some(endpoint), activity);
+        return meta.fail(ProxyError::UpstreamHandshake, Some(route), Some((backend, endpoint)), activity);
     }
     let accepted = handshake == Some(websocket::Answer::Accepted);
     let status = if accepted { StatusCode::OK } else { resp.status() };
@@ -477,7 +479,7 @@ fn respond(
         latency: meta.start.elapsed(),
         protocol: meta.protocol,
     };
-    outcome::observe(&outcome, meta.listener, Some(route), Some(endpoint));
+    outcome::observe(&outcome, meta.listener, Some(route), Some((backend, endpoint)));
     let (mut parts, mut body) = resp.into_parts();
     // A 101 hands over the upstream connection (HTTP/1.1: upgrades never go over HTTP/2).
     let tunnel = match (downstream_upgrade, &mut body) {

@@ -1,0 +1,151 @@
+//! What counts as an endpoint's failure, per service: the HTTP statuses and gRPC statuses it
+//! configures (plus the failures the proxy sees itself: connect errors, resets, timeouts), and
+//! what follows from one (failure accrual). Compiled from the model's normalized strings into
+//! bit sets, so classifying a response is two bit tests.
+
+use crate::error::Error;
+use meshproxy_upstream::Accrual;
+
+/// A set of HTTP statuses (100..=599) as bits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusSet([u64; 10]);
+
+impl StatusSet {
+    /// Reads the model's form: comma-separated codes and `lo-hi` ranges (`429,500-599`); `""`
+    /// is the empty set. The TypeScript side normalizes Linkerd's syntax (`5xx`) into this.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut set = StatusSet::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (lo, hi) = item.split_once('-').unwrap_or((item, item));
+            let code = |t: &str| t.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+            let (Some(lo), Some(hi)) = (code(lo), code(hi)) else {
+                return Err(format!("{item:?} is not a status or a range of statuses in 100..599"));
+            };
+            if lo > hi {
+                return Err(format!("status range {item:?} is backwards"));
+            }
+            for c in lo..=hi {
+                set.0[usize::from(c / 64)] |= 1 << (c % 64);
+            }
+        }
+        Ok(set)
+    }
+
+    #[inline]
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.get(usize::from(status / 64)).is_some_and(|w| w & (1 << (status % 64)) != 0)
+    }
+}
+
+/// gRPC status names as the model writes them, by code.
+const GRPC_NAMES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid-argument",
+    "deadline-exceeded",
+    "not-found",
+    "already-exists",
+    "permission-denied",
+    "resource-exhausted",
+    "failed-precondition",
+    "aborted",
+    "out-of-range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data-loss",
+    "unauthenticated",
+];
+
+/// A set of gRPC status codes (0..=16) as bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrpcSet(u32);
+
+impl GrpcSet {
+    /// Reads the model's form: comma-separated kebab-case names (`unavailable,internal`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut set = 0u32;
+        for name in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let Some(code) = GRPC_NAMES.iter().position(|n| *n == name) else {
+                return Err(format!("{name:?} is not a gRPC status name (valid: {})", GRPC_NAMES.join(", ")));
+            };
+            set |= 1 << code;
+        }
+        Ok(GrpcSet(set))
+    }
+
+    #[inline]
+    pub fn contains(&self, code: u8) -> bool {
+        code < 32 && self.0 & (1 << code) != 0
+    }
+}
+
+/// A service's failure policy.
+#[derive(Debug, Clone, Default)]
+pub struct FailurePolicy {
+    pub statuses: StatusSet,
+    pub grpc: GrpcSet,
+    /// Consecutive-failure ejection; None = off.
+    pub accrual: Option<Accrual>,
+    /// The balancer reads latency estimates (`p2c-ewma`), so responses feed them.
+    pub track_latency: bool,
+}
+
+impl FailurePolicy {
+    pub fn compile(s: &meshproxy_config::ServiceConfig) -> Result<Self, Error> {
+        let bad = |what: &str, e: String| Error::Config(format!("service {:?}: {what}: {e}", s.name));
+        let a = &s.failure_accrual;
+        let accrual = (a.consecutive_failures > 0).then(|| Accrual {
+            consecutive_failures: a.consecutive_failures,
+            min_penalty: std::time::Duration::from_millis(a.min_penalty_ms.max(1)),
+            max_penalty: std::time::Duration::from_millis(a.max_penalty_ms.max(a.min_penalty_ms).max(1)),
+            jitter: f64::from(a.jitter_percent.min(100)) / 100.0,
+            max_ejection_percent: a.max_ejection_percent.min(100),
+        });
+        Ok(FailurePolicy {
+            statuses: StatusSet::parse(&s.failure_statuses).map_err(|e| bad("failureStatuses", e))?,
+            grpc: GrpcSet::parse(&s.failure_grpc_statuses).map_err(|e| bad("failureGrpcStatuses", e))?,
+            accrual,
+            track_latency: matches!(s.balancer, meshproxy_config::BalancerConfig::P2cEwma),
+        })
+    }
+
+    /// Whether anything reads an endpoint's successes and failures beyond its counters.
+    #[inline]
+    pub fn tracks_health(&self) -> bool {
+        self.accrual.is_some() || self.track_latency
+    }
+
+    /// Whether a response the endpoint gave counts as its failure.
+    #[inline]
+    pub fn response_failed(&self, status: u16, grpc: Option<u8>) -> bool {
+        self.statuses.contains(status) || grpc.is_some_and(|c| self.grpc.contains(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_sets_hold_their_codes_and_ranges_only() {
+        let s = StatusSet::parse("429,500-504").unwrap();
+        assert!(s.contains(429) && s.contains(500) && s.contains(504));
+        assert!(
+            !s.contains(505) && !s.contains(428) && !s.contains(200) && !s.contains(0) && !s.contains(9999)
+        );
+        assert_eq!(StatusSet::parse("").unwrap(), StatusSet::default());
+        assert!(StatusSet::parse("5xx").is_err(), "the model holds normalized ranges");
+        assert!(StatusSet::parse("600").is_err());
+        assert!(StatusSet::parse("504-500").is_err());
+    }
+
+    #[test]
+    fn grpc_sets_are_read_by_name() {
+        let g = GrpcSet::parse("unknown,deadline-exceeded,internal,unavailable").unwrap();
+        assert_eq!((0..=16).filter(|&c| g.contains(c)).collect::<Vec<u8>>(), [2, 4, 13, 14]);
+        assert!(!g.contains(200));
+        assert!(GrpcSet::parse("UNAVAILABLE").is_err());
+    }
+}
