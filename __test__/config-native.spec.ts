@@ -56,6 +56,7 @@ services:
     failureStatuses: 5xx, 429
     failureGrpcStatuses: unavailable
     failureAccrual: { consecutiveFailures: 5, minPenalty: 2s, maxPenalty: 1m, jitterPercent: 0, maxEjectionPercent: 34 }
+    healthCheck: { path: /ready?deep=1, interval: 5s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: 2xx }
   - name: web
     balancer: random
     endpoints: ["[::1]:9000"]
@@ -129,6 +130,7 @@ test('native document loads into the exact model', (t) => {
         failureStatuses: '429,500-599',
         failureGrpcStatuses: 'unavailable',
         failureAccrual: { consecutiveFailures: 5, minPenaltyMs: 2000, maxPenaltyMs: 60000, jitterPercent: 0, maxEjectionPercent: 34 },
+        healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
       },
       {
         name: 'web',
@@ -143,6 +145,7 @@ test('native document loads into the exact model', (t) => {
         failureStatuses: '500-599',
         failureGrpcStatuses: 'unknown,deadline-exceeded,internal,unavailable',
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
+        healthCheck: null,
       },
     ],
   })
@@ -203,6 +206,7 @@ services:
         failureStatuses: '500-599',
         failureGrpcStatuses: 'unknown,deadline-exceeded,internal,unavailable',
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
+        healthCheck: null,
       },
     ],
   })

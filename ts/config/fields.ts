@@ -71,6 +71,8 @@ export interface ObjectField<T extends Table = Table> extends FieldCommon {
   kind: 'object'
   table: T
   nullable?: boolean
+  /** `null`: absent means none (a nullable object whose default is not its fields' defaults). */
+  default?: null
 }
 
 export interface ListField<I extends Field = Field> extends FieldCommon {
@@ -190,7 +192,7 @@ export const nested = <T extends Table>(t: T, more: Partial<Pick<ObjectField, 'd
   ...more,
 })
 
-export const nullableNested = <T extends Table>(t: T, more: Partial<Pick<ObjectField, 'doc' | 'yaml'>> = {}): ObjectField<T> & { nullable: true } => ({
+export const nullableNested = <T extends Table>(t: T, more: Partial<Pick<ObjectField, 'doc' | 'yaml' | 'default'>> = {}): ObjectField<T> & { nullable: true } => ({
   kind: 'object',
   doc: t.doc,
   table: t,
@@ -240,6 +242,7 @@ export function yamlEntries(t: Table): Array<[string, Field]> {
 export function defaultOf(f: Field): unknown {
   switch (f.kind) {
     case 'object': {
+      if (f.default === null) return null
       const out: Record<string, unknown> = {}
       for (const [key, sub] of modelEntries(f.table)) {
         out[key] = defaultOf(sub)

@@ -27,7 +27,7 @@ import {
   type JsonSchema,
   type ModelOf,
 } from './fields.js'
-import { checkHeaderValue, checkName, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, parseGrpcStatusSet, parseStatusSet, type Parsed } from './values.js'
+import { checkHeaderValue, checkName, checkRequestTarget, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, parseGrpcStatusSet, parseStatusSet, type Parsed } from './values.js'
 
 export const DEFAULT_LISTEN = '127.0.0.1:4140'
 export const DEFAULT_ADMIN = '127.0.0.1:4191'
@@ -256,6 +256,24 @@ export const FAILURE_ACCRUAL = table(
   },
 )
 
+export const HEALTH_CHECK = table(
+  'HealthCheck',
+  'Active health checks: each endpoint is probed every `interval`, by an HTTP `GET path` (over HTTP/2 when the service\'s `protocol` is `http2`) whose status must be in `expectedStatuses`, or, without a `path`, by a TCP connect. `unhealthyThreshold` failed probes in a row make an endpoint unready: it gets no new requests. `healthyThreshold` passing probes in a row make it ready again. Endpoints start ready, and are probed at once when a config names them.',
+  {
+    path: nullableText(
+      'The request target of an HTTP probe, e.g. `/healthz` or `/ready?verbose=0`; null = a TCP connect probe (what a service used as a `tcpService` wants).',
+      checkRequestTarget,
+      'a path',
+      { default: null },
+    ),
+    intervalMs: duration('Time between the starts of two probes of an endpoint.', { min: 100, default: 10000 }),
+    timeoutMs: duration('A probe that has not passed within this fails (connect and response head). At most `interval`.', { min: 1, default: 1000 }),
+    healthyThreshold: count('Passing probes in a row that make an unready endpoint ready again.', { min: 1, max: 100, default: 2 }),
+    unhealthyThreshold: count('Failing probes in a row that make a ready endpoint unready.', { min: 1, max: 100, default: 3 }),
+    expectedStatuses: text('The HTTP statuses of a passing probe: codes, ranges and classes, e.g. `2xx` or `200-399`.', parseStatusSet, { default: '200-399' }),
+  },
+)
+
 /** The values of a service's `protocol`, the default first. */
 export const UPSTREAM_PROTOCOLS = ['http1', 'http2', 'auto'] as const
 
@@ -288,6 +306,7 @@ export const SERVICE = table('Service', 'A set of endpoints and how requests rea
     { default: 'unknown,deadline-exceeded,internal,unavailable' },
   ),
   failureAccrual: nested(FAILURE_ACCRUAL),
+  healthCheck: nullableNested(HEALTH_CHECK, { doc: 'Active health checks of the endpoints; null = none (only failure accrual, if configured, takes endpoints out).', default: null }),
 })
 
 export const ADMIN = table('Admin', 'The admin listener (`/live`, `/ready`, `/metrics`, `/config`).', {
@@ -313,6 +332,7 @@ export type ServiceModel = ModelOf<typeof SERVICE>
 export type EndpointModel = ModelOf<typeof ENDPOINT>
 export type PoolModel = ModelOf<typeof POOL>
 export type FailureAccrualModel = ModelOf<typeof FAILURE_ACCRUAL>
+export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]
 export type UpstreamProtocol = (typeof UPSTREAM_PROTOCOLS)[number]

@@ -6,7 +6,7 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isMap, isSeq } from './yaml-lib.js'
-import { BALANCER_KINDS, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, LISTENER, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
+import { BALANCER_KINDS, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HealthCheckModel, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -220,6 +220,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   ctx.origins.set(service, 'name', f.valueLoc('name'))
   ctx.origins.set(service, 'balancer', f.valueLoc('balancer'))
   ctx.origins.set(service, 'endpoints', f.keyLoc('endpoints'))
+  ctx.origins.set(service, 'healthCheck', f.keyLoc('healthCheck'))
 
   const balancerNode = f.get('balancer')
   if (balancerNode) service.balancer = readBalancer(r, balancerNode) ?? service.balancer
@@ -230,6 +231,8 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
     const field = SERVICE.fields[key]
     if (node && value !== undefined) service[key] = r.check(node, f.label(key), field.normalize(value, service)) ?? service[key]
   }
+  if (f.isNull('healthCheck')) service.healthCheck = null
+  else if (f.has('healthCheck')) service.healthCheck = readHealthCheck(f) ?? null
   for (const n of f.list('endpoints')) {
     const endpoint = readEndpoint(r, n)
     if (!endpoint) continue
@@ -240,6 +243,22 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
     r.warn(nameNode ?? node, `service "${name}" has no endpoints; routes to it answer 503 no-endpoints`, 'add "endpoints:" with host:port entries')
   }
   return service
+}
+
+/** A service's `healthCheck`: its plain fields, then the two texts (`path`, `expectedStatuses`). */
+function readHealthCheck(service: Fields): HealthCheckModel | undefined {
+  const f = service.fields('healthCheck', 'service healthCheck', keysOf(HEALTH_CHECK))
+  if (!f) return undefined
+  const check = complete(HEALTH_CHECK, {})
+  readPlain(f, HEALTH_CHECK, check)
+  const text = (key: 'path' | 'expectedStatuses'): string | undefined => {
+    const node = f.get(key)
+    const value = node && f.r.text(node, f.label(key))
+    return node && value !== undefined ? f.r.check(node, f.label(key), HEALTH_CHECK.fields[key].normalize(value, check)) : undefined
+  }
+  if (!f.isNull('path')) check.path = text('path') ?? check.path
+  check.expectedStatuses = text('expectedStatuses') ?? check.expectedStatuses
+  return check
 }
 
 /**

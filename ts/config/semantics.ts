@@ -42,6 +42,14 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
       }
       seen.add(endpoint.address)
     })
+    const check = service.healthCheck
+    if (check && check.timeoutMs > check.intervalMs) {
+      error(
+        { obj: service, field: 'healthCheck', path: `services[${si}].healthCheck.timeoutMs` },
+        `service "${service.name}" health check timeout (${check.timeoutMs} ms) is longer than its interval (${check.intervalMs} ms)`,
+        'a probe must end before the next one starts: lower timeout or raise interval',
+      )
+    }
   })
 
   const known = [...serviceNames.keys()]

@@ -124,6 +124,15 @@ export function normalizeHost(input: string): Parsed<string> {
  * slash (also one left by a final `.` or `..` segment) is kept for `Exact`, where `/foo/` and
  * `/foo` are different paths, and dropped for `Prefix`, which matches both alike; the root is `/`.
  */
+/** A request target to send as it is (a health check's): origin form, path and optional query. */
+export function checkRequestTarget(input: string): Parsed<string> {
+  if (!input.startsWith('/')) return fail(`"${input}" does not start with "/"`, `write /${input.replace(/^\/*/, '')}`)
+  if (input.includes('#')) return fail(`"${input}" contains a fragment`, 'a request target has none: drop the "#…"')
+  if (/[^\x21-\x7e]/.test(input)) return fail(`"${input}" contains whitespace, control or non-ASCII characters`, 'percent-encode them')
+  if (input.length > 1024) return fail(`"${input.slice(0, 40)}…" is longer than 1024 characters`)
+  return ok(input)
+}
+
 export function normalizePath(input: string, type: PathMatchType): Parsed<string> {
   if (!input.startsWith('/')) return fail(`path "${input}" does not start with "/"`, `write /${input.replace(/^\/*/, '')}`)
   if (/[?#]/.test(input)) return fail(`path "${input}" contains a query or fragment`, 'match the path only')

@@ -199,6 +199,23 @@ pub struct ServiceConfig {
     /// `unknown,deadline-exceeded,internal,unavailable`.
     pub failure_grpc_statuses: String,
     pub failure_accrual: FailureAccrualConfig,
+    /// Active health checks; none when null.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// Active health checks of a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// The request target of an HTTP probe; none = a TCP connect probe.
+    pub path: Option<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// The statuses of a passing HTTP probe, as normalized ranges: `200-399`.
+    pub expected_statuses: String,
 }
 
 /// Consecutive-failure ejection (0 failures = off).
@@ -285,6 +302,7 @@ pub mod testing {
             failure_statuses: "500-599".into(),
             failure_grpc_statuses: "unknown,deadline-exceeded,internal,unavailable".into(),
             failure_accrual: FailureAccrualConfig::default(),
+            health_check: None,
         }
     }
 

@@ -5,37 +5,7 @@
 
 use crate::error::Error;
 use meshproxy_upstream::Accrual;
-
-/// A set of HTTP statuses (100..=599) as bits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatusSet([u64; 10]);
-
-impl StatusSet {
-    /// Reads the model's form: comma-separated codes and `lo-hi` ranges (`429,500-599`); `""`
-    /// is the empty set. The TypeScript side normalizes Linkerd's syntax (`5xx`) into this.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let mut set = StatusSet::default();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (lo, hi) = item.split_once('-').unwrap_or((item, item));
-            let code = |t: &str| t.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
-            let (Some(lo), Some(hi)) = (code(lo), code(hi)) else {
-                return Err(format!("{item:?} is not a status or a range of statuses in 100..599"));
-            };
-            if lo > hi {
-                return Err(format!("status range {item:?} is backwards"));
-            }
-            for c in lo..=hi {
-                set.0[usize::from(c / 64)] |= 1 << (c % 64);
-            }
-        }
-        Ok(set)
-    }
-
-    #[inline]
-    pub fn contains(&self, status: u16) -> bool {
-        self.0.get(usize::from(status / 64)).is_some_and(|w| w & (1 << (status % 64)) != 0)
-    }
-}
+pub use meshproxy_upstream::StatusSet;
 
 /// gRPC status names as the model writes them, by code.
 const GRPC_NAMES: [&str; 17] = [
@@ -127,19 +97,6 @@ impl FailurePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_sets_hold_their_codes_and_ranges_only() {
-        let s = StatusSet::parse("429,500-504").unwrap();
-        assert!(s.contains(429) && s.contains(500) && s.contains(504));
-        assert!(
-            !s.contains(505) && !s.contains(428) && !s.contains(200) && !s.contains(0) && !s.contains(9999)
-        );
-        assert_eq!(StatusSet::parse("").unwrap(), StatusSet::default());
-        assert!(StatusSet::parse("5xx").is_err(), "the model holds normalized ranges");
-        assert!(StatusSet::parse("600").is_err());
-        assert!(StatusSet::parse("504-500").is_err());
-    }
 
     #[test]
     fn grpc_sets_are_read_by_name() {

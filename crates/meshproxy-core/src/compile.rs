@@ -11,10 +11,10 @@ use http::HeaderName;
 use rustc_hash::FxHashMap;
 
 use crate::balance::{Balancer, Cost, Distribution, HashKey, P2c, Ring, RoundRobin, WeightedRandom};
-use crate::classify::FailurePolicy;
+use crate::classify::{FailurePolicy, StatusSet};
 use crate::config::{
-    BalancerConfig, Config, EndpointConfig, Http2Config, ListenerConfig, ListenerProtocol, ServiceConfig,
-    UpstreamProtocol,
+    BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, ListenerConfig, ListenerProtocol,
+    ServiceConfig, UpstreamProtocol,
 };
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, TcpMetrics};
@@ -22,7 +22,7 @@ use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;
 use meshproxy_upstream::pool::PoolSettings;
-use meshproxy_upstream::EndpointSettings;
+use meshproxy_upstream::{CheckSpec, EndpointSettings, Probe};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -84,6 +84,8 @@ pub struct Backend {
     pub settings: EndpointSettings,
     /// What counts as an endpoint's failure, and what a failure does.
     pub failure: FailurePolicy,
+    /// The active health check of its endpoints, if it has one ([`crate::checks`]).
+    pub check: Option<Arc<CheckSpec>>,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -273,7 +275,38 @@ fn compile_service(
         protocol: s.protocol,
         settings,
         failure: FailurePolicy::compile(s)?,
+        check: s.health_check.as_ref().map(|c| compile_check(s, c)).transpose()?.map(Arc::new),
         endpoints: ArcSwap::from_pointee(set),
+    })
+}
+
+/// Service `s`'s health check `c`: an HTTP probe when it has a path (over HTTP/2 for an
+/// `http2` service), else a TCP connect.
+fn compile_check(s: &ServiceConfig, c: &HealthCheckConfig) -> Result<CheckSpec, Error> {
+    let bad = |what: &str| Error::Config(format!("service {:?}: invalid healthCheck {what}", s.name));
+    let probe = match &c.path {
+        None => Probe::Tcp,
+        Some(path) => {
+            if !path.starts_with('/') || path.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+                return Err(bad(&format!("path {path:?}")));
+            }
+            Probe::Http {
+                target: path.as_str().into(),
+                h2: s.protocol == UpstreamProtocol::Http2,
+                expected: StatusSet::parse(&c.expected_statuses)
+                    .map_err(|e| bad(&format!("expectedStatuses: {e}")))?,
+            }
+        }
+    };
+    if c.interval_ms == 0 || c.timeout_ms == 0 || c.healthy_threshold == 0 || c.unhealthy_threshold == 0 {
+        return Err(bad("(interval, timeout and thresholds must be at least 1)"));
+    }
+    Ok(CheckSpec {
+        probe,
+        interval: Duration::from_millis(c.interval_ms),
+        timeout: Duration::from_millis(c.timeout_ms.min(c.interval_ms)),
+        healthy_threshold: c.healthy_threshold,
+        unhealthy_threshold: c.unhealthy_threshold,
     })
 }
 

@@ -14,6 +14,7 @@
 
 mod activity;
 mod admin;
+mod checks;
 mod classify;
 mod compile;
 mod error;

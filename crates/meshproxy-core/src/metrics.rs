@@ -373,7 +373,7 @@ impl Metrics {
         }
         drop(listeners);
 
-        let eps: [Family<Sample, u64>; 9] = [
+        let eps: [Family<Sample, u64>; 10] = [
             ("meshproxy_upstream_connections_open", "gauge", "Open upstream connections.", |e| e.open),
             (
                 "meshproxy_upstream_connections_opened_total",
@@ -407,6 +407,12 @@ impl Metrics {
                 "gauge",
                 "1 while the endpoint is ejected by failure accrual (or probing after its penalty), else 0.",
                 |e| u64::from(matches!(e.state, HealthState::Ejected { .. } | HealthState::Probing)),
+            ),
+            (
+                "meshproxy_upstream_ready",
+                "gauge",
+                "1 while the endpoint passes its active health check (or has none), 0 while it is unready.",
+                |e| u64::from(e.ready),
             ),
             (
                 "meshproxy_upstream_ejections_total",

@@ -13,6 +13,7 @@ use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::checks::Checks;
 use crate::compile::Snapshot;
 use crate::config::{Config, EndpointConfig};
 use crate::listener;
@@ -42,6 +43,8 @@ struct Running {
     listeners: HashMap<Box<str>, RunningListener>,
     admin: Option<RunningAdmin>,
     reaper: JoinHandle<()>,
+    /// The running config's active health checks (aborted when replaced or dropped).
+    checks: Checks,
 }
 
 enum State {
@@ -170,7 +173,12 @@ impl MeshProxy {
             State::Closed => return Err(Error::Closed),
         }
         let snapshot = self.shared.snapshot().load_full();
-        let mut running = Running { listeners: HashMap::new(), admin: None, reaper: self.spawn_reaper() };
+        let mut running = Running {
+            listeners: HashMap::new(),
+            admin: None,
+            reaper: self.spawn_reaper(),
+            checks: Checks::default(),
+        };
         let bound = match self.bind_new(&snapshot.config, &running).await {
             Ok(b) => b,
             Err(e) => {
@@ -179,6 +187,7 @@ impl MeshProxy {
             }
         };
         self.launch(&mut running, bound);
+        running.checks = Checks::start(&snapshot);
         self.shared.set_ready(true);
         let info = info(&running);
         *state = State::Running(running);
@@ -227,6 +236,9 @@ impl MeshProxy {
             self.shared.snapshot().store(snapshot.clone());
         }
         snapshot.commit(self.shared.registry(), self.shared.metrics());
+        if let State::Running(running) = state {
+            running.checks = Checks::start(&snapshot);
+        }
         // The series of removed routes, listeners and services go once requests on the old
         // config have drained (the same grace a removed listener gets), so their last counts
         // can still be scraped.

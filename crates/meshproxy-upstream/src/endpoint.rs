@@ -59,8 +59,8 @@ pub struct EndpointSettings {
 
 pub struct Endpoint<C: Connector = TcpConnector> {
     pub address: Box<str>,
-    target: Target,
-    connector: C,
+    pub(crate) target: Target,
+    pub(crate) connector: C,
     /// One set of pools per worker thread (see [`crate::worker`]): a connection is only ever
     /// used by the worker whose runtime drives it.
     pools: Box<[WorkerPools<C>]>,
@@ -345,6 +345,7 @@ impl<C: Connector> Endpoint<C> {
             failures: self.failures.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             state: self.health.state(),
+            ready: self.health.is_ready(),
             ejections: self.health.ejections(),
             latency_ms: self.health.latency_estimate() / 1e6,
         }
@@ -371,6 +372,8 @@ pub struct Sample {
     pub failures: u64,
     pub retries: u64,
     pub state: crate::HealthState,
+    /// Whether its active health check (if any) lets requests go to it.
+    pub ready: bool,
     /// Times failure accrual ejected it.
     pub ejections: u64,
     /// The peak-EWMA latency estimate, in milliseconds.
@@ -382,7 +385,7 @@ pub struct Registry<C: Connector = TcpConnector> {
     endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint<C>>>>,
     /// Worker threads, each with its own pools in every endpoint.
     workers: usize,
-    connector: C,
+    pub(crate) connector: C,
 }
 
 impl<C: Connector + Default> Default for Registry<C> {
@@ -452,10 +455,10 @@ impl<C: Connector> Registry<C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings() -> EndpointSettings {
+    pub(crate) fn settings() -> EndpointSettings {
         EndpointSettings {
             pool: PoolSettings { max_idle: 8, idle_timeout: Duration::from_secs(4) },
             connect_timeout: Duration::from_secs(1),

@@ -6,7 +6,7 @@
 //! nothing unless something changed; the ejection state sits behind a lock that only ejected
 //! endpoints and failures take. Times are tokio's, so tests drive them with paused time.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -80,6 +80,9 @@ pub struct Health {
     serving: AtomicBool,
     /// The active health check's verdict (true until a check says otherwise).
     ready: AtomicBool,
+    /// Health-check probes in a row with the same result: passes when positive, failures when
+    /// negative.
+    probes: AtomicI32,
     consecutive: AtomicU32,
     ejection: Mutex<Ejection>,
     ejections: AtomicU64,
@@ -108,6 +111,7 @@ impl Default for Health {
         Health {
             serving: AtomicBool::new(true),
             ready: AtomicBool::new(true),
+            probes: AtomicI32::new(0),
             consecutive: AtomicU32::new(0),
             ejection: Mutex::new(Ejection::default()),
             ejections: AtomicU64::new(0),
@@ -204,6 +208,43 @@ impl Health {
         self.serving.store(false, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         Some(e.penalty)
+    }
+
+    /// Counts a health-check probe's result: `unhealthy` failures in a row make a ready
+    /// endpoint unready, `healthy` passes in a row make an unready one ready again. Returns the
+    /// new readiness when this probe changed it.
+    pub fn probed(&self, passed: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        let streak = self.probes.load(Ordering::Relaxed);
+        let streak = match (passed, streak > 0) {
+            (true, true) => streak.saturating_add(1),
+            (true, false) => 1,
+            (false, true) => -1,
+            (false, false) => streak.saturating_sub(1),
+        };
+        self.probes.store(streak, Ordering::Relaxed);
+        let ready = self.ready.load(Ordering::Relaxed);
+        let flip = if ready {
+            !passed && streak.unsigned_abs() >= unhealthy
+        } else {
+            passed && streak.unsigned_abs() >= healthy
+        };
+        flip.then(|| {
+            self.set_ready(!ready);
+            !ready
+        })
+    }
+
+    /// Forgets health checking: ready, no probe streak (its check was removed from the config).
+    pub fn unchecked(&self) {
+        self.probes.store(0, Ordering::Relaxed);
+        if !self.ready.load(Ordering::Relaxed) {
+            self.set_ready(true);
+        }
+    }
+
+    /// Whether the active health check lets requests go to the endpoint.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Sets the active health check's verdict.
@@ -406,5 +447,28 @@ mod tests {
         h.observe_latency(Duration::from_millis(1));
         let mixed = 100e6 / std::f64::consts::E + 1e6 * (1.0 - 1.0 / std::f64::consts::E);
         assert!((h.latency_estimate() - mixed).abs() < 1e5, "{}", h.latency_estimate());
+    }
+
+    #[test]
+    fn probes_make_an_endpoint_unready_and_ready_again_only_at_their_thresholds() {
+        let h = Health::default();
+        assert_eq!(h.probed(false, 2, 3), None);
+        assert_eq!(h.probed(false, 2, 3), None);
+        assert!(h.available(), "two failures of three: still ready");
+        assert_eq!(h.probed(false, 2, 3), Some(false));
+        assert!(!h.available() && h.state() == HealthState::Unready);
+        assert_eq!(h.probed(false, 2, 3), None, "already unready");
+        assert_eq!(h.probed(true, 2, 3), None);
+        assert_eq!(h.probed(false, 2, 3), None, "a failure restarts the count of passes");
+        assert_eq!(h.probed(true, 2, 3), None);
+        assert_eq!(h.probed(true, 2, 3), Some(true));
+        assert!(h.available() && h.state() == HealthState::Healthy);
+        // A pass between failures restarts their count too.
+        for passed in [false, false, true, false, false] {
+            assert_eq!(h.probed(passed, 2, 3), None);
+        }
+        assert_eq!(h.probed(false, 2, 3), Some(false));
+        h.unchecked();
+        assert!(h.available() && h.is_ready(), "a removed check leaves the endpoint ready");
     }
 }

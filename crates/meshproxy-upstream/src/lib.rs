@@ -1,19 +1,22 @@
 //! meshproxy's upstream side: endpoints and their registry, the connectors that open
 //! connections, the pools that keep them (idle HTTP/1.1 connections, multiplexed HTTP/2 ones, one
 //! set per worker thread), and the per-endpoint limits (in-flight permits with a bounded pending
-//! queue), and each endpoint's health (failure accrual, ejection, latency estimate).
+//! queue), each endpoint's health (failure accrual, ejection, latency estimate, readiness) and
+//! the active health-check probe.
 //!
 //! Who uses it: the engine (`meshproxy-core`), which compiles a config's services into endpoint
 //! handles and sends each request's attempt through one. What it must not know: routes,
 //! listeners, requests' meaning or the responses the proxy makes — it hands out connections and
 //! permits, counts what happens to them, and reports [`UpstreamError`]s for the engine to answer.
 
+pub mod check;
 pub mod connect;
 pub mod endpoint;
 pub mod health;
 pub mod pool;
 pub mod worker;
 
+pub use check::{CheckSpec, Probe, ProbeFailure, StatusSet};
 pub use connect::{Connector, Counted, Target, TcpConnector};
 pub use endpoint::{Checkout, Endpoint, EndpointSettings, Registry, Sample};
 pub use health::{Accrual, Health, HealthState};
