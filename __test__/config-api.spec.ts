@@ -49,6 +49,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
             service: 'default',
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
+            retry: null,
           },
         ],
       },

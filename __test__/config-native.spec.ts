@@ -40,6 +40,7 @@ listeners:
           headers: { X-Canary: "true" }
         service: api
         timeout: 2500ms
+        retry: { limit: 3, http: 502-504, grpc: unavailable, timeout: 300ms, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 }
       - service: web
 services:
   - name: api
@@ -99,6 +100,7 @@ test('native document loads into the exact model', (t) => {
             service: 'api',
             responseHeaderTimeoutMs: 2500,
             allowConnect: false,
+            retry: { limit: 3, http: '502-504', grpc: 'unavailable', timeoutMs: 300, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 },
           },
           {
             name: 'web-route-1',
@@ -109,6 +111,7 @@ test('native document loads into the exact model', (t) => {
             service: 'web',
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
+            retry: null,
           },
         ],
       },
@@ -188,6 +191,7 @@ services:
             service: 's',
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
+            retry: null,
           },
         ],
       },

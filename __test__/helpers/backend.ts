@@ -123,12 +123,24 @@ export function closeServer(server: http.Server): Promise<void> {
   })
 }
 
-/** A 127.0.0.1 port with nothing listening on it (bound, then released). */
+/**
+ * A 127.0.0.1 port with nothing listening on it: one below Linux's ephemeral range (32768 and
+ * up), found free by binding it and released. Servers the tests start on port 0 get ephemeral
+ * ports, so no concurrent test can take this one over (a released ephemeral port could be handed
+ * to another test's server, which would then answer for "nothing listening").
+ */
 export async function closedPort(): Promise<number> {
-  const s = net.createServer()
-  const port = await listen(s)
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000)
+    const s = net.createServer()
+    const bound = await new Promise<boolean>((resolve) => {
+      s.once('error', () => resolve(false))
+      s.listen(port, '127.0.0.1', () => resolve(true))
+    })
+    if (!bound) continue
+    await new Promise<void>((resolve) => s.close(() => resolve()))
+    return port
+  }
 }
 
 /** Occupies a 127.0.0.1 port until the test ends. */

@@ -78,6 +78,24 @@ export const ROUTE_MATCH = {
   },
 } satisfies Record<string, JsonSchema>
 
+export const RETRY = table(
+  'Retry',
+  'Retries of a route\'s requests (as Linkerd\'s `retry.linkerd.io/*` annotations): a request whose attempt fails is sent again, to another endpoint where the service has one, up to `limit` more times. What is retried: a refused or failed connection, a reset before the response, an attempt past `timeout`, a response whose status is in `http` or whose `grpc-status` (trailers-only) is in `grpc`. Which requests: idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and gRPC calls, any method with `nonIdempotent`; with a body of at most 64 KiB (read ahead to be sent again; a longer body is sent once). A budget caps retries at `budgetPercent` of the route\'s requests plus `budgetMinPerSecond`, so retries never multiply an outage.',
+  {
+    limit: count('Retries after the first attempt.', { min: 1, max: 10, default: 1 }),
+    http: text('Response statuses that are retried: codes, ranges and classes, e.g. `5xx` or `502-504`; `""` = none.', parseStatusSet, { default: '500-599' }),
+    grpc: text(
+      '`grpc-status` values (of a trailers-only response) that are retried, by name as Linkerd writes them or by code; `""` = none.',
+      parseGrpcStatusSet,
+      { default: 'cancelled,deadline-exceeded,resource-exhausted,internal,unavailable' },
+    ),
+    timeoutMs: duration('Time allowed for one attempt\'s response headers; past it the attempt is abandoned and retried (the route\'s `timeout` still bounds the whole request). 0 = none.', { min: 0, default: 0 }),
+    nonIdempotent: flag('Also retry methods that are not idempotent (POST, PATCH, …). Only when the application makes them safe to repeat.', false),
+    budgetPercent: count('Retries allowed as a percentage of the route\'s requests over the last 10 s.', { min: 0, max: 1000, default: 20 }),
+    budgetMinPerSecond: count('Retries allowed each second whatever the share.', { min: 0, max: 100000, default: 10 }),
+  },
+)
+
 export const ROUTE = table('Route', 'A route: which requests it matches and the service they go to.', {
   name: text('Unique per listener; the `route` label in metrics. Default `<listener>-route-<n>`.', nameOf('route')),
   match: yamlOnly('Which requests the route matches; no match = every request.', { type: 'object', properties: ROUTE_MATCH, additionalProperties: false }),
@@ -86,11 +104,12 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
   methods: listOf(text('An uppercase method name.', normalizeMethod), 'Methods this route serves; empty = any method.', { yaml: false }),
   headers: listOf(nested(HEADER_MATCH), 'Headers that must match, all of them.', { yaml: false }),
   service: text('Name of a service in `services`.', nameOf('service'), { yaml: { required: true } }),
-  responseHeaderTimeoutMs: duration('Time allowed for the upstream\'s response headers; 0 = no limit.', { min: 0, default: 15000 }, { yaml: { key: 'timeout' } }),
+  responseHeaderTimeoutMs: duration('Time allowed for the upstream\'s response headers, all attempts of a retried request together; 0 = no limit.', { min: 0, default: 15000 }, { yaml: { key: 'timeout' } }),
   allowConnect: flag(
     '`CONNECT` requests (HTTP/1.1 `CONNECT host:port`, HTTP/2 `CONNECT` with only `:authority`) matching this route — by their authority\'s host, with the path taken as `/` — are answered 200 and tunnelled as opaque TCP to an endpoint of `service` chosen by its balancer (never to the authority the client named). Without it they are refused: 403 `connect-refused`.',
     false,
   ),
+  retry: nullableNested(RETRY, { doc: 'Retries of failed attempts; null = none (only requests that never reached an endpoint are re-sent once).', default: null }),
 })
 
 export const HTTP2 = table(
@@ -332,6 +351,7 @@ export type ServiceModel = ModelOf<typeof SERVICE>
 export type EndpointModel = ModelOf<typeof ENDPOINT>
 export type PoolModel = ModelOf<typeof POOL>
 export type FailureAccrualModel = ModelOf<typeof FAILURE_ACCRUAL>
+export type RetryModel = ModelOf<typeof RETRY>
 export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]

@@ -6,9 +6,9 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isMap, isSeq } from './yaml-lib.js'
-import { BALANCER_KINDS, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HealthCheckModel, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
+import { BALANCER_KINDS, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, RETRY, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
-import { complete, yamlEntries, yamlKey, type EnumField, type Table } from './fields.js'
+import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
 import { checkHeaderValue, checkName, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
@@ -141,6 +141,8 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   if (!f) return undefined
   const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', true) ?? '')
   readPlain(f, ROUTE, route)
+  if (f.isNull('retry')) route.retry = null
+  else if (f.has('retry')) route.retry = readNested(f, 'retry', RETRY) ?? null
   ctx.origins.set(route, '', r.loc(node))
   ctx.origins.set(route, 'allowConnect', f.keyLoc('allowConnect'))
   ctx.origins.set(route, 'name', f.valueLoc('name'))
@@ -232,7 +234,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
     if (node && value !== undefined) service[key] = r.check(node, f.label(key), field.normalize(value, service)) ?? service[key]
   }
   if (f.isNull('healthCheck')) service.healthCheck = null
-  else if (f.has('healthCheck')) service.healthCheck = readHealthCheck(f) ?? null
+  else if (f.has('healthCheck')) service.healthCheck = readNested(f, 'healthCheck', HEALTH_CHECK) ?? null
   for (const n of f.list('endpoints')) {
     const endpoint = readEndpoint(r, n)
     if (!endpoint) continue
@@ -245,20 +247,25 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   return service
 }
 
-/** A service's `healthCheck`: its plain fields, then the two texts (`path`, `expectedStatuses`). */
-function readHealthCheck(service: Fields): HealthCheckModel | undefined {
-  const f = service.fields('healthCheck', 'service healthCheck', keysOf(HEALTH_CHECK))
+/**
+ * A nested object with text fields (a service's `healthCheck`, a route's `retry`): its plain
+ * fields, then each string field through its normalizer (a nullable one may be written `null`).
+ * Undefined when `key` is not a mapping (reported).
+ */
+function readNested<T extends Table>(parent: Fields, key: string, table: T): ModelOf<T> | undefined {
+  const f = parent.fields(key, `${parent.what} ${key}`, keysOf(table))
   if (!f) return undefined
-  const check = complete(HEALTH_CHECK, {})
-  readPlain(f, HEALTH_CHECK, check)
-  const text = (key: 'path' | 'expectedStatuses'): string | undefined => {
-    const node = f.get(key)
-    const value = node && f.r.text(node, f.label(key))
-    return node && value !== undefined ? f.r.check(node, f.label(key), HEALTH_CHECK.fields[key].normalize(value, check)) : undefined
+  const out = complete(table, {}) as Record<string, unknown>
+  readPlain(f, table, out)
+  for (const [name, field] of Object.entries(table.fields)) {
+    if (field.kind !== 'string' || field.yaml === false) continue
+    const k = yamlKey(name, field)
+    if (field.nullable && f.isNull(k)) continue
+    const node = f.get(k)
+    const value = node && f.r.text(node, f.label(k))
+    if (node && value !== undefined) out[name] = f.r.check(node, f.label(k), field.normalize(value, out)) ?? out[name]
   }
-  if (!f.isNull('path')) check.path = text('path') ?? check.path
-  check.expectedStatuses = text('expectedStatuses') ?? check.expectedStatuses
-  return check
+  return out as ModelOf<T>
 }
 
 /**

@@ -136,6 +136,25 @@ pub struct RouteConfig {
     /// to an endpoint of `service`; without it they are refused (403).
     #[serde(default)]
     pub allow_connect: bool,
+    /// Retries of failed attempts; none when null.
+    pub retry: Option<RetryConfig>,
+}
+
+/// A route's retries (see the model's `Retry` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryConfig {
+    pub limit: u32,
+    /// Statuses retried, as normalized ranges (`500-599`).
+    pub http: String,
+    /// `grpc-status` values retried, kebab-case names.
+    pub grpc: String,
+    /// One attempt's response-header timeout; 0 = none.
+    pub timeout_ms: u64,
+    pub non_idempotent: bool,
+    pub budget_percent: u32,
+    pub budget_min_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +335,7 @@ pub mod testing {
             service: service.into(),
             response_header_timeout_ms: 15_000,
             allow_connect: false,
+            retry: None,
         }
     }
 

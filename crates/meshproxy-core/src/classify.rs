@@ -5,7 +5,10 @@
 
 use crate::error::Error;
 use meshproxy_upstream::Accrual;
+use std::time::Duration;
+
 pub use meshproxy_upstream::StatusSet;
+use tower::retry::budget::TpsBudget;
 
 /// gRPC status names as the model writes them, by code.
 const GRPC_NAMES: [&str; 17] = [
@@ -91,6 +94,43 @@ impl FailurePolicy {
     #[inline]
     pub fn response_failed(&self, status: u16, grpc: Option<u8>) -> bool {
         self.statuses.contains(status) || grpc.is_some_and(|c| self.grpc.contains(c))
+    }
+}
+
+/// A route's retries, compiled from its `retry`.
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub limit: u32,
+    pub statuses: StatusSet,
+    pub grpc: GrpcSet,
+    /// One attempt's response-header timeout.
+    pub attempt_timeout: Option<Duration>,
+    pub non_idempotent: bool,
+    /// Shared by every request of the route (Linkerd's budget: a share of requests plus a floor
+    /// per second, over 10 s).
+    pub budget: TpsBudget,
+}
+
+impl RetryPolicy {
+    pub fn compile(route: &str, r: &meshproxy_config::RetryConfig) -> Result<Self, Error> {
+        let bad = |what: &str, e: String| Error::Config(format!("route {route:?}: retry {what}: {e}"));
+        Ok(RetryPolicy {
+            limit: r.limit.clamp(1, 10),
+            statuses: StatusSet::parse(&r.http).map_err(|e| bad("http", e))?,
+            grpc: GrpcSet::parse(&r.grpc).map_err(|e| bad("grpc", e))?,
+            attempt_timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms)),
+            non_idempotent: r.non_idempotent,
+            budget: TpsBudget::new(
+                Duration::from_secs(10),
+                r.budget_min_per_second,
+                r.budget_percent.min(1000) as f32 / 100.0,
+            ),
+        })
+    }
+
+    /// Whether a request with `method` (a gRPC call or not) may be sent more than once.
+    pub fn allows(&self, method: &http::Method, grpc: bool) -> bool {
+        grpc || self.non_idempotent || crate::proxy::idempotent(method)
     }
 }
 

@@ -11,7 +11,7 @@ use http::HeaderName;
 use rustc_hash::FxHashMap;
 
 use crate::balance::{Balancer, Cost, Distribution, HashKey, P2c, Ring, RoundRobin, WeightedRandom};
-use crate::classify::{FailurePolicy, StatusSet};
+use crate::classify::{FailurePolicy, RetryPolicy, StatusSet};
 use crate::config::{
     BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, ListenerConfig, ListenerProtocol,
     ServiceConfig, UpstreamProtocol,
@@ -71,6 +71,8 @@ pub struct RouteRuntime {
     /// Run in order on each request before a backend is chosen, and on each response head.
     pub request_filters: Box<[RequestFilter]>,
     pub response_filters: Box<[ResponseFilter]>,
+    /// Retries of failed attempts (boxed: most routes have none).
+    pub retry: Option<Box<RetryPolicy>>,
 }
 
 /// A service as routes reach it. Its endpoints, with the balancer built for them, are one
@@ -203,6 +205,11 @@ fn compile_listener(
                     .then(|| Duration::from_millis(r.response_header_timeout_ms)),
                 allow_connect: r.allow_connect,
                 metrics: metrics.route(metric_set, &l.name, &r.name, &r.service),
+                retry: r
+                    .retry
+                    .as_ref()
+                    .map(|c| RetryPolicy::compile(&r.name, c).map(Box::new))
+                    .transpose()?,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;

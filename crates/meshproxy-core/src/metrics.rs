@@ -74,6 +74,40 @@ pub struct RouteMetrics {
     protocol: [AtomicU64; 4],
     grpc_status: [AtomicU64; GRPC_CODES],
     latency: Histogram,
+    /// Retries sent, by [`RetryReason`].
+    retries: [AtomicU64; RetryReason::ALL.len()],
+    /// Retries the budget refused.
+    retries_over_budget: AtomicU64,
+}
+
+/// Why an attempt was retried (the `reason` label of `meshproxy_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    Status,
+    GrpcStatus,
+    Connect,
+    Reset,
+    Timeout,
+}
+
+impl RetryReason {
+    pub const ALL: [RetryReason; 5] = [
+        RetryReason::Status,
+        RetryReason::GrpcStatus,
+        RetryReason::Connect,
+        RetryReason::Reset,
+        RetryReason::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Status => "status",
+            RetryReason::GrpcStatus => "grpc-status",
+            RetryReason::Connect => "connect",
+            RetryReason::Reset => "reset",
+            RetryReason::Timeout => "timeout",
+        }
+    }
 }
 
 impl RouteMetrics {
@@ -82,6 +116,14 @@ impl RouteMetrics {
         self.status[class].fetch_add(1, Ordering::Relaxed);
         self.protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
         self.latency.observe(elapsed);
+    }
+
+    pub fn retried(&self, reason: RetryReason) {
+        self.retries[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retry_over_budget(&self) {
+        self.retries_over_budget.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a gRPC status as sent in `grpc-status` (trailers, or a trailers-only response).
@@ -298,6 +340,40 @@ impl Metrics {
                     );
                 }
             }
+        }
+        header(
+            &mut out,
+            "meshproxy_retries_total",
+            "counter",
+            "Attempts retried, by why the previous one failed.",
+        );
+        for ((l, r, s), m) in routes.iter() {
+            for reason in RetryReason::ALL {
+                let v = m.retries[reason as usize].load(Ordering::Relaxed);
+                if v > 0 {
+                    let labels =
+                        format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+                    let _ = writeln!(
+                        out,
+                        "meshproxy_retries_total{{{labels},reason=\"{}\"}} {v}",
+                        reason.as_str()
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "meshproxy_retries_over_budget_total",
+            "counter",
+            "Retries not sent because the route's retry budget was spent.",
+        );
+        for ((l, r, s), m) in routes.iter() {
+            let labels = format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+            let _ = writeln!(
+                out,
+                "meshproxy_retries_over_budget_total{{{labels}}} {}",
+                m.retries_over_budget.load(Ordering::Relaxed)
+            );
         }
         header(
             &mut out,

@@ -23,4 +23,5 @@ mod service;
 mod upgrade;
 mod websocket;
 
+pub(crate) use forward::idempotent;
 pub use service::ProxyService;

@@ -20,6 +20,115 @@ pub enum RequestBody {
     /// An HTTP/2 `CONNECT`'s stream: taken by [`crate::client_tunnel::ClientTunnel`], never sent
     /// as a body.
     H2Tunnel(crate::h2_tunnel::PendingTunnel),
+    /// A body read ahead (for a request that may be sent again): the chunks already read, then
+    /// the rest, if the body was longer than what was read ahead.
+    Buffered(Box<Buffered>),
+}
+
+/// A request body read ahead: its chunks and trailers when it was read whole (and can be sent
+/// again, [`Buffered::replay`]), or the first chunks followed by the rest of the client's body.
+pub struct Buffered {
+    chunks: std::collections::VecDeque<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    rest: Option<RequestBody>,
+}
+
+impl Buffered {
+    /// Reads `body` ahead up to `limit` bytes. Whole: a body that can be replayed. Longer: the
+    /// chunks read and the rest, to be sent once.
+    pub async fn read(mut body: RequestBody, limit: usize) -> Result<Buffered, ClientBodyError> {
+        let mut chunks = std::collections::VecDeque::new();
+        let mut len = 0;
+        let mut trailers = None;
+        let mut ended = body.is_end_stream();
+        while !ended && len <= limit {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None => ended = true,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        len += data.len();
+                        if !data.is_empty() {
+                            chunks.push_back(data);
+                        }
+                        ended = body.is_end_stream();
+                    }
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        ended = true;
+                    }
+                },
+            }
+        }
+        let whole = ended && len <= limit;
+        Ok(Buffered { chunks, trailers, rest: (!whole).then_some(body) })
+    }
+
+    /// True when the whole body was read, so [`Buffered::replay`] gives it again.
+    pub fn is_whole(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// Bytes read ahead.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole body again, for another attempt (`Bytes` clones share their memory). None if
+    /// the body was not read whole.
+    pub fn replay(&self) -> Option<RequestBody> {
+        self.is_whole().then(|| {
+            RequestBody::Buffered(Box::new(Buffered {
+                chunks: self.chunks.clone(),
+                trailers: self.trailers.clone(),
+                rest: None,
+            }))
+        })
+    }
+
+    /// Sends it once: what was read ahead, then the rest.
+    pub fn into_body(self) -> RequestBody {
+        RequestBody::Buffered(Box::new(self))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if let Some(data) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(t) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    /// Exact when the length is known: what is left of the chunks plus the rest's exact length.
+    /// Trailers need chunked framing, so a body with trailers has no exact length.
+    fn size_hint(&self) -> SizeHint {
+        if self.trailers.is_some() {
+            return SizeHint::default();
+        }
+        let rest = match &self.rest {
+            None => 0,
+            Some(r) => match r.size_hint().exact() {
+                Some(n) => n,
+                None => return SizeHint::default(),
+            },
+        };
+        SizeHint::with_exact(self.len() as u64 + rest)
+    }
 }
 
 /// How a client's request body can break off.
@@ -43,6 +152,7 @@ impl Body for RequestBody {
             RequestBody::Empty | RequestBody::H2Tunnel(_) => Poll::Ready(None),
             RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
             RequestBody::H2(b) => b.poll_frame(cx).map_err(ClientBodyError::from),
+            RequestBody::Buffered(b) => b.poll_frame(cx),
         }
     }
 
@@ -51,6 +161,7 @@ impl Body for RequestBody {
             RequestBody::Empty | RequestBody::H2Tunnel(_) => true,
             RequestBody::Http1(b) => b.is_end_stream(),
             RequestBody::H2(b) => b.is_end_stream(),
+            RequestBody::Buffered(b) => b.is_end_stream(),
         }
     }
 
@@ -59,6 +170,7 @@ impl Body for RequestBody {
             RequestBody::Empty | RequestBody::H2Tunnel(_) => SizeHint::with_exact(0),
             RequestBody::Http1(b) => b.size_hint(),
             RequestBody::H2(b) => b.size_hint(),
+            RequestBody::Buffered(b) => b.size_hint(),
         }
     }
 }

@@ -41,6 +41,7 @@ fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str) -> RouteCo
         service: "s".into(),
         response_header_timeout_ms: 0,
         allow_connect: false,
+        retry: None,
     }
 }
 

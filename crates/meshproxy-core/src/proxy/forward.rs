@@ -25,7 +25,8 @@ use meshproxy_upstream::Checkout;
 /// the connection had carried an earlier request.
 pub type Sent = (Response<UpstreamIncoming>, Option<StreamSlot>, bool);
 
-fn idempotent(m: &Method) -> bool {
+/// Methods whose requests may be repeated with the same effect (RFC 9110 §9.2.2).
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 

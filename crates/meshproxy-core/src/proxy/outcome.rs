@@ -82,21 +82,28 @@ pub fn observe(
         }
     }
     if let Some((backend, ep)) = target {
-        if outcome.sent() {
-            ep.count_request();
-        }
-        // An answer the endpoint gave is its failure by the service's policy; one the proxy made
-        // is when the endpoint caused it.
-        let failed = match outcome.error {
-            None => backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc),
-            Some(_) => outcome.endpoint_failed(),
-        };
-        if failed {
-            ep.count_failure();
-        }
-        if backend.failure.tracks_health() {
-            health(outcome, backend, ep, failed);
-        }
+        observe_endpoint(outcome, backend, ep);
+    }
+}
+
+/// What one attempt tells the endpoint it went to: its counters and its health. Every attempt
+/// of a retried request is observed here; the request as a whole once, by [`observe`].
+#[inline]
+pub fn observe_endpoint(outcome: &Outcome, backend: &Backend, ep: &Endpoint) {
+    if outcome.sent() {
+        ep.count_request();
+    }
+    // An answer the endpoint gave is its failure by the service's policy; one the proxy made
+    // is when the endpoint caused it.
+    let failed = match outcome.error {
+        None => backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc),
+        Some(_) => outcome.endpoint_failed(),
+    };
+    if failed {
+        ep.count_failure();
+    }
+    if backend.failure.tracks_health() {
+        health(outcome, backend, ep, failed);
     }
 }
 

@@ -23,6 +23,8 @@ use super::admit::{self, Kind};
 use super::body::{Release, ResponseBody};
 use super::outcome::{self, Outcome};
 use super::{connect, forward, rewrite, upgrade, websocket};
+
+mod retry;
 use crate::activity::{Activity, ActivityGuard};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::{Backend, ListenerRuntime, RouteRuntime};
@@ -164,6 +166,13 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                     waiting = Some(fut);
                     from = next;
                 }
+            }
+        }
+        // A route with retries takes its own (boxed) path for phases 4 to 6.
+        if let Some(policy) = routed.route.retry.as_deref() {
+            let plain = matches!(routed.kind, Kind::Plain);
+            if retry::eligible(policy, &routed.head.method, routed.meta.grpc, plain) {
+                break 'respond Box::pin(retry::run(&ctx, routed, policy)).await;
             }
         }
         // 4, 5: backend and endpoint; then the request in the endpoint's form.

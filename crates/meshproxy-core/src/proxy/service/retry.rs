@@ -1,0 +1,155 @@
+//! Phases 4 to 6 for a route with retries: the request body is read ahead (up to
+//! [`MAX_REPLAY`]) so it can be sent again; each attempt picks a backend and an endpoint (another
+//! endpoint than the last where the backend has one) and is bounded by the policy's attempt
+//! timeout and what is left of the route's timeout; an attempt that fails in a way the policy
+//! retries, while attempts and the route's budget last, is observed against its endpoint and
+//! dropped, and the next one goes. The last attempt's answer is the response, observed once as
+//! the request's outcome.
+//!
+//! Routes without retries never come here: their request future stays as small as it is.
+
+use std::sync::Arc;
+
+use http::{Method, Response};
+use meshproxy_http::body::{Buffered, RequestBody};
+use tokio::time::Instant;
+use tower::retry::budget::Budget;
+
+use super::{choose, respond, After, ConnCtx, RoutedRequest, GRPC_STATUS};
+use crate::classify::RetryPolicy;
+use crate::error::ProxyError;
+use crate::metrics::{parse_grpc_status, RetryReason};
+use crate::proxy::body::ResponseBody;
+use crate::proxy::forward;
+use crate::proxy::outcome::{self, Outcome};
+use crate::proxy::rewrite;
+use crate::upstream::Endpoint;
+
+/// The largest request body kept to be sent again; a longer one is sent once, not retried.
+pub(super) const MAX_REPLAY: usize = 64 * 1024;
+
+/// Why an attempt's result should be retried under `policy`, if it should.
+fn retry_reason(
+    policy: &RetryPolicy,
+    result: &Result<(forward::Sent, tokio::sync::OwnedSemaphorePermit), ProxyError>,
+    grpc: bool,
+) -> Option<RetryReason> {
+    match result {
+        Err(ProxyError::UpstreamConnect) => Some(RetryReason::Connect),
+        Err(ProxyError::UpstreamReset) => Some(RetryReason::Reset),
+        Err(ProxyError::UpstreamTimeout) => Some(RetryReason::Timeout),
+        Err(_) => None,
+        Ok(((resp, _, _), _)) => {
+            if policy.statuses.contains(resp.status().as_u16()) {
+                return Some(RetryReason::Status);
+            }
+            let code =
+                grpc.then(|| resp.headers().get(&GRPC_STATUS).and_then(|v| parse_grpc_status(v.as_bytes())));
+            code.flatten().filter(|c| policy.grpc.contains(*c)).map(|_| RetryReason::GrpcStatus)
+        }
+    }
+}
+
+pub(super) async fn run(
+    ctx: &ConnCtx,
+    routed: RoutedRequest<'_>,
+    policy: &RetryPolicy,
+) -> Response<ResponseBody> {
+    let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
+    policy.budget.deposit();
+    let body = match Buffered::read(body, MAX_REPLAY).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(error = %e, "client request body failed while read ahead for retries");
+            return meta.fail(ProxyError::BadRequest, Some(route), None, activity);
+        }
+    };
+    let deadline = route.response_header_timeout.map(|t| meta.start + t);
+    let mut body = Some(body);
+    let mut last: Option<Arc<Endpoint>> = None;
+    let mut attempt = 0;
+    loop {
+        // Another endpoint than the last, where the balancer offers one in a few draws.
+        let mut picked = choose(ctx, route, &head.headers);
+        for _ in 0..3 {
+            match (&picked, &last) {
+                (Some((_, ep)), Some(prev)) if Arc::ptr_eq(ep, prev) => {
+                    picked = choose(ctx, route, &head.headers)
+                }
+                _ => break,
+            }
+        }
+        let Some((backend, endpoint)) = picked else {
+            return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity);
+        };
+        let h2 = match backend.protocol {
+            crate::config::UpstreamProtocol::Http1 => false,
+            crate::config::UpstreamProtocol::Http2 => true,
+            crate::config::UpstreamProtocol::Auto => head.version == http::Version::HTTP_2,
+        };
+        // The body for this attempt: a replay while the whole body was read; otherwise it goes
+        // once, and this attempt is the last.
+        let (this_body, replayable) = match body.as_ref().and_then(Buffered::replay) {
+            Some(b) => (b, true),
+            None => (body.take().map_or(RequestBody::Empty, Buffered::into_body), false),
+        };
+        let upstream_req =
+            match rewrite::to_upstream(head.clone(), this_body, seen.host, &endpoint.address, h2) {
+                Ok(r) => r,
+                Err(e) => return meta.fail(e, Some(route), None, activity),
+            };
+        let now = Instant::now();
+        let limit = match (policy.attempt_timeout.map(|t| now + t), deadline) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        let send = async {
+            let permit = endpoint.acquire().await?;
+            let sent = if h2 {
+                forward::send_h2(&endpoint, upstream_req).await?
+            } else {
+                forward::send(&endpoint, upstream_req).await?
+            };
+            Ok::<_, ProxyError>((sent, permit))
+        };
+        let result = match limit {
+            Some(at) => tokio::time::timeout_at(at, send).await.unwrap_or(Err(ProxyError::UpstreamTimeout)),
+            None => send.await,
+        };
+        let reason = retry_reason(policy, &result, meta.grpc);
+        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+        let retry = reason.filter(|_| replayable && attempt < policy.limit && !out_of_time);
+        let Some(reason) = retry else {
+            let after = After { kind, downstream_upgrade, ws_key: None, activity };
+            return respond(ctx, &meta, route, (backend, &endpoint), after, result);
+        };
+        if !policy.budget.withdraw() {
+            route.metrics.retry_over_budget();
+            let after = After { kind, downstream_upgrade, ws_key: None, activity };
+            return respond(ctx, &meta, route, (backend, &endpoint), after, result);
+        }
+        // The failed attempt counts against its endpoint; its answer (and connection) is dropped.
+        let (status, error, grpc) = match &result {
+            Ok(((resp, _, _), _)) => (
+                resp.status(),
+                None,
+                resp.headers().get(&GRPC_STATUS).and_then(|v| parse_grpc_status(v.as_bytes())),
+            ),
+            Err(e) => (e.status(), Some(*e), None),
+        };
+        let attempt_outcome =
+            Outcome { status, error, grpc, reused: false, latency: now.elapsed(), protocol: meta.protocol };
+        outcome::observe_endpoint(&attempt_outcome, backend, &endpoint);
+        drop(result);
+        route.metrics.retried(reason);
+        tracing::debug!(endpoint = %endpoint.address, reason = reason.as_str(), attempt, "retrying");
+        last = Some(endpoint);
+        attempt += 1;
+    }
+}
+
+/// Whether a routed request may take the retry path: a route with retries, a plain request
+/// (never an upgrade, a tunnel or a WebSocket), and a method the policy allows.
+pub(super) fn eligible(policy: &RetryPolicy, method: &Method, grpc: bool, plain: bool) -> bool {
+    plain && policy.allows(method, grpc)
+}
