@@ -57,6 +57,7 @@ services:
     failureStatuses: 5xx, 429
     failureGrpcStatuses: unavailable
     failureAccrual: { consecutiveFailures: 5, minPenalty: 2s, maxPenalty: 1m, jitterPercent: 0, maxEjectionPercent: 34 }
+    circuitBreaker: { maxRequests: 200 }
     healthCheck: { path: /ready?deep=1, interval: 5s, timeout: 500ms, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: 2xx }
   - name: web
     balancer: random
@@ -133,6 +134,7 @@ test('native document loads into the exact model', (t) => {
         failureStatuses: '429,500-599',
         failureGrpcStatuses: 'unavailable',
         failureAccrual: { consecutiveFailures: 5, minPenaltyMs: 2000, maxPenaltyMs: 60000, jitterPercent: 0, maxEjectionPercent: 34 },
+        circuitBreaker: { maxRequests: 200, maxPendingRequests: 0 },
         healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
       },
       {
@@ -148,6 +150,7 @@ test('native document loads into the exact model', (t) => {
         failureStatuses: '500-599',
         failureGrpcStatuses: 'unknown,deadline-exceeded,internal,unavailable',
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
+        circuitBreaker: null,
         healthCheck: null,
       },
     ],
@@ -210,6 +213,7 @@ services:
         failureStatuses: '500-599',
         failureGrpcStatuses: 'unknown,deadline-exceeded,internal,unavailable',
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
+        circuitBreaker: null,
         healthCheck: null,
       },
     ],

@@ -293,6 +293,15 @@ export const HEALTH_CHECK = table(
   },
 )
 
+export const CIRCUIT_BREAKER = table(
+  'CircuitBreaker',
+  'Service-wide limits, as Envoy\'s circuit-breaker thresholds: past either, a request is answered 503 `overloaded` at once instead of queueing (and counted in `meshproxy_circuit_breaker_overflows_total`); it never counts against an endpoint. The per-endpoint limits (`maxInflightPerEndpoint`, `maxPendingPerEndpoint`) apply as well.',
+  {
+    maxRequests: count('Requests in flight to the service\'s endpoints at once, from the request being sent to the end of its response; 0 = no limit.', { min: 0, default: 0 }),
+    maxPendingRequests: count('Requests of the service waiting at once for an endpoint\'s in-flight slot; 0 = no limit.', { min: 0, default: 0 }),
+  },
+)
+
 /** The values of a service's `protocol`, the default first. */
 export const UPSTREAM_PROTOCOLS = ['http1', 'http2', 'auto'] as const
 
@@ -325,6 +334,7 @@ export const SERVICE = table('Service', 'A set of endpoints and how requests rea
     { default: 'unknown,deadline-exceeded,internal,unavailable' },
   ),
   failureAccrual: nested(FAILURE_ACCRUAL),
+  circuitBreaker: nullableNested(CIRCUIT_BREAKER, { doc: 'Service-wide limits on requests; null = none.', default: null }),
   healthCheck: nullableNested(HEALTH_CHECK, { doc: 'Active health checks of the endpoints; null = none (only failure accrual, if configured, takes endpoints out).', default: null }),
 })
 
@@ -352,6 +362,7 @@ export type EndpointModel = ModelOf<typeof ENDPOINT>
 export type PoolModel = ModelOf<typeof POOL>
 export type FailureAccrualModel = ModelOf<typeof FAILURE_ACCRUAL>
 export type RetryModel = ModelOf<typeof RETRY>
+export type CircuitBreakerModel = ModelOf<typeof CIRCUIT_BREAKER>
 export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]

@@ -6,7 +6,7 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isMap, isSeq } from './yaml-lib.js'
-import { BALANCER_KINDS, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, RETRY, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
+import { BALANCER_KINDS, CIRCUIT_BREAKER, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, RETRY, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -233,6 +233,8 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
     const field = SERVICE.fields[key]
     if (node && value !== undefined) service[key] = r.check(node, f.label(key), field.normalize(value, service)) ?? service[key]
   }
+  if (f.isNull('circuitBreaker')) service.circuitBreaker = null
+  else if (f.has('circuitBreaker')) service.circuitBreaker = readNested(f, 'circuitBreaker', CIRCUIT_BREAKER) ?? null
   if (f.isNull('healthCheck')) service.healthCheck = null
   else if (f.has('healthCheck')) service.healthCheck = readNested(f, 'healthCheck', HEALTH_CHECK) ?? null
   for (const n of f.list('endpoints')) {
@@ -282,7 +284,7 @@ function readPlain(f: Fields, t: Table, target: object): void {
     if (field.kind === 'int') value = f.limit(key, limitOf(field))
     else if (field.kind === 'boolean') value = f.bool(key)
     else if (field.kind === 'enum') value = readEnum(f, key, field)
-    else if (field.kind === 'object' && isPlain(field.table)) {
+    else if (field.kind === 'object' && !field.nullable && isPlain(field.table)) {
       const sub = f.fields(key, `${f.what} ${key}`, keysOf(field.table))
       if (sub) readPlain(sub, field.table, out[name] as object)
     }

@@ -220,6 +220,17 @@ pub struct ServiceConfig {
     pub failure_accrual: FailureAccrualConfig,
     /// Active health checks; none when null.
     pub health_check: Option<HealthCheckConfig>,
+    /// Service-wide limits; none when null.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+}
+
+/// Service-wide limits on requests in flight and waiting (0 = no limit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    pub max_requests: u32,
+    pub max_pending_requests: u32,
 }
 
 /// Active health checks of a service's endpoints.
@@ -322,6 +333,7 @@ pub mod testing {
             failure_grpc_statuses: "unknown,deadline-exceeded,internal,unavailable".into(),
             failure_accrual: FailureAccrualConfig::default(),
             health_check: None,
+            circuit_breaker: None,
         }
     }
 

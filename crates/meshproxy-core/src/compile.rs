@@ -11,13 +11,14 @@ use http::HeaderName;
 use rustc_hash::FxHashMap;
 
 use crate::balance::{Balancer, Cost, Distribution, HashKey, P2c, Ring, RoundRobin, WeightedRandom};
+use crate::breaker::Breaker;
 use crate::classify::{FailurePolicy, RetryPolicy, StatusSet};
 use crate::config::{
     BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, ListenerConfig, ListenerProtocol,
     ServiceConfig, UpstreamProtocol,
 };
 use crate::filter::{self, RequestFilter, ResponseFilter};
-use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, TcpMetrics};
+use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
 use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;
@@ -80,7 +81,7 @@ pub struct RouteRuntime {
 /// recompiling the routes that use it.
 pub struct Backend {
     pub name: Box<str>,
-    pub tcp: Arc<TcpMetrics>,
+    pub tcp: Arc<ServiceMetrics>,
     pub protocol: UpstreamProtocol,
     /// What this service's endpoints are given (pools, limits, timeouts).
     pub settings: EndpointSettings,
@@ -88,6 +89,8 @@ pub struct Backend {
     pub failure: FailurePolicy,
     /// The active health check of its endpoints, if it has one ([`crate::checks`]).
     pub check: Option<Arc<CheckSpec>>,
+    /// Service-wide limits on requests ([`crate::breaker`]).
+    pub breaker: Option<Arc<Breaker>>,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -276,13 +279,18 @@ fn compile_service(
 ) -> Result<Backend, Error> {
     let settings = endpoint_settings(s);
     let set = compile_endpoint_set(s, &s.endpoints, registry, staged, settings)?;
+    let service_metrics = metrics.tcp(metric_set, &s.name);
     Ok(Backend {
         name: s.name.as_str().into(),
-        tcp: metrics.tcp(metric_set, &s.name),
+        tcp: service_metrics.clone(),
         protocol: s.protocol,
         settings,
         failure: FailurePolicy::compile(s)?,
         check: s.health_check.as_ref().map(|c| compile_check(s, c)).transpose()?.map(Arc::new),
+        breaker: s
+            .circuit_breaker
+            .as_ref()
+            .map(|c| Arc::new(Breaker::new(c.max_requests, c.max_pending_requests, service_metrics))),
         endpoints: ArcSwap::from_pointee(set),
     })
 }

@@ -14,6 +14,7 @@
 
 mod activity;
 mod admin;
+mod breaker;
 mod checks;
 mod classify;
 mod compile;

@@ -163,13 +163,17 @@ impl ListenerMetrics {
     }
 }
 
-/// Per service: opaque TCP connections and the bytes they moved.
+/// Per service: opaque TCP connections and the bytes they moved; requests its circuit breaker
+/// refused.
 #[derive(Debug, Default)]
-pub struct TcpMetrics {
+pub struct ServiceMetrics {
     pub connections: AtomicU64,
     pub open: AtomicU64,
     /// Client → upstream and upstream → client, counted as they move.
     pub bytes: meshproxy_http::tunnel::Counters,
+    /// Refused by the breaker's `maxRequests`, by its `maxPendingRequests`.
+    pub overflow_requests: AtomicU64,
+    pub overflow_pending: AtomicU64,
 }
 
 type RouteKey = (String, String, String);
@@ -181,7 +185,7 @@ type Family<T, V> = (&'static str, &'static str, &'static str, fn(&T) -> V);
 pub struct Metrics {
     routes: Mutex<BTreeMap<RouteKey, Arc<RouteMetrics>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
-    tcp: Mutex<BTreeMap<String, Arc<TcpMetrics>>>,
+    tcp: Mutex<BTreeMap<String, Arc<ServiceMetrics>>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Requests answered on routes whose series were pruned.
@@ -221,7 +225,7 @@ fn retain<K: Ord, V>(map: &Mutex<BTreeMap<K, Arc<V>>>, set: &[(K, Arc<V>)]) {
 pub struct MetricSet {
     routes: Vec<(RouteKey, Arc<RouteMetrics>)>,
     listeners: Vec<(String, Arc<ListenerMetrics>)>,
-    tcp: Vec<(String, Arc<TcpMetrics>)>,
+    tcp: Vec<(String, Arc<ServiceMetrics>)>,
 }
 
 impl Metrics {
@@ -236,7 +240,7 @@ impl Metrics {
         lookup(&self.routes, &mut set.routes, key)
     }
 
-    pub fn tcp(&self, set: &mut MetricSet, service: &str) -> Arc<TcpMetrics> {
+    pub fn tcp(&self, set: &mut MetricSet, service: &str) -> Arc<ServiceMetrics> {
         lookup(&self.tcp, &mut set.tcp, service.to_owned())
     }
 
@@ -531,6 +535,24 @@ impl Metrics {
                 esc(s),
                 m.open.load(Ordering::Relaxed)
             );
+        }
+        header(
+            &mut out,
+            "meshproxy_circuit_breaker_overflows_total",
+            "counter",
+            "Requests a service's circuit breaker refused (503 overloaded), by the limit they hit.",
+        );
+        for (s, m) in tcp.iter() {
+            for (limit, c) in [("requests", &m.overflow_requests), ("pending", &m.overflow_pending)] {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "meshproxy_circuit_breaker_overflows_total{{service=\"{}\",limit=\"{limit}\"}} {v}",
+                        esc(s)
+                    );
+                }
+            }
         }
         header(
             &mut out,

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::compile::Backend;
 use crate::error::ProxyError;
-use crate::metrics::TcpMetrics;
+use crate::metrics::ServiceMetrics;
 use crate::upstream::{Endpoint, UpIo};
 use meshproxy_http::tunnel;
 use meshproxy_http::Drain;
@@ -27,11 +27,14 @@ use meshproxy_http::Drain;
 pub struct TcpUpstream {
     stream: UpIo,
     endpoint: Arc<Endpoint>,
-    metrics: Arc<TcpMetrics>,
+    metrics: Arc<ServiceMetrics>,
 }
 
 impl TcpUpstream {
-    pub async fn connect(endpoint: &Arc<Endpoint>, metrics: &Arc<TcpMetrics>) -> Result<Self, ProxyError> {
+    pub async fn connect(
+        endpoint: &Arc<Endpoint>,
+        metrics: &Arc<ServiceMetrics>,
+    ) -> Result<Self, ProxyError> {
         let stream = endpoint.connect_opaque().await?;
         metrics.connections.fetch_add(1, Ordering::Relaxed);
         metrics.open.fetch_add(1, Ordering::Relaxed);

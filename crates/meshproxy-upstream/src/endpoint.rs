@@ -192,6 +192,11 @@ impl<C: Connector> Endpoint<C> {
         }
     }
 
+    /// An in-flight slot if one is free now.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.limiter.clone().try_acquire_owned().ok()
+    }
+
     /// Takes an in-flight slot, waiting in the bounded pending queue if all are taken.
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, UpstreamError> {
         match self.limiter.clone().try_acquire_owned() {

@@ -16,7 +16,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::admit::{self, Kind};
@@ -27,6 +27,7 @@ use super::{connect, forward, rewrite, upgrade, websocket};
 mod retry;
 use crate::activity::{Activity, ActivityGuard};
 use crate::balance::{hash_key_bytes, HashKey};
+use crate::breaker::Admission;
 use crate::compile::{Backend, ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
@@ -200,7 +201,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         // `tokio::time::timeout(t, attempt)` moves this (large) future into its own, a memcpy of
         // its whole size on every request.
         let mut attempt = std::pin::pin!(async {
-            let permit = endpoint.acquire().await?;
+            let permit = admit(backend, &endpoint).await?;
             // One future awaited at one point: awaited in two branches, the two send futures
             // would be laid out side by side in this one instead of overlapping.
             let send = if h2 {
@@ -451,6 +452,15 @@ fn choose<'a>(
     Some((&**backend, endpoint))
 }
 
+/// The slots a request to `endpoint` of `backend` holds while in flight: the endpoint's, and the
+/// service's when it has a circuit breaker.
+async fn admit(backend: &Backend, endpoint: &Endpoint) -> Result<Admission, ProxyError> {
+    match &backend.breaker {
+        None => Ok(Admission { _permit: endpoint.acquire().await?, _breaker: None }),
+        Some(b) => b.admit(endpoint).await,
+    }
+}
+
 /// Phases 7 and 8: the downstream response from the upstream's answer (or failure), its
 /// outcome observed.
 fn respond(
@@ -459,7 +469,7 @@ fn respond(
     route: &RouteRuntime,
     (backend, endpoint): (&Backend, &Arc<Endpoint>),
     after: After,
-    result: Result<(forward::Sent, OwnedSemaphorePermit), ProxyError>,
+    result: Result<(forward::Sent, Admission), ProxyError>,
 ) -> Response<ResponseBody> {
     let After { kind, downstream_upgrade, ws_key, activity } = after;
     let ((resp, stream, reused), permit) = match result {
@@ -521,7 +531,7 @@ fn respond(
         );
         return Response::from_parts(parts, ResponseBody::empty(None));
     }
-    let release = Release { _stream: stream, _permit: permit };
+    let release = Release { _stream: stream, _slots: permit };
     // A streamed gRPC response's status comes in its trailers: the body counts it.
     let grpc_metrics = (meta.grpc && grpc.is_none()).then(|| route.metrics.clone());
     Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics))

@@ -15,7 +15,8 @@ use meshproxy_http::body::{Buffered, RequestBody};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
-use super::{choose, respond, After, ConnCtx, RoutedRequest, GRPC_STATUS};
+use super::{admit, choose, respond, After, ConnCtx, RoutedRequest, GRPC_STATUS};
+use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
 use crate::error::ProxyError;
 use crate::metrics::{parse_grpc_status, RetryReason};
@@ -31,7 +32,7 @@ pub(super) const MAX_REPLAY: usize = 64 * 1024;
 /// Why an attempt's result should be retried under `policy`, if it should.
 fn retry_reason(
     policy: &RetryPolicy,
-    result: &Result<(forward::Sent, tokio::sync::OwnedSemaphorePermit), ProxyError>,
+    result: &Result<(forward::Sent, Admission), ProxyError>,
     grpc: bool,
 ) -> Option<RetryReason> {
     match result {
@@ -104,7 +105,7 @@ pub(super) async fn run(
             (a, d) => a.or(d),
         };
         let send = async {
-            let permit = endpoint.acquire().await?;
+            let permit = admit(backend, &endpoint).await?;
             let sent = if h2 {
                 forward::send_h2(&endpoint, upstream_req).await?
             } else {
