@@ -8,6 +8,7 @@ import type { EndpointModel, RouteModel, ServiceModel, UpstreamProtocol } from '
 import type { DiagnosticSink, Origins } from './diagnostics.js'
 import { DEFAULT_UPSTREAM_PROTOCOL, makeRoute, makeService } from './defaults.js'
 import type { Backend, K8sResources, Service, ServicePort } from './kubernetes.js'
+import type { LinkerdPolicy } from './linkerd.js'
 import { parseAddress } from './values.js'
 
 export interface K8sTranslation {
@@ -35,6 +36,7 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
   const namespaceOf = new Map<string, string>()
   const usedPorts = new Set<ServicePort>()
   const warnedProtocols = new Set<ServicePort>()
+  const policies = new Map<string, LinkerdPolicy>()
 
   /** The protocol for a Service port; an unknown appProtocol is reported once per port. */
   const protocolOf = (service: Service, port: ServicePort | undefined): UpstreamProtocol => {
@@ -69,14 +71,25 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
     const resolved = resolveEndpoints(res, b, sink, usedPorts)
     const protocol = resolved.service ? protocolOf(resolved.service, resolved.port) : DEFAULT_UPSTREAM_PROTOCOL
     const service = makeService(name, resolved.endpoints, undefined, protocol)
+    const linkerd = resolved.service?.linkerd
+    if (linkerd?.failureAccrual) service.failureAccrual = { ...linkerd.failureAccrual }
+    if (linkerd) policies.set(name, linkerd)
     origins.set(service, '', b.loc)
     out.services.push(service)
     return name
   }
 
+  /** Route `route` to `name`, with the retries and timeout its Service's annotations ask for. */
+  const withPolicy = (route: RouteModel): RouteModel => {
+    const linkerd = policies.get(route.service)
+    if (linkerd?.retry) route.retry = { ...linkerd.retry }
+    if (linkerd?.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = linkerd.requestTimeoutMs
+    return route
+  }
+
   for (const ingress of res.ingresses) {
     for (const p of ingress.paths) {
-      const route = makeRoute(`${ingress.name}-${p.ruleIndex}-${p.pathIndex}`, serviceFor(p.backend))
+      const route = withPolicy(makeRoute(`${ingress.name}-${p.ruleIndex}-${p.pathIndex}`, serviceFor(p.backend)))
       route.hosts = p.host !== undefined ? [p.host] : []
       route.path = { type: p.pathType, value: p.path }
       origins.set(route, '', p.loc)
@@ -85,7 +98,7 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
     }
     const backend = ingress.defaultBackend
     if (backend) {
-      const route = makeRoute(`${ingress.name}-default`, serviceFor(backend))
+      const route = withPolicy(makeRoute(`${ingress.name}-default`, serviceFor(backend)))
       origins.set(route, '', backend.loc)
       origins.set(route, 'service', backend.loc)
       const first = out.defaultRoutes[0]

@@ -8,6 +8,7 @@
 import { isScalar } from './yaml-lib.js'
 import type { PathMatchType } from './model.js'
 import type { Loc } from './diagnostics.js'
+import { readLinkerdAnnotations, type LinkerdPolicy } from './linkerd.js'
 import { readPathType } from './native.js'
 import { normalizeHost, normalizePath, parseAddress } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
@@ -58,6 +59,8 @@ export interface Service {
   namespace: string
   loc: Loc
   ports: ServicePort[]
+  /** What its Linkerd annotations ask for (`linkerd.ts`). */
+  linkerd: LinkerdPolicy
 }
 
 export interface Slice {
@@ -94,7 +97,7 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
   }
   const wanted = SUPPORTED[kind]
   if (wanted === undefined) {
-    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, Service and EndpointSlice')
+    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, Service (with Linkerd\'s retry, timeout and failure-accrual annotations) and EndpointSlice')
     return
   }
   if (apiVersion !== wanted) {
@@ -115,7 +118,10 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
   const namespace = meta.str('namespace') ?? 'default'
   const loc = r.loc(root.node)
   if (kind === 'Ingress') readIngress(r, root, meta, { name, namespace, loc, paths: [] }, out)
-  else if (kind === 'Service') readService(r, root, { name, namespace, loc, ports: [] }, out)
+  else if (kind === 'Service') {
+    const linkerd = readLinkerdAnnotations(meta.fields('annotations', 'Service annotations', null), name)
+    readService(r, root, { name, namespace, loc, ports: [], linkerd }, out)
+  }
   else readSlice(r, root, meta, name, namespace, loc, out)
 }
 
