@@ -173,7 +173,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         if let Some(policy) = routed.route.retry.as_deref() {
             let plain = matches!(routed.kind, Kind::Plain);
             if retry::eligible(policy, &routed.head.method, routed.meta.grpc, plain) {
-                break 'respond Box::pin(retry::run(&ctx, routed, policy)).await;
+                break 'respond meshproxy_http::box_built_in_place(|| retry::run(&ctx, routed, policy)).await;
             }
         }
         // 4, 5: backend and endpoint; then the request in the endpoint's form.

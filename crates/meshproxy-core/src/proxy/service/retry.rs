@@ -8,7 +8,11 @@
 //!
 //! Routes without retries never come here: their request future stays as small as it is.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+
+use futures_util::future::Either;
 
 use http::{Method, Response};
 use meshproxy_http::body::{Buffered, RequestBody};
@@ -104,17 +108,28 @@ pub(super) async fn run(
             (Some(a), Some(d)) => Some(a.min(d)),
             (a, d) => a.or(d),
         };
-        let send = async {
+        // Pinned where it is built and raced with the timer in place, as the plain path does:
+        // moving the attempt (kilobytes) into a `Timeout` would copy it on every attempt.
+        let mut send = std::pin::pin!(async {
             let permit = admit(backend, &endpoint).await?;
-            let sent = if h2 {
-                forward::send_h2(&endpoint, upstream_req).await?
+            let send = if h2 {
+                Either::Left(forward::send_h2(&endpoint, upstream_req))
             } else {
-                forward::send(&endpoint, upstream_req).await?
+                Either::Right(forward::send(&endpoint, upstream_req))
             };
-            Ok::<_, ProxyError>((sent, permit))
-        };
+            Ok::<_, ProxyError>((send.await?, permit))
+        });
         let result = match limit {
-            Some(at) => tokio::time::timeout_at(at, send).await.unwrap_or(Err(ProxyError::UpstreamTimeout)),
+            Some(at) => {
+                let mut timer = std::pin::pin!(tokio::time::sleep_until(at));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = send.as_mut().poll(cx) {
+                        return Poll::Ready(r);
+                    }
+                    timer.as_mut().poll(cx).map(|()| Err(ProxyError::UpstreamTimeout))
+                })
+                .await
+            }
             None => send.await,
         };
         let reason = retry_reason(policy, &result, meta.grpc);
@@ -144,7 +159,7 @@ pub(super) async fn run(
         drop(result);
         route.metrics.retried(reason);
         tracing::debug!(endpoint = %endpoint.address, reason = reason.as_str(), attempt, "retrying");
-        last = Some(endpoint);
+        last = Some(endpoint.clone());
         attempt += 1;
     }
 }
