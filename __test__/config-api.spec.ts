@@ -50,6 +50,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
+            backends: [],
           },
         ],
       },

@@ -102,6 +102,7 @@ test('native document loads into the exact model', (t) => {
             responseHeaderTimeoutMs: 2500,
             allowConnect: false,
             retry: { limit: 3, http: '502-504', grpc: 'unavailable', timeoutMs: 300, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 },
+            backends: [],
           },
           {
             name: 'web-route-1',
@@ -113,6 +114,7 @@ test('native document loads into the exact model', (t) => {
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
+            backends: [],
           },
         ],
       },
@@ -195,6 +197,7 @@ services:
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
+            backends: [],
           },
         ],
       },

@@ -96,6 +96,11 @@ export const RETRY = table(
   },
 )
 
+export const BACKEND_REF = table('BackendRef', 'A service a route splits its requests over, with its share.', {
+  service: text('Name of a service in `services`.', nameOf('service'), { yaml: { required: true } }),
+  weight: count('Relative share of the route\'s requests; 0 = none (a drained side of a blue-green switch).', { min: 0, max: 1000000, default: 1 }),
+})
+
 export const ROUTE = table('Route', 'A route: which requests it matches and the service they go to.', {
   name: text('Unique per listener; the `route` label in metrics. Default `<listener>-route-<n>`.', nameOf('route')),
   match: yamlOnly('Which requests the route matches; no match = every request.', { type: 'object', properties: ROUTE_MATCH, additionalProperties: false }),
@@ -103,7 +108,15 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
   path: nested(PATH_MATCH, { yaml: false }),
   methods: listOf(text('An uppercase method name.', normalizeMethod), 'Methods this route serves; empty = any method.', { yaml: false }),
   headers: listOf(nested(HEADER_MATCH), 'Headers that must match, all of them.', { yaml: false }),
-  service: text('Name of a service in `services`.', nameOf('service'), { yaml: { required: true } }),
+  service: text(
+    'Name of a service in `services`: where requests go, or with `backends` the first of them (the `service` label of the route\'s metrics).',
+    nameOf('service'),
+    { yaml: { requiredUnless: 'backends' } },
+  ),
+  backends: listOf(
+    nested(BACKEND_REF, { yaml: { shorthand: 'service' } }),
+    'A traffic split: requests go to these services at random in proportion to their weights (a canary at 90/10, an A/B test, a blue-green switch by reload). Empty = every request to `service`. A match on a header (`match.headers`) in an earlier route pins chosen requests to one side.',
+  ),
   responseHeaderTimeoutMs: duration('Time allowed for the upstream\'s response headers, all attempts of a retried request together; 0 = no limit.', { min: 0, default: 15000 }, { yaml: { key: 'timeout' } }),
   allowConnect: flag(
     '`CONNECT` requests (HTTP/1.1 `CONNECT host:port`, HTTP/2 `CONNECT` with only `:authority`) matching this route — by their authority\'s host, with the path taken as `/` — are answered 200 and tunnelled as opaque TCP to an endpoint of `service` chosen by its balancer (never to the authority the client named). Without it they are refused: 403 `connect-refused`.',
@@ -362,6 +375,7 @@ export type EndpointModel = ModelOf<typeof ENDPOINT>
 export type PoolModel = ModelOf<typeof POOL>
 export type FailureAccrualModel = ModelOf<typeof FAILURE_ACCRUAL>
 export type RetryModel = ModelOf<typeof RETRY>
+export type BackendRefModel = ModelOf<typeof BACKEND_REF>
 export type CircuitBreakerModel = ModelOf<typeof CIRCUIT_BREAKER>
 export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
 export type AdminModel = ModelOf<typeof ADMIN>

@@ -6,7 +6,7 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isMap, isSeq } from './yaml-lib.js'
-import { BALANCER_KINDS, CIRCUIT_BREAKER, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, RETRY, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
+import { BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, RETRY, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -139,8 +139,20 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   const { r } = ctx
   const f = r.fields(node, 'route', ROUTE_FIELDS)
   if (!f) return undefined
-  const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', true) ?? '')
+  const split = f.has('backends')
+  const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', !split) ?? '')
   readPlain(f, ROUTE, route)
+  if (split) {
+    for (const n of f.list('backends')) {
+      const backend = readBackendRef(r, n)
+      if (backend) {
+        route.backends.push(backend)
+        ctx.origins.set(backend, '', r.loc(n))
+        ctx.origins.set(backend, 'service', r.loc(n))
+      }
+    }
+    if (!f.has('service')) route.service = route.backends[0]?.service ?? ''
+  }
   if (f.isNull('retry')) route.retry = null
   else if (f.has('retry')) route.retry = readNested(f, 'retry', RETRY) ?? null
   ctx.origins.set(route, '', r.loc(node))
@@ -307,6 +319,21 @@ function enumHint(value: string, field: EnumField, aliases: Record<string, strin
   const valid = `valid ${field.noun}: ${field.values.join(', ')}`
   const guess = aliases[value.toLowerCase()] ?? closest(value, field.values)
   return guess === undefined ? valid : `did you mean "${guess}"? ${valid}`
+}
+
+/** A route's backend: `name` or `{ service: name, weight: n }`. */
+function readBackendRef(r: DocReader, node: YNode): BackendRefModel | undefined {
+  if (!isMap(node)) {
+    const name = r.text(node, 'backend')
+    const checked = name !== undefined ? r.check(node, 'backend service', checkName(name, 'service')) : undefined
+    return checked === undefined ? undefined : complete(BACKEND_REF, { service: checked })
+  }
+  const f = r.fields(node, 'route backend', keysOf(BACKEND_REF))
+  const serviceNode = f?.require('service')
+  const name = serviceNode && r.text(serviceNode, 'backend service')
+  const service = serviceNode && name !== undefined ? r.check(serviceNode, 'backend service', checkName(name, 'service')) : undefined
+  const weight = f?.int('weight', 0, 1000000)
+  return service === undefined ? undefined : complete(BACKEND_REF, weight === undefined ? { service } : { service, weight })
 }
 
 function readEndpoint(r: DocReader, node: YNode): EndpointModel | undefined {

@@ -65,6 +65,21 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
         const hint = undefinedServiceHint(route.service, known)
         error({ obj: route, field: 'service', path: `${path}.service` }, `route "${route.name}" refers to undefined service "${route.service}"`, hint)
       }
+      const split = new Set<string>()
+      route.backends.forEach((b, bi) => {
+        const at = { obj: b, field: 'service', path: `${path}.backends[${bi}].service` }
+        if (b.service !== route.service && !serviceNames.has(b.service)) {
+          error(at, `route "${route.name}" backend refers to undefined service "${b.service}"`, undefinedServiceHint(b.service, known))
+        }
+        if (split.has(b.service)) error(at, `route "${route.name}" lists backend "${b.service}" twice`, 'list it once with the sum of the weights')
+        split.add(b.service)
+      })
+      if (route.backends.length > 0 && route.backends.every((b) => b.weight === 0)) {
+        error({ obj: route, field: 'backends', path: `${path}.backends` }, `route "${route.name}": every backend has weight 0, so no request could be sent`, 'give at least one backend a weight above 0')
+      }
+      if (route.backends.length > 0 && route.backends[0]?.service !== route.service) {
+        error({ obj: route, field: 'service', path: `${path}.service` }, `route "${route.name}": service "${route.service}" is not its first backend "${route.backends[0]?.service}"`, 'service names the first backend')
+      }
       // CONNECT names no path (it is matched as `/`), so a narrower route would silently never
       // open a tunnel.
       if (route.allowConnect) {

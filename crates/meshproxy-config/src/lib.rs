@@ -138,6 +138,18 @@ pub struct RouteConfig {
     pub allow_connect: bool,
     /// Retries of failed attempts; none when null.
     pub retry: Option<RetryConfig>,
+    /// A traffic split over services by weight; empty = every request to `service`.
+    pub backends: Vec<BackendRefConfig>,
+}
+
+/// One side of a route's traffic split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRefConfig {
+    pub service: String,
+    /// Relative share; 0 = none.
+    pub weight: u32,
 }
 
 /// A route's retries (see the model's `Retry` table).
@@ -348,6 +360,7 @@ pub mod testing {
             response_header_timeout_ms: 15_000,
             allow_connect: false,
             retry: None,
+            backends: vec![],
         }
     }
 

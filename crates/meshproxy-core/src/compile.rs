@@ -15,7 +15,7 @@ use crate::breaker::Breaker;
 use crate::classify::{FailurePolicy, RetryPolicy, StatusSet};
 use crate::config::{
     BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, ListenerConfig, ListenerProtocol,
-    ServiceConfig, UpstreamProtocol,
+    RouteConfig, ServiceConfig, UpstreamProtocol,
 };
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
@@ -186,6 +186,27 @@ impl Snapshot {
     }
 }
 
+/// Route `r`'s backends: its service alone, or its split by weight (a zero weight takes no
+/// requests).
+fn route_backends(
+    r: &RouteConfig,
+    service: Arc<Backend>,
+    services: &HashMap<&str, Arc<Backend>>,
+) -> Result<Distribution<Arc<Backend>>, Error> {
+    if r.backends.is_empty() {
+        return Ok(Distribution::One(service));
+    }
+    let mut split = Vec::with_capacity(r.backends.len());
+    for b in r.backends.iter().filter(|b| b.weight > 0) {
+        let backend = services.get(b.service.as_str()).cloned().ok_or_else(|| {
+            Error::Config(format!("route {:?}: backend names an undefined service {:?}", r.name, b.service))
+        })?;
+        split.push((backend, b.weight));
+    }
+    Distribution::new(split)
+        .ok_or_else(|| Error::Config(format!("route {:?}: every backend has weight 0", r.name)))
+}
+
 fn compile_listener(
     l: &ListenerConfig,
     services: &HashMap<&str, Arc<Backend>>,
@@ -201,7 +222,7 @@ fn compile_listener(
             })?;
             let (request_filters, response_filters) = filter::compile(l.proxy_headers);
             Ok(RouteRuntime {
-                backends: Distribution::One(service),
+                backends: route_backends(r, service, services)?,
                 request_filters,
                 response_filters,
                 response_header_timeout: (r.response_header_timeout_ms > 0)

@@ -42,6 +42,7 @@ fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str) -> RouteCo
         response_header_timeout_ms: 0,
         allow_connect: false,
         retry: None,
+        backends: vec![],
     }
 }
 
