@@ -4,6 +4,7 @@
  * (up to 64 KiB), happens only for idempotent methods and gRPC calls unless the route says
  * otherwise, stays within the attempt limit and the route's budget, and is counted by reason.
  */
+import http from 'node:http'
 import test from 'ava'
 import * as grpc from '@grpc/grpc-js'
 import { closedPort, startBackend, type Handler } from './helpers/backend.js'
@@ -180,4 +181,41 @@ test('bad retry settings are refused with their position and what is valid', (t)
     budgetPercent: 20,
     budgetMinPerSecond: 10,
   })
+})
+
+test('one of three endpoints killed under steady load: with retries and failure accrual, no GET fails', async (t) => {
+  const a = await startBackend(t, 'a', answering(200))
+  const b = await startBackend(t, 'b', answering(200))
+  const c = await startBackend(t, 'c', answering(200))
+  // Retries carry the requests the dead endpoint fails until failure accrual ejects it; without
+  // the ejection a third of all requests would need a retry, past the budget's 20 %.
+  const accrual = '    failureAccrual: { consecutiveFailures: 3, minPenalty: 1s, maxPenalty: 10s }\n'
+  const { port, proxy } = await startProxy(t, withRetry([a.address, b.address, c.address], 'limit: 2', accrual))
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
+  t.teardown(() => agent.destroy())
+  let running = true
+  let sent = 0
+  const failed: string[] = []
+  const load = Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (running) {
+        sent++
+        const res = await request(port, { path: '/', agent })
+        if (res.status !== 200) failed.push(`${res.status} ${res.headers['meshproxy-error']}`)
+      }
+    }),
+  )
+  await new Promise((r) => setTimeout(r, 300))
+  // Killed: its listener closed and every open connection destroyed mid-exchange.
+  c.server.close()
+  c.server.closeAllConnections()
+  await new Promise((r) => setTimeout(r, 500))
+  running = false
+  await load
+  t.deepEqual(failed, [], `${sent} requests`)
+  t.true(sent > 100, `${sent} requests under load`)
+  const text = proxy.metrics()
+  t.true(retries(text, 'connect') + retries(text, 'reset') > 0, 'requests to the killed endpoint were retried')
+  const dead = (await proxy.stats()).endpoints.find((e) => e.address === c.address)!
+  t.true(['ejected', 'probing'].includes(dead.state), `the dead endpoint is out: ${dead.state}`)
 })
