@@ -16,6 +16,8 @@ export interface K8sTranslation {
   /** Catch-all routes from `spec.defaultBackend`, kept apart so they go after every other route. */
   defaultRoutes: RouteModel[]
   services: ServiceModel[]
+  /** The Kubernetes Service (name, namespace, port) each service was built from, for mesh addressing. */
+  origins: Map<string, { name: string; namespace: string; port: number | string }>
 }
 
 /**
@@ -30,8 +32,12 @@ const APP_PROTOCOLS: Record<string, UpstreamProtocol> = {
   'kubernetes.io/ws': 'http1',
 }
 
-export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: Origins): K8sTranslation {
-  const out: K8sTranslation = { routes: [], defaultRoutes: [], services: [] }
+/**
+ * `everyService`: every Service port becomes a service (for mesh addressing on an outbound
+ * listener), not only those an Ingress names.
+ */
+export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: Origins, everyService = false): K8sTranslation {
+  const out: K8sTranslation = { routes: [], defaultRoutes: [], services: [], origins: new Map() }
   const byBackend = new Map<string, string>()
   const namespaceOf = new Map<string, string>()
   const usedPorts = new Set<ServicePort>()
@@ -76,6 +82,7 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
     if (linkerd) policies.set(name, linkerd)
     origins.set(service, '', b.loc)
     out.services.push(service)
+    out.origins.set(name, { name: b.service, namespace: b.namespace, port: resolved.port?.port ?? b.port })
     return name
   }
 
@@ -111,6 +118,9 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
 
   for (const service of res.services) {
     for (const port of service.ports) {
+      if (everyService && !usedPorts.has(port)) {
+        serviceFor({ namespace: service.namespace, service: service.name, port: port.port, loc: port.loc, portLoc: port.loc })
+      }
       if (usedPorts.has(port)) continue
       const named = port.name ? ` ("${port.name}")` : ''
       sink.warn(port.loc, `Service port ${service.name}:${port.port}${named} is not used by any Ingress backend`)

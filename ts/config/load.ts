@@ -9,13 +9,13 @@ import type { YAMLMap } from 'yaml'
 import { isMap, isScalar, newLineCounter, parseAllDocuments } from './yaml-lib.js'
 import type { AdminModel, ConfigModel, ListenerModel, ServiceModel } from './model.js'
 import { DiagnosticSink, Origins, type Diagnostic, type Loc } from './diagnostics.js'
-import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener } from './defaults.js'
+import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener, makeRoute } from './defaults.js'
 import { OUR_API_VERSION } from './model.js'
 import { K8sResources, readK8sResource } from './kubernetes.js'
 import { translateK8s } from './k8s-translate.js'
 import { NATIVE_TOP_FIELDS, readNativeDoc, type NativeContext } from './native.js'
 import { checkSemantics, lintModel, type Target } from './semantics.js'
-import { parseAddress } from './values.js'
+import { normalizeHost, parseAddress } from './values.js'
 import { DocReader } from './yaml-walk.js'
 
 export interface LoadOptions {
@@ -53,6 +53,7 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
   const docs = parseAllDocuments(text, { lineCounter, prettyErrors: false })
   const listeners: ListenerModel[] = []
   const services: ServiceModel[] = []
+  const outbound: Array<{ listener: ListenerModel; loc: Loc }> = []
   const k8s = new K8sResources()
   let admin: { value: AdminModel | null; loc: Loc } | undefined
   let syntaxBroken = false
@@ -99,12 +100,13 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
     const part = readNativeDoc(f, ctx)
     listeners.push(...part.listeners)
     services.push(...part.services)
+    outbound.push(...part.outbound)
     if (part.admin && admin) {
       sink.error(part.admin.loc, 'admin is set in more than one document', `first set at line ${admin.loc.line}`)
     } else if (part.admin) admin = part.admin
   }
 
-  const translated = translateK8s(k8s, sink, origins)
+  const translated = translateK8s(k8s, sink, origins, outbound.length > 0)
   const ingressRoutes = [...translated.routes, ...translated.defaultRoutes]
   if (ingressRoutes.length > 0) {
     let first = listeners[0]
@@ -116,6 +118,7 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
     first.routes.push(...ingressRoutes)
   }
   services.push(...translated.services)
+  for (const o of outbound) meshRoutes(o.listener, o.loc, services, translated.origins, sink, origins)
 
   if (opts.listenOverride !== undefined) {
     const address = optionAddress(sink, 'listenOverride', opts.listenOverride)
@@ -151,6 +154,50 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
     lintModel(model, (t, message, hint) => sink.warn(locate(t), message, hint))
   }
   return finish(model, sink)
+}
+
+/**
+ * Mesh addressing on an outbound listener: after its own routes, one route per service whose hosts
+ * are the service's names — `name`, `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local` — so a
+ * request naming a service reaches it and any other host finds no route (404). A service built
+ * from a Kubernetes Service is named by that Service; when two services answer to the same names
+ * (two ports of one Service), the first keeps them and the other is reported.
+ */
+function meshRoutes(
+  listener: ListenerModel,
+  at: Loc,
+  services: ServiceModel[],
+  k8sOrigins: Map<string, { name: string; namespace: string; port: number | string }>,
+  sink: DiagnosticSink,
+  origins: Origins,
+): void {
+  const taken = new Map<string, string>()
+  for (const service of services) {
+    const from = k8sOrigins.get(service.name)
+    const base = from?.name ?? service.name
+    const namespace = from?.namespace ?? 'default'
+    const names = [base, `${base}.${namespace}`, `${base}.${namespace}.svc`, `${base}.${namespace}.svc.cluster.local`]
+    const hosts: string[] = []
+    for (const n of names) {
+      const host = normalizeHost(n)
+      if (!host.ok) {
+        sink.warn(at, `service "${service.name}" is not reachable by mesh addressing: "${n}" is not a host name`, 'name the service with letters, digits and dashes')
+        break
+      }
+      const owner = taken.get(host.value)
+      if (owner !== undefined) {
+        sink.warn(at, `services "${owner}" and "${service.name}" both answer to "${host.value}"; "${owner}" keeps it`, 'address the other by a route of its own')
+        break
+      }
+      hosts.push(host.value)
+    }
+    if (hosts.length !== names.length) continue
+    for (const h of hosts) taken.set(h, service.name)
+    const route = makeRoute(`mesh-${service.name.replace(/[^A-Za-z0-9_.-]/g, '-')}`, service.name)
+    route.hosts = hosts
+    origins.set(route, '', at)
+    listener.routes.push(route)
+  }
 }
 
 /**

@@ -158,6 +158,10 @@ export const LISTENER_PROTOCOLS = ['http', 'tcp'] as const
 // 0 idle/pending connections means "do not pool/queue", and an HTTP/2 keep-alive interval of 0
 // means "no pings". Upper bounds are u32::MAX (see `count`).
 export const LISTENER = table('Listener', 'A listening socket and the routes of the requests it accepts.', {
+  mode: yamlOnly(
+    '`ingress` (the default): the listener serves the routes written for it (and, on the first listener, those of Ingress resources), so no service is reachable unless a route names it. `outbound`: a sidecar\'s outbound side; after its own routes, every service gets a route matched by its names as `Host` (or `:authority`), with or without a port: `name`, `name.<namespace>`, `name.<namespace>.svc` and `name.<namespace>.svc.cluster.local` (namespace `default` for native services; a Kubernetes Service\'s own name and namespace for services built from one). Any other host is 404 `no-route`. The routes are written into the model, where `/config` shows them.',
+    { enum: ['ingress', 'outbound'] },
+  ),
   name: text('Unique listener name; the `listener` label in metrics. Default `listener-<n>`.', nameOf('listener')),
   address: text('`host:port`, e.g. `127.0.0.1:4140`; port 0 picks an ephemeral port.', address, { default: DEFAULT_LISTEN }),
   protocol: oneOf(

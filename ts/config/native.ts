@@ -71,10 +71,12 @@ export interface NativeDoc {
   admin?: { value: AdminModel | null; loc: Loc }
   listeners: ListenerModel[]
   services: ServiceModel[]
+  /** Listeners with `mode: outbound`: the loader adds a route per service once all are known. */
+  outbound: Array<{ listener: ListenerModel; loc: Loc }>
 }
 
 export function readNativeDoc(root: Fields, ctx: NativeContext): NativeDoc {
-  const out: NativeDoc = { listeners: [], services: [] }
+  const out: NativeDoc = { listeners: [], services: [], outbound: [] }
   if (root.isNull('admin')) {
     out.admin = { value: null, loc: root.keyLoc('admin') }
   } else {
@@ -87,7 +89,12 @@ export function readNativeDoc(root: Fields, ctx: NativeContext): NativeDoc {
   }
   for (const node of root.list('listeners')) {
     const listener = readListener(node, ctx)
-    if (listener) out.listeners.push(listener)
+    if (!listener) continue
+    out.listeners.push(listener)
+    const f = ctx.r.fields(node, 'listener', null)
+    const mode = f?.str('mode')
+    if (mode === 'outbound') out.outbound.push({ listener, loc: f!.valueLoc('mode') })
+    else if (mode !== undefined && mode !== 'ingress') ctx.r.error(f!.valueLoc('mode'), `unknown listener mode "${mode}"`, 'valid modes: ingress, outbound')
   }
   for (const node of root.list('services')) {
     const service = readService(node, ctx)
