@@ -116,6 +116,41 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
     }
   }
 
+  // HTTPRoutes: one route per match of each rule (a rule without matches: one catch-all), after
+  // the Ingress rules; the routing table orders them by specificity. Their own Linkerd annotations
+  // override those of the Services they send to.
+  for (const hr of res.httpRoutes) {
+    for (const rule of hr.rules) {
+      const names = rule.backends.map((b) => serviceFor(b.backend))
+      const split = rule.backends.length > 1 || rule.backends.some((b) => b.weight !== 1)
+      const matches = rule.matches.length > 0 ? rule.matches : [undefined]
+      matches.forEach((m, mi) => {
+        const route = withPolicy(makeRoute(`${hr.name}-${rule.index}-${mi}`, names[0] ?? ''))
+        route.hosts = [...hr.hostnames]
+        if (m) {
+          route.path = { ...m.path }
+          route.headers = m.headers.map((h) => ({ ...h }))
+          route.methods = [...m.methods]
+        }
+        if (split) {
+          route.backends = names.map((service, i) => ({ service, weight: rule.backends[i]?.weight ?? 1 }))
+          route.backends.forEach((b, i) => {
+            const at = rule.backends[i]?.backend.loc ?? rule.loc
+            origins.set(b, '', at)
+            origins.set(b, 'service', at)
+          })
+        }
+        if (hr.linkerd.retry) route.retry = { ...hr.linkerd.retry }
+        if (hr.linkerd.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = hr.linkerd.requestTimeoutMs
+        if (rule.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = rule.requestTimeoutMs
+        origins.set(route, '', m?.loc ?? rule.loc)
+        origins.set(route, 'service', rule.backends[0]?.backend.loc ?? rule.loc)
+        origins.set(route, 'backends', rule.loc)
+        out.routes.push(route)
+      })
+    }
+  }
+
   for (const service of res.services) {
     for (const port of service.ports) {
       if (everyService && !usedPorts.has(port)) {

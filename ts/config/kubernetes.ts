@@ -8,6 +8,7 @@
 import { isScalar } from './yaml-lib.js'
 import type { PathMatchType } from './model.js'
 import type { Loc } from './diagnostics.js'
+import { readHttpRoute, type HttpRoute } from './httproute.js'
 import { readLinkerdAnnotations, type LinkerdPolicy } from './linkerd.js'
 import { readPathType } from './native.js'
 import { normalizeHost, normalizePath, parseAddress } from './values.js'
@@ -76,13 +77,15 @@ export class K8sResources {
   readonly ingresses: Ingress[] = []
   readonly services: Service[] = []
   readonly slices: Slice[] = []
+  readonly httpRoutes: HttpRoute[] = []
 }
 
-const SUPPORTED: Record<string, string> = {
-  Ingress: 'networking.k8s.io/v1',
-  Service: 'v1',
-  EndpointSlice: 'discovery.k8s.io/v1',
-  List: 'v1',
+const SUPPORTED: Record<string, string[]> = {
+  Ingress: ['networking.k8s.io/v1'],
+  Service: ['v1'],
+  EndpointSlice: ['discovery.k8s.io/v1'],
+  HTTPRoute: ['gateway.networking.k8s.io/v1', 'policy.linkerd.io/v1beta3'],
+  List: ['v1'],
 }
 
 /**
@@ -97,11 +100,11 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
   }
   const wanted = SUPPORTED[kind]
   if (wanted === undefined) {
-    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, Service (with Linkerd\'s retry, timeout and failure-accrual annotations) and EndpointSlice')
+    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, HTTPRoute, Service (with Linkerd\'s retry, timeout and failure-accrual annotations) and EndpointSlice')
     return
   }
-  if (apiVersion !== wanted) {
-    r.warn(root.valueLoc('apiVersion'), `${kind} in ${apiVersion} is not supported; skipped`, `use apiVersion: ${wanted}`)
+  if (!wanted.includes(apiVersion)) {
+    r.warn(root.valueLoc('apiVersion'), `${kind} in ${apiVersion} is not supported; skipped`, `use apiVersion: ${wanted.join(' or ')}`)
     return
   }
   if (kind === 'List') {
@@ -122,7 +125,10 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
     const linkerd = readLinkerdAnnotations(meta.fields('annotations', 'Service annotations', null), name)
     readService(r, root, { name, namespace, loc, ports: [], linkerd }, out)
   }
-  else readSlice(r, root, meta, name, namespace, loc, out)
+  else if (kind === 'HTTPRoute') {
+    const route = readHttpRoute(r, root, meta, name, namespace, loc)
+    if (route) out.httpRoutes.push(route)
+  } else readSlice(r, root, meta, name, namespace, loc, out)
 }
 
 function readIngress(r: DocReader, root: Fields, meta: Fields, ingress: Ingress, out: K8sResources): void {

@@ -32,7 +32,7 @@ const NOT_IMPLEMENTED: Record<string, string> = {
  * value of a known annotation is an error with what would be valid; an unknown `*.linkerd.io`
  * one a warning.
  */
-export function readLinkerdAnnotations(annotations: Fields | undefined, name: string): LinkerdPolicy {
+export function readLinkerdAnnotations(annotations: Fields | undefined, name: string, kind: 'Service' | 'HTTPRoute' = 'Service'): LinkerdPolicy {
   const out: LinkerdPolicy = {}
   if (!annotations) return out
   const r = annotations.r
@@ -50,7 +50,9 @@ export function readLinkerdAnnotations(annotations: Fields | undefined, name: st
   const accrual = value(ACCRUAL, (s): Parsed<string> =>
     s === 'consecutive' ? { ok: true, value: s } : { ok: false, error: `"${s}" is not a failure-accrual kind`, hint: 'the only kind is "consecutive"' },
   )
-  if (accrual !== undefined) {
+  if (accrual !== undefined && kind !== 'Service') {
+    r.warn(annotations.keyLoc(ACCRUAL), `${kind} "${name}": ${ACCRUAL} applies to a Service; ignored here`, 'annotate the Service')
+  } else if (accrual !== undefined) {
     const a = complete(FAILURE_ACCRUAL, { consecutiveFailures: 7 })
     a.consecutiveFailures = value(`${CONSECUTIVE}max-failures`, integer(1, 1000)) ?? a.consecutiveFailures
     a.minPenaltyMs = value(`${CONSECUTIVE}min-penalty`, duration) ?? a.minPenaltyMs
@@ -79,7 +81,7 @@ export function readLinkerdAnnotations(annotations: Fields | undefined, name: st
     out.retry = retry
   } else if (limit !== undefined || timeout !== undefined) {
     const key = limit !== undefined ? 'retry.linkerd.io/limit' : 'retry.linkerd.io/timeout'
-    r.warn(annotations.keyLoc(key), `Service "${name}": ${key} without retry.linkerd.io/http or retry.linkerd.io/grpc retries nothing`, 'add retry.linkerd.io/http: 5xx (or grpc) to say what is retried')
+    r.warn(annotations.keyLoc(key), `${kind} "${name}": ${key} without retry.linkerd.io/http or retry.linkerd.io/grpc retries nothing`, 'add retry.linkerd.io/http: 5xx (or grpc) to say what is retried')
   }
   const request = value('timeout.linkerd.io/request', duration)
   if (request !== undefined) out.requestTimeoutMs = request
@@ -89,10 +91,10 @@ export function readLinkerdAnnotations(annotations: Fields | undefined, name: st
   for (const key of annotations.keys()) {
     if (!/(^|\.)linkerd\.io\//.test(key)) continue
     if (accrual === undefined && consecutive.includes(key)) {
-      r.warn(annotations.keyLoc(key), `Service "${name}": ${key} has no effect without ${ACCRUAL}: consecutive`)
+      r.warn(annotations.keyLoc(key), `${kind} "${name}": ${key} has no effect without ${ACCRUAL}: consecutive`)
     } else if (!known.has(key)) {
       const why = NOT_IMPLEMENTED[key] ?? 'meshproxy does not use it'
-      r.warn(annotations.keyLoc(key), `Service "${name}": annotation ${key} is ignored (${why})`)
+      r.warn(annotations.keyLoc(key), `${kind} "${name}": annotation ${key} is ignored (${why})`)
     }
   }
   return out
