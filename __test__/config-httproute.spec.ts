@@ -81,7 +81,15 @@ test('real traffic through HTTPRoute rules: header pin, weighted split, catch-al
   t.is((await request(port, { path: '/', headers: { host: 'other.example.com' } })).status, 404)
 })
 
-test('what is not supported yet is refused at its position, with what to do instead', (t) => {
+test('timeouts.backendRequest bounds each attempt of a retried route, or the one attempt of a route without retries', (t) => {
+  const load = (text: string) => loadConfigText(`${text}${service('stable', 9001)}${service('beta', 9002)}`).config!.listeners[0]!.routes[1]!
+  const retried = load(ROUTE().replace('timeouts: { request: 5s }', 'timeouts: { request: 5s, backendRequest: 300ms }'))
+  t.deepEqual([retried.responseHeaderTimeoutMs, retried.retry?.timeoutMs], [5000, 300])
+  const once = load(ROUTE().replace('    retry.linkerd.io/http: 5xx\n', '    example.com/x: y\n').replace('timeouts: { request: 5s }', 'timeouts: { backendRequest: 300ms }'))
+  t.deepEqual([once.responseHeaderTimeoutMs, once.retry], [300, null])
+})
+
+test('what is not supported yet, and a backendRequest over the request timeout, are refused at their positions', (t) => {
   const errors = (text: string): string[] =>
     loadConfigText(text, { file: 'h.yaml' }).diagnostics.filter((d) => d.severity === 'error').map((d) => `${d.line}:${d.column} ${d.message}`)
   const base = ROUTE()
@@ -89,5 +97,5 @@ test('what is not supported yet is refused at its position, with what to do inst
   t.deepEqual(errors(base.replace('{ type: PathPrefix, value: /api }\n      headers', '{ type: RegularExpression, value: "/a.*" }\n      headers')), ['12:21 HTTPRoute "shop": RegularExpression path matches are not supported'])
   t.deepEqual(errors(base.replace('  - backendRefs: [{ name: stable, port: 80 }]', '  - backendRefs: [{ name: stable, port: 80 }]\n    filters: [{ type: RequestHeaderModifier }]')), ['23:5 HTTPRoute "shop" rule 2: filters are not supported yet'])
   t.deepEqual(errors(base.replace('parentRefs: [{ name: edge }]', 'parentRefs: [{ name: stable, kind: Service, group: core }]')), ['8:38 HTTPRoute "shop": a Service parent (GAMMA) is not supported yet'])
-  t.deepEqual(errors(base.replace('timeouts: { request: 5s }', 'timeouts: { backendRequest: 1s }')), ['21:17 HTTPRoute "shop" rule 1: timeouts.backendRequest is not supported yet'])
+  t.deepEqual(errors(base.replace('timeouts: { request: 5s }', 'timeouts: { request: 1s, backendRequest: 2s }')), ['21:46 HTTPRoute "shop" rule 1: timeouts.backendRequest (2000 ms) is longer than timeouts.request (1000 ms)'])
 })

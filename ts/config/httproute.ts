@@ -3,8 +3,8 @@
  * `policy.linkerd.io/v1beta3` of the same shape), read into plain records with positions; the
  * translation into model routes is in `k8s-translate.ts`. What meshproxy does not implement yet
  * is refused at its position with a clear message (never silently dropped): `queryParams`
- * matches, `RegularExpression` path and header matches, `filters`, `timeouts.backendRequest`, and
- * `parentRefs` to a Service (GAMMA). Linkerd's retry and timeout annotations on the route override
+ * matches, `RegularExpression` path and header matches, `filters`, and `parentRefs` to a Service
+ * (GAMMA). Linkerd's retry and timeout annotations on the route override
  * those of the Services it sends to.
  */
 import type { Loc } from './diagnostics.js'
@@ -27,6 +27,8 @@ export interface HttpRouteRule {
   matches: HttpRouteMatch[]
   backends: Array<{ backend: Backend; weight: number }>
   requestTimeoutMs?: number
+  /** One backend request's limit: each attempt's when the route retries, else the request's. */
+  backendTimeoutMs?: number
   loc: Loc
 }
 
@@ -94,14 +96,25 @@ export function readHttpRoute(r: DocReader, root: Fields, meta: Fields, name: st
       return
     }
     const timeouts = rule.fields('timeouts', 'HTTPRoute rule timeouts', null)
-    if (timeouts?.has('backendRequest')) {
-      r.error(timeouts.keyLoc('backendRequest'), `HTTPRoute "${name}" rule ${index}: timeouts.backendRequest is not supported yet`, 'use retry.linkerd.io/timeout for a per-attempt timeout, or timeouts.request for the whole request')
+    const duration = (key: 'request' | 'backendRequest'): number | undefined => {
+      const node = timeouts?.get(key)
+      const text = node && r.text(node, `HTTPRoute timeouts.${key}`)
+      return node && text !== undefined ? r.check(node, `HTTPRoute timeouts.${key}`, parseDuration(text)) : undefined
+    }
+    const requestTimeoutMs = duration('request')
+    const backendTimeoutMs = duration('backendRequest')
+    if (requestTimeoutMs !== undefined && backendTimeoutMs !== undefined && requestTimeoutMs > 0 && backendTimeoutMs > requestTimeoutMs) {
+      r.error(timeouts!.valueLoc('backendRequest'), `HTTPRoute "${name}" rule ${index}: timeouts.backendRequest (${backendTimeoutMs} ms) is longer than timeouts.request (${requestTimeoutMs} ms)`, 'the Gateway API requires backendRequest <= request')
       return
     }
-    const requestNode = timeouts?.get('request')
-    const requestText = requestNode && r.text(requestNode, 'HTTPRoute timeouts.request')
-    const requestTimeoutMs = requestNode && requestText !== undefined ? r.check(requestNode, 'HTTPRoute timeouts.request', parseDuration(requestText)) : undefined
-    rules.push({ index, matches, backends, ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}), loc: r.loc(ruleNode) })
+    rules.push({
+      index,
+      matches,
+      backends,
+      ...(requestTimeoutMs !== undefined ? { requestTimeoutMs } : {}),
+      ...(backendTimeoutMs !== undefined ? { backendTimeoutMs } : {}),
+      loc: r.loc(ruleNode),
+    })
   })
   return { name, namespace, hostnames, rules, linkerd, loc }
 }

@@ -143,6 +143,13 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
         if (hr.linkerd.retry) route.retry = { ...hr.linkerd.retry }
         if (hr.linkerd.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = hr.linkerd.requestTimeoutMs
         if (rule.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = rule.requestTimeoutMs
+        // backendRequest bounds each request to a backend: each attempt of a retried route, else
+        // the one attempt there is (the tighter of the two timeouts).
+        const backendMs = rule.backendTimeoutMs
+        if (backendMs !== undefined && backendMs > 0) {
+          if (route.retry) route.retry.timeoutMs = backendMs
+          else if (route.responseHeaderTimeoutMs === 0 || backendMs < route.responseHeaderTimeoutMs) route.responseHeaderTimeoutMs = backendMs
+        }
         origins.set(route, '', m?.loc ?? rule.loc)
         origins.set(route, 'service', rule.backends[0]?.backend.loc ?? rule.loc)
         origins.set(route, 'backends', rule.loc)
