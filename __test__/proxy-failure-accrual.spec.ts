@@ -9,7 +9,7 @@
 import http from 'node:http'
 import test from 'ava'
 import { counts, startBackend, startBackends, type Handler } from './helpers/backend.js'
-import { get, rawRequest, sleep } from './helpers/http.js'
+import { get, inParallel, rawRequest, sleep } from './helpers/http.js'
 import { load, simpleYaml, startProxy } from './helpers/proxy.js'
 import { formatDiagnostic, loadConfigText, type EndpointStats } from '../ts/index.js'
 
@@ -163,12 +163,7 @@ test('p2c-ewma sends a small share to an endpoint 50 ms slower than the others',
   const agent = new http.Agent({ keepAlive: true, maxSockets: 8 })
   t.teardown(() => agent.destroy())
   const n = 600
-  let next = 0
-  await Promise.all(
-    Array.from({ length: 8 }, async () => {
-      while (next++ < n) t.is((await get(port, '/', {}, agent)).status, 200)
-    }),
-  )
+  await inParallel(8, n, async () => t.is((await get(port, '/', {}, agent)).status, 200))
   const c = counts({ a, b, s })
   const share = c.s! / n
   // Round-robin would give it a third. Under p2c-ewma it wins a comparison only while the fast
@@ -188,12 +183,7 @@ test('least-request balances over the endpoints and prefers the less loaded', as
   const agent = new http.Agent({ keepAlive: true, maxSockets: 4 })
   t.teardown(() => agent.destroy())
   const n = 200
-  let next = 0
-  await Promise.all(
-    Array.from({ length: 4 }, async () => {
-      while (next++ < n) t.is((await get(port, '/', {}, agent)).status, 200)
-    }),
-  )
+  await inParallel(4, n, async () => t.is((await get(port, '/', {}, agent)).status, 200))
   const c = counts({ a, s })
   t.true(c.s! > 0 && c.s! < n / 4, `the slow endpoint holds requests longer, so it gets fewer: ${JSON.stringify(c)}`)
 })

@@ -6,7 +6,7 @@
 import http from 'node:http'
 import test from 'ava'
 import { startBackend } from './helpers/backend.js'
-import { get } from './helpers/http.js'
+import { get, inParallel } from './helpers/http.js'
 import { load, startProxy } from './helpers/proxy.js'
 import { loadConfigText } from '../ts/index.js'
 
@@ -32,15 +32,10 @@ test('a 90/10 split over 10,000 requests is within 2 % of its weights', async (t
   const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
   t.teardown(() => agent.destroy())
   const n = 10_000
-  let next = 0
-  await Promise.all(
-    Array.from({ length: 16 }, async () => {
-      while (next++ < n) {
-        const res = await get(port, '/', {}, agent)
-        if (res.status !== 200) t.fail(`status ${res.status}`)
-      }
-    }),
-  )
+  await inParallel(16, n, async () => {
+    const res = await get(port, '/', {}, agent)
+    if (res.status !== 200) t.fail(`status ${res.status}`)
+  })
   const share = green.requests.length / n
   t.is(blue.requests.length + green.requests.length, n)
   t.true(Math.abs(share - 0.1) <= 0.02, `green's share: ${(share * 100).toFixed(2)} %`)

@@ -112,3 +112,13 @@ export function tryConnect(port: number): Promise<string | null> {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
+
+/** Calls `send` `n` times in all, from `concurrency` loops each awaiting its previous call. */
+export async function inParallel(concurrency: number, n: number, send: () => Promise<void>): Promise<void> {
+  let next = 0
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next++ < n) await send()
+    }),
+  )
+}

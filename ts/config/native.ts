@@ -246,12 +246,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   const balancerNode = f.get('balancer')
   if (balancerNode) service.balancer = readBalancer(r, balancerNode) ?? service.balancer
   readPlain(f, SERVICE, service)
-  for (const key of ['failureStatuses', 'failureGrpcStatuses'] as const) {
-    const node = f.get(key)
-    const value = node && r.text(node, f.label(key))
-    const field = SERVICE.fields[key]
-    if (node && value !== undefined) service[key] = r.check(node, f.label(key), field.normalize(value, service)) ?? service[key]
-  }
+  readTexts(f, SERVICE, service, ['failureStatuses', 'failureGrpcStatuses'])
   if (f.isNull('circuitBreaker')) service.circuitBreaker = null
   else if (f.has('circuitBreaker')) service.circuitBreaker = readNested(f, 'circuitBreaker', CIRCUIT_BREAKER) ?? null
   if (f.isNull('healthCheck')) service.healthCheck = null
@@ -270,23 +265,32 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
 
 /**
  * A nested object with text fields (a service's `healthCheck`, a route's `retry`): its plain
- * fields, then each string field through its normalizer (a nullable one may be written `null`).
- * Undefined when `key` is not a mapping (reported).
+ * fields, then its string fields. Undefined when `key` is not a mapping (reported).
  */
 function readNested<T extends Table>(parent: Fields, key: string, table: T): ModelOf<T> | undefined {
   const f = parent.fields(key, `${parent.what} ${key}`, keysOf(table))
   if (!f) return undefined
   const out = complete(table, {}) as Record<string, unknown>
   readPlain(f, table, out)
-  for (const [name, field] of Object.entries(table.fields)) {
-    if (field.kind !== 'string' || field.yaml === false) continue
+  readTexts(f, table, out)
+  return out as ModelOf<T>
+}
+
+/**
+ * The string fields `names` of table `t` (every one by default) from `f` into `target`, each
+ * through its normalizer, where written; a nullable one may be written `null` (its default).
+ */
+function readTexts(f: Fields, t: Table, target: object, names: readonly string[] = Object.keys(t.fields)): void {
+  const out = target as Record<string, unknown>
+  for (const name of names) {
+    const field = t.fields[name]
+    if (!field || field.kind !== 'string' || field.yaml === false) continue
     const k = yamlKey(name, field)
     if (field.nullable && f.isNull(k)) continue
     const node = f.get(k)
     const value = node && f.r.text(node, f.label(k))
     if (node && value !== undefined) out[name] = f.r.check(node, f.label(k), field.normalize(value, out)) ?? out[name]
   }
-  return out as ModelOf<T>
 }
 
 /**
