@@ -3,19 +3,20 @@
 //! in-flight slot. A request past either limit is refused at once (503 `overloaded`) instead of
 //! queueing, and counted as an overflow; it never counts against an endpoint.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::error::ProxyError;
 use crate::metrics::ServiceMetrics;
 use crate::upstream::Endpoint;
+use meshproxy_upstream::Queued;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub struct Breaker {
     max_requests: u32,
-    max_pending: u32,
+    max_pending: usize,
     active: AtomicU32,
-    pending: AtomicU32,
+    pending: AtomicUsize,
     /// Where overflows are counted.
     metrics: Arc<ServiceMetrics>,
 }
@@ -41,9 +42,9 @@ impl Breaker {
     pub fn new(max_requests: u32, max_pending: u32, metrics: Arc<ServiceMetrics>) -> Self {
         Breaker {
             max_requests: if max_requests == 0 { u32::MAX } else { max_requests },
-            max_pending: if max_pending == 0 { u32::MAX } else { max_pending },
+            max_pending: if max_pending == 0 { usize::MAX } else { max_pending as usize },
             active: AtomicU32::new(0),
-            pending: AtomicU32::new(0),
+            pending: AtomicUsize::new(0),
             metrics,
         }
     }
@@ -60,19 +61,10 @@ impl Breaker {
         if let Some(permit) = endpoint.try_acquire() {
             return Ok(Admission { _permit: permit, _breaker: Some(guard) });
         }
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        let Some(waiting) = Queued::enter(&self.pending, self.max_pending) else {
             self.metrics.overflow_pending.fetch_add(1, Ordering::Relaxed);
             return Err(ProxyError::Overloaded);
-        }
-        // Given back however the wait ends, also when the request is dropped while it waits.
-        struct Waiting<'a>(&'a AtomicU32);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let waiting = Waiting(&self.pending);
+        };
         let permit = endpoint.acquire().await?;
         drop(waiting);
         Ok(Admission { _permit: permit, _breaker: Some(guard) })

@@ -71,8 +71,8 @@ impl FailurePolicy {
         let a = &s.failure_accrual;
         let accrual = (a.consecutive_failures > 0).then(|| Accrual {
             consecutive_failures: a.consecutive_failures,
-            min_penalty: std::time::Duration::from_millis(a.min_penalty_ms.max(1)),
-            max_penalty: std::time::Duration::from_millis(a.max_penalty_ms.max(a.min_penalty_ms).max(1)),
+            min_penalty: Duration::from_millis(a.min_penalty_ms.max(1)),
+            max_penalty: Duration::from_millis(a.max_penalty_ms.max(a.min_penalty_ms).max(1)),
             jitter: f64::from(a.jitter_percent.min(100)) / 100.0,
             max_ejection_percent: a.max_ejection_percent.min(100),
         });

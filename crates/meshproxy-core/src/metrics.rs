@@ -178,6 +178,11 @@ pub struct ServiceMetrics {
 
 type RouteKey = (String, String, String);
 
+/// The labels of a route's series: `listener="…",route="…",service="…"`.
+fn route_labels(listener: &str, route: &str, service: &str) -> String {
+    format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(listener), esc(route), esc(service))
+}
+
 /// (name, type, help, value getter) of a simple metric family.
 type Family<T, V> = (&'static str, &'static str, &'static str, fn(&T) -> V);
 
@@ -318,7 +323,7 @@ impl Metrics {
         for ((l, r, s), m) in routes.iter() {
             for p in Protocol::ALL {
                 let v = m.protocol[p as usize].load(Ordering::Relaxed);
-                let labels = format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+                let labels = route_labels(l, r, s);
                 let _ = writeln!(
                     out,
                     "meshproxy_requests_by_protocol_total{{{labels},protocol=\"{}\"}} {v}",
@@ -336,8 +341,7 @@ impl Metrics {
             for (code, c) in m.grpc_status.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 if v > 0 {
-                    let labels =
-                        format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+                    let labels = route_labels(l, r, s);
                     let _ = writeln!(
                         out,
                         "meshproxy_grpc_responses_total{{{labels},grpc_status=\"{code}\"}} {v}"
@@ -355,8 +359,7 @@ impl Metrics {
             for reason in RetryReason::ALL {
                 let v = m.retries[reason as usize].load(Ordering::Relaxed);
                 if v > 0 {
-                    let labels =
-                        format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+                    let labels = route_labels(l, r, s);
                     let _ = writeln!(
                         out,
                         "meshproxy_retries_total{{{labels},reason=\"{}\"}} {v}",
@@ -372,7 +375,7 @@ impl Metrics {
             "Retries not sent because the route's retry budget was spent.",
         );
         for ((l, r, s), m) in routes.iter() {
-            let labels = format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+            let labels = route_labels(l, r, s);
             let _ = writeln!(
                 out,
                 "meshproxy_retries_over_budget_total{{{labels}}} {}",
@@ -386,7 +389,7 @@ impl Metrics {
             "Time from request to response headers.",
         );
         for ((l, r, s), m) in routes.iter() {
-            let labels = format!("listener=\"{}\",route=\"{}\",service=\"{}\"", esc(l), esc(r), esc(s));
+            let labels = route_labels(l, r, s);
             let mut cumulative = 0;
             for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
                 cumulative += m.latency.buckets[i].load(Ordering::Relaxed);

@@ -204,13 +204,9 @@ impl<C: Connector> Endpoint<C> {
             Err(TryAcquireError::Closed) => return Err(UpstreamError::Overloaded),
             Err(TryAcquireError::NoPermits) => {}
         }
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending.load(Ordering::Relaxed) {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
+        let Some(_queued) = Queued::enter(&self.pending, self.max_pending.load(Ordering::Relaxed)) else {
             return Err(UpstreamError::Overloaded);
-        }
-        // The place in the queue is given back however the wait ends, also when the waiting
-        // request is dropped (its client went away, or its timeout fired).
-        let _queued = Queued(&self.pending);
+        };
         let permit = self.limiter.clone().acquire_owned().await;
         permit.map_err(|_| UpstreamError::Overloaded)
     }
@@ -357,8 +353,21 @@ impl<C: Connector> Endpoint<C> {
     }
 }
 
-/// A place in an endpoint's pending queue, held while a request waits for an in-flight slot.
-struct Queued<'a>(&'a AtomicUsize);
+/// A place in a bounded queue of waiting requests (an endpoint's, or a service's under a circuit
+/// breaker), held while a request waits for an in-flight slot. It is given back however the wait
+/// ends, also when the waiting request is dropped (its client went away, or its timeout fired).
+pub struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    /// A place among the `waiting`, unless `max` already wait.
+    pub fn enter(waiting: &'a AtomicUsize, max: usize) -> Option<Self> {
+        if waiting.fetch_add(1, Ordering::AcqRel) >= max {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Queued(waiting))
+    }
+}
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {

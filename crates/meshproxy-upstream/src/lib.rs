@@ -18,7 +18,7 @@ pub mod worker;
 
 pub use check::{CheckSpec, Probe, ProbeFailure, StatusSet};
 pub use connect::{Connector, Counted, Target, TcpConnector};
-pub use endpoint::{Checkout, Endpoint, EndpointSettings, Registry, Sample};
+pub use endpoint::{Checkout, Endpoint, EndpointSettings, Queued, Registry, Sample};
 pub use health::{Accrual, Health, HealthState};
 
 /// Why an endpoint could not take a request.

@@ -5,19 +5,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::breaker::Admission;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::activity::ActivityGuard;
+use crate::breaker::Admission;
 use crate::metrics::RouteMetrics;
 use crate::upstream::UpstreamIncoming;
 use meshproxy_http::upstream_body::BodyError;
 use meshproxy_upstream::pool::multiplexed::StreamSlot;
 
 /// What is given back, by being dropped, as soon as the response has ended (or is dropped): the
-/// endpoint's in-flight slot (and the service's, under a circuit breaker) and, for HTTP/2, the stream slot on the shared connection (an
-/// HTTP/1.1 connection goes back to its pool with its body, `meshproxy_http::h1::H1Body`).
+/// endpoint's in-flight slot (and the service's, under a circuit breaker) and, for HTTP/2, the
+/// stream slot on the shared connection (an HTTP/1.1 connection goes back to its pool with its
+/// body, `meshproxy_http::h1::H1Body`).
 pub struct Release {
     /// Held, not read: dropping them gives the slots back.
     pub _stream: Option<StreamSlot>,

@@ -23,8 +23,6 @@ use super::admit::{self, Kind};
 use super::body::{Release, ResponseBody};
 use super::outcome::{self, Outcome};
 use super::{connect, forward, rewrite, upgrade, websocket};
-
-mod retry;
 use crate::activity::{Activity, ActivityGuard};
 use crate::balance::{hash_key_bytes, HashKey};
 use crate::breaker::Admission;
@@ -40,6 +38,8 @@ use meshproxy_http::body::RequestBody;
 use meshproxy_http::client_tunnel::ClientTunnel;
 use meshproxy_http::headers::{self, Seen};
 use meshproxy_http::Drain;
+
+mod retry;
 
 static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
 static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
@@ -170,9 +170,9 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
         }
         // A route with retries takes its own (boxed) path for phases 4 to 6.
+        // Never an upgrade, a tunnel or a WebSocket; only a method the policy allows.
         if let Some(policy) = routed.route.retry.as_deref() {
-            let plain = matches!(routed.kind, Kind::Plain);
-            if retry::eligible(policy, &routed.head.method, routed.meta.grpc, plain) {
+            if matches!(routed.kind, Kind::Plain) && policy.allows(&routed.head.method, routed.meta.grpc) {
                 break 'respond meshproxy_http::box_built_in_place(|| retry::run(&ctx, routed, policy)).await;
             }
         }
@@ -427,13 +427,17 @@ fn select<'a>(ctx: &ConnCtx, routed: &RoutedRequest<'a>) -> Option<(&'a Backend,
     let (backend, endpoint) = choose(ctx, routed.route, &routed.head.headers)?;
     // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
     // extended CONNECT).
-    let h2 = matches!(routed.kind, Kind::Plain)
-        && match backend.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Auto => routed.head.version == Version::HTTP_2,
-        };
+    let h2 = matches!(routed.kind, Kind::Plain) && speaks_h2(backend, routed.head.version);
     Some((backend, endpoint, h2))
+}
+
+/// Whether a plain request of `version` goes to `backend` over HTTP/2.
+fn speaks_h2(backend: &Backend, version: Version) -> bool {
+    match backend.protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Auto => version == Version::HTTP_2,
+    }
 }
 
 /// A backend of `route` and one of its endpoints, by the backend's balancer (hashing the

@@ -14,12 +14,12 @@ use std::task::Poll;
 
 use futures_util::future::Either;
 
-use http::{Method, Response};
+use http::Response;
 use meshproxy_http::body::{Buffered, RequestBody};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
-use super::{admit, choose, respond, After, ConnCtx, RoutedRequest, GRPC_STATUS};
+use super::{admit, choose, respond, speaks_h2, After, ConnCtx, RoutedRequest, GRPC_STATUS};
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
 use crate::error::ProxyError;
@@ -87,11 +87,7 @@ pub(super) async fn run(
         let Some((backend, endpoint)) = picked else {
             return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity);
         };
-        let h2 = match backend.protocol {
-            crate::config::UpstreamProtocol::Http1 => false,
-            crate::config::UpstreamProtocol::Http2 => true,
-            crate::config::UpstreamProtocol::Auto => head.version == http::Version::HTTP_2,
-        };
+        let h2 = speaks_h2(backend, head.version);
         // The body for this attempt: a replay while the whole body was read; otherwise it goes
         // once, and this attempt is the last.
         let (this_body, replayable) = match body.as_ref().and_then(Buffered::replay) {
@@ -162,10 +158,4 @@ pub(super) async fn run(
         last = Some(endpoint.clone());
         attempt += 1;
     }
-}
-
-/// Whether a routed request may take the retry path: a route with retries, a plain request
-/// (never an upgrade, a tunnel or a WebSocket), and a method the policy allows.
-pub(super) fn eligible(policy: &RetryPolicy, method: &Method, grpc: bool, plain: bool) -> bool {
-    plain && policy.allows(method, grpc)
 }
