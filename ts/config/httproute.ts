@@ -1,11 +1,13 @@
 /**
  * Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`, and Linkerd's
  * `policy.linkerd.io/v1beta3` of the same shape), read into plain records with positions; the
- * translation into model routes is in `k8s-translate.ts`. What meshproxy does not implement yet
- * is refused at its position with a clear message (never silently dropped): `queryParams`
- * matches, `RegularExpression` path and header matches, `filters`, and `parentRefs` to a Service
- * (GAMMA). Linkerd's retry and timeout annotations on the route override
- * those of the Services it sends to.
+ * translation into model routes is in `k8s-translate.ts`. A route attaches to the ingress
+ * listener (no `parentRefs`, or a Gateway parent) and/or, as GAMMA, to Services (`kind: Service`,
+ * `group: core` or `""`): then its rules replace the routing of the traffic that reaches that
+ * Service. What meshproxy does not implement yet is refused at its position with a clear message
+ * (never silently dropped): `queryParams` matches, `RegularExpression` path and header matches,
+ * and `filters`. Linkerd's retry and timeout annotations on the route override those of the
+ * Services it sends to (a Gateway parent) or of its parent Service (GAMMA).
  */
 import type { Loc } from './diagnostics.js'
 import { readLinkerdAnnotations, type LinkerdPolicy } from './linkerd.js'
@@ -32,9 +34,27 @@ export interface HttpRouteRule {
   loc: Loc
 }
 
+/** A Service the route is attached to as GAMMA (`parentRefs[]` of kind Service). */
+export interface ServiceParent {
+  namespace: string
+  name: string
+  /** `port`: only that Service port; neither it nor `portName` = every port of the Service. */
+  port?: number
+  /** `sectionName`: only the Service port of that name. */
+  portName?: string
+  loc: Loc
+  /** Position of `port` or `sectionName` (else of the parentRef), for a port the Service lacks. */
+  portLoc: Loc
+}
+
 export interface HttpRoute {
   name: string
   namespace: string
+  /** Served on the ingress listener: no `parentRefs`, or a parent other than a Service. */
+  ingress: boolean
+  /** GAMMA parents: the Services whose traffic the rules route. */
+  services: ServiceParent[]
+  /** Served on the ingress listener only; GAMMA ignores them (GEP-1426). */
   hostnames: string[]
   rules: HttpRouteRule[]
   linkerd: LinkerdPolicy
@@ -46,18 +66,15 @@ export function readHttpRoute(r: DocReader, root: Fields, meta: Fields, name: st
   const spec = root.fields('spec', 'HTTPRoute spec', null, true)
   if (!spec) return undefined
   const linkerd = readLinkerdAnnotations(meta.fields('annotations', 'HTTPRoute annotations', null), name, 'HTTPRoute')
-  for (const parentNode of spec.list('parentRefs')) {
-    const parent = r.fields(parentNode, 'HTTPRoute parentRef', null)
-    const kind = parent?.str('kind') ?? 'Gateway'
-    if (parent && kind === 'Service') {
-      r.error(parent.valueLoc('kind'), `HTTPRoute "${name}": a Service parent (GAMMA) is not supported yet`, 'attach the route to a Gateway, or leave parentRefs out: it then serves on the first listener as an Ingress does')
-      return undefined
-    }
-  }
+  const parents = readParents(r, spec, name, namespace)
+  if (!parents) return undefined
   const hostnames: string[] = []
   for (const { value, node } of spec.has('hostnames') ? r.stringList(spec.get('hostnames')!, 'HTTPRoute hostnames') : []) {
     const host = r.check(node, 'HTTPRoute hostname', normalizeHost(value))
     if (host !== undefined) hostnames.push(host)
+  }
+  if (!parents.ingress && hostnames.length > 0) {
+    r.warn(spec.keyLoc('hostnames'), `HTTPRoute "${name}": hostnames are ignored for a Service parent`, 'GAMMA routes match every request to the Service (GEP-1426); to match a host, add a header match on "host"')
   }
   const rules: HttpRouteRule[] = []
   const ruleNodes = spec.list('rules')
@@ -116,7 +133,61 @@ export function readHttpRoute(r: DocReader, root: Fields, meta: Fields, name: st
       loc: r.loc(ruleNode),
     })
   })
-  return { name, namespace, hostnames, rules, linkerd, loc }
+  return { name, namespace, ...parents, hostnames, rules, linkerd, loc }
+}
+
+/**
+ * The route's parents. A parentRef of kind Service in the core group (`group: core`, Linkerd's
+ * spelling, or `""`, the Gateway API's) is a GAMMA parent; since a parentRef's group defaults to
+ * gateway.networking.k8s.io, `kind: Service` with another or no group names no real resource and
+ * is refused. Any other parent (a Gateway) and no parentRefs at all serve the route on the ingress
+ * listener. A Service in another namespace than the route's (a consumer route) applies only to
+ * clients in the route's namespace (GEP-1426), which meshproxy cannot tell apart; it is skipped
+ * with a warning. Undefined (after reporting) when a parentRef is invalid.
+ */
+function readParents(r: DocReader, spec: Fields, route: string, namespace: string): Pick<HttpRoute, 'ingress' | 'services'> | undefined {
+  const nodes = spec.list('parentRefs')
+  const out: Pick<HttpRoute, 'ingress' | 'services'> = { ingress: nodes.length === 0, services: [] }
+  for (const node of nodes) {
+    const parent = r.fields(node, 'HTTPRoute parentRef', null)
+    if (!parent) return undefined
+    const kind = parent.str('kind') ?? 'Gateway'
+    if (kind !== 'Service') {
+      out.ingress = true
+      continue
+    }
+    const group = parent.has('group') ? parent.str('group') : undefined
+    if (group !== '' && group !== 'core') {
+      const at = parent.has('group') ? parent.valueLoc('group') : parent.valueLoc('kind')
+      const written = group === undefined ? 'no group (gateway.networking.k8s.io by default)' : `group "${group}"`
+      r.error(at, `HTTPRoute "${route}": parentRef kind Service with ${written} names no Service`, 'a Service is in the core group: add group: core (or group: "")')
+      return undefined
+    }
+    const name = parent.str('name', true)
+    if (name === undefined) return undefined
+    const port = parent.has('port') ? parent.int('port', 1, 65535) : undefined
+    if (parent.has('port') && port === undefined) return undefined
+    const portName = parent.str('sectionName')
+    const serviceNamespace = parent.str('namespace') ?? namespace
+    if (serviceNamespace !== namespace) {
+      r.warn(
+        parent.valueLoc('namespace'),
+        `HTTPRoute "${route}" in namespace "${namespace}" is a consumer route of Service "${serviceNamespace}/${name}", which applies only to clients in namespace "${namespace}"; meshproxy cannot tell its clients' namespaces apart, so it is skipped`,
+        `to route every client's requests, put the route in namespace "${serviceNamespace}" (a producer route)`,
+      )
+      continue
+    }
+    const portLoc = parent.has('port') ? parent.valueLoc('port') : parent.has('sectionName') ? parent.valueLoc('sectionName') : r.loc(node)
+    out.services.push({
+      namespace: serviceNamespace,
+      name,
+      ...(port !== undefined ? { port } : {}),
+      ...(portName !== undefined ? { portName } : {}),
+      loc: r.loc(node),
+      portLoc,
+    })
+  }
+  return out
 }
 
 function readMatch(r: DocReader, node: YNode, route: string): HttpRouteMatch | undefined {

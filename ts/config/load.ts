@@ -12,7 +12,7 @@ import { DiagnosticSink, Origins, type Diagnostic, type Loc } from './diagnostic
 import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener, makeRoute } from './defaults.js'
 import { OUR_API_VERSION } from './model.js'
 import { K8sResources, readK8sResource } from './kubernetes.js'
-import { translateK8s } from './k8s-translate.js'
+import { checkComposedPrecedence, translateK8s, type K8sTranslation } from './k8s-translate.js'
 import { NATIVE_TOP_FIELDS, readNativeDoc, type NativeContext } from './native.js'
 import { checkSemantics, lintModel, type Target } from './semantics.js'
 import { normalizeHost, parseAddress } from './values.js'
@@ -118,7 +118,8 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
     first.routes.push(...ingressRoutes)
   }
   services.push(...translated.services)
-  for (const o of outbound) meshRoutes(o.listener, o.loc, services, translated.origins, sink, origins)
+  for (const o of outbound) meshRoutes(o.listener, o.loc, services, translated, sink, origins)
+  for (const listener of listeners) checkComposedPrecedence(listener, translated.composed, sink)
 
   if (opts.listenOverride !== undefined) {
     const address = optionAddress(sink, 'listenOverride', opts.listenOverride)
@@ -161,19 +162,20 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
  * are the service's names — `name`, `name.ns`, `name.ns.svc`, `name.ns.svc.cluster.local` — so a
  * request naming a service reaches it and any other host finds no route (404). A service built
  * from a Kubernetes Service is named by that Service; when two services answer to the same names
- * (two ports of one Service), the first keeps them and the other is reported.
+ * (two ports of one Service), the first keeps them and the other is reported. A GAMMA route
+ * attached to that Service port replaces the service's route with its rules, for those hosts.
  */
 function meshRoutes(
   listener: ListenerModel,
   at: Loc,
   services: ServiceModel[],
-  k8sOrigins: Map<string, { name: string; namespace: string; port: number | string }>,
+  k8s: Pick<K8sTranslation, 'origins' | 'expand'>,
   sink: DiagnosticSink,
   origins: Origins,
 ): void {
   const taken = new Map<string, string>()
   for (const service of services) {
-    const from = k8sOrigins.get(service.name)
+    const from = k8s.origins.get(service.name)
     const base = from?.name ?? service.name
     const namespace = from?.namespace ?? 'default'
     const names = [base, `${base}.${namespace}`, `${base}.${namespace}.svc`, `${base}.${namespace}.svc.cluster.local`]
@@ -196,7 +198,7 @@ function meshRoutes(
     const route = makeRoute(`mesh-${service.name.replace(/[^A-Za-z0-9_.-]/g, '-')}`, service.name)
     route.hosts = hosts
     origins.set(route, '', at)
-    listener.routes.push(route)
+    listener.routes.push(...k8s.expand(route, `mesh route "${route.name}"`))
   }
 }
 
