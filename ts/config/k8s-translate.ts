@@ -446,7 +446,7 @@ function covers(prefix: string, path: string): boolean {
 type PathMatch = { type: PathMatchType; value: string }
 
 /** The paths both `a` and `b` match, as one path match; undefined when they share none. */
-export function intersectPaths(a: PathMatch, b: PathMatch): PathMatch | undefined {
+function intersectPaths(a: PathMatch, b: PathMatch): PathMatch | undefined {
   if (a.type === 'Exact' && b.type === 'Exact') return a.value === b.value ? { ...a } : undefined
   if (a.type === 'Exact') return covers(b.value, a.value) ? { ...a } : undefined
   if (b.type === 'Exact') return covers(a.value, b.value) ? { ...b } : undefined
