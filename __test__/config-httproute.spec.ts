@@ -91,13 +91,13 @@ test('timeouts.backendRequest bounds each attempt of a retried route, or the one
   t.deepEqual([once.responseHeaderTimeoutMs, once.retry], [300, null])
 })
 
-test('what is not supported yet, and a backendRequest over the request timeout, are refused at their positions', (t) => {
+test('what is not supported, and a backendRequest over the request timeout, are refused at their positions', (t) => {
   const errors = (text: string): string[] =>
     loadConfigText(text, { file: 'h.yaml' }).diagnostics.filter((d) => d.severity === 'error').map((d) => `${d.line}:${d.column} ${d.message}`)
   const base = ROUTE()
-  t.deepEqual(errors(base.replace('method: GET', 'method: GET\n      queryParams: [{ name: a, value: b }]')), ['15:7 HTTPRoute "shop": queryParams matches are not supported yet'])
+  t.deepEqual(errors(base.replace('method: GET', 'method: GET\n      queryParams: [{ type: RegularExpression, name: a, value: "b.*" }]')), ['15:29 HTTPRoute "shop": only Exact query param matches are supported'])
   t.deepEqual(errors(base.replace('{ type: PathPrefix, value: /api }\n      headers', '{ type: RegularExpression, value: "/a.*" }\n      headers')), ['12:21 HTTPRoute "shop": RegularExpression path matches are not supported'])
-  t.deepEqual(errors(base.replace('  - backendRefs: [{ name: stable, port: 80 }]', '  - backendRefs: [{ name: stable, port: 80 }]\n    filters: [{ type: RequestHeaderModifier }]')), ['23:5 HTTPRoute "shop" rule 2: filters are not supported yet'])
+  t.deepEqual(errors(base.replace('  - backendRefs: [{ name: stable, port: 80 }]', '  - backendRefs: [{ name: stable, port: 80 }]\n    filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: stable, port: 80 } } }]')), ['23:23 HTTPRoute "shop" rule 2: the RequestMirror filter is not supported'])
   t.deepEqual(errors(base.replace('timeouts: { request: 5s }', 'timeouts: { request: 1s, backendRequest: 2s }')), ['21:46 HTTPRoute "shop" rule 1: timeouts.backendRequest (2000 ms) is longer than timeouts.request (1000 ms)'])
 })
 
@@ -223,8 +223,8 @@ test('where the flat table cannot keep the two levels exact, check says so at th
   t.deepEqual(errorsAndWarnings(loadConfigText(`${other}${GAMMA}${SERVICES}`, { file: 'g.yaml' })), [
     'warning 21:15 Ingress "web" path shop.example.com/ sends to Service "default/shop" port 80 ("http"), whose HTTPRoute "canary" match canary-1-0 is more specific than route "web-0-0": requests matching both go to "web-0-1/canary-1-0", though "web-0-0" outranks Ingress "web" path shop.example.com/',
   ])
-  // A longer path outranks more matchers in GAMMA; under an Ingress path longer than both, only
-  // the matcher count is left to order them.
+  // A longer path outranks the matchers in GAMMA; under an Ingress path longer than both, only
+  // the matchers are left to order them (a method match first).
   const inverted = `---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -232,14 +232,14 @@ metadata: { name: canary }
 spec:
   parentRefs: [{ name: shop, kind: Service, group: core }]
   rules:
-  - matches: [{ path: { type: PathPrefix, value: /api/v2 }, method: GET }]
+  - matches: [{ path: { type: PathPrefix, value: /api/v2 }, headers: [{ name: x-a, value: "1" }] }]
     backendRefs: [{ name: shop-v2, port: 80 }]
-  - matches: [{ path: { type: PathPrefix, value: /api }, headers: [{ name: x-a, value: "1" }, { name: x-b, value: "1" }] }]
+  - matches: [{ path: { type: PathPrefix, value: /api }, method: GET }]
     backendRefs: [{ name: shop-canary, port: 80 }]
   - backendRefs: [{ name: shop, port: 80 }]
 `
   t.deepEqual(errorsAndWarnings(loadConfigText(`${ingress('shop', ['/api/v2/x'])}${inverted}${SERVICES}`, { file: 'g.yaml' })), [
-    'warning 20:15 HTTPRoute "canary": under Ingress "web" path shop.example.com/api/v2/x, requests matching both canary-0-0 and canary-1-0 go to canary-1-0 (more header and method matches), though canary-0-0 takes precedence (its path is longer or Exact)',
+    'warning 20:15 HTTPRoute "canary": under Ingress "web" path shop.example.com/api/v2/x, requests matching both canary-0-0 and canary-1-0 go to canary-1-0 (its method, header or query matches rank higher), though canary-0-0 takes precedence (its path is longer or Exact)',
   ])
 })
 
@@ -247,4 +247,29 @@ test('under an Ingress path narrower than its GAMMA matches, a match an earlier 
   const r = loadConfigText(`${ingress('shop', ['/api/v2/x'])}${GAMMA}${SERVICES}`, { file: 'g.yaml' })
   t.deepEqual(errorsAndWarnings(r), [])
   t.deepEqual(summary(r.config!.listeners[0]!.routes), [['web-0-0/canary-1-0', ['shop.example.com'], 'Prefix /api/v2/x', [], ['shop-v2:80'], 2000]])
+})
+
+test('HTTPRoute filters the Gateway API refuses are errors at their positions', (t) => {
+  const errors = (rule: string): string[] =>
+    loadConfigText(`apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: { name: shop }\nspec:\n  rules:\n${rule}`, { file: 'h.yaml' })
+      .diagnostics.filter((d) => d.severity === 'error').map((d) => `${d.line}:${d.column} ${d.message}`)
+  t.deepEqual(errors('  - filters: [{ type: RequestRedirect, requestRedirect: { scheme: https } }]\n    backendRefs: [{ name: a, port: 80 }]'), [
+    '7:5 HTTPRoute "shop" rule 0 redirects, so its backendRefs would never be used',
+  ])
+  t.deepEqual(errors('  - filters: [{ type: RequestRedirect, requestRedirect: { scheme: https } }, { type: URLRewrite, urlRewrite: { hostname: x.example } }]'), [
+    '6:5 HTTPRoute "shop" rule 0 has both RequestRedirect and URLRewrite',
+  ])
+  t.deepEqual(
+    errors('  - matches: [{ path: { type: Exact, value: /a } }]\n    filters: [{ type: URLRewrite, urlRewrite: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /b } } }]\n    backendRefs: [{ name: a, port: 80 }]'),
+    ['6:15 HTTPRoute "shop" rule 0: ReplacePrefixMatch needs PathPrefix matches, and this one is Exact'],
+  )
+  t.deepEqual(errors('  - filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { set: [{ name: X-A, value: "1" }, { name: x-a, value: "2" }] } }]\n    backendRefs: [{ name: a, port: 80 }]'), [
+    '6:112 HTTPRoute "shop" rule 0: header "x-a" is listed twice',
+  ])
+  t.deepEqual(errors('  - filters: [{ type: URLRewrite, urlRewrite: { hostname: x.example } }, { type: URLRewrite, urlRewrite: { hostname: y.example } }]\n    backendRefs: [{ name: a, port: 80 }]'), [
+    '6:82 HTTPRoute "shop" rule 0: filter URLRewrite is given twice',
+  ])
+  t.deepEqual(errors('  - backendRefs: [{ name: a, port: 80, filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { remove: [x] } }] }]'), [
+    '6:40 HTTPRoute "shop" rule 0: filters on a backendRef are not supported',
+  ])
 })

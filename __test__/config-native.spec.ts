@@ -38,10 +38,17 @@ listeners:
           pathType: Exact
           methods: [get, Post]
           headers: { X-Canary: "true" }
+          query: { debug: "1", user name: a b }
         service: api
         timeout: 2500ms
         retry: { limit: 3, http: 502-504, grpc: unavailable, timeout: 300ms, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 }
+        requestHeaders: { set: { X-Env: prod }, add: { x-tag: 1 }, remove: [X-Internal] }
+        responseHeaders: { remove: [server] }
+        rewrite: { host: Backend.internal, path: /v2/ }
       - service: web
+      - name: moved
+        match: { path: /old }
+        redirect: { scheme: https, prefix: /new, statusCode: 301 }
 services:
   - name: api
     balancer: { hash: { header: X-User } }
@@ -102,6 +109,14 @@ test('native document loads into the exact model', (t) => {
             responseHeaderTimeoutMs: 2500,
             allowConnect: false,
             retry: { limit: 3, http: '502-504', grpc: 'unavailable', timeoutMs: 300, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 },
+            queryParams: [
+              { name: 'debug', value: '1' },
+              { name: 'user name', value: 'a b' },
+            ],
+            requestHeaders: { set: [{ name: 'x-env', value: 'prod' }], add: [{ name: 'x-tag', value: '1' }], remove: ['x-internal'] },
+            responseHeaders: { set: [], add: [], remove: ['server'] },
+            rewrite: { host: 'backend.internal', path: '/v2/', prefix: null },
+            redirect: null,
             backends: [],
           },
           {
@@ -114,6 +129,28 @@ test('native document loads into the exact model', (t) => {
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
+            queryParams: [],
+            requestHeaders: { set: [], add: [], remove: [] },
+            responseHeaders: { set: [], add: [], remove: [] },
+            rewrite: null,
+            redirect: null,
+            backends: [],
+          },
+          {
+            name: 'moved',
+            hosts: [],
+            path: { type: 'Prefix', value: '/old' },
+            methods: [],
+            headers: [],
+            service: '',
+            responseHeaderTimeoutMs: 15000,
+            allowConnect: false,
+            retry: null,
+            queryParams: [],
+            requestHeaders: { set: [], add: [], remove: [] },
+            responseHeaders: { set: [], add: [], remove: [] },
+            rewrite: null,
+            redirect: { scheme: 'https', host: null, port: 0, path: null, prefix: '/new', statusCode: 301 },
             backends: [],
           },
         ],
@@ -157,7 +194,7 @@ test('native document loads into the exact model', (t) => {
       },
     ],
   })
-  t.deepEqual(r.summary, { listeners: 1, routes: 2, services: 2, endpoints: 3 })
+  t.deepEqual(r.summary, { listeners: 1, routes: 3, services: 2, endpoints: 3 })
 })
 
 test('every default is applied', (t) => {
@@ -197,6 +234,11 @@ services:
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
+            queryParams: [],
+            requestHeaders: { set: [], add: [], remove: [] },
+            responseHeaders: { set: [], add: [], remove: [] },
+            rewrite: null,
+            redirect: null,
             backends: [],
           },
         ],
@@ -688,4 +730,30 @@ test('allowConnect: false by default; true or false only; an error on routes no 
     'c.yaml:1:62: error: route "listener-0-route-0" allows CONNECT but its methods (GET) exclude CONNECT (add CONNECT to methods, or drop the method match)',
   ])
   t.deepEqual(errors(route(', match: { path: /v1 }, allowConnect: false')), [], 'only routes that allow CONNECT are checked')
+})
+
+test('route filters: what could never work is an error at its place, with what would be valid', (t) => {
+  const route = (fields: string) => loadConfigText(`listeners: [{ routes: [{ ${fields} }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1] }]`, { file: 'f.yaml' })
+  const errs = (fields: string) => lines(errors(route(fields)))
+  t.deepEqual(errs('redirect: { scheme: https }'), [], 'a redirect needs no service')
+  t.deepEqual(errs('match: { path: /a }, service: s, rewrite: { prefix: /b }, requestHeaders: { set: { x-a: "1" } }'), [])
+  t.deepEqual(errs('match: { path: /a, pathType: Exact }, service: s, rewrite: { prefix: /b }'), [
+    'f.yaml:1:76: error: route "listener-0-route-0" rewrite replaces the matched prefix, but the route matches an Exact path (use path: to replace the whole path, or match the path as a Prefix)',
+  ])
+  t.deepEqual(errs('service: s, rewrite: { path: /a, prefix: /b }'), [
+    'f.yaml:1:38: error: route "listener-0-route-0" rewrite replaces both the whole path and its prefix (keep path (the whole path) or prefix (the matched prefix))',
+  ])
+  t.deepEqual(errs('redirect: { host: a.example }, rewrite: { host: b.example }'), [
+    'f.yaml:1:57: error: route "listener-0-route-0" has both a redirect and a rewrite (a redirected request is never sent upstream: keep one of them)',
+  ])
+  t.deepEqual(errs('redirect: { statusCode: 304 }'), [
+    'f.yaml:1:26: error: route "listener-0-route-0" redirect status 304 is not a redirect status (valid statuses: 301, 302, 303, 307, 308)',
+  ])
+  t.deepEqual(errs('redirect: { scheme: ftp }'), ['f.yaml:1:46: error: invalid "scheme" in route redirect: scheme "ftp" is neither http nor https (valid schemes: http, https)'])
+  t.deepEqual(errs('service: s, requestHeaders: { set: { Host: x } }'), [
+    'f.yaml:1:63: error: invalid header name: header "host" cannot be modified by a route (change the host with rewrite: { host: … } (URLRewrite hostname))',
+  ])
+  t.deepEqual(errs('service: s, responseHeaders: { remove: [x-a, X-A] }'), ['f.yaml:1:71: error: header "x-a" is listed twice in remove (list each name once)'])
+  t.deepEqual(errs('service: s, match: { query: { a: "1", b: "2" } }'), [])
+  t.deepEqual(errs('match: { path: /a }')[0], 'f.yaml:1:24: error: route is missing required field "service"', 'without backends or a redirect, a route needs its service')
 })

@@ -22,8 +22,8 @@ export interface YamlForm {
   key?: string
   /** Must be written wherever its object is (a service's name, a route's service, an endpoint's address). */
   required?: boolean
-  /** Must be written unless this other key is (a route's `service`, unless it has `backends`). */
-  requiredUnless?: string
+  /** Must be written unless one of these other keys is (a route's `service`, unless it has `backends` or a `redirect`). */
+  requiredUnless?: string[]
   /** The object may be written as just this field's value (`127.0.0.1:8080` for an endpoint). */
   shorthand?: string
   /** The YAML form's schema, where YAML accepts other spellings than the model (a custom field's). */

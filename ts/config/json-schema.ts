@@ -74,7 +74,7 @@ export function nativeSchema(): JsonSchema {
 function yamlObject(t: Table): JsonSchema {
   const entries = yamlEntries(t)
   const required = entries.filter(([, f]) => f.yaml && f.yaml.required).map(([key]) => key)
-  const eitherOr = entries.flatMap(([key, f]) => (f.yaml && f.yaml.requiredUnless ? [{ anyOf: [key, f.yaml.requiredUnless].map((k) => ({ properties: { [k]: true }, required: [k] })) }] : []))
+  const eitherOr = entries.flatMap(([key, f]) => (f.yaml && f.yaml.requiredUnless ? [{ anyOf: [key, ...f.yaml.requiredUnless].map((k) => ({ properties: { [k]: true }, required: [k] })) }] : []))
   return {
     type: 'object',
     properties: Object.fromEntries(entries.map(([key, f]) => [key, yamlProperty(f)])),

@@ -151,8 +151,14 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
       if (m) {
         route.path = { ...m.path }
         route.headers = m.headers.map((h) => ({ ...h }))
+        route.queryParams = m.queryParams.map((q) => ({ ...q }))
         route.methods = [...m.methods]
       }
+      const { requestHeaders, responseHeaders, redirect, rewrite } = rule.filters
+      if (requestHeaders) route.requestHeaders = structuredClone(requestHeaders)
+      if (responseHeaders) route.responseHeaders = structuredClone(responseHeaders)
+      if (rewrite) route.rewrite = { ...rewrite }
+      if (redirect) route.redirect = { ...redirect }
       if (split) {
         route.backends = names.map((service, i) => ({ service, weight: rule.backends[i]?.weight ?? 1 }))
         route.backends.forEach((b, i) => {
@@ -162,6 +168,8 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
         })
       }
       if (hr.linkerd.retry) route.retry = { ...hr.linkerd.retry }
+      // A redirect is answered here: nothing is sent, so nothing is retried.
+      if (redirect) route.retry = null
       if (hr.linkerd.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = hr.linkerd.requestTimeoutMs
       if (rule.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = rule.requestTimeoutMs
       // backendRequest bounds each request to a backend: each attempt of a retried route, else
@@ -265,7 +273,7 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
       (lost, over) => {
         sink.warn(
           over.loc,
-          `HTTPRoute "${over.httpRoute.name}": under ${outerLabel}, requests matching both ${lost.name} and ${over.name} go to ${over.name} (more header and method matches), though ${lost.name} takes precedence (its path is longer or Exact)`,
+          `HTTPRoute "${over.httpRoute.name}": under ${outerLabel}, requests matching both ${lost.name} and ${over.name} go to ${over.name} (its method, header or query matches rank higher), though ${lost.name} takes precedence (its path is longer or Exact)`,
           `${parentLabel}'s rules and the path of ${outerLabel} share one routing table; give ${lost.name} the header and method matches of ${over.name} as well to keep its precedence`,
         )
       },
@@ -415,7 +423,7 @@ export function checkComposedPrecedence(listener: ListenerModel, info: Compositi
         } else if (overlaps && fallsTo === undefined) fallsTo = x
       } else if (overlaps && fallsTo === undefined && isFallback(outer.hosts, x.hosts)) fallsTo = x
     })
-    const catchAll = parts.some(({ route }) => route.path.type === outer.path.type && route.path.value === outer.path.value && matcherCount(route) === 0)
+    const catchAll = parts.some(({ route }) => route.path.type === outer.path.type && route.path.value === outer.path.value && route.methods.length + route.headers.length + route.queryParams.length === 0)
     if (!catchAll && fallsTo) {
       sink.warn(
         first.gamma.httpRoute.loc,
@@ -457,16 +465,17 @@ function intersectPaths(a: PathMatch, b: PathMatch): PathMatch | undefined {
 
 /**
  * The routing table's order within a host group (crates/meshproxy-route): Exact before Prefix,
- * more path segments first, then more matchers (a method list counts one, each header one);
- * smaller sorts first. File order breaks ties.
+ * more path segments first, then the matchers (`matcherKey`); smaller sorts first. File order
+ * breaks ties.
  */
 function precedence(r: RouteModel): number[] {
   const segments = r.path.value.split('/').filter((s) => s !== '').length
-  return [r.path.type === 'Exact' ? 0 : 1, -segments, -matcherCount(r)]
+  return [r.path.type === 'Exact' ? 0 : 1, -segments, ...matcherKey(r)]
 }
 
-function matcherCount(r: RouteModel): number {
-  return Math.min(r.methods.length, 1) + r.headers.length
+/** Among routes of one path: a method match first, then more header matches, then more query matches. */
+function matcherKey(r: RouteModel): number[] {
+  return [r.methods.length > 0 ? 0 : 1, -r.headers.length, -r.queryParams.length]
 }
 
 function compareKeys(a: number[], b: number[]): number {
@@ -477,16 +486,20 @@ function compareKeys(a: number[], b: number[]): number {
   return 0
 }
 
-/** Every request `b`'s methods and headers accept, `a`'s accept too. */
+/** Every request `b`'s methods, headers and query parameters accept, `a`'s accept too. */
 function matchersCover(a: RouteModel, b: RouteModel): boolean {
   const methods = a.methods.length === 0 || (b.methods.length > 0 && b.methods.every((m) => a.methods.includes(m)))
-  return methods && a.headers.every((h) => b.headers.some((x) => x.name === h.name && x.value === h.value))
+  const pairs = (want: Array<{ name: string; value: string }>, have: Array<{ name: string; value: string }>) =>
+    want.every((h) => have.some((x) => x.name === h.name && x.value === h.value))
+  return methods && pairs(a.headers, b.headers) && pairs(a.queryParams, b.queryParams)
 }
 
-/** Whether one request could satisfy the methods and headers of both. */
+/** Whether one request could satisfy the methods, headers and query parameters of both. */
 function matchersCompatible(a: RouteModel, b: RouteModel): boolean {
   if (a.methods.length > 0 && b.methods.length > 0 && !a.methods.some((m) => b.methods.includes(m))) return false
-  return a.headers.every((h) => b.headers.every((x) => x.name !== h.name || x.value === h.value))
+  const agree = (x: Array<{ name: string; value: string }>, y: Array<{ name: string; value: string }>) =>
+    x.every((h) => y.every((o) => o.name !== h.name || o.value === h.value))
+  return agree(a.headers, b.headers) && agree(a.queryParams, b.queryParams)
 }
 
 /**
@@ -497,7 +510,7 @@ function matchersCompatible(a: RouteModel, b: RouteModel): boolean {
  * routes' order, so the table's file-order tiebreak keeps their order.
  *
  * Where the outer path is the narrower, several matches share it, and the table orders those by
- * matcher count alone, no longer by their own paths. A match whose every request an earlier one
+ * their matchers alone, no longer by their own paths. A match whose every request an earlier one
  * takes under this outer route is left out (the GAMMA order says it never serves here); where
  * the table would still put a later match first for some requests, `inverted` reports it.
  */
@@ -518,13 +531,14 @@ function compose(
       path,
       methods: [...g.route.methods],
       headers: g.route.headers.map((h) => ({ ...h })),
+      queryParams: g.route.queryParams.map((q) => ({ ...q })),
       backends: g.route.backends.map((b) => ({ ...b })),
       retry: g.route.retry ? { ...g.route.retry } : null,
     }
     const samePath = kept.filter((k) => k.route.path.type === path.type && k.route.path.value === path.value)
     if (samePath.some((k) => matchersCover(k.route, route))) continue
     for (const k of samePath) {
-      if (matcherCount(route) > matcherCount(k.route) && matchersCompatible(k.route, route)) inverted(k.g, g)
+      if (compareKeys(matcherKey(route), matcherKey(k.route)) < 0 && matchersCompatible(k.route, route)) inverted(k.g, g)
     }
     record(route, g)
     kept.push({ route, g })

@@ -27,7 +27,24 @@ import {
   type JsonSchema,
   type ModelOf,
 } from './fields.js'
-import { checkHeaderValue, checkName, checkRequestTarget, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress, parseGrpcStatusSet, parseStatusSet, type Parsed } from './values.js'
+import {
+  checkHeaderValue,
+  checkName,
+  checkQueryText,
+  checkRequestTarget,
+  fail,
+  normalizeHeaderName,
+  normalizeHost,
+  normalizeMethod,
+  normalizeModifiableHeaderName,
+  normalizePath,
+  normalizeTargetHost,
+  ok,
+  parseAddress,
+  parseGrpcStatusSet,
+  parseStatusSet,
+  type Parsed,
+} from './values.js'
 
 export const DEFAULT_LISTEN = '127.0.0.1:4140'
 export const DEFAULT_ADMIN = '127.0.0.1:4191'
@@ -60,6 +77,11 @@ export const HEADER_MATCH = table('HeaderMatch', 'A request header that must hav
   value: text('Exact value.', checkHeaderValue),
 })
 
+export const QUERY_PARAM_MATCH = table('QueryParamMatch', 'A query parameter whose first occurrence must have exactly this value; name and value are compared case-sensitively, after percent-decoding (`+` is a space).', {
+  name: text('Parameter name, decoded.', checkQueryText),
+  value: text('Exact value, decoded.', checkQueryText),
+})
+
 /** The route's `match` in YAML: read by `native.ts` into `hosts`, `path`, `methods` and `headers`. */
 export const ROUTE_MATCH = {
   host: { description: 'A host this route serves (or a list): `api.example.com`, or `*.example.com` for exactly one label.', type: ['string', 'array'], items: { type: 'string' } },
@@ -76,7 +98,60 @@ export const ROUTE_MATCH = {
     type: 'object',
     additionalProperties: { type: ['string', 'number', 'boolean'] },
   },
+  query: {
+    description: 'Query parameters whose first occurrence must have exactly these values, e.g. `{ debug: "1" }` (compared decoded, case-sensitively).',
+    type: 'object',
+    additionalProperties: { type: ['string', 'number', 'boolean'] },
+  },
 } satisfies Record<string, JsonSchema>
+
+/** A `{ name: value }` mapping in YAML, a list of `{ name, value }` in the model. */
+const HEADER_MAP_YAML: JsonSchema = { type: 'object', additionalProperties: { type: ['string', 'number', 'boolean'] } }
+
+export const HEADER_VALUE = table('HeaderValue', 'A header field a route writes.', {
+  name: text('Lowercase header name; not `host` (use `rewrite.host`), nor the fields that frame a message or manage a connection.', normalizeModifiableHeaderName),
+  value: text('The value, as sent.', checkHeaderValue),
+})
+
+export const HEADER_MODIFIER = table(
+  'HeaderModifier',
+  'Header changes (the Gateway API\'s RequestHeaderModifier and ResponseHeaderModifier): the fields in `remove` are removed, then those in `set` replace every value of their name, then those in `add` are appended. Each name appears at most once in each list. They apply after the proxy\'s own headers (`proxyHeaders`), so a route has the last word.',
+  {
+    set: listOf(nested(HEADER_VALUE), 'Fields written, replacing any of the same name: `{ x-env: prod }` in YAML.', { yaml: { schema: HEADER_MAP_YAML } }),
+    add: listOf(nested(HEADER_VALUE), 'Fields appended to any of the same name: `{ x-trace: "1" }` in YAML.', { yaml: { schema: HEADER_MAP_YAML } }),
+    remove: listOf(text('A header name.', normalizeModifiableHeaderName), 'Names of fields removed, e.g. `[x-internal]`.'),
+  },
+)
+
+const redirectScheme = (s: string): Parsed<string> => (s === 'http' || s === 'https' ? ok(s) : fail(`scheme "${s}" is neither http nor https`, 'valid schemes: http, https'))
+const replacementPath = (s: string): Parsed<string> => normalizePath(s, 'Exact')
+const REDIRECT_STATUSES = [301, 302, 303, 307, 308]
+
+export const URL_REWRITE = table(
+  'UrlRewrite',
+  'The host and path the upstream is sent (the Gateway API\'s URLRewrite); the client sees no change. The query is kept.',
+  {
+    host: nullableText('Replaces the request\'s host: its `Host`, or `:authority` over HTTP/2; null = unchanged.', normalizeTargetHost, 'a host name', { default: null }),
+    path: nullableText('Replaces the whole path; null = unchanged.', replacementPath, 'a path', { default: null }),
+    prefix: nullableText('Replaces the part of the path that the route\'s `Prefix` match matched (`/v1` → `/v2` sends `/v1/users` as `/v2/users`); null = unchanged. Not with `path`.', replacementPath, 'a path', { default: null }),
+  },
+)
+
+export const REDIRECT = table(
+  'Redirect',
+  'The route answers every request with a redirect (the Gateway API\'s RequestRedirect) instead of sending it anywhere: `Location` is the request\'s URL with these parts replaced; the query is kept. A route that redirects needs no `service`.',
+  {
+    scheme: nullableText('`http` or `https`; null = the request\'s.', redirectScheme, 'http or https', { default: null }),
+    host: nullableText('null = the request\'s host.', normalizeTargetHost, 'a host name', { default: null }),
+    port: count('0 = derived: with `scheme` set, that scheme\'s well-known port; otherwise the request\'s port. A well-known port (80 for http, 443 for https) is left out of `Location`.', { min: 0, max: 65535, default: 0 }),
+    path: nullableText('Replaces the whole path; null = unchanged.', replacementPath, 'a path', { default: null }),
+    prefix: nullableText('Replaces the part of the path that the route\'s `Prefix` match matched; null = unchanged. Not with `path`.', replacementPath, 'a path', { default: null }),
+    statusCode: count('301, 302, 303, 307 or 308.', { min: 301, max: 308, default: 302 }),
+  },
+)
+
+/** The redirect statuses the Gateway API allows (301 and 302 core, the rest extended). */
+export const isRedirectStatus = (n: number): boolean => REDIRECT_STATUSES.includes(n)
 
 export const RETRY = table(
   'Retry',
@@ -108,10 +183,11 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
   path: nested(PATH_MATCH, { yaml: false }),
   methods: listOf(text('An uppercase method name.', normalizeMethod), 'Methods this route serves; empty = any method.', { yaml: false }),
   headers: listOf(nested(HEADER_MATCH), 'Headers that must match, all of them.', { yaml: false }),
+  queryParams: listOf(nested(QUERY_PARAM_MATCH), 'Query parameters that must match, all of them.', { yaml: false }),
   service: text(
-    'Name of a service in `services`: where requests go, or with `backends` the first of them (the `service` label of the route\'s metrics).',
-    nameOf('service'),
-    { yaml: { requiredUnless: 'backends' } },
+    'Name of a service in `services`: where requests go, or with `backends` the first of them (the `service` label of the route\'s metrics); `""` on a route that redirects.',
+    (s) => (s === '' ? ok(s) : checkName(s, 'service')),
+    { yaml: { requiredUnless: ['backends', 'redirect'] } },
   ),
   backends: listOf(
     nested(BACKEND_REF, { yaml: { shorthand: 'service' } }),
@@ -123,6 +199,10 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
     false,
   ),
   retry: nullableNested(RETRY, { doc: 'Retries of failed attempts; null = none (only requests that never reached an endpoint are re-sent once).', default: null }),
+  requestHeaders: nested(HEADER_MODIFIER, { doc: 'Header changes on each request before it is sent upstream.' }),
+  responseHeaders: nested(HEADER_MODIFIER, { doc: 'Header changes on each response before it is returned (also on a redirect).' }),
+  rewrite: nullableNested(URL_REWRITE, { doc: 'The host and path the upstream is sent; null = as the client sent them.', default: null }),
+  redirect: nullableNested(REDIRECT, { doc: 'Answers every request with a redirect; null = none.', default: null }),
 })
 
 export const HTTP2 = table(
@@ -374,6 +454,11 @@ export type Http2Model = ModelOf<typeof HTTP2>
 export type RouteModel = ModelOf<typeof ROUTE>
 export type PathMatch = ModelOf<typeof PATH_MATCH>
 export type HeaderMatch = ModelOf<typeof HEADER_MATCH>
+export type QueryParamMatchModel = ModelOf<typeof QUERY_PARAM_MATCH>
+export type HeaderModifierModel = ModelOf<typeof HEADER_MODIFIER>
+export type HeaderValueModel = ModelOf<typeof HEADER_VALUE>
+export type UrlRewriteModel = ModelOf<typeof URL_REWRITE>
+export type RedirectModel = ModelOf<typeof REDIRECT>
 export type ServiceModel = ModelOf<typeof SERVICE>
 export type EndpointModel = ModelOf<typeof ENDPOINT>
 export type PoolModel = ModelOf<typeof POOL>

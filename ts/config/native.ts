@@ -6,11 +6,11 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isMap, isSeq } from './yaml-lib.js'
-import { BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEALTH_CHECK, LISTENER, RETRY, ROUTE, ROUTE_MATCH, SERVICE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type ListenerModel, type PathMatchType, type RouteModel, type ServiceModel } from './model.js'
+import { BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
-import { checkHeaderValue, checkName, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizePath, parseAddress } from './values.js'
+import { checkHeaderValue, checkName, checkQueryText, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizeModifiableHeaderName, normalizePath, parseAddress, type Parsed } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 
 /** The keys a table's YAML form accepts, in table order (the order "valid fields:" hints list them). */
@@ -147,7 +147,8 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   const f = r.fields(node, 'route', ROUTE_FIELDS)
   if (!f) return undefined
   const split = f.has('backends')
-  const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', !split) ?? '')
+  const redirects = f.has('redirect') && !f.isNull('redirect')
+  const route = makeRoute(readName(f, 'route') ?? defaultName, f.str('service', !split && !redirects) ?? '')
   readPlain(f, ROUTE, route)
   if (split) {
     for (const n of f.list('backends')) {
@@ -162,6 +163,15 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   }
   if (f.isNull('retry')) route.retry = null
   else if (f.has('retry')) route.retry = readNested(f, 'retry', RETRY) ?? null
+  if (f.has('rewrite') && !f.isNull('rewrite')) route.rewrite = readNested(f, 'rewrite', URL_REWRITE) ?? null
+  if (redirects) route.redirect = readNested(f, 'redirect', REDIRECT) ?? null
+  for (const side of ['requestHeaders', 'responseHeaders'] as const) {
+    const edit = f.fields(side, `route ${side}`, keysOf(HEADER_MODIFIER))
+    if (edit) route[side] = readHeaderModifier(edit)
+    ctx.origins.set(route, side, f.keyLoc(side))
+  }
+  ctx.origins.set(route, 'rewrite', f.keyLoc('rewrite'))
+  ctx.origins.set(route, 'redirect', f.keyLoc('redirect'))
   ctx.origins.set(route, '', r.loc(node))
   ctx.origins.set(route, 'allowConnect', f.keyLoc('allowConnect'))
   ctx.origins.set(route, 'name', f.valueLoc('name'))
@@ -178,7 +188,52 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   if (pathNode && path !== undefined) route.path.value = r.check(pathNode, 'path', normalizePath(path, route.path.type)) ?? '/'
   const headers = m.fields('headers', 'header match', null)
   if (headers) route.headers = readHeaders(headers)
+  const query = m.fields('query', 'query match', null)
+  if (query) route.queryParams = readQuery(query)
   return route
+}
+
+/** `{ name: value }` pairs of a mapping, each through the checks given; a name written twice is an error. */
+function readPairs(h: Fields, what: string, checkName: (s: string) => Parsed<string>, checkValue: (s: string) => Parsed<string>): Array<{ name: string; value: string }> {
+  const out: Array<{ name: string; value: string }> = []
+  for (const key of h.keys()) {
+    const name = h.r.check(h.keyLoc(key), `${what} name`, checkName(key))
+    const valueNode = h.get(key)
+    if (!valueNode) {
+      h.r.error(h.keyLoc(key), `${what} "${key}" has no value`, 'give the value as a string')
+      continue
+    }
+    const raw = h.r.text(valueNode, `value of ${what} "${key}"`)
+    const value = raw === undefined ? undefined : h.r.check(valueNode, `${what} value`, checkValue(raw))
+    if (name === undefined || value === undefined) continue
+    if (out.some((x) => x.name === name)) {
+      h.r.error(h.keyLoc(key), `${what} "${name}" is listed twice`, 'list each name once')
+      continue
+    }
+    out.push({ name, value })
+  }
+  return out
+}
+
+function readQuery(q: Fields): QueryParamMatchModel[] {
+  return readPairs(q, 'query parameter', checkQueryText, checkQueryText)
+}
+
+/** A route's `requestHeaders` / `responseHeaders`: `set` and `add` as `{ name: value }`, `remove` as a list of names. */
+function readHeaderModifier(f: Fields): HeaderModifierModel {
+  const out = complete(HEADER_MODIFIER, {})
+  for (const list of ['set', 'add'] as const) {
+    const pairs = f.fields(list, `${f.what} ${list}`, null)
+    if (pairs) out[list] = readPairs(pairs, 'header', normalizeModifiableHeaderName, checkHeaderValue)
+  }
+  const removeNode = f.get('remove')
+  for (const { value, node } of removeNode ? f.r.stringList(removeNode, f.label('remove')) : []) {
+    const name = f.r.check(node, 'header name', normalizeModifiableHeaderName(value))
+    if (name === undefined) continue
+    if (out.remove.includes(name)) f.r.error(node, `header "${name}" is listed twice in remove`, 'list each name once')
+    else out.remove.push(name)
+  }
+  return out
 }
 
 export function readPathType(r: DocReader, loc: Loc, pathType: string): PathMatchType | undefined {
@@ -209,24 +264,7 @@ function readOneOrMany(m: Fields, one: string, many: string, norm: (n: YNode, s:
 }
 
 function readHeaders(h: Fields): HeaderMatch[] {
-  const out: HeaderMatch[] = []
-  for (const key of h.keys()) {
-    const name = h.r.check(h.keyLoc(key), 'header name', normalizeHeaderName(key))
-    const valueNode = h.get(key)
-    if (!valueNode) {
-      h.r.error(h.keyLoc(key), `header "${key}" has no value to match`, 'header matches are exact; give the value as a string')
-      continue
-    }
-    const raw = h.r.text(valueNode, `value of header "${key}"`)
-    const value = raw === undefined ? undefined : h.r.check(valueNode, 'header value', checkHeaderValue(raw))
-    if (name === undefined || value === undefined) continue
-    if (out.some((x) => x.name === name)) {
-      h.r.error(h.keyLoc(key), `header "${name}" is matched twice`, 'header names are case-insensitive')
-      continue
-    }
-    out.push({ name, value })
-  }
-  return out
+  return readPairs(h, 'header match', normalizeHeaderName, checkHeaderValue)
 }
 
 function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined {

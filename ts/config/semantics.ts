@@ -4,7 +4,7 @@
  * (which maps each finding back to a file position through `Origins`) and `validateModel` (which
  * names the JSON path), so both accept exactly the same models.
  */
-import type { ConfigModel } from './model.js'
+import { isRedirectStatus, type ConfigModel, type RouteModel } from './model.js'
 import { suggest } from './diagnostics.js'
 import { isWildcardHost, parseAddress, type Address } from './values.js'
 
@@ -61,7 +61,10 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
         error({ obj: route, field: 'name', path: `${path}.name` }, `duplicate route name "${route.name}" in listener "${listener.name}"`, 'route names are unique per listener; they label metrics')
       }
       routeNames.add(route.name)
-      if (!serviceNames.has(route.service)) {
+      checkRouteFilters(route, path, error)
+      if (route.redirect) {
+        // A redirect answers every request itself; nothing is sent to a service.
+      } else if (!serviceNames.has(route.service)) {
         const hint = undefinedServiceHint(route.service, known)
         error({ obj: route, field: 'service', path: `${path}.service` }, `route "${route.name}" refers to undefined service "${route.service}"`, hint)
       }
@@ -110,6 +113,41 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
   })
 }
 
+/** A route's header modifiers, rewrite and redirect: what the Gateway API refuses, and what could never work. */
+function checkRouteFilters(route: RouteModel, path: string, error: Report): void {
+  for (const side of ['requestHeaders', 'responseHeaders'] as const) {
+    const edit = route[side]
+    for (const list of ['set', 'add', 'remove'] as const) {
+      const names = edit[list].map((x) => (typeof x === 'string' ? x : x.name))
+      names.forEach((name, i) => {
+        if (names.indexOf(name) !== i) {
+          error({ obj: route, field: side, path: `${path}.${side}.${list}[${i}]` }, `route "${route.name}" ${side}.${list} names "${name}" twice`, 'header names are case-insensitive; list each once')
+        }
+      })
+    }
+  }
+  const redirect = route.redirect
+  const rewrite = route.rewrite
+  if (redirect && rewrite) {
+    error({ obj: route, field: 'rewrite', path: `${path}.rewrite` }, `route "${route.name}" has both a redirect and a rewrite`, 'a redirected request is never sent upstream: keep one of them')
+  }
+  for (const [key, edit] of [['redirect', redirect], ['rewrite', rewrite]] as const) {
+    if (!edit) continue
+    if (edit.path !== null && edit.prefix !== null) {
+      error({ obj: route, field: key, path: `${path}.${key}.prefix` }, `route "${route.name}" ${key} replaces both the whole path and its prefix`, 'keep path (the whole path) or prefix (the matched prefix)')
+    }
+    if (edit.prefix !== null && route.path.type !== 'Prefix') {
+      error({ obj: route, field: key, path: `${path}.${key}.prefix` }, `route "${route.name}" ${key} replaces the matched prefix, but the route matches an Exact path`, 'use path: to replace the whole path, or match the path as a Prefix')
+    }
+  }
+  if (redirect && !isRedirectStatus(redirect.statusCode)) {
+    error({ obj: route, field: 'redirect', path: `${path}.redirect.statusCode` }, `route "${route.name}" redirect status ${redirect.statusCode} is not a redirect status`, 'valid statuses: 301, 302, 303, 307, 308')
+  }
+  if (redirect && (route.backends.length > 0 || route.retry || route.allowConnect)) {
+    error({ obj: route, field: 'redirect', path: `${path}.redirect` }, `route "${route.name}" redirects, so its ${route.backends.length > 0 ? 'backends' : route.retry ? 'retry' : 'allowConnect'} would never be used`, 'a redirect answers every request itself: remove the other, or the redirect')
+  }
+}
+
 function undefinedServiceHint(name: string, known: string[]): string | undefined {
   return known.length === 0 ? 'no services are defined; add one under "services:"' : suggest(name, known, 'defined services')
 }
@@ -142,7 +180,7 @@ function checkSockets(model: ConfigModel, error: Report): void {
 
 /** Warnings: valid, but probably not what was meant. Only the loader reports these. */
 export function lintModel(model: ConfigModel, warn: Report): void {
-  const used = new Set(model.listeners.flatMap((l) => [...l.routes.map((r) => r.service), ...(l.tcpService ? [l.tcpService] : [])]))
+  const used = new Set(model.listeners.flatMap((l) => [...l.routes.flatMap((r) => [r.service, ...r.backends.map((b) => b.service)]), ...(l.tcpService ? [l.tcpService] : [])]))
   model.listeners.forEach((listener, li) => {
     if (listener.protocol === 'tcp') {
       if (listener.routes.length > 0) {
@@ -164,6 +202,7 @@ export function lintModel(model: ConfigModel, warn: Report): void {
         route.path,
         [...route.methods].sort(),
         [...route.headers].map((h) => `${h.name}=${h.value}`).sort(),
+        [...route.queryParams].map((q) => `${q.name}=${q.value}`).sort(),
       ])
       const first = matches.get(key)
       if (first !== undefined) {

@@ -8,8 +8,8 @@ import type { PathMatchType } from './model.js'
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string; hint?: string }
 
-const ok = <T>(value: T): Parsed<T> => ({ ok: true, value })
-const fail = <T>(error: string, hint?: string): Parsed<T> =>
+export const ok = <T>(value: T): Parsed<T> => ({ ok: true, value })
+export const fail = <T>(error: string, hint?: string): Parsed<T> =>
   hint === undefined ? { ok: false, error } : { ok: false, error, hint }
 
 export interface Address {
@@ -165,6 +165,44 @@ export function normalizeHeaderName(input: string): Parsed<string> {
 export function normalizeMethod(input: string): Parsed<string> {
   if (!isToken(input)) return fail(`"${input}" is not a valid HTTP method`, 'e.g. GET, POST, PUT, DELETE')
   return ok(input.toUpperCase())
+}
+
+/**
+ * Fields a header modifier may not touch: the message's framing and connection management
+ * (hop-by-hop), which the proxy owns, and `host`, which `rewrite.host` changes.
+ */
+const UNMODIFIABLE_HEADERS: Record<string, string> = {
+  host: 'change the host with rewrite: { host: … } (URLRewrite hostname)',
+  'content-length': 'the proxy frames each message itself',
+  'transfer-encoding': 'the proxy frames each message itself',
+  connection: 'hop-by-hop fields belong to one connection',
+  'keep-alive': 'hop-by-hop fields belong to one connection',
+  'proxy-connection': 'hop-by-hop fields belong to one connection',
+  te: 'hop-by-hop fields belong to one connection',
+  trailer: 'hop-by-hop fields belong to one connection',
+  upgrade: 'hop-by-hop fields belong to one connection',
+}
+
+/** A header name a header modifier may set, add or remove. */
+export function normalizeModifiableHeaderName(input: string): Parsed<string> {
+  const name = normalizeHeaderName(input)
+  if (!name.ok) return name
+  const why = UNMODIFIABLE_HEADERS[name.value]
+  return why === undefined ? name : fail(`header "${name.value}" cannot be modified by a route`, why)
+}
+
+/** A host a rewrite or redirect sends to: a DNS name or an IP address, no wildcard, no port. */
+export function normalizeTargetHost(input: string): Parsed<string> {
+  if (/^\[[0-9a-fA-F:.]+\]$/.test(input) || /^\d{1,3}(\.\d{1,3}){3}$/.test(input)) return ok(input.toLowerCase())
+  const host = normalizeHost(input)
+  if (host.ok && host.value.startsWith('*.')) return fail(`host "${input}" is a wildcard`, 'give the one host requests are sent to')
+  return host
+}
+
+/** A query parameter's name or value as the router compares it (decoded): any text but control characters. */
+export function checkQueryText(input: string): Parsed<string> {
+  if (/[\x00-\x1f\x7f]/.test(input)) return fail(`"${input}" contains control characters`)
+  return ok(input)
 }
 
 /** Header values go to the data plane verbatim; only characters HTTP forbids are refused. */

@@ -140,6 +140,85 @@ pub struct RouteConfig {
     pub retry: Option<RetryConfig>,
     /// A traffic split over services by weight; empty = every request to `service`.
     pub backends: Vec<BackendRefConfig>,
+    /// Query parameters that must have exactly these values, all of them.
+    pub query_params: Vec<QueryParamMatch>,
+    /// Header changes on each request before it is sent.
+    pub request_headers: HeaderModifierConfig,
+    /// Header changes on each response before it is returned.
+    pub response_headers: HeaderModifierConfig,
+    /// The request's host and path as the upstream sees them; none when null.
+    pub rewrite: Option<UrlRewriteConfig>,
+    /// Answers every request of the route with a redirect (no backend); none when null.
+    pub redirect: Option<RedirectConfig>,
+}
+
+/// A query parameter whose first occurrence must have exactly this value (both compared
+/// after percent-decoding, case-sensitively).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QueryParamMatch {
+    pub name: String,
+    pub value: String,
+}
+
+/// A header field written by a header modifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueConfig {
+    pub name: String,
+    pub value: String,
+}
+
+/// The Gateway API's header modifier: fields removed, then set (replacing every value), then
+/// added (appended to any present).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HeaderModifierConfig {
+    pub set: Vec<HeaderValueConfig>,
+    pub add: Vec<HeaderValueConfig>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderModifierConfig {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The Gateway API's URL rewrite: the host and path the upstream is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UrlRewriteConfig {
+    /// Replaces the request's host (`Host`, or the authority of an absolute target).
+    pub host: Option<String>,
+    /// Replaces the whole path (the query is kept).
+    pub path: Option<String>,
+    /// Replaces the part of the path the route's `Prefix` match matched.
+    pub prefix: Option<String>,
+}
+
+/// The Gateway API's request redirect: the route answers with `Location` built from the request
+/// and these replacements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// `http` or `https`; null = the request's.
+    pub scheme: Option<String>,
+    /// null = the request's host.
+    pub host: Option<String>,
+    /// 0 = the scheme's well-known port when `scheme` is given, else the request's port.
+    pub port: u32,
+    /// Replaces the whole path.
+    pub path: Option<String>,
+    /// Replaces the part of the path the route's `Prefix` match matched.
+    pub prefix: Option<String>,
+    /// 301, 302, 303, 307 or 308.
+    pub status_code: u32,
 }
 
 /// One side of a route's traffic split.
@@ -361,6 +440,11 @@ pub mod testing {
             allow_connect: false,
             retry: None,
             backends: vec![],
+            query_params: vec![],
+            request_headers: HeaderModifierConfig::default(),
+            response_headers: HeaderModifierConfig::default(),
+            rewrite: None,
+            redirect: None,
         }
     }
 

@@ -62,8 +62,9 @@ pub struct ListenerLimits {
 }
 
 pub struct RouteRuntime {
-    /// The backends requests are split over (one today: the route's service).
-    pub backends: Distribution<Arc<Backend>>,
+    /// The backends requests are split over: the route's service, or its weighted `backends`.
+    /// None for a route that redirects (its requests go to no backend).
+    pub backends: Option<Distribution<Arc<Backend>>>,
     /// None = no limit.
     pub response_header_timeout: Option<Duration>,
     /// `CONNECT` to this route's service is tunnelled instead of refused.
@@ -217,12 +218,17 @@ fn compile_listener(
         .routes
         .iter()
         .map(|r| {
-            let service = services.get(r.service.as_str()).cloned().ok_or_else(|| {
-                Error::Config(format!("route {:?} names an undefined service {:?}", r.name, r.service))
-            })?;
-            let (request_filters, response_filters) = filter::compile(l.proxy_headers);
+            let backends = if r.redirect.is_some() {
+                None
+            } else {
+                let service = services.get(r.service.as_str()).cloned().ok_or_else(|| {
+                    Error::Config(format!("route {:?} names an undefined service {:?}", r.name, r.service))
+                })?;
+                Some(route_backends(r, service, services)?)
+            };
+            let (request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
             Ok(RouteRuntime {
-                backends: route_backends(r, service, services)?,
+                backends,
                 request_filters,
                 response_filters,
                 response_header_timeout: (r.response_header_timeout_ms > 0)

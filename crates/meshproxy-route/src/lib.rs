@@ -2,13 +2,15 @@
 //!
 //! Who uses it: the engine (`meshproxy-core`) compiles one table per listener and asks it for a
 //! route index per request. What it must not know: endpoints, balancing, sockets or what happens
-//! to a request after it is matched — it maps (host, path, method, headers) to an index, purely.
+//! to a request after it is matched — it maps (host, path, query, method, headers) to an index,
+//! purely.
 //!
 //! Precedence (documented in the README): the request's host selects candidate groups in the
 //! order exact host, then the one-label `*.suffix` wildcard, then routes without hosts; the first
 //! group with a matching route wins. Within a group: an `Exact` path beats any `Prefix`, a longer
-//! prefix (in segments) beats a shorter one, then the route with more matchers (methods, headers),
-//! then file order.
+//! prefix (in segments) beats a shorter one, then a route matching on the method, then the one
+//! with more header matches, then with more query-parameter matches, then file order (the Gateway
+//! API's order for HTTPRoute rules).
 
 pub mod path;
 
@@ -40,10 +42,24 @@ struct CompiledRoute {
     trailing_slash: bool,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    query: Vec<(Box<str>, Box<str>)>,
+}
+
+/// What a route matches a request on, borrowed from the request.
+pub struct RequestView<'a> {
+    /// `Host` or the target's authority, any case, maybe with a port.
+    pub host: Option<&'a str>,
+    /// The raw path, without the query.
+    pub path: &'a str,
+    /// The raw query, without the `?`.
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
 }
 
 impl CompiledRoute {
-    fn matches(&self, segs: &Segments<'_>, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches(&self, segs: &Segments<'_>, req: &RequestView<'_>) -> bool {
+        let (method, headers) = (req.method, req.headers);
         if self.exact {
             if segs.len() != self.segments.len() || segs.trailing_slash != self.trailing_slash {
                 return false;
@@ -59,18 +75,32 @@ impl CompiledRoute {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
             return false;
         }
-        self.headers.iter().all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+        if !self.headers.iter().all(|(name, value)| headers.get_all(name).iter().any(|v| v == value)) {
+            return false;
+        }
+        self.query.is_empty()
+            || self.query.iter().all(|(name, value)| first_query_value(req.query, name, value))
     }
 
-    fn precedence_key(&self) -> (bool, usize, usize, usize) {
+    fn precedence_key(&self) -> (bool, usize, bool, usize, usize, usize) {
         // Sorted ascending, so "better" must compare smaller.
         (
             !self.exact,
             usize::MAX - self.segments.len(),
-            usize::MAX - (self.methods.len().min(1) + self.headers.len()),
+            self.methods.is_empty(),
+            usize::MAX - self.headers.len(),
+            usize::MAX - self.query.len(),
             self.index,
         )
     }
+}
+
+/// Whether the first `name` parameter of `query` has the value `want`, both decoded as a form
+/// (percent escapes, `+` as a space). A parameter repeated in the request is judged by its first
+/// occurrence, as the Gateway API recommends.
+fn first_query_value(query: Option<&str>, name: &str, want: &str) -> bool {
+    let Some(query) = query else { return false };
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).is_some_and(|(_, v)| v == want)
 }
 
 #[derive(Debug, Default)]
@@ -79,8 +109,8 @@ struct Group {
 }
 
 impl Group {
-    fn find(&self, segs: &Segments<'_>, method: &Method, headers: &HeaderMap) -> Option<usize> {
-        self.routes.iter().find(|r| r.matches(segs, method, headers)).map(|r| r.index)
+    fn find(&self, segs: &Segments<'_>, req: &RequestView<'_>) -> Option<usize> {
+        self.routes.iter().find(|r| r.matches(segs, req)).map(|r| r.index)
     }
 }
 
@@ -117,28 +147,21 @@ impl RouteTable {
         Ok(table)
     }
 
-    /// Finds the route for a request: `host` as sent (Host header or URI authority, any case,
-    /// maybe with a port), the raw path (without query).
-    pub fn find(
-        &self,
-        host: Option<&str>,
-        path: &str,
-        method: &Method,
-        headers: &HeaderMap,
-    ) -> Option<usize> {
-        let segs = Segments::parse(path);
+    /// Finds the route for a request.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<usize> {
+        let segs = Segments::parse(req.path);
         let mut buf = [0u8; MAX_HOST];
-        if let Some(host) = host.and_then(|h| lowercase_host(h, &mut buf)) {
-            if let Some(found) = self.exact.get(host).and_then(|g| g.find(&segs, method, headers)) {
+        if let Some(host) = req.host.and_then(|h| lowercase_host(h, &mut buf)) {
+            if let Some(found) = self.exact.get(host).and_then(|g| g.find(&segs, req)) {
                 return Some(found);
             }
             if let Some((_, suffix)) = host.split_once('.') {
-                if let Some(found) = self.wildcard.get(suffix).and_then(|g| g.find(&segs, method, headers)) {
+                if let Some(found) = self.wildcard.get(suffix).and_then(|g| g.find(&segs, req)) {
                     return Some(found);
                 }
             }
         }
-        self.default.find(&segs, method, headers)
+        self.default.find(&segs, req)
     }
 }
 
@@ -184,6 +207,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteEr
             Ok((name, value))
         })
         .collect::<Result<_, RouteError>>()?;
+    let query = r.query_params.iter().map(|q| (q.name.as_str().into(), q.value.as_str().into())).collect();
     Ok(CompiledRoute {
         index,
         exact: r.path.kind == PathMatchType::Exact,
@@ -191,6 +215,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteEr
         trailing_slash: segs.trailing_slash,
         methods,
         headers,
+        query,
     })
 }
 
@@ -198,10 +223,20 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteEr
 mod tests {
     use super::*;
     use meshproxy_config::testing::route;
-    use meshproxy_config::{HeaderMatch, PathMatchType::*};
+    use meshproxy_config::{HeaderMatch, PathMatchType::*, QueryParamMatch};
 
     fn find(t: &RouteTable, host: &str, path: &str) -> Option<usize> {
-        t.find(Some(host), path, &Method::GET, &HeaderMap::new())
+        t.find(&view(Some(host), path, None, &Method::GET, &HeaderMap::new()))
+    }
+
+    fn view<'a>(
+        host: Option<&'a str>,
+        path: &'a str,
+        query: Option<&'a str>,
+        method: &'a Method,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
+        RequestView { host, path, query, method, headers }
     }
 
     #[test]
@@ -274,9 +309,43 @@ mod tests {
         ])
         .unwrap();
         let mut h = HeaderMap::new();
-        assert_eq!(t.find(None, "/", &Method::GET, &h), Some(0));
-        assert_eq!(t.find(None, "/", &Method::POST, &h), Some(3));
+        assert_eq!(t.find(&view(None, "/", None, &Method::GET, &h)), Some(0));
+        assert_eq!(t.find(&view(None, "/", None, &Method::POST, &h)), Some(3));
         h.insert("x-canary", HeaderValue::from_static("1"));
-        assert_eq!(t.find(None, "/", &Method::GET, &h), Some(2));
+        assert_eq!(t.find(&view(None, "/", None, &Method::GET, &h)), Some(2));
+        // A method match outranks header matches (the Gateway API's order).
+        assert_eq!(t.find(&view(None, "/", None, &Method::POST, &h)), Some(3));
+    }
+
+    #[test]
+    fn query_params_match_their_first_decoded_value() {
+        let mut debug = route("debug", &[], Prefix, "/", "s");
+        debug.query_params.push(QueryParamMatch { name: "debug".into(), value: "on".into() });
+        let mut spaced = route("spaced", &[], Prefix, "/", "s");
+        spaced.query_params.push(QueryParamMatch { name: "user name".into(), value: "a&b".into() });
+        let t = RouteTable::compile(&[route("all", &[], Prefix, "/", "s"), debug, spaced]).unwrap();
+        let h = HeaderMap::new();
+        let q = |query| t.find(&view(None, "/x", query, &Method::GET, &h));
+        assert_eq!(q(None), Some(0));
+        assert_eq!(q(Some("debug=on")), Some(1));
+        assert_eq!(q(Some("a=1&debug=on&b")), Some(1));
+        assert_eq!(q(Some("debug=off&debug=on")), Some(0), "only the first occurrence counts");
+        assert_eq!(q(Some("debug=ON")), Some(0), "values are case-sensitive");
+        assert_eq!(q(Some("Debug=on")), Some(0), "names are case-sensitive");
+        assert_eq!(q(Some("d%65bug=o%6E")), Some(1), "percent escapes are decoded");
+        assert_eq!(q(Some("user+name=a%26b")), Some(2), "`+` is a space, %26 an ampersand");
+    }
+
+    #[test]
+    fn query_matches_rank_below_header_matches() {
+        let mut by_header = route("header", &[], Prefix, "/", "s");
+        by_header.headers.push(HeaderMatch { name: "x-a".into(), value: "1".into() });
+        let mut by_query = route("query", &[], Prefix, "/", "s");
+        by_query.query_params.push(QueryParamMatch { name: "a".into(), value: "1".into() });
+        let t = RouteTable::compile(&[by_query, by_header]).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        assert_eq!(t.find(&view(None, "/", Some("a=1"), &Method::GET, &h)), Some(1));
+        assert_eq!(t.find(&view(None, "/", Some("a=1"), &Method::GET, &HeaderMap::new())), Some(0));
     }
 }

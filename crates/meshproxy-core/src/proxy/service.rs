@@ -31,6 +31,7 @@ use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::filter::{self, RequestCx, Step, Verdict};
 use crate::metrics::{parse_grpc_status, Protocol};
+use crate::routing::RequestView;
 use crate::state::Shared;
 use crate::tcp::TcpUpstream;
 use crate::upstream::{Endpoint, UpstreamIncoming};
@@ -153,16 +154,19 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                 match fut.await {
                     Verdict::Continue => {}
                     Verdict::Respond(e) => break 'respond routed.fail(e),
+                    Verdict::Redirect(status, location) => break 'respond routed.redirect(status, location),
                     Verdict::Wait(again) => {
                         waiting = Some(again);
                         continue;
                     }
                 }
             }
-            let mut cx = RequestCx { head: &mut routed.head, seen: routed.seen, client_ip: &ctx.client_ip };
+            let mut cx =
+                RequestCx { head: &mut routed.head, seen: &mut routed.seen, client_ip: &ctx.client_ip };
             match filter::run_request(&routed.route.request_filters, from, &mut cx) {
                 Step::Done => break,
                 Step::Respond(e) => break 'respond routed.fail(e),
+                Step::Redirect(status, location) => break 'respond routed.redirect(status, location),
                 Step::Wait(fut, next) => {
                     waiting = Some(fut);
                     from = next;
@@ -312,6 +316,27 @@ impl RoutedRequest<'_> {
     fn fail(self, e: ProxyError) -> Response<ResponseBody> {
         self.meta.fail(e, Some(self.route), None, self.activity)
     }
+
+    /// The route's redirect, its outcome observed; the route's response filters run on it.
+    fn redirect(self, status: StatusCode, location: HeaderValue) -> Response<ResponseBody> {
+        let outcome = Outcome {
+            status,
+            error: None,
+            grpc: None,
+            reused: false,
+            latency: self.meta.start.elapsed(),
+            protocol: self.meta.protocol,
+        };
+        outcome::observe(&outcome, self.meta.listener, Some(self.route), None);
+        let mut resp = Response::new(ResponseBody::empty(Some(self.activity)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::LOCATION, location);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let (mut parts, body) = resp.into_parts();
+        filter::run_response(&self.route.response_filters, &mut parts);
+        Response::from_parts(parts, body)
+    }
 }
 
 /// What shapes the response once the upstream answers.
@@ -447,7 +472,7 @@ fn choose<'a>(
     route: &'a RouteRuntime,
     headers: &http::HeaderMap,
 ) -> Option<(&'a Backend, Arc<Endpoint>)> {
-    let backend = route.backends.pick();
+    let backend = route.backends.as_ref()?.pick();
     let set = backend.endpoints();
     let hash = set.hash_key().and_then(|k| request_hash(k, headers, ctx.client));
     let endpoint = set.select(hash)?.clone();
@@ -548,7 +573,8 @@ fn find_route<'a>(
     method: &Method,
     path: &str,
 ) -> Option<&'a RouteRuntime> {
-    let i = listener.table.find(host, path, method, req.headers())?;
+    let view = RequestView { host, path, query: req.uri().query(), method, headers: req.headers() };
+    let i = listener.table.find(&view)?;
     listener.routes.get(i)
 }
 
