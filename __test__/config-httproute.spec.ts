@@ -89,6 +89,11 @@ test('timeouts.backendRequest bounds each attempt of a retried route, or the one
   t.deepEqual([retried.responseHeaderTimeoutMs, retried.retry?.timeoutMs], [5000, 300])
   const once = load(ROUTE().replace('    retry.linkerd.io/http: 5xx\n', '    example.com/x: y\n').replace('timeouts: { request: 5s }', 'timeouts: { backendRequest: 300ms }'))
   t.deepEqual([once.responseHeaderTimeoutMs, once.retry], [300, null])
+  // Linkerd's timeout.linkerd.io/response on the route is the same limit; backendRequest overrides it.
+  const annotated = load(ROUTE().replace('    retry.linkerd.io/http: 5xx\n', '    retry.linkerd.io/http: 5xx\n    timeout.linkerd.io/response: 400ms\n'))
+  t.deepEqual([annotated.responseHeaderTimeoutMs, annotated.retry?.timeoutMs], [5000, 400])
+  const both = load(ROUTE().replace('    retry.linkerd.io/http: 5xx\n', '    retry.linkerd.io/http: 5xx\n    timeout.linkerd.io/response: 400ms\n').replace('timeouts: { request: 5s }', 'timeouts: { request: 5s, backendRequest: 300ms }'))
+  t.is(both.retry?.timeoutMs, 300)
 })
 
 test('what is not supported, and a backendRequest over the request timeout, are refused at their positions', (t) => {

@@ -78,6 +78,19 @@ timeout.linkerd.io/request: 10s`),
   t.deepEqual(route.retry, { limit: 2, http: '429,500-599', grpc: '', timeoutMs: 300, nonIdempotent: false, budgetPercent: 20, budgetMinPerSecond: 10 })
 })
 
+test('timeout.linkerd.io/response bounds each request to a backend: each attempt when the route retries, else the request when tighter', (t) => {
+  const route = (annotations: string) => {
+    const r = loadConfigText(manifests(annotations), { file: 'k.yaml' })
+    t.deepEqual(diagnostics(r), [])
+    return r.config!.listeners[0]!.routes[0]!
+  }
+  const once = route('timeout.linkerd.io/response: 2s')
+  t.deepEqual([once.responseHeaderTimeoutMs, once.retry], [2000, null])
+  t.is(route('timeout.linkerd.io/request: 1s\ntimeout.linkerd.io/response: 2s').responseHeaderTimeoutMs, 1000, 'the request timeout stays when tighter')
+  const retried = route('retry.linkerd.io/http: 5xx\ntimeout.linkerd.io/request: 10s\ntimeout.linkerd.io/response: 500ms')
+  t.deepEqual([retried.responseHeaderTimeoutMs, retried.retry?.timeoutMs], [10000, 500])
+})
+
 test('Linkerd defaults: consecutive accrual alone is 7 failures; grpc retries alone retry no HTTP status', (t) => {
   const r = loadConfigText(manifests('balancer.linkerd.io/failure-accrual: consecutive\nretry.linkerd.io/grpc: unavailable'))
   t.deepEqual(diagnostics(r), [])

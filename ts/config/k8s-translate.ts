@@ -128,25 +128,27 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
     return name
   }
 
-  /** Route `route` to `name`, with the retries and timeout its Service's annotations ask for. */
+  /** Route `route` to `name`, with the retries and timeouts its Service's annotations ask for. */
   const withPolicy = (route: RouteModel): RouteModel => {
     const linkerd = policies.get(route.service)
-    if (linkerd?.retry) route.retry = { ...linkerd.retry }
-    if (linkerd?.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = linkerd.requestTimeoutMs
+    if (!linkerd) return route
+    applyLinkerd(route, linkerd)
+    if (linkerd.responseTimeoutMs !== undefined) applyBackendTimeout(route, linkerd.responseTimeoutMs)
     return route
   }
 
   /**
    * The model routes of one HTTPRoute rule: one per match (none: one catch-all). `policy` gives
-   * the retries and timeout when the route's own annotations do not: the first backend's
+   * the retries and timeouts when the route's own annotations do not: the first backend's
    * Service's for an ingress route, the parent Service's for GAMMA (Linkerd's rule).
    */
-  const ruleRoutes = (hr: HttpRoute, rule: HttpRouteRule, hosts: string[], policy: (route: RouteModel) => RouteModel): Array<{ route: RouteModel; loc: Loc; matchIndex: number }> => {
+  const ruleRoutes = (hr: HttpRoute, rule: HttpRouteRule, hosts: string[], policy: (route: RouteModel) => LinkerdPolicy | undefined): Array<{ route: RouteModel; loc: Loc; matchIndex: number }> => {
     const names = rule.backends.map((b) => serviceFor(b.backend))
     const split = rule.backends.length > 1 || rule.backends.some((b) => b.weight !== 1)
     const matches = rule.matches.length > 0 ? rule.matches : [undefined]
     return matches.map((m, mi) => {
-      const route = policy(makeRoute(`${hr.name}-${rule.index}-${mi}`, names[0] ?? ''))
+      const route = makeRoute(`${hr.name}-${rule.index}-${mi}`, names[0] ?? '')
+      const base = policy(route)
       route.hosts = [...hosts]
       if (m) {
         route.path = { ...m.path }
@@ -167,18 +169,14 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
           origins.set(b, 'service', at)
         })
       }
-      if (hr.linkerd.retry) route.retry = { ...hr.linkerd.retry }
+      if (base) applyLinkerd(route, base)
+      applyLinkerd(route, hr.linkerd)
       // A redirect is answered here: nothing is sent, so nothing is retried.
       if (redirect) route.retry = null
-      if (hr.linkerd.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = hr.linkerd.requestTimeoutMs
       if (rule.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = rule.requestTimeoutMs
-      // backendRequest bounds each request to a backend: each attempt of a retried route, else
-      // the one attempt there is (the tighter of the two timeouts).
-      const backendMs = rule.backendTimeoutMs
-      if (backendMs !== undefined && backendMs > 0) {
-        if (route.retry) route.retry.timeoutMs = backendMs
-        else if (route.responseHeaderTimeoutMs === 0 || backendMs < route.responseHeaderTimeoutMs) route.responseHeaderTimeoutMs = backendMs
-      }
+      // timeouts.backendRequest is Linkerd's timeout.linkerd.io/response, and overrides it.
+      const backendMs = rule.backendTimeoutMs ?? hr.linkerd.responseTimeoutMs ?? base?.responseTimeoutMs
+      if (backendMs !== undefined) applyBackendTimeout(route, backendMs)
       const loc = m?.loc ?? rule.loc
       origins.set(route, '', loc)
       origins.set(route, 'service', rule.backends[0]?.backend.loc ?? rule.loc)
@@ -224,11 +222,7 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
     if (!attachments) return undefined
     const known = gammaCache.get(port)
     if (known) return known
-    const parentPolicy = (route: RouteModel): RouteModel => {
-      if (service.linkerd.retry) route.retry = { ...service.linkerd.retry }
-      if (service.linkerd.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = service.linkerd.requestTimeoutMs
-      return route
-    }
+    const parentPolicy = (): LinkerdPolicy => service.linkerd
     const list: GammaRoute[] = []
     const before = out.services.length
     for (const { hr, parent } of attachments) {
@@ -337,7 +331,7 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
   // send to does not apply to them (GEP-1426: only the first level of routes applies).
   for (const hr of res.httpRoutes) {
     if (!hr.ingress) continue
-    for (const rule of hr.rules) out.routes.push(...ruleRoutes(hr, rule, hr.hostnames, withPolicy).map((x) => x.route))
+    for (const rule of hr.rules) out.routes.push(...ruleRoutes(hr, rule, hr.hostnames, (route) => policies.get(route.service)).map((x) => x.route))
   }
 
   // On an outbound listener every Service port is reachable by name, so every attached GAMMA
@@ -461,6 +455,23 @@ function intersectPaths(a: PathMatch, b: PathMatch): PathMatch | undefined {
   if (covers(a.value, b.value)) return { ...b }
   if (covers(b.value, a.value)) return { ...a }
   return undefined
+}
+
+/** The retries and request timeout Linkerd's annotations ask of `route`. */
+function applyLinkerd(route: RouteModel, linkerd: LinkerdPolicy): void {
+  if (linkerd.retry) route.retry = { ...linkerd.retry }
+  if (linkerd.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = linkerd.requestTimeoutMs
+}
+
+/**
+ * A limit on each request to a backend (HTTPRoute `timeouts.backendRequest`, Linkerd's
+ * `timeout.linkerd.io/response`): each attempt's when the route retries, else the one attempt's,
+ * where it is tighter than the route's timeout. 0 = none.
+ */
+function applyBackendTimeout(route: RouteModel, ms: number): void {
+  if (ms <= 0) return
+  if (route.retry) route.retry.timeoutMs = ms
+  else if (route.responseHeaderTimeoutMs === 0 || ms < route.responseHeaderTimeoutMs) route.responseHeaderTimeoutMs = ms
 }
 
 /**

@@ -1,8 +1,8 @@
 /**
  * Linkerd's policy annotations on a Kubernetes Service, read as Linkerd's proxy reads them, so
  * manifests written for Linkerd keep their meaning: failure accrual
- * (`balancer.linkerd.io/failure-accrual*`), retries (`retry.linkerd.io/*`) and the request timeout
- * (`timeout.linkerd.io/request`). Every route to the Service gets its retries and timeout, as in
+ * (`balancer.linkerd.io/failure-accrual*`), retries (`retry.linkerd.io/*`) and the request and
+ * response timeouts (`timeout.linkerd.io/request`, `timeout.linkerd.io/response`). Every route to the Service gets its retries and timeout, as in
  * Linkerd. Other `*.linkerd.io` annotations have no meaning here: each is reported once with a
  * warning (`meshproxy check` shows them), never an error.
  */
@@ -16,6 +16,8 @@ export interface LinkerdPolicy {
   failureAccrual?: FailureAccrualModel
   retry?: RetryModel
   requestTimeoutMs?: number
+  /** Each request to a backend (an HTTPRoute's `timeouts.backendRequest`). */
+  responseTimeoutMs?: number
 }
 
 const ACCRUAL = 'balancer.linkerd.io/failure-accrual'
@@ -23,7 +25,6 @@ const CONSECUTIVE = `${ACCRUAL}-consecutive-`
 
 /** Annotations of Linkerd's that meshproxy knows and does not implement (yet), with why. */
 const NOT_IMPLEMENTED: Record<string, string> = {
-  'timeout.linkerd.io/response': 'meshproxy has the route timeout (timeout.linkerd.io/request) and retry.linkerd.io/timeout',
   'timeout.linkerd.io/idle': 'stream idle timeouts are not implemented yet',
 }
 
@@ -85,9 +86,11 @@ export function readLinkerdAnnotations(annotations: Fields | undefined, name: st
   }
   const request = value('timeout.linkerd.io/request', duration)
   if (request !== undefined) out.requestTimeoutMs = request
+  const response = value('timeout.linkerd.io/response', duration)
+  if (response !== undefined) out.responseTimeoutMs = response
 
   const consecutive = ['max-failures', 'min-penalty', 'max-penalty', 'jitter-ratio'].map((k) => CONSECUTIVE + k)
-  const known = new Set([ACCRUAL, ...consecutive, 'retry.linkerd.io/http', 'retry.linkerd.io/grpc', 'retry.linkerd.io/limit', 'retry.linkerd.io/timeout', 'timeout.linkerd.io/request'])
+  const known = new Set([ACCRUAL, ...consecutive, 'retry.linkerd.io/http', 'retry.linkerd.io/grpc', 'retry.linkerd.io/limit', 'retry.linkerd.io/timeout', 'timeout.linkerd.io/request', 'timeout.linkerd.io/response'])
   for (const key of annotations.keys()) {
     if (!/(^|\.)linkerd\.io\//.test(key)) continue
     if (accrual === undefined && consecutive.includes(key)) {
