@@ -51,6 +51,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
             allowConnect: false,
             retry: null,
             queryParams: [],
+            cookies: [],
             requestHeaders: { set: [], add: [], remove: [] },
             responseHeaders: { set: [], add: [], remove: [] },
             rewrite: null,

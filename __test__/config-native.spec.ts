@@ -39,6 +39,7 @@ listeners:
           methods: [get, Post]
           headers: { X-Canary: "true" }
           query: { debug: "1", user name: a b }
+          cookies: { channel: beta }
         service: api
         timeout: 2500ms
         retry: { limit: 3, http: 502-504, grpc: unavailable, timeout: 300ms, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 }
@@ -113,6 +114,7 @@ test('native document loads into the exact model', (t) => {
               { name: 'debug', value: '1' },
               { name: 'user name', value: 'a b' },
             ],
+            cookies: [{ name: 'channel', value: 'beta' }],
             requestHeaders: { set: [{ name: 'x-env', value: 'prod' }], add: [{ name: 'x-tag', value: '1' }], remove: ['x-internal'] },
             responseHeaders: { set: [], add: [], remove: ['server'] },
             rewrite: { host: 'backend.internal', path: '/v2/', prefix: null },
@@ -130,6 +132,7 @@ test('native document loads into the exact model', (t) => {
             allowConnect: false,
             retry: null,
             queryParams: [],
+            cookies: [],
             requestHeaders: { set: [], add: [], remove: [] },
             responseHeaders: { set: [], add: [], remove: [] },
             rewrite: null,
@@ -147,6 +150,7 @@ test('native document loads into the exact model', (t) => {
             allowConnect: false,
             retry: null,
             queryParams: [],
+            cookies: [],
             requestHeaders: { set: [], add: [], remove: [] },
             responseHeaders: { set: [], add: [], remove: [] },
             rewrite: null,
@@ -235,6 +239,7 @@ services:
             allowConnect: false,
             retry: null,
             queryParams: [],
+            cookies: [],
             requestHeaders: { set: [], add: [], remove: [] },
             responseHeaders: { set: [], add: [], remove: [] },
             rewrite: null,
@@ -755,5 +760,9 @@ test('route filters: what could never work is an error at its place, with what w
   ])
   t.deepEqual(errs('service: s, responseHeaders: { remove: [x-a, X-A] }'), ['f.yaml:1:71: error: header "x-a" is listed twice in remove (list each name once)'])
   t.deepEqual(errs('service: s, match: { query: { a: "1", b: "2" } }'), [])
+  t.deepEqual(errs('service: s, match: { cookies: { channel: beta, id: \'"q"\' } }'), [])
+  t.deepEqual(errs('service: s, match: { cookies: { a: "x y" } }'), [
+    'f.yaml:1:61: error: invalid cookie value: cookie value "x y" has a character cookies cannot carry (no spaces, quotes inside, commas, semicolons or backslashes)',
+  ])
   t.deepEqual(errs('match: { path: /a }')[0], 'f.yaml:1:24: error: route is missing required field "service"', 'without backends or a redirect, a route needs its service')
 })

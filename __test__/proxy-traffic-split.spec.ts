@@ -1,6 +1,6 @@
 /**
  * Traffic splits through the real proxy: a route's `backends` share its requests by weight
- * (within ±2 % over 10,000 requests), a header match pins chosen requests to one side, and a
+ * (within ±2 % over 10,000 requests), a header or cookie match pins chosen requests to one side, and a
  * reload moves the weights (a blue-green switch) without failing a request in flight.
  */
 import http from 'node:http'
@@ -52,6 +52,21 @@ test('a header match in an earlier route pins test users to the canary', async (
   for (let i = 0; i < 20; i++) {
     t.is((await get(port, '/', { 'x-canary': '1' })).body, 'green')
     t.is((await get(port, '/')).body, 'blue', 'weight 0: no other request reaches green')
+  }
+})
+
+test('a cookie match in an earlier route pins chosen users to the canary', async (t) => {
+  const blue = await startBackend(t, 'blue')
+  const green = await startBackend(t, 'green')
+  const pin = `
+      - name: beta-users
+        match: { cookies: { channel: beta } }
+        service: green`
+  const { port } = await startProxy(t, split(blue.address, green.address, [100, 0], pin))
+  for (let i = 0; i < 20; i++) {
+    t.is((await get(port, '/', { cookie: 'session=abc; channel=beta' })).body, 'green')
+    t.is((await get(port, '/', { cookie: 'channel=stable' })).body, 'blue')
+    t.is((await get(port, '/')).body, 'blue')
   }
 })
 

@@ -484,9 +484,9 @@ function precedence(r: RouteModel): number[] {
   return [r.path.type === 'Exact' ? 0 : 1, -segments, ...matcherKey(r)]
 }
 
-/** Among routes of one path: a method match first, then more header matches, then more query matches. */
+/** Among routes of one path: a method match first, then more header (and cookie) matches, then more query matches. */
 function matcherKey(r: RouteModel): number[] {
-  return [r.methods.length > 0 ? 0 : 1, -r.headers.length, -r.queryParams.length]
+  return [r.methods.length > 0 ? 0 : 1, -(r.headers.length + r.cookies.length), -r.queryParams.length]
 }
 
 function compareKeys(a: number[], b: number[]): number {

@@ -29,6 +29,8 @@ import {
 } from './fields.js'
 import {
   checkHeaderValue,
+  checkCookieName,
+  checkCookieValue,
   checkName,
   checkQueryText,
   checkRequestTarget,
@@ -82,6 +84,11 @@ export const QUERY_PARAM_MATCH = table('QueryParamMatch', 'A query parameter who
   value: text('Exact value, decoded.', checkQueryText),
 })
 
+export const COOKIE_MATCH = table('CookieMatch', 'A cookie whose first occurrence in the request\'s `Cookie` fields must have exactly this value (as sent, case-sensitively).', {
+  name: text('Cookie name.', checkCookieName),
+  value: text('Exact value.', checkCookieValue),
+})
+
 /** The route's `match` in YAML: read by `native.ts` into `hosts`, `path`, `methods` and `headers`. */
 export const ROUTE_MATCH = {
   host: { description: 'A host this route serves (or a list): `api.example.com`, or `*.example.com` for exactly one label.', type: ['string', 'array'], items: { type: 'string' } },
@@ -100,6 +107,11 @@ export const ROUTE_MATCH = {
   },
   query: {
     description: 'Query parameters whose first occurrence must have exactly these values, e.g. `{ debug: "1" }` (compared decoded, case-sensitively).',
+    type: 'object',
+    additionalProperties: { type: ['string', 'number', 'boolean'] },
+  },
+  cookies: {
+    description: 'Cookies that must have exactly these values, e.g. `{ channel: beta }`: pins chosen users to a route (a canary, a blue-green cut-over).',
     type: 'object',
     additionalProperties: { type: ['string', 'number', 'boolean'] },
   },
@@ -184,6 +196,7 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
   methods: listOf(text('An uppercase method name.', normalizeMethod), 'Methods this route serves; empty = any method.', { yaml: false }),
   headers: listOf(nested(HEADER_MATCH), 'Headers that must match, all of them.', { yaml: false }),
   queryParams: listOf(nested(QUERY_PARAM_MATCH), 'Query parameters that must match, all of them.', { yaml: false }),
+  cookies: listOf(nested(COOKIE_MATCH), 'Cookies that must match, all of them (ranked with the header matches).', { yaml: false }),
   service: text(
     'Name of a service in `services`: where requests go, or with `backends` the first of them (the `service` label of the route\'s metrics); `""` on a route that redirects.',
     (s) => (s === '' ? ok(s) : checkName(s, 'service')),
@@ -191,7 +204,7 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
   ),
   backends: listOf(
     nested(BACKEND_REF, { yaml: { shorthand: 'service' } }),
-    'A traffic split: requests go to these services at random in proportion to their weights (a canary at 90/10, an A/B test, a blue-green switch by reload). Empty = every request to `service`. A match on a header (`match.headers`) in an earlier route pins chosen requests to one side.',
+    'A traffic split: requests go to these services at random in proportion to their weights (a canary at 90/10, an A/B test, a blue-green switch by reload). Empty = every request to `service`. A match on a header or cookie (`match.headers`, `match.cookies`) in an earlier route pins chosen requests to one side.',
   ),
   responseHeaderTimeoutMs: duration('Time allowed for the upstream\'s response headers, all attempts of a retried request together; 0 = no limit.', { min: 0, default: 15000 }, { yaml: { key: 'timeout' } }),
   allowConnect: flag(
@@ -455,6 +468,7 @@ export type RouteModel = ModelOf<typeof ROUTE>
 export type PathMatch = ModelOf<typeof PATH_MATCH>
 export type HeaderMatch = ModelOf<typeof HEADER_MATCH>
 export type QueryParamMatchModel = ModelOf<typeof QUERY_PARAM_MATCH>
+export type CookieMatchModel = ModelOf<typeof COOKIE_MATCH>
 export type HeaderModifierModel = ModelOf<typeof HEADER_MODIFIER>
 export type HeaderValueModel = ModelOf<typeof HEADER_VALUE>
 export type UrlRewriteModel = ModelOf<typeof URL_REWRITE>

@@ -10,7 +10,7 @@ import { BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, CONFIG, SIMPLE_BALANCER_K
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
-import { checkHeaderValue, checkName, checkQueryText, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizeModifiableHeaderName, normalizePath, parseAddress, type Parsed } from './values.js'
+import { checkCookieName, checkCookieValue, checkHeaderValue, checkName, checkQueryText, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizeModifiableHeaderName, normalizePath, parseAddress, type Parsed } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 
 /** The keys a table's YAML form accepts, in table order (the order "valid fields:" hints list them). */
@@ -190,6 +190,8 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   if (headers) route.headers = readHeaders(headers)
   const query = m.fields('query', 'query match', null)
   if (query) route.queryParams = readQuery(query)
+  const cookies = m.fields('cookies', 'cookie match', null)
+  if (cookies) route.cookies = readPairs(cookies, 'cookie', checkCookieName, checkCookieValue)
   return route
 }
 

@@ -203,6 +203,7 @@ export function lintModel(model: ConfigModel, warn: Report): void {
         [...route.methods].sort(),
         [...route.headers].map((h) => `${h.name}=${h.value}`).sort(),
         [...route.queryParams].map((q) => `${q.name}=${q.value}`).sort(),
+        [...route.cookies].map((c) => `${c.name}=${c.value}`).sort(),
       ])
       const first = matches.get(key)
       if (first !== undefined) {

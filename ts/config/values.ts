@@ -199,6 +199,17 @@ export function normalizeTargetHost(input: string): Parsed<string> {
   return host
 }
 
+/** A cookie name: an RFC 9110 token. */
+export function checkCookieName(input: string): Parsed<string> {
+  return isToken(input) ? ok(input) : fail(`"${input}" is not a valid cookie name`, 'cookie names are tokens: no spaces, "=", ";" or quotes')
+}
+
+/** A cookie value as RFC 6265 allows it: no spaces, `;`, `,`, `\\` or controls (quotes only around the whole value). */
+export function checkCookieValue(input: string): Parsed<string> {
+  const bare = /^"(.*)"$/.exec(input)?.[1] ?? input
+  return /^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$/.test(bare) ? ok(input) : fail(`cookie value "${input}" has a character cookies cannot carry`, 'no spaces, quotes inside, commas, semicolons or backslashes')
+}
+
 /** A query parameter's name or value as the router compares it (decoded): any text but control characters. */
 export function checkQueryText(input: string): Parsed<string> {
   if (/[\x00-\x1f\x7f]/.test(input)) return fail(`"${input}" contains control characters`)

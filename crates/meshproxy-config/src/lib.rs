@@ -142,6 +142,8 @@ pub struct RouteConfig {
     pub backends: Vec<BackendRefConfig>,
     /// Query parameters that must have exactly these values, all of them.
     pub query_params: Vec<QueryParamMatch>,
+    /// Cookies that must have exactly these values, all of them.
+    pub cookies: Vec<CookieMatch>,
     /// Header changes on each request before it is sent.
     pub request_headers: HeaderModifierConfig,
     /// Header changes on each response before it is returned.
@@ -158,6 +160,15 @@ pub struct RouteConfig {
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QueryParamMatch {
+    pub name: String,
+    pub value: String,
+}
+
+/// A cookie (of the request's `Cookie` fields) whose first occurrence must have exactly this value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CookieMatch {
     pub name: String,
     pub value: String,
 }
@@ -441,6 +452,7 @@ pub mod testing {
             retry: None,
             backends: vec![],
             query_params: vec![],
+            cookies: vec![],
             request_headers: HeaderModifierConfig::default(),
             response_headers: HeaderModifierConfig::default(),
             rewrite: None,

@@ -2,15 +2,15 @@
 //!
 //! Who uses it: the engine (`meshproxy-core`) compiles one table per listener and asks it for a
 //! route index per request. What it must not know: endpoints, balancing, sockets or what happens
-//! to a request after it is matched — it maps (host, path, query, method, headers) to an index,
-//! purely.
+//! to a request after it is matched — it maps (host, path, query, method, headers, cookies) to an
+//! index, purely.
 //!
 //! Precedence (documented in the README): the request's host selects candidate groups in the
 //! order exact host, then the one-label `*.suffix` wildcard, then routes without hosts; the first
 //! group with a matching route wins. Within a group: an `Exact` path beats any `Prefix`, a longer
 //! prefix (in segments) beats a shorter one, then a route matching on the method, then the one
-//! with more header matches, then with more query-parameter matches, then file order (the Gateway
-//! API's order for HTTPRoute rules).
+//! with more header (and cookie) matches, then with more query-parameter matches, then file order
+//! (the Gateway API's order for HTTPRoute rules, cookies counted as headers).
 
 pub mod path;
 
@@ -43,6 +43,7 @@ struct CompiledRoute {
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
     query: Vec<(Box<str>, Box<str>)>,
+    cookies: Vec<(Box<str>, Box<str>)>,
 }
 
 /// What a route matches a request on, borrowed from the request.
@@ -78,6 +79,9 @@ impl CompiledRoute {
         if !self.headers.iter().all(|(name, value)| headers.get_all(name).iter().any(|v| v == value)) {
             return false;
         }
+        if !self.cookies.iter().all(|(name, value)| cookie(headers, name) == Some(value.as_bytes())) {
+            return false;
+        }
         self.query.is_empty()
             || self.query.iter().all(|(name, value)| first_query_value(req.query, name, value))
     }
@@ -88,11 +92,23 @@ impl CompiledRoute {
             !self.exact,
             usize::MAX - self.segments.len(),
             self.methods.is_empty(),
-            usize::MAX - self.headers.len(),
+            usize::MAX - (self.headers.len() + self.cookies.len()),
             usize::MAX - self.query.len(),
             self.index,
         )
     }
+}
+
+/// The value of the first cookie named `name` in the request's `Cookie` fields (`a=1; b=2`), as
+/// sent (a quoted value keeps its quotes). Used by routes and by the cookie-hashing balancer.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers.get_all(http::header::COOKIE).iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')).find_map(
+        |pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        },
+    )
 }
 
 /// Whether the first `name` parameter of `query` has the value `want`, both decoded as a form
@@ -208,6 +224,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteEr
         })
         .collect::<Result<_, RouteError>>()?;
     let query = r.query_params.iter().map(|q| (q.name.as_str().into(), q.value.as_str().into())).collect();
+    let cookies = r.cookies.iter().map(|c| (c.name.as_str().into(), c.value.as_str().into())).collect();
     Ok(CompiledRoute {
         index,
         exact: r.path.kind == PathMatchType::Exact,
@@ -216,6 +233,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteEr
         methods,
         headers,
         query,
+        cookies,
     })
 }
 
@@ -223,7 +241,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteEr
 mod tests {
     use super::*;
     use meshproxy_config::testing::route;
-    use meshproxy_config::{HeaderMatch, PathMatchType::*, QueryParamMatch};
+    use meshproxy_config::{CookieMatch, HeaderMatch, PathMatchType::*, QueryParamMatch};
 
     fn find(t: &RouteTable, host: &str, path: &str) -> Option<usize> {
         t.find(&view(Some(host), path, None, &Method::GET, &HeaderMap::new()))
@@ -334,6 +352,27 @@ mod tests {
         assert_eq!(q(Some("Debug=on")), Some(0), "names are case-sensitive");
         assert_eq!(q(Some("d%65bug=o%6E")), Some(1), "percent escapes are decoded");
         assert_eq!(q(Some("user+name=a%26b")), Some(2), "`+` is a space, %26 an ampersand");
+    }
+
+    #[test]
+    fn cookie_matches_take_the_first_cookie_of_that_name() {
+        let mut beta = route("beta", &[], Prefix, "/", "s");
+        beta.cookies.push(CookieMatch { name: "channel".into(), value: "beta".into() });
+        let t = RouteTable::compile(&[route("all", &[], Prefix, "/", "s"), beta]).unwrap();
+        let find = |cookies: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for c in cookies {
+                h.append(http::header::COOKIE, HeaderValue::from_static(c));
+            }
+            t.find(&view(None, "/", None, &Method::GET, &h))
+        };
+        assert_eq!(find(&[]), Some(0));
+        assert_eq!(find(&["channel=beta"]), Some(1));
+        assert_eq!(find(&["a=1;channel = beta ; b=2"]), Some(1));
+        assert_eq!(find(&["session=x", "channel=beta"]), Some(1), "every Cookie field counts");
+        assert_eq!(find(&["channel=stable; channel=beta"]), Some(0), "only the first occurrence counts");
+        assert_eq!(find(&["xchannel=beta"]), Some(0));
+        assert_eq!(find(&["channel=Beta"]), Some(0), "values are case-sensitive");
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str) -> RouteCo
         retry: None,
         backends: vec![],
         query_params: vec![],
+        cookies: vec![],
         request_headers: HeaderModifierConfig::default(),
         response_headers: HeaderModifierConfig::default(),
         rewrite: None,

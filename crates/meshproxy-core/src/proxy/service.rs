@@ -581,15 +581,7 @@ fn find_route<'a>(
 fn request_hash(key: &HashKey, headers: &http::HeaderMap, client: SocketAddr) -> Option<u64> {
     match key {
         HashKey::Header(name) => headers.get(name).map(|v| hash_key_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|kv| {
-                let (k, v) = kv.trim().split_once('=')?;
-                (k == &**name).then(|| hash_key_bytes(v.as_bytes()))
-            }),
+        HashKey::Cookie(name) => crate::routing::cookie(headers, name).map(hash_key_bytes),
         HashKey::Source => Some(match client.ip() {
             std::net::IpAddr::V4(ip) => hash_key_bytes(&ip.octets()),
             std::net::IpAddr::V6(ip) => hash_key_bytes(&ip.octets()),
