@@ -1,14 +1,17 @@
 /**
  * Failure detection and recovery through the real proxy, with backends that really fail: an
  * endpoint answering 5xx is ejected after the configured failures in a row and readmitted by a
- * probe once it recovers; the ejection cap holds; a client's own bad request never counts; the
+ * probe once it recovers; a streamed gRPC status in the trailers and a body cut short count as
+ * failures too; the ejection cap holds; a client's own bad request never counts; the
  * state shows in `stats()`, the admin `/endpoints` and `/metrics`. `p2c-ewma` steers around a
  * slow endpoint. The timing logic itself is unit-tested with paused time
  * (crates/meshproxy-upstream/src/health.rs); these tests keep wide tolerances.
  */
 import http from 'node:http'
+import http2 from 'node:http2'
 import test from 'ava'
 import { counts, startBackend, startBackends, type Handler } from './helpers/backend.js'
+import { h2connect, h2request, listenH2 } from './helpers/h2.js'
 import { get, inParallel, rawRequest, sleep } from './helpers/http.js'
 import { load, simpleYaml, startProxy } from './helpers/proxy.js'
 import { formatDiagnostic, loadConfigText, type EndpointStats } from '../ts/index.js'
@@ -64,6 +67,61 @@ test('an endpoint answering 5xx is ejected after N failures in a row, then readm
   for (let i = 0; i < 9; i++) after.push((await get(port, '/')).body)
   t.true(after.filter((x) => x === 'c').length >= 2, `c serves again: ${after.join('')}`)
   t.is((await endpointStats(proxy, c.address)).state, 'healthy')
+})
+
+/** A gRPC-shaped HTTP/2 backend: 200, one message, then `grpc-status: status` in trailers (never trailers-only). */
+async function grpcBackend(t: Parameters<typeof listenH2>[0], status: number): Promise<{ address: string; calls: number }> {
+  const server = http2.createServer()
+  const state = { address: '', calls: 0 }
+  server.on('stream', (stream) => {
+    state.calls++
+    stream.resume()
+    stream.on('end', () => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': String(status) }))
+      const message = Buffer.from('reply')
+      const frame = Buffer.alloc(5 + message.length)
+      frame.writeUInt32BE(message.length, 1)
+      message.copy(frame, 5)
+      stream.end(frame)
+    })
+  })
+  state.address = (await listenH2(t, server)).address
+  return state
+}
+
+test('a streamed gRPC response whose trailers say UNAVAILABLE counts as the endpoint\'s failure and ejects it', async (t) => {
+  const good = await grpcBackend(t, 0)
+  const bad = await grpcBackend(t, 14)
+  const yaml = simpleYaml([good.address, bad.address], { service: `    protocol: http2${accrual(2)}` })
+  const { proxy, address } = await startProxy(t, yaml)
+  const session = h2connect(t, address)
+  const call = () => h2request(session, { ':method': 'POST', ':path': '/pkg.Svc/Call', 'content-type': 'application/grpc', te: 'trailers' }, '')
+  const statuses: string[] = []
+  for (let i = 0; i < 4; i++) statuses.push(String((await call()).trailers?.['grpc-status']))
+  t.deepEqual(statuses, ['0', '14', '0', '14'], 'round-robin; the status passes through in the trailers')
+  t.is((await endpointStats(proxy, bad.address)).state, 'ejected')
+  const before = bad.calls
+  for (let i = 0; i < 6; i++) t.is((await call()).trailers?.['grpc-status'], '0')
+  t.is(bad.calls, before, 'no call reached the ejected endpoint')
+})
+
+test('a response cut short mid-body counts as the endpoint\'s failure and ejects it', async (t) => {
+  const good = await startBackend(t, 'good')
+  const cut = await startBackend(t, 'cut', (req, res) => {
+    req.resume()
+    res.writeHead(200, { 'content-length': '100' })
+    res.write('only ten b')
+    setTimeout(() => res.socket?.destroy(), 20)
+  })
+  const { proxy, port } = await startProxy(t, simpleYaml([good.address, cut.address], { service: accrual(2) }))
+  const outcomes: string[] = []
+  for (let i = 0; i < 4; i++) {
+    outcomes.push(await get(port, '/').then((r) => r.body, () => 'cut short'))
+  }
+  t.deepEqual(outcomes, ['good', 'cut short', 'good', 'cut short'])
+  t.is((await endpointStats(proxy, cut.address)).state, 'ejected')
+  for (let i = 0; i < 6; i++) t.is((await get(port, '/')).body, 'good')
 })
 
 test('a failed probe ejects the endpoint again for twice as long', async (t) => {

@@ -10,7 +10,8 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::activity::ActivityGuard;
 use crate::breaker::Admission;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{parse_grpc_status, RouteMetrics};
+use crate::proxy::outcome::BodyVerdict;
 use crate::upstream::UpstreamIncoming;
 use meshproxy_http::upstream_body::BodyError;
 use meshproxy_upstream::pool::multiplexed::StreamSlot;
@@ -35,6 +36,8 @@ enum Kind {
         release: Option<Release>,
         /// For gRPC responses: where the `grpc-status` trailer is counted.
         grpc: Option<Arc<RouteMetrics>>,
+        /// The endpoint's verdict, given when the body ends (see [`BodyVerdict`]).
+        verdict: Option<Box<BodyVerdict>>,
     },
 }
 
@@ -64,9 +67,10 @@ impl ResponseBody {
         release: Release,
         activity: ActivityGuard,
         grpc: Option<Arc<RouteMetrics>>,
+        verdict: Option<Box<BodyVerdict>>,
     ) -> Self {
         let release = (!body.is_end_stream()).then_some(release);
-        ResponseBody { kind: Kind::Upstream { body, release, grpc }, _activity: Some(activity) }
+        ResponseBody { kind: Kind::Upstream { body, release, grpc, verdict }, _activity: Some(activity) }
     }
 }
 
@@ -80,21 +84,37 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, release, grpc } => {
+            Kind::Upstream { body, release, grpc, verdict } => {
                 let polled = body.poll_frame(cx);
                 let done = match &polled {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(m), Some(trailers)) = (grpc.as_deref(), frame.trailers_ref()) {
-                            if let Some(code) = trailers.get("grpc-status") {
-                                m.grpc_status(code.as_bytes());
-                            }
+                    Poll::Ready(None) => {
+                        if let Some(v) = verdict.take() {
+                            v.end(None, false);
                         }
-                        body.is_end_stream()
+                        true
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let status = frame.trailers_ref().and_then(|t| t.get("grpc-status"));
+                        if let (Some(m), Some(code)) = (grpc.as_deref(), status) {
+                            m.grpc_status(code.as_bytes());
+                        }
+                        if let Some(v) = status.is_some().then(|| verdict.take()).flatten() {
+                            v.end(status.and_then(|c| parse_grpc_status(c.as_bytes())), false);
+                        }
+                        let ended = body.is_end_stream();
+                        if let Some(v) = ended.then(|| verdict.take()).flatten() {
+                            v.end(None, false);
+                        }
+                        ended
                     }
                     // An error mid-body: the connection is dropped, never pooled, and the
                     // downstream response is aborted instead of ended cleanly.
-                    Poll::Ready(Some(Err(_))) => true,
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(v) = verdict.take() {
+                            v.end(None, true);
+                        }
+                        true
+                    }
                     Poll::Pending => false,
                 };
                 if done {

@@ -5,6 +5,7 @@
 //! endpoint's health (failure accrual and the latency estimate), classified by the service's
 //! failure policy.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -63,6 +64,19 @@ pub fn observe(
     route: Option<&RouteRuntime>,
     target: Option<(&Backend, &Endpoint)>,
 ) {
+    observe_head(outcome, listener, route, target, false);
+}
+
+/// As [`observe`]; with `deferred`, the endpoint's verdict on a response that is no failure by
+/// its head waits for the body's end ([`BodyVerdict`]).
+#[inline]
+pub fn observe_head(
+    outcome: &Outcome,
+    listener: &ListenerRuntime,
+    route: Option<&RouteRuntime>,
+    target: Option<(&Backend, &Endpoint)>,
+    deferred: bool,
+) {
     // Compiled out of release builds (`release_max_level_debug`): a developer's view of every
     // outcome.
     tracing::trace!(
@@ -82,7 +96,50 @@ pub fn observe(
         }
     }
     if let Some((backend, ep)) = target {
-        observe_endpoint(outcome, backend, ep);
+        observe_attempt(outcome, backend, ep, deferred);
+    }
+}
+
+/// The endpoint's verdict on a response whose head is no failure, given when its body ends: a
+/// `grpc-status` in the trailers in the service's failure set (or none at all on a gRPC
+/// response), or the upstream failing mid-body, is a failure; a body that ends well a success.
+/// A body the client abandons says nothing of the endpoint and gives no verdict.
+pub struct BodyVerdict {
+    backend: Arc<Backend>,
+    endpoint: Arc<Endpoint>,
+    grpc: bool,
+}
+
+/// The verdict to wait for, when the service ejects endpoints on failures and the head is no
+/// failure: only then can the body's end change what the endpoint is told. Boxed: most
+/// responses have none.
+pub fn defer_verdict(
+    outcome: &Outcome,
+    backend: &Arc<Backend>,
+    endpoint: &Arc<Endpoint>,
+    grpc: bool,
+) -> Option<Box<BodyVerdict>> {
+    let head_failed = backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc);
+    (backend.failure.accrual.is_some() && outcome.error.is_none() && !head_failed).then(|| {
+        Box::new(BodyVerdict {
+            backend: backend.clone(),
+            endpoint: endpoint.clone(),
+            grpc: grpc && outcome.grpc.is_none(),
+        })
+    })
+}
+
+impl BodyVerdict {
+    /// The body ended: `grpc_status` from its trailers; `broken` when the upstream failed
+    /// mid-body (a reset, a connection closed early).
+    pub fn end(self, grpc_status: Option<u8>, broken: bool) {
+        let failure = &self.backend.failure;
+        let failed = broken || (self.grpc && grpc_status.is_none_or(|c| failure.grpc.contains(c)));
+        let ep = &self.endpoint;
+        if failed {
+            ep.count_failure();
+        }
+        health_verdict(&self.backend, ep, failed);
     }
 }
 
@@ -90,6 +147,12 @@ pub fn observe(
 /// of a retried request is observed here; the request as a whole once, by [`observe`].
 #[inline]
 pub fn observe_endpoint(outcome: &Outcome, backend: &Backend, ep: &Endpoint) {
+    observe_attempt(outcome, backend, ep, false);
+}
+
+/// [`observe_endpoint`]; with `deferred`, a success is not told to the endpoint's health yet.
+#[inline]
+fn observe_attempt(outcome: &Outcome, backend: &Backend, ep: &Endpoint, deferred: bool) {
     if outcome.sent() {
         ep.count_request();
     }
@@ -103,14 +166,25 @@ pub fn observe_endpoint(outcome: &Outcome, backend: &Backend, ep: &Endpoint) {
         ep.count_failure();
     }
     if backend.failure.tracks_health() {
-        health(outcome, backend, ep, failed);
+        health(outcome, backend, ep, failed, deferred);
     }
 }
 
 /// Feeds the endpoint's health: failures toward ejection, answers toward readmission and the
 /// latency estimate. The proxy's own refusals and the client's errors say nothing of the
 /// endpoint and are left out.
-fn health(outcome: &Outcome, backend: &Backend, ep: &Endpoint, failed: bool) {
+fn health(outcome: &Outcome, backend: &Backend, ep: &Endpoint, failed: bool, deferred: bool) {
+    if failed || (outcome.error.is_none() && !deferred) {
+        health_verdict(backend, ep, failed);
+    }
+    if outcome.error.is_none() && backend.failure.track_latency {
+        ep.health.observe_latency(outcome.latency);
+    }
+}
+
+/// A failure toward ejection (or a failed probe), or a success that readmits and restarts the
+/// count.
+fn health_verdict(backend: &Backend, ep: &Endpoint, failed: bool) {
     if failed {
         let accrual = backend.failure.accrual.as_ref();
         let ejected = ep.health.failed(accrual, || accrual.is_some_and(|a| backend.endpoints().may_eject(a)));
@@ -123,11 +197,8 @@ fn health(outcome: &Outcome, backend: &Backend, ep: &Endpoint, failed: bool) {
                 "endpoint ejected"
             );
         }
-    } else if outcome.error.is_none() {
+    } else {
         ep.health.succeeded();
-    }
-    if outcome.error.is_none() && backend.failure.track_latency {
-        ep.health.observe_latency(outcome.latency);
     }
 }
 

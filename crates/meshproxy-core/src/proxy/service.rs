@@ -448,7 +448,7 @@ fn route<'a>(
 /// Phases 4 and 5: the backend (a weighted choice when a route splits its traffic) and the
 /// endpoint (the backend's balancer over its current endpoint set); whether the request goes
 /// over HTTP/2. `None` when the backend has no endpoints.
-fn select<'a>(ctx: &ConnCtx, routed: &RoutedRequest<'a>) -> Option<(&'a Backend, Arc<Endpoint>, bool)> {
+fn select<'a>(ctx: &ConnCtx, routed: &RoutedRequest<'a>) -> Option<(&'a Arc<Backend>, Arc<Endpoint>, bool)> {
     let (backend, endpoint) = choose(ctx, routed.route, &routed.head.headers)?;
     // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
     // extended CONNECT).
@@ -471,14 +471,14 @@ fn choose<'a>(
     ctx: &ConnCtx,
     route: &'a RouteRuntime,
     headers: &http::HeaderMap,
-) -> Option<(&'a Backend, Arc<Endpoint>)> {
+) -> Option<(&'a Arc<Backend>, Arc<Endpoint>)> {
     let backend = route.backends.as_ref()?.pick();
     let set = backend.endpoints();
     let hash = set.hash_key().and_then(|k| request_hash(k, headers, ctx.client));
     let endpoint = set.select(hash)?.clone();
     // An ejected endpoint whose penalty is over gets this request as its probe.
     endpoint.health.sending();
-    Some((&**backend, endpoint))
+    Some((backend, endpoint))
 }
 
 /// The slots a request to `endpoint` of `backend` holds while in flight: the endpoint's, and the
@@ -496,7 +496,7 @@ fn respond(
     ctx: &ConnCtx,
     meta: &Meta<'_>,
     route: &RouteRuntime,
-    (backend, endpoint): (&Backend, &Arc<Endpoint>),
+    (backend, endpoint): (&Arc<Backend>, &Arc<Endpoint>),
     after: After,
     result: Result<(forward::Sent, Admission), ProxyError>,
 ) -> Response<ResponseBody> {
@@ -527,7 +527,11 @@ fn respond(
         latency: meta.start.elapsed(),
         protocol: meta.protocol,
     };
-    outcome::observe(&outcome, meta.listener, Some(route), Some((backend, endpoint)));
+    // The body is still to come: when the service ejects on failures, a gRPC status in the
+    // trailers or a body cut short may yet make this response the endpoint's failure.
+    let streams = matches!(kind, Kind::Plain) && !resp.body().is_end_stream();
+    let verdict = if streams { outcome::defer_verdict(&outcome, backend, endpoint, meta.grpc) } else { None };
+    outcome::observe_head(&outcome, meta.listener, Some(route), Some((backend, endpoint)), verdict.is_some());
     let (mut parts, mut body) = resp.into_parts();
     // A 101 hands over the upstream connection (HTTP/1.1: upgrades never go over HTTP/2).
     let tunnel = match (downstream_upgrade, &mut body) {
@@ -563,7 +567,7 @@ fn respond(
     let release = Release { _stream: stream, _slots: permit };
     // A streamed gRPC response's status comes in its trailers: the body counts it.
     let grpc_metrics = (meta.grpc && grpc.is_none()).then(|| route.metrics.clone());
-    Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics))
+    Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics, verdict))
 }
 
 fn find_route<'a>(
