@@ -177,7 +177,7 @@ test('native document loads into the exact model', (t) => {
         failureStatuses: '429,500-599',
         failureGrpcStatuses: 'unavailable',
         failureAccrual: { consecutiveFailures: 5, minPenaltyMs: 2000, maxPenaltyMs: 60000, jitterPercent: 0, maxEjectionPercent: 34 },
-        circuitBreaker: { maxRequests: 200, maxPendingRequests: 0 },
+        circuitBreaker: { maxRequests: 200, maxPendingRequests: 0, maxConnections: 0 },
         healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
       },
       {

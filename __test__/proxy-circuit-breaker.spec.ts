@@ -1,7 +1,7 @@
 /**
  * Circuit breaking per service through the real proxy: with the backend holding every request
  * until the test lets go, requests past `maxRequests` (or past `maxPendingRequests` waiting for an
- * endpoint slot) are answered 503 `overloaded` at once, nothing queues without bound, the
+ * endpoint slot, or needing a connection past `maxConnections`) are answered 503 `overloaded` at once, nothing queues without bound, the
  * overflows are counted by limit, and none of it counts against the endpoint.
  */
 import http from 'node:http'
@@ -91,11 +91,32 @@ test('maxPendingRequests bounds the requests waiting for an endpoint slot; the r
   t.is(metricValue(proxy.metrics(), 'meshproxy_circuit_breaker_overflows_total{service="s",limit="requests"}'), undefined)
 })
 
+test('maxConnections bounds the service\'s upstream connections over all its endpoints; pooled ones keep serving', async (t) => {
+  const hold = holding()
+  const a = await startBackend(t, 'a', hold.handler)
+  const b = await startBackend(t, 'b', hold.handler)
+  const { port, proxy } = await startProxy(t, simpleYaml([a.address, b.address], { service: '    circuitBreaker: { maxConnections: 3 }\n' }))
+  const pending = Array.from({ length: 10 }, () => request(port, { path: '/' }).then((r) => [r.status, r.headers['meshproxy-error']] as const))
+  const overflows = (): number => metricValue(proxy.metrics(), 'meshproxy_circuit_breaker_overflows_total{service="s",limit="connections"}') ?? 0
+  const until = Date.now() + 5000
+  while ((overflows() < 7 || hold.held() < 3) && Date.now() < until) await new Promise((r) => setTimeout(r, 10))
+  t.is(hold.held(), 3, 'three requests reached the backends, one connection each')
+  t.is(overflows(), 7)
+  hold.release()
+  const results = await Promise.all(pending)
+  t.is(results.filter(([s]) => s === 200).length, 3)
+  t.deepEqual(results.filter(([s]) => s !== 200), Array.from({ length: 7 }, () => [503, 'overloaded'] as const))
+  for (let i = 0; i < 20; i++) t.is((await request(port, { path: '/' })).status, 200)
+  t.is(a.connections + b.connections, 3, 'later requests reuse the three pooled connections')
+  t.true((await proxy.stats()).endpoints.every((e) => e.failures === 0), 'refusals never count against an endpoint')
+})
+
 test('circuitBreaker settings: defaults, 0 = no limit, bad values refused', async (t) => {
   const { loadConfigText } = await import('../ts/index.js')
   const load = (cb: string) => loadConfigText(`listeners: [{ routes: [{ service: s }] }]\nservices: [{ name: s, endpoints: [127.0.0.1:1], circuitBreaker: ${cb} }]`)
-  t.deepEqual(load('{}').config?.services[0]?.circuitBreaker, { maxRequests: 0, maxPendingRequests: 0 })
-  t.deepEqual(load('{ maxRequests: 100 }').config?.services[0]?.circuitBreaker, { maxRequests: 100, maxPendingRequests: 0 })
+  t.deepEqual(load('{}').config?.services[0]?.circuitBreaker, { maxRequests: 0, maxPendingRequests: 0, maxConnections: 0 })
+  t.deepEqual(load('{ maxRequests: 100 }').config?.services[0]?.circuitBreaker, { maxRequests: 100, maxPendingRequests: 0, maxConnections: 0 })
   t.regex(load('{ maxRequests: -1 }').diagnostics[0]?.message ?? '', /maxRequests.*between 0/)
-  t.regex(load('{ maxConnections: 5 }').diagnostics[0]?.message ?? '', /unknown field "maxConnections"/)
+  t.is(load('{ maxConnections: 5 }').config?.services[0]?.circuitBreaker?.maxConnections, 5)
+  t.regex(load('{ maxConnection: 5 }').diagnostics[0]?.message ?? '', /unknown field "maxConnection"/)
 })

@@ -405,10 +405,14 @@ export const HEALTH_CHECK = table(
 
 export const CIRCUIT_BREAKER = table(
   'CircuitBreaker',
-  'Service-wide limits, as Envoy\'s circuit-breaker thresholds: past either, a request is answered 503 `overloaded` at once instead of queueing (and counted in `meshproxy_circuit_breaker_overflows_total`); it never counts against an endpoint. The per-endpoint limits (`maxInflightPerEndpoint`, `maxPendingPerEndpoint`) apply as well.',
+  'Service-wide limits, as Envoy\'s circuit-breaker thresholds: past any, a request is answered 503 `overloaded` at once instead of queueing (and counted in `meshproxy_circuit_breaker_overflows_total`); it never counts against an endpoint. The per-endpoint limits (`maxInflightPerEndpoint`, `maxPendingPerEndpoint`) apply as well.',
   {
     maxRequests: count('Requests in flight to the service\'s endpoints at once, from the request being sent to the end of its response; 0 = no limit.', { min: 0, default: 0 }),
     maxPendingRequests: count('Requests of the service waiting at once for an endpoint\'s in-flight slot; 0 = no limit.', { min: 0, default: 0 }),
+    maxConnections: count(
+      'Open upstream connections to the service\'s endpoints at once (all worker threads together): a request that would need a connection past it is answered 503 `overloaded` at once (it is not queued; pooled connections keep serving). An endpoint two services share counts in the limit of the later one. 0 = no limit.',
+      { min: 0, default: 0 },
+    ),
   },
 )
 

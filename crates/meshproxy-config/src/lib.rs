@@ -333,6 +333,8 @@ pub struct ServiceConfig {
 pub struct CircuitBreakerConfig {
     pub max_requests: u32,
     pub max_pending_requests: u32,
+    /// Open upstream connections to the service's endpoints at once.
+    pub max_connections: u32,
 }
 
 /// Active health checks of a service's endpoints.

@@ -23,7 +23,7 @@ use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;
 use meshproxy_upstream::pool::PoolSettings;
-use meshproxy_upstream::{CheckSpec, EndpointSettings, Probe};
+use meshproxy_upstream::{CheckSpec, ConnLimit, EndpointSettings, Probe};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -148,7 +148,8 @@ impl Snapshot {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
             let service = compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set)?;
-            endpoint_settings.extend(service.endpoints().iter().map(|e| (e.clone(), service.settings)));
+            endpoint_settings
+                .extend(service.endpoints().iter().map(|e| (e.clone(), service.settings.clone())));
             services.insert(s.name.as_str(), Arc::new(service));
         }
         let mut listeners = FxHashMap::default();
@@ -169,7 +170,7 @@ impl Snapshot {
     pub fn commit(&self, registry: &Registry, metrics: &Metrics) {
         registry.adopt(self.endpoint_settings.iter().map(|(e, _)| e));
         for (endpoint, settings) in &self.endpoint_settings {
-            endpoint.update(*settings);
+            endpoint.update(settings.clone());
         }
         let used = self.endpoint_addresses();
         registry.retain(|addr| used.contains(addr));
@@ -283,8 +284,10 @@ fn h2_settings(c: &Http2Config) -> meshproxy_http::h2_server::Settings {
     }
 }
 
-/// What a service gives its endpoints.
-fn endpoint_settings(s: &ServiceConfig) -> EndpointSettings {
+/// What a service gives its endpoints; `connections` is the service's bound on open upstream
+/// connections (kept across reloads), applied when its circuit breaker sets `maxConnections`.
+fn endpoint_settings(s: &ServiceConfig, connections: &Arc<ConnLimit>) -> EndpointSettings {
+    let max_connections = s.circuit_breaker.as_ref().map_or(0, |c| c.max_connections);
     EndpointSettings {
         pool: PoolSettings {
             max_idle: s.pool.max_idle_per_endpoint as usize,
@@ -294,6 +297,7 @@ fn endpoint_settings(s: &ServiceConfig) -> EndpointSettings {
         max_inflight: s.max_inflight_per_endpoint.max(1),
         max_pending: s.max_pending_per_endpoint,
         max_streams: s.max_streams_per_connection.max(1),
+        connections: (max_connections > 0).then(|| (connections.clone(), max_connections as usize)),
     }
 }
 
@@ -304,9 +308,9 @@ fn compile_service(
     metrics: &Metrics,
     metric_set: &mut MetricSet,
 ) -> Result<Backend, Error> {
-    let settings = endpoint_settings(s);
-    let set = compile_endpoint_set(s, &s.endpoints, registry, staged, settings)?;
     let service_metrics = metrics.tcp(metric_set, &s.name);
+    let settings = endpoint_settings(s, &service_metrics.connection_limit);
+    let set = compile_endpoint_set(s, &s.endpoints, registry, staged, settings.clone())?;
     Ok(Backend {
         name: s.name.as_str().into(),
         tcp: service_metrics.clone(),
@@ -367,7 +371,7 @@ pub fn compile_endpoint_set(
         let earlier = staged.iter().map(|(ep, _)| ep).chain(&handles).find(|ep| *ep.address == *e.address);
         let ep = match earlier {
             Some(ep) => ep.clone(),
-            None => registry.lookup_or_new(&e.address, settings),
+            None => registry.lookup_or_new(&e.address, settings.clone()),
         };
         handles.push(ep);
     }

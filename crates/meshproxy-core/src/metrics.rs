@@ -174,6 +174,9 @@ pub struct ServiceMetrics {
     /// Refused by the breaker's `maxRequests`, by its `maxPendingRequests`.
     pub overflow_requests: AtomicU64,
     pub overflow_pending: AtomicU64,
+    /// The breaker's `maxConnections`: the service's open upstream connections, and the ones it
+    /// refused (kept across reloads with the series).
+    pub connection_limit: Arc<meshproxy_upstream::ConnLimit>,
 }
 
 type RouteKey = (String, String, String);
@@ -543,11 +546,15 @@ impl Metrics {
             &mut out,
             "meshproxy_circuit_breaker_overflows_total",
             "counter",
-            "Requests a service's circuit breaker refused (503 overloaded), by the limit they hit.",
+            "Requests a service's circuit breaker refused (503 overloaded), by the limit they hit (a refused connection for `connections`).",
         );
         for (s, m) in tcp.iter() {
-            for (limit, c) in [("requests", &m.overflow_requests), ("pending", &m.overflow_pending)] {
-                let v = c.load(Ordering::Relaxed);
+            let limits = [
+                ("requests", m.overflow_requests.load(Ordering::Relaxed)),
+                ("pending", m.overflow_pending.load(Ordering::Relaxed)),
+                ("connections", m.connection_limit.overflows()),
+            ];
+            for (limit, v) in limits {
                 if v > 0 {
                     let _ = writeln!(
                         out,

@@ -271,10 +271,11 @@ impl MeshProxy {
             return Err(Error::Config(format!("no service {service:?}")));
         };
         let registry = self.shared.registry();
-        let set = crate::compile::compile_endpoint_set(config, endpoints, registry, &[], backend.settings)?;
+        let set =
+            crate::compile::compile_endpoint_set(config, endpoints, registry, &[], backend.settings.clone())?;
         registry.adopt(set.iter());
         for ep in set.iter() {
-            ep.update(backend.settings);
+            ep.update(backend.settings.clone());
         }
         backend.swap_endpoints(set);
         let used: std::collections::HashSet<Box<str>> = snapshot

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use meshproxy_http::h1::Io;
@@ -53,9 +54,56 @@ impl Connector for TcpConnector {
 
 /// A connection counted open on its endpoint until dropped. Weak: the endpoint's pool owns
 /// idle connections, so a strong reference would keep a removed endpoint alive through them.
+/// Also counted in its service's [`ConnLimit`] when the service has one.
 pub struct Counted<IO> {
     io: IO,
     endpoint: Weak<dyn OpenCount>,
+    service: Option<Arc<ConnLimit>>,
+}
+
+/// A service-wide bound on open upstream connections (a circuit breaker's `maxConnections`),
+/// shared by the service's endpoints and kept across reloads. A connection past it is not
+/// opened: the request is refused (overloaded) rather than queued. An endpoint two services
+/// share counts in the limit of the service whose settings it was last given.
+#[derive(Debug, Default)]
+pub struct ConnLimit {
+    /// 0 = no limit.
+    max: AtomicUsize,
+    open: AtomicUsize,
+    overflows: AtomicU64,
+}
+
+impl ConnLimit {
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Takes a place for a new connection; false (an overflow, counted) when none is left.
+    pub(crate) fn try_open(&self) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1));
+        if taken.is_err() {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+        }
+        taken.is_ok()
+    }
+
+    /// Gives back a place: its connection closed, or never opened.
+    pub(crate) fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Connections open under the limit.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused by the limit so far.
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
 }
 
 /// The counter a [`Counted`] connection decrements when it is dropped (its endpoint's).
@@ -64,8 +112,8 @@ pub(crate) trait OpenCount: Send + Sync {
 }
 
 impl<IO> Counted<IO> {
-    pub(crate) fn new(io: IO, endpoint: Weak<dyn OpenCount>) -> Self {
-        Counted { io, endpoint }
+    pub(crate) fn new(io: IO, endpoint: Weak<dyn OpenCount>, service: Option<Arc<ConnLimit>>) -> Self {
+        Counted { io, endpoint, service }
     }
 }
 
@@ -73,6 +121,9 @@ impl<IO> Drop for Counted<IO> {
     fn drop(&mut self) {
         if let Some(ep) = self.endpoint.upgrade() {
             ep.closed();
+        }
+        if let Some(limit) = &self.service {
+            limit.release();
         }
     }
 }
@@ -108,5 +159,22 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 impl<IO: Io> Io for Counted<IO> {
     fn is_closed_idle(&self) -> bool {
         self.io.is_closed_idle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conn_limit_takes_places_up_to_its_max_and_counts_refusals() {
+        let l = ConnLimit::default();
+        assert!((0..5).all(|_| l.try_open()), "no max: every connection may open");
+        l.set_max(6);
+        assert!(l.try_open());
+        assert!(!l.try_open());
+        assert_eq!((l.open(), l.overflows()), (6, 1));
+        l.release();
+        assert!(l.try_open(), "a closed connection gives its place back");
     }
 }

@@ -16,7 +16,7 @@ use meshproxy_http::h2_client::{self, H2Handle};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::connect::{Connector, Counted, OpenCount, Target, TcpConnector};
+use crate::connect::{ConnLimit, Connector, Counted, OpenCount, Target, TcpConnector};
 use crate::health::Health;
 use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
 use crate::pool::{Pool, PoolSettings, Reusable};
@@ -48,13 +48,15 @@ impl Multiplexed for H2Handle {
 }
 
 /// Per-endpoint settings, taken from the service that names the endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EndpointSettings {
     pub pool: PoolSettings,
     pub connect_timeout: Duration,
     pub max_inflight: u32,
     pub max_pending: u32,
     pub max_streams: u32,
+    /// The service's bound on open connections and its value; none = no bound.
+    pub connections: Option<(Arc<ConnLimit>, usize)>,
 }
 
 pub struct Endpoint<C: Connector = TcpConnector> {
@@ -69,6 +71,8 @@ pub struct Endpoint<C: Connector = TcpConnector> {
     pending: AtomicUsize,
     max_pending: AtomicUsize,
     connect_timeout_ms: AtomicU64,
+    /// The service's bound on open connections, read when a connection is opened.
+    conn_limit: parking_lot::Mutex<Option<Arc<ConnLimit>>>,
     /// Set when a reload removed the endpoint: connections finishing their last request close
     /// instead of going back to a pool nobody will use.
     retired: AtomicBool,
@@ -142,6 +146,10 @@ impl<C: Connector> Endpoint<C> {
             pending: AtomicUsize::new(0),
             max_pending: AtomicUsize::new(s.max_pending as usize),
             connect_timeout_ms: AtomicU64::new(s.connect_timeout.as_millis() as u64),
+            conn_limit: parking_lot::Mutex::new(s.connections.map(|(limit, max)| {
+                limit.set_max(max);
+                limit
+            })),
             retired: AtomicBool::new(false),
             open: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -174,6 +182,10 @@ impl<C: Connector> Endpoint<C> {
         }
         self.max_pending.store(s.max_pending as usize, Ordering::Relaxed);
         self.connect_timeout_ms.store(s.connect_timeout.as_millis() as u64, Ordering::Relaxed);
+        *self.conn_limit.lock() = s.connections.map(|(limit, max)| {
+            limit.set_max(max);
+            limit
+        });
         let old = self.max_inflight.swap(s.max_inflight, Ordering::Relaxed);
         if s.max_inflight > old {
             self.limiter.add_permits((s.max_inflight - old) as usize);
@@ -297,21 +309,33 @@ impl<C: Connector> Endpoint<C> {
     /// A new connection from the connector, bounded by the connect timeout, counted as opened
     /// and open until dropped.
     async fn open_counted(self: &Arc<Self>) -> Result<Conn<C>, UpstreamError> {
+        // The service's place is taken before connecting, so concurrent connects stay bounded.
+        let limit = self.conn_limit.lock().clone();
+        if limit.as_ref().is_some_and(|l| !l.try_open()) {
+            tracing::debug!(endpoint = %self.address, "service connection limit reached");
+            return Err(UpstreamError::Overloaded);
+        }
         let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let failed = |limit: &Option<Arc<ConnLimit>>| {
+            if let Some(l) = limit {
+                l.release();
+            }
+            UpstreamError::Connect
+        };
         let io = match tokio::time::timeout(timeout, self.connector.connect(&self.target)).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %self.address, error = %e, "upstream connect failed");
-                return Err(UpstreamError::Connect);
+                return Err(failed(&limit));
             }
             Err(_) => {
                 tracing::debug!(endpoint = %self.address, "upstream connect timed out");
-                return Err(UpstreamError::Connect);
+                return Err(failed(&limit));
             }
         };
         self.count_opened();
         let weak: Weak<dyn OpenCount> = Arc::downgrade(self) as Weak<dyn OpenCount>;
-        Ok(Counted::new(io, weak))
+        Ok(Counted::new(io, weak, limit))
     }
 
     /// A new connection: opened, and open until whatever holds it undoes `open`.
@@ -479,6 +503,7 @@ pub(crate) mod tests {
             max_inflight: 100,
             max_pending: 100,
             max_streams: 100,
+            connections: None,
         }
     }
 

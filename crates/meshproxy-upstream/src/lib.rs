@@ -17,7 +17,7 @@ pub mod pool;
 pub mod worker;
 
 pub use check::{CheckSpec, Probe, ProbeFailure, StatusSet};
-pub use connect::{Connector, Counted, Target, TcpConnector};
+pub use connect::{ConnLimit, Connector, Counted, Target, TcpConnector};
 pub use endpoint::{Checkout, Endpoint, EndpointSettings, Queued, Registry, Sample};
 pub use health::{Accrual, Health, HealthState};
 

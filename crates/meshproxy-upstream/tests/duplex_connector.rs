@@ -312,6 +312,7 @@ fn settings() -> EndpointSettings {
         max_inflight: 100,
         max_pending: 100,
         max_streams: 100,
+        connections: None,
     }
 }
 
