@@ -10,7 +10,7 @@ import {
   validateModel,
   type ConfigModel,
 } from '../ts/config/index.js'
-import { DOCUMENTED_HTTP2_DEFAULTS } from './helpers/defaults.js'
+import { DOCUMENTED_HTTP2_DEFAULTS, ROUTE_FILTER_DEFAULTS } from './helpers/defaults.js'
 
 test('formatDiagnostic: one line, position left out when there is none', (t) => {
   t.is(
@@ -50,12 +50,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
-            queryParams: [],
-            cookies: [],
-            requestHeaders: { set: [], add: [], remove: [] },
-            responseHeaders: { set: [], add: [], remove: [] },
-            rewrite: null,
-            redirect: null,
+            ...ROUTE_FILTER_DEFAULTS(),
             backends: [],
           },
         ],

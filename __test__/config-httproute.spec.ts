@@ -11,21 +11,8 @@ import { formatDiagnostic, loadConfigText, type LoadResult, type RouteModel } fr
 import { startBackend } from './helpers/backend.js'
 import { request } from './helpers/http.js'
 import { startProxy } from './helpers/proxy.js'
+import { k8sService as service } from './helpers/k8s.js'
 
-/** A Service `name` with one port 80 → `port` on 127.0.0.1, and its EndpointSlice. */
-const service = (name: string, port: number): string => `---
-apiVersion: v1
-kind: Service
-metadata: { name: ${name} }
-spec:
-  ports: [{ name: http, port: 80, targetPort: http }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: ${name}-1, labels: { kubernetes.io/service-name: ${name} } }
-ports: [{ name: http, port: ${port} }]
-endpoints: [{ addresses: ["127.0.0.1"] }]
-`
 
 const ROUTE = (apiVersion = 'gateway.networking.k8s.io/v1') => `apiVersion: ${apiVersion}
 kind: HTTPRoute

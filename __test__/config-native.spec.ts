@@ -1,6 +1,6 @@
 import test from 'ava'
 import { formatDiagnostic, loadConfigText, type ConfigModel, type Diagnostic, type LoadResult } from '../ts/config/index.js'
-import { DOCUMENTED_HTTP2_DEFAULTS } from './helpers/defaults.js'
+import { DOCUMENTED_HTTP2_DEFAULTS, ROUTE_FILTER_DEFAULTS } from './helpers/defaults.js'
 
 const errors = (r: LoadResult): Diagnostic[] => r.diagnostics.filter((d) => d.severity === 'error')
 const warnings = (r: LoadResult): Diagnostic[] => r.diagnostics.filter((d) => d.severity === 'warning')
@@ -131,12 +131,7 @@ test('native document loads into the exact model', (t) => {
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
-            queryParams: [],
-            cookies: [],
-            requestHeaders: { set: [], add: [], remove: [] },
-            responseHeaders: { set: [], add: [], remove: [] },
-            rewrite: null,
-            redirect: null,
+            ...ROUTE_FILTER_DEFAULTS(),
             backends: [],
           },
           {
@@ -238,12 +233,7 @@ services:
             responseHeaderTimeoutMs: 15000,
             allowConnect: false,
             retry: null,
-            queryParams: [],
-            cookies: [],
-            requestHeaders: { set: [], add: [], remove: [] },
-            responseHeaders: { set: [], add: [], remove: [] },
-            rewrite: null,
-            redirect: null,
+            ...ROUTE_FILTER_DEFAULTS(),
             backends: [],
           },
         ],

@@ -9,21 +9,8 @@ import test from 'ava'
 import { closedPort, startBackend } from './helpers/backend.js'
 import { request } from './helpers/http.js'
 import { portOf, startProxy } from './helpers/proxy.js'
+import { k8sService as service } from './helpers/k8s.js'
 
-/** Service `name` (port 80, named http) with one endpoint at 127.0.0.1:`port`. */
-const service = (name: string, port: number): string => `---
-apiVersion: v1
-kind: Service
-metadata: { name: ${name} }
-spec:
-  ports: [{ name: http, port: 80, targetPort: http }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: ${name}-1, labels: { kubernetes.io/service-name: ${name} } }
-ports: [{ name: http, port: ${port} }]
-endpoints: [{ addresses: ["127.0.0.1"] }]
-`
 
 const config = (shop: number, canary: number, outbound: number): string => `admin: null
 listeners:

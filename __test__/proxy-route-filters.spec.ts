@@ -9,6 +9,7 @@ import { h2connect, h2request } from './helpers/h2.js'
 import { request } from './helpers/http.js'
 import { startProxy } from './helpers/proxy.js'
 import { loadConfigText } from '../ts/index.js'
+import { k8sService as service } from './helpers/k8s.js'
 
 /** Echoes what arrived: method, target, host and the headers the test asks about. */
 const echo: Handler = (req, res, backend) => {
@@ -118,21 +119,6 @@ test('a query-parameter match picks its route; other values and other parameters
   t.is(await backendOf('/api/x?debug=off&debug=on'), 'app', 'the first occurrence counts')
   t.is(await backendOf('/api/x'), 'app')
 })
-
-/** A Service named `name` whose one endpoint is 127.0.0.1:`port`. */
-const service = (name: string, port: number): string => `---
-apiVersion: v1
-kind: Service
-metadata: { name: ${name} }
-spec:
-  ports: [{ name: http, port: 80, targetPort: http }]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: ${name}-1, labels: { kubernetes.io/service-name: ${name} } }
-ports: [{ name: http, port: ${port} }]
-endpoints: [{ addresses: ["127.0.0.1"] }]
-`
 
 /** As the Gateway API documents these filters. */
 const HTTP_ROUTE = `apiVersion: gateway.networking.k8s.io/v1

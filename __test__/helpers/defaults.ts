@@ -10,3 +10,13 @@ export const DOCUMENTED_HTTP2_DEFAULTS = {
   keepAliveIntervalMs: 20000,
   keepAliveTimeoutMs: 20000,
 }
+
+/** A route's filter and extra-match fields as the model defaults them: none set. */
+export const ROUTE_FILTER_DEFAULTS = () => ({
+  queryParams: [],
+  cookies: [],
+  requestHeaders: { set: [], add: [], remove: [] },
+  responseHeaders: { set: [], add: [], remove: [] },
+  rewrite: null,
+  redirect: null,
+})

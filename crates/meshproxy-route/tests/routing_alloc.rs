@@ -4,9 +4,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use http::{HeaderMap, HeaderValue, Method};
-use meshproxy_config::{
-    HeaderMatch, HeaderModifierConfig, PathMatch, PathMatchType, QueryParamMatch, RouteConfig,
-};
+use meshproxy_config::{HeaderMatch, PathMatchType, QueryParamMatch, RouteConfig};
 use meshproxy_route::{RequestView, RouteTable};
 
 thread_local! {
@@ -34,24 +32,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn route(name: &str, hosts: &[&str], kind: PathMatchType, path: &str) -> RouteConfig {
-    RouteConfig {
-        name: name.into(),
-        hosts: hosts.iter().map(|h| (*h).into()).collect(),
-        path: PathMatch { kind, value: path.into() },
-        methods: vec![],
-        headers: vec![],
-        service: "s".into(),
-        response_header_timeout_ms: 0,
-        allow_connect: false,
-        retry: None,
-        backends: vec![],
-        query_params: vec![],
-        cookies: vec![],
-        request_headers: HeaderModifierConfig::default(),
-        response_headers: HeaderModifierConfig::default(),
-        rewrite: None,
-        redirect: None,
-    }
+    meshproxy_config::testing::route(name, hosts, kind, path, "s")
 }
 
 #[test]
