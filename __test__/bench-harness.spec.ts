@@ -333,5 +333,5 @@ test('degraded scenario: its own table, per phase success, p99 and share, no sum
   t.regex(md, /\| meshproxy p2c-ewma \| 100\.00 % \| 3\.50 ms \| 0\.10 % \| 99\.90 % \| 3\.00 ms \| 0\.10 % \| 67\.10 % \| 4\.00 ms \| 50\.00 % \| – \/ 2 \| – \/ 0 \| 0 \|/)
   t.notRegex(md, /http1 req\/s/) // no throughput summary
   t.notRegex(md, /target \(issue #4\)/)
-  t.regex(md, /- Degraded: open loop at 500 req\/s/)
+  t.regex(md, /- Degraded: open loop at 500 req\/s\./)
 })

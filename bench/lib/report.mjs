@@ -372,7 +372,7 @@ export function markdown(result) {
         `Peak RSS: VmHWM summed over its processes. Upstream reuse: 1 − connections accepted ÷ requests served, read from the backends' nginx stub_status around the measured run (the same for every target).`,
     )
   }
-  if (c.degraded && result.aggregates.some((a) => a.scenario === 'degraded')) L.push(`- Degraded: ${c.degraded}; fresh backends and target for every repetition.`)
+  if (c.degraded && result.aggregates.some((a) => a.scenario === 'degraded')) L.push(`- Degraded: ${c.degraded}.`)
   const ka = config.nginxKeepalive
   if (ka && throughput) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
   const setups = Object.entries(config.setups ?? {})
