@@ -2,22 +2,32 @@
  * The benchmark harness's own moving parts, so `npm test` catches a broken bench before a bench
  * run does: the Node peer proxies forward real traffic round-robin over keep-alive connections,
  * the parsers read real tool output shapes, the targets check reads medians the way the issue
- * states its targets, and the chart renders headless.
+ * states its targets, and the chart renders headless. For the degraded scenario: the fault
+ * backend really has its phases, the open-loop generator holds its rate and counts per phase,
+ * the generated meshproxy and HAProxy configs are valid, and the report has the scenario's table.
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import { once } from 'node:events'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { startBackends } from './helpers/backend.js'
 import { ROOT } from './helpers/cli.js'
+import { formatDiagnostic, loadConfigText } from '../ts/index.js'
 // @ts-expect-error: plain ESM modules of the bench, no type declarations
 import { parseStubStatus, parseWrk } from '../bench/lib/parse.mjs'
 // @ts-expect-error: plain ESM module of the bench
 import { checkTargets, aggregate, markdown } from '../bench/lib/report.mjs'
 // @ts-expect-error: plain ESM module of the bench
-import { SCENARIOS } from '../bench/lib/targets.mjs'
+import { DEGRADED_PHASES, haproxyDegradedConf, MESHPROXY_DEGRADED_VARIANTS, meshproxyDegradedYaml, SCENARIOS, startFaultBackends } from '../bench/lib/targets.mjs'
 // @ts-expect-error: plain ESM module of the bench
 import { renderChart } from '../bench/lib/chart.mjs'
+// @ts-expect-error: plain ESM module of the bench
+import { runDegradedPhases, runOpenLoop } from '../bench/lib/degraded.mjs'
+// @ts-expect-error: plain ESM module of the bench
+import { which } from '../bench/lib/tools.mjs'
 
 async function freePort(): Promise<number> {
   const s = http.createServer()
@@ -145,4 +155,183 @@ test('chart renders an SVG without a browser', async (t) => {
   const svg = (await renderChart(syntheticResult())) as string
   t.true(svg.startsWith('<svg'))
   t.regex(svg, /throughput ÷ direct/)
+})
+
+interface FaultBackend {
+  name: string
+  addr: string
+  degraded: boolean
+  setPhase(p: object): Promise<unknown>
+  counts(): Promise<Record<string, { requests: number; errors: number; health: number }>>
+  stop(): Promise<void>
+}
+interface Phase {
+  name: string
+  delayMs: number
+  errorPercent: number
+  recorded: boolean
+}
+interface PhaseResult {
+  name: string
+  sent: number
+  success: number
+  status: Record<string, number>
+  clientErrors: Record<string, number>
+  latencyMs: { p50: number; p99: number }
+  degradedShare: number
+  backends: { requests: number }[]
+  proxy: Record<string, number>
+}
+const phase = (name: string): Phase => DEGRADED_PHASES.find((p: Phase) => p.name === name)
+
+async function faultBackends(t: { teardown(fn: () => Promise<void>): void }): Promise<FaultBackend[]> {
+  const backends: FaultBackend[] = await startFaultBackends(ROOT)
+  t.teardown(async () => {
+    await Promise.all(backends.map((b) => b.stop()))
+  })
+  return backends
+}
+
+/** One GET on a fresh connection: status and milliseconds to the end of the body. */
+async function timedGet(addr: string, path = '/'): Promise<{ status: number; ms: number }> {
+  const [host, port] = addr.split(':')
+  const t0 = performance.now()
+  const res = await new Promise<http.IncomingMessage>((resolve, reject) => http.get({ host, port: Number(port), path, agent: false }, resolve).on('error', reject))
+  res.resume()
+  await once(res, 'end')
+  return { status: res.statusCode!, ms: performance.now() - t0 }
+}
+
+test('degraded scenario: the fault backend answers ≥ 50 ms in the slow phase and half 500s in the error phase; the others stay healthy', async (t) => {
+  const backends = await faultBackends(t)
+  const [healthy, , degraded] = backends
+  t.true(degraded!.degraded && !healthy!.degraded)
+  // Lower bounds are exact (a timer); upper bounds are medians, loose: the machine may be busy.
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!
+  await Promise.all(backends.map((b) => b.setPhase(phase('slow'))))
+  const fast: number[] = []
+  for (let i = 0; i < 5; i++) {
+    const slow = await timedGet(degraded!.addr)
+    t.is(slow.status, 200)
+    t.true(slow.ms >= 50, `slow phase answer in ${slow.ms.toFixed(1)} ms`)
+    const h = await timedGet(healthy!.addr)
+    t.is(h.status, 200)
+    fast.push(h.ms)
+  }
+  t.true(median(fast) < 40, `healthy backend: median ${median(fast).toFixed(1)} ms`)
+  // The health check path is never degraded (what HAProxy's httpchk probes).
+  t.is((await timedGet(degraded!.addr, '/healthz')).status, 200)
+  await Promise.all(backends.map((b) => b.setPhase(phase('errors'))))
+  const statuses: number[] = []
+  const times: number[] = []
+  for (let i = 0; i < 200; i++) {
+    const r = await timedGet(degraded!.addr)
+    statuses.push(r.status)
+    times.push(r.ms)
+  }
+  t.true(median(times) < 40, `error phase answers are fast: median ${median(times).toFixed(1)} ms`)
+  const errors = statuses.filter((s) => s === 500).length
+  t.is(errors + statuses.filter((s) => s === 200).length, 200)
+  t.true(errors >= 80 && errors <= 120, `${errors} of 200 answered 500`)
+  for (let i = 0; i < 20; i++) t.is((await timedGet(healthy!.addr)).status, 200)
+  const counts = await degraded!.counts()
+  t.deepEqual(counts.slow, { requests: 5, errors: 0, health: 1 })
+  t.deepEqual(counts.errors, { requests: 200, errors, health: 0 })
+  t.is((await healthy!.counts()).errors!.requests, 20)
+})
+
+test('degraded scenario: the open-loop generator holds its rate and counts each phase, with the backends switched at the phase start', async (t) => {
+  const backends = await faultBackends(t)
+  const degraded = backends.find((b) => b.degraded)!
+  // Straight at the degraded backend, no proxy: the phases must show as they are.
+  const phases = ['warmup', 'slow', 'errors'].map((n) => ({ ...phase(n), seconds: 1 }))
+  let snapshots = 0
+  const t0 = Date.now()
+  const res: PhaseResult[] = await runDegradedPhases(`http://${degraded.addr}/`, backends, {
+    rate: 200,
+    connections: 32,
+    phases,
+    snapshot: async () => ({ retries: snapshots++ }),
+  })
+  t.true(Date.now() - t0 < 6_000)
+  t.deepEqual(res.map((p) => p.name), ['slow', 'errors'])
+  const [slow, errors] = res as [PhaseResult, PhaseResult]
+  t.is(slow.sent, 200)
+  t.is(errors.sent, 200)
+  t.deepEqual(slow.clientErrors, {})
+  t.is(slow.success, 1)
+  t.true(slow.latencyMs.p50 >= 50, `slow p50 ${slow.latencyMs.p50} ms`)
+  t.true(errors.success > 0.35 && errors.success < 0.65, `error phase success ${errors.success}`)
+  t.true(errors.latencyMs.p50 < 50, `error phase p50 ${errors.latencyMs.p50} ms`)
+  t.is(slow.degradedShare, 1) // only the degraded backend was sent anything
+  t.is(errors.backends.reduce((s, b) => s + b.requests, 0), 200)
+  // A snapshot at each of the three phase starts and one at the end: per-phase deltas of 1.
+  t.is(snapshots, 4)
+  t.deepEqual(slow.proxy, { retries: 1 })
+  // Open loop: a request is due at its time whether or not earlier ones were answered, so 50 ms
+  // answers at 200 req/s keep about 10 in flight instead of slowing the rate.
+  const quick = await runOpenLoop(`http://${backends[0]!.addr}/`, { rate: 100, phases: [{ name: 'only', seconds: 1 }] })
+  t.is(quick[0].sent, 100)
+  t.is(quick[0].success, 1)
+})
+
+test('degraded scenario: the generated meshproxy configs load as intended and the HAProxy configs pass haproxy -c', (t) => {
+  const backends = [{ addr: '127.0.0.1:9001' }, { addr: '127.0.0.1:9002' }, { addr: '127.0.0.1:9003' }]
+  for (const variant of Object.keys(MESHPROXY_DEGRADED_VARIANTS)) {
+    const r = loadConfigText(meshproxyDegradedYaml(variant, '127.0.0.1:9000', '127.0.0.1:9100', backends), { file: `${variant}.yaml` })
+    t.deepEqual(r.diagnostics.map(formatDiagnostic), [], variant)
+    const v = MESHPROXY_DEGRADED_VARIANTS[variant]
+    const svc = r.config!.services[0]!
+    t.deepEqual(svc.balancer, { kind: v.balancer })
+    t.deepEqual(svc.endpoints.map((e: { address: string }) => e.address), backends.map((b) => b.addr))
+    t.is(svc.failureAccrual.consecutiveFailures, v.accrual ? 5 : 0)
+    const retry = r.config!.listeners[0]!.routes[0]!.retry
+    if (v.retry) t.like(retry, { limit: 2, http: '500-599', budgetPercent: 20, budgetMinPerSecond: 10 })
+    else t.is(retry, null)
+  }
+  const haproxy = which('haproxy')
+  if (!haproxy) return t.log('haproxy not installed: its configs not checked')
+  const dir = mkdtempSync(join(tmpdir(), 'bench-haproxy-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  for (const l7Retries of [false, true]) {
+    const conf = join(dir, `degraded-${l7Retries}.cfg`)
+    const text: string = haproxyDegradedConf(dir, 9000, backends, 256, 1, { l7Retries })
+    writeFileSync(conf, text)
+    const r = spawnSync(haproxy, ['-c', '-f', conf], { encoding: 'utf8' })
+    t.is(r.status, 0, `${r.stdout}${r.stderr}`)
+    t.regex(text, /observe layer7 error-limit 5 on-error mark-down/)
+    t.is(/retry-on .*\b500\b/.test(text), l7Retries)
+  }
+})
+
+test('degraded scenario: its own table, per phase success, p99 and share, no summary or targets tables when it runs alone', (t) => {
+  const runs: object[] = []
+  const phaseRec = (name: string, success: number, p99: number, share: number, proxy = {}) => ({ name, success, latencyMs: { p99 }, degradedShare: share, proxy })
+  for (let rep = 0; rep < 3; rep++) {
+    for (const [target, errorsOnly] of [['meshproxy-ewma', 0.67], ['haproxy-observe', 0.93]] as const) {
+      runs.push({
+        scenario: 'degraded',
+        workers: 1,
+        target,
+        rep,
+        degraded: {
+          phases: [phaseRec('slow', 1, 3.5, 0.001), phaseRec('errors', 0.999, 3, 0.001), phaseRec('errors-only', errorsOnly + rep / 1000, 4, 0.5, { ejections: 2, retries: 0 })],
+          noise: { noisy: false },
+        },
+      })
+    }
+  }
+  const aggregates = [aggregate(runs, { name: 'degraded', ...SCENARIOS.degraded }, ['meshproxy-ewma', 'haproxy-observe'], 1)]
+  const result = {
+    ...syntheticResult(),
+    config: { workers: [1], reps: 3, scenarios: ['degraded'], commands: { degraded: 'open loop at 500 req/s' } },
+    aggregates,
+    runs,
+  }
+  const md = markdown({ ...result, targets: checkTargets(result) }) as string
+  t.regex(md, /\| target \| slow \(\+50 ms\): success \| slow \(\+50 ms\): p99 \| slow \(\+50 ms\): to degraded \| then errors/)
+  t.regex(md, /\| meshproxy p2c-ewma \| 100\.00 % \| 3\.50 ms \| 0\.10 % \| 99\.90 % \| 3\.00 ms \| 0\.10 % \| 67\.10 % \| 4\.00 ms \| 50\.00 % \| – \/ 2 \| – \/ 0 \| 0 \|/)
+  t.notRegex(md, /http1 req\/s/) // no throughput summary
+  t.notRegex(md, /target \(issue #4\)/)
+  t.regex(md, /- Degraded: open loop at 500 req\/s\./)
 })

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm run bench`: meshproxy side by side with HAProxy, nginx, http-proxy and undici, and with the
 // direct path, over the same two nginx backends: small, 16 KiB and 1 MiB responses on HTTP/1.1,
-// small responses on h2c, connection churn, and memory with 1,000 idle connections; at 1 and 2
+// small responses on h2c, connection churn, and memory with 1,000 idle connections; then failure
+// handling with one of three endpoints degraded (its own fault-injecting backends); at 1 and 2
 // worker threads. See bench/README.md for what is measured and why. Options: --help.
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -11,7 +12,7 @@ import { parseArgs } from 'node:util'
 import http2 from 'node:http2'
 import { installCleanupHandlers, start, stop, stopAll, waitForOutput } from './lib/procs.mjs'
 import { busyPercent, machineCpu, otherLoadPercent, stealPercent, statusKb, sumCpuSeconds, sumPeakRssKb, threadCpu, threadCpuDelta, treeCpuSeconds } from './lib/procstat.mjs'
-import { ALL_TARGETS, BODIES, bodyBytes, freePorts, NGINX_KEEPALIVE, SCENARIOS, startNginx } from './lib/targets.mjs'
+import { ALL_TARGETS, BODIES, bodyBytes, DEGRADED_PHASES, DEGRADED_RUNS, freePorts, NGINX_KEEPALIVE, SCENARIOS, startFaultBackends, startNginx } from './lib/targets.mjs'
 import { openIdle, runH2load, runH2loadH2c, runWrk } from './lib/loadgen.mjs'
 import { addonInfo, collectVersions, findTools, INSTALL_HINT } from './lib/tools.mjs'
 import { aggregate, checkTargets, markdown } from './lib/report.mjs'
@@ -37,7 +38,14 @@ const OPTIONS = {
   'steal-limit': { env: 'BENCH_STEAL_LIMIT', def: 10, help: 'redo a run once if steal exceeds this % of CPU' },
   'other-limit': { env: 'BENCH_OTHER_LIMIT', def: 10, help: 'redo a run once if processes outside the bench used more than this % of the machine' },
   'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before a redo, wait up to this many seconds for other load to drop' },
+  'degraded-rate': { env: 'BENCH_DEGRADED_RATE', def: 500, help: 'degraded scenario: offered load, req/s (open loop)' },
+  'degraded-duration': { env: 'BENCH_DEGRADED_DURATION', def: null, help: 'degraded scenario: seconds per phase (default: 1.25 × --duration, rounded)' },
 }
+
+/** Client connections the degraded scenario's load generator may open (it opens more only when all are busy). */
+const DEGRADED_CONNECTIONS = 64
+/** Past this p99 of its own send lag (ms), a degraded run is flagged noisy: its latencies measure the generator too. */
+const DEGRADED_LAG_LIMIT_MS = 5
 
 function usage() {
   const lines = Object.entries(OPTIONS).map(([k, o]) => `  --${k.padEnd(15)} ${o.help} (default ${o.def ?? 'see text'}; env ${o.env})`)
@@ -80,6 +88,8 @@ function readOptions() {
     opts[k] = n
   }
   if (opts['rate-duration'] === null) opts['rate-duration'] = opts.duration
+  if (opts['degraded-duration'] === null) opts['degraded-duration'] = Math.round(1.25 * opts.duration)
+  for (const k of ['degraded-rate', 'degraded-duration']) if (!(opts[k] > 0)) throw new Error(`--${k}: expected a positive number`)
   for (const k of ['duration', 'extra-duration', 'connections', 'threads', 'reps', 'rate-clients', 'h2-clients', 'h2-streams']) {
     if (!Number.isInteger(opts[k]) || opts[k] < 1) throw new Error(`--${k}: expected a positive integer`)
   }
@@ -408,6 +418,85 @@ async function measureIdle(sc, inst, url, rec, flag) {
 }
 
 
+/** bench/lib/degraded.mjs, loaded only when the degraded scenario runs (it needs undici, a dev dependency). */
+let degradedLoad = null
+
+/** The degraded scenario's unrecorded warm-up, in seconds: --warmup, at least 1 s (connections, first estimates). */
+function degradedWarmup(opts) {
+  return Math.max(1, opts.warmup)
+}
+
+/** Lines a target prints in the degraded scenario because it is doing its job: ejections, mark-downs, readmissions. */
+const EXPECTED_DEGRADED_OUTPUT = /endpoint (ejected|readmitted)|Server app\/b\d is (UP|DOWN)|Health analyze|Layer7 check/
+
+/**
+ * One repetition of one target in the degraded scenario: for each of DEGRADED_RUNS, fresh fault
+ * backends and a fresh target, a sanity check while all three are healthy, then the run's phases
+ * in one continuous open-loop run, the target's failure-handling counters read at every phase
+ * start. The noise check wraps the whole repetition: a redo starts everything again.
+ */
+async function measureDegradedRun(sc, target, ctx, rep, workers, opts, tools, flags) {
+  const flag = (kind, message) => {
+    flags.push({ scenario: sc.name, workers, target: target.name, rep, kind, message })
+    log(`  ${{ error: 'FLAG', noise: 'NOISE' }[kind] ?? 'note'}: ${message}`)
+  }
+  const rec = { scenario: sc.name, workers, target: target.name, rep }
+  if (target.family === 'meshproxy') rec.addon = addonInfo(repoDir)
+  const byName = Object.fromEntries(DEGRADED_PHASES.map((p) => [p.name, { ...p, seconds: p.recorded ? opts['degraded-duration'] : degradedWarmup(opts) }]))
+  const oneRun = async (names) => {
+    const backends = await startFaultBackends(ctx.repoDir)
+    let inst = null
+    try {
+      inst = await target.start({ ...ctx, backends, rep, tools, workers })
+      rec.command = inst.command ?? null
+      rec.setup = inst.setup ?? null
+      await sanityCheck(inst.url, sc.path)
+      const phases = await degradedLoad.runDegradedPhases(inst.url + sc.path, backends, {
+        rate: opts['degraded-rate'],
+        connections: DEGRADED_CONNECTIONS,
+        phases: names.map((n) => byName[n]),
+        snapshot: () => inst.snapshot(),
+      })
+      return { phases, peakRssKb: sumPeakRssKb(inst.pids()) }
+    } finally {
+      if (inst) {
+        await inst.stop()
+        const lines = (inst.output?.() ?? '').split('\n').filter((l) => l.trim() && !/listening|admin on|draining|\[NOTICE\]/.test(l))
+        const other = lines.filter((l) => !EXPECTED_DEGRADED_OUTPUT.test(l))
+        rec.stderr = [...(rec.stderr ?? []), ...lines].slice(0, 50)
+        if (other.length) flag('note', `${target.name} printed ${other.length} unexpected line(s), first: ${other[0].slice(0, 200)}`)
+      }
+      await Promise.all(backends.map((b) => b.stop()))
+    }
+  }
+  const m = await withNoiseCheck(`${target.name} degraded`, opts, async () => {
+    const runs = []
+    for (const names of DEGRADED_RUNS) runs.push(await oneRun(names))
+    return { phases: runs.flatMap((r) => r.phases), peakRssKb: Math.max(...runs.map((r) => r.peakRssKb)) }
+  })
+  rec.degraded = { rate: opts['degraded-rate'], phases: m.result.phases, noise: noiseRecord(m) }
+  rec.peakRssKb = m.result.peakRssKb
+  for (const p of rec.degraded.phases) {
+    const L = p.latencyMs
+    const px = p.proxy
+    log(
+      `  ${p.name}: ${p.sent} sent, success ${(p.success * 100).toFixed(2)} %, p50 ${L.p50?.toFixed(3)} ms, p99 ${L.p99?.toFixed(3)} ms, ` +
+        `degraded endpoint ${(p.degradedShare * 100).toFixed(1)} % of ${p.backends.reduce((s, b) => s + b.requests, 0)} attempts; ` +
+        `${px.ejections ?? '?'} ejection(s), ${px.retries ?? '?'} retries${px.retriesOverBudget != null ? ` (${px.retriesOverBudget} over budget)` : ''}; generator lag p99 ${p.lagMs.p99?.toFixed(2)} ms`,
+    )
+    const ce = Object.entries(p.clientErrors)
+    if (ce.length) flag('note', `${p.name}: client-side errors (counted as failures): ${ce.map(([k, v]) => `${k} ${v}`).join(', ')}`)
+    // The generator's own lag is in every latency it reports: past a few ms it is measuring itself.
+    if (p.lagMs.p99 > DEGRADED_LAG_LIMIT_MS) {
+      flag('noise', `${p.name}: the load generator sent late (lag p99 ${p.lagMs.p99.toFixed(1)} ms, max ${p.lagMs.max.toFixed(1)} ms): latencies include it`)
+      rec.degraded.noise.noisy = true
+      rec.degraded.noise.generatorLag = true
+    }
+  }
+  noiseFlags('degraded', m, flag)
+  return rec
+}
+
 /** Error counters a proxy keeps about itself (over the instance's lifetime), as flags. */
 function proxyErrorFlags(target, after, flag) {
   if (target.family === 'meshproxy') {
@@ -438,7 +527,9 @@ async function main() {
   const opts = readOptions()
 
   const tools = findTools()
-  const missing = ['nginx', 'wrk'].filter((t) => !tools[t])
+  // The nginx backends, wrk and h2load serve every scenario but `degraded` (own backends, own load).
+  const needsNginx = opts.scenarios.some((s) => SCENARIOS[s].kind !== 'degraded')
+  const missing = needsNginx ? ['nginx', 'wrk'].filter((t) => !tools[t]) : []
   if (missing.length) {
     log(`missing required tool(s): ${missing.join(', ')} — install with: ${INSTALL_HINT}`)
     process.exit(2)
@@ -461,8 +552,20 @@ async function main() {
     if (hs.length) skipped.push({ what: `haproxy target(s) ${hs.join(', ')}`, why: `haproxy not found; ${INSTALL_HINT}` })
     for (const k of Object.keys(targetsByScenario)) targetsByScenario[k] = targetsByScenario[k].filter((n) => ALL_TARGETS[n].family !== 'haproxy')
   }
+  if (targetsByScenario.degraded) {
+    try {
+      degradedLoad = await import('./lib/degraded.mjs')
+    } catch (e) {
+      skipped.push({ what: 'degraded scenario', why: `its load generator needs undici (a dev dependency: npm install): ${e.message.split('\n')[0]}` })
+      delete targetsByScenario.degraded
+    }
+  }
   for (const s of skipped) log(`SKIPPED: ${s.what}: ${s.why}`)
   const scenarios = Object.keys(targetsByScenario)
+  if (!scenarios.length) {
+    log('nothing to run: every selected scenario was skipped')
+    process.exit(2)
+  }
 
   const versions = collectVersions(tools, repoDir)
   log(
@@ -491,15 +594,18 @@ async function main() {
     log('measuring bare node RSS (with and without the addon)')
     const bare = await bareNodeRss()
 
-    const ports = await freePorts(6)
-    log(`starting backends: nginx on ${ports[0]} and ${ports[1]} (HTTP/1.1), ${ports[2]} and ${ports[3]} (h2c)`)
-    const backends = [
-      await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), ports[0], ports[2], ports[4]),
-      await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), ports[1], ports[3], ports[5]),
-    ]
-    for (const b of backends) {
-      for (const path of Object.keys(BODIES)) await sanityCheck(`http://${b.addr}`, path)
-      if (scenarios.includes('h2c')) await sanityCheckH2c(`http://${b.h2Addr}`, '/')
+    const backends = []
+    if (needsNginx) {
+      const ports = await freePorts(6)
+      log(`starting backends: nginx on ${ports[0]} and ${ports[1]} (HTTP/1.1), ${ports[2]} and ${ports[3]} (h2c)`)
+      backends.push(
+        await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), ports[0], ports[2], ports[4]),
+        await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), ports[1], ports[3], ports[5]),
+      )
+      for (const b of backends) {
+        for (const path of Object.keys(BODIES)) await sanityCheck(`http://${b.addr}`, path)
+        if (scenarios.includes('h2c')) await sanityCheckH2c(`http://${b.h2Addr}`, '/')
+      }
     }
     const ctx = { backends, repoDir, workDir }
 
@@ -519,7 +625,8 @@ async function main() {
             const eta = done ? ` — ${done}/${total} done, ≈${Math.ceil(((Date.now() - t0) / done) * (total - done) / 60_000)} min left` : ''
             log(`[workers ${workers}] ${scenario} rep ${rep + 1}/${opts.reps}: ${name}${eta}`)
             try {
-              runs.push(await measureRun(sc, ALL_TARGETS[name], ctx, rep, workers, opts, tools, flags))
+              const measure = sc.kind === 'degraded' ? measureDegradedRun : measureRun
+              runs.push(await measure(sc, ALL_TARGETS[name], ctx, rep, workers, opts, tools, flags))
             } catch (e) {
               // A target that crashes or refuses is a result too: record it and carry on.
               log(`  ${name} FAILED: ${e.message}`)
@@ -533,7 +640,7 @@ async function main() {
     }
     for (const b of backends) await b.stop()
 
-    const kept = runs.flatMap((r) => [r.load, r.rate].filter(Boolean).map((x) => x.noise))
+    const kept = runs.flatMap((r) => [r.load, r.rate, r.degraded].filter(Boolean).map((x) => x.noise))
     const steals = kept.map((n) => n.steal)
     const others = kept.map((n) => n.otherLoad)
     // Only a change between meshproxy reps mixes builds; report the build the reps actually ran.
@@ -556,6 +663,10 @@ async function main() {
           rate: tools.h2load && opts['rate-duration'] > 0 ? `h2load --h1 -c ${opts['rate-clients']} --rps ${opts.rate / opts['rate-clients']} -D ${opts['rate-duration']} --log-file LOG URL` : null,
           h2c: `h2load --no-tls-proto=h2c -c ${opts['h2-clients']} -m ${opts['h2-streams']} -D ${opts.duration} --log-file LOG URL`,
           idle: `${SCENARIOS.idle.idleConnections} HTTP/1.1 connections, one GET each, then idle`,
+          degraded:
+            `open loop at ${opts['degraded-rate']} req/s (latency from each request's due time), up to ${DEGRADED_CONNECTIONS} keep-alive connections; ` +
+            `per repetition ${DEGRADED_RUNS.length} runs, each with fresh backends and target: ` +
+            DEGRADED_RUNS.map((names) => names.map((n) => `${n} ${DEGRADED_PHASES.find((p) => p.name === n).recorded ? opts['degraded-duration'] : degradedWarmup(opts)} s`).join(' → ')).join('; '),
         },
         scenarios,
         targetsByScenario,
@@ -588,12 +699,15 @@ async function main() {
     writeFileSync(join(opts.out, 'latest.json'), JSON.stringify(result, null, 2) + '\n')
     writeFileSync(join(opts.out, 'latest.md'), md)
     try {
-      writeFileSync(join(opts.out, 'latest.svg'), await renderChart(result))
+      const svg = await renderChart(result)
+      // No throughput scenario ran (only `degraded`): no chart, and none left from an earlier run.
+      if (svg) writeFileSync(join(opts.out, 'latest.svg'), svg)
+      else rmSync(join(opts.out, 'latest.svg'), { force: true })
     } catch (e) {
       log(`chart not rendered: ${e.message}`)
     }
     process.stdout.write('\n' + md)
-    log(`wrote ${join(opts.out, 'latest.json')}, latest.md and latest.svg`)
+    log(`wrote ${join(opts.out, 'latest.json')}, latest.md${needsNginx ? ' and latest.svg' : ''}`)
     ok = !runs.some((r) => r.error)
   } catch (e) {
     keep = true

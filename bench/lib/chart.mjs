@@ -15,7 +15,8 @@ const FAMILY_COLORS = {
 export function chartData(result) {
   const rows = []
   for (const agg of result.aggregates) {
-    if (agg.scenario === 'idle') continue
+    // Memory and failure handling are not throughput: their tables say it all.
+    if (agg.scenario === 'idle' || agg.scenario === 'degraded') continue
     for (const [target, t] of Object.entries(agg.byTarget)) {
       const rel = target === agg.baseline ? 1 : agg.ratios[`${target}/${agg.baseline}`]?.rps
       rows.push({
@@ -32,7 +33,10 @@ export function chartData(result) {
   return rows
 }
 
+/** The chart as SVG text, or null when the run had no throughput scenario to draw. */
 export async function renderChart(result) {
+  const data = chartData(result)
+  if (!data.length) return null
   const [vega, vl] = await Promise.all([import('vega'), import('vega-lite')])
   const families = Object.keys(FAMILY_COLORS)
   const panel = (field, title, scale = {}) => ({
@@ -55,7 +59,7 @@ export async function renderChart(result) {
   const spec = {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: { text: `meshproxy bench ${result.date.slice(0, 16).replace('T', ' ')} UTC`, subtitle: `${result.versions.cpuModel}, ${result.versions.cores} cores; medians of ${result.config.reps}` },
-    data: { values: chartData(result) },
+    data: { values: data },
     vconcat: [panel('rpsRel', 'throughput ÷ direct (higher is better)'), panel('p99', 'p99 at saturation, ms (lower is better)')],
     config: { font: 'sans-serif', view: { stroke: '#ddd' } },
   }

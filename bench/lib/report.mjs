@@ -1,6 +1,6 @@
 // Aggregation (median over repetitions), the issue's targets checked against the medians, and the
 // markdown report.
-import { ALL_TARGETS, SCENARIOS } from './targets.mjs'
+import { ALL_TARGETS, DEGRADED_PHASES, SCENARIOS } from './targets.mjs'
 
 export function median(values) {
   const v = values.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b)
@@ -60,8 +60,30 @@ const IDLE = [
   { key: 'kbPerConn', phase: null, title: 'per connection', get: (r) => r.idle?.kbPerConnection, fmt: fmtKb, better: 'lower' },
 ]
 
+// The degraded scenario: per recorded phase, the client's success rate (2xx ÷ sent), p99 over
+// every answer, and the degraded endpoint's share of the attempts the backends saw; then the
+// target's own counters in the error phases. Shares and rates are not costs: no ratios.
+const phaseOf = (r, name) => r.degraded?.phases.find((p) => p.name === name)
+const DEGRADED_PHASE_FIGURES = DEGRADED_PHASES.filter((p) => p.recorded).flatMap((p) => [
+  { key: `${p.name}Success`, phase: 'degraded', title: `${p.title}: success`, get: (r) => phaseOf(r, p.name)?.success, fmt: fmtPct, noRatio: true },
+  { key: `${p.name}P99`, phase: 'degraded', title: `${p.title}: p99`, get: (r) => phaseOf(r, p.name)?.latencyMs.p99, fmt: fmtMs, noRatio: true },
+  { key: `${p.name}Share`, phase: 'degraded', title: `${p.title}: to degraded`, get: (r) => phaseOf(r, p.name)?.degradedShare, fmt: fmtPct, noRatio: true },
+])
+// The target's own counters in the error phases (there are none in the slow one), shown as
+// "then errors / errors only".
+const ERROR_PHASES = ['errors', 'errors-only']
+const DEGRADED_COUNTERS = [
+  { key: 'ejections', title: 'ejections / mark-downs' },
+  { key: 'retries', title: 'retries' },
+].map((c) => ({ ...c, keys: ERROR_PHASES.map((n) => `${n}:${c.key}`) }))
+const DEGRADED_COUNTER_FIGURES = DEGRADED_COUNTERS.flatMap((c) =>
+  ERROR_PHASES.map((n) => ({ key: `${n}:${c.key}`, phase: 'degraded', title: `${n}: ${c.title}`, get: (r) => phaseOf(r, n)?.proxy?.[c.key], fmt: fmtCount, noRatio: true })),
+)
+const DEGRADED = [...DEGRADED_PHASE_FIGURES, ...DEGRADED_COUNTER_FIGURES]
+
 export function figuresFor(scenario) {
   const sc = SCENARIOS[scenario]
+  if (sc.kind === 'degraded') return DEGRADED
   if (sc.kind === 'idle') return IDLE
   return sc.rate ? [...LOAD, ...RATE, ...COST] : [...LOAD, ...COST]
 }
@@ -219,6 +241,36 @@ function threadNote(result, agg) {
     .filter(Boolean)
 }
 
+/**
+ * The degraded scenario's table: one row per target, per phase its success rate, p99 and the
+ * degraded endpoint's share; medians over the repetitions; then, when a repetition was noisy, the
+ * same over the clean ones.
+ */
+export function degradedTable(agg, flags) {
+  const phaseFigures = DEGRADED_PHASE_FIGURES
+  const names = Object.keys(agg.byTarget)
+  const L = []
+  const table = (med, n) => {
+    const cell = (t, key, fmt) => `${fmt(t[med][key])}${n ? ` (n=${t.cleanReps[key]})` : ''}`
+    L.push(`| target | ${phaseFigures.map((f) => f.title).join(' | ')} | ${DEGRADED_COUNTERS.map((c) => c.title).join(' | ')} | errors |`)
+    L.push(`|:--|${phaseFigures.map(() => '--:').join('|')}|${DEGRADED_COUNTERS.map(() => '--:').join('|')}|--:|`)
+    for (const name of names) {
+      const t = agg.byTarget[name]
+      const errs = flags.filter((x) => x.target === name && x.scenario === agg.scenario && x.workers === agg.workers && x.kind === 'error').length
+      const counters = DEGRADED_COUNTERS.map((c) => c.keys.map((k) => cell(t, k, fmtCount)).join(' / '))
+      L.push(`| ${label(name)} | ${phaseFigures.map((f) => cell(t, f.key, f.fmt)).join(' | ')} | ${counters.join(' | ')} | ${t.failed ? `**${t.failed} failed** ⚠` : errs ? `**${errs}** ⚠` : '0'} |`)
+    }
+    L.push('')
+  }
+  table('median', false)
+  const anyNoisy = names.some((n) => agg.byTarget[n].cleanReps[phaseFigures[0].key] < agg.byTarget[n].reps)
+  if (anyNoisy) {
+    L.push("Medians over the **clean runs only** (steal, other load and the load generator's lag under the limits); (n) = clean repetitions:", '')
+    table('medianClean', true)
+  }
+  return L
+}
+
 /** One line per worker count and target: the headline figures across scenarios. */
 export function summaryTable(result, workers) {
   const get = (s, t, k) => result.aggregates.find((a) => a.scenario === s && a.workers === workers)?.byTarget[t]?.median[k]
@@ -274,18 +326,32 @@ export function markdown(result) {
       '',
     )
   }
+  // The nginx-backed scenarios share the summary, the issue's targets and the notes below; the
+  // degraded scenario has its own backends and table.
+  const throughput = result.aggregates.some((a) => SCENARIOS[a.scenario].kind !== 'degraded')
   L.push(
     `${config.reps} repetition(s) per target, target order rotated each time; **median** of the repetitions, each column independently. ` +
-      `Ratios in parentheses are to the direct path in the same run. Each target proxies round-robin over the same two nginx backends with upstream keep-alive.`,
+      (throughput ? `Ratios in parentheses are to the direct path in the same run. Each target proxies round-robin over the same two nginx backends with upstream keep-alive.` : ''),
     '',
   )
   for (const w of config.workers) {
     L.push(`## ${w} worker thread${w > 1 ? 's' : ''}`, '')
-    L.push(...summaryTable(result, w), '')
-    if (result.targets.some((t) => t.workers === w)) L.push(...targetsTable(result, w), '')
+    if (throughput) L.push(...summaryTable(result, w), '')
+    if (throughput && result.targets.some((t) => t.workers === w)) L.push(...targetsTable(result, w), '')
     for (const agg of result.aggregates.filter((a) => a.workers === w)) {
       const sc = SCENARIOS[agg.scenario]
       L.push(`### ${sc.title} — ${w} worker${w > 1 ? 's' : ''}`, '')
+      if (sc.kind === 'degraded') {
+        L.push(
+          'Three Node backends (bench/backends/fault.mjs), the third degraded: every answer +50 ms, then half of its answers 500 (fast). ' +
+            'Success = 2xx ÷ requests sent; p99 over every answer, from each request\'s due time; "to degraded" = the degraded backend\'s share of the requests the three backends received (retries included); ' +
+            '"then errors" follows "slow" in one run; "errors only" is a second run, fresh, without the slow phase. ' +
+            'Ejections and retries in the two error phases (then errors / errors only), as the target counts them (meshproxy: `meshproxy_upstream_ejections_total`, `meshproxy_retries_total`; HAProxy: `chkdown`, `wretr`).',
+          '',
+        )
+        L.push(...degradedTable(agg, flags))
+        continue
+      }
       const figures = figuresFor(agg.scenario)
       L.push(...mainTable(agg, figures, flags), '')
       L.push(...cleanTable(agg, figures))
@@ -297,15 +363,18 @@ export function markdown(result) {
   }
   L.push('## How it was measured', '')
   const c = config.commands
-  L.push(`- Throughput (closed loop): \`${c.wrk}\`; h2c: \`${c.h2c}\` after a ${config.warmup} s unrecorded warm-up.`)
-  if (c.rate) L.push(`- Fixed rate (open loop, http1): \`${c.rate}\` = ${config.rate} req/s in total; p50/p99/max by nearest rank over h2load's per-request log.`)
-  L.push(`- Idle: ${c.idle}; RSS of the target's processes one second later, minus before, ÷ connections.`)
-  L.push(
-    `- CPU s/10k req: utime+stime of all the target's processes (threads and cluster workers included) over the measured run ÷ requests × 10,000. ` +
-      `Peak RSS: VmHWM summed over its processes. Upstream reuse: 1 − connections accepted ÷ requests served, read from the backends' nginx stub_status around the measured run (the same for every target).`,
-  )
+  if (throughput) {
+    L.push(`- Throughput (closed loop): \`${c.wrk}\`; h2c: \`${c.h2c}\` after a ${config.warmup} s unrecorded warm-up.`)
+    if (c.rate) L.push(`- Fixed rate (open loop, http1): \`${c.rate}\` = ${config.rate} req/s in total; p50/p99/max by nearest rank over h2load's per-request log.`)
+    L.push(`- Idle: ${c.idle}; RSS of the target's processes one second later, minus before, ÷ connections.`)
+    L.push(
+      `- CPU s/10k req: utime+stime of all the target's processes (threads and cluster workers included) over the measured run ÷ requests × 10,000. ` +
+        `Peak RSS: VmHWM summed over its processes. Upstream reuse: 1 − connections accepted ÷ requests served, read from the backends' nginx stub_status around the measured run (the same for every target).`,
+    )
+  }
+  if (c.degraded && result.aggregates.some((a) => a.scenario === 'degraded')) L.push(`- Degraded: ${c.degraded}.`)
   const ka = config.nginxKeepalive
-  if (ka) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
+  if (ka && throughput) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
   const setups = Object.entries(config.setups ?? {})
   if (setups.length) L.push(`- Targets: ${setups.map(([k, v]) => `**${k.replace('@', '** (workers ')}): ${v.setup}`).join('; ')}.`)
   const mp = result.aggregates.find((a) => a.scenario === 'http1')?.byTarget.meshproxy?.median.peakRssMb

@@ -5,7 +5,9 @@
 //
 // Targets per family: `direct` (the load generator at backend 1: the ceiling), `meshproxy` (the
 // CLI), `haproxy`, `nginx` (as a reverse proxy), `http-proxy` and `undici` (Node). A suffix
-// `-h1` / `-h2` on h2c targets is the protocol the proxy speaks to the backends.
+// `-h1` / `-h2` on h2c targets is the protocol the proxy speaks to the backends. The `degraded`
+// scenario has backends of its own (three fault-injecting Node servers) and targets configured for
+// failure handling (meshproxy from a config file, HAProxy with `observe layer7`).
 import { mkdirSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import { createServer, connect } from 'node:net'
@@ -444,6 +446,265 @@ function makeNodePeer(name, script, setup) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The `degraded` scenario: three fault-injecting Node backends (bench/backends/fault.mjs), one of
+// which degrades in two phases, and targets configured for failure handling. Backends are started
+// fresh for every repetition of every target, so each target meets the same fault sequence (the
+// error draws are seeded) and the counts belong to one repetition.
+
+/**
+ * The degraded endpoint's phases. Each repetition of a target is two runs, each with fresh
+ * backends and a fresh target, at the same rate (DEGRADED_RUNS): the issue's timeline — `slow`
+ * (every answer of the last backend +50 ms), then straight on `errors` (50 % of its answers 500,
+ * fast) — and `errors-only`, the same errors without the slow phase before, so that what a
+ * balancer remembers from the slow phase does not decide how it meets the errors. `warmup`
+ * (unrecorded, all healthy) opens connections and gives latency estimates a start.
+ */
+export const DEGRADED_PHASES = [
+  { name: 'warmup', title: 'warm-up', delayMs: 0, errorPercent: 0, recorded: false },
+  { name: 'slow', title: 'slow (+50 ms)', delayMs: 50, errorPercent: 0, recorded: true },
+  { name: 'errors', title: 'then errors (50 % 500)', delayMs: 0, errorPercent: 50, recorded: true },
+  { name: 'errors-only', title: 'errors only', delayMs: 0, errorPercent: 50, recorded: true },
+]
+export const DEGRADED_RUNS = [
+  ['warmup', 'slow', 'errors'],
+  ['warmup', 'errors-only'],
+]
+export const DEGRADED_BACKENDS = 3
+/** Index of the degraded backend among the three. */
+export const DEGRADED_INDEX = 2
+
+/** One IPC request to a fault backend, answered by a message with the same id. */
+function ipcRequest(child, msg, timeoutMs = 5_000) {
+  const id = (child.ipcSeq = (child.ipcSeq ?? 0) + 1)
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`${child.benchName}: no IPC answer to ${msg.cmd} within ${timeoutMs} ms`)), timeoutMs)
+    const onMessage = (m) => {
+      if (m?.id !== id) return
+      if (m.ok) done(null, m)
+      else done(new Error(`${child.benchName}: ${m.error}`))
+    }
+    const onExit = () => done(new Error(`${child.benchName} exited during ${msg.cmd}`))
+    function done(err, m) {
+      clearTimeout(timer)
+      child.off('message', onMessage)
+      child.off('exit', onExit)
+      if (err) reject(err)
+      else resolve(m)
+    }
+    child.on('message', onMessage)
+    child.once('exit', onExit)
+    child.send({ ...msg, id })
+  })
+}
+
+/**
+ * Starts `n` fault backends on free 127.0.0.1 ports (seeds 1..n); resolves once all listen. Each:
+ * { name, addr, degraded, setPhase(phase), counts(), pids(), stop() }, `setPhase` applying the
+ * phase's fault to the degraded one and only the phase's name (for counting) to the others.
+ */
+export async function startFaultBackends(repoDir, n = DEGRADED_BACKENDS, degradedIndex = DEGRADED_INDEX) {
+  const ports = await freePorts(n)
+  const backends = []
+  try {
+    for (let i = 0; i < n; i++) {
+      const name = `fault-b${i + 1}`
+      const child = start(name, process.execPath, [join('bench', 'backends', 'fault.mjs'), '--listen', `${HOST}:${ports[i]}`, '--seed', String(i + 1)], {
+        cwd: repoDir,
+        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      })
+      const degraded = i === degradedIndex
+      backends.push({
+        name,
+        addr: `${HOST}:${ports[i]}`,
+        degraded,
+        child,
+        setPhase: (p) => ipcRequest(child, { cmd: 'phase', phase: p.name, delayMs: degraded ? p.delayMs : 0, errorPercent: degraded ? p.errorPercent : 0 }),
+        counts: async () => (await ipcRequest(child, { cmd: 'counts' })).counts,
+        pids: () => processTree(child.pid),
+        stop: () => stop(child),
+      })
+    }
+    for (const b of backends) await waitForOutput(b.child, /listening/)
+  } catch (e) {
+    await Promise.all(backends.map((b) => b.stop()))
+    throw e
+  }
+  return backends
+}
+
+/**
+ * The meshproxy variants of the degraded scenario. Every other setting is the config default
+ * (README's reference), including the listener's proxy headers, as with `--to`.
+ */
+export const MESHPROXY_DEGRADED_VARIANTS = {
+  'round-robin': { balancer: 'round-robin', accrual: false, retry: false },
+  'p2c-ewma': { balancer: 'p2c-ewma', accrual: false, retry: false },
+  'p2c-ewma-resilient': { balancer: 'p2c-ewma', accrual: true, retry: true },
+}
+
+/** The native YAML for one variant: one listener, one route, one service of the backends. */
+export function meshproxyDegradedYaml(variant, listen, admin, backends) {
+  const v = MESHPROXY_DEGRADED_VARIANTS[variant]
+  if (!v) throw new Error(`unknown meshproxy degraded variant ${variant}`)
+  return `# generated by bench/lib/targets.mjs (degraded scenario, ${variant})
+admin: ${admin}
+listeners:
+  - name: bench
+    address: ${listen}
+    routes:
+      - name: all
+        service: backends${
+          v.retry
+            ? `
+        retry:
+          limit: 2
+          http: 5xx
+          budgetPercent: 20
+          budgetMinPerSecond: 10`
+            : ''
+        }
+services:
+  - name: backends
+    balancer: ${v.balancer}
+    endpoints:
+${backends.map((b) => `      - ${b.addr}`).join('\n')}${
+    v.accrual
+      ? `
+    failureAccrual:
+      consecutiveFailures: 5
+      minPenalty: 1s
+      maxPenalty: 10s
+      jitterPercent: 50
+      maxEjectionPercent: 50`
+      : ''
+  }
+`
+}
+
+function makeMeshproxyDegraded(name, variant, label) {
+  return { name, label, family: 'meshproxy', frontend: 'h1', upstream: 'h1', start: (ctx) => startMeshproxyDegraded(name, variant, ctx) }
+}
+
+async function startMeshproxyDegraded(name, variant, { backends, repoDir, workDir, rep, workers }) {
+  const [listen, admin] = await freePorts(2)
+  const dir = join(workDir, `${name}-w${workers}-${rep}`)
+  mkdirSync(dir, { recursive: true })
+  const file = join(dir, 'meshproxy.yaml')
+  writeFileSync(file, meshproxyDegradedYaml(variant, `${HOST}:${listen}`, `${HOST}:${admin}`, backends))
+  const args = ['dist/cli.js', 'run', '--config', file, '--workers', String(workers)]
+  const child = start(name, process.execPath, args, { cwd: repoDir })
+  await waitForOutput(child, /listening/)
+  await waitForOutput(child, /admin on/)
+  const v = MESHPROXY_DEGRADED_VARIANTS[variant]
+  const adminUrl = `http://${HOST}:${admin}`
+  return {
+    url: `http://${HOST}:${listen}`,
+    command: `node ${args.join(' ')}`,
+    config: file,
+    setup:
+      `--config: balancer ${v.balancer}` +
+      (v.accrual ? ', failureAccrual { consecutiveFailures 5, minPenalty 1s, maxPenalty 10s, jitterPercent 50, maxEjectionPercent 50 }' : ', no failure accrual') +
+      (v.retry ? ', route retry { limit 2, http 5xx, budgetPercent 20, budgetMinPerSecond 10 }' : ', no retries') +
+      `, --workers ${workers}`,
+    pids: () => processTree(child.pid),
+    /** Failure handling seen from inside: retries, retries refused by the budget, ejections, endpoint states. */
+    snapshot: async () => {
+      const m = parsePrometheus(await fetchText(`${adminUrl}/metrics`))
+      const endpoints = JSON.parse(await fetchText(`${adminUrl}/endpoints`)).services.flatMap((s) => s.endpoints)
+      return {
+        retries: sumMetric(m, 'meshproxy_retries_total'),
+        retriesOverBudget: sumMetric(m, 'meshproxy_retries_over_budget_total'),
+        ejections: sumMetric(m, 'meshproxy_upstream_ejections_total'),
+        upstreamFailures: sumMetric(m, 'meshproxy_upstream_failures_total'),
+        requestsByClass: Object.fromEntries(m.filter((x) => x.name === 'meshproxy_requests_total').map((x) => [x.labels.status_class, x.value])),
+        endpoints: endpoints.map((e) => ({ address: e.address, state: e.state, requests: e.requests, failures: e.failures, ejections: e.ejections, latencyMs: e.latencyMs })),
+      }
+    },
+    stop: () => stop(child, 12_000),
+    output: () => child.out + child.err,
+  }
+}
+
+/**
+ * HAProxy as the issue's peer for the degraded scenario: round-robin, passive detection on real
+ * traffic (`observe layer7`: a 5xx other than 501/505, a timeout or an unparsable answer is an
+ * error; `error-limit 5` in a row, as meshproxy's `consecutiveFailures 5`, and `on-error
+ * mark-down` takes the server out at once), active checks (`option httpchk GET /healthz`, every
+ * 1 s, `rise 2`) to bring it back. With `l7Retries`: `retries 2` (up to two more attempts, as
+ * meshproxy's `limit 2`), `retry-on` the 5xx statuses HAProxy can retry and the connection
+ * failures, `option redispatch 1` (each retry to another server); HAProxy has no retry budget.
+ * Without: HAProxy's default, `retries 3` on connection failures only.
+ */
+export function haproxyDegradedConf(dir, port, backends, maxconn, workers, { l7Retries }) {
+  return `# generated by bench/lib/targets.mjs (degraded scenario)
+global
+  nbthread ${workers}
+  maxconn ${maxconn}
+  stats socket ${join(dir, 'haproxy.sock')} mode 600 level user
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 65s
+  timeout server 30s
+  timeout http-request 10s
+  timeout http-keep-alive 65s
+  timeout check 1s
+frontend bench
+  bind ${HOST}:${port}
+${HAPROXY_PROXY_HEADERS.map((l) => `  ${l}\n`).join('')}  default_backend app
+backend app
+  balance roundrobin
+  option httpchk GET /healthz
+${l7Retries ? '  retries 2\n  retry-on conn-failure empty-response response-timeout 500 502 503 504\n  option redispatch 1\n' : ''}  default-server check inter 1s rise 2 fall 3 observe layer7 error-limit 5 on-error mark-down
+${backends.map((b, i) => `  server b${i + 1} ${b.addr}`).join('\n')}
+`
+}
+
+function makeHaproxyDegraded(name, label, l7Retries) {
+  return { name, label, family: 'haproxy', frontend: 'h1', upstream: 'h1', start: (ctx) => startHaproxyDegraded(name, l7Retries, ctx) }
+}
+
+async function startHaproxyDegraded(name, l7Retries, { backends, workDir, tools, rep, workers }) {
+  const [port] = await freePorts(1)
+  const dir = join(workDir, `${name}-w${workers}-${rep}`)
+  mkdirSync(dir, { recursive: true })
+  const maxconn = Math.max(256, Math.min(4096, Math.floor((openFilesLimit() - 100) / 2)))
+  const conf = join(dir, 'haproxy.cfg')
+  writeFileSync(conf, haproxyDegradedConf(dir, port, backends, maxconn, workers, { l7Retries }))
+  const child = start(name, tools.haproxy, ['-db', '-f', conf])
+  await waitForPort(child, port)
+  const sock = join(dir, 'haproxy.sock')
+  return {
+    url: `http://${HOST}:${port}`,
+    command: `${tools.haproxy} -db -f ${conf}`,
+    config: conf,
+    setup:
+      `nbthread ${workers}, balance roundrobin, server … check inter 1s rise 2 fall 3 observe layer7 error-limit 5 on-error mark-down, ` +
+      'option httpchk GET /healthz, ' +
+      (l7Retries ? 'retries 2, retry-on conn-failure empty-response response-timeout 500 502 503 504, option redispatch 1, ' : 'no L7 retries (default retries 3 on connection failures), ') +
+      'the same proxy headers as meshproxy',
+    pids: () => processTree(child.pid),
+    /** Per server: status, times marked down (chkdown), retries (wretr), redispatches (wredis), 5xx. */
+    snapshot: async () => {
+      const rows = parseHaproxyStat(await haproxyShowStat(sock)).filter((r) => r.pxname === 'app')
+      const servers = rows.filter((r) => r.svname !== 'BACKEND')
+      const backend = rows.find((r) => r.svname === 'BACKEND') ?? {}
+      const sum = (k) => servers.reduce((s, r) => s + (Number(r[k]) || 0), 0)
+      return {
+        retries: Number(backend.wretr) || sum('wretr'),
+        redispatches: Number(backend.wredis) || sum('wredis'),
+        ejections: sum('chkdown'),
+        servers: servers.map((r) => ({ name: r.svname, status: r.status, requests: Number(r.stot), hrsp5xx: Number(r.hrsp_5xx), chkdown: Number(r.chkdown), downtimeS: Number(r.downtime), wretr: Number(r.wretr), wredis: Number(r.wredis) })),
+      }
+    },
+    stop: () => stop(child),
+    output: () => child.out + child.err,
+  }
+}
+
 const TARGET_LIST = [
   makeDirect('direct', 'h1'),
   makeMeshproxy('meshproxy', 'h1', 'h1'),
@@ -461,6 +722,11 @@ const TARGET_LIST = [
   makeHaproxy('haproxy-h1-bare', 'h2c', 'h1', true),
   makeHaproxy('haproxy-h2-bare', 'h2c', 'h2', true),
   makeNginx('nginx-h1', 'h2c'),
+  makeMeshproxyDegraded('meshproxy-rr', 'round-robin', 'meshproxy round-robin'),
+  makeMeshproxyDegraded('meshproxy-ewma', 'p2c-ewma', 'meshproxy p2c-ewma'),
+  makeMeshproxyDegraded('meshproxy-ewma-eject-retry', 'p2c-ewma-resilient', 'meshproxy p2c-ewma + ejection + retries'),
+  makeHaproxyDegraded('haproxy-observe', 'haproxy observe layer7 + mark-down', false),
+  makeHaproxyDegraded('haproxy-observe-retry', 'haproxy observe layer7 + mark-down + L7 retries', true),
 ]
 export const ALL_TARGETS = Object.fromEntries(TARGET_LIST.map((t) => [t.name, t]))
 
@@ -505,4 +771,14 @@ export const SCENARIOS = {
     pairs: H1_PAIRS,
   },
   idle: { kind: 'idle', title: '1,000 idle client connections (memory)', path: '/', idleConnections: 1000, targets: H1_TARGETS, baseline: 'direct', pairs: H1_PAIRS },
+  // Own backends (three fault-injecting Node servers), own load (open loop, bench/lib/degraded.mjs)
+  // and its own table; no baseline and no ratios: the figures are success rates and shares.
+  degraded: {
+    kind: 'degraded',
+    title: 'one of three endpoints degraded: +50 ms, then 50 % errors (fixed rate, open loop)',
+    path: '/',
+    targets: ['meshproxy-rr', 'meshproxy-ewma', 'meshproxy-ewma-eject-retry', 'haproxy-observe', 'haproxy-observe-retry'],
+    baseline: null,
+    pairs: [],
+  },
 }
