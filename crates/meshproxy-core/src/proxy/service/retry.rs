@@ -15,6 +15,7 @@ use std::task::Poll;
 use futures_util::future::Either;
 
 use http::Response;
+use http_body::Body as _;
 use meshproxy_http::body::{Buffered, RequestBody};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
@@ -62,15 +63,21 @@ pub(super) async fn run(
 ) -> Response<ResponseBody> {
     let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
     policy.budget.deposit();
-    let body = match Buffered::read(body, MAX_REPLAY).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::debug!(error = %e, "client request body failed while read ahead for retries");
-            return meta.fail(ProxyError::BadRequest, Some(route), None, activity);
+    // A request without a body (most that are retried) has nothing to read ahead: each attempt
+    // is sent without one.
+    let bodiless = body.is_end_stream();
+    let mut body = if bodiless {
+        None
+    } else {
+        match Buffered::read(body, MAX_REPLAY).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::debug!(error = %e, "client request body failed while read ahead for retries");
+                return meta.fail(ProxyError::BadRequest, Some(route), None, activity);
+            }
         }
     };
     let deadline = route.response_header_timeout.map(|t| meta.start + t);
-    let mut body = Some(body);
     let mut last: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
     loop {
@@ -88,11 +95,15 @@ pub(super) async fn run(
             return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity);
         };
         let h2 = speaks_h2(backend, head.version);
-        // The body for this attempt: a replay while the whole body was read; otherwise it goes
-        // once, and this attempt is the last.
-        let (this_body, replayable) = match body.as_ref().and_then(Buffered::replay) {
-            Some(b) => (b, true),
-            None => (body.take().map_or(RequestBody::Empty, Buffered::into_body), false),
+        // The body for this attempt: none, or a replay while the whole body was read; otherwise
+        // it goes once, and this attempt is the last.
+        let (this_body, replayable) = if bodiless {
+            (RequestBody::Empty, true)
+        } else {
+            match body.as_ref().and_then(Buffered::replay) {
+                Some(b) => (b, true),
+                None => (body.take().map_or(RequestBody::Empty, Buffered::into_body), false),
+            }
         };
         let upstream_req =
             match rewrite::to_upstream(head.clone(), this_body, seen.host, &endpoint.address, h2) {
@@ -129,8 +140,9 @@ pub(super) async fn run(
             None => send.await,
         };
         let reason = retry_reason(policy, &result, meta.grpc);
-        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
-        let retry = reason.filter(|_| replayable && attempt < policy.limit && !out_of_time);
+        // The clock is read only for an attempt that may be retried.
+        let retry = reason
+            .filter(|_| replayable && attempt < policy.limit && deadline.is_none_or(|d| Instant::now() < d));
         let Some(reason) = retry else {
             let after = After { kind, downstream_upgrade, ws_key: None, activity };
             return respond(ctx, &meta, route, (backend, &endpoint), after, result);
