@@ -105,11 +105,18 @@ pub(super) async fn run(
                 None => (body.take().map_or(RequestBody::Empty, Buffered::into_body), false),
             }
         };
-        let upstream_req =
+        // An HTTP/1.1 endpoint is sent the request's own head, borrowed, when it is in the
+        // endpoint's form already (an origin-form target and its `Host`): no attempt copies it.
+        // Otherwise each attempt has its own copy, rewritten for its endpoint.
+        let borrowed = !h2 && seen.host && head.uri.authority().is_none();
+        let (upstream_req, this_body) = if borrowed {
+            (None, this_body)
+        } else {
             match rewrite::to_upstream(head.clone(), this_body, seen.host, &endpoint.address, h2) {
-                Ok(r) => r,
+                Ok(r) => (Some(r), RequestBody::Empty),
                 Err(e) => return meta.fail(e, Some(route), None, activity),
-            };
+            }
+        };
         let now = Instant::now();
         let limit = match (policy.attempt_timeout.map(|t| now + t), deadline) {
             (Some(a), Some(d)) => Some(a.min(d)),
@@ -119,10 +126,10 @@ pub(super) async fn run(
         // moving the attempt (kilobytes) into a `Timeout` would copy it on every attempt.
         let mut send = std::pin::pin!(async {
             let permit = admit(backend, &endpoint).await?;
-            let send = if h2 {
-                Either::Left(forward::send_h2(&endpoint, upstream_req))
-            } else {
-                Either::Right(forward::send(&endpoint, upstream_req))
+            let send = match upstream_req {
+                None => Either::Left(forward::send_borrowed(&endpoint, &head, this_body)),
+                Some(req) if h2 => Either::Right(Either::Left(forward::send_h2(&endpoint, req))),
+                Some(req) => Either::Right(Either::Right(forward::send(&endpoint, req))),
             };
             Ok::<_, ProxyError>((send.await?, permit))
         });
