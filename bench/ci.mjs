@@ -85,7 +85,7 @@ async function configJson(backends, listen, protocol) {
     for (const s of r.config.services) {
       s.balancer = { kind: 'p2c-ewma' }
       s.failureAccrual.consecutiveFailures = 5
-      s.circuitBreaker = { maxRequests: 100000, maxPendingRequests: 100000 }
+      s.circuitBreaker = { maxRequests: 100000, maxPendingRequests: 100000, maxConnections: 100000 }
     }
     for (const l of r.config.listeners) {
       for (const route of l.routes) {

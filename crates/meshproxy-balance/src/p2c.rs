@@ -2,6 +2,13 @@
 //! take the one that costs less, as Linkerd's proxy balances. It avoids both the herding of
 //! "always the least loaded" (every proxy piling onto the same endpoint) and the blindness of
 //! round-robin to a slow or overloaded endpoint.
+//!
+//! The draws come from a SplitMix64 sequence per balancer, seeded at random when it is built (so
+//! proxies do not draw alike) and advanced by one relaxed `fetch_add` per pick, which reserves
+//! every draw the pick may need (up to five), at a fraction of a draw from the thread-local
+//! cryptographic generator.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{EndpointView, WeightedRandom};
 
@@ -19,11 +26,31 @@ pub struct P2c {
     cost: Cost,
     draw: WeightedRandom,
     len: usize,
+    /// The SplitMix64 state: the last draw handed out.
+    state: AtomicU64,
+}
+
+/// SplitMix64's increment (2^64 / φ, odd).
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Draws one pick may need: a candidate, three weighted redraws, a uniform one.
+const DRAWS: u64 = 5;
+
+/// SplitMix64's output function: a uniform 64-bit value from a state.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl P2c {
     pub fn new(weights: &[u32], cost: Cost) -> Self {
-        P2c { cost, draw: WeightedRandom::new(weights), len: weights.len() }
+        P2c {
+            cost,
+            draw: WeightedRandom::new(weights),
+            len: weights.len(),
+            state: AtomicU64::new(rand::random()),
+        }
     }
 
     pub fn cost(&self) -> Cost {
@@ -32,19 +59,23 @@ impl P2c {
 
     /// Two distinct candidates (one when there is only one endpoint).
     pub fn candidates(&self) -> Option<(usize, usize)> {
-        let a = self.draw.pick()?;
+        // The next `DRAWS` values of the sequence are this pick's, whichever thread picks.
+        let base = self.state.fetch_add(GAMMA.wrapping_mul(DRAWS), Ordering::Relaxed);
+        let draw = |k: u64| mix(base.wrapping_add(GAMMA.wrapping_mul(k + 1)));
+        let a = self.draw.index_of(draw(0))?;
         if self.len < 2 {
             return Some((a, a));
         }
         // A few weighted redraws, then a uniform distinct one: heavy weights stay fast.
-        for _ in 0..3 {
-            let b = self.draw.pick()?;
+        for k in 1..DRAWS - 1 {
+            let b = self.draw.index_of(draw(k))?;
             if b != a {
                 return Some((a, b));
             }
         }
-        let b = (a + 1 + rand::random_range(0..self.len - 1)) % self.len;
-        Some((a, b))
+        let others = (self.len - 1) as u64;
+        let offset = ((u128::from(draw(DRAWS - 1)) * u128::from(others)) >> 64) as usize;
+        Some((a, (a + 1 + offset) % self.len))
     }
 
     /// The cheaper available candidate; when neither is available, the first available endpoint
@@ -139,6 +170,23 @@ mod tests {
         // 2 ms × 6 in flight costs more than 10 ms × 1.
         let v = [View { up: true, load: 5, latency: 2.0 }, View { up: true, load: 0, latency: 10.0 }];
         assert_eq!(P2c::new(&[1, 1], Cost::PeakEwma).select(&v), Some(1));
+    }
+
+    #[test]
+    fn candidates_follow_the_weights() {
+        // Weights 1:3 over two endpoints: the first candidate is the heavy one three times in four.
+        let p = P2c::new(&[1, 3], Cost::Load);
+        let n = 40_000;
+        let heavy = (0..n).filter(|_| p.candidates().unwrap().0 == 1).count() as f64 / n as f64;
+        assert!((heavy - 0.75).abs() < 0.02, "share of the weight-3 endpoint was {heavy}");
+        // Over many endpoints every pair shows up, in both orders.
+        let p = P2c::new(&[1; 4], Cost::Load);
+        let mut seen = [[false; 4]; 4];
+        for _ in 0..2000 {
+            let (a, b) = p.candidates().unwrap();
+            seen[a][b] = true;
+        }
+        assert!((0..4).all(|a| (0..4).all(|b| seen[a][b] == (a != b))), "{seen:?}");
     }
 
     #[test]

@@ -23,6 +23,15 @@ impl WeightedRandom {
         let r = rand::random_range(0..total);
         Some(self.cumulative.partition_point(|&c| c <= r))
     }
+
+    /// The index a uniform 64-bit draw `r` selects: `r` scaled into the total weight by a
+    /// multiply-shift (Lemire's), whose bias (at most total / 2^64 per index) no balancer can show.
+    #[inline]
+    pub fn index_of(&self, r: u64) -> Option<usize> {
+        let total = *self.cumulative.last()?;
+        let x = ((u128::from(r) * u128::from(total)) >> 64) as u64;
+        Some(self.cumulative.partition_point(|&c| c <= x))
+    }
 }
 
 #[cfg(test)]
@@ -47,5 +56,15 @@ mod tests {
         let ones = (0..n).filter(|_| r.pick() == Some(1)).count() as f64 / n as f64;
         assert!((ones - 0.75).abs() < 0.02, "share of weight-3 endpoint was {ones}");
         assert_eq!(WeightedRandom::new(&[]).pick(), None);
+    }
+
+    #[test]
+    fn draws_map_onto_the_weights() {
+        let r = WeightedRandom::new(&[1, 3]);
+        assert_eq!(r.index_of(0), Some(0));
+        assert_eq!(r.index_of(u64::MAX / 4 - 1), Some(0));
+        assert_eq!(r.index_of(u64::MAX / 4 + 1), Some(1));
+        assert_eq!(r.index_of(u64::MAX), Some(1));
+        assert_eq!(WeightedRandom::new(&[]).index_of(7), None);
     }
 }

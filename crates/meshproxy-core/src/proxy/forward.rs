@@ -8,6 +8,8 @@
 //! [`REPLAY_AFTER_IDLE`]. HTTP/2 adds the failures that prove a request was never processed
 //! (RFC 9113 §8.7), after which any method may be re-sent.
 
+use std::borrow::Borrow;
+use std::future::Future;
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
@@ -51,12 +53,36 @@ impl Replay {
     }
 }
 
-pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent, ProxyError> {
+/// Sends one request to an HTTP/1.1 endpoint.
+pub fn send(
+    ep: &Arc<Endpoint>,
+    req: Request<RequestBody>,
+) -> impl Future<Output = Result<Sent, ProxyError>> + Send + '_ {
     let (head, body) = req.into_parts();
+    send_h1(ep, head, body)
+}
+
+/// [`send`] with the head borrowed, for a caller that may send it again (a route's retries): it
+/// must already be in the endpoint's form (origin-form target, `Host`; see `rewrite`; its version
+/// is not read: the head goes as HTTP/1.1). It is encoded from the reference, so nothing is copied.
+pub fn send_borrowed<'a>(
+    ep: &'a Arc<Endpoint>,
+    head: &'a http::request::Parts,
+    body: RequestBody,
+) -> impl Future<Output = Result<Sent, ProxyError>> + Send + 'a {
+    send_h1(ep, head, body)
+}
+
+async fn send_h1<H: Borrow<http::request::Parts>>(
+    ep: &Arc<Endpoint>,
+    head: H,
+    body: RequestBody,
+) -> Result<Sent, ProxyError> {
+    let head = head.borrow();
     let empty = body.is_end_stream();
     let Checkout { conn, idle } = ep.checkout().await?;
     // The head is encoded from a reference, so a retry has it without a copy.
-    let Failed { error, unsent, no_response } = match conn.send(&head, body, ep.clone()).await {
+    let Failed { error, unsent, no_response } = match conn.send(head, body, ep.clone()).await {
         Ok(resp) => return Ok((resp.map(UpstreamIncoming::H1), None, idle.is_some())),
         Err(failed) => failed,
     };
@@ -82,7 +108,7 @@ pub async fn send(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent,
     ep.count_retry();
     // Boxed, as the other rare paths: inline, a second exchange's state would size every
     // request's future (built and moved on every request) to hold it.
-    Box::pin(retry_h1(ep, &head, body)).await
+    Box::pin(retry_h1(ep, head, body)).await
 }
 
 async fn retry_h1(

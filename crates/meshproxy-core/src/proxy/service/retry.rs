@@ -15,6 +15,7 @@ use std::task::Poll;
 use futures_util::future::Either;
 
 use http::Response;
+use http_body::Body as _;
 use meshproxy_http::body::{Buffered, RequestBody};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
@@ -62,15 +63,21 @@ pub(super) async fn run(
 ) -> Response<ResponseBody> {
     let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
     policy.budget.deposit();
-    let body = match Buffered::read(body, MAX_REPLAY).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::debug!(error = %e, "client request body failed while read ahead for retries");
-            return meta.fail(ProxyError::BadRequest, Some(route), None, activity);
+    // A request without a body (most that are retried) has nothing to read ahead: each attempt
+    // is sent without one.
+    let bodiless = body.is_end_stream();
+    let mut body = if bodiless {
+        None
+    } else {
+        match Buffered::read(body, MAX_REPLAY).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::debug!(error = %e, "client request body failed while read ahead for retries");
+                return meta.fail(ProxyError::BadRequest, Some(route), None, activity);
+            }
         }
     };
     let deadline = route.response_header_timeout.map(|t| meta.start + t);
-    let mut body = Some(body);
     let mut last: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
     loop {
@@ -88,17 +95,28 @@ pub(super) async fn run(
             return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity);
         };
         let h2 = speaks_h2(backend, head.version);
-        // The body for this attempt: a replay while the whole body was read; otherwise it goes
-        // once, and this attempt is the last.
-        let (this_body, replayable) = match body.as_ref().and_then(Buffered::replay) {
-            Some(b) => (b, true),
-            None => (body.take().map_or(RequestBody::Empty, Buffered::into_body), false),
+        // The body for this attempt: none, or a replay while the whole body was read; otherwise
+        // it goes once, and this attempt is the last.
+        let (this_body, replayable) = if bodiless {
+            (RequestBody::Empty, true)
+        } else {
+            match body.as_ref().and_then(Buffered::replay) {
+                Some(b) => (b, true),
+                None => (body.take().map_or(RequestBody::Empty, Buffered::into_body), false),
+            }
         };
-        let upstream_req =
+        // An HTTP/1.1 endpoint is sent the request's own head, borrowed, when it is in the
+        // endpoint's form already (an origin-form target and its `Host`): no attempt copies it.
+        // Otherwise each attempt has its own copy, rewritten for its endpoint.
+        let borrowed = !h2 && seen.host && head.uri.authority().is_none();
+        let (upstream_req, this_body) = if borrowed {
+            (None, this_body)
+        } else {
             match rewrite::to_upstream(head.clone(), this_body, seen.host, &endpoint.address, h2) {
-                Ok(r) => r,
+                Ok(r) => (Some(r), RequestBody::Empty),
                 Err(e) => return meta.fail(e, Some(route), None, activity),
-            };
+            }
+        };
         let now = Instant::now();
         let limit = match (policy.attempt_timeout.map(|t| now + t), deadline) {
             (Some(a), Some(d)) => Some(a.min(d)),
@@ -108,10 +126,10 @@ pub(super) async fn run(
         // moving the attempt (kilobytes) into a `Timeout` would copy it on every attempt.
         let mut send = std::pin::pin!(async {
             let permit = admit(backend, &endpoint).await?;
-            let send = if h2 {
-                Either::Left(forward::send_h2(&endpoint, upstream_req))
-            } else {
-                Either::Right(forward::send(&endpoint, upstream_req))
+            let send = match upstream_req {
+                None => Either::Left(forward::send_borrowed(&endpoint, &head, this_body)),
+                Some(req) if h2 => Either::Right(Either::Left(forward::send_h2(&endpoint, req))),
+                Some(req) => Either::Right(Either::Right(forward::send(&endpoint, req))),
             };
             Ok::<_, ProxyError>((send.await?, permit))
         });
@@ -129,8 +147,9 @@ pub(super) async fn run(
             None => send.await,
         };
         let reason = retry_reason(policy, &result, meta.grpc);
-        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
-        let retry = reason.filter(|_| replayable && attempt < policy.limit && !out_of_time);
+        // The clock is read only for an attempt that may be retried.
+        let retry = reason
+            .filter(|_| replayable && attempt < policy.limit && deadline.is_none_or(|d| Instant::now() < d));
         let Some(reason) = retry else {
             let after = After { kind, downstream_upgrade, ws_key: None, activity };
             return respond(ctx, &meta, route, (backend, &endpoint), after, result);
