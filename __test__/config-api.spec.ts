@@ -48,6 +48,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
             headers: [],
             service: 'default',
             responseHeaderTimeoutMs: 15000,
+            idleTimeoutMs: 0,
             allowConnect: false,
             retry: null,
             ...ROUTE_FILTER_DEFAULTS(),

@@ -1,6 +1,7 @@
 /**
  * Linkerd's policy annotations on a Kubernetes Service load as Linkerd reads them: failure accrual
- * on the service, retries and the request timeout on every route to it; bad values are errors
+ * on the service, retries and the request and idle timeouts on every route to it (an HTTPRoute's
+ * own annotations override the Service's); bad values are errors
  * with their position, other `*.linkerd.io` annotations warnings. One test sends real traffic
  * through a proxy built from such manifests.
  */
@@ -91,6 +92,46 @@ test('timeout.linkerd.io/response bounds each request to a backend: each attempt
   t.deepEqual([retried.responseHeaderTimeoutMs, retried.retry?.timeoutMs], [10000, 500])
 })
 
+/** An HTTPRoute sending to Service `web` port 80: GAMMA (its parent is `web`) or Gateway-parented. */
+function httpRoute(name: string, parent: 'gamma' | 'gateway', annotations = ''): string {
+  const parentRef = parent === 'gamma' ? '{ name: web, kind: Service, group: core, port: 80 }' : '{ name: edge }'
+  const meta = annotations === '' ? `{ name: ${name} }` : `{ name: ${name}, annotations: { ${annotations} } }`
+  return `---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: ${meta}
+spec:
+  parentRefs: [${parentRef}]
+  rules:
+  - matches: [{ path: { type: PathPrefix, value: /api } }]
+    backendRefs: [{ name: web, port: 80 }]
+`
+}
+
+test('timeout.linkerd.io/idle sets the idleTimeout of the routes to the Service; an HTTPRoute\'s own overrides it', (t) => {
+  const routes = (text: string): Array<[string, number]> => {
+    const r = loadConfigText(text, { file: 'k.yaml' })
+    t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [])
+    return r.config!.listeners[0]!.routes.map((x) => [x.name, x.idleTimeoutMs])
+  }
+  t.deepEqual(routes(manifests('timeout.linkerd.io/idle: 30s')), [['web-0-0', 30000]], 'the Ingress route to the Service')
+  t.deepEqual(routes(manifests('timeout.linkerd.io/request: 10s')), [['web-0-0', 0]], 'none without the annotation')
+  // A Gateway-parented HTTPRoute to the Service: its own annotation, else the Service's.
+  const gateway = routes(manifests('timeout.linkerd.io/idle: 30s') + httpRoute('own', 'gateway', 'timeout.linkerd.io/idle: 500ms') + httpRoute('inherits', 'gateway'))
+  t.deepEqual(gateway.filter(([n]) => n !== 'web-0-0'), [['own-0-0', 500], ['inherits-0-0', 30000]])
+  // A GAMMA route on the Service: the parent Service's, else the route's own.
+  t.deepEqual(routes(manifests('timeout.linkerd.io/idle: 30s') + httpRoute('canary', 'gamma')), [['web-0-0/canary-0-0', 30000]])
+  t.deepEqual(routes(manifests('timeout.linkerd.io/idle: 30s') + httpRoute('canary', 'gamma', 'timeout.linkerd.io/idle: 2s')), [['web-0-0/canary-0-0', 2000]])
+  t.deepEqual(routes(manifests('retry.linkerd.io/http: 5xx') + httpRoute('canary', 'gamma', 'timeout.linkerd.io/idle: 2s')), [['web-0-0/canary-0-0', 2000]], 'on the route alone')
+  // A bad value is an error at its position.
+  const bad = loadConfigText(manifests('timeout.linkerd.io/idle: soon'), { file: 'k.yaml' })
+  t.is(bad.config, null)
+  t.deepEqual(
+    bad.diagnostics.filter((d) => d.severity === 'error').map((d) => `${d.line}:${d.column} ${d.message}`),
+    ['22:30 invalid annotation timeout.linkerd.io/idle: "soon" is not a duration'],
+  )
+})
+
 test('Linkerd defaults: consecutive accrual alone is 7 failures; grpc retries alone retry no HTTP status', (t) => {
   const r = loadConfigText(manifests('balancer.linkerd.io/failure-accrual: consecutive\nretry.linkerd.io/grpc: unavailable'))
   t.deepEqual(diagnostics(r), [])
@@ -114,7 +155,7 @@ test('bad annotation values are errors with their position; unknown Linkerd anno
     ],
   )
   const odd = loadConfigText(
-    manifests('linkerd.io/inject: enabled\ntimeout.linkerd.io/idle: 1m\nretry.linkerd.io/limit: "3"\nbalancer.linkerd.io/failure-accrual-consecutive-max-failures: "3"'),
+    manifests('linkerd.io/inject: enabled\nconfig.linkerd.io/skip-outbound-ports: "25"\nretry.linkerd.io/limit: "3"\nbalancer.linkerd.io/failure-accrual-consecutive-max-failures: "3"'),
     { file: 'k.yaml' },
   )
   t.not(odd.config, null)
@@ -122,7 +163,7 @@ test('bad annotation values are errors with their position; unknown Linkerd anno
     odd.diagnostics.map((d) => `${d.severity} ${d.line}:${d.column} ${d.message}`),
     [
       'warning 22:5 Service "web": annotation linkerd.io/inject is ignored (meshproxy does not use it)',
-      'warning 23:5 Service "web": annotation timeout.linkerd.io/idle is ignored (stream idle timeouts are not implemented yet)',
+      'warning 23:5 Service "web": annotation config.linkerd.io/skip-outbound-ports is ignored (meshproxy does not use it)',
       'warning 24:5 Service "web": retry.linkerd.io/limit without retry.linkerd.io/http or retry.linkerd.io/grpc retries nothing',
       'warning 25:5 Service "web": balancer.linkerd.io/failure-accrual-consecutive-max-failures has no effect without balancer.linkerd.io/failure-accrual: consecutive',
     ],

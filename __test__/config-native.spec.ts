@@ -42,6 +42,7 @@ listeners:
           cookies: { channel: beta }
         service: api
         timeout: 2500ms
+        idleTimeout: 30s
         retry: { limit: 3, http: 502-504, grpc: unavailable, timeout: 300ms, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 }
         requestHeaders: { set: { X-Env: prod }, add: { x-tag: 1 }, remove: [X-Internal] }
         responseHeaders: { remove: [server] }
@@ -108,6 +109,7 @@ test('native document loads into the exact model', (t) => {
             headers: [{ name: 'x-canary', value: 'true' }],
             service: 'api',
             responseHeaderTimeoutMs: 2500,
+            idleTimeoutMs: 30000,
             allowConnect: false,
             retry: { limit: 3, http: '502-504', grpc: 'unavailable', timeoutMs: 300, nonIdempotent: true, budgetPercent: 50, budgetMinPerSecond: 5 },
             queryParams: [
@@ -129,6 +131,7 @@ test('native document loads into the exact model', (t) => {
             headers: [],
             service: 'web',
             responseHeaderTimeoutMs: 15000,
+            idleTimeoutMs: 0,
             allowConnect: false,
             retry: null,
             ...ROUTE_FILTER_DEFAULTS(),
@@ -142,6 +145,7 @@ test('native document loads into the exact model', (t) => {
             headers: [],
             service: '',
             responseHeaderTimeoutMs: 15000,
+            idleTimeoutMs: 0,
             allowConnect: false,
             retry: null,
             queryParams: [],
@@ -231,6 +235,7 @@ services:
             headers: [],
             service: 's',
             responseHeaderTimeoutMs: 15000,
+            idleTimeoutMs: 0,
             allowConnect: false,
             retry: null,
             ...ROUTE_FILTER_DEFAULTS(),
@@ -287,7 +292,7 @@ test('durations: ms integers and unit strings', (t) => {
     t.is(errors(r).length, 1, bad)
     t.regex(errors(r)[0]?.message ?? '', /timeout/, bad)
   }
-  // Zero is "no limit" only for the route timeout.
+  // Zero is "no limit" only for the route's timeouts (its idleTimeout too), never a listener's.
   const zero = loadConfigText('listeners: [{ idleTimeout: 0s }]')
   t.regex(errors(zero)[0]?.message ?? '', /idleTimeout.*between 1ms/)
 })

@@ -457,10 +457,11 @@ function intersectPaths(a: PathMatch, b: PathMatch): PathMatch | undefined {
   return undefined
 }
 
-/** The retries and request timeout Linkerd's annotations ask of `route`. */
+/** The retries, request timeout and idle timeout Linkerd's annotations ask of `route`. */
 function applyLinkerd(route: RouteModel, linkerd: LinkerdPolicy): void {
   if (linkerd.retry) route.retry = { ...linkerd.retry }
   if (linkerd.requestTimeoutMs !== undefined) route.responseHeaderTimeoutMs = linkerd.requestTimeoutMs
+  if (linkerd.idleTimeoutMs !== undefined) route.idleTimeoutMs = linkerd.idleTimeoutMs
 }
 
 /**

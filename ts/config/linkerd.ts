@@ -1,8 +1,9 @@
 /**
  * Linkerd's policy annotations on a Kubernetes Service, read as Linkerd's proxy reads them, so
  * manifests written for Linkerd keep their meaning: failure accrual
- * (`balancer.linkerd.io/failure-accrual*`), retries (`retry.linkerd.io/*`) and the request and
- * response timeouts (`timeout.linkerd.io/request`, `timeout.linkerd.io/response`). Every route to the Service gets its retries and timeout, as in
+ * (`balancer.linkerd.io/failure-accrual*`), retries (`retry.linkerd.io/*`) and the request,
+ * response and idle timeouts (`timeout.linkerd.io/request`, `timeout.linkerd.io/response`,
+ * `timeout.linkerd.io/idle`). Every route to the Service gets its retries and timeouts, as in
  * Linkerd. Other `*.linkerd.io` annotations have no meaning here: each is reported once with a
  * warning (`meshproxy check` shows them), never an error.
  */
@@ -18,15 +19,12 @@ export interface LinkerdPolicy {
   requestTimeoutMs?: number
   /** Each request to a backend (an HTTPRoute's `timeouts.backendRequest`). */
   responseTimeoutMs?: number
+  /** The route's `idleTimeout`: how long a stream may go without bytes moving. */
+  idleTimeoutMs?: number
 }
 
 const ACCRUAL = 'balancer.linkerd.io/failure-accrual'
 const CONSECUTIVE = `${ACCRUAL}-consecutive-`
-
-/** Annotations of Linkerd's that meshproxy knows and does not implement (yet), with why. */
-const NOT_IMPLEMENTED: Record<string, string> = {
-  'timeout.linkerd.io/idle': 'stream idle timeouts are not implemented yet',
-}
 
 /**
  * Reads the Linkerd annotations of Service `name` from its `annotations` (absent = none). A bad
@@ -88,16 +86,17 @@ export function readLinkerdAnnotations(annotations: Fields | undefined, name: st
   if (request !== undefined) out.requestTimeoutMs = request
   const response = value('timeout.linkerd.io/response', duration)
   if (response !== undefined) out.responseTimeoutMs = response
+  const idle = value('timeout.linkerd.io/idle', duration)
+  if (idle !== undefined) out.idleTimeoutMs = idle
 
   const consecutive = ['max-failures', 'min-penalty', 'max-penalty', 'jitter-ratio'].map((k) => CONSECUTIVE + k)
-  const known = new Set([ACCRUAL, ...consecutive, 'retry.linkerd.io/http', 'retry.linkerd.io/grpc', 'retry.linkerd.io/limit', 'retry.linkerd.io/timeout', 'timeout.linkerd.io/request', 'timeout.linkerd.io/response'])
+  const known = new Set([ACCRUAL, ...consecutive, 'retry.linkerd.io/http', 'retry.linkerd.io/grpc', 'retry.linkerd.io/limit', 'retry.linkerd.io/timeout', 'timeout.linkerd.io/request', 'timeout.linkerd.io/response', 'timeout.linkerd.io/idle'])
   for (const key of annotations.keys()) {
     if (!/(^|\.)linkerd\.io\//.test(key)) continue
     if (accrual === undefined && consecutive.includes(key)) {
       r.warn(annotations.keyLoc(key), `${kind} "${name}": ${key} has no effect without ${ACCRUAL}: consecutive`)
     } else if (!known.has(key)) {
-      const why = NOT_IMPLEMENTED[key] ?? 'meshproxy does not use it'
-      r.warn(annotations.keyLoc(key), `${kind} "${name}": annotation ${key} is ignored (${why})`)
+      r.warn(annotations.keyLoc(key), `${kind} "${name}": annotation ${key} is ignored (meshproxy does not use it)`)
     }
   }
   return out

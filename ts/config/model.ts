@@ -207,6 +207,10 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
     'A traffic split: requests go to these services at random in proportion to their weights (a canary at 90/10, an A/B test, a blue-green switch by reload). Empty = every request to `service`. A match on a header or cookie (`match.headers`, `match.cookies`) in an earlier route pins chosen requests to one side.',
   ),
   responseHeaderTimeoutMs: duration('Time allowed for the upstream\'s response headers, all attempts of a retried request together; 0 = no limit.', { min: 0, default: 15000 }, { yaml: { key: 'timeout' } }),
+  idleTimeoutMs: duration(
+    'An exchange during which no bytes move for this long is ended: no request body from the client, no response head or body from the upstream. Before the response head the client gets 504 `upstream-timeout` (gRPC: DEADLINE_EXCEEDED) and the attempt counts as a timeout; after it the response is cut short (a gRPC response over HTTP/2 ends with `grpc-status` DEADLINE_EXCEEDED trailers). Upgrades, WebSockets and `CONNECT` tunnels keep the listener\'s `tunnelIdleTimeout`. 0 = none (Linkerd\'s `timeout.linkerd.io/idle`).',
+    { min: 0, default: 0 },
+  ),
   allowConnect: flag(
     '`CONNECT` requests (HTTP/1.1 `CONNECT host:port`, HTTP/2 `CONNECT` with only `:authority`) matching this route — by their authority\'s host, with the path taken as `/` — are answered 200 and tunnelled as opaque TCP to an endpoint of `service` chosen by its balancer (never to the authority the client named). Without it they are refused: 403 `connect-refused`.',
     false,
@@ -247,7 +251,7 @@ export const HTTP2 = table(
 export const LISTENER_PROTOCOLS = ['http', 'tcp'] as const
 
 // A zero is refused where its meaning is not documented (zero connections, zero-length heads,
-// instant timeouts would all just break traffic); the route timeout documents 0 as "no limit",
+// instant timeouts would all just break traffic); the route timeouts document 0 as "no limit",
 // 0 idle/pending connections means "do not pool/queue", and an HTTP/2 keep-alive interval of 0
 // means "no pings". Upper bounds are u32::MAX (see `count`).
 export const LISTENER = table('Listener', 'A listening socket and the routes of the requests it accepts.', {

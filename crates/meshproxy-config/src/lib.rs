@@ -132,6 +132,9 @@ pub struct RouteConfig {
     pub headers: Vec<HeaderMatch>,
     pub service: String,
     pub response_header_timeout_ms: u64,
+    /// An exchange with no bytes moving either way for this long is ended; 0 = none.
+    #[serde(default)]
+    pub idle_timeout_ms: u64,
     /// `CONNECT` requests matching this route (by their authority's host) are tunnelled over TCP
     /// to an endpoint of `service`; without it they are refused (403).
     #[serde(default)]
@@ -450,6 +453,7 @@ pub mod testing {
             headers: vec![],
             service: service.into(),
             response_header_timeout_ms: 15_000,
+            idle_timeout_ms: 0,
             allow_connect: false,
             retry: None,
             backends: vec![],

@@ -67,6 +67,9 @@ pub struct RouteRuntime {
     pub backends: Option<Distribution<Arc<Backend>>>,
     /// None = no limit.
     pub response_header_timeout: Option<Duration>,
+    /// How long an exchange may go without bytes moving either way ([`crate::proxy::idle`]);
+    /// None = no limit.
+    pub idle_timeout: Option<Duration>,
     /// `CONNECT` to this route's service is tunnelled instead of refused.
     pub allow_connect: bool,
     pub metrics: Arc<RouteMetrics>,
@@ -234,6 +237,7 @@ fn compile_listener(
                 response_filters,
                 response_header_timeout: (r.response_header_timeout_ms > 0)
                     .then(|| Duration::from_millis(r.response_header_timeout_ms)),
+                idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms)),
                 allow_connect: r.allow_connect,
                 metrics: metrics.route(metric_set, &l.name, &r.name, &r.service),
                 retry: r

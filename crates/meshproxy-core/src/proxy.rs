@@ -6,7 +6,8 @@
 //! 4. backend: the route's weighted choice among its backends (a traffic split);
 //! 5. endpoint: the backend's balancer over its current endpoint set; then the request in the
 //!    form the endpoint takes ([`rewrite`]);
-//! 6. the attempt ([`forward`]), bounded by the route's response-header timeout;
+//! 6. the attempt ([`forward`]), bounded by the route's response-header timeout and its idle
+//!    timeout ([`idle`], which also watches the response body);
 //! 7. response filters;
 //! 8. respond, with the outcome observed once ([`outcome`]).
 //!
@@ -17,6 +18,7 @@ mod admit;
 pub mod body;
 mod connect;
 mod forward;
+pub mod idle;
 mod outcome;
 mod rewrite;
 mod service;

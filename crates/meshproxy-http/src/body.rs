@@ -6,9 +6,13 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::idle::IdleClock;
 
 /// A request body as the client sends it, forwarded upstream frame by frame: from hyper's
 /// HTTP/1.1 server or an HTTP/2 stream ([`crate::h2_server`]), or nothing (which lets a request be
@@ -23,6 +27,25 @@ pub enum RequestBody {
     /// A body read ahead (for a request that may be sent again): the chunks already read, then
     /// the rest, if the body was longer than what was read ahead.
     Buffered(Box<Buffered>),
+    /// A body whose frames stamp an exchange's [`IdleClock`] (a route with an idle timeout).
+    Watched(Box<Watched>),
+}
+
+/// A client's body that stamps `clock` with every frame (and its end or failure) it yields.
+pub struct Watched {
+    body: RequestBody,
+    clock: Arc<IdleClock>,
+}
+
+impl RequestBody {
+    /// `self`, stamping `clock` as its frames arrive; an ended body is left as it is (nothing
+    /// more moves).
+    pub fn watched(self, clock: &Arc<IdleClock>) -> RequestBody {
+        if self.is_end_stream() {
+            return self;
+        }
+        RequestBody::Watched(Box::new(Watched { body: self, clock: clock.clone() }))
+    }
 }
 
 /// A request body read ahead: its chunks and trailers when it was read whole (and can be sent
@@ -153,6 +176,13 @@ impl Body for RequestBody {
             RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::from),
             RequestBody::H2(b) => b.poll_frame(cx).map_err(ClientBodyError::from),
             RequestBody::Buffered(b) => b.poll_frame(cx),
+            RequestBody::Watched(w) => {
+                let polled = Pin::new(&mut w.body).poll_frame(cx);
+                if polled.is_ready() {
+                    w.clock.touch();
+                }
+                polled
+            }
         }
     }
 
@@ -162,6 +192,7 @@ impl Body for RequestBody {
             RequestBody::Http1(b) => b.is_end_stream(),
             RequestBody::H2(b) => b.is_end_stream(),
             RequestBody::Buffered(b) => b.is_end_stream(),
+            RequestBody::Watched(w) => w.body.is_end_stream(),
         }
     }
 
@@ -171,6 +202,7 @@ impl Body for RequestBody {
             RequestBody::Http1(b) => b.size_hint(),
             RequestBody::H2(b) => b.size_hint(),
             RequestBody::Buffered(b) => b.size_hint(),
+            RequestBody::Watched(w) => w.body.size_hint(),
         }
     }
 }

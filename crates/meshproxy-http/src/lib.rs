@@ -18,6 +18,7 @@ pub mod h2_ping;
 pub mod h2_server;
 pub mod h2_tunnel;
 pub mod headers;
+pub mod idle;
 pub mod tunnel;
 pub mod upstream_body;
 

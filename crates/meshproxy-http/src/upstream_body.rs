@@ -18,6 +18,9 @@ pub enum BodyError {
     H2(#[from] h2::Error),
     #[error(transparent)]
     H1(#[from] H1Error),
+    /// No bytes moved either way for the route's idle timeout; the proxy ended the response.
+    #[error("no bytes moved for the route's idle timeout")]
+    Idle,
 }
 
 impl BodyError {

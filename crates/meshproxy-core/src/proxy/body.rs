@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::activity::ActivityGuard;
 use crate::breaker::Admission;
 use crate::metrics::{parse_grpc_status, RouteMetrics};
+use crate::proxy::idle::{self, BodyIdle, IdleClock};
 use crate::proxy::outcome::BodyVerdict;
 use crate::upstream::UpstreamIncoming;
 use meshproxy_http::upstream_body::BodyError;
@@ -38,6 +39,8 @@ enum Kind {
         grpc: Option<Arc<RouteMetrics>>,
         /// The endpoint's verdict, given when the body ends (see [`BodyVerdict`]).
         verdict: Option<Box<BodyVerdict>>,
+        /// The route's idle timer, when it has an idle timeout ([`crate::proxy::idle`]).
+        idle: Option<Pin<Box<BodyIdle>>>,
     },
 }
 
@@ -62,15 +65,48 @@ impl ResponseBody {
         ResponseBody { kind: Kind::Local(Some(bytes)), _activity: None }
     }
 
+    /// `idle`: the exchange's idle clock, and whether an idle response ends with gRPC trailers
+    /// ([`BodyIdle::grpc_trailers`]).
     pub fn upstream(
         body: UpstreamIncoming,
         release: Release,
         activity: ActivityGuard,
         grpc: Option<Arc<RouteMetrics>>,
         verdict: Option<Box<BodyVerdict>>,
+        idle: Option<(Arc<IdleClock>, bool)>,
     ) -> Self {
-        let release = (!body.is_end_stream()).then_some(release);
-        ResponseBody { kind: Kind::Upstream { body, release, grpc, verdict }, _activity: Some(activity) }
+        let ended = body.is_end_stream();
+        let release = (!ended).then_some(release);
+        let idle = idle.filter(|_| !ended).map(|(clock, trailers)| BodyIdle::start(clock, trailers));
+        ResponseBody {
+            kind: Kind::Upstream { body, release, grpc, verdict, idle },
+            _activity: Some(activity),
+        }
+    }
+
+    /// Ends a response whose exchange has been idle for the route's idle timeout: the upstream's
+    /// body and stream (or connection, mid-message: never pooled) are dropped now, the endpoint
+    /// is told its response broke off, and the client gets DEADLINE_EXCEEDED trailers (a gRPC
+    /// client over HTTP/2) or an error that aborts the response (an HTTP/2 reset, an HTTP/1.1
+    /// connection closed before the message's end).
+    #[cold]
+    fn end_idle(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Kind::Upstream { grpc, verdict, idle, .. } = std::mem::replace(&mut self.kind, Kind::Local(None))
+        else {
+            return Poll::Ready(None);
+        };
+        let trailers = idle.is_some_and(|i| i.grpc_trailers());
+        tracing::debug!(trailers, "response idle for the route's idle timeout; ended");
+        if let Some(v) = verdict {
+            v.end(None, true);
+        }
+        if !trailers {
+            return Poll::Ready(Some(Err(BodyError::Idle)));
+        }
+        if let Some(m) = grpc.as_deref() {
+            m.grpc_status(crate::error::ProxyError::UpstreamTimeout.grpc_status().as_bytes());
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(idle::deadline_exceeded_trailers()))))
     }
 }
 
@@ -82,10 +118,16 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, release, grpc, verdict } => {
+            Kind::Upstream { body, release, grpc, verdict, idle } => {
                 let polled = body.poll_frame(cx);
+                if let Some(idle) = idle {
+                    if idle.as_mut().expired(polled.is_ready(), cx) {
+                        return this.end_idle();
+                    }
+                }
                 let done = match &polled {
                     Poll::Ready(None) => {
                         if let Some(v) = verdict.take() {

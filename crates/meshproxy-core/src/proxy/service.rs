@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::admit::{self, Kind};
 use super::body::{Release, ResponseBody};
+use super::idle::{self, IdleClock};
 use super::outcome::{self, Outcome};
 use super::{connect, forward, rewrite, upgrade, websocket};
 use crate::activity::{Activity, ActivityGuard};
@@ -185,6 +186,11 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             break 'respond routed.fail(ProxyError::NoEndpoints);
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
+        let idle = idle_clock(route, &kind, meta.grpc, head.version);
+        let body = match &idle {
+            Some((clock, _)) => body.watched(clock),
+            None => body,
+        };
         let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
             Ok(r) => r,
             Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
@@ -200,7 +206,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
             _ => None,
         };
-        let after = After { kind, downstream_upgrade, ws_key, activity };
+        let after = After { kind, downstream_upgrade, ws_key, activity, idle };
         // 6: the attempt. Pinned where it is built and raced with the timer in place:
         // `tokio::time::timeout(t, attempt)` moves this (large) future into its own, a memcpy of
         // its whole size on every request.
@@ -216,14 +222,18 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             let sent = send.await?;
             Ok::<_, ProxyError>((sent, permit))
         });
-        let result = match route.response_header_timeout {
-            Some(t) => {
-                let mut timer = std::pin::pin!(tokio::time::sleep(t));
+        // One timer for the route's timeout and its idle timeout, whichever comes first.
+        let fixed = route.response_header_timeout.map(|t| Instant::now() + t);
+        let clock = after.idle.as_ref().map(|(c, _)| &**c);
+        let result = match idle::earliest(fixed, clock) {
+            Some(at) => {
+                let mut timer = std::pin::pin!(tokio::time::sleep_until(at));
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = attempt.as_mut().poll(cx) {
                         return Poll::Ready(r);
                     }
-                    timer.as_mut().poll(cx).map(|()| Err(ProxyError::UpstreamTimeout))
+                    idle::poll_expired(timer.as_mut(), fixed, clock, cx)
+                        .map(|()| Err(ProxyError::UpstreamTimeout))
                 })
                 .await
             }
@@ -345,6 +355,24 @@ struct After {
     downstream_upgrade: Option<ClientTunnel>,
     ws_key: Option<HeaderValue>,
     activity: ActivityGuard,
+    /// The exchange's idle clock when the route has an idle timeout, and whether the client
+    /// can be sent gRPC trailers ([`idle_clock`]).
+    idle: Option<(Arc<IdleClock>, bool)>,
+}
+
+/// The idle clock of a request on `route`, when the route has an idle timeout and the request is
+/// a plain exchange (upgrades, WebSockets and tunnels keep the listener's `tunnelIdleTimeout`);
+/// with whether an idle response may end with gRPC trailers: a gRPC client over HTTP/2 (an
+/// HTTP/1.1 client may not take trailers at all).
+fn idle_clock(
+    route: &RouteRuntime,
+    kind: &Kind,
+    grpc: bool,
+    version: Version,
+) -> Option<(Arc<IdleClock>, bool)> {
+    let timeout = route.idle_timeout?;
+    matches!(kind, Kind::Plain)
+        .then(|| (Arc::new(IdleClock::new(timeout)), grpc && version == Version::HTTP_2))
 }
 
 /// A `CONNECT` a route allows: a TCP tunnel to the endpoint its balancer picks.
@@ -500,7 +528,7 @@ fn respond(
     after: After,
     result: Result<(forward::Sent, Admission), ProxyError>,
 ) -> Response<ResponseBody> {
-    let After { kind, downstream_upgrade, ws_key, activity } = after;
+    let After { kind, downstream_upgrade, ws_key, activity, idle } = after;
     let ((resp, stream, reused), permit) = match result {
         Ok(r) => r,
         Err(e) => return meta.fail(e, Some(route), Some((backend, endpoint)), activity),
@@ -567,7 +595,10 @@ fn respond(
     let release = Release { _stream: stream, _slots: permit };
     // A streamed gRPC response's status comes in its trailers: the body counts it.
     let grpc_metrics = (meta.grpc && grpc.is_none()).then(|| route.metrics.clone());
-    Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics, verdict))
+    // A response of announced length cut short is broken whatever follows: no trailers then.
+    let idle = idle
+        .map(|(clock, trailers)| (clock, trailers && !parts.headers.contains_key(header::CONTENT_LENGTH)));
+    Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics, verdict, idle))
 }
 
 fn find_route<'a>(

@@ -20,13 +20,14 @@ use meshproxy_http::body::{Buffered, RequestBody};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
-use super::{admit, choose, respond, speaks_h2, After, ConnCtx, RoutedRequest, GRPC_STATUS};
+use super::{admit, choose, idle_clock, respond, speaks_h2, After, ConnCtx, RoutedRequest, GRPC_STATUS};
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
 use crate::error::ProxyError;
 use crate::metrics::{parse_grpc_status, RetryReason};
 use crate::proxy::body::ResponseBody;
 use crate::proxy::forward;
+use crate::proxy::idle;
 use crate::proxy::outcome::{self, Outcome};
 use crate::proxy::rewrite;
 use crate::upstream::Endpoint;
@@ -63,6 +64,11 @@ pub(super) async fn run(
 ) -> Response<ResponseBody> {
     let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
     policy.budget.deposit();
+    let idle = idle_clock(route, &kind, meta.grpc, head.version);
+    let body = match &idle {
+        Some((clock, _)) => body.watched(clock),
+        None => body,
+    };
     // A request without a body (most that are retried) has nothing to read ahead: each attempt
     // is sent without one.
     let bodiless = body.is_end_stream();
@@ -122,6 +128,11 @@ pub(super) async fn run(
             (Some(a), Some(d)) => Some(a.min(d)),
             (a, d) => a.or(d),
         };
+        // Each attempt's idle time starts when it does.
+        let clock = idle.as_ref().map(|(c, _)| &**c);
+        if let Some(c) = clock {
+            c.touch();
+        }
         // Pinned where it is built and raced with the timer in place, as the plain path does:
         // moving the attempt (kilobytes) into a `Timeout` would copy it on every attempt.
         let mut send = std::pin::pin!(async {
@@ -133,14 +144,15 @@ pub(super) async fn run(
             };
             Ok::<_, ProxyError>((send.await?, permit))
         });
-        let result = match limit {
+        let result = match idle::earliest(limit, clock) {
             Some(at) => {
                 let mut timer = std::pin::pin!(tokio::time::sleep_until(at));
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = send.as_mut().poll(cx) {
                         return Poll::Ready(r);
                     }
-                    timer.as_mut().poll(cx).map(|()| Err(ProxyError::UpstreamTimeout))
+                    idle::poll_expired(timer.as_mut(), limit, clock, cx)
+                        .map(|()| Err(ProxyError::UpstreamTimeout))
                 })
                 .await
             }
@@ -151,12 +163,12 @@ pub(super) async fn run(
         let retry = reason
             .filter(|_| replayable && attempt < policy.limit && deadline.is_none_or(|d| Instant::now() < d));
         let Some(reason) = retry else {
-            let after = After { kind, downstream_upgrade, ws_key: None, activity };
+            let after = After { kind, downstream_upgrade, ws_key: None, activity, idle };
             return respond(ctx, &meta, route, (backend, &endpoint), after, result);
         };
         if !policy.budget.withdraw() {
             route.metrics.retry_over_budget();
-            let after = After { kind, downstream_upgrade, ws_key: None, activity };
+            let after = After { kind, downstream_upgrade, ws_key: None, activity, idle };
             return respond(ctx, &meta, route, (backend, &endpoint), after, result);
         }
         // The failed attempt counts against its endpoint; its answer (and connection) is dropped.
