@@ -206,30 +206,20 @@ test('degraded scenario: the fault backend answers ≥ 50 ms in the slow phase a
   const backends = await faultBackends(t)
   const [healthy, , degraded] = backends
   t.true(degraded!.degraded && !healthy!.degraded)
-  // Lower bounds are exact (a timer); upper bounds are medians, loose: the machine may be busy.
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!
+  // Only lower bounds are timed (the fault is a timer); how fast the others answer depends on
+  // how busy the machine is, so it is not asserted here (the bench measures it).
   await Promise.all(backends.map((b) => b.setPhase(phase('slow'))))
-  const fast: number[] = []
   for (let i = 0; i < 5; i++) {
     const slow = await timedGet(degraded!.addr)
     t.is(slow.status, 200)
     t.true(slow.ms >= 50, `slow phase answer in ${slow.ms.toFixed(1)} ms`)
-    const h = await timedGet(healthy!.addr)
-    t.is(h.status, 200)
-    fast.push(h.ms)
+    t.is((await timedGet(healthy!.addr)).status, 200)
   }
-  t.true(median(fast) < 40, `healthy backend: median ${median(fast).toFixed(1)} ms`)
   // The health check path is never degraded (what HAProxy's httpchk probes).
   t.is((await timedGet(degraded!.addr, '/healthz')).status, 200)
   await Promise.all(backends.map((b) => b.setPhase(phase('errors'))))
   const statuses: number[] = []
-  const times: number[] = []
-  for (let i = 0; i < 200; i++) {
-    const r = await timedGet(degraded!.addr)
-    statuses.push(r.status)
-    times.push(r.ms)
-  }
-  t.true(median(times) < 40, `error phase answers are fast: median ${median(times).toFixed(1)} ms`)
+  for (let i = 0; i < 200; i++) statuses.push((await timedGet(degraded!.addr)).status)
   const errors = statuses.filter((s) => s === 500).length
   t.is(errors + statuses.filter((s) => s === 200).length, 200)
   t.true(errors >= 80 && errors <= 120, `${errors} of 200 answered 500`)
