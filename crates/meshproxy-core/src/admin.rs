@@ -102,7 +102,7 @@ fn endpoints_json(shared: &Shared) -> String {
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local_owned(Bytes::from(body)));
+    let mut resp = Response::new(ResponseBody::local_owned(Bytes::from(body), None));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp

@@ -66,10 +66,17 @@ pub enum ProxyError {
     BadRequest,
     ShuttingDown,
     ConnectRefused,
+    /// A rate limit refused the request (429; the limiter adds `Retry-After` and the
+    /// `RateLimit-Policy`/`RateLimit` fields).
+    RateLimited,
+    /// An authorization rule or a request-phase policy denied the request (403).
+    Forbidden,
+    /// The upstream's response violated a policy whose action is `deny` (502).
+    PolicyViolation,
 }
 
 impl ProxyError {
-    pub const ALL: [ProxyError; 12] = [
+    pub const ALL: [ProxyError; 15] = [
         ProxyError::NoRoute,
         ProxyError::NoEndpoints,
         ProxyError::UpstreamConnect,
@@ -82,6 +89,9 @@ impl ProxyError {
         ProxyError::BadRequest,
         ProxyError::ShuttingDown,
         ProxyError::ConnectRefused,
+        ProxyError::RateLimited,
+        ProxyError::Forbidden,
+        ProxyError::PolicyViolation,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -93,11 +103,13 @@ impl ProxyError {
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamHandshake
-            | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamProtocol
+            | ProxyError::PolicyViolation => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
-            ProxyError::ConnectRefused => StatusCode::FORBIDDEN,
+            ProxyError::ConnectRefused | ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -116,23 +128,28 @@ impl ProxyError {
             ProxyError::BadRequest => "bad-request",
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::ConnectRefused => "connect-refused",
+            ProxyError::RateLimited => "rate-limited",
+            ProxyError::Forbidden => "forbidden",
+            ProxyError::PolicyViolation => "policy-violation",
         }
     }
 
     /// The gRPC status code a gRPC client gets for this failure (grpc/doc/statuscodes.md).
     pub fn grpc_status(self) -> &'static str {
         match self {
-            ProxyError::NoRoute => "12",                             // UNIMPLEMENTED
-            ProxyError::UpstreamTimeout => "4",                      // DEADLINE_EXCEEDED
-            ProxyError::ConnectRefused => "7",                       // PERMISSION_DENIED
-            ProxyError::UriTooLong | ProxyError::BadRequest => "13", // INTERNAL
+            ProxyError::NoRoute => "12",                               // UNIMPLEMENTED
+            ProxyError::UpstreamTimeout => "4",                        // DEADLINE_EXCEEDED
+            ProxyError::ConnectRefused | ProxyError::Forbidden => "7", // PERMISSION_DENIED
+            ProxyError::RateLimited => "8",                            // RESOURCE_EXHAUSTED
+            ProxyError::UriTooLong | ProxyError::BadRequest => "13",   // INTERNAL
             ProxyError::NoEndpoints
             | ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamHandshake
             | ProxyError::UpstreamProtocol
+            | ProxyError::PolicyViolation
             | ProxyError::Overloaded
-            | ProxyError::ShuttingDown => "14", // UNAVAILABLE
+            | ProxyError::ShuttingDown => "14", // UNAVAILABLE (as HTTP 502/503 map to gRPC)
         }
     }
 
@@ -159,6 +176,9 @@ impl ProxyError {
             ProxyError::BadRequest => "meshproxy: malformed request\n",
             ProxyError::ShuttingDown => "meshproxy: the proxy is shutting down\n",
             ProxyError::ConnectRefused => "meshproxy: CONNECT is not allowed here\n",
+            ProxyError::RateLimited => "meshproxy: rate limit exceeded\n",
+            ProxyError::Forbidden => "meshproxy: forbidden by policy\n",
+            ProxyError::PolicyViolation => "meshproxy: the upstream's response violated a policy\n",
         }
     }
 }

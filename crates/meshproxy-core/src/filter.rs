@@ -31,10 +31,23 @@ pub enum Verdict {
     Continue,
     /// Answer now with this error (the request goes no further).
     Respond(ProxyError),
+    /// Answer now with this error and fields (and body) of the filter's own: a rate limit's
+    /// `Retry-After`, a policy's messages (boxed: rare, and the common verdicts stay small).
+    Reject(Box<Rejection>),
     /// Answer now with a redirect to this `Location` (the request goes no further).
     Redirect(StatusCode, HeaderValue),
     /// Decide once this resolves (boxed: only filters that must wait return it).
     Wait(Pin<Box<dyn Future<Output = Verdict> + Send>>),
+}
+
+/// A refusal that carries more than its [`ProxyError`]: the response is the error's
+/// ([`crate::proxy::local_error`]: status, `meshproxy-error`, gRPC status for gRPC clients) with
+/// `headers` set over it and, for HTTP clients, `body` (UTF-8 text) instead of the error's text.
+#[derive(Debug)]
+pub struct Rejection {
+    pub error: ProxyError,
+    pub headers: HeaderMap,
+    pub body: Option<bytes::Bytes>,
 }
 
 /// A filter on the way in, compiled per route.
@@ -55,6 +68,9 @@ pub enum RequestFilter {
     /// Answers at once: exercises the pipeline's early answer in tests.
     #[cfg(test)]
     Refuse(ProxyError),
+    /// Answers at once with a field and a body of its own: exercises [`Rejection`] in tests.
+    #[cfg(test)]
+    RejectWith(ProxyError, &'static str, &'static str, &'static str),
 }
 
 /// A filter on the way out, compiled per route.
@@ -309,10 +325,12 @@ fn header_value(route: &str, value: &str) -> Result<HeaderValue, Error> {
 }
 
 /// What a request filter may read and change: the request head (hop-by-hop fields already
-/// removed), what one scan of its field names found, and the client.
+/// removed), what one scan of its field names found, and the client (its address, and its IP as
+/// a field value for `X-Forwarded-For`).
 pub struct RequestCx<'a> {
     pub head: &'a mut http::request::Parts,
     pub seen: &'a mut Seen,
+    pub client: std::net::SocketAddr,
     pub client_ip: &'a HeaderValue,
 }
 
@@ -352,6 +370,14 @@ impl RequestFilter {
             }
             #[cfg(test)]
             RequestFilter::Refuse(e) => Verdict::Respond(*e),
+            #[cfg(test)]
+            RequestFilter::RejectWith(error, name, value, body) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+                headers.append(HeaderName::from_static(name), HeaderValue::from_static("second"));
+                let body = Some(bytes::Bytes::from_static(body.as_bytes()));
+                Verdict::Reject(Box::new(Rejection { error: *error, headers, body }))
+            }
         }
     }
 }
@@ -361,6 +387,7 @@ pub enum Step {
     /// All passed.
     Done,
     Respond(ProxyError),
+    Reject(Box<Rejection>),
     Redirect(StatusCode, HeaderValue),
     /// Await the future, then (if it says continue) run the filters from `resume_at`.
     Wait(Pin<Box<dyn Future<Output = Verdict> + Send>>, usize),
@@ -373,6 +400,7 @@ pub fn run_request(filters: &[RequestFilter], from: usize, cx: &mut RequestCx<'_
         match f.apply(cx) {
             Verdict::Continue => {}
             Verdict::Respond(e) => return Step::Respond(e),
+            Verdict::Reject(r) => return Step::Reject(r),
             Verdict::Redirect(status, location) => return Step::Redirect(status, location),
             Verdict::Wait(fut) => return Step::Wait(fut, i + 1),
         }
@@ -544,14 +572,15 @@ mod tests {
         )
         .unwrap();
         let ip = HeaderValue::from_static("127.0.0.1");
+        let client = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
         let mut h = head("/api/users?page=2", None);
         let mut seen = Seen::default();
-        rewrite.apply(&mut RequestCx { head: &mut h, seen: &mut seen, client_ip: &ip }).unwrap();
+        rewrite.apply(&mut RequestCx { head: &mut h, seen: &mut seen, client, client_ip: &ip }).unwrap();
         assert_eq!(h.uri, "/users?page=2");
         assert_eq!(h.headers[header::HOST], "backend.internal");
         assert!(seen.host, "the upstream request keeps the rewritten Host");
         let mut h2 = head("http://front.example/api", None);
-        rewrite.apply(&mut RequestCx { head: &mut h2, seen: &mut seen, client_ip: &ip }).unwrap();
+        rewrite.apply(&mut RequestCx { head: &mut h2, seen: &mut seen, client, client_ip: &ip }).unwrap();
         assert_eq!(h2.uri, "http://backend.internal/");
     }
 }

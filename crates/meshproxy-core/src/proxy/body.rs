@@ -61,8 +61,13 @@ impl ResponseBody {
         ResponseBody { kind: Kind::Local(None), _activity: activity }
     }
 
-    pub fn local_owned(bytes: Bytes) -> Self {
-        ResponseBody { kind: Kind::Local(Some(bytes)), _activity: None }
+    pub fn local_owned(bytes: Bytes, activity: Option<ActivityGuard>) -> Self {
+        ResponseBody { kind: Kind::Local(Some(bytes)), _activity: activity }
+    }
+
+    /// The guard that marks the downstream connection busy, to move into a replacement body.
+    pub fn take_activity(&mut self) -> Option<ActivityGuard> {
+        self._activity.take()
     }
 
     /// `idle`: the exchange's idle clock, and whether an idle response ends with gRPC trailers

@@ -30,7 +30,7 @@ use crate::breaker::Admission;
 use crate::compile::{Backend, ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
-use crate::filter::{self, RequestCx, Step, Verdict};
+use crate::filter::{self, Rejection, RequestCx, Step, Verdict};
 use crate::metrics::{parse_grpc_status, Protocol};
 use crate::routing::RequestView;
 use crate::state::Shared;
@@ -155,6 +155,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                 match fut.await {
                     Verdict::Continue => {}
                     Verdict::Respond(e) => break 'respond routed.fail(e),
+                    Verdict::Reject(r) => break 'respond routed.reject(*r),
                     Verdict::Redirect(status, location) => break 'respond routed.redirect(status, location),
                     Verdict::Wait(again) => {
                         waiting = Some(again);
@@ -162,11 +163,16 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                     }
                 }
             }
-            let mut cx =
-                RequestCx { head: &mut routed.head, seen: &mut routed.seen, client_ip: &ctx.client_ip };
+            let mut cx = RequestCx {
+                head: &mut routed.head,
+                seen: &mut routed.seen,
+                client: ctx.client,
+                client_ip: &ctx.client_ip,
+            };
             match filter::run_request(&routed.route.request_filters, from, &mut cx) {
                 Step::Done => break,
                 Step::Respond(e) => break 'respond routed.fail(e),
+                Step::Reject(r) => break 'respond routed.reject(*r),
                 Step::Redirect(status, location) => break 'respond routed.redirect(status, location),
                 Step::Wait(fut, next) => {
                     waiting = Some(fut);
@@ -325,6 +331,35 @@ struct RoutedRequest<'a> {
 impl RoutedRequest<'_> {
     fn fail(self, e: ProxyError) -> Response<ResponseBody> {
         self.meta.fail(e, Some(self.route), None, self.activity)
+    }
+
+    /// A filter's refusal with fields of its own ([`Rejection`]), its outcome observed.
+    #[cold]
+    fn reject(self, r: Rejection) -> Response<ResponseBody> {
+        let grpc = self.meta.grpc;
+        let mut resp = self.meta.fail(r.error, Some(self.route), None, self.activity);
+        if let Some(body) = r.body.filter(|_| !grpc) {
+            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            let activity = resp.body_mut().take_activity();
+            *resp.body_mut() = ResponseBody::local_owned(body, activity);
+        }
+        let h = resp.headers_mut();
+        let mut last = None;
+        for (name, value) in r.headers {
+            // `None` after the first value of a name: append to the field just replaced.
+            match name {
+                Some(n) => {
+                    h.insert(n.clone(), value);
+                    last = Some(n);
+                }
+                None => {
+                    if let Some(n) = &last {
+                        h.append(n.clone(), value);
+                    }
+                }
+            }
+        }
+        resp
     }
 
     /// The route's redirect, its outcome observed; the route's response filters run on it.

@@ -250,6 +250,27 @@ async fn a_filter_that_answers_stops_the_request_before_any_endpoint() {
     proxy.close(Duration::from_millis(100)).await.unwrap();
 }
 
+#[tokio::test]
+async fn a_rejection_answers_with_its_own_fields_and_body() {
+    use crate::filter::RequestFilter;
+    let backend = echo_forwarded_for().await;
+    let reject = RequestFilter::RejectWith(ProxyError::RateLimited, "retry-after", "3", "slow down\n");
+    let (proxy, addr) = with_request_filters(&backend, vec![reject]).await;
+    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/").header("host", "h").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let resp = client.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["meshproxy-error"], "rate-limited");
+    assert_eq!(resp.headers().get_all("retry-after").iter().collect::<Vec<_>>(), ["3", "second"]);
+    assert_eq!(resp.headers()["content-length"], "10");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "slow down\n");
+    assert_eq!(proxy.stats().await.endpoints[0].requests, 0, "never sent");
+    proxy.close(Duration::from_millis(100)).await.unwrap();
+}
+
 /// An embedder's multi-thread runtime: HTTP/2 streams run as tasks of their own (the
 /// current-thread path runs them inside the connection's task, which the JS tests cover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
