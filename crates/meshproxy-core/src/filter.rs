@@ -330,6 +330,8 @@ fn header_value(route: &str, value: &str) -> Result<HeaderValue, Error> {
 pub struct RequestCx<'a> {
     pub head: &'a mut http::request::Parts,
     pub seen: &'a mut Seen,
+    /// Read by the filters keyed by client (rate limits, authorization).
+    #[allow(dead_code)]
     pub client: std::net::SocketAddr,
     pub client_ip: &'a HeaderValue,
 }
