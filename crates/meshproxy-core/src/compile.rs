@@ -17,6 +17,7 @@ use crate::config::{
     BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, ListenerConfig, ListenerProtocol,
     RouteConfig, ServiceConfig, UpstreamProtocol,
 };
+use crate::filter::authz::Authz;
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
 use crate::routing::RouteTable;
@@ -231,6 +232,8 @@ fn compile_listener(
                 Some(route_backends(r, service, services)?)
             };
             let (request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
+            let authz = Authz::compile(&r.name, &r.authorization, &l.authorization)?;
+            let request_filters = Authz::prepend(authz, request_filters);
             Ok(RouteRuntime {
                 backends,
                 request_filters,

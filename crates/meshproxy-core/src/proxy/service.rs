@@ -477,6 +477,9 @@ fn route<'a>(
         let Some(route) = route.filter(|r| r.allow_connect) else {
             return Routed::Answered(Box::new(meta.fail(ProxyError::ConnectRefused, route, None, activity)));
         };
+        if !filter::authz::allows_connect(&route.request_filters, ctx.client, &req) {
+            return Routed::Answered(Box::new(meta.fail(ProxyError::Forbidden, Some(route), None, activity)));
+        }
         let Some((backend, endpoint)) = choose(ctx, route, req.headers()) else {
             return Routed::Answered(Box::new(meta.fail(
                 ProxyError::NoEndpoints,
