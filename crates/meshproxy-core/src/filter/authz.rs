@@ -26,6 +26,9 @@ use crate::Error;
 pub struct Authz {
     rules: Box<[Rule]>,
     default: Action,
+    /// Every rule decides by the client's network alone (the common small rule set): decided
+    /// without looking at the request.
+    by_network: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +46,49 @@ impl From<AuthorizationAction> for Action {
     }
 }
 
+/// A network in one 128-bit space where IPv4 is its IPv4-mapped IPv6 range (`10.0.0.0/8` is
+/// `::ffff:10.0.0.0/104`): a client is in it when its address, placed the same way, masked
+/// equals `bits`. So an IPv4 client is in an IPv6 network that holds its mapped address, and an
+/// IPv4 network holds no other IPv6 client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    bits: u128,
+    mask: u128,
+}
+
+const MAPPED: u128 = 0xffff << 32;
+
+impl Net {
+    fn new(net: IpNet) -> Self {
+        let (bits, width, prefix) = match net.trunc() {
+            IpNet::V4(n) => (MAPPED | u128::from(u32::from(n.addr())), 32, n.prefix_len()),
+            IpNet::V6(n) => (u128::from(n.addr()), 128, n.prefix_len()),
+        };
+        let host = width - u32::from(prefix);
+        let mask = if host == 128 { 0 } else { u128::MAX << host };
+        Net { bits, mask }
+    }
+
+    #[inline]
+    fn holds(self, client: u128) -> bool {
+        client & self.mask == self.bits
+    }
+}
+
+/// A client address in [`Net`]'s space.
+#[inline]
+fn place(ip: IpAddr) -> u128 {
+    match client_ip(ip) {
+        IpAddr::V4(a) => MAPPED | u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
 #[derive(Debug)]
 struct Rule {
     action: Action,
     /// Empty = any client.
-    networks: Box<[IpNet]>,
+    networks: Box<[Net]>,
     /// Empty = any method.
     methods: Box<[Method]>,
     /// None = any path.
@@ -57,7 +98,7 @@ struct Rule {
 
 /// What a rule reads of a request.
 pub struct Request<'a> {
-    /// The client's address, IPv4-mapped IPv6 already made IPv4 ([`client_ip`]).
+    /// The client's address (an IPv4-mapped IPv6 one is taken as IPv4: [`client_ip`]).
     pub client: IpAddr,
     pub method: &'a Method,
     /// The raw path, without the query.
@@ -79,7 +120,7 @@ impl Rule {
             .networks
             .iter()
             .map(|n| {
-                n.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| bad(format!("network {n:?} is not a CIDR")))
+                n.parse::<IpNet>().map(Net::new).map_err(|_| bad(format!("network {n:?} is not a CIDR")))
             })
             .collect::<Result<_, _>>()?;
         let methods = r
@@ -108,10 +149,11 @@ impl Rule {
         })
     }
 
-    /// Whether every condition holds; `segs` is the request's path, parsed on first need.
+    /// Whether every condition holds for a client placed at `client`; `segs` is the request's
+    /// path, parsed on first need.
     #[inline]
-    fn matches<'p>(&self, req: &Request<'p>, segs: &mut Option<Segments<'p>>) -> bool {
-        if !self.networks.is_empty() && !self.networks.iter().any(|n| contains(n, req.client)) {
+    fn matches<'p>(&self, client: u128, req: &Request<'p>, segs: &mut Option<Segments<'p>>) -> bool {
+        if !self.networks.is_empty() && !self.networks.iter().any(|n| n.holds(client)) {
             return false;
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method) {
@@ -122,9 +164,15 @@ impl Rule {
         }
         match &self.path {
             None => true,
-            Some(p) => p.matches(segs.get_or_insert_with(|| Segments::parse(req.path))),
+            Some(p) => path_matches(p, req.path, segs),
         }
     }
+}
+
+/// Out of line: most rules have no path, and the parsed path is large.
+#[inline(never)]
+fn path_matches<'p>(p: &PathMatcher, path: &'p str, segs: &mut Option<Segments<'p>>) -> bool {
+    p.matches(segs.get_or_insert_with(|| Segments::parse(path)))
 }
 
 /// Whether a route's authorization (the first of its `filters`, when it has one) lets a `CONNECT`
@@ -137,27 +185,11 @@ pub fn allows_connect<B>(
 ) -> bool {
     match filters.first() {
         Some(RequestFilter::Authorize(a)) => {
-            let req = Request {
-                client: client_ip(client.ip()),
-                method: req.method(),
-                path: "/",
-                headers: req.headers(),
-            };
+            let req =
+                Request { client: client.ip(), method: req.method(), path: "/", headers: req.headers() };
             a.decide(&req) == Action::Allow
         }
         _ => true,
-    }
-}
-
-/// Whether `net` holds `ip` (canonical: IPv4 for an IPv4 peer). An IPv6 network written in the
-/// IPv4-mapped range (`::ffff:10.0.0.0/104`) holds the IPv4 addresses it maps.
-#[inline]
-fn contains(net: &IpNet, ip: IpAddr) -> bool {
-    match (net, ip) {
-        (IpNet::V4(n), IpAddr::V4(a)) => n.contains(&a),
-        (IpNet::V6(n), IpAddr::V6(a)) => n.contains(&a),
-        (IpNet::V6(n), IpAddr::V4(a)) => n.contains(&a.to_ipv6_mapped()),
-        (IpNet::V4(_), IpAddr::V6(_)) => false,
     }
 }
 
@@ -184,7 +216,9 @@ impl Authz {
         if compiled.is_empty() && default == Action::Allow {
             return Ok(None);
         }
-        Ok(Some(Authz { rules: compiled.into(), default }))
+        let by_network =
+            compiled.iter().all(|r| r.methods.is_empty() && r.headers.is_empty() && r.path.is_none());
+        Ok(Some(Authz { rules: compiled.into(), default, by_network }))
     }
 
     /// `filters` with this authorization first, when there is one.
@@ -198,23 +232,46 @@ impl Authz {
     /// The filter's verdict: continue, or 403 `forbidden` (gRPC: PERMISSION_DENIED).
     #[inline]
     pub(super) fn verdict(&self, cx: &RequestCx<'_>) -> Verdict {
-        let req = Request {
-            client: client_ip(cx.client.ip()),
-            method: &cx.head.method,
-            path: cx.head.uri.path(),
-            headers: &cx.head.headers,
-        };
-        match self.decide(&req) {
+        let action =
+            if self.by_network { self.decide_by_network(place(cx.client.ip())) } else { self.decide_cx(cx) };
+        match action {
             Action::Allow => Verdict::Continue,
             Action::Deny => Verdict::Respond(ProxyError::Forbidden),
         }
     }
 
+    /// The decision when every rule has only networks: the first rule holding the client.
+    #[inline]
+    fn decide_by_network(&self, client: u128) -> Action {
+        for rule in self.rules.iter() {
+            if rule.networks.is_empty() || rule.networks.iter().any(|n| n.holds(client)) {
+                return rule.action;
+            }
+        }
+        self.default
+    }
+
+    #[inline(never)]
+    fn decide_cx(&self, cx: &RequestCx<'_>) -> Action {
+        // The only CONNECT that reaches the filters is a WebSocket over HTTP/2 (RFC 8441, a plain
+        // CONNECT is a tunnel: `allows_connect`), which routes match as the GET it stands for.
+        let method = if cx.head.method == Method::CONNECT { &Method::GET } else { &cx.head.method };
+        let req =
+            Request { client: cx.client.ip(), method, path: cx.head.uri.path(), headers: &cx.head.headers };
+        self.decide(&req)
+    }
+
     /// The decision for a request: the first matching rule's action, else the default.
     #[inline]
     pub fn decide(&self, req: &Request<'_>) -> Action {
+        let client = place(req.client);
         let mut segs = None;
-        self.rules.iter().find(|r| r.matches(req, &mut segs)).map_or(self.default, |r| r.action)
+        for rule in self.rules.iter() {
+            if rule.matches(client, req, &mut segs) {
+                return rule.action;
+            }
+        }
+        self.default
     }
 }
 
@@ -281,6 +338,37 @@ mod tests {
     }
 
     #[test]
+    fn rules_of_networks_alone_decide_as_the_full_rules_do() {
+        let l = listener(
+            Deny,
+            vec![rule(Allow, &["127.0.0.0/8"]), rule(Deny, &["10.0.0.0/8"]), rule(Allow, &[])],
+        );
+        let a = Authz::compile("r", &[rule(Deny, &["127.0.0.9/32"])], &l).unwrap().unwrap();
+        assert!(a.by_network);
+        let none = http::HeaderMap::new();
+        for ip in ["127.0.0.1", "127.0.0.9", "10.1.1.1", "192.0.2.1", "::ffff:127.0.0.9", "::1"] {
+            let client: IpAddr = ip.parse().unwrap();
+            let full = a.decide(&Request { client, method: &Method::GET, path: "/", headers: &none });
+            assert_eq!(a.decide_by_network(place(client)), full, "{ip}");
+        }
+        let mut by_method = rule(Deny, &[]);
+        by_method.methods = vec!["POST".into()];
+        assert!(!Authz::compile("r", &[by_method], &l).unwrap().unwrap().by_network);
+    }
+
+    #[test]
+    fn zero_length_prefixes_hold_their_whole_family() {
+        let v4 =
+            Authz::compile("r", &[], &listener(Allow, vec![rule(Deny, &["0.0.0.0/0"])])).unwrap().unwrap();
+        assert_eq!(from(&v4, "203.0.113.9"), Action::Deny);
+        assert_eq!(from(&v4, "::ffff:203.0.113.9"), Action::Deny);
+        assert_eq!(from(&v4, "2001:db8::1"), Action::Allow, "an IPv4 network holds no IPv6 client");
+        let all = Authz::compile("r", &[], &listener(Allow, vec![rule(Deny, &["::/0"])])).unwrap().unwrap();
+        assert_eq!(from(&all, "203.0.113.9"), Action::Deny);
+        assert_eq!(from(&all, "2001:db8::1"), Action::Deny);
+    }
+
+    #[test]
     fn host_bits_of_a_network_are_ignored() {
         let a =
             Authz::compile("r", &[], &listener(Deny, vec![rule(Allow, &["10.1.2.3/8"])])).unwrap().unwrap();
@@ -330,6 +418,24 @@ mod tests {
         let a = Authz::compile("r", &[], &l).unwrap().unwrap();
         assert_eq!(a.rules.len(), 1);
         assert_eq!(from(&a, "127.0.0.1"), Action::Allow);
+    }
+
+    #[test]
+    fn the_filter_answers_forbidden_and_sees_a_websocket_over_http2_as_a_get() {
+        let mut gets = rule(Allow, &[]);
+        gets.methods = vec!["GET".into()];
+        let a = Authz::compile("r", &[gets], &listener(Deny, vec![])).unwrap().unwrap();
+        let ip = HeaderValue::from_static("127.0.0.1");
+        let client = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+        let mut seen = meshproxy_http::headers::Seen::default();
+        let verdict = |method: Method, seen: &mut meshproxy_http::headers::Seen| {
+            let mut head =
+                http::Request::builder().method(method).uri("/chat").body(()).unwrap().into_parts().0;
+            a.verdict(&RequestCx { head: &mut head, seen, client, client_ip: &ip })
+        };
+        assert!(matches!(verdict(Method::GET, &mut seen), Verdict::Continue));
+        assert!(matches!(verdict(Method::CONNECT, &mut seen), Verdict::Continue));
+        assert!(matches!(verdict(Method::POST, &mut seen), Verdict::Respond(ProxyError::Forbidden)));
     }
 
     #[test]
