@@ -31,6 +31,7 @@ const { values: args } = parseArgs({
     'update-baseline': { type: 'boolean' },
     'skip-throughput': { type: 'boolean' },
     policies: { type: 'boolean' },
+    authz: { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -43,6 +44,8 @@ if (args.help) {
       '  --skip-throughput  only the instruction counts (no haproxy needed)\n' +
       '  --policies         the same with the resilience policies on (p2c-ewma, failure accrual, a route\n' +
       '                     retry, a circuit breaker): their cost, against the same baseline\n' +
+      '  --authz            the same with a listener that allows 127.0.0.0/8 and denies every other\n' +
+      '                     client (one rule and a default): the cost of authorization\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
       'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
   )
@@ -91,6 +94,12 @@ async function configJson(backends, listen, protocol) {
       for (const route of l.routes) {
         route.retry = { limit: 1, http: '500-599', grpc: 'unavailable', timeoutMs: 0, nonIdempotent: false, budgetPercent: 20, budgetMinPerSecond: 10 }
       }
+    }
+  }
+  if (args.authz) {
+    // The small rule set the README's example starts from: every request is checked, and passes.
+    for (const l of r.config.listeners) {
+      l.authorization = { default: 'deny', rules: [{ action: 'allow', networks: ['127.0.0.0/8'], methods: [], path: { type: 'Prefix', value: '/' }, headers: [] }] }
     }
   }
   return JSON.stringify(r.config)
