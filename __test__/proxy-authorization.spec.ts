@@ -2,8 +2,9 @@
  * Authorization through the real proxy: clients on 127.0.0.1 against rules on their network
  * (denied by 127.0.0.0/8, allowed by it, or by a listener's default), the method, the path and
  * header values; a route's rules before its listener's; a denied request answered 403 `forbidden`
- * (gRPC: PERMISSION_DENIED) that never reaches a backend or counts against an endpoint. Other
- * source addresses (IPv6, IPv4-mapped, other networks) are the Rust unit tests' (filter/authz.rs).
+ * (gRPC: PERMISSION_DENIED) that never reaches a backend or counts against an endpoint; an IPv6
+ * client on [::1]. Other source addresses (IPv4-mapped, other networks) are the Rust unit tests'
+ * (filter/authz.rs).
  */
 import http from 'node:http'
 import test from 'ava'
@@ -230,4 +231,38 @@ services:
   t.is(err?.code, grpc.status.PERMISSION_DENIED)
   t.deepEqual(err?.metadata.get('meshproxy-error'), ['forbidden'])
   t.is(calls, 1, 'only the allowed call reached the server')
+})
+
+test('an IPv6 client is matched by IPv6 networks, never by IPv4 ones', async (t) => {
+  const app = await startBackend(t, 'app')
+  const { port } = await startProxy(
+    t,
+    `
+admin: null
+listeners:
+  - name: v6
+    address: "[::1]:0"
+    authorization:
+      default: deny
+      rules:
+        - { action: allow, networks: [127.0.0.0/8, "::ffff:0:0/96"], path: /v4-only }
+        - { action: allow, networks: ["::1"], path: /v6 }
+    routes: [{ service: app }]
+services:
+  - { name: app, endpoints: [${app.address}] }
+`,
+  )
+  const get = (path: string) =>
+    new Promise<http.IncomingMessage>((resolve, reject) => {
+      const req = http.get({ host: '::1', port, path, agent: false }, (res) => {
+        res.resume()
+        res.on('end', () => resolve(res))
+      })
+      req.on('error', reject)
+    })
+  t.is((await get('/v6/x')).statusCode, 200)
+  const refused = await get('/v4-only')
+  t.is(refused.statusCode, 403, '::1 is in neither 127.0.0.0/8 nor the IPv4-mapped range')
+  t.is(refused.headers['meshproxy-error'], 'forbidden')
+  t.deepEqual(app.requests.map((r) => r.url), ['/v6/x'])
 })
