@@ -11,7 +11,8 @@ import test from 'ava'
 import * as grpc from '@grpc/grpc-js'
 import { startBackend } from './helpers/backend.js'
 import { request } from './helpers/http.js'
-import { startProxy } from './helpers/proxy.js'
+import { load, startProxy } from './helpers/proxy.js'
+import type { MeshProxyError } from '../ts/index.js'
 
 const metricValue = (text: string, series: string): number => {
   const line = text.split('\n').find((l) => l.startsWith(`${series} `))
@@ -265,4 +266,30 @@ services:
   t.is(refused.statusCode, 403, '::1 is in neither 127.0.0.0/8 nor the IPv4-mapped range')
   t.is(refused.headers['meshproxy-error'], 'forbidden')
   t.deepEqual(app.requests.map((r) => r.url), ['/v6/x'])
+})
+
+test('a reload changes the rules at once; a bad rule is refused and the running rules stay', async (t) => {
+  const app = await startBackend(t, 'app')
+  const yaml = (action: string, network: string) => `
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    authorization: { rules: [{ action: ${action}, networks: ["${network}"] }] }
+    routes: [{ service: app }]
+services:
+  - { name: app, endpoints: [${app.address}] }
+`
+  const { port, proxy } = await startProxy(t, yaml('allow', '127.0.0.1'))
+  t.is((await request(port)).status, 200)
+  // The same listener (keyed by its configured address, 127.0.0.1:0) with other rules.
+  const denying = load(yaml('deny', '127.0.0.0/8'))
+  await proxy.reload(denying)
+  t.is((await request(port)).status, 403, 'the new rules apply to the next request')
+  const broken = structuredClone(denying)
+  broken.listeners[0]!.authorization.rules[0]!.networks = ['10.0.0.0/33']
+  const err = await t.throwsAsync<MeshProxyError>(proxy.reload(broken))
+  t.is(err?.code, 'MESHPROXY_INVALID_CONFIG')
+  t.regex(err?.message ?? '', /10\.0\.0\.0\/33/)
+  t.is((await request(port)).status, 403, 'the running rules are kept')
 })
