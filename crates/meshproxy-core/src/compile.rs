@@ -78,6 +78,9 @@ pub struct RouteRuntime {
     pub response_filters: Box<[ResponseFilter]>,
     /// Retries of failed attempts (boxed: most routes have none).
     pub retry: Option<Box<RetryPolicy>>,
+    /// Its attempts take the boxed path (`proxy::service::retry`): it has retries or an idle
+    /// timeout. One test on the plain path for both.
+    pub attempts_boxed: bool,
 }
 
 /// A service as routes reach it. Its endpoints, with the balancer built for them, are one
@@ -231,6 +234,8 @@ fn compile_listener(
                 Some(route_backends(r, service, services)?)
             };
             let (request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
+            let retry =
+                r.retry.as_ref().map(|c| RetryPolicy::compile(&r.name, c).map(Box::new)).transpose()?;
             Ok(RouteRuntime {
                 backends,
                 request_filters,
@@ -240,11 +245,8 @@ fn compile_listener(
                 idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms)),
                 allow_connect: r.allow_connect,
                 metrics: metrics.route(metric_set, &l.name, &r.name, &r.service),
-                retry: r
-                    .retry
-                    .as_ref()
-                    .map(|c| RetryPolicy::compile(&r.name, c).map(Box::new))
-                    .transpose()?,
+                attempts_boxed: retry.is_some() || r.idle_timeout_ms > 0,
+                retry,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
