@@ -79,6 +79,9 @@ pub struct RouteRuntime {
     pub response_filters: Box<[ResponseFilter]>,
     /// Retries of failed attempts (boxed: most routes have none).
     pub retry: Option<Box<RetryPolicy>>,
+    /// Its attempts take the boxed path (`proxy::service::retry`): it has retries or an idle
+    /// timeout. One test on the plain path for both.
+    pub attempts_boxed: bool,
 }
 
 /// A service as routes reach it. Its endpoints, with the balancer built for them, are one
@@ -234,6 +237,8 @@ fn compile_listener(
             let (request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
             let authz = Authz::compile(&r.name, &r.authorization, &l.authorization)?;
             let request_filters = Authz::prepend(authz, request_filters);
+            let retry =
+                r.retry.as_ref().map(|c| RetryPolicy::compile(&r.name, c).map(Box::new)).transpose()?;
             Ok(RouteRuntime {
                 backends,
                 request_filters,
@@ -243,11 +248,8 @@ fn compile_listener(
                 idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms)),
                 allow_connect: r.allow_connect,
                 metrics: metrics.route(metric_set, &l.name, &r.name, &r.service),
-                retry: r
-                    .retry
-                    .as_ref()
-                    .map(|c| RetryPolicy::compile(&r.name, c).map(Box::new))
-                    .transpose()?,
+                attempts_boxed: retry.is_some() || r.idle_timeout_ms > 0,
+                retry,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
