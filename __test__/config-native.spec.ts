@@ -121,6 +121,7 @@ test('native document loads into the exact model', (t) => {
             responseHeaders: { set: [], add: [], remove: ['server'] },
             rewrite: { host: 'backend.internal', path: '/v2/', prefix: null },
             redirect: null,
+            rateLimits: [],
             backends: [],
           },
           {
@@ -154,6 +155,7 @@ test('native document loads into the exact model', (t) => {
             responseHeaders: { set: [], add: [], remove: [] },
             rewrite: null,
             redirect: { scheme: 'https', host: null, port: 0, path: null, prefix: '/new', statusCode: 301 },
+            rateLimits: [],
             backends: [],
           },
         ],
@@ -178,6 +180,7 @@ test('native document loads into the exact model', (t) => {
         failureAccrual: { consecutiveFailures: 5, minPenaltyMs: 2000, maxPenaltyMs: 60000, jitterPercent: 0, maxEjectionPercent: 34 },
         circuitBreaker: { maxRequests: 200, maxPendingRequests: 0, maxConnections: 0 },
         healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
+        rateLimits: [],
       },
       {
         name: 'web',
@@ -194,6 +197,7 @@ test('native document loads into the exact model', (t) => {
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
         circuitBreaker: null,
         healthCheck: null,
+        rateLimits: [],
       },
     ],
   })
@@ -260,6 +264,7 @@ services:
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
         circuitBreaker: null,
         healthCheck: null,
+        rateLimits: [],
       },
     ],
   })

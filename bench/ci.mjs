@@ -31,6 +31,7 @@ const { values: args } = parseArgs({
     'update-baseline': { type: 'boolean' },
     'skip-throughput': { type: 'boolean' },
     policies: { type: 'boolean' },
+    'rate-limit': { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -43,6 +44,8 @@ if (args.help) {
       '  --skip-throughput  only the instruction counts (no haproxy needed)\n' +
       '  --policies         the same with the resilience policies on (p2c-ewma, failure accrual, a route\n' +
       '                     retry, a circuit breaker): their cost, against the same baseline\n' +
+      '  --rate-limit       the same with a rate limit per client address on every route that never\n' +
+      '                     refuses (rate 10^9): what a configured limit costs a request\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
       'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
   )
@@ -90,6 +93,15 @@ async function configJson(backends, listen, protocol) {
     for (const l of r.config.listeners) {
       for (const route of l.routes) {
         route.retry = { limit: 1, http: '500-599', grpc: 'unavailable', timeoutMs: 0, nonIdempotent: false, budgetPercent: 20, budgetMinPerSecond: 10 }
+      }
+    }
+  }
+  if (args['rate-limit']) {
+    // A limit keyed by client address that never refuses: the map lookup and the bucket's
+    // update on every request, no 429s.
+    for (const l of r.config.listeners) {
+      for (const route of l.routes) {
+        route.rateLimits = [{ name: 'per-client', rate: 1_000_000_000, burst: 1_000_000_000, key: 'client', header: null, overrides: [], maxKeys: 100000 }]
       }
     }
   }

@@ -356,7 +356,13 @@ impl MeshProxy {
             loop {
                 tick.tick().await;
                 match shared.upgrade() {
-                    Some(s) => s.registry().reap_idle(),
+                    Some(s) => {
+                        s.registry().reap_idle();
+                        // Rate limits drop the keys whose buckets are full again.
+                        for limits in &s.snapshot().load().rate_limits {
+                            limits.sweep();
+                        }
+                    }
                     None => return,
                 }
             }
