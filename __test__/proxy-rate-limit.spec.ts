@@ -5,12 +5,13 @@
  * from wrk keeps the proxy's memory bounded. Real time on a shared 2-core machine: the counts are
  * checked against what the limit allows over the measured time, with loose tolerances.
  */
-import { spawnSync } from 'node:child_process'
+import { execFile, spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import test from 'ava'
+import * as grpc from '@grpc/grpc-js'
 import { startBackends } from './helpers/backend.js'
 import { rssBytes, startCliProxy } from './helpers/cli.js'
 import { get, type Res } from './helpers/http.js'
@@ -39,7 +40,7 @@ async function flood(port: number, host: string, concurrency: number, ms: number
   return { byStatus, elapsed, refused }
 }
 
-test('the seed RateLimiter, unchanged, limits service-a to 100 req/s with a burst of 10 through the CLI', async (t) => {
+test.serial('the seed RateLimiter, unchanged, limits service-a to 100 req/s with a burst of 10 through the CLI', async (t) => {
   const b = await startBackends(t, ['a1', 'b', 'a2'])
   const ingress = fixture('seed-ingress-full.yaml').replaceAll('18081', String(b.a1!.port)).replaceAll('18082', String(b.b!.port)).replaceAll('18083', String(b.a2!.port))
   const dir = mkdtempSync(join(tmpdir(), 'meshproxy-rl-'))
@@ -56,7 +57,9 @@ test('the seed RateLimiter, unchanged, limits service-a to 100 req/s with a burs
   const allowed = 10 + 100 * elapsed
   t.true(admitted <= allowed * 1.1 + 5, `admitted ${admitted} > ${allowed.toFixed(0)}`)
   t.true(limited > 0, 'the offered load went past the limit')
-  t.true(admitted >= Math.min(allowed * 0.7, admitted + limited), `admitted ${admitted} of ${allowed.toFixed(0)} allowed`)
+  // Under sustained overload the bucket is never idle: most of what it allows is admitted (a
+  // stalled machine sends in bursts, and a burst past 10 is refused even below the rate).
+  if (admitted + limited >= 3 * allowed) t.true(admitted >= allowed * 0.6, `admitted ${admitted} of ${allowed.toFixed(0)} allowed`)
   t.is(b.a1!.requests.length + b.a2!.requests.length, admitted, 'a refused request never reaches a backend')
 
   t.is(refused?.headers['meshproxy-error'], 'rate-limited')
@@ -74,7 +77,7 @@ test('the seed RateLimiter, unchanged, limits service-a to 100 req/s with a burs
   t.regex(metrics.body, new RegExp(`meshproxy_rate_limited_total\\{listener="",route="",service="service-a:80",limit="default"\\} ${limited}\\b`))
 })
 
-test('a route limit keyed by a header gives each value its own bucket, an override its own rate', async (t) => {
+test.serial('a route limit keyed by a header gives each value its own bucket, an override its own rate', async (t) => {
   const b = await startBackends(t, ['a'])
   const { port } = await startProxy(
     t,
@@ -111,7 +114,7 @@ services:
   t.true([2, 3].includes(await admitted()), 'requests without the header share one bucket')
 })
 
-test('a flood of distinct client keys from wrk keeps the proxy\'s memory bounded', async (t) => {
+test.serial('a flood of distinct client keys from wrk keeps the proxy\'s memory bounded', async (t) => {
   const wrk = spawnSync('wrk', ['--version'], { encoding: 'utf8' })
   if (wrk.error) {
     t.log('wrk is not installed (.ci/run installs it); nothing to drive the flood with')
@@ -128,7 +131,8 @@ listeners:
   - routes:
       - service: a
         rateLimits:
-          - { rate: 1000000, burst: 1000000, key: { header: x-user } }
+          # One request a second per key: each random key stays tracked for a second.
+          - { rate: 1, burst: 1, key: { header: x-user } }
 services:
   - name: a
     endpoints: [127.0.0.1:${b.a!.port}]
@@ -140,16 +144,64 @@ services:
   // Warm up (the first requests map the addon's pages), then measure from there.
   for (let i = 0; i < 50; i++) await get(p.port, '/', { 'x-user': `warm-${i}` })
   const before = await rssBytes(p.pid)
-  const r = spawnSync('wrk', ['-t1', '-c8', '-d4s', '-s', lua, `http://127.0.0.1:${p.port}/`], { encoding: 'utf8', timeout: 30_000 })
+  // Not spawnSync: the backend answers on this process's event loop.
+  const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) =>
+    execFile('wrk', ['-t1', '-c8', '-d4s', '-s', lua, `http://127.0.0.1:${p.port}/`], { timeout: 30_000 }, (e, stdout, stderr) => resolve({ status: e ? (typeof e.code === 'number' ? e.code : 1) : 0, stdout, stderr })),
+  )
   t.is(r.status, 0, r.stderr)
   const requests = Number(/(\d+) requests in/.exec(r.stdout)?.[1] ?? 0)
   const after = await rssBytes(p.pid)
   const metrics = await get(p.adminPort, '/metrics')
   const keys = Number(/meshproxy_rate_limit_keys\{[^}]*\} (\d+)/.exec(metrics.body)?.[1] ?? -1)
+  const admitted = requests - Number(/Non-2xx or 3xx responses: (\d+)/.exec(r.stdout)?.[1] ?? 0)
   const grown = (after - before) / 1024 / 1024
-  t.log(`${requests} requests with random keys: RSS ${(before / 1048576).toFixed(1)} → ${(after / 1048576).toFixed(1)} MiB, ${keys} keys after the last sweep`)
+  t.log(`${requests} requests with random keys (${admitted} admitted): RSS ${(before / 1048576).toFixed(1)} → ${(after / 1048576).toFixed(1)} MiB, ${keys} keys after the last sweep`)
   t.true(requests > 1000, r.stdout)
+  t.true(admitted > requests * 0.9, 'random keys are new keys, each with its own bucket')
   // The README's bound: a keyed limit at its default maxKeys (100,000) holds well under 16 MiB.
   t.true(grown < 32, `RSS grew ${grown.toFixed(1)} MiB`)
   t.true(keys <= 100_000, `${keys} keys`)
+})
+
+test.serial('a gRPC client over the limit gets RESOURCE_EXHAUSTED, and the call never reaches the server', async (t) => {
+  const passthrough = (b: Buffer) => b
+  const definition = {
+    Unary: { path: '/test.Echo/Unary', requestStream: false, responseStream: false, requestSerialize: passthrough, requestDeserialize: passthrough, responseSerialize: passthrough, responseDeserialize: passthrough },
+  } satisfies grpc.ServiceDefinition
+  const server = new grpc.Server()
+  let calls = 0
+  server.addService(definition, {
+    Unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      calls++
+      cb(null, call.request)
+    },
+  })
+  const grpcPort = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))))
+  t.teardown(() => server.forceShutdown())
+  const { address } = await startProxy(
+    t,
+    `
+admin: null
+listeners:
+  - address: 127.0.0.1:0
+    routes: [{ service: echo }]
+services:
+  - name: echo
+    protocol: http2
+    endpoints: [127.0.0.1:${grpcPort}]
+    rateLimits: [{ rate: 1, burst: 2 }]
+`,
+  )
+  const Client = grpc.makeGenericClientConstructor(definition, 'Echo')
+  const client = new Client(address, grpc.credentials.createInsecure()) as unknown as { Unary: (req: Buffer, cb: (e: grpc.ServiceError | null, r?: Buffer) => void) => void; close: () => void }
+  t.teardown(() => client.close())
+  const call = () => new Promise<grpc.ServiceError | null>((resolve) => client.Unary(Buffer.from('x'), (e) => resolve(e)))
+  const results = []
+  for (let i = 0; i < 5; i++) results.push(await call())
+  const codes = results.map((e) => e?.code ?? grpc.status.OK)
+  t.true(codes.filter((c) => c === grpc.status.OK).length <= 3, JSON.stringify(codes))
+  t.true(codes.filter((c) => c === grpc.status.RESOURCE_EXHAUSTED).length >= 2, JSON.stringify(codes))
+  t.is(calls, codes.filter((c) => c === grpc.status.OK).length, 'refused calls never reach the server')
+  const refused = results.find((e) => e?.code === grpc.status.RESOURCE_EXHAUSTED)
+  t.deepEqual(refused?.metadata.get('meshproxy-error'), ['rate-limited'])
 })
