@@ -1,6 +1,6 @@
 /**
- * Reading Kubernetes resources in their real shapes (Ingress, Service, EndpointSlice) into plain
- * records with positions. Unknown fields are not errors here: real manifests carry status,
+ * Reading Kubernetes resources in their real shapes (Ingress, Service, EndpointSlice, HTTPRoute,
+ * and the rate limits of `ratelimit-k8s.ts`) into plain records with positions. Unknown fields are not errors here: real manifests carry status,
  * selectors, managed fields and more that meshproxy has no use for. Translation into the model
  * happens in `k8s-translate.ts` once every document of the file has been read, since an Ingress
  * may come before the Services it names.
