@@ -365,7 +365,8 @@ export function markdown(result) {
       }
       const figures = figuresFor(agg.scenario)
       L.push(...mainTable(agg, figures, flags), '')
-      L.push(...cleanTable(agg, figures))
+      // The ratelimit figures are rates, not costs (no ratios), but its clean-runs table shows them.
+      L.push(...cleanTable(agg, sc.kind === 'limited' ? figures.map((f) => ({ ...f, noRatio: false })) : figures))
       if (sc.kind === 'limited') {
         L.push(`Open loop: \`h2load --h1\` at the offered rate over the same two nginx backends; the limited target's service has \`rateLimits: [{ rate: ${BENCH_RATE_LIMIT.rate}, burst: ${BENCH_RATE_LIMIT.burst} }]\`, so it may admit its burst and then ${BENCH_RATE_LIMIT.rate} a second ("allowed") and answers the rest 429 rate-limited.`, '')
       } else if (sc.kind !== 'idle') {
