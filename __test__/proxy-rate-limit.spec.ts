@@ -79,7 +79,7 @@ test.serial('the seed RateLimiter, unchanged, limits service-a to 100 req/s with
 
 test.serial('a route limit keyed by a header gives each value its own bucket, an override its own rate', async (t) => {
   const b = await startBackends(t, ['a'])
-  const { port } = await startProxy(
+  const { port, proxy } = await startProxy(
     t,
     `
 admin: null
@@ -112,6 +112,8 @@ services:
   t.true([2, 3].includes(await admitted('bob')), 'another value, another bucket')
   t.true([5, 6].includes(await admitted('vip')), 'the override\'s burst')
   t.true([2, 3].includes(await admitted()), 'requests without the header share one bucket')
+  const stats = await proxy.stats()
+  t.is(stats.rateLimited, 32 - b.a!.requests.length, 'stats() counts the refusals')
 })
 
 test.serial('a flood of distinct client keys from wrk keeps the proxy\'s memory bounded', async (t) => {

@@ -611,6 +611,11 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Requests refused by the rate limits of the current config's routes and services.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limits.lock().values().map(|m| m.rejected.load(Ordering::Relaxed)).sum()
+    }
+
     fn render_rate_limits(&self, out: &mut String) {
         let limits = self.rate_limits.lock();
         let families: [Family<LimitMetrics, u64>; 3] = [

@@ -385,6 +385,8 @@ async fn a_route_limit_answers_429_with_retry_after_and_the_ratelimit_fields() {
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(resp.headers()["ratelimit-policy"], "\"total\";q=1;w=1;meshproxy-burst=2");
     assert_eq!(resp.headers()["ratelimit"], "\"total\";r=0;t=1");
-    assert_eq!(proxy.stats().await.endpoints[0].requests, 2, "the refused request was never sent");
+    let stats = proxy.stats().await;
+    assert_eq!(stats.endpoints[0].requests, 2, "the refused request was never sent");
+    assert_eq!(stats.rate_limited, 1);
     proxy.close(Duration::from_millis(100)).await.unwrap();
 }
