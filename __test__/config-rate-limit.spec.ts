@@ -118,3 +118,20 @@ spec:
   t.regex(warnings[1]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": overrides match clients by ServiceAccount identity, .*; ignored/)
   t.regex(warnings[2]!, /^p\.yaml:\d+:\d+: warning: HTTPLocalRateLimitPolicy "server-rl" targets Server "web-http": meshproxy does not model Servers/)
 })
+
+test('two rate limits of one name (written, or the default limit-<n>) are an error at the second', (t) => {
+  const r = loadConfigText(
+    `
+services:
+  - name: a
+    endpoints: [127.0.0.1:1]
+    rateLimits:
+      - { rate: 1 }
+      - { name: limit-1, rate: 2 }
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [
+    'c.yaml:7:17: error: service "a" has two rate limits named "limit-1" (each limit of a route or service needs its own name (its metrics label and RateLimit-Policy name))',
+  ])
+})

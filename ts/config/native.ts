@@ -323,6 +323,8 @@ export function readRateLimits(parent: Fields, owner: string): RateLimitModel[] 
     readPlain(f, RATE_LIMIT, limit)
     readTexts(f, RATE_LIMIT, limit)
     if (!f.has('burst')) limit.burst = limit.rate
+    const named = limit.name || `limit-${out.length + 1}`
+    if (out.some((l, i) => (l.name || `limit-${i + 1}`) === named)) r.error(f.has('name') ? f.valueLoc('name') : r.loc(node), `${owner} has two rate limits named "${named}"`, 'each limit of a route or service needs its own name (its metrics label and RateLimit-Policy name)')
     const keyNode = f.get('key')
     if (keyNode && isMap(keyNode)) {
       const k = r.fields(keyNode, `${f.what} key`, ['header'])

@@ -90,11 +90,17 @@ impl<C: Clock + Clone> Limits<C> {
         if configs.is_empty() {
             return Ok(None);
         }
+        let mut names: Vec<String> = Vec::with_capacity(configs.len());
         let mut limits = configs
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let name = if c.name.is_empty() { format!("limit-{}", i + 1) } else { c.name.clone() };
+                // The name labels its metrics and its `RateLimit-Policy`: one per limit.
+                if names.contains(&name) {
+                    return Err(Error::Config(format!("{owner}: two rate limits named {name:?}")));
+                }
+                names.push(name.clone());
                 let m = metrics(&name);
                 Limit::compile(owner, name, c, clock, m)
             })
@@ -484,6 +490,16 @@ mod tests {
         // The burst at once, then one every 10 ms: 10 + 100 × 10 (the bar is ±2 %).
         assert!((1000..=1010).contains(&admitted), "admitted {admitted}");
         assert!(admitted.abs_diff(1010) <= 1, "admitted {admitted}");
+    }
+
+    #[test]
+    fn two_limits_of_one_name_are_refused() {
+        let clock = FakeRelativeClock::default();
+        let mut a = config(1, 1, RateLimitKey::None);
+        a.name = "limit-2".into();
+        let b = config(1, 1, RateLimitKey::None);
+        let err = Limits::compile("route \"r\"", &[a, b], &clock, |_| Arc::default()).unwrap_err();
+        assert_eq!(err.to_string(), "route \"r\": two rate limits named \"limit-2\"");
     }
 
     #[test]
