@@ -39,6 +39,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         tunnelIdleTimeoutMs: 300000,
         http2: DOCUMENTED_HTTP2_DEFAULTS,
         proxyHeaders: true,
+        authorization: { default: 'allow', rules: [] },
         routes: [
           {
             name: 'default',

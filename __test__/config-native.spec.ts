@@ -100,6 +100,7 @@ test('native document loads into the exact model', (t) => {
           keepAliveTimeoutMs: 5000,
         },
         proxyHeaders: true,
+        authorization: { default: 'allow', rules: [] },
         routes: [
           {
             name: 'api',
@@ -121,6 +122,7 @@ test('native document loads into the exact model', (t) => {
             responseHeaders: { set: [], add: [], remove: ['server'] },
             rewrite: { host: 'backend.internal', path: '/v2/', prefix: null },
             redirect: null,
+            authorization: [],
             rateLimits: [],
             backends: [],
           },
@@ -155,6 +157,7 @@ test('native document loads into the exact model', (t) => {
             responseHeaders: { set: [], add: [], remove: [] },
             rewrite: null,
             redirect: { scheme: 'https', host: null, port: 0, path: null, prefix: '/new', statusCode: 301 },
+            authorization: [],
             rateLimits: [],
             backends: [],
           },
@@ -230,6 +233,7 @@ services:
         tunnelIdleTimeoutMs: 300000,
         http2: DOCUMENTED_HTTP2_DEFAULTS,
         proxyHeaders: true,
+        authorization: { default: 'allow', rules: [] },
         routes: [
           {
             name: 'listener-0-route-0',
@@ -621,6 +625,7 @@ test('listener protocol, tcpService and detectTimeout load into the model', (t) 
     tunnelIdleTimeoutMs: 300000,
     http2: DOCUMENTED_HTTP2_DEFAULTS,
     proxyHeaders: true,
+    authorization: { default: 'allow', rules: [] },
     routes: [],
   })
   t.like(web, { protocol: 'http', tcpService: 'smtp', detectTimeoutMs: 300 })

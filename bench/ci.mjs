@@ -31,6 +31,7 @@ const { values: args } = parseArgs({
     'update-baseline': { type: 'boolean' },
     'skip-throughput': { type: 'boolean' },
     policies: { type: 'boolean' },
+    authz: { type: 'boolean' },
     'rate-limit': { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
@@ -44,6 +45,8 @@ if (args.help) {
       '  --skip-throughput  only the instruction counts (no haproxy needed)\n' +
       '  --policies         the same with the resilience policies on (p2c-ewma, failure accrual, a route\n' +
       '                     retry, a circuit breaker): their cost, against the same baseline\n' +
+      '  --authz            the same with a listener that allows 127.0.0.0/8 and denies every other\n' +
+      '                     client (one rule and a default): the cost of authorization\n' +
       '  --rate-limit       the same with a rate limit per client address on every route that never\n' +
       '                     refuses (rate 10^9): what a configured limit costs a request\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
@@ -94,6 +97,12 @@ async function configJson(backends, listen, protocol) {
       for (const route of l.routes) {
         route.retry = { limit: 1, http: '500-599', grpc: 'unavailable', timeoutMs: 0, nonIdempotent: false, budgetPercent: 20, budgetMinPerSecond: 10 }
       }
+    }
+  }
+  if (args.authz) {
+    // The small rule set the README's example starts from: every request is checked, and passes.
+    for (const l of r.config.listeners) {
+      l.authorization = { default: 'deny', rules: [{ action: 'allow', networks: ['127.0.0.0/8'], methods: [], path: { type: 'Prefix', value: '/' }, headers: [] }] }
     }
   }
   if (args['rate-limit']) {

@@ -19,5 +19,6 @@ export const ROUTE_FILTER_DEFAULTS = () => ({
   responseHeaders: { set: [], add: [], remove: [] },
   rewrite: null,
   redirect: null,
+  authorization: [],
   rateLimits: [],
 })

@@ -93,6 +93,9 @@ const SUPPORTED: Record<string, string[]> = {
   HTTPLocalRateLimitPolicy: ['policy.linkerd.io/v1alpha1'],
 }
 
+/** Linkerd's authorization resources: skipped with a pointer to the native rules. */
+const LINKERD_AUTHORIZATION_KINDS = ['AuthorizationPolicy', 'NetworkAuthentication', 'MeshTLSAuthentication', 'Server', 'ServerAuthorization']
+
 /**
  * Reads one resource (or a `v1` `List` of them, as `kubectl get -o yaml` prints). Anything else
  * is skipped with a warning, never an error, so a file shared with other controllers still loads.
@@ -104,6 +107,10 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
     return
   }
   const wanted = SUPPORTED[kind]
+  if (wanted === undefined && apiVersion.startsWith('policy.linkerd.io/') && LINKERD_AUTHORIZATION_KINDS.includes(kind)) {
+    r.warn(kindLoc, `Linkerd's ${kind} is not supported; skipped`, 'Linkerd\'s authorization applies to a Server (a port of selected pods), which meshproxy has no equivalent of: write its networks as a listener\'s authorization rules (README "Authorization")')
+    return
+  }
   if (wanted === undefined) {
     r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, HTTPRoute, Service (with Linkerd\'s retry, timeout and failure-accrual annotations), EndpointSlice, RateLimiter and HTTPLocalRateLimitPolicy')
     return

@@ -47,6 +47,7 @@ import {
   parseStatusSet,
   type Parsed,
 } from './values.js'
+import { normalizeCidr } from './cidr.js'
 
 export const DEFAULT_LISTEN = '127.0.0.1:4140'
 export const DEFAULT_ADMIN = '127.0.0.1:4191'
@@ -222,6 +223,41 @@ export const BACKEND_REF = table('BackendRef', 'A service a route splits its req
   weight: count('Relative share of the route\'s requests; 0 = none (a drained side of a blue-green switch).', { min: 0, max: 1000000, default: 1 }),
 })
 
+/** The actions of an authorization rule and a listener's default, the default first. */
+export const AUTHORIZATION_ACTIONS = ['allow', 'deny'] as const
+export type AuthorizationAction = (typeof AUTHORIZATION_ACTIONS)[number]
+
+const ONE_OR_MANY_STRINGS: JsonSchema = { type: ['string', 'array'], items: { type: 'string' } }
+
+export const AUTHORIZATION_RULE = table(
+  'AuthorizationRule',
+  'An authorization rule: it matches a request when all of its conditions hold (an empty list is no condition), and then allows or denies it. A route\'s rules are tried first, then its listener\'s; the first rule that matches decides. A denied request is answered 403 `forbidden` (gRPC: PERMISSION_DENIED) before it is changed or sent anywhere.',
+  {
+    action: oneOf(AUTHORIZATION_ACTIONS, 'actions', '`allow` or `deny` the requests the rule matches.', { yaml: { required: true } }),
+    networks: listOf(
+      text('A network in CIDR notation, normalized: `10.0.0.0/8`, `2001:db8::/32`; an address alone is one host.', normalizeCidr),
+      'Client networks: the rule matches a client whose address is in any of them. An IPv4 client connected over IPv6 (`::ffff:10.0.0.1`) is in the IPv4 networks. Empty = any client.',
+      { yaml: { schema: ONE_OR_MANY_STRINGS } },
+    ),
+    methods: listOf(text('An uppercase method name.', normalizeMethod), 'Methods the rule matches; empty = any.', { yaml: { schema: ONE_OR_MANY_STRINGS } }),
+    path: nested(PATH_MATCH, {
+      doc: 'The request path, matched as routes match it (`Prefix` on whole segments, or `Exact`, after dot-segment removal); by default `Prefix /`, any path. In YAML a string, with `pathType`.',
+      yaml: { schema: { type: 'string', pattern: '^/' } },
+    }),
+    pathType: yamlOnly('`Prefix` (default) or `Exact`: how `path` matches.', { enum: ['Prefix', 'Exact'] }),
+    headers: listOf(nested(HEADER_MATCH), 'Headers that must have exactly these values, all of them: `{ x-role: admin }` in YAML.', { yaml: { schema: HEADER_MAP_YAML } }),
+  },
+)
+
+export const AUTHORIZATION = table(
+  'Authorization',
+  'Who may send requests through a listener: its `rules`, tried in order after the matched route\'s own `authorization` rules (first match wins), then `default` for a request no rule matches. Requests that match no route are answered 404 `no-route` before any rule.',
+  {
+    default: oneOf(AUTHORIZATION_ACTIONS, 'actions', 'What a request no rule matches gets: `allow`, or `deny` (403 `forbidden`).', { default: 'allow' }),
+    rules: listOf(nested(AUTHORIZATION_RULE), 'In order; the first rule that matches a request decides it.'),
+  },
+)
+
 export const ROUTE = table('Route', 'A route: which requests it matches and the service they go to.', {
   name: text('Unique per listener; the `route` label in metrics. Default `<listener>-route-<n>`.', nameOf('route')),
   match: yamlOnly('Which requests the route matches; no match = every request.', { type: 'object', properties: ROUTE_MATCH, additionalProperties: false }),
@@ -254,7 +290,11 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
   responseHeaders: nested(HEADER_MODIFIER, { doc: 'Header changes on each response before it is returned (also on a redirect).' }),
   rewrite: nullableNested(URL_REWRITE, { doc: 'The host and path the upstream is sent; null = as the client sent them.', default: null }),
   redirect: nullableNested(REDIRECT, { doc: 'Answers every request with a redirect; null = none.', default: null }),
-  rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on the route\'s requests, checked before anything else on the route; all must admit a request (keyed limits first).'),
+  authorization: listOf(
+    nested(AUTHORIZATION_RULE),
+    'Authorization rules of this route, tried before its listener\'s (first match wins), so a route can make exceptions to them or add its own; a request none matches gets the listener\'s `default`. They run before any other filter, also on a redirect and a `CONNECT`.',
+  ),
+  rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on the route\'s requests, checked after its authorization and before its other filters; all must admit a request (keyed limits first).'),
 })
 
 export const HTTP2 = table(
@@ -324,6 +364,7 @@ export const LISTENER = table('Listener', 'A listening socket and the routes of 
     'Whether the proxy adds the headers that record it and the client: on requests `X-Forwarded-For` (the client\'s address, appended), `X-Forwarded-Proto` and `X-Forwarded-Host` (when absent) and `Via` (appended); on responses `Via` (appended). false: none are added, and those already present pass unchanged — e.g. between sidecars in a mesh, where every hop would otherwise append its own, or to keep client addresses from backends.',
     true,
   ),
+  authorization: nested(AUTHORIZATION),
   routes: listOf(nested(ROUTE), 'In file order; precedence is computed by the data plane (see README "Routing precedence"). Ignored on a `tcp` listener.'),
 })
 
@@ -511,6 +552,8 @@ export type Http2Model = ModelOf<typeof HTTP2>
 export type RouteModel = ModelOf<typeof ROUTE>
 export type PathMatch = ModelOf<typeof PATH_MATCH>
 export type HeaderMatch = ModelOf<typeof HEADER_MATCH>
+export type AuthorizationModel = ModelOf<typeof AUTHORIZATION>
+export type AuthorizationRuleModel = ModelOf<typeof AUTHORIZATION_RULE>
 export type QueryParamMatchModel = ModelOf<typeof QUERY_PARAM_MATCH>
 export type CookieMatchModel = ModelOf<typeof COOKIE_MATCH>
 export type HeaderModifierModel = ModelOf<typeof HEADER_MODIFIER>

@@ -7,12 +7,13 @@
  */
 import { isIP } from 'node:net'
 import { isMap, isSeq } from './yaml-lib.js'
-import { BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
+import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
 import { checkCookieName, checkCookieValue, checkHeaderValue, checkName, checkQueryText, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizeModifiableHeaderName, normalizePath, parseAddress, type Parsed } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
+import { normalizeCidr } from './cidr.js'
 
 /** The keys a table's YAML form accepts, in table order (the order "valid fields:" hints list them). */
 const keysOf = (t: Table): string[] => yamlEntries(t).map(([key]) => key)
@@ -136,6 +137,9 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
   ctx.origins.set(listener, 'protocol', f.valueLoc('protocol'))
   ctx.origins.set(listener, 'tcpService', f.valueLoc('tcpService'))
   ctx.origins.set(listener, 'routes', f.keyLoc('routes'))
+  const authz = f.fields('authorization', 'listener authorization', keysOf(AUTHORIZATION))
+  if (authz) listener.authorization = readAuthorization(authz, ctx)
+  ctx.origins.set(listener, 'authorization', f.keyLoc('authorization'))
   f.list('routes').forEach((routeNode, i) => {
     const route = readRoute(routeNode, `${name}-route-${i}`, ctx)
     if (route) listener.routes.push(route)
@@ -172,6 +176,7 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
     if (edit) route[side] = readHeaderModifier(edit)
     ctx.origins.set(route, side, f.keyLoc(side))
   }
+  route.authorization = readRules(f, 'authorization', `route "${route.name}" authorization`, ctx)
   ctx.origins.set(route, 'rewrite', f.keyLoc('rewrite'))
   ctx.origins.set(route, 'redirect', f.keyLoc('redirect'))
   ctx.origins.set(route, '', r.loc(node))
@@ -195,6 +200,52 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   const cookies = m.fields('cookies', 'cookie match', null)
   if (cookies) route.cookies = readPairs(cookies, 'cookie', checkCookieName, checkCookieValue)
   return route
+}
+
+/** A listener's `authorization`: its `default`, then its `rules`. */
+function readAuthorization(f: Fields, ctx: NativeContext): AuthorizationModel {
+  const out = complete(AUTHORIZATION, {})
+  readPlain(f, AUTHORIZATION, out)
+  out.rules = readRules(f, 'rules', 'listener authorization rule', ctx)
+  return out
+}
+
+/** The authorization rules listed under `key`, each with its position. */
+function readRules(parent: Fields, key: string, what: string, ctx: NativeContext): AuthorizationRuleModel[] {
+  const out: AuthorizationRuleModel[] = []
+  for (const node of parent.list(key)) {
+    const rule = readRule(node, what, ctx)
+    if (rule) out.push(rule)
+  }
+  return out
+}
+
+function readRule(node: YNode, what: string, ctx: NativeContext): AuthorizationRuleModel | undefined {
+  const { r } = ctx
+  const f = r.fields(node, what, keysOf(AUTHORIZATION_RULE))
+  if (!f) return undefined
+  if (!f.require('action')) return undefined
+  const rule = complete(AUTHORIZATION_RULE, { action: 'deny' })
+  readPlain(f, AUTHORIZATION_RULE, rule)
+  if (rule.action !== 'allow' && rule.action !== 'deny') return undefined
+  for (const [k, norm] of [['networks', normalizeCidr], ['methods', normalizeMethod]] as const) {
+    const listNode = f.get(k)
+    for (const { value, node: n } of listNode ? r.stringList(listNode, f.label(k)) : []) {
+      const v = r.check(n, k === 'networks' ? 'network' : 'method', norm(value))
+      if (v === undefined) continue
+      if (rule[k].includes(v)) r.warn(n, `"${v}" is listed twice in ${what}`)
+      else rule[k].push(v)
+    }
+  }
+  const pathType = f.str('pathType')
+  if (pathType !== undefined) rule.path.type = readPathType(r, f.valueLoc('pathType'), pathType) ?? 'Prefix'
+  const pathNode = f.get('path')
+  const path = pathNode && r.string(pathNode, f.label('path'))
+  if (pathNode && path !== undefined) rule.path.value = r.check(pathNode, 'path', normalizePath(path, rule.path.type)) ?? '/'
+  const headers = f.fields('headers', `${what} headers`, null)
+  if (headers) rule.headers = readHeaders(headers)
+  ctx.origins.set(rule, '', r.loc(node))
+  return rule
 }
 
 /** `{ name: value }` pairs of a mapping, each through the checks given; a name written twice is an error. */

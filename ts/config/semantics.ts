@@ -7,6 +7,7 @@
 import { isRedirectStatus, type ConfigModel, type RouteModel } from './model.js'
 import { suggest } from './diagnostics.js'
 import { isWildcardHost, parseAddress, type Address } from './values.js'
+import { lintAuthorization, lintShadowedRoutes } from './policy-lint.js'
 
 /** The model object a finding is about, the field within it, and its JSON path. */
 export interface Target {
@@ -190,6 +191,13 @@ export function lintModel(model: ConfigModel, warn: Report): void {
           `every connection is forwarded to its tcpService as opaque TCP; remove the routes, or use protocol: http to route HTTP requests and send other traffic to tcpService`,
         )
       }
+      if (listener.authorization.rules.length > 0 || listener.authorization.default !== 'allow') {
+        warn(
+          { obj: listener, field: 'authorization', path: `listeners[${li}].authorization` },
+          `authorization is ignored on tcp listener "${listener.name}"`,
+          'authorization rules decide HTTP requests; opaque TCP connections are not checked',
+        )
+      }
       return
     }
     if (listener.routes.length === 0) {
@@ -210,6 +218,8 @@ export function lintModel(model: ConfigModel, warn: Report): void {
         warn({ obj: route, path: `listeners[${li}].routes[${ri}]` }, `route "${route.name}" has the same match as route "${first}"; only one of them can serve requests`)
       } else matches.set(key, route.name)
     })
+    lintShadowedRoutes(listener, li, warn)
+    lintAuthorization(listener, li, warn)
   })
   model.services.forEach((service, si) => {
     if (!used.has(service.name)) warn({ obj: service, field: 'name', path: `services[${si}]` }, `service "${service.name}" is not used by any route`)

@@ -66,7 +66,45 @@ pub struct ListenerConfig {
     /// (proxy/headers.rs).
     #[serde(default = "default_proxy_headers")]
     pub proxy_headers: bool,
+    /// Who may send requests through this listener's routes (after each route's own rules).
+    #[serde(default)]
+    pub authorization: AuthorizationConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// A listener's authorization: its rules (tried after a route's own, first match wins), then
+/// `default` for a request no rule matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationConfig {
+    pub default: AuthorizationAction,
+    pub rules: Vec<AuthorizationRule>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorizationAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// One authorization rule: it matches a request when every condition it has holds (an empty
+/// list is no condition), and then decides it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRule {
+    pub action: AuthorizationAction,
+    /// Client networks in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), normalized.
+    pub networks: Vec<String>,
+    pub methods: Vec<String>,
+    /// The request path, matched as routes match it.
+    pub path: PathMatch,
+    /// Headers that must have exactly these values, all of them.
+    pub headers: Vec<HeaderMatch>,
 }
 
 /// HTTP/2 settings a production proxy sets on purpose (defaults in [`Http2Config::default`]).
@@ -155,6 +193,9 @@ pub struct RouteConfig {
     pub rewrite: Option<UrlRewriteConfig>,
     /// Answers every request of the route with a redirect (no backend); none when null.
     pub redirect: Option<RedirectConfig>,
+    /// Authorization rules tried before the listener's.
+    #[serde(default)]
+    pub authorization: Vec<AuthorizationRule>,
     /// Local rate limits on the route's requests, all of which must admit a request.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
@@ -512,6 +553,7 @@ pub mod testing {
             rewrite: None,
             redirect: None,
             rate_limits: vec![],
+            authorization: vec![],
         }
     }
 
@@ -530,6 +572,7 @@ pub mod testing {
             tunnel_idle_timeout_ms: 300_000,
             http2: Http2Config::default(),
             proxy_headers: true,
+            authorization: AuthorizationConfig::default(),
             routes,
         }
     }

@@ -17,6 +17,7 @@ use crate::config::{
     BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, ListenerConfig, ListenerProtocol,
     RouteConfig, ServiceConfig, UpstreamProtocol,
 };
+use crate::filter::authz::Authz;
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
 use crate::ratelimit::Limits;
@@ -81,6 +82,9 @@ pub struct RouteRuntime {
     pub response_filters: Box<[ResponseFilter]>,
     /// Retries of failed attempts (boxed: most routes have none).
     pub retry: Option<Box<RetryPolicy>>,
+    /// Its attempts take the boxed path (`proxy::service::retry`): it has retries or an idle
+    /// timeout. One test on the plain path for both.
+    pub attempts_boxed: bool,
 }
 
 /// A service as routes reach it. Its endpoints, with the balancer built for them, are one
@@ -251,12 +255,17 @@ fn compile_listener(
             if let Some(limits) = Limits::compile(&owner, &r.rate_limits, &clock, |limit| {
                 metrics.rate_limit(metric_set, &l.name, &r.name, "", limit)
             })? {
-                // First: a refused request costs nothing more.
+                // Before the route's other filters (after authorization, prepended next): a
+                // refused request costs nothing more.
                 let limits = Arc::new(limits);
                 rate_limits.push(limits.clone());
                 request_filters =
                     std::iter::once(RequestFilter::RateLimit(limits)).chain(request_filters).collect();
             }
+            let authz = Authz::compile(&r.name, &r.authorization, &l.authorization)?;
+            let request_filters = Authz::prepend(authz, request_filters);
+            let retry =
+                r.retry.as_ref().map(|c| RetryPolicy::compile(&r.name, c).map(Box::new)).transpose()?;
             Ok(RouteRuntime {
                 backends,
                 request_filters,
@@ -266,11 +275,8 @@ fn compile_listener(
                 idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms)),
                 allow_connect: r.allow_connect,
                 metrics: metrics.route(metric_set, &l.name, &r.name, &r.service),
-                retry: r
-                    .retry
-                    .as_ref()
-                    .map(|c| RetryPolicy::compile(&r.name, c).map(Box::new))
-                    .transpose()?,
+                attempts_boxed: retry.is_some() || r.idle_timeout_ms > 0,
+                retry,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;

@@ -23,6 +23,8 @@ use meshproxy_route::path::Segments;
 use crate::error::ProxyError;
 use crate::Error;
 
+pub mod authz;
+
 /// What a request filter decides. The pipeline handles every verdict (its tests exercise each);
 /// answering now and waiting are for filters that refuse (rate limits, authorization, policy)
 /// or must wait (a global rate limit, a remote check), which today's built-in filters never do.
@@ -53,6 +55,9 @@ pub struct Rejection {
 /// A filter on the way in, compiled per route.
 #[derive(Debug)]
 pub enum RequestFilter {
+    /// The route's and its listener's authorization rules: first, before anything changes the
+    /// request ([`authz`]).
+    Authorize(Box<authz::Authz>),
     /// `X-Forwarded-For` (appended), `X-Forwarded-Proto` and `X-Forwarded-Host` (when absent)
     /// and `Via` (appended).
     ForwardedHeaders,
@@ -340,6 +345,7 @@ pub struct RequestCx<'a> {
 impl RequestFilter {
     fn apply(&self, cx: &mut RequestCx<'_>) -> Verdict {
         match self {
+            RequestFilter::Authorize(authz) => authz.verdict(cx),
             RequestFilter::ForwardedHeaders => {
                 // The host the client asked for: the target's authority, else its `Host`.
                 let host = match cx.head.uri.authority() {

@@ -87,6 +87,11 @@ impl Buffered {
         Ok(Buffered { chunks, trailers, rest: (!whole).then_some(body) })
     }
 
+    /// `body` with nothing read ahead: sent once, never replayed.
+    pub fn unread(body: RequestBody) -> Buffered {
+        Buffered { chunks: std::collections::VecDeque::new(), trailers: None, rest: Some(body) }
+    }
+
     /// True when the whole body was read, so [`Buffered::replay`] gives it again.
     pub fn is_whole(&self) -> bool {
         self.rest.is_none()

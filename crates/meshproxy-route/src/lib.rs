@@ -18,7 +18,8 @@ use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use meshproxy_config::{PathMatchType, RouteConfig};
+use meshproxy_config::RouteConfig;
+pub use path::PathMatcher;
 use path::Segments;
 
 /// A route the table cannot compile (the TypeScript validator reports these first, with file
@@ -37,9 +38,7 @@ const MAX_HOST: usize = 255;
 struct CompiledRoute {
     /// Index into the listener's route list (the caller's payload).
     index: usize,
-    exact: bool,
-    segments: Vec<Box<str>>,
-    trailing_slash: bool,
+    path: PathMatcher,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, HeaderValue)>,
     query: Vec<(Box<str>, Box<str>)>,
@@ -61,17 +60,8 @@ pub struct RequestView<'a> {
 impl CompiledRoute {
     fn matches(&self, segs: &Segments<'_>, req: &RequestView<'_>) -> bool {
         let (method, headers) = (req.method, req.headers);
-        if self.exact {
-            if segs.len() != self.segments.len() || segs.trailing_slash != self.trailing_slash {
-                return false;
-            }
-        } else if segs.len() < self.segments.len() {
+        if !self.path.matches(segs) {
             return false;
-        }
-        for (i, want) in self.segments.iter().enumerate() {
-            if segs.get(i) != Some(&**want) {
-                return false;
-            }
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
             return false;
@@ -89,8 +79,8 @@ impl CompiledRoute {
     fn precedence_key(&self) -> (bool, usize, bool, usize, usize, usize) {
         // Sorted ascending, so "better" must compare smaller.
         (
-            !self.exact,
-            usize::MAX - self.segments.len(),
+            !self.path.exact,
+            usize::MAX - self.path.segments.len(),
             self.methods.is_empty(),
             usize::MAX - (self.headers.len() + self.cookies.len()),
             usize::MAX - self.query.len(),
@@ -202,11 +192,7 @@ fn lowercase_host<'b>(host: &str, buf: &'b mut [u8; MAX_HOST]) -> Option<&'b str
 
 fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteError> {
     let bad = |problem: String| RouteError { route: r.name.clone(), problem };
-    if !r.path.value.starts_with('/') {
-        return Err(bad(format!("path {:?} must start with '/'", r.path.value)));
-    }
-    let segs = Segments::parse(&r.path.value);
-    let segments = (0..segs.len()).filter_map(|i| segs.get(i)).map(Box::<str>::from).collect();
+    let path = PathMatcher::compile(&r.path).map_err(bad)?;
     let methods = r
         .methods
         .iter()
@@ -225,16 +211,7 @@ fn compile_route(index: usize, r: &RouteConfig) -> Result<CompiledRoute, RouteEr
         .collect::<Result<_, RouteError>>()?;
     let query = r.query_params.iter().map(|q| (q.name.as_str().into(), q.value.as_str().into())).collect();
     let cookies = r.cookies.iter().map(|c| (c.name.as_str().into(), c.value.as_str().into())).collect();
-    Ok(CompiledRoute {
-        index,
-        exact: r.path.kind == PathMatchType::Exact,
-        segments,
-        trailing_slash: segs.trailing_slash,
-        methods,
-        headers,
-        query,
-        cookies,
-    })
+    Ok(CompiledRoute { index, path, methods, headers, query, cookies })
 }
 
 #[cfg(test)]

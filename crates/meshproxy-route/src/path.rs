@@ -3,6 +3,51 @@
 //! matched as `/admin` and cannot slip past a rule. Segments are borrowed from the request path
 //! and kept on the stack for the common case, so matching allocates nothing.
 
+use meshproxy_config::{PathMatch, PathMatchType};
+
+/// A compiled path match (`Exact`, or `Prefix` on whole segments), as routes match paths: the
+/// routing table's and the authorization rules' (`meshproxy-core`), so both read a path alike.
+#[derive(Debug, Clone)]
+pub struct PathMatcher {
+    pub(crate) exact: bool,
+    pub(crate) segments: Box<[Box<str>]>,
+    trailing_slash: bool,
+}
+
+impl PathMatcher {
+    /// `m`, normalized as requests are; an error names what is wrong with its value.
+    pub fn compile(m: &PathMatch) -> Result<Self, String> {
+        if !m.value.starts_with('/') {
+            return Err(format!("path {:?} must start with '/'", m.value));
+        }
+        let segs = Segments::parse(&m.value);
+        let segments = (0..segs.len()).filter_map(|i| segs.get(i)).map(Box::<str>::from).collect();
+        Ok(PathMatcher {
+            exact: m.kind == PathMatchType::Exact,
+            segments,
+            trailing_slash: segs.trailing_slash,
+        })
+    }
+
+    /// Whether this matches every path (`Prefix /`).
+    pub fn is_any(&self) -> bool {
+        !self.exact && self.segments.is_empty()
+    }
+
+    /// Whether a request path, parsed into `segs`, matches.
+    #[inline]
+    pub fn matches(&self, segs: &Segments<'_>) -> bool {
+        if self.exact {
+            if segs.len() != self.segments.len() || segs.trailing_slash != self.trailing_slash {
+                return false;
+            }
+        } else if segs.len() < self.segments.len() {
+            return false;
+        }
+        self.segments.iter().enumerate().all(|(i, want)| segs.get(i) == Some(&**want))
+    }
+}
+
 /// Segments kept inline; deeper paths spill to the heap (rare, still correct).
 const INLINE: usize = 32;
 
@@ -108,7 +153,28 @@ fn is_dot_dot(seg: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Segments;
+    use super::{PathMatcher, Segments};
+    use meshproxy_config::{PathMatch, PathMatchType};
+
+    #[test]
+    fn path_matcher_matches_exact_and_prefix_on_segments() {
+        let m = |kind, value: &str| PathMatcher::compile(&PathMatch { kind, value: value.into() }).unwrap();
+        let hit = |m: &PathMatcher, p: &str| m.matches(&Segments::parse(p));
+        let prefix = m(PathMatchType::Prefix, "/admin");
+        assert!(hit(&prefix, "/admin") && hit(&prefix, "/admin/") && hit(&prefix, "/admin/x"));
+        assert!(!hit(&prefix, "/administrator") && !hit(&prefix, "/"));
+        assert!(hit(&prefix, "/public/../admin"), "dot segments cannot slip past a match");
+        let exact = m(PathMatchType::Exact, "/admin");
+        assert!(hit(&exact, "/admin") && !hit(&exact, "/admin/") && !hit(&exact, "/admin/x"));
+        assert!(
+            m(PathMatchType::Prefix, "/").is_any()
+                && !prefix.is_any()
+                && !m(PathMatchType::Exact, "/").is_any()
+        );
+        assert!(
+            PathMatcher::compile(&PathMatch { kind: PathMatchType::Prefix, value: "admin".into() }).is_err()
+        );
+    }
 
     fn norm(p: &str) -> String {
         Segments::parse(p).to_path()

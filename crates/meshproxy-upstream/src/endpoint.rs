@@ -204,7 +204,8 @@ impl<C: Connector> Endpoint<C> {
         }
     }
 
-    /// An in-flight slot if one is free now.
+    /// An in-flight slot if one is free now (no queueing).
+    #[inline]
     pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
         self.limiter.clone().try_acquire_owned().ok()
     }

@@ -37,11 +37,17 @@ enum Kind {
         release: Option<Release>,
         /// For gRPC responses: where the `grpc-status` trailer is counted.
         grpc: Option<Arc<RouteMetrics>>,
-        /// The endpoint's verdict, given when the body ends (see [`BodyVerdict`]).
-        verdict: Option<Box<BodyVerdict>>,
-        /// The route's idle timer, when it has an idle timeout ([`crate::proxy::idle`]).
-        idle: Option<Pin<Box<BodyIdle>>>,
+        /// What watches the body to its end, when anything does ([`Watch`]); most responses
+        /// have nothing, and their frames take the short path.
+        watch: Option<Box<Watch>>,
     },
+}
+
+/// What a response body is watched for, frame by frame: the endpoint's verdict, given when the
+/// body ends (see [`BodyVerdict`]), and the route's idle timer ([`crate::proxy::idle`]).
+struct Watch {
+    verdict: Option<BodyVerdict>,
+    idle: Option<Pin<Box<BodyIdle>>>,
 }
 
 /// A response body sent downstream: an upstream body (returning its connection to the pool at
@@ -77,16 +83,14 @@ impl ResponseBody {
         release: Release,
         activity: ActivityGuard,
         grpc: Option<Arc<RouteMetrics>>,
-        verdict: Option<Box<BodyVerdict>>,
+        verdict: Option<BodyVerdict>,
         idle: Option<(Arc<IdleClock>, bool)>,
     ) -> Self {
         let ended = body.is_end_stream();
         let release = (!ended).then_some(release);
         let idle = idle.filter(|_| !ended).map(|(clock, trailers)| BodyIdle::start(clock, trailers));
-        ResponseBody {
-            kind: Kind::Upstream { body, release, grpc, verdict, idle },
-            _activity: Some(activity),
-        }
+        let watch = (verdict.is_some() || idle.is_some()).then(|| Box::new(Watch { verdict, idle }));
+        ResponseBody { kind: Kind::Upstream { body, release, grpc, watch }, _activity: Some(activity) }
     }
 
     /// Ends a response whose exchange has been idle for the route's idle timeout: the upstream's
@@ -96,10 +100,12 @@ impl ResponseBody {
     /// connection closed before the message's end).
     #[cold]
     fn end_idle(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Kind::Upstream { grpc, verdict, idle, .. } = std::mem::replace(&mut self.kind, Kind::Local(None))
+        let Kind::Upstream { grpc, watch: Some(watch), .. } =
+            std::mem::replace(&mut self.kind, Kind::Local(None))
         else {
             return Poll::Ready(None);
         };
+        let Watch { verdict, idle } = *watch;
         let trailers = idle.is_some_and(|i| i.grpc_trailers());
         tracing::debug!(trailers, "response idle for the route's idle timeout; ended");
         if let Some(v) = verdict {
@@ -115,6 +121,14 @@ impl ResponseBody {
     }
 }
 
+/// The body ended (or its trailers came): the endpoint's verdict, once.
+#[cold]
+fn give_verdict(watch: &mut Watch, grpc_status: Option<u8>, broken: bool) {
+    if let Some(v) = watch.verdict.take() {
+        v.end(grpc_status, broken);
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -126,45 +140,35 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, release, grpc, verdict, idle } => {
+            Kind::Upstream { body, release, grpc, watch } => {
                 let polled = body.poll_frame(cx);
-                if let Some(idle) = idle {
-                    if idle.as_mut().expired(polled.is_ready(), cx) {
+                if let Some(w) = watch {
+                    if w.idle.as_mut().is_some_and(|idle| idle.as_mut().expired(polled.is_ready(), cx)) {
                         return this.end_idle();
                     }
                 }
                 let done = match &polled {
-                    Poll::Ready(None) => {
-                        if let Some(v) = verdict.take() {
-                            v.end(None, false);
-                        }
-                        true
-                    }
+                    Poll::Ready(None) => true,
                     Poll::Ready(Some(Ok(frame))) => {
                         let status = frame.trailers_ref().and_then(|t| t.get("grpc-status"));
                         if let (Some(m), Some(code)) = (grpc.as_deref(), status) {
                             m.grpc_status(code.as_bytes());
                         }
-                        if let Some(v) = status.is_some().then(|| verdict.take()).flatten() {
-                            v.end(status.and_then(|c| parse_grpc_status(c.as_bytes())), false);
-                        }
                         let ended = body.is_end_stream();
-                        if let Some(v) = ended.then(|| verdict.take()).flatten() {
-                            v.end(None, false);
+                        if let Some(v) = watch.as_mut().filter(|_| status.is_some() || ended) {
+                            give_verdict(v, status.and_then(|c| parse_grpc_status(c.as_bytes())), false);
                         }
                         ended
                     }
                     // An error mid-body: the connection is dropped, never pooled, and the
                     // downstream response is aborted instead of ended cleanly.
-                    Poll::Ready(Some(Err(_))) => {
-                        if let Some(v) = verdict.take() {
-                            v.end(None, true);
-                        }
-                        true
-                    }
+                    Poll::Ready(Some(Err(_))) => true,
                     Poll::Pending => false,
                 };
                 if done {
+                    if let Some(v) = watch.as_mut() {
+                        give_verdict(v, None, matches!(polled, Poll::Ready(Some(Err(_)))));
+                    }
                     release.take();
                 }
                 polled

@@ -111,21 +111,18 @@ pub struct BodyVerdict {
 }
 
 /// The verdict to wait for, when the service ejects endpoints on failures and the head is no
-/// failure: only then can the body's end change what the endpoint is told. Boxed: most
-/// responses have none.
+/// failure: only then can the body's end change what the endpoint is told.
 pub fn defer_verdict(
     outcome: &Outcome,
     backend: &Arc<Backend>,
     endpoint: &Arc<Endpoint>,
     grpc: bool,
-) -> Option<Box<BodyVerdict>> {
-    let head_failed = backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc);
-    (backend.failure.accrual.is_some() && outcome.error.is_none() && !head_failed).then(|| {
-        Box::new(BodyVerdict {
-            backend: backend.clone(),
-            endpoint: endpoint.clone(),
-            grpc: grpc && outcome.grpc.is_none(),
-        })
+) -> Option<BodyVerdict> {
+    let judged = backend.failure.accrual.is_some() && outcome.error.is_none();
+    (judged && !backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc)).then(|| BodyVerdict {
+        backend: backend.clone(),
+        endpoint: endpoint.clone(),
+        grpc: grpc && outcome.grpc.is_none(),
     })
 }
 

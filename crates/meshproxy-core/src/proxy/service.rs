@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::admit::{self, Kind};
 use super::body::{Release, ResponseBody};
-use super::idle::{self, IdleClock};
+use super::idle::IdleClock;
 use super::outcome::{self, Outcome};
 use super::{connect, forward, rewrite, upgrade, websocket};
 use crate::activity::{Activity, ActivityGuard};
@@ -180,10 +180,12 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                 }
             }
         }
-        // A route with retries takes its own (boxed) path for phases 4 to 6.
-        // Never an upgrade, a tunnel or a WebSocket; only a method the policy allows.
-        if let Some(policy) = routed.route.retry.as_deref() {
-            if matches!(routed.kind, Kind::Plain) && policy.allows(&routed.head.method, routed.meta.grpc) {
+        // A route with retries or an idle timeout takes its own (boxed) path for phases 4 to 6:
+        // never an upgrade, a tunnel or a WebSocket; retried only for a method the policy allows.
+        if routed.route.attempts_boxed && matches!(routed.kind, Kind::Plain) {
+            let (head, grpc) = (&routed.head, routed.meta.grpc);
+            let policy = routed.route.retry.as_deref().filter(|p| p.allows(&head.method, grpc));
+            if policy.is_some() || routed.route.idle_timeout.is_some() {
                 break 'respond meshproxy_http::box_built_in_place(|| retry::run(&ctx, routed, policy)).await;
             }
         }
@@ -194,11 +196,6 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             Err(Unchosen::Limited(r)) => break 'respond routed.reject(*r),
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
-        let idle = idle_clock(route, &kind, meta.grpc, head.version);
-        let body = match &idle {
-            Some((clock, _)) => body.watched(clock),
-            None => body,
-        };
         let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
             Ok(r) => r,
             Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
@@ -214,7 +211,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
             _ => None,
         };
-        let after = After { kind, downstream_upgrade, ws_key, activity, idle };
+        let after = After { kind, downstream_upgrade, ws_key, activity, idle: None };
         // 6: the attempt. Pinned where it is built and raced with the timer in place:
         // `tokio::time::timeout(t, attempt)` moves this (large) future into its own, a memcpy of
         // its whole size on every request.
@@ -230,18 +227,14 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             let sent = send.await?;
             Ok::<_, ProxyError>((sent, permit))
         });
-        // One timer for the route's timeout and its idle timeout, whichever comes first.
-        let fixed = route.response_header_timeout.map(|t| Instant::now() + t);
-        let clock = after.idle.as_ref().map(|(c, _)| &**c);
-        let result = match idle::earliest(fixed, clock) {
-            Some(at) => {
-                let mut timer = std::pin::pin!(tokio::time::sleep_until(at));
+        let result = match route.response_header_timeout {
+            Some(t) => {
+                let mut timer = std::pin::pin!(tokio::time::sleep(t));
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = attempt.as_mut().poll(cx) {
                         return Poll::Ready(r);
                     }
-                    idle::poll_expired(timer.as_mut(), fixed, clock, cx)
-                        .map(|()| Err(ProxyError::UpstreamTimeout))
+                    timer.as_mut().poll(cx).map(|()| Err(ProxyError::UpstreamTimeout))
                 })
                 .await
             }
@@ -491,6 +484,9 @@ fn route<'a>(
         let Some(route) = route.filter(|r| r.allow_connect) else {
             return Routed::Answered(Box::new(meta.fail(ProxyError::ConnectRefused, route, None, activity)));
         };
+        if !filter::authz::allows_connect(&route.request_filters, ctx.client, &req) {
+            return Routed::Answered(Box::new(meta.fail(ProxyError::Forbidden, Some(route), None, activity)));
+        }
         let (backend, endpoint) = match choose(ctx, route, req.headers(), true) {
             Ok(chosen) => chosen,
             Err(Unchosen::NoEndpoints) => {
@@ -583,12 +579,26 @@ fn choose<'a>(
 }
 
 /// The slots a request to `endpoint` of `backend` holds while in flight: the endpoint's, and the
-/// service's when it has a circuit breaker.
-async fn admit(backend: &Backend, endpoint: &Endpoint) -> Result<Admission, ProxyError> {
-    match &backend.breaker {
-        None => Ok(Admission { _permit: endpoint.acquire().await?, _breaker: None }),
-        Some(b) => b.admit(endpoint).await,
+/// service's when it has a circuit breaker. A free slot without a breaker (the common case) is
+/// taken at once, with no future to build and poll.
+fn admit<'a>(
+    backend: &'a Backend,
+    endpoint: &'a Endpoint,
+) -> Either<
+    std::future::Ready<Result<Admission, ProxyError>>,
+    impl Future<Output = Result<Admission, ProxyError>> + 'a,
+> {
+    if backend.breaker.is_none() {
+        if let Some(permit) = endpoint.try_acquire() {
+            return Either::Left(std::future::ready(Ok(Admission { _permit: permit, _breaker: None })));
+        }
     }
+    Either::Right(async move {
+        match &backend.breaker {
+            None => Ok(Admission { _permit: endpoint.acquire().await?, _breaker: None }),
+            Some(b) => b.admit(endpoint).await,
+        }
+    })
 }
 
 /// Phases 7 and 8: the downstream response from the upstream's answer (or failure), its

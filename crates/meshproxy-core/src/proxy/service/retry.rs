@@ -1,12 +1,16 @@
-//! Phases 4 to 6 for a route with retries: the request body is read ahead (up to
-//! [`MAX_REPLAY`]) so it can be sent again; each attempt picks a backend and an endpoint (another
-//! endpoint than the last where the backend has one) and is bounded by the policy's attempt
-//! timeout and what is left of the route's timeout; an attempt that fails in a way the policy
-//! retries, while attempts and the route's budget last, is observed against its endpoint and
-//! dropped, and the next one goes. The last attempt's answer is the response, observed once as
-//! the request's outcome.
+//! Phases 4 to 6 for a route with retries or an idle timeout. With retries, the request body is
+//! read ahead (up to [`MAX_REPLAY`]) so it can be sent again; each attempt picks a backend and
+//! an endpoint (another endpoint than the last where the backend has one) and is bounded by the
+//! policy's attempt timeout and what is left of the route's timeout; an attempt that fails in a
+//! way the policy retries, while attempts and the route's budget last, is observed against its
+//! endpoint and dropped, and the next one goes. The last attempt's answer is the response,
+//! observed once as the request's outcome. Without retries (a route with only an idle timeout,
+//! or a method its policy does not retry) there is one attempt, its body streamed as it comes.
+//! An idle timeout's clock ([`crate::proxy::idle`]) is stamped by the request body and every
+//! attempt's response, and races each attempt with the route's other timeouts.
 //!
-//! Routes without retries never come here: their request future stays as small as it is.
+//! Routes with neither never come here: their request future stays as small as it is, with no
+//! idle clock.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,10 +66,12 @@ fn retry_reason(
 pub(super) async fn run(
     ctx: &ConnCtx,
     routed: RoutedRequest<'_>,
-    policy: &RetryPolicy,
+    policy: Option<&RetryPolicy>,
 ) -> Response<ResponseBody> {
     let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
-    policy.budget.deposit();
+    if let Some(p) = policy {
+        p.budget.deposit();
+    }
     let idle = idle_clock(route, &kind, meta.grpc, head.version);
     let body = match &idle {
         Some((clock, _)) => body.watched(clock),
@@ -76,6 +82,9 @@ pub(super) async fn run(
     let bodiless = body.is_end_stream();
     let mut body = if bodiless {
         None
+    } else if policy.is_none() {
+        // One attempt: the body is sent as it comes, nothing read ahead.
+        Some(Buffered::unread(body))
     } else {
         match Buffered::read(body, MAX_REPLAY).await {
             Ok(b) => Some(b),
@@ -132,7 +141,7 @@ pub(super) async fn run(
             }
         };
         let now = Instant::now();
-        let limit = match (policy.attempt_timeout.map(|t| now + t), deadline) {
+        let limit = match (policy.and_then(|p| p.attempt_timeout).map(|t| now + t), deadline) {
             (Some(a), Some(d)) => Some(a.min(d)),
             (a, d) => a.or(d),
         };
@@ -165,6 +174,10 @@ pub(super) async fn run(
                 .await
             }
             None => send.await,
+        };
+        let Some(policy) = policy else {
+            let after = After { kind, downstream_upgrade, ws_key: None, activity, idle };
+            return respond(ctx, &meta, route, (backend, &endpoint), after, result);
         };
         let reason = retry_reason(policy, &result, meta.grpc);
         // The clock is read only for an attempt that may be retried.
