@@ -207,3 +207,31 @@ services:
   const refused = results.find((e) => e?.code === grpc.status.RESOURCE_EXHAUSTED)
   t.deepEqual(refused?.metadata.get('meshproxy-error'), ['rate-limited'])
 })
+
+test.serial('a request the route\'s authorization refuses never uses up its rate limit', async (t) => {
+  const b = await startBackends(t, ['a'])
+  const { port } = await startProxy(
+    t,
+    `
+admin: null
+listeners:
+  - address: 127.0.0.1:0
+    routes:
+      - service: a
+        authorization: [{ action: deny, headers: { x-role: guest } }]
+        rateLimits: [{ rate: 1, burst: 1 }]
+services:
+  - name: a
+    endpoints: [127.0.0.1:${b.a!.port}]
+`,
+  )
+  for (let i = 0; i < 5; i++) {
+    const res = await get(port, '/', { 'x-role': 'guest' })
+    t.is(res.status, 403)
+    t.is(res.headers['meshproxy-error'], 'forbidden')
+  }
+  t.is((await get(port, '/')).status, 200, 'the burst of 1 is still there')
+  const next = await get(port, '/')
+  t.is(next.status, 429)
+  t.is(b.a!.requests.length, 1)
+})
