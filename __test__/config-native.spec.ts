@@ -122,6 +122,7 @@ test('native document loads into the exact model', (t) => {
             rewrite: { host: 'backend.internal', path: '/v2/', prefix: null },
             redirect: null,
             backends: [],
+            policies: [],
           },
           {
             name: 'web-route-1',
@@ -155,6 +156,7 @@ test('native document loads into the exact model', (t) => {
             rewrite: null,
             redirect: { scheme: 'https', host: null, port: 0, path: null, prefix: '/new', statusCode: 301 },
             backends: [],
+            policies: [],
           },
         ],
       },
@@ -178,6 +180,7 @@ test('native document loads into the exact model', (t) => {
         failureAccrual: { consecutiveFailures: 5, minPenaltyMs: 2000, maxPenaltyMs: 60000, jitterPercent: 0, maxEjectionPercent: 34 },
         circuitBreaker: { maxRequests: 200, maxPendingRequests: 0, maxConnections: 0 },
         healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
+        policies: [],
       },
       {
         name: 'web',
@@ -194,6 +197,7 @@ test('native document loads into the exact model', (t) => {
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
         circuitBreaker: null,
         healthCheck: null,
+        policies: [],
       },
     ],
   })
@@ -260,6 +264,7 @@ services:
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
         circuitBreaker: null,
         healthCheck: null,
+        policies: [],
       },
     ],
   })

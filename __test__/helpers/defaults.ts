@@ -19,4 +19,5 @@ export const ROUTE_FILTER_DEFAULTS = () => ({
   responseHeaders: { set: [], add: [], remove: [] },
   rewrite: null,
   redirect: null,
+  policies: [],
 })

@@ -19,6 +19,7 @@ use crate::config::{
 };
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
+use crate::policy::{self, ResponsePolicies};
 use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;
@@ -78,6 +79,11 @@ pub struct RouteRuntime {
     pub response_filters: Box<[ResponseFilter]>,
     /// Retries of failed attempts (boxed: most routes have none).
     pub retry: Option<Box<RetryPolicy>>,
+    /// The route's response-phase Rego policies ([`crate::policy`]).
+    pub policies: Option<Arc<ResponsePolicies>>,
+    /// Response policies (the route's or a backend's) read the request's attributes: they are
+    /// kept before the request is sent.
+    pub keeps_request: bool,
 }
 
 /// A service as routes reach it. Its endpoints, with the balancer built for them, are one
@@ -95,6 +101,8 @@ pub struct Backend {
     pub check: Option<Arc<CheckSpec>>,
     /// Service-wide limits on requests ([`crate::breaker`]).
     pub breaker: Option<Arc<Breaker>>,
+    /// Rego policies on every response from its endpoints ([`crate::policy`]).
+    pub policies: Option<Arc<ResponsePolicies>>,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -231,8 +239,25 @@ fn compile_listener(
                 Some(route_backends(r, service, services)?)
             };
             let (request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
+            let owner = format!("route:{}/{}", l.name, r.name);
+            let (request_policies, policies) =
+                policy::compile(&owner, &r.policies, true, metrics, metric_set)?;
+            // Request policies first: they judge the request as the client sent it.
+            let request_filters = request_policies
+                .into_iter()
+                .map(RequestFilter::Policy)
+                .chain(request_filters.into_vec())
+                .collect();
+            let keeps_request = policies.is_some()
+                || match &backends {
+                    None => false,
+                    Some(Distribution::One(b)) => b.policies.is_some(),
+                    Some(Distribution::Weighted { items, .. }) => items.iter().any(|b| b.policies.is_some()),
+                };
             Ok(RouteRuntime {
                 backends,
+                policies,
+                keeps_request,
                 request_filters,
                 response_filters,
                 response_header_timeout: (r.response_header_timeout_ms > 0)
@@ -326,6 +351,7 @@ fn compile_service(
             .circuit_breaker
             .as_ref()
             .map(|c| Arc::new(Breaker::new(c.max_requests, c.max_pending_requests, service_metrics))),
+        policies: policy::compile(&format!("service:{}", s.name), &s.policies, false, metrics, metric_set)?.1,
         endpoints: ArcSwap::from_pointee(set),
     })
 }

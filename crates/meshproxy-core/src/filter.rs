@@ -62,6 +62,9 @@ pub enum RequestFilter {
     Rewrite(Box<Rewrite>),
     /// The route's redirect: answers every request.
     Redirect(Box<Redirect>),
+    /// A request-phase Rego policy: a violation refuses the request, 403 `forbidden` with the
+    /// policy's messages ([`crate::policy`]).
+    Policy(std::sync::Arc<crate::policy::Attached>),
     /// Waits this long, then continues: exercises the pipeline's waiting path in tests.
     #[cfg(test)]
     Delay(std::time::Duration),
@@ -361,6 +364,14 @@ impl RequestFilter {
             RequestFilter::Redirect(redirect) => match redirect.location(cx.head) {
                 Ok(location) => Verdict::Redirect(redirect.status, location),
                 Err(e) => Verdict::Respond(e),
+            },
+            RequestFilter::Policy(p) => match p.judge(crate::policy::request_input(cx.head)) {
+                None => Verdict::Continue,
+                Some(messages) => Verdict::Reject(Box::new(Rejection {
+                    error: ProxyError::Forbidden,
+                    headers: HeaderMap::new(),
+                    body: Some(crate::policy::messages_body(&messages)),
+                })),
             },
             #[cfg(test)]
             RequestFilter::Delay(d) => {

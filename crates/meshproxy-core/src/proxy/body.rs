@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::activity::ActivityGuard;
 use crate::breaker::Admission;
 use crate::metrics::{parse_grpc_status, RouteMetrics};
+use crate::policy::BodyCheck;
 use crate::proxy::idle::{self, BodyIdle, IdleClock};
 use crate::proxy::outcome::BodyVerdict;
 use crate::upstream::UpstreamIncoming;
@@ -32,6 +33,8 @@ pub struct Release {
 #[allow(clippy::large_enum_variant)]
 enum Kind {
     Local(Option<Bytes>),
+    /// Frames read ahead (a policy held the head for them), then the rest of the body.
+    Replay(Box<Replay>),
     Upstream {
         body: UpstreamIncoming,
         release: Option<Release>,
@@ -41,7 +44,32 @@ enum Kind {
         verdict: Option<Box<BodyVerdict>>,
         /// The route's idle timer, when it has an idle timeout ([`crate::proxy::idle`]).
         idle: Option<Pin<Box<BodyIdle>>>,
+        /// Policies judging the body at its end, on a bounded copy ([`BodyCheck`]).
+        check: Option<Box<BodyCheck>>,
     },
+}
+
+/// A body's frames read ahead, sent first.
+pub struct Replay {
+    pub frames: std::collections::VecDeque<Frame<Bytes>>,
+    pub rest: ResponseBody,
+}
+
+/// The body's end: policies judging it give their verdict with the endpoint's.
+fn end_verdict(
+    verdict: &mut Option<Box<BodyVerdict>>,
+    check: &mut Option<Box<BodyCheck>>,
+    grpc_status: Option<u8>,
+    broken: bool,
+) {
+    match check.take() {
+        Some(c) => c.finish(verdict.take(), grpc_status, broken),
+        None => {
+            if let Some(v) = verdict.take() {
+                v.end(grpc_status, broken);
+            }
+        }
+    }
 }
 
 /// A response body sent downstream: an upstream body (returning its connection to the pool at
@@ -65,6 +93,18 @@ impl ResponseBody {
         ResponseBody { kind: Kind::Local(Some(bytes)), _activity: activity }
     }
 
+    /// `frames` first, then `rest`.
+    pub fn replay(frames: std::collections::VecDeque<Frame<Bytes>>, rest: ResponseBody) -> Self {
+        ResponseBody { kind: Kind::Replay(Box::new(Replay { frames, rest })), _activity: None }
+    }
+
+    /// Attaches policies that judge the body at its end (an upstream body only).
+    pub fn set_check(&mut self, c: Box<BodyCheck>) {
+        if let Kind::Upstream { check, .. } = &mut self.kind {
+            *check = Some(c);
+        }
+    }
+
     /// The guard that marks the downstream connection busy, to move into a replacement body.
     pub fn take_activity(&mut self) -> Option<ActivityGuard> {
         self._activity.take()
@@ -84,7 +124,7 @@ impl ResponseBody {
         let release = (!ended).then_some(release);
         let idle = idle.filter(|_| !ended).map(|(clock, trailers)| BodyIdle::start(clock, trailers));
         ResponseBody {
-            kind: Kind::Upstream { body, release, grpc, verdict, idle },
+            kind: Kind::Upstream { body, release, grpc, verdict, idle, check: None },
             _activity: Some(activity),
         }
     }
@@ -96,15 +136,14 @@ impl ResponseBody {
     /// connection closed before the message's end).
     #[cold]
     fn end_idle(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Kind::Upstream { grpc, verdict, idle, .. } = std::mem::replace(&mut self.kind, Kind::Local(None))
+        let Kind::Upstream { grpc, mut verdict, idle, mut check, .. } =
+            std::mem::replace(&mut self.kind, Kind::Local(None))
         else {
             return Poll::Ready(None);
         };
         let trailers = idle.is_some_and(|i| i.grpc_trailers());
         tracing::debug!(trailers, "response idle for the route's idle timeout; ended");
-        if let Some(v) = verdict {
-            v.end(None, true);
-        }
+        end_verdict(&mut verdict, &mut check, None, true);
         if !trailers {
             return Poll::Ready(Some(Err(BodyError::Idle)));
         }
@@ -126,7 +165,11 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, release, grpc, verdict, idle } => {
+            Kind::Replay(r) => match r.frames.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Pin::new(&mut r.rest).poll_frame(cx),
+            },
+            Kind::Upstream { body, release, grpc, verdict, idle, check } => {
                 let polled = body.poll_frame(cx);
                 if let Some(idle) = idle {
                     if idle.as_mut().expired(polled.is_ready(), cx) {
@@ -135,31 +178,35 @@ impl Body for ResponseBody {
                 }
                 let done = match &polled {
                     Poll::Ready(None) => {
-                        if let Some(v) = verdict.take() {
-                            v.end(None, false);
-                        }
+                        end_verdict(verdict, check, None, false);
                         true
                     }
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(c), Some(data)) = (check.as_deref_mut(), frame.data_ref()) {
+                            c.data(data);
+                        }
                         let status = frame.trailers_ref().and_then(|t| t.get("grpc-status"));
                         if let (Some(m), Some(code)) = (grpc.as_deref(), status) {
                             m.grpc_status(code.as_bytes());
                         }
-                        if let Some(v) = status.is_some().then(|| verdict.take()).flatten() {
-                            v.end(status.and_then(|c| parse_grpc_status(c.as_bytes())), false);
+                        if status.is_some() {
+                            end_verdict(
+                                verdict,
+                                check,
+                                status.and_then(|c| parse_grpc_status(c.as_bytes())),
+                                false,
+                            );
                         }
                         let ended = body.is_end_stream();
-                        if let Some(v) = ended.then(|| verdict.take()).flatten() {
-                            v.end(None, false);
+                        if ended {
+                            end_verdict(verdict, check, None, false);
                         }
                         ended
                     }
                     // An error mid-body: the connection is dropped, never pooled, and the
                     // downstream response is aborted instead of ended cleanly.
                     Poll::Ready(Some(Err(_))) => {
-                        if let Some(v) = verdict.take() {
-                            v.end(None, true);
-                        }
+                        end_verdict(verdict, check, None, true);
                         true
                     }
                     Poll::Pending => false,
@@ -175,6 +222,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Local(b) => b.is_none(),
+            Kind::Replay(r) => r.frames.is_empty() && r.rest.is_end_stream(),
             Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -183,6 +231,16 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Local(None) => SizeHint::with_exact(0),
+            Kind::Replay(r) => {
+                let ahead: u64 = r.frames.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+                let rest = r.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + ahead);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
+            }
             Kind::Upstream { body, .. } => body.size_hint(),
         }
     }
