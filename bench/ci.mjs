@@ -31,6 +31,7 @@ const { values: args } = parseArgs({
     'update-baseline': { type: 'boolean' },
     'skip-throughput': { type: 'boolean' },
     policies: { type: 'boolean' },
+    rego: { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -43,6 +44,8 @@ if (args.help) {
       '  --skip-throughput  only the instruction counts (no haproxy needed)\n' +
       '  --policies         the same with the resilience policies on (p2c-ewma, failure accrual, a route\n' +
       '                     retry, a circuit breaker): their cost, against the same baseline\n' +
+      '  --rego             the same with a request-phase Rego policy the size of the seed\'s (two rules\n' +
+      '                     on method and a header, never violated) on every route: its cost\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
       'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
   )
@@ -92,6 +95,26 @@ async function configJson(backends, listen, protocol) {
         route.retry = { limit: 1, http: '500-599', grpc: 'unavailable', timeoutMs: 0, nonIdempotent: false, budgetPercent: 20, budgetMinPerSecond: 10 }
       }
     }
+  }
+  if (args.rego) {
+    // A request-phase policy as small as the seed's: two rules, neither matching the benchmark's
+    // GETs, evaluated on every request (regorus, OPA-Envoy input).
+    const source = [
+      'package main',
+      '',
+      'violation[msg] {',
+      '  input.attributes.request.http.method == "DELETE"',
+      '  msg = "DELETE is not allowed"',
+      '}',
+      '',
+      'violation[msg] {',
+      '  input.attributes.request.http.headers["x-block"] == "1"',
+      '  msg = "blocked"',
+      '}',
+      '',
+    ].join('\n')
+    const policy = { file: 'bench-gate.rego', source, rule: 'violation', phase: 'request', action: 'deny', onError: 'closed', body: 'auto', maxBodyBytes: 65536, timeoutMs: 100 }
+    for (const l of r.config.listeners) for (const route of l.routes) route.policies = [policy]
   }
   return JSON.stringify(r.config)
 }

@@ -164,14 +164,21 @@ fn headers_value(h: &HeaderMap) -> Value {
     let mut v = Value::new_object();
     if let Ok(map) = v.as_object_mut() {
         for name in h.keys() {
-            let mut joined = String::new();
-            for (i, value) in h.get_all(name).iter().enumerate() {
-                if i > 0 {
-                    joined.push_str(", ");
+            let mut values = h.get_all(name).iter();
+            let first = values.next().map_or(Default::default(), |v| String::from_utf8_lossy(v.as_bytes()));
+            let value = match values.next() {
+                // One field (the common case): its text as it is, without a copy to join into.
+                None => Value::from(&*first),
+                Some(second) => {
+                    let mut joined = first.into_owned();
+                    for v in std::iter::once(second).chain(values) {
+                        joined.push_str(", ");
+                        joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                    }
+                    Value::from(joined)
                 }
-                joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
-            }
-            map.insert(Value::from(name.as_str()), Value::from(joined));
+            };
+            map.insert(Value::from(name.as_str()), value);
         }
     }
     v

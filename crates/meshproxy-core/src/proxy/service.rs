@@ -471,6 +471,37 @@ async fn respond_held(
     respond(ctx, meta, route, target, after, result, held)
 }
 
+/// What the response policies of a route and its backend made of a response head.
+struct HeadJudged {
+    verdicts: policy::Verdicts,
+    /// `classify` policies read the body, still to come: a [`BodyCheck`] judges it at its end.
+    copies: bool,
+}
+
+/// Judges a response head with the route's and the backend's policies: those that do not read
+/// the body, or all of them when the body is known (`held`, or `ended` empty).
+#[inline(never)]
+fn judge_head(
+    route: &RouteRuntime,
+    backend: &Backend,
+    request: Option<&meshproxy_policy::Value>,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    ended: bool,
+    held: Option<&Held>,
+) -> HeadJudged {
+    let lists = [route.policies.as_deref(), backend.policies.as_deref()];
+    let empty = policy::Body::default();
+    let known = held.map(|h| &h.body).or((ended && held.is_none()).then_some(&empty));
+    let verdicts = policy::judge(
+        lists.into_iter().flatten(),
+        |p| !p.reads_body || known.is_some(),
+        || policy::response_input(request, status.as_u16(), headers, known),
+    );
+    let copies = known.is_none() && lists.into_iter().flatten().any(|l| l.copies);
+    HeadJudged { verdicts, copies }
+}
+
 /// The idle clock of a request on `route`, when the route has an idle timeout and the request is
 /// a plain exchange (upgrades, WebSockets and tunnels keep the listener's `tunnelIdleTimeout`);
 /// with whether an idle response may end with gRPC trailers: a gRPC client over HTTP/2 (an
@@ -659,23 +690,24 @@ fn respond(
     } else {
         None
     };
-    // 7: response policies, on the head (and on the body when it was held or is empty).
-    let lists = [route.policies.clone(), backend.policies.clone()];
-    let (judged, copies) = if matches!(kind, Kind::Plain) && lists.iter().any(Option::is_some) {
-        let ended = held.is_none() && resp.body().is_end_stream();
-        let empty = policy::Body::default();
-        let known = held.as_ref().map(|h| &h.body).or(ended.then_some(&empty));
-        let judged = policy::judge(
-            lists.iter().flatten().map(|l| &**l),
-            |p| !p.reads_body || known.is_some(),
-            || policy::response_input(request.as_ref(), status.as_u16(), resp.headers(), known),
-        );
-        let copies = known.is_none() && lists.iter().flatten().any(|l| l.copies);
-        (judged, copies)
-    } else {
-        (policy::Verdicts::default(), false)
-    };
-    if let Some(messages) = judged.denied {
+    // 7: response policies, on the head (and on the body when it was held or is empty). Out of
+    // line: a response without policies pays one check.
+    let mut judged =
+        if matches!(kind, Kind::Plain) && (route.policies.is_some() || backend.policies.is_some()) {
+            Some(judge_head(
+                route,
+                backend,
+                request.as_ref(),
+                status,
+                resp.headers(),
+                resp.body().is_end_stream(),
+                held.as_ref(),
+            ))
+        } else {
+            None
+        };
+    let failed_by_policy = judged.as_ref().is_some_and(|j| j.verdicts.failed);
+    if let Some(messages) = judged.as_mut().and_then(|j| j.verdicts.denied.take()) {
         drop((resp, stream, permit));
         let mut denied =
             meta.fail(ProxyError::PolicyViolation, Some(route), Some((backend, endpoint)), activity);
@@ -699,7 +731,7 @@ fn respond(
     // trailers or a body cut short (or a policy judging the body) may yet make this response
     // the endpoint's failure.
     let streams = matches!(kind, Kind::Plain) && !resp.body().is_end_stream();
-    let verdict = if streams && !judged.failed {
+    let verdict = if streams && !failed_by_policy {
         outcome::defer_verdict(&outcome, backend, endpoint, meta.grpc)
     } else {
         None
@@ -710,7 +742,7 @@ fn respond(
         Some(route),
         Some((backend, endpoint)),
         verdict.is_some(),
-        judged.failed,
+        failed_by_policy,
     );
     let (mut parts, mut body) = resp.into_parts();
     // A 101 hands over the upstream connection (HTTP/1.1: upgrades never go over HTTP/2).
@@ -732,8 +764,8 @@ fn respond(
         websocket::to_h2_accepted(&mut parts.headers);
     }
     filter::run_response(&route.response_filters, &mut parts);
-    if !judged.warnings.is_empty() {
-        parts.headers.insert(policy::WARNING_HEADER.clone(), policy::warning_value(&judged.warnings));
+    if let Some(j) = judged.as_ref().filter(|j| !j.verdicts.warnings.is_empty()) {
+        parts.headers.insert(policy::WARNING_HEADER.clone(), policy::warning_value(&j.verdicts.warnings));
     }
     if let Some((downstream, upstream_io)) = tunnel {
         // The tunnel outlives this request; its connection is not pooled again.
@@ -754,9 +786,10 @@ fn respond(
     let idle = idle
         .map(|(clock, trailers)| (clock, trailers && !parts.headers.contains_key(header::CONTENT_LENGTH)));
     let mut body = ResponseBody::upstream(body, release, activity, grpc_metrics, verdict, idle);
-    if copies && !judged.failed {
+    if judged.as_ref().is_some_and(|j| j.copies && !j.verdicts.failed) {
         let head_failed = backend.failure.response_failed(status.as_u16(), outcome.grpc);
         let head = (status.as_u16(), parts.headers.clone());
+        let lists = [route.policies.clone(), backend.policies.clone()];
         body.set_check(Box::new(BodyCheck::new(lists, request, head, endpoint.clone(), head_failed)));
     }
     if let Some(h) = held {
