@@ -13,8 +13,8 @@
 //! pool of prepared engines; an evaluation takes one, sets the input, evaluates the rule and gives
 //! it back, so evaluations on different threads never wait for each other (the pool's lock is
 //! held only to pop and push) and never re-prepare the module. regorus's interpreter is used
-//! rather than its bytecode VM (`rvm`): the VM was slower here (measured in the crate's
-//! `evaluation_cost` test) and turns a builtin's error into an undefined result, where the
+//! rather than its bytecode VM (`rvm`): the VM is not faster on request-sized policies
+//! (docs/performance.md) and turns a builtin's error into an undefined result, where the
 //! interpreter reports it. Each evaluation is capped by a time limit, which regorus checks
 //! cooperatively while it runs (between expressions: one builtin call runs to its end).
 
