@@ -125,6 +125,7 @@ test('native document loads into the exact model', (t) => {
             authorization: [],
             rateLimits: [],
             backends: [],
+            policies: [],
           },
           {
             name: 'web-route-1',
@@ -160,6 +161,7 @@ test('native document loads into the exact model', (t) => {
             authorization: [],
             rateLimits: [],
             backends: [],
+            policies: [],
           },
         ],
       },
@@ -184,6 +186,7 @@ test('native document loads into the exact model', (t) => {
         circuitBreaker: { maxRequests: 200, maxPendingRequests: 0, maxConnections: 0 },
         healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
         rateLimits: [],
+        policies: [],
       },
       {
         name: 'web',
@@ -201,6 +204,7 @@ test('native document loads into the exact model', (t) => {
         circuitBreaker: null,
         healthCheck: null,
         rateLimits: [],
+        policies: [],
       },
     ],
   })
@@ -269,6 +273,7 @@ services:
         circuitBreaker: null,
         healthCheck: null,
         rateLimits: [],
+        policies: [],
       },
     ],
   })

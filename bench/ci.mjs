@@ -33,6 +33,7 @@ const { values: args } = parseArgs({
     policies: { type: 'boolean' },
     authz: { type: 'boolean' },
     'rate-limit': { type: 'boolean' },
+    rego: { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -49,6 +50,8 @@ if (args.help) {
       '                     client (one rule and a default): the cost of authorization\n' +
       '  --rate-limit       the same with a rate limit per client address on every route that never\n' +
       '                     refuses (rate 10^9): what a configured limit costs a request\n' +
+      '  --rego             the same with a request-phase Rego policy the size of the seed\'s (two rules\n' +
+      '                     on method and a header, never violated) on every route: its cost\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
       'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
   )
@@ -113,6 +116,26 @@ async function configJson(backends, listen, protocol) {
         route.rateLimits = [{ name: 'per-client', rate: 1_000_000_000, burst: 1_000_000_000, key: 'client', header: null, overrides: [], maxKeys: 100000 }]
       }
     }
+  }
+  if (args.rego) {
+    // A request-phase policy as small as the seed's: two rules, neither matching the benchmark's
+    // GETs, evaluated on every request (regorus, OPA-Envoy input).
+    const source = [
+      'package main',
+      '',
+      'violation[msg] {',
+      '  input.attributes.request.http.method == "DELETE"',
+      '  msg = "DELETE is not allowed"',
+      '}',
+      '',
+      'violation[msg] {',
+      '  input.attributes.request.http.headers["x-block"] == "1"',
+      '  msg = "blocked"',
+      '}',
+      '',
+    ].join('\n')
+    const policy = { file: 'bench-gate.rego', source, rule: 'violation', phase: 'request', action: 'deny', onError: 'closed', body: 'auto', maxBodyBytes: 65536, timeoutMs: 100 }
+    for (const l of r.config.listeners) for (const route of l.routes) route.policies = [policy]
   }
   return JSON.stringify(r.config)
 }

@@ -15,6 +15,7 @@ import {
   type UpstreamProtocol,
 } from './config/index.js'
 import { modelSchema, nativeSchema } from './config/json-schema.js'
+import { checkPolicies } from './config/policies.js'
 import { MeshProxyError } from './errors.js'
 import { DEFAULT_GRACE_MS, Proxy, type StartInfo } from './proxy.js'
 import { runDemo } from './demo.js'
@@ -110,6 +111,13 @@ async function run(opts: RunOptions): Promise<void> {
 async function check(file: string): Promise<void> {
   const result = await loadConfigFile(file)
   if (report(result)) {
+    process.exitCode = 1
+    return
+  }
+  // Rego policies compile in the data plane: checked with its compiler, at their own positions.
+  const policyProblems = result.config ? checkPolicies(result.config) : []
+  for (const d of policyProblems) console.error(formatDiagnostic(d))
+  if (policyProblems.length > 0) {
     process.exitCode = 1
     return
   }

@@ -21,4 +21,5 @@ export const ROUTE_FILTER_DEFAULTS = () => ({
   redirect: null,
   authorization: [],
   rateLimits: [],
+  policies: [],
 })

@@ -168,7 +168,7 @@ export const count = (doc: string, limits: { min: number; max?: number; default?
 })
 
 /** Milliseconds, up to u32::MAX; YAML also takes `500ms`, `10s`, `1m30s`. */
-export const duration = (doc: string, limits: { min: number; default?: number }, more: More<IntField, never> = {}): IntField => ({
+export const duration = (doc: string, limits: { min: number; max?: number; default?: number }, more: More<IntField, never> = {}): IntField => ({
   kind: 'int',
   doc,
   duration: true,

@@ -258,6 +258,42 @@ export const AUTHORIZATION = table(
   },
 )
 
+/** A policy's actions, phases and error modes, the default first. */
+export const POLICY_ACTIONS = ['classify', 'deny', 'warn'] as const
+export const POLICY_PHASES = ['response', 'request'] as const
+export const POLICY_ON_ERROR = ['closed', 'open'] as const
+export const POLICY_BODY = ['auto', 'read', 'skip'] as const
+
+const ruleName = (s: string): Parsed<string> =>
+  /^[A-Za-z_][A-Za-z0-9_]*$/.test(s) ? ok(s) : fail(`rule "${s}" is not a Rego rule name`, 'a name such as violation or deny')
+const policyFile = (s: string): Parsed<string> => (s.trim() === '' ? fail('the policy file is empty', 'a path such as policies/health.rego') : ok(s))
+
+export const POLICY = table(
+  'Policy',
+  'A Rego policy (OPA\'s language, evaluated in the data plane by regorus) checked on each response (or request) of a route or a service. Its rule (`violation` by default) is a set of messages: empty passes, any member is a violation. The input follows OPA-Envoy: `input.attributes.request.http.{method, path, host, headers}` (header names lower-case), and on the response phase `input.response.{status_code, headers, body}` (`body` as text, absent past `maxBodyBytes` with `input.response.truncated` true). Rego v0 syntax (OPA before 1.0) and v1 are both accepted.',
+  {
+    file: text('The `.rego` file: in YAML a path relative to the YAML file; in the model the path as resolved (diagnostics name it).', policyFile, { yaml: { required: true } }),
+    source: text('The Rego source: the loader reads it from `file`.', ok, { default: '', yaml: false }),
+    rule: text('The rule evaluated, in the module\'s package: `data.<package>.<rule>`.', ruleName, { default: 'violation' }),
+    phase: oneOf(POLICY_PHASES, 'phases', '`response`: checked on each response of the route or service (the input has `response`); `request`: checked on each request before it is sent (a route\'s only), where only `deny` applies.', { default: 'response' }),
+    action: oneOf(
+      POLICY_ACTIONS,
+      'actions',
+      '`classify`: a violation makes the response a failure of its endpoint — counted in `meshproxy_upstream_failures_total` and toward `failureAccrual` ejection, as a status in `failureStatuses` is — and the response passes unchanged (health checking, fault detection). `deny`: the client gets 502 `policy-violation` (403 `forbidden` on the request phase) with the messages in the body. `warn`: the response passes with the messages in a `meshproxy-policy-warning` header and a log line.',
+      { default: 'classify' },
+    ),
+    onError: oneOf(POLICY_ON_ERROR, 'error modes', 'When the policy itself fails (a runtime error, or past its `timeout`): `closed` treats it as a violation (message `policy error`), `open` as a pass. Counted in `meshproxy_policy_errors_total` either way.', { default: 'closed' }),
+    body: oneOf(
+      POLICY_BODY,
+      'body modes',
+      'Whether the response body is read into `input.response.body`: `auto` when the policy\'s source names `body`, `read`, `skip`. A body is read only up to `maxBodyBytes`: `classify` lets it stream to the client and keeps a bounded copy, judged at the body\'s end; `deny` and `warn` hold the response head until the body ends or reaches the bound.',
+      { default: 'auto' },
+    ),
+    maxBodyBytes: count('The most of a response body read for the policy; past it `input.response.body` is absent and `input.response.truncated` true.', { min: 0, max: 16777216, default: 65536 }),
+    timeoutMs: duration('Time allowed for one evaluation, checked as it runs (one builtin call runs to its end); past it the evaluation fails (see `onError`). Generous by default: a loaded machine can pause a thread for milliseconds.', { min: 1, max: 10000, default: 100 }),
+  },
+)
+
 export const ROUTE = table('Route', 'A route: which requests it matches and the service they go to.', {
   name: text('Unique per listener; the `route` label in metrics. Default `<listener>-route-<n>`.', nameOf('route')),
   match: yamlOnly('Which requests the route matches; no match = every request.', { type: 'object', properties: ROUTE_MATCH, additionalProperties: false }),
@@ -295,6 +331,7 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
     'Authorization rules of this route, tried before its listener\'s (first match wins), so a route can make exceptions to them or add its own; a request none matches gets the listener\'s `default`. They run before any other filter, also on a redirect and a `CONNECT`.',
   ),
   rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on the route\'s requests, checked after its authorization and before its other filters; all must admit a request (keyed limits first).'),
+  policies: listOf(nested(POLICY, { yaml: { shorthand: 'file' } }), 'Rego policies checked on this route\'s requests or responses, in order (see Policy); a file alone is a `classify` response policy.'),
 })
 
 export const HTTP2 = table(
@@ -531,6 +568,7 @@ export const SERVICE = table('Service', 'A set of endpoints and how requests rea
   circuitBreaker: nullableNested(CIRCUIT_BREAKER, { doc: 'Service-wide limits on requests; null = none.', default: null }),
   healthCheck: nullableNested(HEALTH_CHECK, { doc: 'Active health checks of the endpoints; null = none (only failure accrual, if configured, takes endpoints out).', default: null }),
   rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on every request sent to the service, whichever route sends it (with a traffic split, the requests the split sends here), checked once the service is chosen and before an endpoint is; all must admit a request. A retried request counts once.'),
+  policies: listOf(nested(POLICY, { yaml: { shorthand: 'file' } }), 'Rego policies checked on every response from this service\'s endpoints, after the route\'s (response phase only; see Policy).'),
 })
 
 export const ADMIN = table('Admin', 'The admin listener (`/live`, `/ready`, `/metrics`, `/config`).', {
@@ -570,6 +608,7 @@ export type CircuitBreakerModel = ModelOf<typeof CIRCUIT_BREAKER>
 export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
 export type RateLimitModel = ModelOf<typeof RATE_LIMIT>
 export type RateLimitOverrideModel = ModelOf<typeof RATE_LIMIT_OVERRIDE>
+export type PolicyModel = ModelOf<typeof POLICY>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]
 export type UpstreamProtocol = (typeof UPSTREAM_PROTOCOLS)[number]

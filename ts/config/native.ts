@@ -6,8 +6,10 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isIP } from 'node:net'
+import { readFileSync } from 'node:fs'
+import { dirname, isAbsolute, join } from 'node:path'
 import { isMap, isSeq } from './yaml-lib.js'
-import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
+import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -171,6 +173,7 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   if (f.has('rewrite') && !f.isNull('rewrite')) route.rewrite = readNested(f, 'rewrite', URL_REWRITE) ?? null
   if (redirects) route.redirect = readNested(f, 'redirect', REDIRECT) ?? null
   route.rateLimits = readRateLimits(f, `route "${route.name}"`)
+  route.policies = readPolicies(f, r, 'route')
   for (const side of ['requestHeaders', 'responseHeaders'] as const) {
     const edit = f.fields(side, `route ${side}`, keysOf(HEADER_MODIFIER))
     if (edit) route[side] = readHeaderModifier(edit)
@@ -343,6 +346,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   if (f.isNull('circuitBreaker')) service.circuitBreaker = null
   else if (f.has('circuitBreaker')) service.circuitBreaker = readNested(f, 'circuitBreaker', CIRCUIT_BREAKER) ?? null
   service.rateLimits = readRateLimits(f, `service "${service.name}"`)
+  service.policies = readPolicies(f, r, 'service')
   if (f.isNull('healthCheck')) service.healthCheck = null
   else if (f.has('healthCheck')) service.healthCheck = readNested(f, 'healthCheck', HEALTH_CHECK) ?? null
   for (const n of f.list('endpoints')) {
@@ -415,6 +419,48 @@ export function readRateLimits(parent: Fields, owner: string): RateLimitModel[] 
       }
     }
     out.push(limit)
+  }
+  return out
+}
+
+/**
+ * A route's or a service's `policies`: each a `.rego` path (relative to the YAML file) or a
+ * mapping with `file`. The Rego source is read here and handed to the data plane in the model,
+ * which compiles it (a syntax error is reported at the `.rego` file's own line and column).
+ */
+function readPolicies(f: Fields, r: DocReader, owner: 'route' | 'service'): PolicyModel[] {
+  const out: PolicyModel[] = []
+  for (const node of f.list('policies')) {
+    const policy = complete(POLICY, { file: '' }) as PolicyModel
+    let fileNode: YNode | undefined = node
+    if (isMap(node)) {
+      const pf = r.fields(node, `${owner} policy`, keysOf(POLICY))
+      if (!pf) continue
+      fileNode = pf.require('file')
+      readPlain(pf, POLICY, policy)
+      readTexts(pf, POLICY, policy, ['rule'])
+      if (policy.phase === 'request' && owner === 'service') {
+        r.error(pf.valueLoc('phase'), 'a service\'s policies check responses only', 'attach a request policy to a route')
+        continue
+      }
+      if (policy.phase === 'request' && policy.action !== 'deny') {
+        r.error(pf.has('action') ? pf.valueLoc('action') : pf.valueLoc('phase'), `a request policy cannot ${policy.action}`, 'a request policy has action: deny')
+        continue
+      }
+    }
+    const name = fileNode && r.text(fileNode, `${owner} policy file`)
+    if (fileNode === undefined || name === undefined || r.check(fileNode, 'policy file', POLICY.fields.file.normalize(name, {})) === undefined) continue
+    const path = isAbsolute(name) || r.file.startsWith('<') ? name : join(dirname(r.file), name)
+    try {
+      policy.source = readFileSync(path, 'utf8')
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException
+      const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message
+      r.error(fileNode, `cannot read policy file "${path}": ${reason}`, `a path relative to ${r.file}`)
+      continue
+    }
+    policy.file = path
+    out.push(policy)
   }
   return out
 }

@@ -199,6 +199,9 @@ pub struct RouteConfig {
     /// Local rate limits on the route's requests, all of which must admit a request.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// Rego policies checked on the route's requests or responses, in order.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
 }
 
 /// What a rate limit counts requests by.
@@ -240,6 +243,73 @@ pub struct RateLimitOverrideConfig {
     pub value: String,
     pub rate: u32,
     pub burst: u32,
+}
+
+/// A Rego policy attached to a route or a service (see the model's `Policy` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The `.rego` file, as resolved by the loader: what diagnostics name.
+    pub file: String,
+    /// Its Rego source.
+    pub source: String,
+    /// The rule evaluated in the module's package.
+    pub rule: String,
+    pub phase: PolicyPhase,
+    pub action: PolicyAction,
+    pub on_error: PolicyOnError,
+    pub body: PolicyBody,
+    pub max_body_bytes: u32,
+    pub timeout_ms: u64,
+}
+
+/// When a policy is checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyPhase {
+    #[default]
+    Response,
+    Request,
+}
+
+/// What a violation does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    /// The response is its endpoint's failure.
+    #[default]
+    Classify,
+    /// The client is refused.
+    Deny,
+    /// The response passes with a warning.
+    Warn,
+}
+
+/// What a policy that fails to evaluate counts as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyOnError {
+    /// A violation.
+    #[default]
+    Closed,
+    /// A pass.
+    Open,
+}
+
+/// Whether the response body is read for a policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyBody {
+    /// When the policy's source names `body`.
+    #[default]
+    Auto,
+    Read,
+    Skip,
 }
 
 /// A query parameter whose first occurrence must have exactly this value (both compared
@@ -415,6 +485,9 @@ pub struct ServiceConfig {
     /// Local rate limits on every request sent to the service, whichever route sends it.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// Rego policies checked on every response from the service's endpoints.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
 }
 
 /// Service-wide limits on requests in flight and waiting (0 = no limit).
@@ -530,6 +603,7 @@ pub mod testing {
             health_check: None,
             circuit_breaker: None,
             rate_limits: vec![],
+            policies: Vec::new(),
         }
     }
 
@@ -554,6 +628,7 @@ pub mod testing {
             redirect: None,
             rate_limits: vec![],
             authorization: vec![],
+            policies: Vec::new(),
         }
     }
 

@@ -21,6 +21,7 @@ use crate::filter::authz::Authz;
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
 use crate::ratelimit::Limits;
+use crate::policy::{self, ResponsePolicies};
 use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;
@@ -85,6 +86,11 @@ pub struct RouteRuntime {
     /// Its attempts take the boxed path (`proxy::service::retry`): it has retries or an idle
     /// timeout. One test on the plain path for both.
     pub attempts_boxed: bool,
+    /// The route's response-phase Rego policies ([`crate::policy`]).
+    pub policies: Option<Arc<ResponsePolicies>>,
+    /// Response policies (the route's or a backend's) read the request's attributes: they are
+    /// kept before the request is sent.
+    pub keeps_request: bool,
 }
 
 /// A service as routes reach it. Its endpoints, with the balancer built for them, are one
@@ -104,6 +110,8 @@ pub struct Backend {
     pub breaker: Option<Arc<Breaker>>,
     /// Rate limits on every request sent to the service, checked once it is chosen.
     pub rate_limits: Option<Arc<Limits>>,
+    /// Rego policies on every response from its endpoints ([`crate::policy`]).
+    pub policies: Option<Arc<ResponsePolicies>>,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -249,14 +257,29 @@ fn compile_listener(
                 })?;
                 Some(route_backends(r, service, services)?)
             };
-            let (mut request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
+            let (request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
+            let policy_owner = format!("route:{}/{}", l.name, r.name);
+            let (request_policies, policies) =
+                policy::compile(&policy_owner, &r.policies, true, metrics, metric_set)?;
+            // In order: authorization, the rate limits, the request policies (they judge the
+            // request as the client sent it), then the route's other filters. A request refused
+            // early costs nothing more, and a Rego evaluation is behind the limits.
+            let mut request_filters: Box<[RequestFilter]> = request_policies
+                .into_iter()
+                .map(RequestFilter::Policy)
+                .chain(request_filters.into_vec())
+                .collect();
+            let keeps_request = policies.is_some()
+                || match &backends {
+                    None => false,
+                    Some(Distribution::One(b)) => b.policies.is_some(),
+                    Some(Distribution::Weighted { items, .. }) => items.iter().any(|b| b.policies.is_some()),
+                };
             let owner = format!("route {:?}", r.name);
             let clock = governor::clock::DefaultClock::default();
             if let Some(limits) = Limits::compile(&owner, &r.rate_limits, &clock, |limit| {
                 metrics.rate_limit(metric_set, &l.name, &r.name, "", limit)
             })? {
-                // Before the route's other filters (after authorization, prepended next): a
-                // refused request costs nothing more.
                 let limits = Arc::new(limits);
                 rate_limits.push(limits.clone());
                 request_filters =
@@ -268,6 +291,8 @@ fn compile_listener(
                 r.retry.as_ref().map(|c| RetryPolicy::compile(&r.name, c).map(Box::new)).transpose()?;
             Ok(RouteRuntime {
                 backends,
+                policies,
+                keeps_request,
                 request_filters,
                 response_filters,
                 response_header_timeout: (r.response_header_timeout_ms > 0)
@@ -365,6 +390,7 @@ fn compile_service(
             .circuit_breaker
             .as_ref()
             .map(|c| Arc::new(Breaker::new(c.max_requests, c.max_pending_requests, service_metrics))),
+        policies: policy::compile(&format!("service:{}", s.name), &s.policies, false, metrics, metric_set)?.1,
         endpoints: ArcSwap::from_pointee(set),
     })
 }

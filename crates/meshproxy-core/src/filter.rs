@@ -69,6 +69,9 @@ pub enum RequestFilter {
     Redirect(Box<Redirect>),
     /// The route's rate limits ([`crate::ratelimit`]): refuses a request one of them refuses.
     RateLimit(std::sync::Arc<crate::ratelimit::Limits>),
+    /// A request-phase Rego policy: a violation refuses the request, 403 `forbidden` with the
+    /// policy's messages ([`crate::policy`]).
+    Policy(std::sync::Arc<crate::policy::Attached>),
     /// Waits this long, then continues: exercises the pipeline's waiting path in tests.
     #[cfg(test)]
     Delay(std::time::Duration),
@@ -372,6 +375,14 @@ impl RequestFilter {
             RequestFilter::RateLimit(limits) => match limits.check(&cx.head.headers, cx.client) {
                 Ok(()) => Verdict::Continue,
                 Err(denied) => Verdict::Reject(Box::new(limits.rejection(denied))),
+            },
+            RequestFilter::Policy(p) => match p.judge(crate::policy::request_input(cx.head)) {
+                None => Verdict::Continue,
+                Some(messages) => Verdict::Reject(Box::new(Rejection {
+                    error: ProxyError::Forbidden,
+                    headers: HeaderMap::new(),
+                    body: Some(crate::policy::messages_body(&messages)),
+                })),
             },
             #[cfg(test)]
             RequestFilter::Delay(d) => {

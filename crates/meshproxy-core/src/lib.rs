@@ -22,6 +22,7 @@ mod error;
 mod filter;
 mod listener;
 mod metrics;
+mod policy;
 mod proxy;
 mod ratelimit;
 mod server;

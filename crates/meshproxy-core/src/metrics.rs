@@ -197,6 +197,7 @@ pub struct Metrics {
     tcp: Mutex<BTreeMap<String, Arc<ServiceMetrics>>>,
     /// Rate limits' counters, by their labels ([`Metrics::rate_limit`]).
     rate_limits: Mutex<BTreeMap<String, Arc<LimitMetrics>>>,
+    policies: Mutex<BTreeMap<PolicyKey, Arc<PolicyMetrics>>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Requests answered on routes whose series were pruned.
@@ -238,6 +239,19 @@ pub struct MetricSet {
     listeners: Vec<(String, Arc<ListenerMetrics>)>,
     tcp: Vec<(String, Arc<ServiceMetrics>)>,
     rate_limits: Vec<(String, Arc<LimitMetrics>)>,
+    policies: Vec<(PolicyKey, Arc<PolicyMetrics>)>,
+}
+
+/// A policy's series: what it is attached to (`route:<listener>/<route>` or
+/// `service:<name>`), its file and its action.
+type PolicyKey = (String, String, &'static str);
+
+/// One attached policy's counts ([`crate::policy`]).
+#[derive(Default)]
+pub struct PolicyMetrics {
+    pub evaluations: AtomicU64,
+    pub violations: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 impl Metrics {
@@ -274,6 +288,16 @@ impl Metrics {
         lookup(&self.rate_limits, &mut set.rate_limits, labels)
     }
 
+    pub fn policy(
+        &self,
+        set: &mut MetricSet,
+        owner: &str,
+        file: &str,
+        action: &'static str,
+    ) -> Arc<PolicyMetrics> {
+        lookup(&self.policies, &mut set.policies, (owner.to_owned(), file.to_owned(), action))
+    }
+
     /// Adds a swapped-in config's series (those it shares with the current ones are the same
     /// objects already).
     pub fn install(&self, set: &MetricSet) {
@@ -281,6 +305,7 @@ impl Metrics {
         install(&self.listeners, &set.listeners);
         install(&self.tcp, &set.tcp);
         install(&self.rate_limits, &set.rate_limits);
+        install(&self.policies, &set.policies);
     }
 
     /// Drops the series `set` (the config now in use) does not have: removed routes, listeners
@@ -302,6 +327,7 @@ impl Metrics {
         retain(&self.listeners, &set.listeners);
         retain(&self.tcp, &set.tcp);
         retain(&self.rate_limits, &set.rate_limits);
+        retain(&self.policies, &set.policies);
     }
 
     /// Total requests answered (from upstream or by the proxy), for `stats()`.
@@ -606,8 +632,51 @@ impl Metrics {
             "meshproxy_config_reload_failures_total {}",
             self.reload_failures.load(Ordering::Relaxed)
         );
+        self.render_policies(&mut out);
         out
     }
+
+    fn render_policies(&self, out: &mut String) {
+        let policies = self.policies.lock();
+        if policies.is_empty() {
+            return;
+        }
+        type Family = (&'static str, &'static str, fn(&PolicyMetrics) -> &AtomicU64);
+        let families: [Family; 3] = [
+            (
+                "meshproxy_policy_evaluations_total",
+                "Rego policy evaluations, by what the policy is attached to, its file and its action.",
+                |m| &m.evaluations,
+            ),
+            (
+                "meshproxy_policy_violations_total",
+                "Evaluations that found a violation (or failed, with onError: closed).",
+                |m| &m.violations,
+            ),
+            (
+                "meshproxy_policy_errors_total",
+                "Evaluations that failed: a runtime error, or past the policy's timeout.",
+                |m| &m.errors,
+            ),
+        ];
+        for (name, help, counter) in families {
+            header(out, name, "counter", help);
+            for ((owner, file, action), m) in policies.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{owner=\"{}\",policy=\"{}\",action=\"{action}\"}} {}",
+                    label(owner),
+                    label(file),
+                    counter(m).load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// A label value escaped as the exposition format asks (`\\`, `\"`, newlines).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {

@@ -19,7 +19,7 @@ pub mod body;
 mod connect;
 mod forward;
 pub mod idle;
-mod outcome;
+pub(crate) mod outcome;
 mod rewrite;
 mod service;
 mod upgrade;

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::activity::ActivityGuard;
 use crate::breaker::Admission;
 use crate::metrics::{parse_grpc_status, RouteMetrics};
+use crate::policy::BodyCheck;
 use crate::proxy::idle::{self, BodyIdle, IdleClock};
 use crate::proxy::outcome::BodyVerdict;
 use crate::upstream::UpstreamIncoming;
@@ -32,6 +33,8 @@ pub struct Release {
 #[allow(clippy::large_enum_variant)]
 enum Kind {
     Local(Option<Bytes>),
+    /// Frames read ahead (a policy held the head for them), then the rest of the body.
+    Replay(Box<Replay>),
     Upstream {
         body: UpstreamIncoming,
         release: Option<Release>,
@@ -44,10 +47,51 @@ enum Kind {
 }
 
 /// What a response body is watched for, frame by frame: the endpoint's verdict, given when the
-/// body ends (see [`BodyVerdict`]), and the route's idle timer ([`crate::proxy::idle`]).
+/// body ends (see [`BodyVerdict`]), the route's idle timer ([`crate::proxy::idle`]), and
+/// policies judging the body at its end, on a bounded copy ([`BodyCheck`]).
+#[derive(Default)]
 struct Watch {
     verdict: Option<BodyVerdict>,
     idle: Option<Pin<Box<BodyIdle>>>,
+    check: Option<Box<BodyCheck>>,
+}
+
+impl Watch {
+    /// A frame came: its data to the policies' copy; at trailers (`status`: their
+    /// `grpc-status`) or the body's end, the verdicts.
+    #[cold]
+    fn frame(&mut self, frame: &Frame<Bytes>, status: Option<&http::HeaderValue>, ended: bool) {
+        if let (Some(c), Some(data)) = (self.check.as_deref_mut(), frame.data_ref()) {
+            c.data(data);
+        }
+        if status.is_some() || ended {
+            let code = status.and_then(|c| parse_grpc_status(c.as_bytes()));
+            end_verdict(&mut self.verdict, &mut self.check, code, false);
+        }
+    }
+}
+
+/// A body's frames read ahead, sent first.
+pub struct Replay {
+    pub frames: std::collections::VecDeque<Frame<Bytes>>,
+    pub rest: ResponseBody,
+}
+
+/// The body's end: policies judging it give their verdict with the endpoint's.
+fn end_verdict(
+    verdict: &mut Option<BodyVerdict>,
+    check: &mut Option<Box<BodyCheck>>,
+    grpc_status: Option<u8>,
+    broken: bool,
+) {
+    match check.take() {
+        Some(c) => c.finish(verdict.take(), grpc_status, broken),
+        None => {
+            if let Some(v) = verdict.take() {
+                v.end(grpc_status, broken);
+            }
+        }
+    }
 }
 
 /// A response body sent downstream: an upstream body (returning its connection to the pool at
@@ -71,6 +115,18 @@ impl ResponseBody {
         ResponseBody { kind: Kind::Local(Some(bytes)), _activity: activity }
     }
 
+    /// `frames` first, then `rest`.
+    pub fn replay(frames: std::collections::VecDeque<Frame<Bytes>>, rest: ResponseBody) -> Self {
+        ResponseBody { kind: Kind::Replay(Box::new(Replay { frames, rest })), _activity: None }
+    }
+
+    /// Attaches policies that judge the body at its end (an upstream body only).
+    pub fn set_check(&mut self, c: Box<BodyCheck>) {
+        if let Kind::Upstream { watch, .. } = &mut self.kind {
+            watch.get_or_insert_with(Box::default).check = Some(c);
+        }
+    }
+
     /// The guard that marks the downstream connection busy, to move into a replacement body.
     pub fn take_activity(&mut self) -> Option<ActivityGuard> {
         self._activity.take()
@@ -89,7 +145,8 @@ impl ResponseBody {
         let ended = body.is_end_stream();
         let release = (!ended).then_some(release);
         let idle = idle.filter(|_| !ended).map(|(clock, trailers)| BodyIdle::start(clock, trailers));
-        let watch = (verdict.is_some() || idle.is_some()).then(|| Box::new(Watch { verdict, idle }));
+        let watch =
+            (verdict.is_some() || idle.is_some()).then(|| Box::new(Watch { verdict, idle, check: None }));
         ResponseBody { kind: Kind::Upstream { body, release, grpc, watch }, _activity: Some(activity) }
     }
 
@@ -105,12 +162,10 @@ impl ResponseBody {
         else {
             return Poll::Ready(None);
         };
-        let Watch { verdict, idle } = *watch;
+        let Watch { mut verdict, idle, mut check } = *watch;
         let trailers = idle.is_some_and(|i| i.grpc_trailers());
         tracing::debug!(trailers, "response idle for the route's idle timeout; ended");
-        if let Some(v) = verdict {
-            v.end(None, true);
-        }
+        end_verdict(&mut verdict, &mut check, None, true);
         if !trailers {
             return Poll::Ready(Some(Err(BodyError::Idle)));
         }
@@ -118,14 +173,6 @@ impl ResponseBody {
             m.grpc_status(crate::error::ProxyError::UpstreamTimeout.grpc_status().as_bytes());
         }
         Poll::Ready(Some(Ok(Frame::trailers(idle::deadline_exceeded_trailers()))))
-    }
-}
-
-/// The body ended (or its trailers came): the endpoint's verdict, once.
-#[cold]
-fn give_verdict(watch: &mut Watch, grpc_status: Option<u8>, broken: bool) {
-    if let Some(v) = watch.verdict.take() {
-        v.end(grpc_status, broken);
     }
 }
 
@@ -140,6 +187,10 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Replay(r) => match r.frames.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(f))),
+                None => Pin::new(&mut r.rest).poll_frame(cx),
+            },
             Kind::Upstream { body, release, grpc, watch } => {
                 let polled = body.poll_frame(cx);
                 if let Some(w) = watch {
@@ -155,8 +206,8 @@ impl Body for ResponseBody {
                             m.grpc_status(code.as_bytes());
                         }
                         let ended = body.is_end_stream();
-                        if let Some(v) = watch.as_mut().filter(|_| status.is_some() || ended) {
-                            give_verdict(v, status.and_then(|c| parse_grpc_status(c.as_bytes())), false);
+                        if let Some(w) = watch {
+                            w.frame(frame, status, ended);
                         }
                         ended
                     }
@@ -166,8 +217,9 @@ impl Body for ResponseBody {
                     Poll::Pending => false,
                 };
                 if done {
-                    if let Some(v) = watch.as_mut() {
-                        give_verdict(v, None, matches!(polled, Poll::Ready(Some(Err(_)))));
+                    if let Some(w) = watch {
+                        let broken = matches!(polled, Poll::Ready(Some(Err(_))));
+                        end_verdict(&mut w.verdict, &mut w.check, None, broken);
                     }
                     release.take();
                 }
@@ -179,6 +231,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Local(b) => b.is_none(),
+            Kind::Replay(r) => r.frames.is_empty() && r.rest.is_end_stream(),
             Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
@@ -187,6 +240,16 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Local(None) => SizeHint::with_exact(0),
+            Kind::Replay(r) => {
+                let ahead: u64 = r.frames.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+                let rest = r.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + ahead);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
+            }
             Kind::Upstream { body, .. } => body.size_hint(),
         }
     }

@@ -64,11 +64,12 @@ pub fn observe(
     route: Option<&RouteRuntime>,
     target: Option<(&Backend, &Endpoint)>,
 ) {
-    observe_head(outcome, listener, route, target, false);
+    observe_head(outcome, listener, route, target, false, false);
 }
 
 /// As [`observe`]; with `deferred`, the endpoint's verdict on a response that is no failure by
-/// its head waits for the body's end ([`BodyVerdict`]).
+/// its head waits for the body's end ([`BodyVerdict`]); with `classified`, a policy found the
+/// response a failure of its endpoint (as a status in `failureStatuses` is).
 #[inline]
 pub fn observe_head(
     outcome: &Outcome,
@@ -76,6 +77,7 @@ pub fn observe_head(
     route: Option<&RouteRuntime>,
     target: Option<(&Backend, &Endpoint)>,
     deferred: bool,
+    classified: bool,
 ) {
     // Compiled out of release builds (`release_max_level_debug`): a developer's view of every
     // outcome.
@@ -96,7 +98,7 @@ pub fn observe_head(
         }
     }
     if let Some((backend, ep)) = target {
-        observe_attempt(outcome, backend, ep, deferred);
+        observe_attempt(outcome, backend, ep, deferred, classified);
     }
 }
 
@@ -118,8 +120,22 @@ pub fn defer_verdict(
     endpoint: &Arc<Endpoint>,
     grpc: bool,
 ) -> Option<BodyVerdict> {
-    let judged = backend.failure.accrual.is_some() && outcome.error.is_none();
-    (judged && !backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc)).then(|| BodyVerdict {
+    if backend.failure.accrual.is_none() || outcome.error.is_some() {
+        return None;
+    }
+    let head_failed = backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc);
+    defer_judged(outcome, backend, endpoint, grpc, head_failed)
+}
+
+/// [`defer_verdict`] for a head already judged: `head_failed` when it is a failure.
+pub fn defer_judged(
+    outcome: &Outcome,
+    backend: &Arc<Backend>,
+    endpoint: &Arc<Endpoint>,
+    grpc: bool,
+    head_failed: bool,
+) -> Option<BodyVerdict> {
+    (backend.failure.accrual.is_some() && outcome.error.is_none() && !head_failed).then(|| BodyVerdict {
         backend: backend.clone(),
         endpoint: endpoint.clone(),
         grpc: grpc && outcome.grpc.is_none(),
@@ -128,7 +144,7 @@ pub fn defer_verdict(
 
 impl BodyVerdict {
     /// The body ended: `grpc_status` from its trailers; `broken` when the upstream failed
-    /// mid-body (a reset, a connection closed early).
+    /// mid-body (a reset, a connection closed early) or a policy found the response a failure.
     pub fn end(self, grpc_status: Option<u8>, broken: bool) {
         let failure = &self.backend.failure;
         let failed = broken || (self.grpc && grpc_status.is_none_or(|c| failure.grpc.contains(c)));
@@ -144,19 +160,20 @@ impl BodyVerdict {
 /// of a retried request is observed here; the request as a whole once, by [`observe`].
 #[inline]
 pub fn observe_endpoint(outcome: &Outcome, backend: &Backend, ep: &Endpoint) {
-    observe_attempt(outcome, backend, ep, false);
+    observe_attempt(outcome, backend, ep, false, false);
 }
 
-/// [`observe_endpoint`]; with `deferred`, a success is not told to the endpoint's health yet.
+/// [`observe_endpoint`]; with `deferred`, a success is not told to the endpoint's health yet;
+/// with `classified`, the response is a failure by a policy's verdict.
 #[inline]
-fn observe_attempt(outcome: &Outcome, backend: &Backend, ep: &Endpoint, deferred: bool) {
+fn observe_attempt(outcome: &Outcome, backend: &Backend, ep: &Endpoint, deferred: bool, classified: bool) {
     if outcome.sent() {
         ep.count_request();
     }
     // An answer the endpoint gave is its failure by the service's policy; one the proxy made
     // is when the endpoint caused it.
     let failed = match outcome.error {
-        None => backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc),
+        None => classified || backend.failure.response_failed(outcome.status.as_u16(), outcome.grpc),
         Some(_) => outcome.endpoint_failed(),
     };
     if failed {

@@ -32,6 +32,7 @@ use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::filter::{self, Rejection, RequestCx, Step, Verdict};
 use crate::metrics::{parse_grpc_status, Protocol};
+use crate::policy::{self, BodyCheck};
 use crate::routing::RequestView;
 use crate::state::Shared;
 use crate::tcp::TcpUpstream;
@@ -196,6 +197,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             Err(Unchosen::Limited(r)) => break 'respond routed.reject(*r),
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
+        let request = route.keeps_request.then(|| policy::request_value(&head));
         let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
             Ok(r) => r,
             Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
@@ -211,7 +213,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
             _ => None,
         };
-        let after = After { kind, downstream_upgrade, ws_key, activity, idle: None };
+        let after = After { kind, downstream_upgrade, ws_key, activity, idle: None, request };
         // 6: the attempt. Pinned where it is built and raced with the timer in place:
         // `tokio::time::timeout(t, attempt)` moves this (large) future into its own, a memcpy of
         // its whole size on every request.
@@ -240,8 +242,12 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
             None => attempt.await,
         };
-        // 7, 8: response filters, respond.
-        respond(&ctx, &meta, route, (backend, &endpoint), after, result)
+        // 7, 8: response filters, respond (a policy that reads the body may hold the head).
+        if holds(route, backend) {
+            break 'respond Box::pin(respond_held(&ctx, &meta, route, (backend, &endpoint), after, result))
+                .await;
+        }
+        respond(&ctx, &meta, route, (backend, &endpoint), after, result, None)
     };
     cancelled.disarm();
     Ok(resp)
@@ -400,6 +406,107 @@ struct After {
     /// The exchange's idle clock when the route has an idle timeout, and whether the client
     /// can be sent gRPC trailers ([`idle_clock`]).
     idle: Option<(Arc<IdleClock>, bool)>,
+    /// The request's attributes, for response policies that read them ([`policy`]).
+    request: Option<meshproxy_policy::Value>,
+}
+
+/// Response policies of `route` or `backend` that must see the body before the head is sent.
+#[inline]
+fn holds(route: &RouteRuntime, backend: &Backend) -> bool {
+    route.policies.as_ref().is_some_and(|p| p.holds) || backend.policies.as_ref().is_some_and(|p| p.holds)
+}
+
+/// A response's body read ahead for policies that judge it before the head is sent: the frames
+/// (to be sent first) and a bounded copy of the data.
+struct Held {
+    frames: std::collections::VecDeque<http_body::Frame<bytes::Bytes>>,
+    body: policy::Body,
+}
+
+/// [`respond`] after reading the upstream body ahead, up to the largest bound of the policies
+/// that hold the head (or its end, or the route's timeout): they judge it whole, or marked
+/// truncated. What was read is sent first; the rest streams.
+async fn respond_held(
+    ctx: &ConnCtx,
+    meta: &Meta<'_>,
+    route: &RouteRuntime,
+    target: (&Arc<Backend>, &Arc<Endpoint>),
+    after: After,
+    mut result: Result<(forward::Sent, Admission), ProxyError>,
+) -> Response<ResponseBody> {
+    let (backend, endpoint) = target;
+    let held = match &mut result {
+        Ok(((resp, _, _), _)) if matches!(after.kind, Kind::Plain) && !resp.body().is_end_stream() => {
+            let max = [route.policies.as_deref(), backend.policies.as_deref()]
+                .into_iter()
+                .flatten()
+                .flat_map(|l| l.list.iter())
+                .filter(|p| p.reads_body && p.action != crate::config::PolicyAction::Classify)
+                .map(|p| p.max_body)
+                .max()
+                .unwrap_or(0);
+            let mut held = Held { frames: std::collections::VecDeque::new(), body: policy::Body::default() };
+            let read = async {
+                while let Some(frame) = std::future::poll_fn(|cx| resp.body_mut().poll_frame(cx)).await {
+                    let frame = frame.map_err(|_| ProxyError::UpstreamReset)?;
+                    if let Some(d) = frame.data_ref() {
+                        held.body.push(d, max);
+                    }
+                    held.frames.push_back(frame);
+                    if held.body.truncated {
+                        break;
+                    }
+                }
+                Ok::<_, ProxyError>(())
+            };
+            let read = match route.response_header_timeout {
+                // Out of time: judged with what came, the body marked truncated.
+                Some(t) => tokio::time::timeout(t, read).await.unwrap_or(Ok(())),
+                None => read.await,
+            };
+            if let Err(e) = read {
+                return meta.fail(e, Some(route), Some((backend, endpoint)), after.activity);
+            }
+            if !resp.body().is_end_stream() && !held.body.truncated {
+                held.body.truncated = true;
+                held.body.bytes = bytes::BytesMut::new();
+            }
+            Some(held)
+        }
+        _ => None,
+    };
+    respond(ctx, meta, route, target, after, result, held)
+}
+
+/// What the response policies of a route and its backend made of a response head.
+struct HeadJudged {
+    verdicts: policy::Verdicts,
+    /// `classify` policies read the body, still to come: a [`BodyCheck`] judges it at its end.
+    copies: bool,
+}
+
+/// Judges a response head with the route's and the backend's policies: those that do not read
+/// the body, or all of them when the body is known (`held`, or `ended` empty).
+#[inline(never)]
+fn judge_head(
+    route: &RouteRuntime,
+    backend: &Backend,
+    request: Option<&meshproxy_policy::Value>,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    ended: bool,
+    held: Option<&Held>,
+) -> HeadJudged {
+    let lists = [route.policies.as_deref(), backend.policies.as_deref()];
+    let empty = policy::Body::default();
+    let known = held.map(|h| &h.body).or((ended && held.is_none()).then_some(&empty));
+    let verdicts = policy::judge(
+        lists.into_iter().flatten(),
+        |p| !p.reads_body || known.is_some(),
+        || policy::response_input(request, status.as_u16(), headers, known),
+    );
+    let copies = known.is_none() && lists.into_iter().flatten().any(|l| l.copies);
+    HeadJudged { verdicts, copies }
 }
 
 /// The idle clock of a request on `route`, when the route has an idle timeout and the request is
@@ -610,8 +717,9 @@ fn respond(
     (backend, endpoint): (&Arc<Backend>, &Arc<Endpoint>),
     after: After,
     result: Result<(forward::Sent, Admission), ProxyError>,
+    held: Option<Held>,
 ) -> Response<ResponseBody> {
-    let After { kind, downstream_upgrade, ws_key, activity, idle } = after;
+    let After { kind, downstream_upgrade, ws_key, activity, idle, request } = after;
     let ((resp, stream, reused), permit) = match result {
         Ok(r) => r,
         Err(e) => return meta.fail(e, Some(route), Some((backend, endpoint)), activity),
@@ -630,6 +738,35 @@ fn respond(
     } else {
         None
     };
+    // 7: response policies, on the head (and on the body when it was held or is empty). Out of
+    // line: a response without policies pays one check.
+    let mut judged =
+        if matches!(kind, Kind::Plain) && (route.policies.is_some() || backend.policies.is_some()) {
+            Some(judge_head(
+                route,
+                backend,
+                request.as_ref(),
+                status,
+                resp.headers(),
+                resp.body().is_end_stream(),
+                held.as_ref(),
+            ))
+        } else {
+            None
+        };
+    let failed_by_policy = judged.as_ref().is_some_and(|j| j.verdicts.failed);
+    if let Some(messages) = judged.as_mut().and_then(|j| j.verdicts.denied.take()) {
+        drop((resp, stream, permit));
+        let mut denied =
+            meta.fail(ProxyError::PolicyViolation, Some(route), Some((backend, endpoint)), activity);
+        if !meta.grpc {
+            let body = policy::messages_body(&messages);
+            denied.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            let activity = denied.body_mut().take_activity();
+            *denied.body_mut() = ResponseBody::local_owned(body, activity);
+        }
+        return denied;
+    }
     let outcome = Outcome {
         status,
         error: None,
@@ -639,10 +776,22 @@ fn respond(
         protocol: meta.protocol,
     };
     // The body is still to come: when the service ejects on failures, a gRPC status in the
-    // trailers or a body cut short may yet make this response the endpoint's failure.
+    // trailers or a body cut short (or a policy judging the body) may yet make this response
+    // the endpoint's failure.
     let streams = matches!(kind, Kind::Plain) && !resp.body().is_end_stream();
-    let verdict = if streams { outcome::defer_verdict(&outcome, backend, endpoint, meta.grpc) } else { None };
-    outcome::observe_head(&outcome, meta.listener, Some(route), Some((backend, endpoint)), verdict.is_some());
+    let verdict = if streams && !failed_by_policy {
+        outcome::defer_verdict(&outcome, backend, endpoint, meta.grpc)
+    } else {
+        None
+    };
+    outcome::observe_head(
+        &outcome,
+        meta.listener,
+        Some(route),
+        Some((backend, endpoint)),
+        verdict.is_some(),
+        failed_by_policy,
+    );
     let (mut parts, mut body) = resp.into_parts();
     // A 101 hands over the upstream connection (HTTP/1.1: upgrades never go over HTTP/2).
     let tunnel = match (downstream_upgrade, &mut body) {
@@ -663,6 +812,9 @@ fn respond(
         websocket::to_h2_accepted(&mut parts.headers);
     }
     filter::run_response(&route.response_filters, &mut parts);
+    if let Some(j) = judged.as_ref().filter(|j| !j.verdicts.warnings.is_empty()) {
+        parts.headers.insert(policy::WARNING_HEADER.clone(), policy::warning_value(&j.verdicts.warnings));
+    }
     if let Some((downstream, upstream_io)) = tunnel {
         // The tunnel outlives this request; its connection is not pooled again.
         drop((stream, permit));
@@ -681,7 +833,17 @@ fn respond(
     // A response of announced length cut short is broken whatever follows: no trailers then.
     let idle = idle
         .map(|(clock, trailers)| (clock, trailers && !parts.headers.contains_key(header::CONTENT_LENGTH)));
-    Response::from_parts(parts, ResponseBody::upstream(body, release, activity, grpc_metrics, verdict, idle))
+    let mut body = ResponseBody::upstream(body, release, activity, grpc_metrics, verdict, idle);
+    if judged.as_ref().is_some_and(|j| j.copies && !j.verdicts.failed) {
+        let head_failed = backend.failure.response_failed(status.as_u16(), outcome.grpc);
+        let head = (status.as_u16(), parts.headers.clone());
+        let lists = [route.policies.clone(), backend.policies.clone()];
+        body.set_check(Box::new(BodyCheck::new(lists, request, head, endpoint.clone(), head_failed)));
+    }
+    if let Some(h) = held {
+        body = ResponseBody::replay(h.frames, body);
+    }
+    Response::from_parts(parts, body)
 }
 
 fn find_route<'a>(

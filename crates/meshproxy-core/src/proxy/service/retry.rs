@@ -25,7 +25,8 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::{
-    admit, choose, idle_clock, respond, speaks_h2, After, ConnCtx, RoutedRequest, Unchosen, GRPC_STATUS,
+    admit, choose, holds, idle_clock, respond, respond_held, speaks_h2, After, ConnCtx, RoutedRequest, Unchosen,
+    GRPC_STATUS,
 };
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
@@ -72,6 +73,7 @@ pub(super) async fn run(
     if let Some(p) = policy {
         p.budget.deposit();
     }
+    let request = route.keeps_request.then(|| crate::policy::request_value(&head));
     let idle = idle_clock(route, &kind, meta.grpc, head.version);
     let body = match &idle {
         Some((clock, _)) => body.watched(clock),
@@ -175,23 +177,25 @@ pub(super) async fn run(
             }
             None => send.await,
         };
-        let Some(policy) = policy else {
-            let after = After { kind, downstream_upgrade, ws_key: None, activity, idle };
-            return respond(ctx, &meta, route, (backend, &endpoint), after, result);
-        };
-        let reason = retry_reason(policy, &result, meta.grpc);
+        // No policy (a route with only an idle timeout): one attempt, never retried.
+        let reason = policy.and_then(|p| retry_reason(p, &result, meta.grpc));
         // The clock is read only for an attempt that may be retried.
-        let retry = reason
-            .filter(|_| replayable && attempt < policy.limit && deadline.is_none_or(|d| Instant::now() < d));
-        let Some(reason) = retry else {
-            let after = After { kind, downstream_upgrade, ws_key: None, activity, idle };
-            return respond(ctx, &meta, route, (backend, &endpoint), after, result);
-        };
-        if !policy.budget.withdraw() {
+        let retry = reason.filter(|_| {
+            replayable
+                && policy.is_some_and(|p| attempt < p.limit)
+                && deadline.is_none_or(|d| Instant::now() < d)
+        });
+        let over_budget = retry.is_some() && policy.is_some_and(|p| !p.budget.withdraw());
+        if over_budget {
             route.metrics.retry_over_budget();
-            let after = After { kind, downstream_upgrade, ws_key: None, activity, idle };
-            return respond(ctx, &meta, route, (backend, &endpoint), after, result);
         }
+        let Some(reason) = retry.filter(|_| !over_budget) else {
+            let after = After { kind, downstream_upgrade, ws_key: None, activity, idle, request };
+            if holds(route, backend) {
+                return respond_held(ctx, &meta, route, (backend, &endpoint), after, result).await;
+            }
+            return respond(ctx, &meta, route, (backend, &endpoint), after, result, None);
+        };
         // The failed attempt counts against its endpoint; its answer (and connection) is dropped.
         let (status, error, grpc) = match &result {
             Ok(((resp, _, _), _)) => (

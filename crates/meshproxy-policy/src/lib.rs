@@ -1,0 +1,439 @@
+//! Rego policies, compiled once and evaluated many times, with `regorus`.
+//!
+//! Who uses it: the engine (`meshproxy-core`) compiles each policy a config attaches when the
+//! config is applied, and evaluates it on a request's or a response's input; the CLI's `check`
+//! compiles through the addon to report a policy's syntax errors. What it must not know: routes,
+//! services, HTTP servers or what a violation does — it turns Rego source into a [`Policy`] and an
+//! input into the rule's messages.
+//!
+//! How: a policy's module is parsed (Rego v0 first, as OPA before 1.0 reads it, then v1 when v0
+//! refuses it) and compiled for one entry point, `data.<package>.<rule>` (the rule `violation` by
+//! default), once per config. regorus's `Engine` is `Send` and cheap to clone (its modules are
+//! shared `Arc`s) but not `Sync`: it holds the evaluation's state. So each policy keeps a small
+//! pool of prepared engines; an evaluation takes one, sets the input, evaluates the rule and gives
+//! it back, so evaluations on different threads never wait for each other (the pool's lock is
+//! held only to pop and push) and never re-prepare the module. regorus's interpreter is used
+//! rather than its bytecode VM (`rvm`): the VM is not faster on request-sized policies
+//! (docs/performance.md) and turns a builtin's error into an undefined result, where the
+//! interpreter reports it. Each evaluation is capped by a time limit, which regorus checks
+//! cooperatively while it runs (between expressions: one builtin call runs to its end).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::Engine;
+
+pub use regorus::{Rc, Value};
+
+/// A policy that did not compile: where (the policy file's line and column, 1-based; 0 when the
+/// error has no position) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct CompileError {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+/// An evaluation that gave no answer: the policy failed (a builtin's error, a conflict between
+/// rule values) or ran past its limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("policy evaluation exceeded its limit ({0})")]
+    Limit(String),
+    #[error("policy evaluation failed: {0}")]
+    Failed(String),
+}
+
+/// How much one evaluation may run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock time, checked as the evaluation goes.
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { time: Duration::from_millis(100) }
+    }
+}
+
+/// A compiled policy: its entry point and a pool of engines prepared to evaluate it.
+pub struct Policy {
+    file: Box<str>,
+    entry: Box<str>,
+    reads_body: bool,
+    /// The prepared engine the pool's engines are cloned from.
+    template: Engine,
+    /// Idle prepared engines; one is taken per evaluation (a clone of `template` when all are
+    /// in use) and given back after, up to [`POOL_MAX`].
+    engines: Mutex<Vec<Engine>>,
+}
+
+/// The idle engines a policy keeps: enough for the worker threads of a busy proxy.
+const POOL_MAX: usize = 64;
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("file", &self.file).field("entry", &self.entry).finish()
+    }
+}
+
+/// What an evaluation found: the rule's members (or value), as messages; empty = no violation.
+pub type Messages = Vec<String>;
+
+impl Policy {
+    /// Compiles `source` (labelled `file` in errors) for the rule `rule` of its package: as Rego
+    /// v0 (the seed's syntax, OPA before 1.0) first, then as v1; when both refuse it, the error of
+    /// the reading that got further into the file is reported.
+    pub fn compile(file: &str, source: &str, rule: &str, limits: Limits) -> Result<Policy, CompileError> {
+        let (entry, mut engine) = match build(file, source, rule, true) {
+            Ok(built) => built,
+            Err(v0) => build(file, source, rule, false).map_err(|v1| further(v0, v1))?,
+        };
+        engine.set_strict_builtin_errors(true);
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: limits.time,
+            check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
+        });
+        Ok(Policy {
+            file: file.into(),
+            entry: entry.into(),
+            reads_body: mentions(source, "body"),
+            engines: Mutex::new(vec![engine.clone()]),
+            template: engine,
+        })
+    }
+
+    /// The policy file's name as the config gave it.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The rule evaluated, e.g. `data.main.violation`.
+    pub fn entry(&self) -> &str {
+        &self.entry
+    }
+
+    /// Whether the policy's source names a `body` at all (outside comments): regorus does not
+    /// report which input paths a module reads, and a policy that never spells `body` cannot
+    /// reach `input.response.body` but through a computed key — which a config can still ask
+    /// for with the policy's own setting.
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
+    }
+
+    /// Evaluates the rule on `input`: its messages (a set's or array's members; a string, or
+    /// `true`, as one message; `false`, undefined or empty as none).
+    ///
+    /// A builtin's error (`to_number("abc")`, a division by zero) is the evaluation's error, for
+    /// the caller's error mode to decide, rather than an undefined expression that silently
+    /// passes (strict builtin errors).
+    pub fn evaluate(&self, input: Value) -> Result<Messages, EvalError> {
+        let popped = self.engines.lock().pop();
+        let mut engine = popped.unwrap_or_else(|| self.template.clone());
+        // The previous input is released here, when the engine is next used.
+        engine.set_input(input);
+        let result = match engine.eval_rule(self.entry.to_string()) {
+            Ok(v) => Ok(messages(&v)),
+            Err(e) => {
+                let limit = e.downcast_ref::<regorus::LimitError>().is_some();
+                let text = error_at(&self.file, &e);
+                let text = if text.line > 0 { text.to_string() } else { text.message };
+                // An engine stopped mid-run is not reused: its state is whatever the error left.
+                return Err(if limit { EvalError::Limit(text) } else { EvalError::Failed(text) });
+            }
+        };
+        let mut pool = self.engines.lock();
+        if pool.len() < POOL_MAX {
+            pool.push(engine);
+        }
+        result
+    }
+}
+
+/// Checks a policy (what `meshproxy check` reports): it parses and compiles, as Rego v0 or v1,
+/// for `rule`.
+pub fn check(file: &str, source: &str, rule: &str) -> Result<(), CompileError> {
+    match build(file, source, rule, true) {
+        Ok(_) => Ok(()),
+        Err(v0) => build(file, source, rule, false).map(|_| ()).map_err(|v1| further(v0, v1)),
+    }
+}
+
+/// Of two readings' errors, the one further into the file.
+fn further(a: CompileError, b: CompileError) -> CompileError {
+    if (b.line, b.column) > (a.line, a.column) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The module parsed in one Rego version and compiled to a program for `data.<package>.<rule>`.
+fn build(file: &str, source: &str, rule: &str, v0: bool) -> Result<(String, Engine), CompileError> {
+    let mut engine = Engine::new();
+    engine.set_rego_v0(v0);
+    engine.add_policy(file.to_string(), source.to_string()).map_err(|e| error_at(file, &e))?;
+    let package =
+        engine.get_packages().map_err(|e| error_at(file, &e))?.into_iter().next().ok_or_else(|| {
+            CompileError {
+                file: file.into(),
+                line: 1,
+                column: 1,
+                message: "the policy has no package".into(),
+            }
+        })?;
+    let entry = format!("{package}.{rule}");
+    engine.compile_with_entrypoint(&Rc::from(entry.as_str())).map_err(|e| {
+        let mut err = error_at(file, &e);
+        if err.line == 0 {
+            err.message = format!("rule {rule:?} of {package}: {}", err.message);
+        }
+        err
+    })?;
+    // Some static errors (an unsafe variable, which is what a v1 module read as v0 gives) show
+    // only when the rule is first evaluated: on an empty input, builtins not yet strict.
+    engine.set_input(Value::new_object());
+    engine.eval_rule(entry.clone()).map_err(|e| error_at(file, &e))?;
+    Ok((entry, engine))
+}
+
+/// regorus's error as a [`CompileError`]: its position from the `--> file:line:col` line of its
+/// message, its text from the `error: …` line.
+fn error_at(file: &str, e: &dyn std::fmt::Display) -> CompileError {
+    let text = e.to_string();
+    let mut line = 0;
+    let mut column = 0;
+    let mut message = None;
+    for l in text.lines() {
+        if let Some(at) = l.trim_start().strip_prefix("--> ") {
+            let mut parts = at.rsplitn(3, ':');
+            column = parts.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+            line = parts.next().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+        } else if let Some(m) = l.strip_prefix("error: ") {
+            message = Some(m.trim().to_string());
+        }
+    }
+    let message = message.unwrap_or_else(|| text.trim().to_string());
+    CompileError { file: file.into(), line, column, message }
+}
+
+/// The messages of a rule's value.
+fn messages(v: &Value) -> Messages {
+    let text = |m: &Value| match m {
+        Value::String(s) => s.to_string(),
+        other => other.to_json_str().unwrap_or_else(|_| "violation".into()),
+    };
+    match v {
+        Value::Set(s) => s.iter().map(text).collect(),
+        Value::Array(a) => a.iter().map(text).collect(),
+        Value::Bool(true) => vec!["violation".into()],
+        Value::String(s) if !s.is_empty() => vec![s.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `word` occurs in `source` as an identifier or a string's whole content, outside
+/// `#` comments.
+fn mentions(source: &str, word: &str) -> bool {
+    source.lines().any(|line| {
+        let code = strip_comment(line);
+        code.match_indices(word).any(|(i, _)| {
+            let before = code[..i].chars().next_back();
+            let after = code[i + word.len()..].chars().next();
+            let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            !ident(before) && !ident(after)
+        })
+    })
+}
+
+/// A line without its `#` comment (a `#` inside a string is kept).
+fn strip_comment(line: &str) -> &str {
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\\' if in_string => escaped = !escaped,
+            '"' if !escaped => in_string = !in_string,
+            '#' if !in_string => return &line[..i],
+            _ => escaped = false,
+        }
+        if c != '\\' {
+            escaped = false;
+        }
+    }
+    line
+}
+
+/// Builds an input object from `(key, value)` pairs.
+pub fn object<I: IntoIterator<Item = (&'static str, Value)>>(pairs: I) -> Value {
+    let mut o = Value::new_object();
+    if let Ok(map) = o.as_object_mut() {
+        for (k, v) in pairs {
+            map.insert(Value::from(k), v);
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"package main
+
+violation[msg] {
+  input.response.status_code != 200
+  msg = "HTTP status code is not 200"
+}
+
+violation[msg] {
+  input.response.body != "OK"
+  msg = "Response body is not 'OK'"
+}
+"#;
+
+    fn response(status: u64, body: &str) -> Value {
+        object([("response", object([("status_code", Value::from(status)), ("body", Value::from(body))]))])
+    }
+
+    fn sorted(mut m: Messages) -> Messages {
+        m.sort();
+        m
+    }
+
+    #[test]
+    fn the_seed_policy_loads_as_v0_and_behaves_as_written() {
+        let p = Policy::compile("seed.rego", SEED, "violation", Limits::default()).unwrap();
+        assert_eq!(p.entry(), "data.main.violation");
+        assert!(p.reads_body());
+        assert!(p.evaluate(response(200, "OK")).unwrap().is_empty());
+        assert_eq!(p.evaluate(response(200, "not ok")).unwrap(), ["Response body is not 'OK'"]);
+        assert_eq!(sorted(p.evaluate(response(500, "OK")).unwrap()), ["HTTP status code is not 200"]);
+        assert_eq!(
+            sorted(p.evaluate(response(500, "boom")).unwrap()),
+            ["HTTP status code is not 200", "Response body is not 'OK'"]
+        );
+        // An absent body is no violation of `body != "OK"`: the comparison is undefined.
+        let no_body = object([("response", object([("status_code", Value::from(200u64))]))]);
+        assert!(p.evaluate(no_body).unwrap().is_empty());
+    }
+
+    #[test]
+    fn v1_syntax_is_accepted_too_and_the_rule_is_configurable() {
+        let src = "package authz\n\ndeny contains msg if {\n  input.attributes.request.http.method == \"DELETE\"\n  msg := \"no deletes\"\n}\n";
+        let p = Policy::compile("authz.rego", src, "deny", Limits::default()).unwrap();
+        assert_eq!(p.entry(), "data.authz.deny");
+        assert!(!p.reads_body());
+        let input = |m: &str| {
+            object([(
+                "attributes",
+                object([("request", object([("http", object([("method", Value::from(m))]))]))]),
+            )])
+        };
+        assert_eq!(p.evaluate(input("DELETE")).unwrap(), ["no deletes"]);
+        assert!(p.evaluate(input("GET")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file_line_and_column() {
+        let src = "package main\n\nviolation[msg] {\n  input.x == = 1\n  msg := \"a\"\n}\n";
+        let e = Policy::compile("bad.rego", src, "violation", Limits::default()).unwrap_err();
+        assert_eq!(e.file, "bad.rego");
+        assert_eq!((e.line, e.column), (4, 14), "{e}");
+        assert_eq!(e.to_string(), "bad.rego:4:14: expecting expression");
+        assert!(!e.message.is_empty());
+        assert_eq!(check("bad.rego", src, "violation").unwrap_err(), e);
+        assert!(check("seed.rego", SEED, "violation").is_ok());
+    }
+
+    #[test]
+    fn an_evaluation_error_is_an_error_not_a_verdict() {
+        let src =
+            "package main\n\nviolation[msg] {\n  n := to_number(input.n)\n  n > 10\n  msg := \"big\"\n}\n";
+        let p = Policy::compile("number.rego", src, "violation", Limits::default()).unwrap();
+        let n = |v: &str| object([("n", Value::from(v))]);
+        assert!(matches!(p.evaluate(n("abc")), Err(EvalError::Failed(_))), "a builtin's error");
+        assert_eq!(p.evaluate(n("11")).unwrap(), ["big"]);
+        assert!(p.evaluate(n("3")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_evaluation_past_its_limits_is_stopped() {
+        let src = "package main\nimport rego.v1\n\nviolation contains n if {\n  some n in numbers.range(1, input.n)\n  n < 0\n}\n";
+        let limits = Limits { time: Duration::from_millis(5) };
+        let p = Policy::compile("slow.rego", src, "violation", limits).unwrap();
+        let n = |v: u64| object([("n", Value::from(v))]);
+        assert!(p.evaluate(n(10)).unwrap().is_empty());
+        assert!(matches!(p.evaluate(n(2_000_000)), Err(EvalError::Limit(_))), "time limit");
+        // The engine stopped mid-run is dropped; the next evaluation runs on a sound one.
+        assert!(p.evaluate(n(10)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn body_is_detected_outside_comments_only() {
+        assert!(mentions("x := input.response.body", "body"));
+        assert!(mentions("x := input.response[\"body\"]", "body"));
+        assert!(!mentions("x := input.response.status_code # not the body", "body"));
+        assert!(!mentions("x := input.bodybuilder", "body"));
+    }
+
+    #[test]
+    fn a_compiled_policy_is_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Policy>();
+        let p =
+            std::sync::Arc::new(Policy::compile("seed.rego", SEED, "violation", Limits::default()).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let status = if i % 2 == 0 { 200 } else { 503 };
+                        let m = p.evaluate(response(status, "OK")).unwrap();
+                        assert_eq!(m.is_empty(), status == 200);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// What one evaluation costs, printed (`cargo test --release -p meshproxy-policy evaluation_cost
+/// -- --nocapture`): a request-phase policy the size of the seed's, on an OPA-Envoy input.
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    #[test]
+    fn evaluation_cost() {
+        let src = "package main\n\nviolation[msg] {\n  input.attributes.request.http.method == \"DELETE\"\n  msg = \"no deletes\"\n}\n\nviolation[msg] {\n  input.attributes.request.http.headers[\"x-block\"] == \"1\"\n  msg = \"blocked\"\n}\n";
+        let input = || {
+            let headers = object([("host", Value::from("a")), ("user-agent", Value::from("curl"))]);
+            let http =
+                object([("method", Value::from("GET")), ("path", Value::from("/")), ("headers", headers)]);
+            object([("attributes", object([("request", object([("http", http)]))]))])
+        };
+        let p =
+            Policy::compile("cost.rego", src, "violation", Limits { time: Duration::from_secs(5) }).unwrap();
+        let n = 20_000u32;
+        let clock = std::time::SystemTime::now();
+        for _ in 0..n {
+            assert!(p.evaluate(input()).unwrap().is_empty());
+        }
+        let total = clock.elapsed().unwrap_or_default();
+        let clock = std::time::SystemTime::now();
+        for _ in 0..n {
+            std::hint::black_box(input());
+        }
+        let building = clock.elapsed().unwrap_or_default();
+        eprintln!("evaluation with its input: {:?} each, building the input {:?}", total / n, building / n);
+    }
+}
