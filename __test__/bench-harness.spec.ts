@@ -21,7 +21,7 @@ import { parseStubStatus, parseWrk } from '../bench/lib/parse.mjs'
 // @ts-expect-error: plain ESM module of the bench
 import { checkTargets, aggregate, markdown } from '../bench/lib/report.mjs'
 // @ts-expect-error: plain ESM module of the bench
-import { DEGRADED_PHASES, haproxyDegradedConf, MESHPROXY_DEGRADED_VARIANTS, meshproxyDegradedYaml, SCENARIOS, startFaultBackends } from '../bench/lib/targets.mjs'
+import { BENCH_RATE_LIMIT, DEGRADED_PHASES, haproxyDegradedConf, limitedConfigYaml, MESHPROXY_DEGRADED_VARIANTS, meshproxyDegradedYaml, SCENARIOS, startFaultBackends } from '../bench/lib/targets.mjs'
 // @ts-expect-error: plain ESM module of the bench
 import { renderChart } from '../bench/lib/chart.mjs'
 // @ts-expect-error: plain ESM module of the bench
@@ -324,4 +324,27 @@ test('degraded scenario: its own table, per phase success, p99 and share, no sum
   t.notRegex(md, /http1 req\/s/) // no throughput summary
   t.notRegex(md, /target \(issue #4\)/)
   t.regex(md, /- Degraded: open loop at 500 req\/s\./)
+})
+
+test('ratelimit scenario: the limited target\'s config limits its service as stated, and the report has offered vs admitted', (t) => {
+  const backends = [{ addr: '127.0.0.1:9001' }, { addr: '127.0.0.1:9002' }]
+  const r = loadConfigText(limitedConfigYaml(backends), { file: 'meshproxy-limited.yaml' })
+  t.deepEqual(r.diagnostics.map(formatDiagnostic), [])
+  const svc = r.config!.services[0]!
+  t.deepEqual(svc.endpoints.map((e: { address: string }) => e.address), backends.map((b) => b.addr))
+  t.like(svc.rateLimits[0], { name: 'total', rate: BENCH_RATE_LIMIT.rate, burst: BENCH_RATE_LIMIT.burst, key: 'none' })
+
+  const runs: object[] = []
+  for (let rep = 0; rep < 3; rep++) {
+    for (const [target, admitted] of [['meshproxy', 2000], ['meshproxy-limited', 1020 + rep]] as const) {
+      const limited = { offeredRps: 2000, allowedRps: target === 'meshproxy' ? 2000 : 1020, admittedRps: admitted, refusedRps: 2000 - admitted, latencyMs: { p99: 1.5 }, noise: { noisy: false } }
+      runs.push({ scenario: 'ratelimit', workers: 1, target, rep, limited })
+    }
+  }
+  const aggregates = [aggregate(runs, { name: 'ratelimit', ...SCENARIOS.ratelimit }, ['meshproxy', 'meshproxy-limited'], 1)]
+  const result = { ...syntheticResult(), config: { workers: [1], reps: 3, scenarios: ['ratelimit'], commands: {} }, aggregates, runs }
+  const md = markdown({ ...result, targets: checkTargets(result) }) as string
+  t.regex(md, /\| target \| offered req\/s \| allowed req\/s \| admitted \(2xx\) req\/s \| refused \(429\) req\/s \| p99 \| errors \|/)
+  t.regex(md, /\| meshproxy, service limited to 1000 req\/s \| 2,000 \| 1,020 \| 1,021 \| 979 \| 1\.50 ms \| 0 \|/)
+  t.notRegex(md, /http1 req\/s/) // no throughput summary
 })

@@ -129,13 +129,23 @@ test('appProtocol must be a string', (t) => {
   t.is(errors(r)[0]?.message, '"appProtocol" in Service port must be a string, got number 2')
 })
 
-test('a RateLimiter document is skipped with a warning naming the kind', (t) => {
+test('the seed RateLimiter beside the seed Ingress alone limits the services its backends make', (t) => {
+  const r = loadConfigText(`${SEED}\n---\n${readFileSync(fixture('seed-ratelimiter.yaml'), 'utf8')}`, { file: 'seed.yaml' })
+  t.deepEqual(errors(r), [])
+  t.false(warnings(r).some((d) => d.message.startsWith('RateLimiter')))
+  t.deepEqual(
+    r.config!.services.map((s) => [s.name, s.rateLimits.map((l) => [l.name, l.rate, l.burst])]),
+    [
+      ['service-a:80', [['default', 100, 10]]],
+      ['service-b:80', [['default', 100, 10]]],
+    ],
+  )
+})
+
+test('a RateLimiter of another shape than the seed\'s is an error naming the fields it takes', (t) => {
   const r = loadConfigText(SEED + RATE_LIMITER, { file: 'seed.yaml' })
-  t.not(r.config, null)
-  const skipped = warnings(r).find((d) => d.message.startsWith('RateLimiter'))
-  const line = (SEED + RATE_LIMITER).split('\n').indexOf('kind: RateLimiter') + 1
-  t.like(skipped, { line, column: 7, message: 'RateLimiter is not supported yet; skipped' })
-  t.is(warnings(r).length, 3)
+  const line = (SEED + RATE_LIMITER).split('\n').indexOf('  targetRef:') + 1
+  t.like(errors(r)[0], { line, column: 3, message: 'unknown field "targetRef" in RateLimiter spec', hint: 'valid fields: limits' })
 })
 
 test('full seed: Services and EndpointSlices resolve to endpoints', async (t) => {

@@ -123,6 +123,7 @@ test('native document loads into the exact model', (t) => {
             rewrite: { host: 'backend.internal', path: '/v2/', prefix: null },
             redirect: null,
             authorization: [],
+            rateLimits: [],
             backends: [],
           },
           {
@@ -157,6 +158,7 @@ test('native document loads into the exact model', (t) => {
             rewrite: null,
             redirect: { scheme: 'https', host: null, port: 0, path: null, prefix: '/new', statusCode: 301 },
             authorization: [],
+            rateLimits: [],
             backends: [],
           },
         ],
@@ -181,6 +183,7 @@ test('native document loads into the exact model', (t) => {
         failureAccrual: { consecutiveFailures: 5, minPenaltyMs: 2000, maxPenaltyMs: 60000, jitterPercent: 0, maxEjectionPercent: 34 },
         circuitBreaker: { maxRequests: 200, maxPendingRequests: 0, maxConnections: 0 },
         healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
+        rateLimits: [],
       },
       {
         name: 'web',
@@ -197,6 +200,7 @@ test('native document loads into the exact model', (t) => {
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
         circuitBreaker: null,
         healthCheck: null,
+        rateLimits: [],
       },
     ],
   })
@@ -264,6 +268,7 @@ services:
         failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
         circuitBreaker: null,
         healthCheck: null,
+        rateLimits: [],
       },
     ],
   })

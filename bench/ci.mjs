@@ -32,6 +32,7 @@ const { values: args } = parseArgs({
     'skip-throughput': { type: 'boolean' },
     policies: { type: 'boolean' },
     authz: { type: 'boolean' },
+    'rate-limit': { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -46,6 +47,8 @@ if (args.help) {
       '                     retry, a circuit breaker): their cost, against the same baseline\n' +
       '  --authz            the same with a listener that allows 127.0.0.0/8 and denies every other\n' +
       '                     client (one rule and a default): the cost of authorization\n' +
+      '  --rate-limit       the same with a rate limit per client address on every route that never\n' +
+      '                     refuses (rate 10^9): what a configured limit costs a request\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
       'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
   )
@@ -100,6 +103,15 @@ async function configJson(backends, listen, protocol) {
     // The small rule set the README's example starts from: every request is checked, and passes.
     for (const l of r.config.listeners) {
       l.authorization = { default: 'deny', rules: [{ action: 'allow', networks: ['127.0.0.0/8'], methods: [], path: { type: 'Prefix', value: '/' }, headers: [] }] }
+    }
+  }
+  if (args['rate-limit']) {
+    // A limit keyed by client address that never refuses: the map lookup and the bucket's
+    // update on every request, no 429s.
+    for (const l of r.config.listeners) {
+      for (const route of l.routes) {
+        route.rateLimits = [{ name: 'per-client', rate: 1_000_000_000, burst: 1_000_000_000, key: 'client', header: null, overrides: [], maxKeys: 100000 }]
+      }
     }
   }
   return JSON.stringify(r.config)

@@ -40,6 +40,7 @@ const OPTIONS = {
   'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before a redo, wait up to this many seconds for other load to drop' },
   'degraded-rate': { env: 'BENCH_DEGRADED_RATE', def: 500, help: 'degraded scenario: offered load, req/s (open loop)' },
   'degraded-duration': { env: 'BENCH_DEGRADED_DURATION', def: null, help: 'degraded scenario: seconds per phase (default: 1.25 × --duration, rounded)' },
+  'ratelimit-offered': { env: 'BENCH_RATELIMIT_OFFERED', def: 2000, help: 'ratelimit scenario: offered load, req/s (open loop, h2load --h1), against a service limited to 1,000 req/s' },
 }
 
 /** Client connections the degraded scenario's load generator may open (it opens more only when all are busy). */
@@ -89,7 +90,7 @@ function readOptions() {
   }
   if (opts['rate-duration'] === null) opts['rate-duration'] = opts.duration
   if (opts['degraded-duration'] === null) opts['degraded-duration'] = Math.round(1.25 * opts.duration)
-  for (const k of ['degraded-rate', 'degraded-duration']) if (!(opts[k] > 0)) throw new Error(`--${k}: expected a positive number`)
+  for (const k of ['degraded-rate', 'degraded-duration', 'ratelimit-offered']) if (!(opts[k] > 0)) throw new Error(`--${k}: expected a positive number`)
   for (const k of ['duration', 'extra-duration', 'connections', 'threads', 'reps', 'rate-clients', 'h2-clients', 'h2-streams']) {
     if (!Number.isInteger(opts[k]) || opts[k] < 1) throw new Error(`--${k}: expected a positive integer`)
   }
@@ -497,6 +498,58 @@ async function measureDegradedRun(sc, target, ctx, rep, workers, opts, tools, fl
   return rec
 }
 
+/**
+ * One repetition of the ratelimit scenario: an open-loop offered rate (h2load --h1 at
+ * --ratelimit-offered req/s for --extra-duration s) through the target; what it admitted (2xx)
+ * and refused (429), per second of the run. The unlimited target admits all of it.
+ */
+async function measureLimitedRun(sc, target, ctx, rep, workers, opts, tools, flags) {
+  const flag = (kind, message) => {
+    flags.push({ scenario: sc.name, workers, target: target.name, rep, kind, message })
+    log(`  ${{ error: 'FLAG', noise: 'NOISE' }[kind] ?? 'note'}: ${message}`)
+  }
+  const rec = { scenario: sc.name, workers, target: target.name, rep }
+  if (target.family === 'meshproxy') rec.addon = addonInfo(repoDir)
+  const inst = await target.start({ ...ctx, rep, tools, workers })
+  try {
+    rec.command = inst.command ?? null
+    rec.setup = inst.setup ?? null
+    await sanityCheck(inst.url, sc.path)
+    const seconds = opts['extra-duration']
+    const offered = opts['ratelimit-offered']
+    const m = await measuredPhase(`${target.name} ratelimit`, inst, ctx, opts, () =>
+      runH2load(tools.h2load, inst.url + sc.path, { clients: opts['rate-clients'], rate: offered, durationS: seconds, logFile: join(ctx.workDir, `h2load-${target.name}-${rep}.log`) }),
+    )
+    const r = m.result
+    const s = r.status ?? { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0 }
+    const answered = s['2xx'] + s['4xx']
+    rec.limited = {
+      offeredRps: offered,
+      sentRps: r.achievedRps,
+      admittedRps: s['2xx'] / seconds,
+      refusedRps: s['4xx'] / seconds,
+      admittedShare: answered ? s['2xx'] / answered : null,
+      // What the limit allows over the run: the burst, then `rate` a second.
+      allowedRps: target.rateLimit ? Math.min(offered, target.rateLimit.rate + target.rateLimit.burst / seconds) : offered,
+      latencyMs: r.latencyMs,
+      noise: noiseRecord(m),
+    }
+    const L = rec.limited
+    log(`  offered ${offered}/s: admitted ${Math.round(L.admittedRps)}/s, refused ${Math.round(L.refusedRps)}/s (allowed ${Math.round(L.allowedRps)}/s), p99 ${L.latencyMs.p99?.toFixed(3)} ms`)
+    // h2load counts every 4xx and 5xx answer as failed; the limited target's 429s are its job.
+    const failed = r.failed - s['4xx'] - s['5xx']
+    if (failed + r.errored + r.timeout) flag('error', `h2load: ${failed} failed, ${r.errored} errored, ${r.timeout} timed out`)
+    if (s['3xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
+    if (!target.rateLimit && s['4xx']) flag('error', `the unlimited target refused ${s['4xx']} requests`)
+    if (r.achievedRps < 0.95 * offered) flag('error', `h2load sent ${Math.round(r.achievedRps)} req/s of the ${offered} asked (target could not keep up)`)
+    noiseFlags('ratelimit', m, flag)
+    rec.peakRssKb = sumPeakRssKb(inst.pids())
+  } finally {
+    await stopAndCollect(target, inst, rec, flag)
+  }
+  return rec
+}
+
 /** Error counters a proxy keeps about itself (over the instance's lifetime), as flags. */
 function proxyErrorFlags(target, after, flag) {
   if (target.family === 'meshproxy') {
@@ -545,7 +598,9 @@ async function main() {
   if (!tools.h2load) {
     if (targetsByScenario.http1) skipped.push({ what: 'fixed-rate latency (h2load)', why: `h2load not found; ${INSTALL_HINT}` })
     if (targetsByScenario.h2c) skipped.push({ what: 'h2c scenario (h2load)', why: `h2load not found; ${INSTALL_HINT}` })
+    if (targetsByScenario.ratelimit) skipped.push({ what: 'ratelimit scenario (h2load)', why: `h2load not found; ${INSTALL_HINT}` })
     delete targetsByScenario.h2c
+    delete targetsByScenario.ratelimit
   }
   if (!tools.haproxy) {
     const hs = [...new Set(Object.values(targetsByScenario).flat().filter((n) => ALL_TARGETS[n].family === 'haproxy'))]
@@ -625,7 +680,7 @@ async function main() {
             const eta = done ? ` — ${done}/${total} done, ≈${Math.ceil(((Date.now() - t0) / done) * (total - done) / 60_000)} min left` : ''
             log(`[workers ${workers}] ${scenario} rep ${rep + 1}/${opts.reps}: ${name}${eta}`)
             try {
-              const measure = sc.kind === 'degraded' ? measureDegradedRun : measureRun
+              const measure = sc.kind === 'degraded' ? measureDegradedRun : sc.kind === 'limited' ? measureLimitedRun : measureRun
               runs.push(await measure(sc, ALL_TARGETS[name], ctx, rep, workers, opts, tools, flags))
             } catch (e) {
               // A target that crashes or refuses is a result too: record it and carry on.
@@ -640,7 +695,7 @@ async function main() {
     }
     for (const b of backends) await b.stop()
 
-    const kept = runs.flatMap((r) => [r.load, r.rate, r.degraded].filter(Boolean).map((x) => x.noise))
+    const kept = runs.flatMap((r) => [r.load, r.rate, r.degraded, r.limited].filter(Boolean).map((x) => x.noise))
     const steals = kept.map((n) => n.steal)
     const others = kept.map((n) => n.otherLoad)
     // Only a change between meshproxy reps mixes builds; report the build the reps actually ran.

@@ -70,6 +70,8 @@ export interface ProxyStats {
   endpoints: EndpointStats[]
   /** One entry per worker thread, in order. */
   workers: WorkerStats[]
+  /** Requests the rate limits of the config in force refused (429 `rate-limited`). */
+  rateLimited: number
 }
 
 export interface WorkerStats {

@@ -20,4 +20,5 @@ export const ROUTE_FILTER_DEFAULTS = () => ({
   rewrite: null,
   redirect: null,
   authorization: [],
+  rateLimits: [],
 })

@@ -1,6 +1,6 @@
 // Aggregation (median over repetitions), the issue's targets checked against the medians, and the
 // markdown report.
-import { ALL_TARGETS, DEGRADED_PHASES, SCENARIOS } from './targets.mjs'
+import { ALL_TARGETS, BENCH_RATE_LIMIT, DEGRADED_PHASES, SCENARIOS } from './targets.mjs'
 
 export function median(values) {
   const v = values.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b)
@@ -81,9 +81,20 @@ const DEGRADED_COUNTER_FIGURES = DEGRADED_COUNTERS.flatMap((c) =>
 )
 const DEGRADED = [...DEGRADED_PHASE_FIGURES, ...DEGRADED_COUNTER_FIGURES]
 
+// The ratelimit scenario: the offered rate, what the target admitted and refused, and what the
+// limit allows over the run (its burst, then its rate); rates, not costs: no ratios.
+const LIMITED = [
+  { key: 'offeredRps', phase: 'limited', title: 'offered req/s', get: (r) => r.limited?.offeredRps, fmt: fmtCount, noRatio: true },
+  { key: 'allowedRps', phase: 'limited', title: 'allowed req/s', get: (r) => r.limited?.allowedRps, fmt: fmtCount, noRatio: true },
+  { key: 'admittedRps', phase: 'limited', title: 'admitted (2xx) req/s', get: (r) => r.limited?.admittedRps, fmt: fmtCount, noRatio: true },
+  { key: 'refusedRps', phase: 'limited', title: 'refused (429) req/s', get: (r) => r.limited?.refusedRps, fmt: fmtCount, noRatio: true },
+  { key: 'limitedP99', phase: 'limited', title: 'p99', get: (r) => r.limited?.latencyMs?.p99, fmt: fmtMs, noRatio: true },
+]
+
 export function figuresFor(scenario) {
   const sc = SCENARIOS[scenario]
   if (sc.kind === 'degraded') return DEGRADED
+  if (sc.kind === 'limited') return LIMITED
   if (sc.kind === 'idle') return IDLE
   return sc.rate ? [...LOAD, ...RATE, ...COST] : [...LOAD, ...COST]
 }
@@ -328,7 +339,7 @@ export function markdown(result) {
   }
   // The nginx-backed scenarios share the summary, the issue's targets and the notes below; the
   // degraded scenario has its own backends and table.
-  const throughput = result.aggregates.some((a) => SCENARIOS[a.scenario].kind !== 'degraded')
+  const throughput = result.aggregates.some((a) => !['degraded', 'limited'].includes(SCENARIOS[a.scenario].kind))
   L.push(
     `${config.reps} repetition(s) per target, target order rotated each time; **median** of the repetitions, each column independently. ` +
       (throughput ? `Ratios in parentheses are to the direct path in the same run. Each target proxies round-robin over the same two nginx backends with upstream keep-alive.` : ''),
@@ -354,8 +365,11 @@ export function markdown(result) {
       }
       const figures = figuresFor(agg.scenario)
       L.push(...mainTable(agg, figures, flags), '')
-      L.push(...cleanTable(agg, figures))
-      if (sc.kind !== 'idle') {
+      // The ratelimit figures are rates, not costs (no ratios), but its clean-runs table shows them.
+      L.push(...cleanTable(agg, sc.kind === 'limited' ? figures.map((f) => ({ ...f, noRatio: false })) : figures))
+      if (sc.kind === 'limited') {
+        L.push(`Open loop: \`h2load --h1\` at the offered rate over the same two nginx backends; the limited target's service has \`rateLimits: [{ rate: ${BENCH_RATE_LIMIT.rate}, burst: ${BENCH_RATE_LIMIT.burst} }]\`, so it may admit its burst and then ${BENCH_RATE_LIMIT.rate} a second ("allowed") and answers the rest 429 rate-limited.`, '')
+      } else if (sc.kind !== 'idle') {
         const threads = threadNote(result, agg)
         if (threads.length) L.push(`CPU by thread during the measured run: ${threads.join('; ')}.`, '')
       }

@@ -1,6 +1,6 @@
 /**
- * Reading Kubernetes resources in their real shapes (Ingress, Service, EndpointSlice) into plain
- * records with positions. Unknown fields are not errors here: real manifests carry status,
+ * Reading Kubernetes resources in their real shapes (Ingress, Service, EndpointSlice, HTTPRoute,
+ * and the rate limits of `ratelimit-k8s.ts`) into plain records with positions. Unknown fields are not errors here: real manifests carry status,
  * selectors, managed fields and more that meshproxy has no use for. Translation into the model
  * happens in `k8s-translate.ts` once every document of the file has been read, since an Ingress
  * may come before the Services it names.
@@ -11,6 +11,7 @@ import type { Loc } from './diagnostics.js'
 import { readHttpRoute, type HttpRoute } from './httproute.js'
 import { readLinkerdAnnotations, type LinkerdPolicy } from './linkerd.js'
 import { readPathType } from './native.js'
+import { readLocalRateLimitPolicy, readRateLimiter, type ServiceRateLimits } from './ratelimit-k8s.js'
 import { normalizeHost, normalizePath, parseAddress } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 
@@ -78,6 +79,8 @@ export class K8sResources {
   readonly services: Service[] = []
   readonly slices: Slice[] = []
   readonly httpRoutes: HttpRoute[] = []
+  /** From `RateLimiter` and `HTTPLocalRateLimitPolicy` resources (`ratelimit-k8s.ts`). */
+  readonly rateLimits: ServiceRateLimits[] = []
 }
 
 const SUPPORTED: Record<string, string[]> = {
@@ -86,6 +89,8 @@ const SUPPORTED: Record<string, string[]> = {
   EndpointSlice: ['discovery.k8s.io/v1'],
   HTTPRoute: ['gateway.networking.k8s.io/v1', 'policy.linkerd.io/v1beta3'],
   List: ['v1'],
+  RateLimiter: ['linkerd.io/v1alpha2'],
+  HTTPLocalRateLimitPolicy: ['policy.linkerd.io/v1alpha1'],
 }
 
 /** Linkerd's authorization resources: skipped with a pointer to the native rules. */
@@ -107,7 +112,7 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
     return
   }
   if (wanted === undefined) {
-    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, HTTPRoute, Service (with Linkerd\'s retry, timeout and failure-accrual annotations) and EndpointSlice')
+    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, HTTPRoute, Service (with Linkerd\'s retry, timeout and failure-accrual annotations), EndpointSlice, RateLimiter and HTTPLocalRateLimitPolicy')
     return
   }
   if (!wanted.includes(apiVersion)) {
@@ -132,6 +137,8 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
     const linkerd = readLinkerdAnnotations(meta.fields('annotations', 'Service annotations', null), name)
     readService(r, root, { name, namespace, loc, ports: [], linkerd }, out)
   }
+  else if (kind === 'RateLimiter') readRateLimiter(r, root, name, namespace, out.rateLimits)
+  else if (kind === 'HTTPLocalRateLimitPolicy') readLocalRateLimitPolicy(r, root, name, namespace, out.rateLimits)
   else if (kind === 'HTTPRoute') {
     const route = readHttpRoute(r, root, meta, name, namespace, loc)
     if (route) out.httpRoutes.push(route)

@@ -12,6 +12,7 @@ import { DiagnosticSink, Origins, type Diagnostic, type Loc } from './diagnostic
 import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener, makeRoute } from './defaults.js'
 import { OUR_API_VERSION } from './model.js'
 import { K8sResources, readK8sResource } from './kubernetes.js'
+import { applyRateLimits } from './ratelimit-k8s.js'
 import { checkComposedPrecedence, translateK8s, type K8sTranslation } from './k8s-translate.js'
 import { NATIVE_TOP_FIELDS, readNativeDoc, type NativeContext } from './native.js'
 import { checkSemantics, lintModel, type Target } from './semantics.js'
@@ -117,7 +118,9 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
     }
     first.routes.push(...ingressRoutes)
   }
+  const nativeNames = new Set(services.map((s) => s.name))
   services.push(...translated.services)
+  applyRateLimits(k8s.rateLimits, services, translated.origins, nativeNames, sink)
   for (const o of outbound) meshRoutes(o.listener, o.loc, services, translated, sink, origins)
   for (const listener of listeners) checkComposedPrecedence(listener, translated.composed, sink)
 

@@ -184,6 +184,40 @@ export const RETRY = table(
   },
 )
 
+/** What a rate limit counts requests by, the default first. */
+export const RATE_LIMIT_KEYS = ['none', 'client', 'header'] as const
+
+const positive = { min: 1, max: 1_000_000_000 }
+
+export const RATE_LIMIT_OVERRIDE = table('RateLimitOverride', 'A key value with a rate and burst of its own (a bucket of its own, not shared with other keys).', {
+  value: text('The key\'s value: a client IP address (`key: client`, e.g. `10.0.0.7`) or the header\'s value (`key: { header: … }`, e.g. `premium-customer`).', checkHeaderValue, { yaml: { required: true } }),
+  rate: count('Requests per second for this value.', positive, { yaml: { required: true } }),
+  burst: count('Requests this value may send at once; default: its `rate`.', positive),
+})
+
+export const RATE_LIMIT = table(
+  'RateLimit',
+  'A local rate limit (GCRA, as a token bucket that refills continuously): `rate` requests per second, and up to `burst` at once when the bucket is full. A request over it is answered 429 `rate-limited` (gRPC: RESOURCE_EXHAUSTED) with `Retry-After`, `RateLimit-Policy` and `RateLimit`, and never reaches an endpoint. Counted on each proxy (worker threads share it), not across proxies.',
+  {
+    name: text('Names the limit in metrics (`limit` label) and in `RateLimit-Policy`; `""` = `limit-<n>`, its position from 1.', (s) => (s === '' ? ok(s) : checkName(s, 'rate limit')), { default: '' }),
+    rate: count('Requests per second (the bucket refills one request every 1/rate s).', positive, { yaml: { required: true } }),
+    burst: count('Requests that may arrive at once (the bucket\'s size); default: `rate`, one second\'s worth.', positive),
+    keyBy: {
+      ...yamlOnly('What requests are counted by: `none` (the default), one bucket for all; `client`, a bucket per client IP address; `{ header: x-user }`, a bucket per value of that request header (requests without it share one bucket).', {
+        anyOf: [{ enum: ['none', 'client'] }, { type: 'object', properties: { header: { type: 'string', description: 'A request header, e.g. `x-user`.' } }, required: ['header'], additionalProperties: false }],
+      }),
+      yaml: { key: 'key' },
+    },
+    key: oneOf(RATE_LIMIT_KEYS, 'rate limit keys', 'What requests are counted by: `none`, one bucket for all; `client`, a bucket per client IP address; `header`, a bucket per value of the request header `header` (requests without it share one bucket).', { default: 'none', yaml: false }),
+    header: nullableText('The request header keyed on when `key` is `header`; null otherwise.', normalizeHeaderName, 'a header name', { default: null, yaml: false }),
+    overrides: listOf(nested(RATE_LIMIT_OVERRIDE), 'Key values with their own rate and burst (not with `key: none`).'),
+    maxKeys: count(
+      'Distinct keys tracked at once. A key whose bucket is full again is dropped (every 0.5 s, and at once when the map is full); new keys that find it full share one overflow bucket with this limit\'s rate and burst until keys expire. About 40 bytes a key.',
+      { min: 1, max: 10_000_000, default: 100_000 },
+    ),
+  },
+)
+
 export const BACKEND_REF = table('BackendRef', 'A service a route splits its requests over, with its share.', {
   service: text('Name of a service in `services`.', nameOf('service'), { yaml: { required: true } }),
   weight: count('Relative share of the route\'s requests; 0 = none (a drained side of a blue-green switch).', { min: 0, max: 1000000, default: 1 }),
@@ -260,6 +294,7 @@ export const ROUTE = table('Route', 'A route: which requests it matches and the 
     nested(AUTHORIZATION_RULE),
     'Authorization rules of this route, tried before its listener\'s (first match wins), so a route can make exceptions to them or add its own; a request none matches gets the listener\'s `default`. They run before any other filter, also on a redirect and a `CONNECT`.',
   ),
+  rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on the route\'s requests, checked after its authorization and before its other filters; all must admit a request (keyed limits first).'),
 })
 
 export const HTTP2 = table(
@@ -495,6 +530,7 @@ export const SERVICE = table('Service', 'A set of endpoints and how requests rea
   failureAccrual: nested(FAILURE_ACCRUAL),
   circuitBreaker: nullableNested(CIRCUIT_BREAKER, { doc: 'Service-wide limits on requests; null = none.', default: null }),
   healthCheck: nullableNested(HEALTH_CHECK, { doc: 'Active health checks of the endpoints; null = none (only failure accrual, if configured, takes endpoints out).', default: null }),
+  rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on every request sent to the service, whichever route sends it (with a traffic split, the requests the split sends here), checked once the service is chosen and before an endpoint is; all must admit a request. A retried request counts once.'),
 })
 
 export const ADMIN = table('Admin', 'The admin listener (`/live`, `/ready`, `/metrics`, `/config`).', {
@@ -532,6 +568,8 @@ export type RetryModel = ModelOf<typeof RETRY>
 export type BackendRefModel = ModelOf<typeof BACKEND_REF>
 export type CircuitBreakerModel = ModelOf<typeof CIRCUIT_BREAKER>
 export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
+export type RateLimitModel = ModelOf<typeof RATE_LIMIT>
+export type RateLimitOverrideModel = ModelOf<typeof RATE_LIMIT_OVERRIDE>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]
 export type UpstreamProtocol = (typeof UPSTREAM_PROTOCOLS)[number]

@@ -5,8 +5,9 @@
  * accepts, and the reading of numbers, durations, booleans and enums, come from the field table
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
+import { isIP } from 'node:net'
 import { isMap, isSeq } from './yaml-lib.js'
-import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
+import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -169,6 +170,7 @@ function readRoute(node: YNode, defaultName: string, ctx: NativeContext): RouteM
   else if (f.has('retry')) route.retry = readNested(f, 'retry', RETRY) ?? null
   if (f.has('rewrite') && !f.isNull('rewrite')) route.rewrite = readNested(f, 'rewrite', URL_REWRITE) ?? null
   if (redirects) route.redirect = readNested(f, 'redirect', REDIRECT) ?? null
+  route.rateLimits = readRateLimits(f, `route "${route.name}"`)
   for (const side of ['requestHeaders', 'responseHeaders'] as const) {
     const edit = f.fields(side, `route ${side}`, keysOf(HEADER_MODIFIER))
     if (edit) route[side] = readHeaderModifier(edit)
@@ -340,6 +342,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   readTexts(f, SERVICE, service, ['failureStatuses', 'failureGrpcStatuses'])
   if (f.isNull('circuitBreaker')) service.circuitBreaker = null
   else if (f.has('circuitBreaker')) service.circuitBreaker = readNested(f, 'circuitBreaker', CIRCUIT_BREAKER) ?? null
+  service.rateLimits = readRateLimits(f, `service "${service.name}"`)
   if (f.isNull('healthCheck')) service.healthCheck = null
   else if (f.has('healthCheck')) service.healthCheck = readNested(f, 'healthCheck', HEALTH_CHECK) ?? null
   for (const n of f.list('endpoints')) {
@@ -352,6 +355,68 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
     r.warn(nameNode ?? node, `service "${name}" has no endpoints; routes to it answer 503 no-endpoints`, 'add "endpoints:" with host:port entries')
   }
   return service
+}
+
+/**
+ * A route's or a service's `rateLimits`: each limit's plain fields, its `key` (`none`, `client`
+ * or `{ header: name }`) and its overrides (client addresses for `key: client`, header values for
+ * a header key); a `burst` not written is the `rate`.
+ */
+export function readRateLimits(parent: Fields, owner: string): RateLimitModel[] {
+  const r = parent.r
+  const out: RateLimitModel[] = []
+  for (const node of parent.list('rateLimits')) {
+    const f = r.fields(node, `rate limit of ${owner}`, keysOf(RATE_LIMIT))
+    if (!f) continue
+    const rateNode = f.require('rate')
+    if (!rateNode) continue
+    const limit = complete(RATE_LIMIT, { rate: 1, burst: 1 }) as RateLimitModel
+    readPlain(f, RATE_LIMIT, limit)
+    readTexts(f, RATE_LIMIT, limit)
+    if (!f.has('burst')) limit.burst = limit.rate
+    const named = limit.name || `limit-${out.length + 1}`
+    if (out.some((l, i) => (l.name || `limit-${i + 1}`) === named)) r.error(f.has('name') ? f.valueLoc('name') : r.loc(node), `${owner} has two rate limits named "${named}"`, 'each limit of a route or service needs its own name (its metrics label and RateLimit-Policy name)')
+    const keyNode = f.get('key')
+    if (keyNode && isMap(keyNode)) {
+      const k = r.fields(keyNode, `${f.what} key`, ['header'])
+      const h = k?.require('header')
+      const name = h && r.text(h, `"header" in ${f.what} key`)
+      if (h && name !== undefined) {
+        const header = r.check(h, 'rate limit header', normalizeHeaderName(name))
+        if (header !== undefined) {
+          limit.key = 'header'
+          limit.header = header
+        }
+      }
+    } else if (keyNode) {
+      const key = r.string(keyNode, f.label('key'))
+      if (key === 'none' || key === 'client') limit.key = key
+      else if (key === 'header') r.error(keyNode, `${f.label('key')} names no header`, 'write key: { header: x-user }')
+      else if (key !== undefined) r.error(keyNode, `unknown rate limit key "${key}"`, 'valid keys: none, client, { header: <name> }')
+    }
+    const overridesNode = f.get('overrides')
+    if (overridesNode && limit.key === 'none') r.error(f.keyLoc('overrides'), `${f.what}: overrides need a key to match`, 'add key: client or key: { header: <name> }')
+    for (const o of f.list('overrides')) {
+      const of = r.fields(o, `override in ${f.what}`, keysOf(RATE_LIMIT_OVERRIDE))
+      if (!of) continue
+      const valueNode = of.require('value')
+      const value = valueNode && r.text(valueNode, of.label('value'))
+      const override = complete(RATE_LIMIT_OVERRIDE, { value: value ?? '', rate: 1, burst: 1 })
+      readPlain(of, RATE_LIMIT_OVERRIDE, override)
+      if (!of.require('rate')) continue
+      if (!of.has('burst')) override.burst = override.rate
+      if (valueNode && value !== undefined) {
+        if (limit.key === 'client' && isIP(value) === 0) {
+          r.error(valueNode, `override "${value}" is not an IP address`, 'a limit keyed by client matches client IP addresses, e.g. 10.0.0.7')
+          continue
+        }
+        if (r.check(valueNode, of.label('value'), checkHeaderValue(value)) === undefined) continue
+        limit.overrides.push(override)
+      }
+    }
+    out.push(limit)
+  }
+  return out
 }
 
 /**

@@ -196,6 +196,50 @@ pub struct RouteConfig {
     /// Authorization rules tried before the listener's.
     #[serde(default)]
     pub authorization: Vec<AuthorizationRule>,
+    /// Local rate limits on the route's requests, all of which must admit a request.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKey {
+    /// One bucket for every request.
+    None,
+    /// A bucket per client IP address.
+    Client,
+    /// A bucket per value of the request header `header`.
+    Header,
+}
+
+/// A local rate limit (GCRA): `rate` requests per second, `burst` of them at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// The `limit` label of its metrics and the policy name in `RateLimit-Policy`; "" = `limit-<n>`.
+    pub name: String,
+    pub rate: u32,
+    pub burst: u32,
+    pub key: RateLimitKey,
+    /// The header keyed on (lowercase) when `key` is `header`.
+    pub header: Option<String>,
+    /// Key values with a rate and burst of their own.
+    pub overrides: Vec<RateLimitOverrideConfig>,
+    /// Distinct keys tracked at once; beyond, new keys share one overflow bucket.
+    pub max_keys: u32,
+}
+
+/// A key value (a client IP address, or a header value) with its own rate and burst.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitOverrideConfig {
+    pub value: String,
+    pub rate: u32,
+    pub burst: u32,
 }
 
 /// A query parameter whose first occurrence must have exactly this value (both compared
@@ -368,6 +412,9 @@ pub struct ServiceConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Service-wide limits; none when null.
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Local rate limits on every request sent to the service, whichever route sends it.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
 }
 
 /// Service-wide limits on requests in flight and waiting (0 = no limit).
@@ -482,6 +529,7 @@ pub mod testing {
             failure_accrual: FailureAccrualConfig::default(),
             health_check: None,
             circuit_breaker: None,
+            rate_limits: vec![],
         }
     }
 
@@ -504,6 +552,7 @@ pub mod testing {
             response_headers: HeaderModifierConfig::default(),
             rewrite: None,
             redirect: None,
+            rate_limits: vec![],
             authorization: vec![],
         }
     }

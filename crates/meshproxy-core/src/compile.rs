@@ -20,6 +20,7 @@ use crate::config::{
 use crate::filter::authz::Authz;
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
+use crate::ratelimit::Limits;
 use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;
@@ -33,6 +34,8 @@ pub struct Snapshot {
     pub listeners: FxHashMap<Box<str>, Arc<ListenerRuntime>>,
     /// Every service, by name.
     pub backends: HashMap<Box<str>, Arc<Backend>>,
+    /// Every route's and service's rate limits, for housekeeping ([`Limits::sweep`]).
+    pub rate_limits: Vec<Arc<Limits>>,
     /// Settings this config gives each endpoint, applied only once it is swapped in.
     endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)>,
     /// The metric series this config counts into, published once it is swapped in.
@@ -99,6 +102,8 @@ pub struct Backend {
     pub check: Option<Arc<CheckSpec>>,
     /// Service-wide limits on requests ([`crate::breaker`]).
     pub breaker: Option<Arc<Breaker>>,
+    /// Rate limits on every request sent to the service, checked once it is chosen.
+    pub rate_limits: Option<Arc<Limits>>,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -150,24 +155,33 @@ impl Snapshot {
         let mut services = HashMap::new();
         let mut endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)> = Vec::new();
         let mut metric_set = MetricSet::default();
+        let mut rate_limits = Vec::new();
         for s in &config.services {
             if services.contains_key(s.name.as_str()) {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
             let service = compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set)?;
+            rate_limits.extend(service.rate_limits.clone());
             endpoint_settings
                 .extend(service.endpoints().iter().map(|e| (e.clone(), service.settings.clone())));
             services.insert(s.name.as_str(), Arc::new(service));
         }
         let mut listeners = FxHashMap::default();
         for l in &config.listeners {
-            let runtime = compile_listener(l, &services, metrics, &mut metric_set)?;
+            let runtime = compile_listener(l, &services, metrics, &mut metric_set, &mut rate_limits)?;
             if listeners.insert(l.address.as_str().into(), Arc::new(runtime)).is_some() {
                 return Err(Error::Config(format!("duplicate listener address {:?}", l.address)));
             }
         }
         let backends = services.into_iter().map(|(name, b)| (name.into(), b)).collect();
-        Ok(Snapshot { config: Arc::new(config), listeners, backends, endpoint_settings, metric_set })
+        Ok(Snapshot {
+            config: Arc::new(config),
+            listeners,
+            backends,
+            rate_limits,
+            endpoint_settings,
+            metric_set,
+        })
     }
 
     /// Makes this snapshot's endpoints and series the proxy's: registers them, gives every
@@ -221,6 +235,7 @@ fn compile_listener(
     services: &HashMap<&str, Arc<Backend>>,
     metrics: &Metrics,
     metric_set: &mut MetricSet,
+    rate_limits: &mut Vec<Arc<Limits>>,
 ) -> Result<ListenerRuntime, Error> {
     let routes = l
         .routes
@@ -234,7 +249,19 @@ fn compile_listener(
                 })?;
                 Some(route_backends(r, service, services)?)
             };
-            let (request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
+            let (mut request_filters, response_filters) = filter::compile(l.proxy_headers, r)?;
+            let owner = format!("route {:?}", r.name);
+            let clock = governor::clock::DefaultClock::default();
+            if let Some(limits) = Limits::compile(&owner, &r.rate_limits, &clock, |limit| {
+                metrics.rate_limit(metric_set, &l.name, &r.name, "", limit)
+            })? {
+                // Before the route's other filters (after authorization, prepended next): a
+                // refused request costs nothing more.
+                let limits = Arc::new(limits);
+                rate_limits.push(limits.clone());
+                request_filters =
+                    std::iter::once(RequestFilter::RateLimit(limits)).chain(request_filters).collect();
+            }
             let authz = Authz::compile(&r.name, &r.authorization, &l.authorization)?;
             let request_filters = Authz::prepend(authz, request_filters);
             let retry =
@@ -327,6 +354,13 @@ fn compile_service(
         settings,
         failure: FailurePolicy::compile(s)?,
         check: s.health_check.as_ref().map(|c| compile_check(s, c)).transpose()?.map(Arc::new),
+        rate_limits: Limits::compile(
+            &format!("service {:?}", s.name),
+            &s.rate_limits,
+            &governor::clock::DefaultClock::default(),
+            |limit| metrics.rate_limit(metric_set, "", "", &s.name, limit),
+        )?
+        .map(Arc::new),
         breaker: s
             .circuit_breaker
             .as_ref()

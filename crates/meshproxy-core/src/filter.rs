@@ -67,6 +67,8 @@ pub enum RequestFilter {
     Rewrite(Box<Rewrite>),
     /// The route's redirect: answers every request.
     Redirect(Box<Redirect>),
+    /// The route's rate limits ([`crate::ratelimit`]): refuses a request one of them refuses.
+    RateLimit(std::sync::Arc<crate::ratelimit::Limits>),
     /// Waits this long, then continues: exercises the pipeline's waiting path in tests.
     #[cfg(test)]
     Delay(std::time::Duration),
@@ -366,6 +368,10 @@ impl RequestFilter {
             RequestFilter::Redirect(redirect) => match redirect.location(cx.head) {
                 Ok(location) => Verdict::Redirect(redirect.status, location),
                 Err(e) => Verdict::Respond(e),
+            },
+            RequestFilter::RateLimit(limits) => match limits.check(&cx.head.headers, cx.client) {
+                Ok(()) => Verdict::Continue,
+                Err(denied) => Verdict::Reject(Box::new(limits.rejection(denied))),
             },
             #[cfg(test)]
             RequestFilter::Delay(d) => {

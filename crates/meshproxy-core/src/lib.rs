@@ -23,6 +23,7 @@ mod filter;
 mod listener;
 mod metrics;
 mod proxy;
+mod ratelimit;
 mod server;
 mod state;
 mod tcp;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::ProxyError;
+use crate::ratelimit::LimitMetrics;
 use meshproxy_upstream::{HealthState, Sample};
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -194,6 +195,8 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<RouteKey, Arc<RouteMetrics>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
     tcp: Mutex<BTreeMap<String, Arc<ServiceMetrics>>>,
+    /// Rate limits' counters, by their labels ([`Metrics::rate_limit`]).
+    rate_limits: Mutex<BTreeMap<String, Arc<LimitMetrics>>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Requests answered on routes whose series were pruned.
@@ -234,6 +237,7 @@ pub struct MetricSet {
     routes: Vec<(RouteKey, Arc<RouteMetrics>)>,
     listeners: Vec<(String, Arc<ListenerMetrics>)>,
     tcp: Vec<(String, Arc<ServiceMetrics>)>,
+    rate_limits: Vec<(String, Arc<LimitMetrics>)>,
 }
 
 impl Metrics {
@@ -256,12 +260,27 @@ impl Metrics {
         lookup(&self.listeners, &mut set.listeners, name.to_owned())
     }
 
+    /// The counters of rate limit `limit` of a route (`listener`, `route`) or of a service
+    /// (`service`, the others empty).
+    pub fn rate_limit(
+        &self,
+        set: &mut MetricSet,
+        listener: &str,
+        route: &str,
+        service: &str,
+        limit: &str,
+    ) -> Arc<LimitMetrics> {
+        let labels = format!("{},limit=\"{}\"", route_labels(listener, route, service), esc(limit));
+        lookup(&self.rate_limits, &mut set.rate_limits, labels)
+    }
+
     /// Adds a swapped-in config's series (those it shares with the current ones are the same
     /// objects already).
     pub fn install(&self, set: &MetricSet) {
         install(&self.routes, &set.routes);
         install(&self.listeners, &set.listeners);
         install(&self.tcp, &set.tcp);
+        install(&self.rate_limits, &set.rate_limits);
     }
 
     /// Drops the series `set` (the config now in use) does not have: removed routes, listeners
@@ -282,6 +301,7 @@ impl Metrics {
         drop(routes);
         retain(&self.listeners, &set.listeners);
         retain(&self.tcp, &set.tcp);
+        retain(&self.rate_limits, &set.rate_limits);
     }
 
     /// Total requests answered (from upstream or by the proxy), for `stats()`.
@@ -577,6 +597,7 @@ impl Metrics {
                 writeln!(out, "meshproxy_tcp_bytes_total{{service=\"{}\",direction=\"out\"}} {o}", esc(s));
         }
         drop(tcp);
+        self.render_rate_limits(&mut out);
         header(&mut out, "meshproxy_config_reloads_total", "counter", "Successful config reloads.");
         let _ = writeln!(out, "meshproxy_config_reloads_total {}", self.reloads.load(Ordering::Relaxed));
         header(&mut out, "meshproxy_config_reload_failures_total", "counter", "Refused config reloads.");
@@ -586,6 +607,43 @@ impl Metrics {
             self.reload_failures.load(Ordering::Relaxed)
         );
         out
+    }
+}
+
+impl Metrics {
+    /// Requests refused by the rate limits of the current config's routes and services.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limits.lock().values().map(|m| m.rejected.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render_rate_limits(&self, out: &mut String) {
+        let limits = self.rate_limits.lock();
+        let families: [Family<LimitMetrics, u64>; 3] = [
+            (
+                "meshproxy_rate_limited_total",
+                "counter",
+                "Requests a rate limit refused (429 rate-limited), by limit: a route's (listener, route) or a service's (service).",
+                |m| m.rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "meshproxy_rate_limit_keys",
+                "gauge",
+                "Keys a keyed rate limit tracks (as of its last sweep).",
+                |m| m.keys.load(Ordering::Relaxed),
+            ),
+            (
+                "meshproxy_rate_limit_overflow_total",
+                "counter",
+                "Requests of new keys a keyed rate limit counted in its shared overflow bucket (its maxKeys reached).",
+                |m| m.overflowed.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, get) in families {
+            header(out, name, kind, help);
+            for (labels, m) in limits.iter() {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", get(m));
+            }
+        }
     }
 }
 

@@ -132,6 +132,8 @@ pub struct Stats {
     pub endpoints: Vec<EndpointStats>,
     /// Per worker thread, in order.
     pub workers: Vec<WorkerStats>,
+    /// Requests the rate limits of the config in force refused (429 `rate-limited`).
+    pub rate_limited: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -341,6 +343,7 @@ impl MeshProxy {
             admin,
             endpoints: s.registry().samples().into_iter().map(EndpointStats::from).collect(),
             workers: s.dealt().map(|connections| WorkerStats { connections }).collect(),
+            rate_limited: s.metrics().rate_limited(),
         }
     }
 
@@ -356,7 +359,13 @@ impl MeshProxy {
             loop {
                 tick.tick().await;
                 match shared.upgrade() {
-                    Some(s) => s.registry().reap_idle(),
+                    Some(s) => {
+                        s.registry().reap_idle();
+                        // Rate limits drop the keys whose buckets are full again.
+                        for limits in &s.snapshot().load().rate_limits {
+                            limits.sweep();
+                        }
+                    }
                     None => return,
                 }
             }

@@ -198,6 +198,8 @@ pub struct BindingStats {
     pub admin: Option<String>,
     pub endpoints: Vec<BindingEndpointStats>,
     pub workers: Vec<BindingWorkerStats>,
+    /// Requests the rate limits of the config in force refused.
+    pub rate_limited: f64,
 }
 
 #[napi(object)]

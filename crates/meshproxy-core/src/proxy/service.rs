@@ -190,8 +190,10 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
         }
         // 4, 5: backend and endpoint; then the request in the endpoint's form.
-        let Some((backend, endpoint, h2)) = select(&ctx, &routed) else {
-            break 'respond routed.fail(ProxyError::NoEndpoints);
+        let (backend, endpoint, h2) = match select(&ctx, &routed) {
+            Ok(chosen) => chosen,
+            Err(Unchosen::NoEndpoints) => break 'respond routed.fail(ProxyError::NoEndpoints),
+            Err(Unchosen::Limited(r)) => break 'respond routed.reject(*r),
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
         let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
@@ -329,30 +331,7 @@ impl RoutedRequest<'_> {
     /// A filter's refusal with fields of its own ([`Rejection`]), its outcome observed.
     #[cold]
     fn reject(self, r: Rejection) -> Response<ResponseBody> {
-        let grpc = self.meta.grpc;
-        let mut resp = self.meta.fail(r.error, Some(self.route), None, self.activity);
-        if let Some(body) = r.body.filter(|_| !grpc) {
-            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            let activity = resp.body_mut().take_activity();
-            *resp.body_mut() = ResponseBody::local_owned(body, activity);
-        }
-        let h = resp.headers_mut();
-        let mut last = None;
-        for (name, value) in r.headers {
-            // `None` after the first value of a name: append to the field just replaced.
-            match name {
-                Some(n) => {
-                    h.insert(n.clone(), value);
-                    last = Some(n);
-                }
-                None => {
-                    if let Some(n) = &last {
-                        h.append(n.clone(), value);
-                    }
-                }
-            }
-        }
-        resp
+        reject(self.meta, self.route, self.activity, r)
     }
 
     /// The route's redirect, its outcome observed; the route's response filters run on it.
@@ -375,6 +354,41 @@ impl RoutedRequest<'_> {
         filter::run_response(&self.route.response_filters, &mut parts);
         Response::from_parts(parts, body)
     }
+}
+
+/// A refusal with fields of its own ([`Rejection`]: a filter's, a service's rate limit), its
+/// outcome observed (against no endpoint).
+#[cold]
+fn reject(
+    meta: Meta<'_>,
+    route: &RouteRuntime,
+    activity: ActivityGuard,
+    r: Rejection,
+) -> Response<ResponseBody> {
+    let grpc = meta.grpc;
+    let mut resp = meta.fail(r.error, Some(route), None, activity);
+    if let Some(body) = r.body.filter(|_| !grpc) {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let activity = resp.body_mut().take_activity();
+        *resp.body_mut() = ResponseBody::local_owned(body, activity);
+    }
+    let h = resp.headers_mut();
+    let mut last = None;
+    for (name, value) in r.headers {
+        // `None` after the first value of a name: append to the field just replaced.
+        match name {
+            Some(n) => {
+                h.insert(n.clone(), value);
+                last = Some(n);
+            }
+            None => {
+                if let Some(n) = &last {
+                    h.append(n.clone(), value);
+                }
+            }
+        }
+    }
+    resp
 }
 
 /// What shapes the response once the upstream answers.
@@ -473,13 +487,19 @@ fn route<'a>(
         if !filter::authz::allows_connect(&route.request_filters, ctx.client, &req) {
             return Routed::Answered(Box::new(meta.fail(ProxyError::Forbidden, Some(route), None, activity)));
         }
-        let Some((backend, endpoint)) = choose(ctx, route, req.headers()) else {
-            return Routed::Answered(Box::new(meta.fail(
-                ProxyError::NoEndpoints,
-                Some(route),
-                None,
-                activity,
-            )));
+        let (backend, endpoint) = match choose(ctx, route, req.headers(), true) {
+            Ok(chosen) => chosen,
+            Err(Unchosen::NoEndpoints) => {
+                return Routed::Answered(Box::new(meta.fail(
+                    ProxyError::NoEndpoints,
+                    Some(route),
+                    None,
+                    activity,
+                )))
+            }
+            Err(Unchosen::Limited(r)) => {
+                return Routed::Answered(Box::new(reject(meta, route, activity, *r)))
+            }
         };
         return Routed::Connect(Box::new(Tunnel { ctx, meta, route, backend, endpoint, req, activity }));
     }
@@ -507,12 +527,15 @@ fn route<'a>(
 /// Phases 4 and 5: the backend (a weighted choice when a route splits its traffic) and the
 /// endpoint (the backend's balancer over its current endpoint set); whether the request goes
 /// over HTTP/2. `None` when the backend has no endpoints.
-fn select<'a>(ctx: &ConnCtx, routed: &RoutedRequest<'a>) -> Option<(&'a Arc<Backend>, Arc<Endpoint>, bool)> {
-    let (backend, endpoint) = choose(ctx, routed.route, &routed.head.headers)?;
+fn select<'a>(
+    ctx: &ConnCtx,
+    routed: &RoutedRequest<'a>,
+) -> Result<(&'a Arc<Backend>, Arc<Endpoint>, bool), Unchosen> {
+    let (backend, endpoint) = choose(ctx, routed.route, &routed.head.headers, true)?;
     // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
     // extended CONNECT).
     let h2 = matches!(routed.kind, Kind::Plain) && speaks_h2(backend, routed.head.version);
-    Some((backend, endpoint, h2))
+    Ok((backend, endpoint, h2))
 }
 
 /// Whether a plain request of `version` goes to `backend` over HTTP/2.
@@ -524,20 +547,35 @@ fn speaks_h2(backend: &Backend, version: Version) -> bool {
     }
 }
 
+/// Why [`choose`] gave no endpoint.
+enum Unchosen {
+    /// The backend has none (or the route has no backend).
+    NoEndpoints,
+    /// The chosen service's rate limits refused the request.
+    Limited(Box<Rejection>),
+}
+
 /// A backend of `route` and one of its endpoints, by the backend's balancer (hashing the
-/// request when it asks to). `None` when the backend has no endpoints.
+/// request when it asks to). With `limit`, the chosen service's rate limits are checked first: a
+/// request they refuse goes to no endpoint.
 fn choose<'a>(
     ctx: &ConnCtx,
     route: &'a RouteRuntime,
     headers: &http::HeaderMap,
-) -> Option<(&'a Arc<Backend>, Arc<Endpoint>)> {
-    let backend = route.backends.as_ref()?.pick();
+    limit: bool,
+) -> Result<(&'a Arc<Backend>, Arc<Endpoint>), Unchosen> {
+    let backend = route.backends.as_ref().ok_or(Unchosen::NoEndpoints)?.pick();
+    if let Some(limits) = backend.rate_limits.as_deref().filter(|_| limit) {
+        if let Err(denied) = limits.check(headers, ctx.client) {
+            return Err(Unchosen::Limited(Box::new(limits.rejection(denied))));
+        }
+    }
     let set = backend.endpoints();
     let hash = set.hash_key().and_then(|k| request_hash(k, headers, ctx.client));
-    let endpoint = set.select(hash)?.clone();
+    let endpoint = set.select(hash).ok_or(Unchosen::NoEndpoints)?.clone();
     // An ejected endpoint whose penalty is over gets this request as its probe.
     endpoint.health.sending();
-    Some((backend, endpoint))
+    Ok((backend, endpoint))
 }
 
 /// The slots a request to `endpoint` of `backend` holds while in flight: the endpoint's, and the

@@ -306,3 +306,87 @@ async fn h2c_streams_on_a_multi_thread_runtime() {
     }
     proxy.close(Duration::from_millis(100)).await.unwrap();
 }
+
+fn limit(rate: u32, burst: u32) -> crate::config::RateLimitConfig {
+    crate::config::RateLimitConfig {
+        name: "total".into(),
+        rate,
+        burst,
+        key: crate::config::RateLimitKey::None,
+        header: None,
+        overrides: vec![],
+        max_keys: 100_000,
+    }
+}
+
+#[tokio::test]
+async fn a_service_limit_applies_to_the_requests_a_split_sends_it_and_never_reaches_an_endpoint() {
+    let (a, _) = backend("a").await;
+    let (b, _) = backend("b").await;
+    let mut split = route("r", &[], Prefix, "/", "a");
+    split.backends = vec![
+        crate::config::BackendRefConfig { service: "a".into(), weight: 1 },
+        crate::config::BackendRefConfig { service: "b".into(), weight: 1 },
+    ];
+    let mut limited = service("a", &[&a]);
+    // A burst of 3, then one a second.
+    limited.rate_limits = vec![limit(1, 3)];
+    let config = Config {
+        listeners: vec![listener("127.0.0.1:0", vec![split])],
+        services: vec![limited, service("b", &[&b])],
+        admin: None,
+    };
+    let proxy = MeshProxy::new(config).unwrap();
+    let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+    let mut seen = std::collections::HashMap::<(u16, String), u32>::new();
+    for _ in 0..200 {
+        let (status, err, body) = get(&addr, "h", "/").await;
+        let what = if status == 429 { err.unwrap_or_default() } else { body };
+        *seen.entry((status, what)).or_default() += 1;
+    }
+    // Within the test's few seconds, `a` admits its burst and about one a second more.
+    let to_a = seen.get(&(200, "a".into())).copied().unwrap_or(0);
+    assert!((3..=8).contains(&to_a), "{seen:?}");
+    let refused = seen.get(&(429, "rate-limited".into())).copied().unwrap_or(0);
+    assert!(refused > 50, "half the split goes to a, most of it refused: {seen:?}");
+    assert!(seen.get(&(200, "b".into())).copied().unwrap_or(0) > 50, "b has no limit: {seen:?}");
+    let a_requests: u64 =
+        proxy.stats().await.endpoints.iter().filter(|e| e.address == a).map(|e| e.requests).sum();
+    assert_eq!(a_requests, u64::from(to_a), "a refused request never reaches a's endpoint");
+    let text = proxy.metrics_text();
+    let line = format!(
+        "meshproxy_rate_limited_total{{listener=\"\",route=\"\",service=\"a\",limit=\"total\"}} {refused}"
+    );
+    assert!(text.contains(&line), "{line} in\n{text}");
+    proxy.close(Duration::from_millis(100)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_route_limit_answers_429_with_retry_after_and_the_ratelimit_fields() {
+    let (a, _) = backend("a").await;
+    let mut r = route("r", &[], Prefix, "/", "a");
+    r.rate_limits = vec![limit(1, 2)];
+    let config = Config {
+        listeners: vec![listener("127.0.0.1:0", vec![r])],
+        services: vec![service("a", &[&a])],
+        admin: None,
+    };
+    let proxy = MeshProxy::new(config).unwrap();
+    let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
+    assert_eq!(get(&addr, "h", "/").await.0, 200);
+    assert_eq!(get(&addr, "h", "/").await.0, 200);
+    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/").header("host", "h").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let resp = client.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["meshproxy-error"], "rate-limited");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["ratelimit-policy"], "\"total\";q=1;w=1;meshproxy-burst=2");
+    assert_eq!(resp.headers()["ratelimit"], "\"total\";r=0;t=1");
+    let stats = proxy.stats().await;
+    assert_eq!(stats.endpoints[0].requests, 2, "the refused request was never sent");
+    assert_eq!(stats.rate_limited, 1);
+    proxy.close(Duration::from_millis(100)).await.unwrap();
+}

@@ -24,7 +24,9 @@ use meshproxy_http::body::{Buffered, RequestBody};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
-use super::{admit, choose, idle_clock, respond, speaks_h2, After, ConnCtx, RoutedRequest, GRPC_STATUS};
+use super::{
+    admit, choose, idle_clock, respond, speaks_h2, After, ConnCtx, RoutedRequest, Unchosen, GRPC_STATUS,
+};
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
 use crate::error::ProxyError;
@@ -97,17 +99,23 @@ pub(super) async fn run(
     let mut attempt = 0;
     loop {
         // Another endpoint than the last, where the balancer offers one in a few draws.
-        let mut picked = choose(ctx, route, &head.headers);
+        // The service's rate limits count the request once, at its first attempt; retries are
+        // bounded by the route's retry budget.
+        let mut picked = choose(ctx, route, &head.headers, attempt == 0);
         for _ in 0..3 {
             match (&picked, &last) {
-                (Some((_, ep)), Some(prev)) if Arc::ptr_eq(ep, prev) => {
-                    picked = choose(ctx, route, &head.headers)
+                (Ok((_, ep)), Some(prev)) if Arc::ptr_eq(ep, prev) => {
+                    picked = choose(ctx, route, &head.headers, false)
                 }
                 _ => break,
             }
         }
-        let Some((backend, endpoint)) = picked else {
-            return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity);
+        let (backend, endpoint) = match picked {
+            Ok(chosen) => chosen,
+            Err(Unchosen::NoEndpoints) => {
+                return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity)
+            }
+            Err(Unchosen::Limited(r)) => return super::reject(meta, route, activity, *r),
         };
         let h2 = speaks_h2(backend, head.version);
         // The body for this attempt: none, or a replay while the whole body was read; otherwise

@@ -1,0 +1,137 @@
+/**
+ * Rate limits in the config: the native `rateLimits` of routes and services (keys, overrides,
+ * the burst's default, errors at their positions), the seed's `RateLimiter` and Linkerd's
+ * `HTTPLocalRateLimitPolicy` onto the services they name, with warnings for what cannot apply.
+ */
+import { readFileSync } from 'node:fs'
+import test from 'ava'
+import { formatDiagnostic, loadConfigText } from '../ts/config/index.js'
+
+const fixture = (name: string): string => readFileSync(new URL(`fixtures/${name}`, import.meta.url), 'utf8')
+const OPTS = { file: 'c.yaml', defaultListen: '127.0.0.1:0', defaultAdmin: null }
+
+test('native rateLimits: keys, overrides and the burst default (the rate) in the model', (t) => {
+  const r = loadConfigText(
+    `
+listeners:
+  - routes:
+      - service: a
+        rateLimits:
+          - { name: total, rate: 100, burst: 10 }
+          - { rate: 5, key: client, overrides: [{ value: 10.0.0.7, rate: 50 }] }
+          - { rate: 5, key: { header: X-User }, maxKeys: 1000 }
+services:
+  - name: a
+    endpoints: [127.0.0.1:1]
+    rateLimits: [{ rate: 7 }]
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.map(formatDiagnostic), [])
+  t.deepEqual(r.config!.listeners[0]!.routes[0]!.rateLimits, [
+    { name: 'total', rate: 100, burst: 10, key: 'none', header: null, overrides: [], maxKeys: 100000 },
+    { name: '', rate: 5, burst: 5, key: 'client', header: null, overrides: [{ value: '10.0.0.7', rate: 50, burst: 50 }], maxKeys: 100000 },
+    { name: '', rate: 5, burst: 5, key: 'header', header: 'x-user', overrides: [], maxKeys: 1000 },
+  ])
+  t.deepEqual(r.config!.services[0]!.rateLimits, [{ name: '', rate: 7, burst: 7, key: 'none', header: null, overrides: [], maxKeys: 100000 }])
+})
+
+test('native rateLimits: mistakes are errors at their positions with what is valid', (t) => {
+  const r = loadConfigText(
+    `
+listeners:
+  - routes:
+      - service: a
+        rateLimits:
+          - { rate: 0 }
+          - { rate: 5, key: bogus }
+          - { rate: 5, overrides: [{ value: x, rate: 1 }] }
+          - { rate: 5, key: client, overrides: [{ value: not-an-ip, rate: 1 }] }
+          - { burst: 5 }
+          - { rate: 5, brust: 6 }
+services:
+  - { name: a, endpoints: [127.0.0.1:1] }
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.map(formatDiagnostic), [
+    'c.yaml:6:21: error: "rate" in rate limit of route "listener-0-route-0" must be between 1 and 1000000000, got 0',
+    'c.yaml:7:29: error: unknown rate limit key "bogus" (valid keys: none, client, { header: <name> })',
+    'c.yaml:8:24: error: rate limit of route "listener-0-route-0": overrides need a key to match (add key: client or key: { header: <name> })',
+    'c.yaml:9:58: error: override "not-an-ip" is not an IP address (a limit keyed by client matches client IP addresses, e.g. 10.0.0.7)',
+    'c.yaml:10:13: error: rate limit of route "listener-0-route-0" is missing required field "rate"',
+    'c.yaml:11:24: error: unknown field "brust" in rate limit of route "listener-0-route-0" (valid fields: name, rate, burst, key, overrides, maxKeys)',
+  ])
+})
+
+test('the seed RateLimiter loads verbatim onto the services built from the Services it names', (t) => {
+  const r = loadConfigText(`${fixture('seed-ingress-full.yaml')}\n---\n${fixture('seed-ratelimiter.yaml')}`, OPTS)
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [])
+  const limits = Object.fromEntries(r.config!.services.map((s) => [s.name, s.rateLimits]))
+  const seed = [{ name: 'default', rate: 100, burst: 10, key: 'none', header: null, overrides: [], maxKeys: 100000 }]
+  t.deepEqual(limits, { 'service-a:80': seed, 'service-b:80': seed })
+})
+
+test('a RateLimiter naming a Service not in the config is a warning at its name', (t) => {
+  const r = loadConfigText(fixture('seed-ratelimiter.yaml'), OPTS)
+  t.deepEqual(r.diagnostics.map(formatDiagnostic), [
+    'c.yaml:7:14: warning: RateLimiter "default" limits Service "default/service-a", which is not in this config; it limits nothing (add the Service (with an Ingress or HTTPRoute that sends to it), or a native service of that name)',
+    'c.yaml:10:14: warning: RateLimiter "default" limits Service "default/service-b", which is not in this config; it limits nothing (add the Service (with an Ingress or HTTPRoute that sends to it), or a native service of that name)',
+  ])
+  t.truthy(r.config)
+})
+
+test('a RateLimiter also limits a native service of the name it gives', (t) => {
+  const r = loadConfigText(`services:\n  - { name: service-a, endpoints: [127.0.0.1:1] }\n---\n${fixture('seed-ratelimiter.yaml')}`, OPTS)
+  t.deepEqual(r.config!.services[0]!.rateLimits.map((l) => [l.rate, l.burst]), [[100, 10]])
+})
+
+test('HTTPLocalRateLimitPolicy: total and identity with Linkerd\'s burst, identity and overrides warned, a Server target skipped', (t) => {
+  const policy = `
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: { name: web-rl }
+spec:
+  targetRef: { group: core, kind: Service, name: service-a }
+  total: { requestsPerSecond: 100 }
+  identity: { requestsPerSecond: 20 }
+  overrides:
+  - requestsPerSecond: 50
+    clientRefs: [{ kind: ServiceAccount, namespace: default, name: special-client }]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: { name: server-rl }
+spec:
+  targetRef: { group: policy.linkerd.io, kind: Server, name: web-http }
+  total: { requestsPerSecond: 100 }
+`
+  const r = loadConfigText(`${fixture('seed-ingress-full.yaml')}\n---${policy}`, { ...OPTS, file: 'p.yaml' })
+  const a = r.config!.services.find((s) => s.name === 'service-a:80')!
+  t.deepEqual(a.rateLimits.map((l) => [l.name, l.rate, l.burst, l.key]), [
+    ['total', 100, 100, 'none'],
+    ['identity', 20, 20, 'none'],
+  ])
+  const warnings = r.diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic).filter((w) => w.includes('HTTPLocalRateLimitPolicy'))
+  t.is(warnings.length, 3, warnings.join('\n'))
+  t.regex(warnings[0]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": meshproxy has no client identities yet \(no mTLS\)/)
+  t.regex(warnings[1]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": overrides match clients by ServiceAccount identity, .*; ignored/)
+  t.regex(warnings[2]!, /^p\.yaml:\d+:\d+: warning: HTTPLocalRateLimitPolicy "server-rl" targets Server "web-http": meshproxy does not model Servers/)
+})
+
+test('two rate limits of one name (written, or the default limit-<n>) are an error at the second', (t) => {
+  const r = loadConfigText(
+    `
+services:
+  - name: a
+    endpoints: [127.0.0.1:1]
+    rateLimits:
+      - { rate: 1 }
+      - { name: limit-1, rate: 2 }
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [
+    'c.yaml:7:17: error: service "a" has two rate limits named "limit-1" (each limit of a route or service needs its own name (its metrics label and RateLimit-Policy name))',
+  ])
+})

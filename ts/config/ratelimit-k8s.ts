@@ -1,0 +1,122 @@
+/**
+ * Rate limits from Kubernetes-shaped resources, onto the services they name:
+ * - `linkerd.io/v1alpha2` `RateLimiter` (meshproxy's own kind; Linkerd has no such resource):
+ *   `spec.limits[]` of `{ service, rate, burst }`, one limit per named Service;
+ * - Linkerd's `policy.linkerd.io/v1alpha1` `HTTPLocalRateLimitPolicy`: `total`, `identity` and
+ *   `overrides` on its `targetRef`.
+ * They are read with the other resources (`kubernetes.ts`) and applied once every service is
+ * built (`applyRateLimits`): a named Service becomes every model service built from it (each of
+ * its ports) and a native service of that name.
+ */
+import type { Loc, DiagnosticSink } from './diagnostics.js'
+import { complete } from './fields.js'
+import { RATE_LIMIT, type RateLimitModel, type ServiceModel } from './model.js'
+import type { DocReader, Fields } from './yaml-walk.js'
+
+const RPS = { min: 1, max: 1_000_000_000, duration: false }
+
+/** Limits for one named Service. */
+export interface ServiceRateLimits {
+  /** `RateLimiter "default"`, for messages. */
+  source: string
+  service: string
+  namespace: string
+  /** Where the Service is named. */
+  loc: Loc
+  limits: RateLimitModel[]
+}
+
+const limit = (name: string, rate: number, burst: number): RateLimitModel =>
+  complete(RATE_LIMIT, { name, rate, burst }) as RateLimitModel
+
+/** A `RateLimiter`'s `spec.limits`: `rate` requests per second, `burst` at once (default: `rate`). */
+export function readRateLimiter(r: DocReader, root: Fields, name: string, namespace: string, out: ServiceRateLimits[]): void {
+  const spec = root.fields('spec', 'RateLimiter spec', ['limits'], true)
+  if (!spec) return
+  const source = `RateLimiter "${name}"`
+  for (const node of spec.list('limits', true)) {
+    const f = r.fields(node, `${source} limit`, ['service', 'rate', 'burst'])
+    if (!f) continue
+    const service = f.str('service', true)
+    const rateNode = f.require('rate')
+    const rate = rateNode && r.limit(rateNode, f.label('rate'), RPS)
+    const burst = f.has('burst') ? f.limit('burst', RPS) : rate
+    if (service === undefined || rate === undefined || burst === undefined) continue
+    out.push({ source, service, namespace, loc: f.valueLoc('service'), limits: [limit(name, rate, burst)] })
+  }
+}
+
+/**
+ * Linkerd's `HTTPLocalRateLimitPolicy` (policy.linkerd.io/v1alpha1). Linkerd attaches it to a
+ * `Server` (pods selected by label), which meshproxy does not model; meshproxy takes a `targetRef`
+ * to a core `Service` (its services are Services) and skips a `Server` target with a warning. As
+ * Linkerd's proxy does (governor's `Quota::per_second`), each limit's burst is its
+ * requestsPerSecond. `identity` is a bucket per client identity; meshproxy has no client
+ * identities yet (no mTLS), so, as Linkerd treats clients without one, all clients share one
+ * identity bucket. `overrides` match clients by ServiceAccount identity and so never match yet:
+ * they are left out, with a warning.
+ */
+export function readLocalRateLimitPolicy(r: DocReader, root: Fields, name: string, namespace: string, out: ServiceRateLimits[]): void {
+  const spec = root.fields('spec', 'HTTPLocalRateLimitPolicy spec', ['targetRef', 'total', 'identity', 'overrides'], true)
+  if (!spec) return
+  const source = `HTTPLocalRateLimitPolicy "${name}"`
+  const target = spec.fields('targetRef', `${source} targetRef`, ['group', 'kind', 'name', 'namespace'], true)
+  if (!target) return
+  const kind = target.str('kind', true)
+  const group = target.str('group') ?? ''
+  const service = target.str('name', true)
+  if (kind === undefined || service === undefined) return
+  if (kind === 'Server') {
+    r.warn(target.valueLoc('kind'), `${source} targets Server "${service}": meshproxy does not model Servers (pods selected by label); skipped`, 'target the Service in front of those pods: targetRef: { group: core, kind: Service, name: … }')
+    return
+  }
+  if (kind !== 'Service' || (group !== '' && group !== 'core')) {
+    r.error(target.valueLoc('kind'), `${source}: targetRef ${group ? `${group}/` : ''}${kind} is not supported`, 'valid targets: Service (group "" or core); Linkerd\'s Server is skipped with a warning')
+    return
+  }
+  const rps = (key: string): number | undefined => spec.fields(key, `${source} ${key}`, ['requestsPerSecond'])?.limit('requestsPerSecond', RPS)
+  const total = rps('total')
+  const identity = rps('identity')
+  const limits: RateLimitModel[] = []
+  if (total !== undefined) limits.push(limit('total', total, total))
+  if (identity !== undefined) {
+    if (total !== undefined && identity > total) r.error(spec.valueLoc('identity'), `${source}: identity.requestsPerSecond (${identity}) is greater than total.requestsPerSecond (${total})`, 'Linkerd requires identity <= total')
+    r.warn(spec.keyLoc('identity'), `${source}: meshproxy has no client identities yet (no mTLS), so every client is unauthenticated and, as in Linkerd, they share one identity bucket of ${identity} requests per second`)
+    limits.push(limit('identity', identity, identity))
+  }
+  const overrides = spec.list('overrides')
+  if (overrides.length > 0) {
+    r.warn(spec.keyLoc('overrides'), `${source}: overrides match clients by ServiceAccount identity, which meshproxy cannot see yet (no mTLS); ignored`)
+  }
+  if (limits.length === 0) {
+    r.warn(r.loc(spec.node), `${source} sets neither total nor identity; it limits nothing`)
+    return
+  }
+  out.push({ source, service, namespace: target.str('namespace') ?? namespace, loc: target.valueLoc('name'), limits })
+}
+
+/**
+ * Puts each Service's limits on the model services built from it (every port: `origins` maps a
+ * model service to the Kubernetes Service it came from) and on a native service of that name. A
+ * Service in none is reported as a warning at its name, as an HTTPRoute attached to a missing
+ * Service is: the file may hold resources for other tools.
+ */
+export function applyRateLimits(
+  entries: ServiceRateLimits[],
+  services: ServiceModel[],
+  origins: Map<string, { name: string; namespace: string }>,
+  nativeNames: Set<string>,
+  sink: DiagnosticSink,
+): void {
+  for (const e of entries) {
+    const targets = services.filter((s) => {
+      const o = origins.get(s.name)
+      return o ? o.name === e.service && o.namespace === e.namespace : nativeNames.has(s.name) && s.name === e.service
+    })
+    if (targets.length === 0) {
+      sink.warn(e.loc, `${e.source} limits Service "${e.namespace}/${e.service}", which is not in this config; it limits nothing`, 'add the Service (with an Ingress or HTTPRoute that sends to it), or a native service of that name')
+      continue
+    }
+    for (const s of targets) s.rateLimits.push(...e.limits.map((l) => ({ ...l, overrides: [...l.overrides] })))
+  }
+}
