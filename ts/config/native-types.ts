@@ -149,6 +149,8 @@ export interface NativeRoute {
   redirect?: NativeRedirect | null
   /** Authorization rules of this route, tried before its listener's (first match wins), so a route can make exceptions to them or add its own; a request none matches gets the listener's `default`. They run before any other filter, also on a redirect and a `CONNECT`. */
   authorization?: NativeAuthorizationRule[]
+  /** Rate limits on the route's requests, checked after its authorization and before its other filters; all must admit a request (keyed limits first). */
+  rateLimits?: NativeRateLimit[]
 }
 
 /** A service a route splits its requests over, with its share. */
@@ -213,6 +215,35 @@ export interface NativeRedirect {
   statusCode?: number
 }
 
+/** A local rate limit (GCRA, as a token bucket that refills continuously): `rate` requests per second, and up to `burst` at once when the bucket is full. A request over it is answered 429 `rate-limited` (gRPC: RESOURCE_EXHAUSTED) with `Retry-After`, `RateLimit-Policy` and `RateLimit`, and never reaches an endpoint. Counted on each proxy (worker threads share it), not across proxies. */
+export interface NativeRateLimit {
+  /** Names the limit in metrics (`limit` label) and in `RateLimit-Policy`; `""` = `limit-<n>`, its position from 1. */
+  name?: string
+  /** Requests per second (the bucket refills one request every 1/rate s). */
+  rate: number
+  /** Requests that may arrive at once (the bucket's size); default: `rate`, one second's worth. */
+  burst?: number
+  /** What requests are counted by: `none` (the default), one bucket for all; `client`, a bucket per client IP address; `{ header: x-user }`, a bucket per value of that request header (requests without it share one bucket). */
+  key?: ('none' | 'client') | {
+    /** A request header, e.g. `x-user`. */
+    header: string
+  }
+  /** Key values with their own rate and burst (not with `key: none`). */
+  overrides?: NativeRateLimitOverride[]
+  /** Distinct keys tracked at once. A key whose bucket is full again is dropped (every 0.5 s, and at once when the map is full); new keys that find it full share one overflow bucket with this limit's rate and burst until keys expire. About 40 bytes a key. */
+  maxKeys?: number
+}
+
+/** A key value with a rate and burst of its own (a bucket of its own, not shared with other keys). */
+export interface NativeRateLimitOverride {
+  /** The key's value: a client IP address (`key: client`, e.g. `10.0.0.7`) or the header's value (`key: { header: … }`, e.g. `premium-customer`). */
+  value: string
+  /** Requests per second for this value. */
+  rate: number
+  /** Requests this value may send at once; default: its `rate`. */
+  burst?: number
+}
+
 /** A set of endpoints and how requests reach them. */
 export interface NativeService {
   /** Unique service name, as routes and `tcpService` refer to it. */
@@ -257,6 +288,8 @@ export interface NativeService {
   circuitBreaker?: NativeCircuitBreaker | null
   /** Active health checks of the endpoints; null = none (only failure accrual, if configured, takes endpoints out). */
   healthCheck?: NativeHealthCheck | null
+  /** Rate limits on every request sent to the service, whichever route sends it (with a traffic split, the requests the split sends here), checked once the service is chosen and before an endpoint is; all must admit a request. A retried request counts once. */
+  rateLimits?: NativeRateLimit[]
 }
 
 /** An upstream endpoint of a service. */
