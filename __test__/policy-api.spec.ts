@@ -4,8 +4,11 @@
  * paths, and `proxy.apply` swaps policies on a running proxy atomically — undone by applying the
  * previous one, and a policy that does not build changes nothing. Real traffic on 127.0.0.1.
  */
-import { readFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import test from 'ava'
 import ts from 'typescript'
 import { startBackend, type Backend } from './helpers/backend.js'
@@ -34,6 +37,18 @@ test('a field added to a table reaches the generated types by regeneration, unde
   t.regex(out, /\n {2}window\?: NativeDuration\n/, 'a duration is written under its YAML key and takes `10s`')
 })
 
+/** The TypeScript errors of `source` as a module at `file` (in memory), strict, as the package's users compile. */
+function typeErrors(file: string, source: string): string[] {
+  const host = ts.createCompilerHost({})
+  const read = host.readFile.bind(host)
+  host.readFile = (name) => (name === file ? source : read(name))
+  const exists = host.fileExists.bind(host)
+  host.fileExists = (name) => name === file || exists(name)
+  const options = { strict: true, noEmit: true, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022, skipLibCheck: true, types: ['node'] }
+  const program = ts.createProgram([file], options, host)
+  return ts.getPreEmitDiagnostics(program).map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'))
+}
+
 test('the builder types take the YAML spellings and refuse unknown keys and values', (t) => {
   const file = join(ROOT, '__test__/.policy-types-check.ts')
   const source = `
@@ -49,14 +64,39 @@ meshPolicy().listener('web', { protocol: 'udp' })
 // @ts-expect-error not a duration
 meshPolicy().listener('web', {}, (l) => l.route('api', { service: 'api', timeout: true }))
 `
-  const host = ts.createCompilerHost({})
-  const read = host.readFile.bind(host)
-  host.readFile = (name) => (name === file ? source : read(name))
-  const exists = host.fileExists.bind(host)
-  host.fileExists = (name) => name === file || exists(name)
-  const program = ts.createProgram([file], { strict: true, noEmit: true, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022, skipLibCheck: true, types: ['node'] }, host)
-  const problems = ts.getPreEmitDiagnostics(program).map((d) => ts.flattenDiagnosticMessageText(d.messageText, '\n'))
-  t.deepEqual(problems, [])
+  t.deepEqual(typeErrors(file, source), [])
+})
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo
+      server.close(() => resolve(port))
+    })
+    server.on('error', reject)
+  })
+
+test('the README\'s Policy API example type-checks and runs: it starts, tightens the limit, reports a bad policy by its builder path, and undoes', async (t) => {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('### Policy API'))
+  const example = /```ts\n([\s\S]*?)```/.exec(section)?.[1]
+  if (example === undefined) return t.fail('no example under "### Policy API"')
+  // Its fixed ports are replaced by free ones, so it runs next to other tests.
+  const [app, listen, admin] = [await freePort(), await freePort(), await freePort()]
+  const source = example
+    .replace("from 'meshproxy'", "from '../ts/index.js'")
+    .replaceAll(':8081', `:${app}`)
+    .replaceAll('8081,', `${app},`)
+    .replaceAll(':4140', `:${listen}`)
+    .replaceAll(':4191', `:${admin}`)
+  t.not(source, example)
+  const dir = mkdtempSync(join(ROOT, '__test__/.readme-example-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'example.mts')
+  writeFileSync(file, source.replace("'../ts/index.js'", "'../../ts/index.js'"))
+  t.deepEqual(typeErrors(file, readFileSync(file, 'utf8')), [])
+  const { stderr } = await promisify(execFile)(process.execPath, ['--import=tsx', file], { cwd: ROOT, timeout: 60_000 })
+  t.regex(stderr, /^<policy>: error: listener\("web"\)\.route\("api"\)\.rateLimits\[0\]\.rate: "rate" in rate limit of route "api" must be between 1 and/)
 })
 
 /** The same config in both forms; `app` and `canary` are backend addresses. */
@@ -246,4 +286,40 @@ test('apply changes a running proxy atomically, applying the previous policy und
   )
   t.is((await proxy.stats()).reloads, reloads, 'no reload happened')
   for (let i = 0; i < 3; i++) t.deepEqual(await probe(port, [blue, green]), { status: 200, backend: 'blue', env: 'v1' }, 'v1 still serves')
+})
+
+test('a rate limit tightened at run time refuses requests past its burst, and applying the previous policy lifts it', async (t) => {
+  const app = await startBackend(t, 'app')
+  const limited = (rate: number, burst: number): MeshPolicy =>
+    meshPolicy()
+      .admin(null)
+      .listener('web', { address: '127.0.0.1:0' }, (l) => l.route('api', { service: 'app', rateLimits: [{ name: 'api', rate, burst }] }))
+      .service('app', { endpoints: [app.address] })
+  const loose = limited(1000, 1000)
+  const proxy = new Proxy(loose)
+  t.teardown(() => proxy.close({ graceMs: 0 }))
+  const port = portOf((await proxy.start()).listeners[0]!.localAddress)
+  const statuses = async (n: number) => {
+    const out: Array<{ status: number; error: unknown; policy: unknown }> = []
+    for (let i = 0; i < n; i++) {
+      const res = await request(port, { path: '/v1' })
+      out.push({ status: res.status, error: res.headers['meshproxy-error'], policy: res.headers['ratelimit-policy'] })
+    }
+    return out
+  }
+  t.true((await statuses(8)).every((r) => r.status === 200))
+
+  await proxy.apply(limited(1, 2))
+  const start = performance.now()
+  const tight = await statuses(8)
+  const elapsed = (performance.now() - start) / 1000
+  // A reload starts the limit afresh: its burst of 2 at once, then one a second.
+  t.deepEqual(tight.slice(0, 2).map((r) => r.status), [200, 200])
+  const admitted = tight.filter((r) => r.status === 200).length
+  t.true(admitted <= 2 + Math.ceil(elapsed), `${admitted} admitted in ${elapsed.toFixed(2)} s`)
+  const refused = tight.find((r) => r.status === 429)
+  t.like(refused, { error: 'rate-limited', policy: '"api";q=1;w=1;meshproxy-burst=2' })
+
+  await proxy.apply(loose)
+  t.true((await statuses(8)).every((r) => r.status === 200), 'the previous policy lifts the limit')
 })
