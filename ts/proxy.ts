@@ -9,6 +9,7 @@
  */
 import type { ConfigModel } from './config/index.js'
 import { formatDiagnostic, validateModel } from './config/index.js'
+import { MeshPolicy, type PolicyBuildOptions } from './config/policy.js'
 import { MeshProxyError, fromNative } from './errors.js'
 import { native, type BindingProxy } from './native.js'
 
@@ -80,7 +81,8 @@ export interface WorkerStats {
 
 export const DEFAULT_GRACE_MS = 10_000
 
-function checked(config: ConfigModel): string {
+function checked(source: ConfigModel | MeshPolicy, options?: PolicyBuildOptions): string {
+  const config = source instanceof MeshPolicy ? source.model(options) : source
   const errors = validateModel(config)
   if (errors.length > 0) {
     throw new MeshProxyError(
@@ -98,8 +100,11 @@ export class Proxy {
   #refed = true
   #closing: Promise<void> | undefined
 
-  /** Validates and compiles `config`; throws `MeshProxyError` (`MESHPROXY_INVALID_CONFIG`). */
-  constructor(config: ConfigModel, options: ProxyOptions = {}) {
+  /**
+   * Validates and compiles `config` (a model, or a `meshPolicy()` built with default options);
+   * throws `MeshProxyError` (`MESHPROXY_INVALID_CONFIG`).
+   */
+  constructor(config: ConfigModel | MeshPolicy, options: ProxyOptions = {}) {
     const workers = options.workers ?? 1
     if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
       throw new MeshProxyError('MESHPROXY_INVALID_CONFIG', `workers must be an integer from 1 to 256, got ${workers}`)
@@ -126,8 +131,17 @@ export class Proxy {
   }
 
   /** Atomically replaces the config. A reload that fails (invalid, or a port that cannot be bound) changes nothing. */
-  async reload(config: ConfigModel): Promise<void> {
-    const json = checked(config)
+  async reload(config: ConfigModel | MeshPolicy): Promise<void> {
+    return this.apply(config)
+  }
+
+  /**
+   * Atomically replaces the config with a policy (`meshPolicy()`) or a model, as `reload` does:
+   * a policy that does not build throws `MESHPROXY_INVALID_CONFIG` with diagnostics naming its
+   * builder paths, and changes nothing. Applying the previous policy again undoes a change.
+   */
+  async apply(policy: MeshPolicy | ConfigModel, options: PolicyBuildOptions = {}): Promise<void> {
+    const json = checked(policy, options)
     try {
       await this.#binding.reload(json)
     } catch (err) {

@@ -9,3 +9,5 @@ export { loadConfigFile, loadConfigText, type LoadOptions, type LoadResult } fro
 export { configFromEndpoints } from './from-endpoints.js'
 export { validateModel } from './validate.js'
 export { DEFAULT_ADMIN, DEFAULT_LISTEN } from './defaults.js'
+export { meshPolicy, MeshPolicy, ListenerRoutes, POLICY_FILE, type PolicyBuildOptions, type PolicyBuildResult, type PolicyDiagnostic, type PolicyListenerSpec, type PolicyRouteSpec, type PolicyServiceSpec } from './policy.js'
+export type * from './native-types.js'

@@ -2,7 +2,8 @@
  * The parts of the `yaml` library the loader uses, loaded on first use. Loading it costs about
  * 8 MB of RSS in a Node process (measured: 42.7 → 50.7 MB), a large share of a sidecar's
  * footprint; `meshproxy run --to …` and library users who build the model in code never parse
- * YAML and should not pay for it. Every call here happens while a YAML text is being loaded.
+ * YAML and should not pay for it. Every call here happens while a YAML text is being loaded or
+ * a policy (`meshPolicy()`, which goes through the YAML reader) is being built.
  */
 import { createRequire } from 'node:module'
 import type * as Yaml from 'yaml'
@@ -32,4 +33,9 @@ export function newLineCounter(): LineCounter {
 export function parseAllDocuments(text: string, options: ParseOptions & DocumentOptions & SchemaOptions): Document.Parsed[] {
   // An empty stream is an EmptyStream: an empty array with an `empty` flag.
   return yaml().parseAllDocuments(text, options) as Document.Parsed[]
+}
+
+/** YAML text of a plain value (a policy's native form). */
+export function stringify(value: unknown, options: DocumentOptions & SchemaOptions & Yaml.ToStringOptions & Yaml.CreateNodeOptions): string {
+  return yaml().stringify(value, options)
 }
