@@ -151,6 +151,8 @@ export interface NativeRoute {
   authorization?: NativeAuthorizationRule[]
   /** Rate limits on the route's requests, checked after its authorization and before its other filters; all must admit a request (keyed limits first). */
   rateLimits?: NativeRateLimit[]
+  /** Rego policies checked on this route's requests or responses, in order (see Policy); a file alone is a `classify` response policy. */
+  policies?: Array<string | NativePolicy>
 }
 
 /** A service a route splits its requests over, with its share. */
@@ -244,6 +246,26 @@ export interface NativeRateLimitOverride {
   burst?: number
 }
 
+/** A Rego policy (OPA's language, evaluated in the data plane by regorus) checked on each response (or request) of a route or a service. Its rule (`violation` by default) is a set of messages: empty passes, any member is a violation. The input follows OPA-Envoy: `input.attributes.request.http.{method, path, host, headers}` (header names lower-case), and on the response phase `input.response.{status_code, headers, body}` (`body` as text, absent past `maxBodyBytes` with `input.response.truncated` true). Rego v0 syntax (OPA before 1.0) and v1 are both accepted. */
+export interface NativePolicy {
+  /** The `.rego` file: in YAML a path relative to the YAML file; in the model the path as resolved (diagnostics name it). */
+  file: string
+  /** The rule evaluated, in the module's package: `data.<package>.<rule>`. */
+  rule?: string
+  /** `response`: checked on each response of the route or service (the input has `response`); `request`: checked on each request before it is sent (a route's only), where only `deny` applies. */
+  phase?: 'response' | 'request'
+  /** `classify`: a violation makes the response a failure of its endpoint — counted in `meshproxy_upstream_failures_total` and toward `failureAccrual` ejection, as a status in `failureStatuses` is — and the response passes unchanged (health checking, fault detection). `deny`: the client gets 502 `policy-violation` (403 `forbidden` on the request phase) with the messages in the body. `warn`: the response passes with the messages in a `meshproxy-policy-warning` header and a log line. */
+  action?: 'classify' | 'deny' | 'warn'
+  /** When the policy itself fails (a runtime error, or past its `timeout`): `closed` treats it as a violation (message `policy error`), `open` as a pass. Counted in `meshproxy_policy_errors_total` either way. */
+  onError?: 'closed' | 'open'
+  /** Whether the response body is read into `input.response.body`: `auto` when the policy's source names `body`, `read`, `skip`. A body is read only up to `maxBodyBytes`: `classify` lets it stream to the client and keeps a bounded copy, judged at the body's end; `deny` and `warn` hold the response head until the body ends or reaches the bound. */
+  body?: 'auto' | 'read' | 'skip'
+  /** The most of a response body read for the policy; past it `input.response.body` is absent and `input.response.truncated` true. */
+  maxBodyBytes?: number
+  /** Time allowed for one evaluation, checked as it runs (one builtin call runs to its end); past it the evaluation fails (see `onError`). Generous by default: a loaded machine can pause a thread for milliseconds. A duration: 500ms, 10s, 1m30s, or milliseconds as an integer. */
+  timeout?: NativeDuration
+}
+
 /** A set of endpoints and how requests reach them. */
 export interface NativeService {
   /** Unique service name, as routes and `tcpService` refer to it. */
@@ -290,6 +312,8 @@ export interface NativeService {
   healthCheck?: NativeHealthCheck | null
   /** Rate limits on every request sent to the service, whichever route sends it (with a traffic split, the requests the split sends here), checked once the service is chosen and before an endpoint is; all must admit a request. A retried request counts once. */
   rateLimits?: NativeRateLimit[]
+  /** Rego policies checked on every response from this service's endpoints, after the route's (response phase only; see Policy). */
+  policies?: Array<string | NativePolicy>
 }
 
 /** An upstream endpoint of a service. */
