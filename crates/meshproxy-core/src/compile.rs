@@ -20,8 +20,8 @@ use crate::config::{
 use crate::filter::authz::Authz;
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
-use crate::ratelimit::Limits;
 use crate::policy::{self, ResponsePolicies};
+use crate::ratelimit::Limits;
 use crate::routing::RouteTable;
 use crate::upstream::{Endpoint, Registry};
 use crate::Error;

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::{
-    admit, choose, holds, idle_clock, respond, respond_held, speaks_h2, After, ConnCtx, RoutedRequest, Unchosen,
-    GRPC_STATUS,
+    admit, choose, holds, idle_clock, respond, respond_held, speaks_h2, After, ConnCtx, RoutedRequest,
+    Unchosen, GRPC_STATUS,
 };
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
