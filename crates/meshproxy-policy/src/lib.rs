@@ -6,7 +6,7 @@
 //! services, HTTP servers or what a violation does — it turns Rego source into a [`Policy`] and an
 //! input into the rule's messages.
 //!
-//! How: a policy's module is parsed (Rego v0 first, as OPA before 1.0 reads it, then v1 when v0
+//! How: a policy's module is parsed (Rego v1 first, then v0, as OPA before 1.0 reads it, when v1
 //! refuses it) and compiled for one entry point, `data.<package>.<rule>` (the rule `violation` by
 //! default), once per config. regorus's `Engine` is `Send` and cheap to clone (its modules are
 //! shared `Arc`s) but not `Sync`: it holds the evaluation's state. So each policy keeps a small
@@ -87,12 +87,14 @@ pub type Messages = Vec<String>;
 
 impl Policy {
     /// Compiles `source` (labelled `file` in errors) for the rule `rule` of its package: as Rego
-    /// v0 (the seed's syntax, OPA before 1.0) first, then as v1; when both refuse it, the error of
-    /// the reading that got further into the file is reported.
+    /// v1 first, then as v0 (the seed's syntax, OPA before 1.0); when both refuse it, the error of
+    /// the reading that got further into the file is reported. v1 first because regorus's v0
+    /// parser prints a warning to stderr for each v1 keyword it meets, and a v0 rule body (no
+    /// `if`) is a syntax error in v1, so a v0 module is never taken for a v1 one.
     pub fn compile(file: &str, source: &str, rule: &str, limits: Limits) -> Result<Policy, CompileError> {
-        let (entry, mut engine) = match build(file, source, rule, true) {
+        let (entry, mut engine) = match build(file, source, rule, false) {
             Ok(built) => built,
-            Err(v0) => build(file, source, rule, false).map_err(|v1| further(v0, v1))?,
+            Err(v1) => build(file, source, rule, true).map_err(|v0| further(v0, v1))?,
         };
         engine.set_strict_builtin_errors(true);
         engine.set_execution_timer_config(ExecutionTimerConfig {
@@ -158,9 +160,9 @@ impl Policy {
 /// Checks a policy (what `meshproxy check` reports): it parses and compiles, as Rego v0 or v1,
 /// for `rule`.
 pub fn check(file: &str, source: &str, rule: &str) -> Result<(), CompileError> {
-    match build(file, source, rule, true) {
+    match build(file, source, rule, false) {
         Ok(_) => Ok(()),
-        Err(v0) => build(file, source, rule, false).map(|_| ()).map_err(|v1| further(v0, v1)),
+        Err(v1) => build(file, source, rule, true).map(|_| ()).map_err(|v0| further(v0, v1)),
     }
 }
 
