@@ -261,14 +261,6 @@ fn compile_listener(
             let policy_owner = format!("route:{}/{}", l.name, r.name);
             let (request_policies, policies) =
                 policy::compile(&policy_owner, &r.policies, true, metrics, metric_set)?;
-            // In order: authorization, the rate limits, the request policies (they judge the
-            // request as the client sent it), then the route's other filters. A request refused
-            // early costs nothing more, and a Rego evaluation is behind the limits.
-            let mut request_filters: Box<[RequestFilter]> = request_policies
-                .into_iter()
-                .map(RequestFilter::Policy)
-                .chain(request_filters.into_vec())
-                .collect();
             let keeps_request = policies.is_some()
                 || match &backends {
                     None => false,
@@ -277,16 +269,22 @@ fn compile_listener(
                 };
             let owner = format!("route {:?}", r.name);
             let clock = governor::clock::DefaultClock::default();
-            if let Some(limits) = Limits::compile(&owner, &r.rate_limits, &clock, |limit| {
+            let limits = Limits::compile(&owner, &r.rate_limits, &clock, |limit| {
                 metrics.rate_limit(metric_set, &l.name, &r.name, "", limit)
-            })? {
-                let limits = Arc::new(limits);
-                rate_limits.push(limits.clone());
-                request_filters =
-                    std::iter::once(RequestFilter::RateLimit(limits)).chain(request_filters).collect();
-            }
+            })?
+            .map(Arc::new);
+            rate_limits.extend(limits.clone());
             let authz = Authz::compile(&r.name, &r.authorization, &l.authorization)?;
-            let request_filters = Authz::prepend(authz, request_filters);
+            // In order: authorization, the rate limits, the request policies (they judge the
+            // request as the client sent it), then the route's other filters. A request refused
+            // early costs nothing more, and a Rego evaluation is behind the limits.
+            let request_filters: Box<[RequestFilter]> = authz
+                .map(|a| RequestFilter::Authorize(Box::new(a)))
+                .into_iter()
+                .chain(limits.map(RequestFilter::RateLimit))
+                .chain(request_policies.into_iter().map(RequestFilter::Policy))
+                .chain(request_filters.into_vec())
+                .collect();
             let retry =
                 r.retry.as_ref().map(|c| RetryPolicy::compile(&r.name, c).map(Box::new)).transpose()?;
             Ok(RouteRuntime {

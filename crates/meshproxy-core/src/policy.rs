@@ -76,6 +76,8 @@ pub struct ResponsePolicies {
     pub list: Box<[Arc<Attached>]>,
     /// Some `deny` or `warn` policy reads the body: the head waits for it ([`hold`]).
     pub holds: bool,
+    /// The largest body bound of those `deny` and `warn` policies: how much the head waits for.
+    pub hold_bytes: usize,
     /// Some `classify` policy reads the body: a bounded copy is kept as it streams.
     pub copies: bool,
 }
@@ -133,8 +135,14 @@ pub fn compile(
     }
     let response = (!response.is_empty()).then(|| {
         let holds = response.iter().any(|p| p.reads_body && p.action != PolicyAction::Classify);
+        let hold_bytes = response
+            .iter()
+            .filter(|p| p.reads_body && p.action != PolicyAction::Classify)
+            .map(|p| p.max_body)
+            .max()
+            .unwrap_or(0);
         let copies = response.iter().any(|p| p.reads_body && p.action == PolicyAction::Classify);
-        Arc::new(ResponsePolicies { list: response.into(), holds, copies })
+        Arc::new(ResponsePolicies { list: response.into(), holds, hold_bytes, copies })
     });
     Ok((request, response))
 }

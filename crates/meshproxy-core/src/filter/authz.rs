@@ -221,14 +221,6 @@ impl Authz {
         Ok(Some(Authz { rules: compiled.into(), default, by_network }))
     }
 
-    /// `filters` with this authorization first, when there is one.
-    pub fn prepend(authz: Option<Self>, filters: Box<[RequestFilter]>) -> Box<[RequestFilter]> {
-        match authz {
-            None => filters,
-            Some(a) => std::iter::once(RequestFilter::Authorize(Box::new(a))).chain(filters).collect(),
-        }
-    }
-
     /// The filter's verdict: continue, or 403 `forbidden` (gRPC: PERMISSION_DENIED).
     #[inline]
     pub(super) fn verdict(&self, cx: &RequestCx<'_>) -> Verdict {
