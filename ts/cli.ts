@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `meshproxy` CLI: `run`, `check`, `schema`, `demo`. Only this side handles signals: the first
+ * The `meshproxy` CLI: `run`, `check`, `schema`, `demo`, `identity`. Only this side handles signals: the first
  * SIGINT/SIGTERM drains and closes the proxy, a second one forces it; SIGHUP reloads the file.
  */
 import { readFileSync } from 'node:fs'
@@ -19,6 +19,7 @@ import { checkPolicies } from './config/policies.js'
 import { MeshProxyError } from './errors.js'
 import { DEFAULT_GRACE_MS, Proxy, type StartInfo } from './proxy.js'
 import { runDemo } from './demo.js'
+import { identityCommand } from './identity-cli.js'
 import { closeOnSignals } from './signals.js'
 import { initLogging } from './logging.js'
 
@@ -175,6 +176,8 @@ program
   .option('--admin <host:port>', 'admin address', DEFAULT_ADMIN)
   .option('--workers <n>', 'data-path worker threads', intOption(1, 256), 1)
   .action((opts: { listen: string; admin: string; workers: number }) => runDemo(opts))
+
+program.addCommand(identityCommand())
 
 program.parseAsync().catch((err: unknown) => {
   if (err instanceof MeshProxyError) {

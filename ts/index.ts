@@ -12,6 +12,20 @@ export * from './config/index.js'
 export { MeshProxyError, type MeshProxyErrorCode } from './errors.js'
 export { initLogging } from './logging.js'
 export {
+  checkIdentity,
+  initIdentity,
+  issueIdentity,
+  DEFAULT_ANCHOR_VALIDITY_MS,
+  DEFAULT_WORKLOAD_VALIDITY_MS,
+  type CertificateStanding,
+  type ExistingAnchor,
+  type IdentityCertificate,
+  type IdentityStatus,
+  type InitIdentityOptions,
+  type IssueIdentityOptions,
+  type IssuedIdentity,
+} from './identity.js'
+export {
   Proxy,
   DEFAULT_GRACE_MS,
   type CloseOptions,

@@ -30,7 +30,9 @@ export function spawnCli(t: ExecutionContext, args: string[]): CliProcess {
   child.stderr!.setEncoding('utf8').on('data', (s: string) => (err += s))
   let done = false
   const exited = new Promise<Exit>((resolve) => {
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': it comes after the child's stdout and stderr are read to their end,
+    // so the text of a process that exits at once is never lost.
+    child.on('close', (code, signal) => {
       done = true
       resolve({ code, signal })
     })

@@ -19,6 +19,7 @@ use meshproxy_core::{Config, Error as CoreError, MeshProxy};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 mod host;
+pub mod identity;
 
 use host::RuntimeHost;
 
