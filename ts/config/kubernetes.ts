@@ -14,6 +14,7 @@ import { readPathType } from './native.js'
 import { readLocalRateLimitPolicy, readRateLimiter, type ServiceRateLimits } from './ratelimit-k8s.js'
 import { normalizeHost, normalizePath, parseAddress } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
+import { readTlsHosts, readTlsSecret, type TlsSecret } from './tls.js'
 
 /** Ingress classes served by meshproxy (besides no class at all). */
 export const OUR_INGRESS_CLASSES = ['linkerd', 'meshproxy']
@@ -44,6 +45,15 @@ export interface Ingress {
   loc: Loc
   paths: IngressPath[]
   defaultBackend?: Backend
+  /** `spec.tls`: the hosts each Secret's certificate serves on the ingress listener. */
+  tls: IngressTls[]
+}
+
+export interface IngressTls {
+  hosts: string[]
+  secretName: string
+  loc: Loc
+  secretLoc: Loc
 }
 
 export interface ServicePort {
@@ -81,6 +91,8 @@ export class K8sResources {
   readonly httpRoutes: HttpRoute[] = []
   /** From `RateLimiter` and `HTTPLocalRateLimitPolicy` resources (`ratelimit-k8s.ts`). */
   readonly rateLimits: ServiceRateLimits[] = []
+  /** `kubernetes.io/tls` Secrets whose certificate and key were read and checked (`tls.ts`). */
+  readonly tlsSecrets: TlsSecret[] = []
 }
 
 const SUPPORTED: Record<string, string[]> = {
@@ -91,6 +103,7 @@ const SUPPORTED: Record<string, string[]> = {
   List: ['v1'],
   RateLimiter: ['linkerd.io/v1alpha2'],
   HTTPLocalRateLimitPolicy: ['policy.linkerd.io/v1alpha1'],
+  Secret: ['v1'],
 }
 
 /** Linkerd's authorization resources: skipped with a pointer to the native rules. */
@@ -112,7 +125,7 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
     return
   }
   if (wanted === undefined) {
-    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, HTTPRoute, Service (with Linkerd\'s retry, timeout and failure-accrual annotations), EndpointSlice, RateLimiter and HTTPLocalRateLimitPolicy')
+    r.warn(kindLoc, `${kind} is not supported yet; skipped`, 'meshproxy reads Ingress, HTTPRoute, Service (with Linkerd\'s retry, timeout and failure-accrual annotations), EndpointSlice, RateLimiter, HTTPLocalRateLimitPolicy and kubernetes.io/tls Secrets')
     return
   }
   if (!wanted.includes(apiVersion)) {
@@ -132,7 +145,8 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
   if (!meta || name === undefined) return
   const namespace = meta.str('namespace') ?? 'default'
   const loc = r.loc(root.node)
-  if (kind === 'Ingress') readIngress(r, root, meta, { name, namespace, loc, paths: [] }, out)
+  if (kind === 'Ingress') readIngress(r, root, meta, { name, namespace, loc, paths: [], tls: [] }, out)
+  else if (kind === 'Secret') readTlsSecret(r, root, name, namespace, loc, out.tlsSecrets)
   else if (kind === 'Service') {
     const linkerd = readLinkerdAnnotations(meta.fields('annotations', 'Service annotations', null), name)
     readService(r, root, { name, namespace, loc, ports: [], linkerd }, out)
@@ -179,6 +193,14 @@ function readIngress(r: DocReader, root: Fields, meta: Fields, ingress: Ingress,
   }
   if (!spec.has('rules') && !defaultBackend) {
     r.warn(ingress.loc, `Ingress "${ingress.name}" has neither rules nor defaultBackend; it routes nothing`)
+  }
+  for (const node of spec.list('tls')) {
+    const t = r.fields(node, 'Ingress tls', ['hosts', 'secretName'])
+    if (!t) continue
+    const secretName = t.str('secretName', true)
+    if (secretName === undefined) continue
+    const hosts = readTlsHosts(r, t.get('hosts'), 'Ingress tls hosts')
+    ingress.tls.push({ hosts, secretName, loc: r.loc(node), secretLoc: t.valueLoc('secretName') })
   }
   out.ingresses.push(ingress)
 }

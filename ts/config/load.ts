@@ -18,6 +18,7 @@ import { NATIVE_TOP_FIELDS, readNativeDoc, type NativeContext } from './native.j
 import { checkSemantics, lintModel, type Target } from './semantics.js'
 import { normalizeHost, parseAddress } from './values.js'
 import { DocReader } from './yaml-walk.js'
+import { applyIngressTls } from './tls.js'
 
 export interface LoadOptions {
   /** Name used in diagnostics. Default `<config>`. */
@@ -109,14 +110,18 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
 
   const translated = translateK8s(k8s, sink, origins, outbound.length > 0)
   const ingressRoutes = [...translated.routes, ...translated.defaultRoutes]
+  const ingressTls = k8s.ingresses.flatMap((i) => i.tls.map((t) => ({ ingress: i.name, namespace: i.namespace, ...t })))
   if (ingressRoutes.length > 0) {
     let first = listeners[0]
     if (!first) {
       first = makeListener('listener-0', defaultListen)
       origins.set(first, '', OPTIONS_LOC)
       listeners.push(first)
+      // A listener made for the file's Ingresses terminates TLS when one of them asks for it.
+      if (ingressTls.length > 0) first.tls = { certificates: [] }
     }
     first.routes.push(...ingressRoutes)
+    applyIngressTls(ingressTls, k8s.tlsSecrets, first.tls ?? undefined, first.name, sink)
   }
   const nativeNames = new Set(services.map((s) => s.name))
   services.push(...translated.services)

@@ -359,6 +359,42 @@ export const HTTP2 = table(
   },
 )
 
+const pemFile = (s: string): Parsed<string> => (s.trim() === '' ? fail('the file name is empty', 'a path such as certs/web.crt') : ok(s))
+
+export const TLS_CERTIFICATE = table(
+  'TlsCertificate',
+  'A certificate chain and its private key (PEM), and the host names it serves. From files (`cert`, `key`), or from a Kubernetes `kubernetes.io/tls` Secret (`certPem`, `keyPem`, written by the loader).',
+  {
+    cert: nullableText(
+      'The certificate chain\'s PEM file, leaf first: in YAML a path relative to the YAML file; in the model the path as resolved. Re-read when it changes on disk. null when `certPem` is given.',
+      pemFile,
+      'a file path',
+      { default: null, yaml: { required: true } },
+    ),
+    key: nullableText(
+      'The private key\'s PEM file (PKCS#8, RSA or EC; RSA, ECDSA P-256/P-384 or Ed25519), as `cert` is written. null when `keyPem` is given.',
+      pemFile,
+      'a file path',
+      { default: null, yaml: { required: true } },
+    ),
+    certPem: nullableText('The certificate chain as PEM text (from a Secret\'s `tls.crt`); null = read from `cert`.', ok, 'PEM text', { default: null, yaml: false }),
+    keyPem: nullableText('The private key as PEM text (from a Secret\'s `tls.key`); null = read from `key`. `/config` shows it as `<redacted>`.', ok, 'PEM text', { default: null, yaml: false }),
+    origin: text('What inline PEM is named by in errors, e.g. `Secret default/web-tls`; empty for files.', ok, { default: '', yaml: false }),
+    hosts: listOf(
+      text('An SNI host name: an exact name or a one-label wildcard (`*.example.com`).', normalizeHost),
+      'The names (SNI) this certificate is chosen for: exact names first, then wildcards. None: the default certificate, for other names and clients that send no SNI (without one, the first certificate is the default).',
+    ),
+  },
+)
+
+export const TLS = table(
+  'Tls',
+  'TLS termination on a listener: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1` (then the usual protocol detection when the client offers neither). A plaintext client is refused (a plaintext HTTP/1 request gets 400 `tls-required`).',
+  {
+    certificates: listOf(nested(TLS_CERTIFICATE), 'The certificates; SNI picks one per connection. At least one, or the listener\'s Ingresses\' `spec.tls` give them.'),
+  },
+)
+
 /** The values of a listener's `protocol`, the default first. */
 export const LISTENER_PROTOCOLS = ['http', 'tcp'] as const
 
@@ -402,6 +438,7 @@ export const LISTENER = table('Listener', 'A listening socket and the routes of 
     true,
   ),
   authorization: nested(AUTHORIZATION),
+  tls: nullableNested(TLS, { doc: 'TLS termination: each connection\'s TLS handshake comes first (within `headerReadTimeout`); null = plaintext.', default: null }),
   routes: listOf(nested(ROUTE), 'In file order; precedence is computed by the data plane (see README "Routing precedence"). Ignored on a `tcp` listener.'),
 })
 
@@ -587,6 +624,8 @@ export const CONFIG = table('Config', 'A meshproxy config.', {
 export type ConfigModel = ModelOf<typeof CONFIG>
 export type ListenerModel = ModelOf<typeof LISTENER>
 export type Http2Model = ModelOf<typeof HTTP2>
+export type TlsModel = ModelOf<typeof TLS>
+export type TlsCertificateModel = ModelOf<typeof TLS_CERTIFICATE>
 export type RouteModel = ModelOf<typeof ROUTE>
 export type PathMatch = ModelOf<typeof PATH_MATCH>
 export type HeaderMatch = ModelOf<typeof HEADER_MATCH>

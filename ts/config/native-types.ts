@@ -58,6 +58,8 @@ export interface NativeListener {
   proxyHeaders?: boolean
   /** Who may send requests through a listener: its `rules`, tried in order after the matched route's own `authorization` rules (first match wins), then `default` for a request no rule matches. Requests that match no route are answered 404 `no-route` before any rule. */
   authorization?: NativeAuthorization
+  /** TLS termination: each connection's TLS handshake comes first (within `headerReadTimeout`); null = plaintext. */
+  tls?: NativeTls | null
   /** In file order; precedence is computed by the data plane (see README "Routing precedence"). Ignored on a `tcp` listener. */
   routes?: NativeRoute[]
 }
@@ -100,6 +102,22 @@ export interface NativeAuthorizationRule {
   pathType?: 'Prefix' | 'Exact'
   /** Headers that must have exactly these values, all of them: `{ x-role: admin }` in YAML. */
   headers?: Record<string, string | number | boolean>
+}
+
+/** TLS termination on a listener: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1` (then the usual protocol detection when the client offers neither). A plaintext client is refused (a plaintext HTTP/1 request gets 400 `tls-required`). */
+export interface NativeTls {
+  /** The certificates; SNI picks one per connection. At least one, or the listener's Ingresses' `spec.tls` give them. */
+  certificates?: NativeTlsCertificate[]
+}
+
+/** A certificate chain and its private key (PEM), and the host names it serves. From files (`cert`, `key`), or from a Kubernetes `kubernetes.io/tls` Secret (`certPem`, `keyPem`, written by the loader). */
+export interface NativeTlsCertificate {
+  /** The certificate chain's PEM file, leaf first: in YAML a path relative to the YAML file; in the model the path as resolved. Re-read when it changes on disk. null when `certPem` is given. */
+  cert: string | null
+  /** The private key's PEM file (PKCS#8, RSA or EC; RSA, ECDSA P-256/P-384 or Ed25519), as `cert` is written. null when `keyPem` is given. */
+  key: string | null
+  /** The names (SNI) this certificate is chosen for: exact names first, then wildcards. None: the default certificate, for other names and clients that send no SNI (without one, the first certificate is the default). */
+  hosts?: string[]
 }
 
 /** A route: which requests it matches and the service they go to. */

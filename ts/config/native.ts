@@ -16,6 +16,7 @@ import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
 import { checkCookieName, checkCookieValue, checkHeaderValue, checkName, checkQueryText, isToken, normalizeHeaderName, normalizeHost, normalizeMethod, normalizeModifiableHeaderName, normalizePath, parseAddress, type Parsed } from './values.js'
 import type { DocReader, Fields, YNode } from './yaml-walk.js'
 import { normalizeCidr } from './cidr.js'
+import { readListenerTls } from './tls.js'
 
 /** The keys a table's YAML form accepts, in table order (the order "valid fields:" hints list them). */
 const keysOf = (t: Table): string[] => yamlEntries(t).map(([key]) => key)
@@ -142,6 +143,9 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
   const authz = f.fields('authorization', 'listener authorization', keysOf(AUTHORIZATION))
   if (authz) listener.authorization = readAuthorization(authz, ctx)
   ctx.origins.set(listener, 'authorization', f.keyLoc('authorization'))
+  const tls = readListenerTls(f)
+  if (tls) listener.tls = tls
+  ctx.origins.set(listener, 'tls', f.keyLoc('tls'))
   f.list('routes').forEach((routeNode, i) => {
     const route = readRoute(routeNode, `${name}-route-${i}`, ctx)
     if (route) listener.routes.push(route)

@@ -4,7 +4,7 @@
  * (which maps each finding back to a file position through `Origins`) and `validateModel` (which
  * names the JSON path), so both accept exactly the same models.
  */
-import { isRedirectStatus, type ConfigModel, type RouteModel } from './model.js'
+import { isRedirectStatus, type ConfigModel, type RouteModel, type TlsModel } from './model.js'
 import { suggest } from './diagnostics.js'
 import { isWildcardHost, parseAddress, type Address } from './values.js'
 import { lintAuthorization, lintShadowedRoutes } from './policy-lint.js'
@@ -110,6 +110,25 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
         `tcp listener "${listener.name}" has no tcpService`,
         'set tcpService: to the service its connections are forwarded to',
       )
+    }
+    if (listener.tls) checkTls(listener.tls, listener.name, `listeners[${li}].tls`, (message, hint) => error({ obj: listener, field: 'tls', path: `listeners[${li}].tls` }, message, hint))
+  })
+}
+
+/** A TLS listener's certificates: at least one, each with its PEM from a file or inline, no host twice. */
+function checkTls(tls: TlsModel, listener: string, path: string, error: (message: string, hint?: string) => void): void {
+  if (tls.certificates.length === 0) {
+    error(`TLS listener "${listener}" has no certificate`, 'list certificates: [{ cert: <file>, key: <file> }], or give an Ingress on it spec.tls')
+  }
+  const owners = new Map<string, number>()
+  tls.certificates.forEach((c, ci) => {
+    if ((c.cert === null) === (c.certPem === null) || (c.key === null) === (c.keyPem === null)) {
+      error(`${path}.certificates[${ci}] needs a certificate and a key, each either a file (cert, key) or inline PEM (certPem, keyPem)`)
+    }
+    for (const host of c.hosts) {
+      const first = owners.get(host)
+      if (first !== undefined) error(`TLS listener "${listener}" gives host "${host}" two certificates (${first + 1} and ${ci + 1})`, 'list each host under one certificate')
+      else owners.set(host, ci)
     }
   })
 }

@@ -69,7 +69,49 @@ pub struct ListenerConfig {
     /// Who may send requests through this listener's routes (after each route's own rules).
     #[serde(default)]
     pub authorization: AuthorizationConfig,
+    /// TLS termination: every connection's TLS handshake first; None = plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// A TLS listener's certificates; SNI picks one per connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    pub certificates: Vec<TlsCertificateConfig>,
+}
+
+/// One certificate chain and its private key, from PEM files (`cert`, `key`) or inline PEM
+/// (`certPem`, `keyPem`, from a Kubernetes Secret), and the host names it serves (none: the
+/// default certificate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificateConfig {
+    /// The certificate chain's PEM file, as resolved; None when `cert_pem` is given.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// The private key's PEM file, as resolved; None when `key_pem` is given.
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub cert_pem: Option<String>,
+    /// Written out as `<redacted>` (the admin `/config` shows the model).
+    #[serde(default, serialize_with = "redacted")]
+    pub key_pem: Option<String>,
+    /// What inline PEM is named by in errors (`Secret default/web-tls`); empty for files.
+    #[serde(default)]
+    pub origin: String,
+    pub hosts: Vec<String>,
+}
+
+fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("<redacted>"),
+        None => s.serialize_none(),
+    }
 }
 
 /// A listener's authorization: its rules (tried after a route's own, first match wins), then
@@ -648,6 +690,7 @@ pub mod testing {
             http2: Http2Config::default(),
             proxy_headers: true,
             authorization: AuthorizationConfig::default(),
+            tls: None,
             routes,
         }
     }

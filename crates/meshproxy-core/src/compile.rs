@@ -58,6 +58,8 @@ pub struct ListenerRuntime {
     pub routes: Vec<RouteRuntime>,
     pub limits: ListenerLimits,
     pub metrics: Arc<ListenerMetrics>,
+    /// TLS termination in front of protocol detection; None = plaintext.
+    pub tls: Option<Arc<meshproxy_tls::ServerTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -318,9 +320,13 @@ fn compile_listener(
         }
         None => None,
     };
+    let tls = l.tls.as_ref().map(|t| compile_tls(&l.name, t)).transpose()?;
+    let listener_metrics = metrics.listener(metric_set, &l.name);
+    listener_metrics.tls.enabled.store(tls.is_some(), std::sync::atomic::Ordering::Relaxed);
     Ok(ListenerRuntime {
         name: l.name.as_str().into(),
         protocol: l.protocol,
+        tls,
         tcp_service,
         table: RouteTable::compile(&l.routes)?,
         routes,
@@ -334,8 +340,33 @@ fn compile_listener(
             max_header_bytes: l.max_header_bytes as usize,
             max_uri_bytes: l.max_uri_bytes as usize,
         },
-        metrics: metrics.listener(metric_set, &l.name),
+        metrics: listener_metrics,
     })
+}
+
+/// A listener's certificates, read from their files (or inline PEM) now.
+fn compile_tls(listener: &str, c: &crate::config::TlsConfig) -> Result<Arc<meshproxy_tls::ServerTls>, Error> {
+    use meshproxy_tls::{CertificateSpec, PemSource};
+    let source = |file: &Option<String>, pem: &Option<String>, part: &str, origin: &str| match (pem, file) {
+        (Some(pem), _) => Ok(PemSource::Inline { pem: pem.clone(), origin: format!("{origin} {part}") }),
+        (None, Some(file)) => Ok(PemSource::File(file.into())),
+        (None, None) => Err(Error::Config(format!("listener {listener:?}: a TLS certificate has no {part}"))),
+    };
+    let specs = c
+        .certificates
+        .iter()
+        .map(|cert| {
+            let origin = if cert.origin.is_empty() { "inline PEM" } else { cert.origin.as_str() };
+            Ok(CertificateSpec {
+                cert: source(&cert.cert, &cert.cert_pem, "certificate", origin)?,
+                key: source(&cert.key, &cert.key_pem, "key", origin)?,
+                hosts: cert.hosts.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    meshproxy_tls::ServerTls::load(specs)
+        .map(Arc::new)
+        .map_err(|source| Error::Tls { listener: listener.to_owned(), source })
 }
 
 fn h2_settings(c: &Http2Config) -> meshproxy_http::h2_server::Settings {

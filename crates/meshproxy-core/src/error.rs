@@ -20,6 +20,13 @@ pub enum Error {
     AlreadyRunning,
     #[error("the proxy is closed")]
     Closed,
+    /// A TLS listener's certificates cannot be used (the message names the file).
+    #[error("listener {listener:?}: TLS: {source}")]
+    Tls {
+        listener: String,
+        #[source]
+        source: meshproxy_tls::TlsError,
+    },
 }
 
 impl From<meshproxy_config::ModelError> for Error {
@@ -43,6 +50,7 @@ impl Error {
             Error::NotRunning => "MESHPROXY_NOT_RUNNING",
             Error::AlreadyRunning => "MESHPROXY_ALREADY_RUNNING",
             Error::Closed => "MESHPROXY_CLOSED",
+            Error::Tls { .. } => "MESHPROXY_TLS_INVALID",
         }
     }
 }
@@ -73,10 +81,12 @@ pub enum ProxyError {
     Forbidden,
     /// The upstream's response violated a policy whose action is `deny` (502).
     PolicyViolation,
+    /// A plaintext HTTP/1 request on a TLS listener (400, then the connection closes).
+    TlsRequired,
 }
 
 impl ProxyError {
-    pub const ALL: [ProxyError; 15] = [
+    pub const ALL: [ProxyError; 16] = [
         ProxyError::NoRoute,
         ProxyError::NoEndpoints,
         ProxyError::UpstreamConnect,
@@ -92,6 +102,7 @@ impl ProxyError {
         ProxyError::RateLimited,
         ProxyError::Forbidden,
         ProxyError::PolicyViolation,
+        ProxyError::TlsRequired,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -107,7 +118,7 @@ impl ProxyError {
             | ProxyError::PolicyViolation => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest | ProxyError::TlsRequired => StatusCode::BAD_REQUEST,
             ProxyError::ConnectRefused | ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -131,6 +142,7 @@ impl ProxyError {
             ProxyError::RateLimited => "rate-limited",
             ProxyError::Forbidden => "forbidden",
             ProxyError::PolicyViolation => "policy-violation",
+            ProxyError::TlsRequired => "tls-required",
         }
     }
 
@@ -141,7 +153,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "4",                        // DEADLINE_EXCEEDED
             ProxyError::ConnectRefused | ProxyError::Forbidden => "7", // PERMISSION_DENIED
             ProxyError::RateLimited => "8",                            // RESOURCE_EXHAUSTED
-            ProxyError::UriTooLong | ProxyError::BadRequest => "13",   // INTERNAL
+            ProxyError::UriTooLong | ProxyError::BadRequest | ProxyError::TlsRequired => "13", // INTERNAL
             ProxyError::NoEndpoints
             | ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
@@ -179,6 +191,7 @@ impl ProxyError {
             ProxyError::RateLimited => "meshproxy: rate limit exceeded\n",
             ProxyError::Forbidden => "meshproxy: forbidden by policy\n",
             ProxyError::PolicyViolation => "meshproxy: the upstream's response violated a policy\n",
+            ProxyError::TlsRequired => "meshproxy: this port speaks TLS; use https\n",
         }
     }
 }

@@ -343,6 +343,8 @@ pub struct RequestCx<'a> {
     /// Read by the filters keyed by client (rate limits, authorization).
     pub client: std::net::SocketAddr,
     pub client_ip: &'a HeaderValue,
+    /// The request came over TLS: `X-Forwarded-Proto` says `https`.
+    pub tls: bool,
 }
 
 impl RequestFilter {
@@ -357,7 +359,7 @@ impl RequestFilter {
                     None => None,
                 };
                 let version = cx.head.version;
-                headers::add_forwarded(&mut cx.head.headers, *cx.seen, cx.client_ip, host, version);
+                headers::add_forwarded(&mut cx.head.headers, *cx.seen, cx.client_ip, host, version, cx.tls);
                 Verdict::Continue
             }
             RequestFilter::Headers(edit) => {
@@ -599,12 +601,16 @@ mod tests {
         let client = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
         let mut h = head("/api/users?page=2", None);
         let mut seen = Seen::default();
-        rewrite.apply(&mut RequestCx { head: &mut h, seen: &mut seen, client, client_ip: &ip }).unwrap();
+        rewrite
+            .apply(&mut RequestCx { head: &mut h, seen: &mut seen, client, client_ip: &ip, tls: false })
+            .unwrap();
         assert_eq!(h.uri, "/users?page=2");
         assert_eq!(h.headers[header::HOST], "backend.internal");
         assert!(seen.host, "the upstream request keeps the rewritten Host");
         let mut h2 = head("http://front.example/api", None);
-        rewrite.apply(&mut RequestCx { head: &mut h2, seen: &mut seen, client, client_ip: &ip }).unwrap();
+        rewrite
+            .apply(&mut RequestCx { head: &mut h2, seen: &mut seen, client, client_ip: &ip, tls: false })
+            .unwrap();
         assert_eq!(h2.uri, "http://backend.internal/");
     }
 }

@@ -33,16 +33,19 @@ use crate::tcp;
 use meshproxy_http::detect::{self, Detected, PrefixedIo};
 use meshproxy_http::h2_server;
 
+mod tls;
+
 #[cfg(test)]
 mod h2_tests;
 
-/// The downstream socket, noting when bytes of a new request start to arrive.
-struct TrackedIo {
-    inner: TcpStream,
+/// The downstream connection (a socket, or the TLS stream over it), noting when bytes of a new
+/// request start to arrive.
+struct TrackedIo<IO> {
+    inner: IO,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for TrackedIo {
+impl<IO: AsyncRead + Unpin> AsyncRead for TrackedIo<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -54,7 +57,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for TrackedIo<IO> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
@@ -179,20 +182,50 @@ async fn serve(
     drain: watch::Receiver<Drain>,
 ) {
     let _ = stream.set_nodelay(true);
+    if let Some(tls) = &rt.tls {
+        let Some((stream, alpn)) = tls::accept(stream, peer, tls, &rt).await else {
+            return;
+        };
+        return serve_io(stream, alpn, peer, rt, shared, key, drain).await;
+    }
+    serve_io(stream, None, peer, rt, shared, key, drain).await
+}
+
+/// Serves one connection, plaintext or decrypted: a protocol the client chose by ALPN is served
+/// as such; otherwise the first bytes decide (HTTP/1.x, the h2 preface, or opaque TCP).
+async fn serve_io<IO>(
+    stream: IO,
+    alpn: Option<tls::Alpn>,
+    peer: SocketAddr,
+    rt: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    key: Arc<str>,
+    drain: watch::Receiver<Drain>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &rt.limits;
     if let (ListenerProtocol::Tcp, Some(service)) = (rt.protocol, &rt.tcp_service) {
         return tcp::forward(stream, peer, service, limits.tunnel_idle_timeout, drain).await;
     }
     let activity = Arc::new(Activity::new());
     let mut io = TrackedIo { inner: stream, activity: activity.clone() };
-    // With somewhere to send opaque traffic, silence means a server-speaks-first protocol after
-    // the (short) detection timeout; without, the client has the header-read timeout to speak.
-    let wait = if rt.tcp_service.is_some() { limits.detect_timeout } else { limits.header_read_timeout };
-    let (detected, prefix) = match detect::sniff(&mut io, wait).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "downstream connection failed before its first request");
-            return;
+    let (detected, prefix) = match alpn {
+        Some(tls::Alpn::H2) => (Detected::Http2, bytes::Bytes::new()),
+        Some(tls::Alpn::Http11) => (Detected::Http1, bytes::Bytes::new()),
+        None => {
+            // With somewhere to send opaque traffic, silence means a server-speaks-first protocol
+            // after the (short) detection timeout; without, the client has the header-read timeout
+            // to speak.
+            let wait =
+                if rt.tcp_service.is_some() { limits.detect_timeout } else { limits.header_read_timeout };
+            match detect::sniff(&mut io, wait).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "downstream connection failed before its first request");
+                    return;
+                }
+            }
         }
     };
     if detected == Detected::Opaque {
@@ -206,11 +239,12 @@ async fn serve(
         }
     }
     let io = PrefixedIo::new(prefix, io);
-    let service = ProxyService::new(shared, key, peer, activity.clone(), drain.clone());
+    let service = ProxyService::new(shared, key, peer, activity.clone(), drain.clone(), rt.tls.is_some());
     match detected {
         Detected::Http2 => {
             activity.multiplexed();
-            // The preface is already buffered: the handshake only writes the server's SETTINGS.
+            // The preface is already buffered (or, after ALPN h2, about to arrive): the handshake
+            // writes the server's SETTINGS and reads the preface.
             let handshake = h2_server::Serve::handshake(io, &limits.http2, service);
             match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                 Ok(Ok(conn)) => drive(conn, peer, limits, &activity, drain).await,

@@ -362,8 +362,18 @@ impl MeshProxy {
                     Some(s) => {
                         s.registry().reap_idle();
                         // Rate limits drop the keys whose buckets are full again.
-                        for limits in &s.snapshot().load().rate_limits {
+                        let snapshot = s.snapshot().load_full();
+                        for limits in &snapshot.rate_limits {
                             limits.sweep();
+                        }
+                        // Certificate files that changed on disk are read in again (off the
+                        // runtime's threads: file reads and key parsing).
+                        if snapshot
+                            .listeners
+                            .values()
+                            .any(|l| l.tls.as_ref().is_some_and(|t| t.watches_files()))
+                        {
+                            let _ = tokio::task::spawn_blocking(move || reload_certificates(&snapshot)).await;
                         }
                     }
                     None => return,
@@ -432,6 +442,25 @@ fn info(r: &Running) -> StartInfo {
         .collect();
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     StartInfo { listeners, admin: r.admin.as_ref().map(|a| a.local.to_string()) }
+}
+
+/// Rebuilds the TLS config of each listener whose certificate files changed; a bad new
+/// certificate is logged and the one in force keeps serving.
+fn reload_certificates(snapshot: &crate::compile::Snapshot) {
+    for l in snapshot.listeners.values() {
+        let Some(tls) = &l.tls else { continue };
+        match tls.reload_if_changed() {
+            None => {}
+            Some(Ok(())) => {
+                l.metrics.tls.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(listener = %l.name, "TLS certificates reloaded from changed files");
+            }
+            Some(Err(e)) => {
+                l.metrics.tls.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(listener = %l.name, error = %e, "changed TLS certificates refused; the previous ones keep serving");
+            }
+        }
+    }
 }
 
 /// A listener dropped by a reload: stop accepting now, drain its connections, force after grace.

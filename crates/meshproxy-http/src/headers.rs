@@ -27,6 +27,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Which names of interest one pass over a message's header names found. Standard names compare
 /// as enum tags, so the pass is cheaper than a hashed lookup per name: most messages carry none of
@@ -123,13 +124,15 @@ fn strip_connection_listed(headers: &mut HeaderMap) {
 
 /// Adds `x-forwarded-for` (appended), `x-forwarded-proto` and `x-forwarded-host` (set when the
 /// client did not send them) and `via` (appended) to a request going upstream. `seen` is a
-/// `scan` of `headers` as they are now; `host` is the request's host, for `x-forwarded-host`.
+/// `scan` of `headers` as they are now; `host` is the request's host, for `x-forwarded-host`;
+/// `tls`: the client connected over TLS (`x-forwarded-proto: https`).
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     seen: Seen,
     client_ip: &HeaderValue,
     host: Option<HeaderValue>,
     version: http::Version,
+    tls: bool,
 ) {
     let prev = if seen.xff { headers.get(&X_FORWARDED_FOR) } else { None };
     match prev {
@@ -147,7 +150,7 @@ pub fn add_forwarded(
         }
     }
     if !seen.xfp {
-        headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), if tls { HTTPS.clone() } else { HTTP.clone() });
     }
     if !seen.xfh {
         if let Some(host) = host {
@@ -186,7 +189,14 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let host = h.get("host").cloned();
         let seen = scan(&h);
-        add_forwarded(&mut h, seen, &HeaderValue::from_static("127.0.0.1"), host, http::Version::HTTP_11);
+        add_forwarded(
+            &mut h,
+            seen,
+            &HeaderValue::from_static("127.0.0.1"),
+            host,
+            http::Version::HTTP_11,
+            false,
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "api.example.com");
@@ -200,7 +210,14 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let seen = scan(&h);
         let seen = strip_seen(&mut h, seen);
-        add_forwarded(&mut h, seen, &HeaderValue::from_static("127.0.0.1"), None, http::Version::HTTP_2);
+        add_forwarded(
+            &mut h,
+            seen,
+            &HeaderValue::from_static("127.0.0.1"),
+            None,
+            http::Version::HTTP_2,
+            false,
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
         assert!(h.get("x-forwarded-host").is_none() && h.get("connection").is_none());
         assert_eq!(h.get("via").unwrap(), "2 meshproxy");

@@ -423,7 +423,7 @@ mod tests {
         let verdict = |method: Method, seen: &mut meshproxy_http::headers::Seen| {
             let mut head =
                 http::Request::builder().method(method).uri("/chat").body(()).unwrap().into_parts().0;
-            a.verdict(&RequestCx { head: &mut head, seen, client, client_ip: &ip })
+            a.verdict(&RequestCx { head: &mut head, seen, client, client_ip: &ip, tls: false })
         };
         assert!(matches!(verdict(Method::GET, &mut seen), Verdict::Continue));
         assert!(matches!(verdict(Method::CONNECT, &mut seen), Verdict::Continue));

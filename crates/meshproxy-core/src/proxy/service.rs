@@ -63,6 +63,8 @@ struct ConnCtx {
     client: SocketAddr,
     client_ip: HeaderValue,
     activity: Arc<Activity>,
+    /// The connection came over TLS (`X-Forwarded-Proto: https`).
+    tls: bool,
 }
 
 impl ProxyService {
@@ -72,10 +74,13 @@ impl ProxyService {
         client: SocketAddr,
         activity: Arc<Activity>,
         drain: watch::Receiver<Drain>,
+        tls: bool,
     ) -> Self {
         let client_ip =
             HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ProxyService { ctx: Arc::new(ConnCtx { shared, drain, listener_key, client, client_ip, activity }) }
+        ProxyService {
+            ctx: Arc::new(ConnCtx { shared, drain, listener_key, client, client_ip, activity, tls }),
+        }
     }
 }
 
@@ -172,6 +177,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                 seen: &mut routed.seen,
                 client: ctx.client,
                 client_ip: &ctx.client_ip,
+                tls: ctx.tls,
             };
             match filter::run_request(&routed.route.request_filters, from, &mut cx) {
                 Step::Done => break,
