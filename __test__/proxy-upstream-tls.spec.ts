@@ -7,6 +7,7 @@
  * the `tls` block with file:line:col.
  */
 import https from 'node:https'
+import net from 'node:net'
 import http2 from 'node:http2'
 import type { TLSSocket } from 'node:tls'
 import { writeFileSync } from 'node:fs'
@@ -16,7 +17,7 @@ import type { ExecutionContext } from 'ava'
 import * as grpc from '@grpc/grpc-js'
 import { listen, startBackend } from './helpers/backend.js'
 import { get, sleep } from './helpers/http.js'
-import { startProxy } from './helpers/proxy.js'
+import { load, startProxy } from './helpers/proxy.js'
 import { makeUpstreamCerts, type UpstreamCerts } from './helpers/upstream-certs.js'
 import { formatDiagnostic, loadConfigText } from '../ts/index.js'
 
@@ -238,6 +239,53 @@ test('TLS connections to an endpoint are pooled: many requests, few handshakes',
   )
   t.is(b.seen.length, chains * perChain)
   t.true(b.connections <= chains, `${b.connections} TLS connections for ${chains} concurrent request chains`)
+})
+
+test('a reload keeps pooled TLS connections when the TLS settings are the same, and opens new ones when the server name changes', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const b = await httpsBackend(t, certs)
+  const config = (serverName: string) => load(yaml({ pay: { endpoints: [b.address], extra: tls({ serverName, ca: certs.ca }) } }))
+  const { proxy, port } = await startProxy(t, config('payments.internal'))
+  t.is((await get(port, '/pay')).status, 200)
+  t.is(b.connections, 1)
+  await proxy.reload(config('payments.internal'))
+  t.is((await get(port, '/pay')).status, 200)
+  t.is(b.connections, 1, 'same settings: the pooled connection is reused')
+  await proxy.reload(config('localhost'))
+  t.is((await get(port, '/pay')).status, 200)
+  t.is(b.connections, 2, 'another server name: a new connection')
+  t.deepEqual(b.seen.map((s) => s.servername), ['payments.internal', 'payments.internal', 'localhost'])
+})
+
+test('a TCP service over TLS: the proxy wraps the client\'s bytes in TLS (no ALPN)', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const b = await httpsBackend(t, certs, { name: 'opaque' })
+  const { port } = await startProxy(
+    t,
+    `
+admin: null
+listeners:
+  - name: tcp
+    address: 127.0.0.1:0
+    protocol: tcp
+    tcpService: secure
+services:
+  - name: secure
+    endpoints: [${b.address}]${tls({ serverName: 'payments.internal', ca: certs.ca })}
+`,
+  )
+  const reply = await new Promise<string>((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.end('GET /raw HTTP/1.1\r\nhost: payments.internal\r\nconnection: close\r\n\r\n'))
+    let text = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (d: string) => (text += d))
+    socket.on('end', () => resolve(text))
+    socket.on('error', reject)
+  })
+  t.regex(reply, /^HTTP\/1\.1 200/)
+  t.true(reply.endsWith('opaque /raw'), reply)
+  t.is(b.seen[0]?.servername, 'payments.internal')
+  t.is(b.seen[0]?.alpn, false, 'opaque bytes offer no ALPN protocol')
 })
 
 test('new TLS connections resume the session of an earlier one', async (t) => {

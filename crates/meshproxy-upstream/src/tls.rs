@@ -443,6 +443,12 @@ mod tests {
     }
 
     #[test]
+    fn a_plaintext_connection_is_a_tcp_stream_and_a_tag() {
+        let (io, tcp) = (std::mem::size_of::<UpstreamIo>(), std::mem::size_of::<TcpStream>());
+        assert!(io <= tcp + std::mem::size_of::<usize>(), "UpstreamIo {io} bytes, TcpStream {tcp}");
+    }
+
+    #[test]
     fn connectors_are_equal_when_name_trust_and_client_identity_are() {
         let dir = material();
         let base = connector(&settings(&dir, Some("payments.internal"), false));
