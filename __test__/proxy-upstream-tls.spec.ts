@@ -18,6 +18,7 @@ import * as grpc from '@grpc/grpc-js'
 import { listen, startBackend } from './helpers/backend.js'
 import { get, sleep } from './helpers/http.js'
 import { load, startProxy } from './helpers/proxy.js'
+import { metricValue } from './helpers/tcp.js'
 import { makeUpstreamCerts, type UpstreamCerts } from './helpers/upstream-certs.js'
 import { formatDiagnostic, loadConfigText } from '../ts/index.js'
 
@@ -224,6 +225,25 @@ test('a plaintext and a TLS service on one proxy both work', async (t) => {
   }
   t.is(secure.seen.length, 3)
   t.is(plain.requests.length, 3)
+})
+
+test('a plaintext and a TLS service naming one address are two endpoints, with two metric series', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const b = await httpsBackend(t, certs)
+  const { proxy, port, adminPort } = await startProxy(
+    t,
+    yaml({ secure: { endpoints: [b.address], extra: tls({ ca: certs.ca }) }, plain: { endpoints: [b.address] } }).replace('admin: null', 'admin: 127.0.0.1:0'),
+  )
+  t.is((await get(port, '/secure')).status, 200)
+  t.is((await get(port, '/plain')).status, 502, 'plaintext to a TLS port fails: no TLS connection is lent to it')
+  t.is((await get(port, '/secure')).status, 200)
+  t.is(b.seen.length, 2)
+  t.is(b.connections, 1, 'the TLS requests shared one pooled connection')
+  const endpoints = (await proxy.stats()).endpoints.filter((e) => e.address === b.address)
+  t.is(endpoints.length, 2)
+  const metrics = (await get(adminPort, '/metrics')).body
+  t.is(metricValue(metrics, `meshproxy_upstream_connections_opened_total{endpoint="${b.address}",tls="true"}`), 1)
+  t.is(metricValue(metrics, `meshproxy_upstream_connections_opened_total{endpoint="${b.address}"}`), 1)
 })
 
 test('TLS connections to an endpoint are pooled: many requests, few handshakes', async (t) => {

@@ -61,6 +61,12 @@ pub enum Alpn {
 pub trait Connector: Clone + Eq + Hash + Send + Sync + 'static {
     type Io: Io;
     fn connect(&self, target: &Target, alpn: Alpn) -> impl Future<Output = io::Result<Self::Io>> + Send;
+
+    /// Whether its connections are TLS: a label on the endpoint's metrics, which tells a
+    /// plaintext and a TLS endpoint at one address apart.
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 /// Plain TCP, with Nagle's algorithm off (requests and responses are written whole).

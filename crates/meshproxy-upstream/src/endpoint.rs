@@ -368,6 +368,7 @@ impl<C: Connector> Endpoint<C> {
     pub fn sample(&self) -> Sample {
         Sample {
             address: self.address.to_string(),
+            tls: self.connector.is_tls(),
             open: self.open.load(Ordering::Relaxed),
             opened: self.opened.load(Ordering::Relaxed),
             idle: self.pools.iter().map(|p| p.http1.idle_len()).sum(),
@@ -408,6 +409,8 @@ impl Drop for Queued<'_> {
 /// What `stats()` and `/metrics` show of one endpoint.
 pub struct Sample {
     pub address: String,
+    /// Its connections are TLS (see [`Connector::is_tls`]).
+    pub tls: bool,
     pub open: u64,
     pub opened: u64,
     pub idle: usize,

@@ -279,6 +279,10 @@ impl Connector for UpstreamConnector {
             }
         }
     }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, UpstreamConnector::Tls(_))
+    }
 }
 
 /// A connection [`UpstreamConnector`] opened. The TLS stream is boxed (it holds rustls's
