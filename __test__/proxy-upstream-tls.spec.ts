@@ -25,8 +25,8 @@ import { formatDiagnostic, loadConfigText } from '../ts/index.js'
 interface Seen {
   url: string
   httpVersion: string
-  servername: string | false | undefined
-  alpn: string | false | undefined
+  servername: string | false | null | undefined
+  alpn: string | false | null | undefined
   /** The client certificate's CN, when one was presented. */
   client: string | undefined
 }
@@ -47,7 +47,7 @@ function record(backend: TlsBackend, req: { url?: string; httpVersion: string },
     httpVersion: req.httpVersion,
     servername: socket.servername,
     alpn: socket.alpnProtocol,
-    client: peer && peer.subject ? peer.subject.CN : undefined,
+    client: peer && peer.subject ? String(peer.subject.CN) : undefined,
   })
 }
 
@@ -177,6 +177,16 @@ test('an endpoint certificate from an unknown CA is refused: 502 upstream-connec
   t.is(b.seen.length, 0)
   const ep = (await proxy.stats()).endpoints.find((e) => e.address === b.address)
   t.is(ep?.failures, 1, 'the handshake failure counts as the endpoint\'s failure')
+})
+
+test('without a ca the system roots verify, and refuse a private CA\'s certificate', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const b = await httpsBackend(t, certs)
+  const { port } = await startProxy(t, yaml({ pay: { endpoints: [b.address], extra: tls({ serverName: 'payments.internal' }) } }))
+  const res = await get(port, '/pay')
+  t.is(res.status, 502)
+  t.is(res.headers['meshproxy-error'], 'upstream-connect')
+  t.is(b.seen.length, 0)
 })
 
 test('an endpoint certificate not valid for the server name is refused', async (t) => {
