@@ -79,6 +79,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         healthCheck: null,
         rateLimits: [],
         policies: [],
+        tls: null,
       },
     ],
     admin: null,
@@ -170,7 +171,7 @@ test('validateModel reports JSON paths for structural problems', (t) => {
     ['listeners[0].routes[0].hosts[0]: host "API.example.com:80" must not include a port', 'the port is matched by the listener; give the name only'],
     ['listeners[0].routes[0].methods[0]: "get" is not normalized', 'use "GET"'],
     ['listeners[0].routes[0].path.value: "/v1/" is not normalized', 'use "/v1"'],
-    ['services[1].extra: unknown field', 'valid fields: name, balancer, endpoints, protocol, connectTimeoutMs, maxInflightPerEndpoint, maxPendingPerEndpoint, maxStreamsPerConnection, pool, failureStatuses, failureGrpcStatuses, failureAccrual, circuitBreaker, healthCheck, rateLimits, policies'],
+    ['services[1].extra: unknown field', 'valid fields: name, balancer, endpoints, protocol, connectTimeoutMs, maxInflightPerEndpoint, maxPendingPerEndpoint, maxStreamsPerConnection, pool, failureStatuses, failureGrpcStatuses, failureAccrual, circuitBreaker, healthCheck, rateLimits, policies, tls'],
     ['services[1].connectTimeoutMs: expected an integer, got string "1s"', undefined],
     ['services[1].endpoints[0].weight: must be between 1 and 1000, got 0', undefined],
   ])

@@ -187,6 +187,7 @@ test('native document loads into the exact model', (t) => {
         healthCheck: { path: '/ready?deep=1', intervalMs: 5000, timeoutMs: 500, healthyThreshold: 1, unhealthyThreshold: 4, expectedStatuses: '200-299' },
         rateLimits: [],
         policies: [],
+        tls: null,
       },
       {
         name: 'web',
@@ -205,6 +206,7 @@ test('native document loads into the exact model', (t) => {
         healthCheck: null,
         rateLimits: [],
         policies: [],
+        tls: null,
       },
     ],
   })
@@ -274,6 +276,7 @@ services:
         healthCheck: null,
         rateLimits: [],
         policies: [],
+        tls: null,
       },
     ],
   })

@@ -47,6 +47,7 @@ import {
   parseStatusSet,
   type Parsed,
 } from './values.js'
+import { isIP } from 'node:net'
 import { normalizeCidr } from './cidr.js'
 
 export const DEFAULT_LISTEN = '127.0.0.1:4140'
@@ -570,6 +571,34 @@ export const CIRCUIT_BREAKER = table(
   },
 )
 
+const pemFile = (what: string) => (s: string): Parsed<string> =>
+  s.trim() === '' ? fail(`the ${what} file is empty`, 'a path to a PEM file, such as certs/ca.crt') : ok(s)
+
+/** A name a TLS certificate is verified against: a DNS name, or an IP address (no brackets, no port). */
+const serverName = (s: string): Parsed<string> => {
+  if (isIP(s) !== 0) return ok(s)
+  const host = normalizeHost(s)
+  if (!host.ok) return fail(`server name "${s}" is not a DNS name or an IP address`, 'a name such as payments.internal, without a port')
+  if (host.value.startsWith('*.')) return fail(`server name "${s}" is a wildcard`, 'give the one name the endpoints\' certificates are verified against')
+  return host
+}
+
+export const UPSTREAM_TLS = table(
+  'UpstreamTls',
+  'TLS from the proxy to the service\'s endpoints (TLS 1.2 and 1.3, rustls). Each connection is verified: the endpoint\'s certificate must chain to `ca` (or the system roots) and be valid for `serverName`. ALPN offers `h2` on HTTP/2 connections (`protocol: http2`, or `auto` with HTTP/2 requests), which the endpoint must accept, and `http/1.1` on HTTP/1.1 ones. A failed handshake is a connect failure of the endpoint (502 `upstream-connect`), logged with its reason. Active health checks use TLS too. Plaintext and TLS connections to one address, or TLS ones with different settings, never share a pool.',
+  {
+    serverName: nullableText(
+      'The name sent as SNI and verified in the endpoint\'s certificate, e.g. `payments.internal`; null = each endpoint\'s host (a DNS name, or an IP address checked against the certificate\'s IP addresses).',
+      serverName,
+      'a server name',
+      { default: null },
+    ),
+    ca: nullableText('A PEM bundle of the CA certificates trusted for the endpoints: in YAML a path relative to the YAML file, in the model as resolved; null = the system\'s trusted roots.', pemFile('CA'), 'a path', { default: null }),
+    cert: nullableText('A PEM client certificate (chain) presented to the endpoints, with `key`; null = none.', pemFile('certificate'), 'a path', { default: null }),
+    key: nullableText('The PEM private key of `cert`.', pemFile('key'), 'a path', { default: null }),
+  },
+)
+
 /** The values of a service's `protocol`, the default first. */
 export const UPSTREAM_PROTOCOLS = ['http1', 'http2', 'auto'] as const
 
@@ -606,6 +635,7 @@ export const SERVICE = table('Service', 'A set of endpoints and how requests rea
   healthCheck: nullableNested(HEALTH_CHECK, { doc: 'Active health checks of the endpoints; null = none (only failure accrual, if configured, takes endpoints out).', default: null }),
   rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on every request sent to the service, whichever route sends it (with a traffic split, the requests the split sends here), checked once the service is chosen and before an endpoint is; all must admit a request. A retried request counts once.'),
   policies: listOf(nested(POLICY, { yaml: { shorthand: 'file' } }), 'Rego policies checked on every response from this service\'s endpoints, after the route\'s (response phase only; see Policy).'),
+  tls: nullableNested(UPSTREAM_TLS, { doc: 'TLS to the endpoints; null = plaintext.', default: null }),
 })
 
 export const ADMIN = table('Admin', 'The admin listener (`/live`, `/ready`, `/metrics`, `/config`).', {
@@ -645,6 +675,7 @@ export type RetryModel = ModelOf<typeof RETRY>
 export type BackendRefModel = ModelOf<typeof BACKEND_REF>
 export type CircuitBreakerModel = ModelOf<typeof CIRCUIT_BREAKER>
 export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
+export type UpstreamTlsModel = ModelOf<typeof UPSTREAM_TLS>
 export type RateLimitModel = ModelOf<typeof RATE_LIMIT>
 export type RateLimitOverrideModel = ModelOf<typeof RATE_LIMIT_OVERRIDE>
 export type PolicyModel = ModelOf<typeof POLICY>

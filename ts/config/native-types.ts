@@ -332,6 +332,8 @@ export interface NativeService {
   rateLimits?: NativeRateLimit[]
   /** Rego policies checked on every response from this service's endpoints, after the route's (response phase only; see Policy). */
   policies?: Array<string | NativePolicy>
+  /** TLS to the endpoints; null = plaintext. */
+  tls?: NativeUpstreamTls | null
 }
 
 /** An upstream endpoint of a service. */
@@ -388,6 +390,18 @@ export interface NativeHealthCheck {
   unhealthyThreshold?: number
   /** The HTTP statuses of a passing probe: codes, ranges and classes, e.g. `2xx` or `200-399`. */
   expectedStatuses?: string
+}
+
+/** TLS from the proxy to the service's endpoints (TLS 1.2 and 1.3, rustls). Each connection is verified: the endpoint's certificate must chain to `ca` (or the system roots) and be valid for `serverName`. ALPN offers `h2` on HTTP/2 connections (`protocol: http2`, or `auto` with HTTP/2 requests), which the endpoint must accept, and `http/1.1` on HTTP/1.1 ones. A failed handshake is a connect failure of the endpoint (502 `upstream-connect`), logged with its reason. Active health checks use TLS too. Plaintext and TLS connections to one address, or TLS ones with different settings, never share a pool. */
+export interface NativeUpstreamTls {
+  /** The name sent as SNI and verified in the endpoint's certificate, e.g. `payments.internal`; null = each endpoint's host (a DNS name, or an IP address checked against the certificate's IP addresses). */
+  serverName?: string | null
+  /** A PEM bundle of the CA certificates trusted for the endpoints: in YAML a path relative to the YAML file, in the model as resolved; null = the system's trusted roots. */
+  ca?: string | null
+  /** A PEM client certificate (chain) presented to the endpoints, with `key`; null = none. */
+  cert?: string | null
+  /** The PEM private key of `cert`. */
+  key?: string | null
 }
 
 /** The admin listener (`/live`, `/ready`, `/metrics`, `/config`). */

@@ -6,10 +6,11 @@
  * (`model.ts`); names, addresses, lists and shorthands are read here.
  */
 import { isIP } from 'node:net'
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { dirname, isAbsolute, join } from 'node:path'
+import { dirname, isAbsolute, join, resolve } from 'node:path'
 import { isMap, isSeq } from './yaml-lib.js'
-import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel } from './model.js'
+import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, UPSTREAM_TLS, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel, type UpstreamTlsModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -353,6 +354,7 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   service.policies = readPolicies(f, r, 'service')
   if (f.isNull('healthCheck')) service.healthCheck = null
   else if (f.has('healthCheck')) service.healthCheck = readNested(f, 'healthCheck', HEALTH_CHECK) ?? null
+  if (f.has('tls') && !f.isNull('tls')) service.tls = readTls(f, ctx)
   for (const n of f.list('endpoints')) {
     const endpoint = readEndpoint(r, n)
     if (!endpoint) continue
@@ -467,6 +469,66 @@ function readPolicies(f: Fields, r: DocReader, owner: 'route' | 'service'): Poli
     out.push(policy)
   }
   return out
+}
+
+/** The PEM certificates in `pem`, each parsed (throws on one that does not parse). */
+function pemCertificates(pem: string): X509Certificate[] {
+  return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((block) => new X509Certificate(block))
+}
+
+/**
+ * A service's `tls`: its fields, with `ca`, `cert` and `key` resolved against the YAML file's
+ * directory, read and parsed here (PEM certificates, a private key that matches `cert`), so a
+ * bad file is reported at its line in the YAML. Whether `cert` and `key` come together is a
+ * model check (`semantics.ts`).
+ */
+function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
+  const { r } = ctx
+  const f = parent.fields('tls', `${parent.what} tls`, keysOf(UPSTREAM_TLS))
+  if (!f) return null
+  const tls = complete(UPSTREAM_TLS, {}) as UpstreamTlsModel
+  readTexts(f, UPSTREAM_TLS, tls)
+  for (const name of ['serverName', 'ca', 'cert', 'key'] as const) ctx.origins.set(tls, name, f.valueLoc(name))
+  const read = (name: 'ca' | 'cert' | 'key'): string | undefined => {
+    const given = tls[name]
+    if (given === null) return undefined
+    const path = isAbsolute(given) || r.file.startsWith('<') ? given : resolve(dirname(r.file), given)
+    tls[name] = path
+    try {
+      return readFileSync(path, 'utf8')
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException
+      const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message
+      r.error(f.valueLoc(name), `cannot read tls ${name} "${path}": ${reason}`, `a path relative to ${r.file}`)
+      return undefined
+    }
+  }
+  const certificates = (name: 'ca' | 'cert', pem: string | undefined): X509Certificate[] | undefined => {
+    if (pem === undefined) return undefined
+    try {
+      const certs = pemCertificates(pem)
+      if (certs.length > 0) return certs
+      r.error(f.valueLoc(name), `tls ${name} "${tls[name]}" holds no PEM certificate`, 'a file of "-----BEGIN CERTIFICATE-----" blocks')
+    } catch (err) {
+      r.error(f.valueLoc(name), `tls ${name} "${tls[name]}" holds a certificate that does not parse: ${(err as Error).message}`)
+    }
+    return undefined
+  }
+  certificates('ca', read('ca'))
+  const chain = certificates('cert', read('cert'))
+  const keyPem = read('key')
+  let key: KeyObject | undefined
+  if (keyPem !== undefined) {
+    try {
+      key = createPrivateKey(keyPem)
+    } catch (err) {
+      r.error(f.valueLoc('key'), `tls key "${tls.key}" is not a PEM private key: ${(err as Error).message}`)
+    }
+  }
+  if (chain?.[0] && key && !chain[0].checkPrivateKey(key)) {
+    r.error(f.valueLoc('key'), `tls key "${tls.key}" is not the private key of cert "${tls.cert}"`, 'give the key the client certificate was issued for')
+  }
+  return tls
 }
 
 /**

@@ -43,6 +43,15 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
       }
       seen.add(endpoint.address)
     })
+    const tls = service.tls
+    if (tls && (tls.cert === null) !== (tls.key === null)) {
+      const [given, missing] = tls.cert === null ? ['key', 'cert'] : ['cert', 'key']
+      error(
+        { obj: tls, field: given, path: `services[${si}].tls.${given}` },
+        `service "${service.name}" tls has a ${given} but no ${missing}`,
+        'a client certificate needs both cert and key',
+      )
+    }
     const check = service.healthCheck
     if (check && check.timeoutMs > check.intervalMs) {
       error(

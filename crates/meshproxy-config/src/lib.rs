@@ -530,6 +530,24 @@ pub struct ServiceConfig {
     /// Rego policies checked on every response from the service's endpoints.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// TLS to the endpoints; none = plaintext.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS origination to a service's endpoints. Paths are as the loader resolved them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The name sent as SNI and verified; none = each endpoint's host.
+    pub server_name: Option<String>,
+    /// A PEM bundle of trusted CA certificates; none = the system roots.
+    pub ca: Option<String>,
+    /// A PEM client certificate chain, presented with `key`.
+    pub cert: Option<String>,
+    /// The PEM private key of `cert`.
+    pub key: Option<String>,
 }
 
 /// Service-wide limits on requests in flight and waiting (0 = no limit).
@@ -643,6 +661,7 @@ pub mod testing {
             failure_grpc_statuses: "unknown,deadline-exceeded,internal,unavailable".into(),
             failure_accrual: FailureAccrualConfig::default(),
             health_check: None,
+            tls: None,
             circuit_breaker: None,
             rate_limits: vec![],
             policies: Vec::new(),

@@ -25,16 +25,17 @@ impl Checks {
     /// Spawns the checks `snapshot` configures (on the calling runtime) and makes ready the
     /// endpoints none of them covers.
     pub fn start(snapshot: &Snapshot) -> Checks {
-        let mut checked: HashSet<Box<str>> = HashSet::new();
+        // By identity: endpoints at one address reached differently (plaintext, TLS) are two.
+        let mut checked: HashSet<*const crate::upstream::Endpoint> = HashSet::new();
         let mut tasks = Vec::new();
         for backend in snapshot.backends.values() {
             let Some(spec) = backend.check.clone() else { continue };
-            checked.extend(backend.endpoints().iter().map(|e| e.address.clone()));
+            checked.extend(backend.endpoints().iter().map(Arc::as_ptr));
             tasks.push(tokio::spawn(run(Arc::downgrade(backend), spec)));
         }
         for backend in snapshot.backends.values() {
             for endpoint in backend.endpoints().iter() {
-                if !checked.contains(&*endpoint.address) {
+                if !checked.contains(&Arc::as_ptr(endpoint)) {
                     endpoint.health.unchecked();
                 }
             }

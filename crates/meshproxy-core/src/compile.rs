@@ -23,7 +23,7 @@ use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceM
 use crate::policy::{self, ResponsePolicies};
 use crate::ratelimit::Limits;
 use crate::routing::RouteTable;
-use crate::upstream::{Endpoint, Registry};
+use crate::upstream::{Connector, Endpoint, Registry};
 use crate::Error;
 use meshproxy_upstream::pool::PoolSettings;
 use meshproxy_upstream::{CheckSpec, ConnLimit, EndpointSettings, Probe};
@@ -120,6 +120,9 @@ pub struct Backend {
     pub rate_limits: Option<Arc<Limits>>,
     /// Rego policies on every response from its endpoints ([`crate::policy`]).
     pub policies: Option<Arc<ResponsePolicies>>,
+    /// How its endpoints' connections are opened (plain TCP, or TLS built from its `tls` once
+    /// per compile); with the address, an endpoint's key in the registry.
+    pub connector: Connector,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -209,8 +212,8 @@ impl Snapshot {
         for (endpoint, settings) in &self.endpoint_settings {
             endpoint.update(settings.clone());
         }
-        let used = self.endpoint_addresses();
-        registry.retain(|addr| used.contains(addr));
+        let used = self.endpoint_keys();
+        registry.retain(|address, connector| used.contains(&(address, connector)));
         metrics.install(&self.metric_set);
     }
 
@@ -219,9 +222,9 @@ impl Snapshot {
         metrics.prune(&self.metric_set);
     }
 
-    /// The endpoint addresses this snapshot uses (the registry drops the others).
-    pub fn endpoint_addresses(&self) -> std::collections::HashSet<&str> {
-        self.endpoint_settings.iter().map(|(e, _)| &*e.address).collect()
+    /// The endpoints this snapshot uses, by address and connector (the registry drops the others).
+    pub fn endpoint_keys(&self) -> std::collections::HashSet<(&str, &Connector)> {
+        self.endpoint_settings.iter().map(|(e, _)| (&*e.address, e.connector())).collect()
     }
 }
 
@@ -406,7 +409,8 @@ fn compile_service(
 ) -> Result<Backend, Error> {
     let service_metrics = metrics.tcp(metric_set, &s.name);
     let settings = endpoint_settings(s, &service_metrics.connection_limit);
-    let set = compile_endpoint_set(s, &s.endpoints, registry, staged, settings.clone())?;
+    let connector = compile_connector(s)?;
+    let set = compile_endpoint_set(s, &s.endpoints, registry, staged, &connector, settings.clone())?;
     Ok(Backend {
         name: s.name.as_str().into(),
         tcp: service_metrics.clone(),
@@ -426,8 +430,32 @@ fn compile_service(
             .as_ref()
             .map(|c| Arc::new(Breaker::new(c.max_requests, c.max_pending_requests, service_metrics))),
         policies: policy::compile(&format!("service:{}", s.name), &s.policies, false, metrics, metric_set)?.1,
+        connector,
         endpoints: ArcSwap::from_pointee(set),
     })
+}
+
+/// Service `s`'s connector: TLS as its `tls` says (files read and checked now), else plain TCP.
+fn compile_connector(s: &ServiceConfig) -> Result<Connector, Error> {
+    let Some(tls) = &s.tls else { return Ok(Connector::Tcp) };
+    let client_auth = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Config(format!(
+                "service {:?}: tls needs both cert and key for a client certificate",
+                s.name
+            )))
+        }
+    };
+    let settings = meshproxy_upstream::TlsSettings {
+        server_name: tls.server_name.clone(),
+        ca: tls.ca.as_ref().map(Into::into),
+        client_auth,
+    };
+    let connector = meshproxy_upstream::TlsConnector::new(&settings)
+        .map_err(|e| Error::Config(format!("service {:?}: tls: {e}", s.name)))?;
+    Ok(Connector::Tls(connector))
 }
 
 /// Service `s`'s health check `c`: an HTTP probe when it has a path (over HTTP/2 for an
@@ -460,13 +488,15 @@ fn compile_check(s: &ServiceConfig, c: &HealthCheckConfig) -> Result<CheckSpec, 
     })
 }
 
-/// `endpoints` as service `s`'s endpoint set: the registered endpoint for each address (or one
-/// named earlier in `staged`, or a new one with `settings`) and `s`'s balancer over them.
+/// `endpoints` as service `s`'s endpoint set: the registered endpoint for each address reached
+/// through `connector` (or one named earlier in `staged`, or a new one with `settings`) and `s`'s
+/// balancer over them.
 pub fn compile_endpoint_set(
     s: &ServiceConfig,
     endpoints: &[EndpointConfig],
     registry: &Registry,
     staged: &[(Arc<Endpoint>, EndpointSettings)],
+    connector: &Connector,
     settings: EndpointSettings,
 ) -> Result<EndpointSet, Error> {
     // The validator's bound, repeated: round-robin precomputes one cycle of the weights' sum.
@@ -476,13 +506,17 @@ pub fn compile_endpoint_set(
             s.name, e.address, e.weight
         )));
     }
-    // An address named earlier in this config is the same endpoint.
+    // An address named earlier in this config, reached the same way, is the same endpoint.
     let mut handles: Vec<Arc<Endpoint>> = Vec::with_capacity(endpoints.len());
     for e in endpoints {
-        let earlier = staged.iter().map(|(ep, _)| ep).chain(&handles).find(|ep| *ep.address == *e.address);
+        let earlier = staged
+            .iter()
+            .map(|(ep, _)| ep)
+            .chain(&handles)
+            .find(|ep| *ep.address == *e.address && ep.connector() == connector);
         let ep = match earlier {
             Some(ep) => ep.clone(),
-            None => registry.lookup_or_new(&e.address, settings.clone()),
+            None => registry.lookup_or_new(&e.address, connector, settings.clone()),
         };
         handles.push(ep);
     }

@@ -668,7 +668,9 @@ impl Metrics {
         for (name, kind, help, get) in eps {
             header(&mut out, name, kind, help);
             for e in endpoints {
-                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", esc(&e.address), get(e));
+                // A TLS endpoint is labelled so, apart from a plaintext one at the same address.
+                let tls = if e.tls { ",tls=\"true\"" } else { "" };
+                let _ = writeln!(out, "{name}{{endpoint=\"{}\"{tls}}} {}", esc(&e.address), get(e));
             }
         }
         let tcp = self.tcp.lock();

@@ -158,7 +158,7 @@ impl MeshProxy {
     /// (current-thread runtimes, [`crate::workers::Workers::handles`]); call `start` on the
     /// first of them.
     pub fn with_workers(config: Config, workers: Vec<tokio::runtime::Handle>) -> Result<Self, Error> {
-        let registry = Registry::new(workers.len(), crate::upstream::Connector::default());
+        let registry = Registry::new(workers.len());
         let metrics = Metrics::default();
         let snapshot = Snapshot::compile(config, &registry, &metrics)?;
         snapshot.commit(&registry, &metrics);
@@ -273,19 +273,27 @@ impl MeshProxy {
             return Err(Error::Config(format!("no service {service:?}")));
         };
         let registry = self.shared.registry();
-        let set =
-            crate::compile::compile_endpoint_set(config, endpoints, registry, &[], backend.settings.clone())?;
+        let set = crate::compile::compile_endpoint_set(
+            config,
+            endpoints,
+            registry,
+            &[],
+            &backend.connector,
+            backend.settings.clone(),
+        )?;
         registry.adopt(set.iter());
         for ep in set.iter() {
             ep.update(backend.settings.clone());
         }
         backend.swap_endpoints(set);
-        let used: std::collections::HashSet<Box<str>> = snapshot
+        let used: std::collections::HashSet<(Box<str>, crate::upstream::Connector)> = snapshot
             .backends
             .values()
-            .flat_map(|b| b.endpoints().iter().map(|e| e.address.clone()).collect::<Vec<_>>())
+            .flat_map(|b| {
+                b.endpoints().iter().map(|e| (e.address.clone(), e.connector().clone())).collect::<Vec<_>>()
+            })
             .collect();
-        registry.retain(|addr| used.contains(addr));
+        registry.retain(|address, connector| used.contains(&(address.into(), connector.clone())));
         Ok(())
     }
 

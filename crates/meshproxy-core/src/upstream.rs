@@ -1,14 +1,15 @@
-//! The upstream types as this engine uses them: endpoints reached over plain TCP
-//! ([`meshproxy_upstream::TcpConnector`]), and the HTTP/1.1 connection and body types over that
-//! connector's connections. TLS changes the connector named here.
+//! The upstream types as this engine uses them: endpoints reached over plain TCP or TLS
+//! ([`meshproxy_upstream::UpstreamConnector`], one per service, built at compile time), and the
+//! HTTP/1.1 connection and body types over that connector's connections.
 
 use meshproxy_upstream::endpoint::Conn;
-use meshproxy_upstream::{TcpConnector, UpstreamError};
+use meshproxy_upstream::{UpstreamConnector, UpstreamError};
 
 use crate::error::ProxyError;
 
-/// The connector behind every endpoint.
-pub type Connector = TcpConnector;
+/// The connector behind every endpoint: an enum (TCP or TLS), so every endpoint is one type and
+/// a plaintext connection's reads and writes are a match away from the TCP stream's.
+pub type Connector = UpstreamConnector;
 pub type Endpoint = meshproxy_upstream::Endpoint<Connector>;
 pub type Registry = meshproxy_upstream::Registry<Connector>;
 /// An upstream connection, counted open on its endpoint.

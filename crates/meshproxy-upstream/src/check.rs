@@ -7,6 +7,9 @@
 //! - HTTP/2 (h2c prior knowledge, for services spoken to over HTTP/2): the same request as one
 //!   stream; the connection is closed after it.
 //!
+//! The connection comes from the endpoint's connector, so a TLS service is probed over TLS
+//! (offering `h2` or `http/1.1` by ALPN as its requests do).
+//!
 //! Only the response head is read; a body is left unread and the connection closed. Whoever
 //! schedules probes (the engine, per service) feeds the results to [`crate::Health::probed`].
 
@@ -16,7 +19,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::connect::Connector;
+use crate::connect::{Alpn, Connector};
 use crate::endpoint::Endpoint;
 
 /// The largest response head a probe reads before calling the endpoint broken.
@@ -104,7 +107,12 @@ impl<C: Connector> Endpoint<C> {
     }
 
     async fn probe_inner(&self, probe: &Probe) -> Result<(), ProbeFailure> {
-        let io = self.connector.connect(&self.target).await.map_err(ProbeFailure::Connect)?;
+        let alpn = match probe {
+            Probe::Tcp => Alpn::Opaque,
+            Probe::Http { h2: true, .. } => Alpn::H2,
+            Probe::Http { h2: false, .. } => Alpn::Http1,
+        };
+        let io = self.connector.connect(&self.target, alpn).await.map_err(ProbeFailure::Connect)?;
         let Probe::Http { target, h2, expected } = probe else { return Ok(()) };
         let status = if *h2 { self.status_h2(io, target).await? } else { self.status_h1(io, target).await? };
         if expected.contains(status) {

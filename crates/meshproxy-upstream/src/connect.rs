@@ -1,9 +1,10 @@
 //! The socket behind a pool: a [`Connector`] opens connections to an endpoint's address. Plain
-//! TCP ([`TcpConnector`]) today; TLS slots in as another connector whose connection type wraps
-//! the TCP stream, and tests use in-memory duplexes. [`Counted`] wraps whatever a connector
-//! returns so the endpoint counts the connection open until it is dropped.
+//! TCP ([`TcpConnector`]), TLS over TCP ([`crate::tls`]), and in-memory duplexes in tests.
+//! [`Counted`] wraps whatever a connector returns so the endpoint counts the connection open
+//! until it is dropped.
 
 use std::future::Future;
+use std::hash::Hash;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,22 +28,55 @@ impl Target {
     pub fn new(address: &str) -> Self {
         Target { address: address.into(), socket: address.parse().ok() }
     }
+
+    /// The address without its port (and without the brackets of an IPv6 literal): the name a
+    /// TLS connection verifies when its service names none.
+    pub fn host(&self) -> &str {
+        let host = match self.address.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => &self.address,
+        };
+        host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+    }
+}
+
+/// What a new connection is for: a TLS connector offers the matching ALPN protocol and checks
+/// the one the peer chose; plain TCP ignores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/1.1 requests (the endpoint's idle pool, an HTTP/1.1 health check).
+    Http1,
+    /// HTTP/2 streams: the peer must agree to `h2`.
+    H2,
+    /// Bytes the proxy does not read (a TCP service, a `CONNECT` tunnel, a TCP health check).
+    Opaque,
 }
 
 /// Opens connections to endpoints. The endpoint bounds each attempt with its connect timeout.
-pub trait Connector: Clone + Send + Sync + 'static {
+///
+/// Two connectors are equal when the connections they open to one address are interchangeable:
+/// the [`crate::Registry`] keys endpoints by address and connector, so a plaintext and a TLS
+/// connection to one address (or two TLS connections with different names or client
+/// certificates) never share a pool.
+pub trait Connector: Clone + Eq + Hash + Send + Sync + 'static {
     type Io: Io;
-    fn connect(&self, target: &Target) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    fn connect(&self, target: &Target, alpn: Alpn) -> impl Future<Output = io::Result<Self::Io>> + Send;
+
+    /// Whether its connections are TLS: a label on the endpoint's metrics, which tells a
+    /// plaintext and a TLS endpoint at one address apart.
+    fn is_tls(&self) -> bool {
+        false
+    }
 }
 
 /// Plain TCP, with Nagle's algorithm off (requests and responses are written whole).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct TcpConnector;
 
 impl Connector for TcpConnector {
     type Io = TcpStream;
 
-    async fn connect(&self, target: &Target) -> io::Result<TcpStream> {
+    async fn connect(&self, target: &Target, _alpn: Alpn) -> io::Result<TcpStream> {
         let stream = match target.socket {
             Some(addr) => TcpStream::connect(addr).await?,
             None => TcpStream::connect(&*target.address).await?,
@@ -165,6 +199,18 @@ impl<IO: Io> Io for Counted<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_targets_host_is_its_address_without_port_or_brackets() {
+        for (address, host) in [
+            ("payments.internal:9443", "payments.internal"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("[::1]:8443", "::1"),
+            ("localhost", "localhost"),
+        ] {
+            assert_eq!(Target::new(address).host(), host, "{address}");
+        }
+    }
 
     #[test]
     fn a_conn_limit_takes_places_up_to_its_max_and_counts_refusals() {

@@ -2,8 +2,8 @@
 //!
 //! An [`Endpoint`] carries the live state of one upstream address: its connection pool, its
 //! in-flight limit and pending queue, and counters the balancer and metrics read. Endpoints live
-//! in the [`Registry`], outside the swapped config snapshot, keyed by address (later also by
-//! protocol and TLS identity): a reload that keeps an endpoint keeps its warm connections, and an
+//! in the [`Registry`], outside the swapped config snapshot, keyed by address and connector (a
+//! plaintext and a TLS endpoint at one address are two endpoints; see [`Connector`]): a reload that keeps an endpoint keeps its warm connections, and an
 //! endpoint that disappears is drained (idle connections closed, in-flight requests finish).
 
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ use meshproxy_http::h2_client::{self, H2Handle};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::connect::{ConnLimit, Connector, Counted, OpenCount, Target, TcpConnector};
+use crate::connect::{Alpn, ConnLimit, Connector, Counted, OpenCount, Target, TcpConnector};
 use crate::health::Health;
 use crate::pool::multiplexed::{Multiplexed, MultiplexedSet, StreamSlot};
 use crate::pool::{Pool, PoolSettings, Reusable};
@@ -161,6 +161,11 @@ impl<C: Connector> Endpoint<C> {
         }
     }
 
+    /// How this endpoint's connections are opened (with its address, its key in the registry).
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+
     /// The calling worker's pools.
     fn local(&self) -> &WorkerPools<C> {
         &self.pools[crate::worker::current() % self.pools.len()]
@@ -280,9 +285,9 @@ impl<C: Connector> Endpoint<C> {
         Ok((handle, slot, false))
     }
 
-    /// Opens a new HTTP/2 (h2c prior knowledge) connection.
+    /// Opens a new HTTP/2 connection (h2c with prior knowledge, or `h2` agreed by ALPN over TLS).
     pub async fn connect_h2(self: &Arc<Self>) -> Result<H2Handle, UpstreamError> {
-        let io = self.open_counted().await?;
+        let io = self.open_counted(Alpn::H2).await?;
         let (handle, driver) = h2_client::handshake(io, self.h2_keepalive).await.map_err(|e| {
             tracing::debug!(endpoint = %self.address, error = %e, "upstream h2 handshake failed");
             UpstreamError::Connect
@@ -299,17 +304,17 @@ impl<C: Connector> Endpoint<C> {
     /// A raw connection for opaque forwarding (TCP, `CONNECT`), counted as opened and open
     /// until dropped.
     pub async fn connect_opaque(self: &Arc<Self>) -> Result<Conn<C>, UpstreamError> {
-        self.open_counted().await
+        self.open_counted(Alpn::Opaque).await
     }
 
     /// Opens a new HTTP/1.1 upstream connection, bounded by the connect timeout.
     pub async fn connect(self: &Arc<Self>) -> Result<H1Conn<Conn<C>>, UpstreamError> {
-        Ok(H1Conn::new(self.open_counted().await?))
+        Ok(H1Conn::new(self.open_counted(Alpn::Http1).await?))
     }
 
     /// A new connection from the connector, bounded by the connect timeout, counted as opened
     /// and open until dropped.
-    async fn open_counted(self: &Arc<Self>) -> Result<Conn<C>, UpstreamError> {
+    async fn open_counted(self: &Arc<Self>, alpn: Alpn) -> Result<Conn<C>, UpstreamError> {
         // The service's place is taken before connecting, so concurrent connects stay bounded.
         let limit = self.conn_limit.lock().clone();
         if limit.as_ref().is_some_and(|l| !l.try_open()) {
@@ -323,7 +328,7 @@ impl<C: Connector> Endpoint<C> {
             }
             UpstreamError::Connect
         };
-        let io = match tokio::time::timeout(timeout, self.connector.connect(&self.target)).await {
+        let io = match tokio::time::timeout(timeout, self.connector.connect(&self.target, alpn)).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %self.address, error = %e, "upstream connect failed");
@@ -363,6 +368,7 @@ impl<C: Connector> Endpoint<C> {
     pub fn sample(&self) -> Sample {
         Sample {
             address: self.address.to_string(),
+            tls: self.connector.is_tls(),
             open: self.open.load(Ordering::Relaxed),
             opened: self.opened.load(Ordering::Relaxed),
             idle: self.pools.iter().map(|p| p.http1.idle_len()).sum(),
@@ -403,6 +409,8 @@ impl Drop for Queued<'_> {
 /// What `stats()` and `/metrics` show of one endpoint.
 pub struct Sample {
     pub address: String,
+    /// Its connections are TLS (see [`Connector::is_tls`]).
+    pub tls: bool,
     pub open: u64,
     pub opened: u64,
     pub idle: usize,
@@ -419,34 +427,42 @@ pub struct Sample {
     pub latency_ms: f64,
 }
 
-/// All endpoints, keyed by address, shared by every config version.
+/// An endpoint's key in the [`Registry`]: its address and how its connections are opened.
+type Key<C> = (Box<str>, C);
+
+/// All endpoints, keyed by address and connector, shared by every config version.
 pub struct Registry<C: Connector = TcpConnector> {
-    endpoints: Mutex<HashMap<Box<str>, Arc<Endpoint<C>>>>,
+    endpoints: Mutex<HashMap<Key<C>, Arc<Endpoint<C>>>>,
     /// Worker threads, each with its own pools in every endpoint.
     workers: usize,
-    pub(crate) connector: C,
 }
 
-impl<C: Connector + Default> Default for Registry<C> {
+impl<C: Connector> Default for Registry<C> {
     fn default() -> Self {
-        Registry::new(1, C::default())
+        Registry::new(1)
     }
 }
 
 impl<C: Connector> Registry<C> {
-    pub fn new(workers: usize, connector: C) -> Self {
-        Registry { endpoints: Mutex::default(), workers: workers.max(1), connector }
+    pub fn new(workers: usize) -> Self {
+        Registry { endpoints: Mutex::default(), workers: workers.max(1) }
     }
 
-    /// The registered endpoint for `address`, or a new one with `settings` that is not
+    /// The registered endpoint for `address` reached through `connector`, or a new one with `settings` that is not
     /// registered until [`Registry::adopt`]: a config being compiled must not change what the
     /// running one shows (`stats`, `/metrics`) until it is swapped in. An existing endpoint keeps
     /// its settings until then too (the engine applies them with [`Endpoint::update`]).
-    pub fn lookup_or_new(&self, address: &str, settings: EndpointSettings) -> Arc<Endpoint<C>> {
-        if let Some(ep) = self.endpoints.lock().get(address) {
+    pub fn lookup_or_new(
+        &self,
+        address: &str,
+        connector: &C,
+        settings: EndpointSettings,
+    ) -> Arc<Endpoint<C>> {
+        let key: Key<C> = (address.into(), connector.clone());
+        if let Some(ep) = self.endpoints.lock().get(&key) {
             return ep.clone();
         }
-        Arc::new(Endpoint::new(address, settings, self.workers, self.connector.clone()))
+        Arc::new(Endpoint::new(address, settings, self.workers, key.1))
     }
 
     /// Registers the endpoints of a config that has been swapped in (those already registered
@@ -454,15 +470,15 @@ impl<C: Connector> Registry<C> {
     pub fn adopt<'a>(&self, endpoints: impl IntoIterator<Item = &'a Arc<Endpoint<C>>>) {
         let mut map = self.endpoints.lock();
         for ep in endpoints {
-            map.entry(ep.address.clone()).or_insert_with(|| ep.clone());
+            map.entry((ep.address.clone(), ep.connector.clone())).or_insert_with(|| ep.clone());
         }
     }
 
     /// Drops endpoints no longer in use: their idle connections close now, in-flight requests
     /// keep their handle until they finish.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.endpoints.lock().retain(|addr, ep| {
-            let kept = keep(addr);
+    pub fn retain(&self, keep: impl Fn(&str, &C) -> bool) {
+        self.endpoints.lock().retain(|(address, connector), ep| {
+            let kept = keep(address, connector);
             if !kept {
                 ep.retired.store(true, Ordering::Release);
                 ep.clear_idle();

@@ -31,7 +31,9 @@ use meshproxy_http::body::RequestBody;
 use meshproxy_http::h1::{H1Body, Io};
 use meshproxy_upstream::endpoint::Conn;
 use meshproxy_upstream::pool::PoolSettings;
-use meshproxy_upstream::{Checkout, Connector, Endpoint, EndpointSettings, Registry, Target, UpstreamError};
+use meshproxy_upstream::{
+    Alpn, Checkout, Connector, Endpoint, EndpointSettings, Registry, Target, UpstreamError,
+};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -161,6 +163,21 @@ struct Upstream {
     say: mpsc::UnboundedSender<(Bytes, oneshot::Sender<()>)>,
 }
 
+/// Clones are one connector (they share their state), as the registry's key needs.
+impl PartialEq for DuplexConnector {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for DuplexConnector {}
+
+impl std::hash::Hash for DuplexConnector {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.shared).hash(state);
+    }
+}
+
 impl DuplexConnector {
     fn new(behaviour: Behaviour) -> Self {
         DuplexConnector {
@@ -224,7 +241,7 @@ impl DuplexConnector {
 impl Connector for DuplexConnector {
     type Io = DuplexIo;
 
-    async fn connect(&self, _target: &Target) -> io::Result<DuplexIo> {
+    async fn connect(&self, _target: &Target, _alpn: Alpn) -> io::Result<DuplexIo> {
         self.shared.attempts.fetch_add(1, Ordering::Relaxed);
         let behaviour = *self.shared.behaviour.lock();
         match behaviour {
@@ -535,8 +552,8 @@ async fn a_refused_connect_fails_and_the_next_connect_succeeds() {
 #[tokio::test]
 async fn a_retired_endpoint_closes_its_idle_connections_and_does_not_pool_one_returned_later() {
     let connector = DuplexConnector::new(Behaviour::Http1);
-    let registry = Registry::new(1, connector.clone());
-    let ep = registry.lookup_or_new(ADDRESS, settings());
+    let registry = Registry::new(1);
+    let ep = registry.lookup_or_new(ADDRESS, &connector, settings());
     registry.adopt([&ep]);
 
     // Two connections: `a` goes idle, `b` carries a response still being read.
@@ -547,7 +564,7 @@ async fn a_retired_endpoint_closes_its_idle_connections_and_does_not_pool_one_re
     let mut resp_b = send(&ep, b, "/").await;
     assert_eq!(counts(&ep), (2, 2, 1));
 
-    registry.retain(|_| false);
+    registry.retain(|_, _| false);
     assert!(registry.samples().is_empty(), "the endpoint is no longer registered");
     assert_eq!(counts(&ep), (1, 2, 0), "the idle connection closed at once");
     connector.upstream_ended(0).await;
@@ -594,13 +611,13 @@ async fn dropping_a_body_mid_response_closes_its_connection_once() {
 #[tokio::test]
 async fn a_connection_outliving_its_removed_endpoint_drops_cleanly() {
     let connector = DuplexConnector::new(Behaviour::Http1);
-    let registry = Registry::new(1, connector.clone());
-    let ep = registry.lookup_or_new(ADDRESS, settings());
+    let registry = Registry::new(1);
+    let ep = registry.lookup_or_new(ADDRESS, &connector, settings());
     registry.adopt([&ep]);
     let conn = ep.checkout().await.expect("checkout");
     assert_eq!(ep.sample().open, 1);
 
-    registry.retain(|_| false);
+    registry.retain(|_, _| false);
     let gone: Weak<Endpoint<DuplexConnector>> = Arc::downgrade(&ep);
     drop(ep);
     assert!(gone.upgrade().is_none(), "the connection kept its removed endpoint alive");

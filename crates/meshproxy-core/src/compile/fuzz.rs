@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::Snapshot;
 use crate::config::{testing, CookieMatch, EndpointConfig, HeaderMatch, PathMatchType, QueryParamMatch};
 use crate::metrics::Metrics;
-use crate::upstream::{Connector, Registry};
+use crate::upstream::Registry;
 
 /// Text that is often almost valid: fragments of the real syntax mixed with arbitrary characters.
 fn text() -> impl Strategy<Value = String> {
@@ -57,7 +57,7 @@ proptest! {
         s.endpoints.extend(endpoints.into_iter().map(|(address, weight)| EndpointConfig { address, weight }));
         s.failure_statuses = statuses;
         s.failure_grpc_statuses = grpc_statuses;
-        let registry = Registry::new(1, Connector::default());
+        let registry = Registry::new(1);
         let _ = Snapshot::compile(config, &registry, &Metrics::default());
     }
 }

@@ -135,7 +135,7 @@ async fn retry_h1(
 /// `keepalive_requests`). A body already handed to the stream cannot be replayed, so such
 /// requests are not retried.
 pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Result<Sent, ProxyError> {
-    to_h2(&mut req)?;
+    to_h2(&mut req, matches!(ep.connector(), crate::upstream::Connector::Tls(_)))?;
     // h2 takes the head by value; a retry needs it again.
     let replay = Replay::of(&req);
     let (parts, body) = req.into_parts();
@@ -227,8 +227,8 @@ fn never_processed(e: &h2::Error) -> bool {
 
 /// HTTP/2 carries the target as `:scheme` and `:authority`, not `Host`. A request that came in
 /// absolute (HTTP/2, or HTTP/1.1 absolute-form) already has them; an origin-form one gets its
-/// `Host` as the authority.
-fn to_h2(req: &mut Request<RequestBody>) -> Result<(), ProxyError> {
+/// `Host` as the authority, and the scheme of the upstream connection (`https` over TLS).
+fn to_h2(req: &mut Request<RequestBody>, tls: bool) -> Result<(), ProxyError> {
     *req.version_mut() = http::Version::HTTP_2;
     let host = req.headers_mut().remove(http::header::HOST);
     if req.uri().authority().is_some() {
@@ -237,7 +237,7 @@ fn to_h2(req: &mut Request<RequestBody>) -> Result<(), ProxyError> {
     let host = host.ok_or(ProxyError::BadRequest)?;
     let authority = http::uri::Authority::try_from(host.as_bytes()).map_err(|_| ProxyError::BadRequest)?;
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.scheme = Some(if tls { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
     parts.authority = Some(authority);
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
