@@ -144,3 +144,48 @@ test.serial('Redis killed: fail-open admits by the local limit, fail-closed refu
   t.is(both.find((r) => r.status === 429)?.headers['ratelimit-policy'], '"g-open";q=5;w=1;meshproxy-burst=10')
   t.is(fallback(p1, 'open') + fallback(p2, 'open'), open, 'no fallback once redis is back')
 })
+
+test.serial('a service\'s global limit is shared by its routes on every proxy, retried routes included, and a refused request reaches no endpoint', async (t) => {
+  if (!redisServer()) {
+    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
+    t.pass()
+    return
+  }
+  const redis = await startRedis(t)
+  const b = await startBackends(t, ['a'])
+  const yaml = `
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - name: plain
+        match: { path: /plain }
+        service: a
+      - name: retried
+        match: { path: /retried }
+        service: a
+        retry: { limit: 1 }
+services:
+  - name: a
+    endpoints: [127.0.0.1:${b.a!.port}]
+    rateLimits:
+      - { name: svc, rate: 1, burst: 5, global: { redis: "${redis.url}", failMode: closed } }
+`
+  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  t.teardown(() => agent.destroy())
+  // Each proxy's local bucket admits 5 of its 10; Redis admits 5 of those 10 in all.
+  const all = await Promise.all([
+    ...Array.from({ length: 10 }, () => get(p1.port, '/plain', {}, agent)),
+    ...Array.from({ length: 10 }, () => get(p2.port, '/retried', {}, agent)),
+  ])
+  const admitted = count(all, 200)
+  t.log(`admitted ${admitted} of 20 through two proxies at once`)
+  t.deepEqual([...new Set(all.map((r) => r.status))].sort(), [200, 429])
+  t.true(admitted >= 5 && admitted <= 6, `admitted ${admitted}: the service's global burst of 5`)
+  t.is(b.a!.requests.length, admitted, 'a refused request never reaches the endpoint')
+  t.is(all.find((r) => r.status === 429)?.headers['ratelimit-policy'], '"svc";q=1;w=1;meshproxy-burst=5')
+  const limited = [p1, p2].map((p) => Number(/meshproxy_rate_limited_total\{listener="",route="",service="a",limit="svc"\} (\d+)/.exec(p.proxy.metrics())?.[1]))
+  t.is(limited[0]! + limited[1]!, 20 - admitted)
+})

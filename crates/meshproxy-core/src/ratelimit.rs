@@ -170,7 +170,7 @@ impl<C: Clock + Clone> Limits<C> {
         Self: Send + Sync + 'static,
     {
         // The keys are read from the request now; the future owns them.
-        let asks: Vec<(usize, Vec<u8>, f64, u32)> = self
+        let asks: Vec<(usize, Vec<u8>, Arc<str>, u32)> = self
             .limits
             .iter()
             .enumerate()
@@ -189,7 +189,7 @@ impl<C: Clock + Clone> Limits<C> {
                     let Some(g) = limit.global.as_deref() else { continue };
                     (g.store.clone(), g.timeout, g.fail_closed, limit.metrics.clone())
                 };
-                match store.check(&key, emission_us, burst, timeout).await {
+                match store.check(&key, &emission_us, burst, timeout).await {
                     Ok(None) => {}
                     Ok(Some(wait)) => {
                         metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -265,10 +265,11 @@ struct Global {
     store: Arc<global::Store>,
     /// `meshproxy:ratelimit:<scope>:<limit name>`; a keyed limit appends `:<key value>`.
     prefix: Box<str>,
-    emission_us: f64,
+    /// The emission interval in µs, formatted once: the script's argument.
+    emission_us: Arc<str>,
     burst: u32,
     /// Key values (header values, or client addresses as text) with a rate and burst of their own.
-    overrides: FxHashMap<Box<[u8]>, (f64, u32)>,
+    overrides: FxHashMap<Box<[u8]>, (Arc<str>, u32)>,
     fail_closed: bool,
     timeout: Duration,
 }
@@ -282,7 +283,7 @@ impl Global {
         g: &crate::config::GlobalRateLimitConfig,
         stores: &Stores,
     ) -> Result<Self, Error> {
-        let emission = |rate: u32| 1_000_000.0 / f64::from(rate.max(1));
+        let emission = |rate: u32| Arc::<str>::from((1_000_000.0 / f64::from(rate.max(1))).to_string());
         let overrides = c
             .overrides
             .iter()
@@ -308,18 +309,23 @@ impl Global {
 
     /// The Redis key, emission interval and burst for a request of `limit` with `headers` from
     /// `client`.
-    fn key<C: Clock>(&self, limit: &Limit<C>, headers: &HeaderMap, client: IpAddr) -> (Vec<u8>, f64, u32) {
+    fn key<C: Clock>(
+        &self,
+        limit: &Limit<C>,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> (Vec<u8>, Arc<str>, u32) {
         let mut key = Vec::with_capacity(self.prefix.len() + 48);
         key.extend_from_slice(self.prefix.as_bytes());
         let value: std::borrow::Cow<'_, [u8]> = match &limit.buckets {
-            Buckets::One(_) => return (key, self.emission_us, self.burst),
+            Buckets::One(_) => return (key, self.emission_us.clone(), self.burst),
             Buckets::Keyed(k) => match &k.source {
                 Source::Client => client.to_canonical().to_string().into_bytes().into(),
                 Source::Header(name) => headers.get(name).map_or(&b""[..], HeaderValue::as_bytes).into(),
             },
         };
         let (emission_us, burst) =
-            self.overrides.get(&*value).copied().unwrap_or((self.emission_us, self.burst));
+            self.overrides.get(&*value).cloned().unwrap_or_else(|| (self.emission_us.clone(), self.burst));
         key.push(b':');
         if value.len() > MAX_KEY_VALUE {
             let h = xxhash_rust::xxh3::xxh3_128(&value);

@@ -143,12 +143,12 @@ impl Store {
         made.clone().map_err(GlobalError::Setup)
     }
 
-    /// Runs GCRA on `key` at one request per `emission_us` µs, `burst` at once: `None` when it
-    /// admits the request, else how long until it would.
+    /// Runs GCRA on `key` at one request per `emission_us` µs (a decimal number), `burst` at
+    /// once: `None` when it admits the request, else how long until it would.
     pub async fn check(
         &self,
         key: &[u8],
-        emission_us: f64,
+        emission_us: &str,
         burst: u32,
         timeout: Duration,
     ) -> Result<Option<Duration>, GlobalError> {
@@ -263,7 +263,7 @@ mod tests {
         let mut admitted = 0;
         let mut refused = None;
         for _ in 0..5 {
-            match store.check(b"k", 500_000.0, 3, TIMEOUT).await.unwrap() {
+            match store.check(b"k", "500000", 3, TIMEOUT).await.unwrap() {
                 None => admitted += 1,
                 Some(wait) => refused = Some(wait),
             }
@@ -272,9 +272,9 @@ mod tests {
         let wait = refused.expect("the 4th is refused");
         assert!(wait > Duration::from_millis(300) && wait <= Duration::from_millis(500), "wait {wait:?}");
         // Another key, another bucket.
-        assert_eq!(store.check(b"other", 500_000.0, 3, TIMEOUT).await.unwrap(), None);
+        assert_eq!(store.check(b"other", "500000", 3, TIMEOUT).await.unwrap(), None);
         tokio::time::sleep(wait + Duration::from_millis(20)).await;
-        assert_eq!(store.check(b"k", 500_000.0, 3, TIMEOUT).await.unwrap(), None, "one more after the wait");
+        assert_eq!(store.check(b"k", "500000", 3, TIMEOUT).await.unwrap(), None, "one more after the wait");
     }
 
     #[tokio::test]
@@ -283,12 +283,12 @@ mod tests {
         let port = server.port;
         let stores = Stores::default();
         let store = stores.get("test", &format!("redis://127.0.0.1:{port}")).unwrap();
-        assert_eq!(store.check(b"k", 1000.0, 10, TIMEOUT).await.unwrap(), None);
+        assert_eq!(store.check(b"k", "1000", 10, TIMEOUT).await.unwrap(), None);
         server.kill();
         let short = Duration::from_millis(50);
         for _ in 0..3 {
             let started = tokio::time::Instant::now();
-            assert!(store.check(b"k", 1000.0, 10, short).await.is_err());
+            assert!(store.check(b"k", "1000", 10, short).await.is_err());
             assert!(started.elapsed() < Duration::from_secs(1), "bounded by the timeout");
         }
         // Back on the same port, empty: the script is loaded again and checks succeed once the
@@ -296,7 +296,7 @@ mod tests {
         let _server = Server::start(Some(port)).expect("restarted");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(None) = store.check(b"k", 1000.0, 10, TIMEOUT).await {
+            if let Ok(None) = store.check(b"k", "1000", 10, TIMEOUT).await {
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "no reconnection within 10 s");
