@@ -19,7 +19,7 @@ listeners:
         rateLimits:
           - { name: total, rate: 100, burst: 10 }
           - { rate: 5, key: client, overrides: [{ value: 10.0.0.7, rate: 50 }] }
-          - { rate: 5, key: { header: X-User }, maxKeys: 1000 }
+          - { rate: 5, key: { header: X-User }, maxKeys: 1000, global: null }
 services:
   - name: a
     endpoints: [127.0.0.1:1]
@@ -29,11 +29,11 @@ services:
   )
   t.deepEqual(r.diagnostics.map(formatDiagnostic), [])
   t.deepEqual(r.config!.listeners[0]!.routes[0]!.rateLimits, [
-    { name: 'total', rate: 100, burst: 10, key: 'none', header: null, overrides: [], maxKeys: 100000 },
-    { name: '', rate: 5, burst: 5, key: 'client', header: null, overrides: [{ value: '10.0.0.7', rate: 50, burst: 50 }], maxKeys: 100000 },
-    { name: '', rate: 5, burst: 5, key: 'header', header: 'x-user', overrides: [], maxKeys: 1000 },
+    { name: 'total', rate: 100, burst: 10, key: 'none', header: null, overrides: [], maxKeys: 100000, global: null },
+    { name: '', rate: 5, burst: 5, key: 'client', header: null, overrides: [{ value: '10.0.0.7', rate: 50, burst: 50 }], maxKeys: 100000, global: null },
+    { name: '', rate: 5, burst: 5, key: 'header', header: 'x-user', overrides: [], maxKeys: 1000, global: null },
   ])
-  t.deepEqual(r.config!.services[0]!.rateLimits, [{ name: '', rate: 7, burst: 7, key: 'none', header: null, overrides: [], maxKeys: 100000 }])
+  t.deepEqual(r.config!.services[0]!.rateLimits, [{ name: '', rate: 7, burst: 7, key: 'none', header: null, overrides: [], maxKeys: 100000, global: null }])
 })
 
 test('native rateLimits: mistakes are errors at their positions with what is valid', (t) => {
@@ -60,7 +60,54 @@ services:
     'c.yaml:8:24: error: rate limit of route "listener-0-route-0": overrides need a key to match (add key: client or key: { header: <name> })',
     'c.yaml:9:58: error: override "not-an-ip" is not an IP address (a limit keyed by client matches client IP addresses, e.g. 10.0.0.7)',
     'c.yaml:10:13: error: rate limit of route "listener-0-route-0" is missing required field "rate"',
-    'c.yaml:11:24: error: unknown field "brust" in rate limit of route "listener-0-route-0" (valid fields: name, rate, burst, key, overrides, maxKeys)',
+    'c.yaml:11:24: error: unknown field "brust" in rate limit of route "listener-0-route-0" (valid fields: name, rate, burst, key, overrides, maxKeys, global)',
+  ])
+})
+
+test('native rateLimits: global on Redis, its defaults in the model, mistakes at their positions', (t) => {
+  const ok = loadConfigText(
+    `
+listeners:
+  - routes:
+      - service: a
+        rateLimits:
+          - { name: g, rate: 50, global: { redis: "redis://127.0.0.1:6379" } }
+          - { name: h, rate: 50, key: client, global: { redis: "redis://:pw@redis.internal/2", failMode: closed, timeout: 200ms } }
+services:
+  - { name: a, endpoints: [127.0.0.1:1] }
+`,
+    OPTS,
+  )
+  t.deepEqual(ok.diagnostics.map(formatDiagnostic), [])
+  t.deepEqual(
+    ok.config!.listeners[0]!.routes[0]!.rateLimits.map((l) => l.global),
+    [
+      { redis: 'redis://127.0.0.1:6379', failMode: 'open', timeoutMs: 50 },
+      { redis: 'redis://:pw@redis.internal/2', failMode: 'closed', timeoutMs: 200 },
+    ],
+  )
+  const bad = loadConfigText(
+    `
+listeners:
+  - routes:
+      - service: a
+        rateLimits:
+          - { rate: 5, global: { redis: "rediss://10.0.0.5:6379" } }
+          - { rate: 5, global: { redis: "redis://10.0.0.5/x" } }
+          - { rate: 5, global: { failMode: closed } }
+          - { rate: 5, global: { redis: "redis://10.0.0.5", failMode: shut } }
+          - { rate: 5, global: { redis: "redis://10.0.0.5", timeout: 0 } }
+services:
+  - { name: a, endpoints: [127.0.0.1:1] }
+`,
+    OPTS,
+  )
+  t.deepEqual(bad.diagnostics.map(formatDiagnostic), [
+    'c.yaml:6:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "rediss://10.0.0.5:6379" is not a redis:// URL (e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2 (rediss:// (TLS) and unix sockets are not supported))',
+    'c.yaml:7:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "redis://10.0.0.5/x": the path must be a database number (e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2)',
+    'c.yaml:8:32: error: rate limit of route "listener-0-route-0" global is missing required field "redis"',
+    'c.yaml:9:71: error: unknown rate limit of route "listener-0-route-0" global failMode "shut" (valid fail modes: open, closed)',
+    'c.yaml:10:70: error: "timeout" in rate limit of route "listener-0-route-0" global must be between 1ms and 10000ms, got 0ms (0 is not allowed here)',
   ])
 })
 
@@ -68,7 +115,7 @@ test('the seed RateLimiter loads verbatim onto the services built from the Servi
   const r = loadConfigText(`${fixture('seed-ingress-full.yaml')}\n---\n${fixture('seed-ratelimiter.yaml')}`, OPTS)
   t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [])
   const limits = Object.fromEntries(r.config!.services.map((s) => [s.name, s.rateLimits]))
-  const seed = [{ name: 'default', rate: 100, burst: 10, key: 'none', header: null, overrides: [], maxKeys: 100000 }]
+  const seed = [{ name: 'default', rate: 100, burst: 10, key: 'none', header: null, overrides: [], maxKeys: 100000, global: null }]
   t.deepEqual(limits, { 'service-a:80': seed, 'service-b:80': seed })
 })
 

@@ -33,6 +33,7 @@ const { values: args } = parseArgs({
     policies: { type: 'boolean' },
     authz: { type: 'boolean' },
     'rate-limit': { type: 'boolean' },
+    'global-rate-limit': { type: 'boolean' },
     rego: { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
@@ -50,6 +51,8 @@ if (args.help) {
       '                     client (one rule and a default): the cost of authorization\n' +
       '  --rate-limit       the same with a rate limit per client address on every route that never\n' +
       '                     refuses (rate 10^9): what a configured limit costs a request\n' +
+      '  --global-rate-limit  the same limit also global, on a redis-server this run starts: what\n' +
+      '                     one Redis round trip (EVALSHA) per request costs the proxy\n' +
       '  --rego             the same with a request-phase Rego policy the size of the seed\'s (two rules\n' +
       '                     on method and a header, never violated) on every route: its cost\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
@@ -57,6 +60,8 @@ if (args.help) {
   )
   process.exit(0)
 }
+/** The Redis server of `--global-rate-limit`, once started. */
+let redisUrl = null
 const outDir = resolve(args.out ?? join(repoDir, 'bench', 'results'))
 const REQUESTS = Number(args.requests)
 
@@ -108,12 +113,14 @@ async function configJson(backends, listen, protocol) {
       l.authorization = { default: 'deny', rules: [{ action: 'allow', networks: ['127.0.0.0/8'], methods: [], path: { type: 'Prefix', value: '/' }, headers: [] }] }
     }
   }
-  if (args['rate-limit']) {
+  if (args['rate-limit'] || args['global-rate-limit']) {
     // A limit keyed by client address that never refuses: the map lookup and the bucket's
-    // update on every request, no 429s.
+    // update on every request, no 429s. Global: also one EVALSHA on Redis per request (a
+    // timeout no callgrind slowdown reaches, so no request falls back).
+    const global = args['global-rate-limit'] ? { redis: redisUrl, failMode: 'open', timeoutMs: 10000 } : null
     for (const l of r.config.listeners) {
       for (const route of l.routes) {
-        route.rateLimits = [{ name: 'per-client', rate: 1_000_000_000, burst: 1_000_000_000, key: 'client', header: null, overrides: [], maxKeys: 100000 }]
+        route.rateLimits = [{ name: 'per-client', rate: 1_000_000_000, burst: 1_000_000_000, key: 'client', header: null, overrides: [], maxKeys: 100000, global }]
       }
     }
   }
@@ -267,6 +274,15 @@ async function main() {
     await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), ports[0], ports[2], ports[4]),
     await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), ports[1], ports[3], ports[5]),
   ]
+  if (args['global-rate-limit']) {
+    const [port] = await freePorts(1)
+    const redisBin = which('redis-server')
+    if (!redisBin) fail(EXIT.error, `--global-rate-limit needs redis-server — install with: ${INSTALL_HINT} redis-server`)
+    const redis = start('redis', redisBin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', workDir])
+    await waitForPort(redis, port, '127.0.0.1', 10_000)
+    redisUrl = `redis://127.0.0.1:${port}`
+    log(`redis-server on ${port} for the global rate limit`)
+  }
   log(`instructions per request under callgrind (${REQUESTS} requests per measurement, median of 3)`)
   const h1 = await countInstructions(tools, serveBin, workDir, 'h1', backends.map((b) => b.addr), 'http1', [
     { phase: 'http1', args: ['--h1', '-c', '10'] },

@@ -196,6 +196,41 @@ export const RATE_LIMIT_OVERRIDE = table('RateLimitOverride', 'A key value with 
   burst: count('Requests this value may send at once; default: its `rate`.', positive),
 })
 
+/** What a global rate limit does when Redis does not answer, the default first. */
+export const RATE_LIMIT_FAIL_MODES = ['open', 'closed'] as const
+
+/** A `redis://` URL as the redis crate reads it: host, optional port (6379), user, password, database number. */
+const redisUrl = (s: string): Parsed<string> => {
+  const hint = 'e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2'
+  if (!s.startsWith('redis://')) return fail(`"${s}" is not a redis:// URL`, `${hint} (rediss:// (TLS) and unix sockets are not supported)`)
+  let url: URL
+  try {
+    url = new URL(s)
+  } catch {
+    return fail(`"${s}" is not a valid URL`, hint)
+  }
+  if (url.hostname === '') return fail(`"${s}" names no host`, hint)
+  if (url.search !== '' || url.hash !== '') return fail(`"${s}" has a query or fragment`, hint)
+  const db = url.pathname.replace(/^\//, '')
+  if (db !== '' && !/^\d{1,5}$/.test(db)) return fail(`"${s}": the path must be a database number`, hint)
+  return ok(s)
+}
+
+export const GLOBAL_RATE_LIMIT = table(
+  'GlobalRateLimit',
+  'A limit also counted across proxies on a shared Redis: after the local limit admits a request, one Redis round trip (a GCRA script run by EVALSHA, keyed by the route or service, the limit\'s name and the client key) admits it or answers 429 as the local limit does. Every proxy with the same route or service name, limit name, rate and burst shares one count.',
+  {
+    redis: text('The Redis server: `redis://[user:password@]host[:port][/db]`. One multiplexed connection per proxy and server, reconnected on its own.', redisUrl, { yaml: { required: true } }),
+    failMode: oneOf(
+      RATE_LIMIT_FAIL_MODES,
+      'fail modes',
+      'When Redis does not answer within `timeout` (down, unreachable, slow): `open` admits the request by the local limit alone; `closed` refuses it with 503 `rate-limit-unavailable` (gRPC: UNAVAILABLE) and `Retry-After: 1`. Either way `meshproxy_rate_limit_fallback_total` counts it and a warning is logged (at most every 10 s).',
+      { default: 'open' },
+    ),
+    timeoutMs: duration('Time allowed for one Redis check, connecting included.', { min: 1, max: 10000, default: 50 }),
+  },
+)
+
 export const RATE_LIMIT = table(
   'RateLimit',
   'A local rate limit (GCRA, as a token bucket that refills continuously): `rate` requests per second, and up to `burst` at once when the bucket is full. A request over it is answered 429 `rate-limited` (gRPC: RESOURCE_EXHAUSTED) with `Retry-After`, `RateLimit-Policy` and `RateLimit`, and never reaches an endpoint. Counted on each proxy (worker threads share it), not across proxies.',
@@ -216,6 +251,7 @@ export const RATE_LIMIT = table(
       'Distinct keys tracked at once. A key whose bucket is full again is dropped (every 0.5 s, and at once when the map is full); new keys that find it full share one overflow bucket with this limit\'s rate and burst until keys expire. About 40 bytes a key.',
       { min: 1, max: 10_000_000, default: 100_000 },
     ),
+    global: nullableNested(GLOBAL_RATE_LIMIT, { doc: 'Also count the limit across proxies on a shared Redis; null = this proxy only.', default: null }),
   },
 )
 
@@ -360,7 +396,9 @@ export const HTTP2 = table(
   },
 )
 
-const pemFile = (s: string): Parsed<string> => (s.trim() === '' ? fail('the file name is empty', 'a path such as certs/web.crt') : ok(s))
+/** A PEM file's path: any non-empty text (the loader reads and checks the file). */
+const pemFile = (what: string) => (s: string): Parsed<string> =>
+  s.trim() === '' ? fail(`the ${what} file is empty`, 'a path to a PEM file, such as certs/ca.crt') : ok(s)
 
 export const TLS_CERTIFICATE = table(
   'TlsCertificate',
@@ -368,13 +406,13 @@ export const TLS_CERTIFICATE = table(
   {
     cert: nullableText(
       'The certificate chain\'s PEM file, leaf first: in YAML a path relative to the YAML file; in the model the path as resolved. Re-read when it changes on disk. null when `certPem` is given.',
-      pemFile,
+      pemFile('certificate'),
       'a file path',
       { default: null, yaml: { required: true } },
     ),
     key: nullableText(
       'The private key\'s PEM file (PKCS#8, RSA or EC; RSA, ECDSA P-256/P-384 or Ed25519), as `cert` is written. null when `keyPem` is given.',
-      pemFile,
+      pemFile('key'),
       'a file path',
       { default: null, yaml: { required: true } },
     ),
@@ -571,8 +609,6 @@ export const CIRCUIT_BREAKER = table(
   },
 )
 
-const pemFile = (what: string) => (s: string): Parsed<string> =>
-  s.trim() === '' ? fail(`the ${what} file is empty`, 'a path to a PEM file, such as certs/ca.crt') : ok(s)
 
 /** A name a TLS certificate is verified against: a DNS name, or an IP address (no brackets, no port). */
 const serverName = (s: string): Parsed<string> => {
@@ -678,6 +714,7 @@ export type HealthCheckModel = ModelOf<typeof HEALTH_CHECK>
 export type UpstreamTlsModel = ModelOf<typeof UPSTREAM_TLS>
 export type RateLimitModel = ModelOf<typeof RATE_LIMIT>
 export type RateLimitOverrideModel = ModelOf<typeof RATE_LIMIT_OVERRIDE>
+export type GlobalRateLimitModel = ModelOf<typeof GLOBAL_RATE_LIMIT>
 export type PolicyModel = ModelOf<typeof POLICY>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]

@@ -252,6 +252,8 @@ export interface NativeRateLimit {
   overrides?: NativeRateLimitOverride[]
   /** Distinct keys tracked at once. A key whose bucket is full again is dropped (every 0.5 s, and at once when the map is full); new keys that find it full share one overflow bucket with this limit's rate and burst until keys expire. About 40 bytes a key. */
   maxKeys?: number
+  /** Also count the limit across proxies on a shared Redis; null = this proxy only. */
+  global?: NativeGlobalRateLimit | null
 }
 
 /** A key value with a rate and burst of its own (a bucket of its own, not shared with other keys). */
@@ -262,6 +264,16 @@ export interface NativeRateLimitOverride {
   rate: number
   /** Requests this value may send at once; default: its `rate`. */
   burst?: number
+}
+
+/** A limit also counted across proxies on a shared Redis: after the local limit admits a request, one Redis round trip (a GCRA script run by EVALSHA, keyed by the route or service, the limit's name and the client key) admits it or answers 429 as the local limit does. Every proxy with the same route or service name, limit name, rate and burst shares one count. */
+export interface NativeGlobalRateLimit {
+  /** The Redis server: `redis://[user:password@]host[:port][/db]`. One multiplexed connection per proxy and server, reconnected on its own. */
+  redis: string
+  /** When Redis does not answer within `timeout` (down, unreachable, slow): `open` admits the request by the local limit alone; `closed` refuses it with 503 `rate-limit-unavailable` (gRPC: UNAVAILABLE) and `Retry-After: 1`. Either way `meshproxy_rate_limit_fallback_total` counts it and a warning is logged (at most every 10 s). */
+  failMode?: 'open' | 'closed'
+  /** Time allowed for one Redis check, connecting included. A duration: 500ms, 10s, 1m30s, or milliseconds as an integer. */
+  timeout?: NativeDuration
 }
 
 /** A Rego policy (OPA's language, evaluated in the data plane by regorus) checked on each response (or request) of a route or a service. Its rule (`violation` by default) is a set of messages: empty passes, any member is a violation. The input follows OPA-Envoy: `input.attributes.request.http.{method, path, host, headers}` (header names lower-case), and on the response phase `input.response.{status_code, headers, body}` (`body` as text, absent past `maxBodyBytes` with `input.response.truncated` true). Rego v0 syntax (OPA before 1.0) and v1 are both accepted. */

@@ -10,7 +10,7 @@ import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { dirname, isAbsolute, join, resolve } from 'node:path'
 import { isMap, isSeq } from './yaml-lib.js'
-import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, UPSTREAM_TLS, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel, type UpstreamTlsModel } from './model.js'
+import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, GLOBAL_RATE_LIMIT, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, type GlobalRateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, UPSTREAM_TLS, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel, type UpstreamTlsModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -384,6 +384,7 @@ export function readRateLimits(parent: Fields, owner: string): RateLimitModel[] 
     readPlain(f, RATE_LIMIT, limit)
     readTexts(f, RATE_LIMIT, limit)
     if (!f.has('burst')) limit.burst = limit.rate
+    if (f.has('global') && !f.isNull('global')) limit.global = readGlobalRateLimit(f)
     const named = limit.name || `limit-${out.length + 1}`
     if (out.some((l, i) => (l.name || `limit-${i + 1}`) === named)) r.error(f.has('name') ? f.valueLoc('name') : r.loc(node), `${owner} has two rate limits named "${named}"`, 'each limit of a route or service needs its own name (its metrics label and RateLimit-Policy name)')
     const keyNode = f.get('key')
@@ -529,6 +530,16 @@ function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
     r.error(f.valueLoc('key'), `tls key "${tls.key}" is not the private key of cert "${tls.cert}"`, 'give the key the client certificate was issued for')
   }
   return tls
+}
+
+/** A rate limit's `global`: `redis` is required (and checked); null when it is missing or invalid (reported). */
+function readGlobalRateLimit(limit: Fields): GlobalRateLimitModel | null {
+  const f = limit.fields('global', `${limit.what} global`, keysOf(GLOBAL_RATE_LIMIT))
+  if (!f || !f.require('redis')) return null
+  const global = complete(GLOBAL_RATE_LIMIT, { redis: '' })
+  readPlain(f, GLOBAL_RATE_LIMIT, global)
+  readTexts(f, GLOBAL_RATE_LIMIT, global)
+  return global.redis === '' ? null : global
 }
 
 /**

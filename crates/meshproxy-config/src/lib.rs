@@ -275,6 +275,33 @@ pub struct RateLimitConfig {
     pub overrides: Vec<RateLimitOverrideConfig>,
     /// Distinct keys tracked at once; beyond, new keys share one overflow bucket.
     pub max_keys: u32,
+    /// Also counted across proxies on a shared Redis; none when null.
+    pub global: Option<GlobalRateLimitConfig>,
+}
+
+/// Where and how a rate limit is also counted across proxies: a GCRA on a shared Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalRateLimitConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub redis: String,
+    /// What a request gets when Redis does not answer in time.
+    pub fail_mode: RateLimitFailMode,
+    /// Time allowed for one Redis check.
+    pub timeout_ms: u64,
+}
+
+/// What a global rate limit does when Redis does not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitFailMode {
+    /// The request is admitted by the local limit alone.
+    #[default]
+    Open,
+    /// The request is refused (503 `rate-limit-unavailable`).
+    Closed,
 }
 
 /// A key value (a client IP address, or a header value) with its own rate and burst.

@@ -21,7 +21,7 @@ use crate::filter::authz::Authz;
 use crate::filter::{self, RequestFilter, ResponseFilter};
 use crate::metrics::{ListenerMetrics, MetricSet, Metrics, RouteMetrics, ServiceMetrics};
 use crate::policy::{self, ResponsePolicies};
-use crate::ratelimit::Limits;
+use crate::ratelimit::{Limits, Stores};
 use crate::routing::RouteTable;
 use crate::upstream::{Connector, Endpoint, Registry};
 use crate::Error;
@@ -170,7 +170,13 @@ impl EndpointSet {
 impl Snapshot {
     /// Compiles `config` against the endpoints and metric series of the running one, changing
     /// neither: new endpoints and series are this snapshot's own until [`Snapshot::commit`].
-    pub fn compile(config: Config, registry: &Registry, metrics: &Metrics) -> Result<Self, Error> {
+    /// Global rate limits take their Redis servers from `stores` (the proxy's, kept across reloads).
+    pub fn compile(
+        config: Config,
+        registry: &Registry,
+        metrics: &Metrics,
+        stores: &Stores,
+    ) -> Result<Self, Error> {
         let mut services = HashMap::new();
         let mut endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)> = Vec::new();
         let mut metric_set = MetricSet::default();
@@ -179,7 +185,7 @@ impl Snapshot {
             if services.contains_key(s.name.as_str()) {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
-            let service = compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set)?;
+            let service = compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set, stores)?;
             rate_limits.extend(service.rate_limits.clone());
             endpoint_settings
                 .extend(service.endpoints().iter().map(|e| (e.clone(), service.settings.clone())));
@@ -187,7 +193,7 @@ impl Snapshot {
         }
         let mut listeners = FxHashMap::default();
         for l in &config.listeners {
-            let runtime = compile_listener(l, &services, metrics, &mut metric_set, &mut rate_limits)?;
+            let runtime = compile_listener(l, &services, metrics, &mut metric_set, &mut rate_limits, stores)?;
             if listeners.insert(l.address.as_str().into(), Arc::new(runtime)).is_some() {
                 return Err(Error::Config(format!("duplicate listener address {:?}", l.address)));
             }
@@ -226,6 +232,13 @@ impl Snapshot {
     pub fn endpoint_keys(&self) -> std::collections::HashSet<(&str, &Connector)> {
         self.endpoint_settings.iter().map(|(e, _)| (&*e.address, e.connector())).collect()
     }
+
+    /// The Redis servers this snapshot's global rate limits use.
+    pub fn redis_urls(&self) -> std::collections::HashSet<&str> {
+        let routes = self.config.listeners.iter().flat_map(|l| l.routes.iter().flat_map(|r| &r.rate_limits));
+        let services = self.config.services.iter().flat_map(|s| &s.rate_limits);
+        routes.chain(services).filter_map(|l| l.global.as_ref().map(|g| g.redis.as_str())).collect()
+    }
 }
 
 /// Route `r`'s backends: its service alone, or its split by weight (a zero weight takes no
@@ -255,6 +268,7 @@ fn compile_listener(
     metrics: &Metrics,
     metric_set: &mut MetricSet,
     rate_limits: &mut Vec<Arc<Limits>>,
+    stores: &Stores,
 ) -> Result<ListenerRuntime, Error> {
     let routes = l
         .routes
@@ -280,7 +294,8 @@ fn compile_listener(
                 };
             let owner = format!("route {:?}", r.name);
             let clock = governor::clock::DefaultClock::default();
-            let limits = Limits::compile(&owner, &r.rate_limits, &clock, |limit| {
+            let scope = format!("route:{}", r.name);
+            let limits = Limits::compile(&owner, &scope, &r.rate_limits, &clock, stores, |limit| {
                 metrics.rate_limit(metric_set, &l.name, &r.name, "", limit)
             })?
             .map(Arc::new);
@@ -406,6 +421,7 @@ fn compile_service(
     staged: &[(Arc<Endpoint>, EndpointSettings)],
     metrics: &Metrics,
     metric_set: &mut MetricSet,
+    stores: &Stores,
 ) -> Result<Backend, Error> {
     let service_metrics = metrics.tcp(metric_set, &s.name);
     let settings = endpoint_settings(s, &service_metrics.connection_limit);
@@ -420,8 +436,10 @@ fn compile_service(
         check: s.health_check.as_ref().map(|c| compile_check(s, c)).transpose()?.map(Arc::new),
         rate_limits: Limits::compile(
             &format!("service {:?}", s.name),
+            &format!("service:{}", s.name),
             &s.rate_limits,
             &governor::clock::DefaultClock::default(),
+            stores,
             |limit| metrics.rate_limit(metric_set, "", "", &s.name, limit),
         )?
         .map(Arc::new),

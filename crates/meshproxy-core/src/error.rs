@@ -77,6 +77,9 @@ pub enum ProxyError {
     /// A rate limit refused the request (429; the limiter adds `Retry-After` and the
     /// `RateLimit-Policy`/`RateLimit` fields).
     RateLimited,
+    /// A global rate limit with `failMode: closed` got no answer from Redis in time (503,
+    /// `Retry-After: 1`).
+    RateLimitUnavailable,
     /// An authorization rule or a request-phase policy denied the request (403).
     Forbidden,
     /// The upstream's response violated a policy whose action is `deny` (502).
@@ -86,7 +89,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub const ALL: [ProxyError; 16] = [
+    pub const ALL: [ProxyError; 17] = [
         ProxyError::NoRoute,
         ProxyError::NoEndpoints,
         ProxyError::UpstreamConnect,
@@ -100,6 +103,7 @@ impl ProxyError {
         ProxyError::ShuttingDown,
         ProxyError::ConnectRefused,
         ProxyError::RateLimited,
+        ProxyError::RateLimitUnavailable,
         ProxyError::Forbidden,
         ProxyError::PolicyViolation,
         ProxyError::TlsRequired,
@@ -108,9 +112,10 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoints | ProxyError::Overloaded | ProxyError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoints
+            | ProxyError::Overloaded
+            | ProxyError::ShuttingDown
+            | ProxyError::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamReset
             | ProxyError::UpstreamHandshake
@@ -140,6 +145,7 @@ impl ProxyError {
             ProxyError::ShuttingDown => "shutting-down",
             ProxyError::ConnectRefused => "connect-refused",
             ProxyError::RateLimited => "rate-limited",
+            ProxyError::RateLimitUnavailable => "rate-limit-unavailable",
             ProxyError::Forbidden => "forbidden",
             ProxyError::PolicyViolation => "policy-violation",
             ProxyError::TlsRequired => "tls-required",
@@ -161,6 +167,7 @@ impl ProxyError {
             | ProxyError::UpstreamProtocol
             | ProxyError::PolicyViolation
             | ProxyError::Overloaded
+            | ProxyError::RateLimitUnavailable
             | ProxyError::ShuttingDown => "14", // UNAVAILABLE (as HTTP 502/503 map to gRPC)
         }
     }
@@ -189,6 +196,7 @@ impl ProxyError {
             ProxyError::ShuttingDown => "meshproxy: the proxy is shutting down\n",
             ProxyError::ConnectRefused => "meshproxy: CONNECT is not allowed here\n",
             ProxyError::RateLimited => "meshproxy: rate limit exceeded\n",
+            ProxyError::RateLimitUnavailable => "meshproxy: the global rate limit could not be checked\n",
             ProxyError::Forbidden => "meshproxy: forbidden by policy\n",
             ProxyError::PolicyViolation => "meshproxy: the upstream's response violated a policy\n",
             ProxyError::TlsRequired => "meshproxy: this port speaks TLS; use https\n",

@@ -26,8 +26,8 @@ use crate::Error;
 pub mod authz;
 
 /// What a request filter decides. The pipeline handles every verdict (its tests exercise each);
-/// answering now and waiting are for filters that refuse (rate limits, authorization, policy)
-/// or must wait (a global rate limit, a remote check), which today's built-in filters never do.
+/// answering now is for filters that refuse (rate limits, authorization, policy), waiting for
+/// those that must ask elsewhere (a global rate limit's Redis check).
 #[cfg_attr(not(test), allow(dead_code))]
 pub enum Verdict {
     Continue,
@@ -375,7 +375,15 @@ impl RequestFilter {
                 Err(e) => Verdict::Respond(e),
             },
             RequestFilter::RateLimit(limits) => match limits.check(&cx.head.headers, cx.client) {
-                Ok(()) => Verdict::Continue,
+                Ok(()) => match limits.global(&cx.head.headers, cx.client) {
+                    None => Verdict::Continue,
+                    Some(check) => Verdict::Wait(Box::pin(async move {
+                        match check.await {
+                            Ok(()) => Verdict::Continue,
+                            Err(r) => Verdict::Reject(r),
+                        }
+                    })),
+                },
                 Err(denied) => Verdict::Reject(Box::new(limits.rejection(denied))),
             },
             RequestFilter::Policy(p) => match p.judge(crate::policy::request_input(cx.head)) {

@@ -801,7 +801,7 @@ impl Metrics {
 
     fn render_rate_limits(&self, out: &mut String) {
         let limits = self.rate_limits.lock();
-        let families: [Family<LimitMetrics, u64>; 3] = [
+        let families: [Family<LimitMetrics, u64>; 4] = [
             (
                 "meshproxy_rate_limited_total",
                 "counter",
@@ -819,6 +819,12 @@ impl Metrics {
                 "counter",
                 "Requests of new keys a keyed rate limit counted in its shared overflow bucket (its maxKeys reached).",
                 |m| m.overflowed.load(Ordering::Relaxed),
+            ),
+            (
+                "meshproxy_rate_limit_fallback_total",
+                "counter",
+                "Requests a global rate limit got no answer from Redis for in time, handled by its failMode (open: admitted by the local limit alone; closed: 503 rate-limit-unavailable).",
+                |m| m.fallback.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, get) in families {

@@ -8,8 +8,7 @@
 //! Who uses it: the request filters (a route's limits, [`crate::filter`]) and the backend choice
 //! (a service's limits, checked once the service is chosen, before an endpoint is). What it must
 //! not know: routes, endpoints, the request path — it takes a request's headers and client address
-//! and says admit or refuse. A global (shared, Redis-backed) limit is a later stage of its own: a
-//! filter after these returning `Verdict::Wait`, so a request refused here never waits on it.
+//! and says admit or refuse.
 //!
 //! Memory: keyed buckets live in a map of at most `maxKeys` entries (each 8-byte key hashed with a
 //! per-limit random seed, so a client cannot choose another's bucket). A key whose bucket is full
@@ -17,10 +16,17 @@
 //! proxy's housekeeping tick and shrinks the map. When the map is full, the request that finds it
 //! so drops the replenished keys at once (at most every [`EVICT_EVERY`]); new keys that still do not
 //! fit share one overflow bucket with the limit's rate and burst until keys expire.
+//!
+//! A limit with a `global` section is also counted across proxies on Redis ([`global`]): once
+//! every local check admits a request, [`Limits::global`] gives the future that asks Redis, one
+//! round trip per global limit. The local bucket stays in front: it enforces the burst at once,
+//! in-process, and a request it refuses never reaches Redis.
 
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +41,14 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use rustc_hash::FxHashMap;
 
-use crate::config::{RateLimitConfig, RateLimitKey};
+use crate::config::{RateLimitConfig, RateLimitFailMode, RateLimitKey};
 use crate::error::ProxyError;
 use crate::filter::Rejection;
 use crate::Error;
+
+mod global;
+
+pub use global::Stores;
 
 /// How often a request that finds a keyed limit's map full may sweep it of replenished keys.
 pub const EVICT_EVERY: Duration = Duration::from_millis(100);
@@ -55,13 +65,20 @@ pub struct LimitMetrics {
     pub keys: AtomicU64,
     /// Requests counted in its overflow bucket (new keys while the map was full).
     pub overflowed: AtomicU64,
+    /// Requests its global check gave no answer for (Redis down or slow), handled by its fail mode.
+    pub fallback: AtomicU64,
 }
 
 /// Every limit of one route or one service.
 #[derive(Debug)]
 pub struct Limits<C: Clock = DefaultClock> {
     limits: Box<[Limit<C>]>,
+    /// Whether any limit is also global.
+    global: bool,
 }
+
+/// A request's global checks, to await once its local checks admitted it.
+pub type GlobalCheck = Pin<Box<dyn Future<Output = Result<(), Box<Rejection>>> + Send>>;
 
 /// Why a request was refused: the limit and how long until it would admit one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,11 +97,15 @@ impl Denied {
 
 impl<C: Clock + Clone> Limits<C> {
     /// Compiles `configs` (of the route or service `owner`, for messages); `metrics` gives each
-    /// limit, by its name, its counters. None when there are no limits.
+    /// limit, by its name, its counters. A global limit's Redis key starts with `scope` (the
+    /// route's or service's name, so proxies that share the name share the count) and its server
+    /// comes from `stores`. None when there are no limits.
     pub fn compile(
         owner: &str,
+        scope: &str,
         configs: &[RateLimitConfig],
         clock: &C,
+        stores: &Stores,
         mut metrics: impl FnMut(&str) -> Arc<LimitMetrics>,
     ) -> Result<Option<Self>, Error> {
         if configs.is_empty() {
@@ -102,12 +123,17 @@ impl<C: Clock + Clone> Limits<C> {
                 }
                 names.push(name.clone());
                 let m = metrics(&name);
-                Limit::compile(owner, name, c, clock, m)
+                let mut limit = Limit::compile(owner, name, c, clock, m)?;
+                if let Some(g) = &c.global {
+                    limit.global = Some(Box::new(Global::compile(owner, scope, &limit, c, g, stores)?));
+                }
+                Ok(limit)
             })
             .collect::<Result<Vec<_>, Error>>()?;
         // Keyed limits first: a client its own limit refuses does not use up a shared one.
         limits.sort_by_key(|l| matches!(l.buckets, Buckets::One(_)));
-        Ok(Some(Limits { limits: limits.into() }))
+        let global = limits.iter().any(|l| l.global.is_some());
+        Ok(Some(Limits { limits: limits.into(), global }))
     }
 
     /// Whether every limit admits a request with `headers` from `client`; the first that does
@@ -121,6 +147,65 @@ impl<C: Clock + Clone> Limits<C> {
             }
         }
         Ok(())
+    }
+
+    /// The global checks of a request every local limit admitted: None when no limit is global
+    /// (nothing to wait for), else a future that asks Redis for each global limit in order and
+    /// ends with the first refusal (429, as a local one) or, when Redis gives no answer in time,
+    /// with the limit's fail mode (closed: 503 `rate-limit-unavailable`).
+    #[inline]
+    pub fn global(self: &Arc<Self>, headers: &HeaderMap, client: SocketAddr) -> Option<GlobalCheck>
+    where
+        Self: Send + Sync + 'static,
+    {
+        if !self.global {
+            return None;
+        }
+        Some(self.global_check(headers, client))
+    }
+
+    #[inline(never)]
+    fn global_check(self: &Arc<Self>, headers: &HeaderMap, client: SocketAddr) -> GlobalCheck
+    where
+        Self: Send + Sync + 'static,
+    {
+        // The keys are read from the request now; the future owns them.
+        let asks: Vec<(usize, Vec<u8>, Arc<str>, u32)> = self
+            .limits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let g = l.global.as_deref()?;
+                let (key, emission_us, burst) = g.key(l, headers, client.ip());
+                Some((i, key, emission_us, burst))
+            })
+            .collect();
+        let this = self.clone();
+        Box::pin(async move {
+            for (index, key, emission_us, burst) in asks {
+                // Nothing borrowed from `this` is held across the wait.
+                let (store, timeout, fail_closed, metrics) = {
+                    let Some(limit) = this.limits.get(index) else { continue };
+                    let Some(g) = limit.global.as_deref() else { continue };
+                    (g.store.clone(), g.timeout, g.fail_closed, limit.metrics.clone())
+                };
+                match store.check(&key, &emission_us, burst, timeout).await {
+                    Ok(None) => {}
+                    Ok(Some(wait)) => {
+                        metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                        return Err(Box::new(this.rejection(Denied { index, wait })));
+                    }
+                    Err(e) => {
+                        metrics.fallback.fetch_add(1, Ordering::Relaxed);
+                        store.failed(&e, fail_closed);
+                        if fail_closed {
+                            return Err(Box::new(unavailable()));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// The 429 for `denied`: `Retry-After` and the IETF `RateLimit-Policy` and `RateLimit` fields
@@ -151,6 +236,14 @@ impl<C: Clock + Clone> Limits<C> {
     }
 }
 
+/// The 503 of a global limit that fails closed: Redis gave no answer in time.
+#[cold]
+fn unavailable() -> Rejection {
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Rejection { error: ProxyError::RateLimitUnavailable, headers, body: None }
+}
+
 /// One limit.
 #[derive(Debug)]
 struct Limit<C: Clock> {
@@ -159,6 +252,89 @@ struct Limit<C: Clock> {
     /// `RateLimit-Policy`: `"name";q=<rate>;w=1;meshproxy-burst=<burst>`.
     policy: HeaderValue,
     metrics: Arc<LimitMetrics>,
+    /// Also counted on Redis.
+    global: Option<Box<Global>>,
+}
+
+/// Key values longer than this are hashed in a global limit's Redis key.
+const MAX_KEY_VALUE: usize = 128;
+
+/// A limit's global side: its Redis server, key and GCRA parameters.
+#[derive(Debug)]
+struct Global {
+    store: Arc<global::Store>,
+    /// `meshproxy:ratelimit:<scope>:<limit name>`; a keyed limit appends `:<key value>`.
+    prefix: Box<str>,
+    /// The emission interval in µs, formatted once: the script's argument.
+    emission_us: Arc<str>,
+    burst: u32,
+    /// Key values (header values, or client addresses as text) with a rate and burst of their own.
+    overrides: FxHashMap<Box<[u8]>, (Arc<str>, u32)>,
+    fail_closed: bool,
+    timeout: Duration,
+}
+
+impl Global {
+    fn compile<C: Clock>(
+        owner: &str,
+        scope: &str,
+        limit: &Limit<C>,
+        c: &RateLimitConfig,
+        g: &crate::config::GlobalRateLimitConfig,
+        stores: &Stores,
+    ) -> Result<Self, Error> {
+        let emission = |rate: u32| Arc::<str>::from((1_000_000.0 / f64::from(rate.max(1))).to_string());
+        let overrides = c
+            .overrides
+            .iter()
+            .map(|o| {
+                // Client addresses as the request's canonical address prints them.
+                let value = match o.value.parse::<IpAddr>() {
+                    Ok(ip) if c.key == RateLimitKey::Client => ip.to_canonical().to_string(),
+                    _ => o.value.clone(),
+                };
+                (value.into_bytes().into_boxed_slice(), (emission(o.rate), o.burst))
+            })
+            .collect();
+        Ok(Global {
+            store: stores.get(owner, &g.redis)?,
+            prefix: format!("meshproxy:ratelimit:{scope}:{}", limit.name).into(),
+            emission_us: emission(c.rate),
+            burst: c.burst,
+            overrides,
+            fail_closed: g.fail_mode == RateLimitFailMode::Closed,
+            timeout: Duration::from_millis(g.timeout_ms.max(1)),
+        })
+    }
+
+    /// The Redis key, emission interval and burst for a request of `limit` with `headers` from
+    /// `client`.
+    fn key<C: Clock>(
+        &self,
+        limit: &Limit<C>,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> (Vec<u8>, Arc<str>, u32) {
+        let mut key = Vec::with_capacity(self.prefix.len() + 48);
+        key.extend_from_slice(self.prefix.as_bytes());
+        let value: std::borrow::Cow<'_, [u8]> = match &limit.buckets {
+            Buckets::One(_) => return (key, self.emission_us.clone(), self.burst),
+            Buckets::Keyed(k) => match &k.source {
+                Source::Client => client.to_canonical().to_string().into_bytes().into(),
+                Source::Header(name) => headers.get(name).map_or(&b""[..], HeaderValue::as_bytes).into(),
+            },
+        };
+        let (emission_us, burst) =
+            self.overrides.get(&*value).cloned().unwrap_or_else(|| (self.emission_us.clone(), self.burst));
+        key.push(b':');
+        if value.len() > MAX_KEY_VALUE {
+            let h = xxhash_rust::xxh3::xxh3_128(&value);
+            key.extend_from_slice(format!("xxh3:{h:032x}").as_bytes());
+        } else {
+            key.extend_from_slice(&value);
+        }
+        (key, emission_us, burst)
+    }
 }
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -276,7 +452,7 @@ impl<C: Clock + Clone> Limit<C> {
                 }))
             }
         };
-        Ok(Limit { name: name.into(), buckets, policy, metrics })
+        Ok(Limit { name: name.into(), buckets, policy, metrics, global: None })
     }
 }
 
@@ -459,11 +635,14 @@ mod tests {
             header: (key == RateLimitKey::Header).then(|| "x-user".into()),
             overrides: vec![],
             max_keys: 100_000,
+            global: None,
         }
     }
 
     fn limits(configs: &[RateLimitConfig], clock: &FakeRelativeClock) -> Limits<FakeRelativeClock> {
-        Limits::compile("test", configs, clock, |_| Arc::default()).unwrap().unwrap()
+        Limits::compile("test", "test", configs, clock, &Stores::default(), |_| Arc::default())
+            .unwrap()
+            .unwrap()
     }
 
     const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 5000);
@@ -498,7 +677,10 @@ mod tests {
         let mut a = config(1, 1, RateLimitKey::None);
         a.name = "limit-2".into();
         let b = config(1, 1, RateLimitKey::None);
-        let err = Limits::compile("route \"r\"", &[a, b], &clock, |_| Arc::default()).unwrap_err();
+        let err = Limits::compile("route \"r\"", "route:r", &[a, b], &clock, &Stores::default(), |_| {
+            Arc::default()
+        })
+        .unwrap_err();
         assert_eq!(err.to_string(), "route \"r\": two rate limits named \"limit-2\"");
     }
 
@@ -587,7 +769,9 @@ mod tests {
         let c = config(1000, 10, RateLimitKey::Header);
         let metrics = Arc::new(LimitMetrics::default());
         let m = metrics.clone();
-        let l = Limits::compile("test", &[c], &clock, move |_| m.clone()).unwrap().unwrap();
+        let l = Limits::compile("test", "test", &[c], &clock, &Stores::default(), move |_| m.clone())
+            .unwrap()
+            .unwrap();
         let Buckets::Keyed(k) = &l.limits[0].buckets else { panic!("keyed") };
         let mut h = HeaderMap::new();
         for i in 0..1_000_000u32 {

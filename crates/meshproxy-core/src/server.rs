@@ -160,9 +160,10 @@ impl MeshProxy {
     pub fn with_workers(config: Config, workers: Vec<tokio::runtime::Handle>) -> Result<Self, Error> {
         let registry = Registry::new(workers.len());
         let metrics = Metrics::default();
-        let snapshot = Snapshot::compile(config, &registry, &metrics)?;
+        let stores = crate::ratelimit::Stores::default();
+        let snapshot = Snapshot::compile(config, &registry, &metrics, &stores)?;
         snapshot.commit(&registry, &metrics);
-        let shared = Arc::new(Shared::new(snapshot, registry, metrics, workers));
+        let shared = Arc::new(Shared::new(snapshot, registry, metrics, stores, workers));
         Ok(MeshProxy { shared, state: Mutex::new(State::Created) })
     }
 
@@ -215,7 +216,12 @@ impl MeshProxy {
         if matches!(state, State::Closed) {
             return Err(Error::Closed);
         }
-        let snapshot = Arc::new(Snapshot::compile(config, self.shared.registry(), self.shared.metrics())?);
+        let snapshot = Arc::new(Snapshot::compile(
+            config,
+            self.shared.registry(),
+            self.shared.metrics(),
+            self.shared.stores(),
+        )?);
         if let State::Running(running) = state {
             let bound = self.bind_new(&snapshot.config, running).await?;
             self.shared.snapshot().store(snapshot.clone());
@@ -238,6 +244,7 @@ impl MeshProxy {
             self.shared.snapshot().store(snapshot.clone());
         }
         snapshot.commit(self.shared.registry(), self.shared.metrics());
+        self.shared.stores().retain(&snapshot.redis_urls());
         if let State::Running(running) = state {
             running.checks = Checks::start(&snapshot);
         }

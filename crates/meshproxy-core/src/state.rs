@@ -16,6 +16,8 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
     metrics: Metrics,
+    /// The Redis servers of global rate limits.
+    stores: crate::ratelimit::Stores,
     ready: AtomicBool,
     connections: Arc<AtomicUsize>,
     /// Worker runtimes accepted connections are dealt to (see `crate::workers`); empty: served
@@ -31,12 +33,14 @@ impl Shared {
         snapshot: Snapshot,
         registry: Registry,
         metrics: Metrics,
+        stores: crate::ratelimit::Stores,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Self {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             registry,
             metrics,
+            stores,
             ready: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
             worker_connections: (0..workers.len().max(1)).map(|_| AtomicU64::new(0)).collect(),
@@ -57,6 +61,10 @@ impl Shared {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn stores(&self) -> &crate::ratelimit::Stores {
+        &self.stores
     }
 
     pub fn is_ready(&self) -> bool {

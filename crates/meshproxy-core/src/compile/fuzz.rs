@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use super::Snapshot;
 use crate::config::{testing, CookieMatch, EndpointConfig, HeaderMatch, PathMatchType, QueryParamMatch};
 use crate::metrics::Metrics;
+use crate::ratelimit::Stores;
 use crate::upstream::Registry;
 
 /// Text that is often almost valid: fragments of the real syntax mixed with arbitrary characters.
@@ -58,6 +59,6 @@ proptest! {
         s.failure_statuses = statuses;
         s.failure_grpc_statuses = grpc_statuses;
         let registry = Registry::new(1);
-        let _ = Snapshot::compile(config, &registry, &Metrics::default());
+        let _ = Snapshot::compile(config, &registry, &Metrics::default(), &Stores::default());
     }
 }

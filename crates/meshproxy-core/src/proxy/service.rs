@@ -33,6 +33,7 @@ use crate::error::ProxyError;
 use crate::filter::{self, Rejection, RequestCx, Step, Verdict};
 use crate::metrics::{parse_grpc_status, Protocol};
 use crate::policy::{self, BodyCheck};
+use crate::ratelimit::GlobalCheck;
 use crate::routing::RequestView;
 use crate::state::Shared;
 use crate::tcp::TcpUpstream;
@@ -200,9 +201,11 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
         }
         // 4, 5: backend and endpoint; then the request in the endpoint's form.
-        let (backend, endpoint, h2) = match select(&ctx, &routed) {
+        let (backend, endpoint, h2) = match select(&ctx, &routed).await {
             Ok(chosen) => chosen,
-            Err(Unchosen::NoEndpoints) => break 'respond routed.fail(ProxyError::NoEndpoints),
+            Err(Unchosen::NoEndpoints | Unchosen::Global(..)) => {
+                break 'respond routed.fail(ProxyError::NoEndpoints)
+            }
             Err(Unchosen::Limited(r)) => break 'respond routed.reject(*r),
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
@@ -440,14 +443,26 @@ struct Tunnel<'a> {
     meta: Meta<'a>,
     route: &'a RouteRuntime,
     backend: &'a Backend,
-    endpoint: Arc<Endpoint>,
+    /// None while `check` is pending: its endpoint is chosen once it admits the tunnel.
+    endpoint: Option<Arc<Endpoint>>,
+    /// The service's global rate limits, when it has them.
+    check: Option<GlobalCheck>,
     req: Request<RequestBody>,
     activity: ActivityGuard,
 }
 
 impl Tunnel<'_> {
     async fn run(self) -> Response<ResponseBody> {
-        let Tunnel { ctx, meta, route, backend, endpoint, mut req, activity } = self;
+        let Tunnel { ctx, meta, route, backend, endpoint, check, mut req, activity } = self;
+        if let Some(check) = check {
+            if let Err(r) = check.await {
+                return reject(meta, route, activity, *r);
+            }
+        }
+        let endpoint = match endpoint.map_or_else(|| endpoint_of(ctx, backend, req.headers()), Ok) {
+            Ok(e) => e,
+            Err(_) => return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity),
+        };
         let upstream = match TcpUpstream::connect(&endpoint, &backend.tcp).await {
             Ok(u) => u,
             Err(e) => return meta.fail(e, Some(route), Some((backend, &endpoint)), activity),
@@ -504,8 +519,9 @@ fn route<'a>(
         if !filter::authz::allows_connect(&route.request_filters, ctx.client, &req) {
             return Routed::Answered(Box::new(meta.fail(ProxyError::Forbidden, Some(route), None, activity)));
         }
-        let (backend, endpoint) = match choose(ctx, route, req.headers(), true) {
-            Ok(chosen) => chosen,
+        let (backend, endpoint, check) = match choose(ctx, route, req.headers(), true) {
+            Ok((backend, endpoint)) => (backend, Some(endpoint), None),
+            Err(Unchosen::Global(backend, check)) => (backend, None, Some(check)),
             Err(Unchosen::NoEndpoints) => {
                 return Routed::Answered(Box::new(meta.fail(
                     ProxyError::NoEndpoints,
@@ -518,7 +534,16 @@ fn route<'a>(
                 return Routed::Answered(Box::new(reject(meta, route, activity, *r)))
             }
         };
-        return Routed::Connect(Box::new(Tunnel { ctx, meta, route, backend, endpoint, req, activity }));
+        return Routed::Connect(Box::new(Tunnel {
+            ctx,
+            meta,
+            route,
+            backend,
+            endpoint,
+            check,
+            req,
+            activity,
+        }));
     }
     // An extended CONNECT is a GET in everything but its framing.
     let route_method = if matches!(kind, Kind::WebSocketH2) { &Method::GET } else { req.method() };
@@ -544,11 +569,16 @@ fn route<'a>(
 /// Phases 4 and 5: the backend (a weighted choice when a route splits its traffic) and the
 /// endpoint (the backend's balancer over its current endpoint set); whether the request goes
 /// over HTTP/2. `None` when the backend has no endpoints.
-fn select<'a>(
+async fn select<'a>(
     ctx: &ConnCtx,
     routed: &RoutedRequest<'a>,
-) -> Result<(&'a Arc<Backend>, Arc<Endpoint>, bool), Unchosen> {
-    let (backend, endpoint) = choose(ctx, routed.route, &routed.head.headers, true)?;
+) -> Result<(&'a Arc<Backend>, Arc<Endpoint>, bool), Unchosen<'a>> {
+    let (backend, endpoint) = match choose(ctx, routed.route, &routed.head.headers, true) {
+        Err(Unchosen::Global(backend, check)) => {
+            choose_after(ctx, backend, check, &routed.head.headers).await?
+        }
+        chosen => chosen?,
+    };
     // Upgrades exist only in HTTP/1.1, whatever the service's protocol (see `websocket` for
     // extended CONNECT).
     let h2 = matches!(routed.kind, Kind::Plain) && speaks_h2(backend, routed.head.version);
@@ -565,11 +595,14 @@ fn speaks_h2(backend: &Backend, version: Version) -> bool {
 }
 
 /// Why [`choose`] gave no endpoint.
-enum Unchosen {
+enum Unchosen<'a> {
     /// The backend has none (or the route has no backend).
     NoEndpoints,
     /// The chosen service's rate limits refused the request.
     Limited(Box<Rejection>),
+    /// The chosen service's local rate limits admitted the request and its global ones must be
+    /// awaited: [`choose_after`] the check gives the endpoint.
+    Global(&'a Arc<Backend>, GlobalCheck),
 }
 
 /// A backend of `route` and one of its endpoints, by the backend's balancer (hashing the
@@ -580,19 +613,43 @@ fn choose<'a>(
     route: &'a RouteRuntime,
     headers: &http::HeaderMap,
     limit: bool,
-) -> Result<(&'a Arc<Backend>, Arc<Endpoint>), Unchosen> {
+) -> Result<(&'a Arc<Backend>, Arc<Endpoint>), Unchosen<'a>> {
     let backend = route.backends.as_ref().ok_or(Unchosen::NoEndpoints)?.pick();
-    if let Some(limits) = backend.rate_limits.as_deref().filter(|_| limit) {
+    if let Some(limits) = backend.rate_limits.as_ref().filter(|_| limit) {
         if let Err(denied) = limits.check(headers, ctx.client) {
             return Err(Unchosen::Limited(Box::new(limits.rejection(denied))));
         }
+        if let Some(check) = limits.global(headers, ctx.client) {
+            return Err(Unchosen::Global(backend, check));
+        }
     }
+    Ok((backend, endpoint_of(ctx, backend, headers)?))
+}
+
+/// [`choose`]'s end once a service's global rate limits are checked: the endpoint, or the
+/// refusal.
+async fn choose_after<'a>(
+    ctx: &ConnCtx,
+    backend: &'a Arc<Backend>,
+    check: GlobalCheck,
+    headers: &http::HeaderMap,
+) -> Result<(&'a Arc<Backend>, Arc<Endpoint>), Unchosen<'a>> {
+    check.await.map_err(Unchosen::Limited)?;
+    Ok((backend, endpoint_of(ctx, backend, headers)?))
+}
+
+/// One of `backend`'s endpoints, by its balancer.
+fn endpoint_of<'a>(
+    ctx: &ConnCtx,
+    backend: &Backend,
+    headers: &http::HeaderMap,
+) -> Result<Arc<Endpoint>, Unchosen<'a>> {
     let set = backend.endpoints();
     let hash = set.hash_key().and_then(|k| request_hash(k, headers, ctx.client));
     let endpoint = set.select(hash).ok_or(Unchosen::NoEndpoints)?.clone();
     // An ejected endpoint whose penalty is over gets this request as its probe.
     endpoint.health.sending();
-    Ok((backend, endpoint))
+    Ok(endpoint)
 }
 
 /// The slots a request to `endpoint` of `backend` holds while in flight: the endpoint's, and the

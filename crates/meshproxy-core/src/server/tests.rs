@@ -208,9 +208,13 @@ async fn with_request_filters(
     let proxy = MeshProxy::new(crate::config::testing::all_to(backend)).unwrap();
     let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
     let shared = &proxy.shared;
-    let mut snapshot =
-        Snapshot::compile(crate::config::testing::all_to(backend), shared.registry(), shared.metrics())
-            .unwrap();
+    let mut snapshot = Snapshot::compile(
+        crate::config::testing::all_to(backend),
+        shared.registry(),
+        shared.metrics(),
+        shared.stores(),
+    )
+    .unwrap();
     let key: Box<str> = "127.0.0.1:0".into();
     let listener = Arc::get_mut(snapshot.listeners.get_mut(&key).unwrap()).unwrap();
     let route = &mut listener.routes[0];
@@ -316,6 +320,7 @@ fn limit(rate: u32, burst: u32) -> crate::config::RateLimitConfig {
         header: None,
         overrides: vec![],
         max_keys: 100_000,
+        global: None,
     }
 }
 

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::{
-    admit, choose, holds, idle_clock, respond, respond_held, speaks_h2, After, ConnCtx, RoutedRequest,
-    Unchosen, GRPC_STATUS,
+    admit, choose, choose_after, holds, idle_clock, respond, respond_held, speaks_h2, After, ConnCtx,
+    RoutedRequest, Unchosen, GRPC_STATUS,
 };
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
@@ -103,7 +103,10 @@ pub(super) async fn run(
         // Another endpoint than the last, where the balancer offers one in a few draws.
         // The service's rate limits count the request once, at its first attempt; retries are
         // bounded by the route's retry budget.
-        let mut picked = choose(ctx, route, &head.headers, attempt == 0);
+        let mut picked = match choose(ctx, route, &head.headers, attempt == 0) {
+            Err(Unchosen::Global(backend, check)) => choose_after(ctx, backend, check, &head.headers).await,
+            chosen => chosen,
+        };
         for _ in 0..3 {
             match (&picked, &last) {
                 (Ok((_, ep)), Some(prev)) if Arc::ptr_eq(ep, prev) => {
@@ -114,7 +117,7 @@ pub(super) async fn run(
         }
         let (backend, endpoint) = match picked {
             Ok(chosen) => chosen,
-            Err(Unchosen::NoEndpoints) => {
+            Err(Unchosen::NoEndpoints | Unchosen::Global(..)) => {
                 return meta.fail(ProxyError::NoEndpoints, Some(route), None, activity)
             }
             Err(Unchosen::Limited(r)) => return super::reject(meta, route, activity, *r),

@@ -1,0 +1,87 @@
+/**
+ * A real `redis-server` for a test: no persistence (`--save ""`, `--appendonly no`), its files in
+ * a temp dir, on a free 127.0.0.1 port picked first (redis takes no port 0). `stop()` kills it
+ * (SIGKILL: a crash, as a test of failure wants) and `start()` brings it back on the same port,
+ * empty. Killed at the end of the test. `redisServer()` is the binary's path, or undefined when it
+ * is not installed (CI installs it: `.ci/run`).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { ExecutionContext } from 'ava'
+import { closedPort } from './backend.js'
+
+export function redisServer(): string | undefined {
+  const r = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' })
+  const path = r.stdout.trim()
+  return r.status === 0 && path !== '' ? path : undefined
+}
+
+export interface Redis {
+  port: number
+  /** `redis://127.0.0.1:PORT`. */
+  url: string
+  /** Kills the server (SIGKILL) and waits for it to exit. */
+  stop(): Promise<void>
+  /** Starts it again on the same port and waits until it accepts connections. */
+  start(): Promise<void>
+}
+
+export async function startRedis(t: ExecutionContext): Promise<Redis> {
+  const bin = redisServer()
+  if (!bin) throw new Error('redis-server is not installed (apt-get install redis-server)')
+  const dir = mkdtempSync(join(tmpdir(), 'meshproxy-redis-'))
+  const port = await closedPort()
+  let child: ChildProcess | undefined
+  let log = ''
+  const start = async (): Promise<void> => {
+    log = ''
+    const c = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', ''], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    c.stdout?.on('data', (d: Buffer) => (log += d.toString()))
+    c.stderr?.on('data', (d: Buffer) => (log += d.toString()))
+    child = c
+    const deadline = Date.now() + 10_000
+    while (!(await pong(port))) {
+      if (c.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start on ${port}:\n${log}`)
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  }
+  const stop = async (): Promise<void> => {
+    const c = child
+    child = undefined
+    if (!c || c.exitCode !== null) return
+    await new Promise<void>((resolve) => {
+      c.once('exit', () => resolve())
+      c.kill('SIGKILL')
+    })
+  }
+  t.teardown(async () => {
+    await stop()
+    rmSync(dir, { recursive: true, force: true })
+  })
+  await start()
+  return { port, url: `redis://127.0.0.1:${port}`, stop, start }
+}
+
+/** Whether a Redis server answers PING on `port`. */
+function pong(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1')
+    let got = ''
+    const done = (ok: boolean): void => {
+      s.destroy()
+      resolve(ok)
+    }
+    s.setTimeout(1000, () => done(false))
+    s.on('error', () => done(false))
+    s.on('connect', () => s.write('PING\r\n'))
+    s.on('data', (d) => {
+      got += d.toString()
+      if (got.includes('\r\n')) done(got.startsWith('+PONG'))
+    })
+  })
+}

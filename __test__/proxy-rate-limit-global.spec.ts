@@ -1,0 +1,192 @@
+/**
+ * Global rate limits through real proxies and a real `redis-server`: two proxies sharing one
+ * global limit hold the combined rate; Redis killed mid-test gives each limit its fail mode (open:
+ * the local limit alone; closed: 503 `rate-limit-unavailable`) with the fallback counted, and once
+ * Redis is back the global count applies again. Real time on a shared 2-core machine: counts are
+ * checked against what the limit allows over the measured time, with loose tolerances.
+ */
+import http from 'node:http'
+import test, { type ExecutionContext } from 'ava'
+import { startBackends } from './helpers/backend.js'
+import { get, type Res } from './helpers/http.js'
+import { startProxy, type Started } from './helpers/proxy.js'
+import { redisServer, startRedis } from './helpers/redis.js'
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+/** Two proxies with one config: routes `/open` and `/closed`, each with one global limit. */
+async function twoProxies(t: ExecutionContext, redis: string, backendPort: number, rate: number, burst: number): Promise<[Started, Started]> {
+  const limit = (name: string, failMode: string): string => `
+        rateLimits:
+          - { name: ${name}, rate: ${rate}, burst: ${burst}, global: { redis: "${redis}", failMode: ${failMode}, timeout: 50ms } }`
+  const yaml = `
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - name: open
+        match: { path: /open }
+        service: a${limit('g-open', 'open')}
+      - name: closed
+        match: { path: /closed }
+        service: a${limit('g-closed', 'closed')}
+services:
+  - name: a
+    endpoints: [127.0.0.1:${backendPort}]
+`
+  return [await startProxy(t, yaml), await startProxy(t, yaml)]
+}
+
+/** Sends `perSecond` requests a second, evenly spaced, to `path` on `port` for `ms`. */
+async function offer(port: number, path: string, perSecond: number, ms: number, agent: http.Agent): Promise<Res[]> {
+  const sent: Promise<Res>[] = []
+  const start = performance.now()
+  for (let i = 0; i < (perSecond * ms) / 1000; i++) {
+    const due = start + (i * 1000) / perSecond
+    const now = performance.now()
+    if (due > now) await sleep(due - now)
+    sent.push(get(port, path, {}, agent))
+  }
+  return Promise.all(sent)
+}
+
+const count = (rs: Res[], status: number): number => rs.filter((r) => r.status === status).length
+
+test.serial('two proxies sharing one global limit hold the combined rate', async (t) => {
+  if (!redisServer()) {
+    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
+    t.pass()
+    return
+  }
+  const redis = await startRedis(t)
+  const b = await startBackends(t, ['a'])
+  const [p1, p2] = await twoProxies(t, redis.url, b.a!.port, 50, 10)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  t.teardown(() => agent.destroy())
+
+  // 100 a second through each proxy for 4 s: each proxy's local limit alone would admit
+  // 10 + 50 × 4 = 210, both together 420; the global limit admits 210 in all.
+  const start = performance.now()
+  const [r1, r2] = await Promise.all([offer(p1.port, '/open', 100, 4000, agent), offer(p2.port, '/open', 100, 4000, agent)])
+  const elapsed = (performance.now() - start) / 1000
+  const all = [...r1, ...r2]
+  const admitted = count(all, 200)
+  const allowed = 10 + 50 * elapsed
+  t.log(`admitted ${admitted} (${count(r1, 200)} + ${count(r2, 200)}) of ${all.length} in ${elapsed.toFixed(2)} s; the global limit allows ${allowed.toFixed(0)}`)
+  t.deepEqual([...new Set(all.map((r) => r.status))].sort(), [200, 429], 'only 200 and 429')
+  t.true(admitted <= allowed * 1.15, `admitted ${admitted} > ${allowed.toFixed(0)} + 15 %`)
+  t.true(admitted >= allowed * 0.85, `admitted ${admitted} < ${allowed.toFixed(0)} − 15 %`)
+  t.is(b.a!.requests.length, admitted, 'a refused request never reaches the backend')
+  // How the total splits between the proxies is first come, first served (each slot goes to
+  // whichever proxy asks Redis first), so only the total is checked.
+
+  const refused = all.find((r) => r.status === 429)!
+  t.is(refused.headers['meshproxy-error'], 'rate-limited')
+  t.is(refused.headers['ratelimit-policy'], '"g-open";q=50;w=1;meshproxy-burst=10')
+  t.truthy(refused.headers['retry-after'])
+  for (const p of [p1, p2]) {
+    t.regex(p.proxy.metrics(), /meshproxy_rate_limit_fallback_total\{listener="main",route="open",service="",limit="g-open"\} 0\b/)
+  }
+  const limited = [p1, p2].map((p) => Number(/meshproxy_rate_limited_total\{listener="main",route="open"[^}]*\} (\d+)/.exec(p.proxy.metrics())?.[1]))
+  t.is(limited[0]! + limited[1]!, all.length - admitted, 'every refusal counted by its proxy')
+})
+
+test.serial('Redis killed: fail-open admits by the local limit, fail-closed refuses, the fallback counts; Redis back: the global limit applies again', async (t) => {
+  if (!redisServer()) {
+    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
+    t.pass()
+    return
+  }
+  const redis = await startRedis(t)
+  const b = await startBackends(t, ['a'])
+  const [p1, p2] = await twoProxies(t, redis.url, b.a!.port, 5, 10)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  t.teardown(() => agent.destroy())
+
+  t.is((await get(p1.port, '/closed', {}, agent)).status, 200, 'redis up: admitted')
+  t.is((await get(p1.port, '/open', {}, agent)).status, 200)
+
+  await redis.stop()
+  const closed = await get(p1.port, '/closed', {}, agent)
+  t.is(closed.status, 503, 'fail-closed refuses')
+  t.is(closed.headers['meshproxy-error'], 'rate-limit-unavailable')
+  t.is(closed.headers['retry-after'], '1')
+
+  // Fail-open: the local bucket (burst 10, one used) still holds, Redis or not.
+  const burst = await Promise.all(Array.from({ length: 20 }, () => get(p1.port, '/open', {}, agent)))
+  const open = count(burst, 200)
+  t.log(`redis down: /open admitted ${open} of 20 at once`)
+  t.deepEqual([...new Set(burst.map((r) => r.status))].sort(), [200, 429])
+  t.true(open >= 8 && open <= 11, `admitted ${open}: the local burst`)
+  const fallback = (p: Started, route: string): number =>
+    Number(new RegExp(`meshproxy_rate_limit_fallback_total\\{listener="main",route="${route}"[^}]*\\} (\\d+)`).exec(p.proxy.metrics())?.[1])
+  t.is(fallback(p1, 'open'), open, 'each admitted request counted as a fallback')
+  t.is(fallback(p1, 'closed'), 1)
+
+  // Back on the same port, empty: both proxies reconnect by themselves.
+  await redis.start()
+  for (const p of [p1, p2]) {
+    const deadline = Date.now() + 10_000
+    let status = 0
+    while (Date.now() < deadline && (status = (await get(p.port, '/closed', {}, agent)).status) !== 200) await sleep(100)
+    t.is(status, 200, 'fail-closed admits again once redis answers')
+  }
+  // Both local buckets full again (10 at 5 a second: 2 s), then 10 at once through each proxy:
+  // each local bucket would admit all 10; the global one admits its burst of 10 in all.
+  await sleep(2200)
+  const both = await Promise.all([
+    ...Array.from({ length: 10 }, () => get(p1.port, '/open', {}, agent)),
+    ...Array.from({ length: 10 }, () => get(p2.port, '/open', {}, agent)),
+  ])
+  const admitted = count(both, 200)
+  t.log(`redis back: /open admitted ${admitted} of 20 through two proxies at once`)
+  t.true(admitted >= 9 && admitted <= 12, `admitted ${admitted}: the global burst of 10`)
+  t.is(both.find((r) => r.status === 429)?.headers['ratelimit-policy'], '"g-open";q=5;w=1;meshproxy-burst=10')
+  t.is(fallback(p1, 'open') + fallback(p2, 'open'), open, 'no fallback once redis is back')
+})
+
+test.serial('a service\'s global limit is shared by its routes on every proxy, retried routes included, and a refused request reaches no endpoint', async (t) => {
+  if (!redisServer()) {
+    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
+    t.pass()
+    return
+  }
+  const redis = await startRedis(t)
+  const b = await startBackends(t, ['a'])
+  const yaml = `
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - name: plain
+        match: { path: /plain }
+        service: a
+      - name: retried
+        match: { path: /retried }
+        service: a
+        retry: { limit: 1 }
+services:
+  - name: a
+    endpoints: [127.0.0.1:${b.a!.port}]
+    rateLimits:
+      - { name: svc, rate: 1, burst: 5, global: { redis: "${redis.url}", failMode: closed } }
+`
+  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  t.teardown(() => agent.destroy())
+  // Each proxy's local bucket admits 5 of its 10; Redis admits 5 of those 10 in all.
+  const all = await Promise.all([
+    ...Array.from({ length: 10 }, () => get(p1.port, '/plain', {}, agent)),
+    ...Array.from({ length: 10 }, () => get(p2.port, '/retried', {}, agent)),
+  ])
+  const admitted = count(all, 200)
+  t.log(`admitted ${admitted} of 20 through two proxies at once`)
+  t.deepEqual([...new Set(all.map((r) => r.status))].sort(), [200, 429])
+  t.true(admitted >= 5 && admitted <= 6, `admitted ${admitted}: the service's global burst of 5`)
+  t.is(b.a!.requests.length, admitted, 'a refused request never reaches the endpoint')
+  t.is(all.find((r) => r.status === 429)?.headers['ratelimit-policy'], '"svc";q=1;w=1;meshproxy-burst=5')
+  const limited = [p1, p2].map((p) => Number(/meshproxy_rate_limited_total\{listener="",route="",service="a",limit="svc"\} (\d+)/.exec(p.proxy.metrics())?.[1]))
+  t.is(limited[0]! + limited[1]!, 20 - admitted)
+})
