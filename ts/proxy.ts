@@ -39,6 +39,8 @@ export interface StartInfo {
 
 export interface EndpointStats {
   address: string
+  /** Its connections are TLS (the service's `tls`): one address can have a plaintext and a TLS endpoint. */
+  tls: boolean
   openConnections: number
   openedConnections: number
   idleConnections: number

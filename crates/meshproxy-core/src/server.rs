@@ -79,6 +79,8 @@ pub struct StartInfo {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointStats {
     pub address: String,
+    /// Its connections are TLS (a service's `tls`); one address can have a plaintext and a TLS endpoint.
+    pub tls: bool,
     pub open_connections: u64,
     pub opened_connections: u64,
     pub idle_connections: usize,
@@ -101,6 +103,7 @@ impl From<meshproxy_upstream::Sample> for EndpointStats {
     fn from(e: meshproxy_upstream::Sample) -> Self {
         EndpointStats {
             address: e.address,
+            tls: e.tls,
             open_connections: e.open,
             opened_connections: e.opened,
             idle_connections: e.idle,

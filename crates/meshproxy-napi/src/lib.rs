@@ -197,6 +197,7 @@ pub struct BindingStartInfo {
 #[napi(object)]
 pub struct BindingEndpointStats {
     pub address: String,
+    pub tls: bool,
     pub open_connections: f64,
     pub opened_connections: f64,
     pub idle_connections: f64,
