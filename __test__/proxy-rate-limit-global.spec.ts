@@ -2,7 +2,8 @@
  * Global rate limits through real proxies and a real `redis-server`: two proxies sharing one
  * global limit hold the combined rate; Redis killed mid-test gives each limit its fail mode (open:
  * the local limit alone; closed: 503 `rate-limit-unavailable`) with the fallback counted, and once
- * Redis is back the global count applies again. Real time on a shared 2-core machine: counts are
+ * Redis is back the global count applies again; a service's global limit holds across its routes
+ * (a retried one included) and CONNECT tunnels. Real time on a shared 2-core machine: counts are
  * checked against what the limit allows over the measured time, with loose tolerances.
  */
 import http from 'node:http'
@@ -11,6 +12,7 @@ import { startBackends } from './helpers/backend.js'
 import { get, type Res } from './helpers/http.js'
 import { startProxy, type Started } from './helpers/proxy.js'
 import { redisServer, startRedis } from './helpers/redis.js'
+import { echo, startTcpServer } from './helpers/tcp.js'
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
@@ -189,4 +191,51 @@ services:
   t.is(all.find((r) => r.status === 429)?.headers['ratelimit-policy'], '"svc";q=1;w=1;meshproxy-burst=5')
   const limited = [p1, p2].map((p) => Number(/meshproxy_rate_limited_total\{listener="",route="",service="a",limit="svc"\} (\d+)/.exec(p.proxy.metrics())?.[1]))
   t.is(limited[0]! + limited[1]!, 20 - admitted)
+})
+
+/** An HTTP/1.1 CONNECT through `port` (Node reports every answer as `connect`): its status and `meshproxy-error`; the tunnel is closed. */
+function connect(port: number, authority: string): Promise<{ status: number; error?: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'CONNECT', path: authority, agent: false })
+    req.on('connect', (res: http.IncomingMessage, socket) => {
+      socket.destroy()
+      const error = res.headers['meshproxy-error'] as string | undefined
+      resolve(error === undefined ? { status: res.statusCode ?? 0 } : { status: res.statusCode ?? 0, error })
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+test.serial('a CONNECT tunnel counts against its service\'s global limit before an endpoint is chosen', async (t) => {
+  if (!redisServer()) {
+    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
+    t.pass()
+    return
+  }
+  const redis = await startRedis(t)
+  const tcp = await startTcpServer(t, echo)
+  const yaml = `
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - { name: tunnel, match: { host: db.internal }, service: db, allowConnect: true }
+services:
+  - name: db
+    endpoints: [${tcp.address}]
+    rateLimits:
+      - { name: tunnels, rate: 1, burst: 1, global: { redis: "${redis.url}", failMode: closed } }
+`
+  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
+  t.is((await connect(p1.port, 'db.internal:5432')).status, 200, 'the global burst of 1')
+  // The second proxy's own bucket is full; Redis refuses.
+  t.deepEqual(await connect(p2.port, 'db.internal:5432'), { status: 429, error: 'rate-limited' })
+  await redis.stop()
+  // Redis down, failMode closed: refused before any endpoint is chosen (after a second, the
+  // local bucket admits again).
+  await sleep(1100)
+  t.deepEqual(await connect(p2.port, 'db.internal:5432'), { status: 503, error: 'rate-limit-unavailable' })
+  t.is(tcp.connections, 1, 'only the admitted tunnel reached the endpoint')
 })
