@@ -22,6 +22,7 @@ import { makeCa, type CertFiles, type TestCa } from './helpers/certs.js'
 import { sleep } from './helpers/http.js'
 import { load, startProxy, type Started } from './helpers/proxy.js'
 import { startWsBackend } from './helpers/ws.js'
+import { runCli, spawnCli } from './helpers/cli.js'
 
 const WEB = 'web.example.com'
 const API = 'api.example.com'
@@ -34,7 +35,7 @@ interface TlsSetup extends Started {
 }
 
 /** A TLS listener with two certificates (web, api by SNI; web is the default) in front of one backend. */
-async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendAddress?: string } = {}): Promise<TlsSetup> {
+async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendAddress?: string; routes?: string } = {}): Promise<TlsSetup> {
   const ca = makeCa(t)
   const web = ca.issue('web', [WEB, `www.${WEB}`])
   const api = ca.issue('api', [API])
@@ -54,7 +55,7 @@ listeners:
         - cert: api.crt
           key: api.key
           hosts: [${API}]
-    routes:
+    routes:${extra.routes ?? ''}
       - name: all
         service: s
 services:
@@ -125,6 +126,13 @@ test('curl: SNI picks the certificate per host, verified against the test CA, ov
   t.regex(h2.stderr, /ALPN: server accepted h2/)
   t.regex(h2.stderr, /subject: CN=api\.example\.com/)
   t.is(h2.stdout, '1.1 https')
+})
+
+test('a redirect on a TLS listener keeps the https scheme of an HTTP/1.1 request', async (t) => {
+  const p = await tlsProxy(t, { routes: '\n      - name: moved\n        match: { path: /old }\n        redirect: { path: /new }' })
+  const r = await curl(['-i', '--http1.1', '--cacert', p.ca.cert, '--resolve', `${WEB}:${p.port}:127.0.0.1`, `https://${WEB}:${p.port}/old`])
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stdout, new RegExp(`^location: https://${WEB.replaceAll('.', '\\.')}:${p.port}/new\r$`, 'mi'))
 })
 
 test('Node https (HTTP/1.1) and http2.connect (ALPN h2) get answers over TLS', async (t) => {
@@ -410,6 +418,43 @@ data:
   t.truthy(e)
   t.is(e?.line, 10, 'at secretName')
   t.regex(e?.message ?? '', /Secret "default\/nope".*not in this file/)
+})
+
+test('meshproxy check and run take the Ingress with spec.tls and its Secret; a Secret of another type is an error at secretName', async (t) => {
+  const ca = makeCa(t)
+  const files = ca.issue('a', ['service-a.example.com'])
+  const backend = await startBackend(t, 'a')
+  const { readFileSync } = await import('node:fs')
+  // stringData: the PEM as text.
+  const indent = (pem: string): string => pem.trim().split('\n').map((l) => `    ${l}`).join('\n')
+  const secret = (type: string): string => `---
+apiVersion: v1
+kind: Secret
+type: ${type}
+metadata:
+  name: service-a-tls
+stringData:
+  tls.crt: |
+${indent(readFileSync(files.cert, 'utf8'))}
+  tls.key: |
+${indent(readFileSync(files.key, 'utf8'))}
+`
+  const good = join(ca.dir, 'ingress.yaml')
+  writeFileSync(good, ingressYaml('service-a-tls', secret('kubernetes.io/tls'), backend.port))
+  const checked = await runCli(t, ['check', good])
+  t.is(checked.code, 0, checked.stderr)
+
+  const opaque = join(ca.dir, 'opaque.yaml')
+  writeFileSync(opaque, ingressYaml('service-a-tls', secret('Opaque'), backend.port))
+  const refused = await runCli(t, ['check', opaque])
+  t.is(refused.code, 1)
+  t.true(refused.stderr.includes(`${opaque}:10:17: error: Secret "default/service-a-tls" named by Ingress "ingress" has type Opaque`), refused.stderr)
+
+  const cli = spawnCli(t, ['run', '-c', good, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'])
+  const [, port] = await cli.waitForStdout(/listening on https:\/\/127\.0\.0\.1:(\d+)/)
+  const r = await curl(['--cacert', ca.cert, '--resolve', `service-a.example.com:${port}:127.0.0.1`, `https://service-a.example.com:${port}/`])
+  t.is(r.code, 0, r.stderr)
+  t.is(r.stdout, 'a')
 })
 
 test('bad TLS files are errors at their place: a missing file, a file without PEM, a key of another certificate', (t) => {
