@@ -257,6 +257,9 @@ test('a plaintext client on the TLS port is refused: HTTP/1 gets 400 tls-require
   const text = p.proxy.metrics()
   t.is(metric(text, 'meshproxy_tls_handshake_failures_total{listener="web",reason="plaintext"}'), 2)
   t.is(metric(text, 'meshproxy_proxy_errors_total{listener="web",error="tls-required"}'), 1)
+  const stats = await p.proxy.stats()
+  t.is(stats.tlsHandshakeFailures, 2)
+  t.is(stats.tlsHandshakes, 0)
 })
 
 test('changed certificate files are served to new handshakes while an open keep-alive connection keeps working; a bad change keeps the old certificate', async (t) => {
