@@ -35,7 +35,7 @@ interface TlsSetup extends Started {
 }
 
 /** A TLS listener with two certificates (web, api by SNI; web is the default) in front of one backend. */
-async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendAddress?: string; routes?: string } = {}): Promise<TlsSetup> {
+async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendAddress?: string; routes?: string; listener?: string } = {}): Promise<TlsSetup> {
   const ca = makeCa(t)
   const web = ca.issue('web', [WEB, `www.${WEB}`])
   const api = ca.issue('api', [API])
@@ -47,7 +47,7 @@ async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendA
 admin: null
 listeners:
   - name: web
-    address: 127.0.0.1:0
+    address: 127.0.0.1:0${extra.listener ?? ''}
     tls:
       certificates:
         - cert: web.crt
@@ -260,6 +260,18 @@ test('a plaintext client on the TLS port is refused: HTTP/1 gets 400 tls-require
   const stats = await p.proxy.stats()
   t.is(stats.tlsHandshakeFailures, 2)
   t.is(stats.tlsHandshakes, 0)
+})
+
+test('a client that starts no handshake is closed after the header-read timeout, counted as a timeout', async (t) => {
+  const p = await tlsProxy(t, { listener: '\n    headerReadTimeout: 200ms' })
+  const closed = await new Promise<boolean>((resolve) => {
+    const s = net.connect(p.port, '127.0.0.1')
+    s.on('close', () => resolve(true))
+    s.on('error', () => {})
+    s.resume()
+  })
+  t.true(closed)
+  t.is(metric(p.proxy.metrics(), 'meshproxy_tls_handshake_failures_total{listener="web",reason="timeout"}'), 1)
 })
 
 test('changed certificate files are served to new handshakes while an open keep-alive connection keeps working; a bad change keeps the old certificate', async (t) => {
