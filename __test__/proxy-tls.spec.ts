@@ -23,6 +23,7 @@ import { sleep } from './helpers/http.js'
 import { load, startProxy, type Started } from './helpers/proxy.js'
 import { startWsBackend } from './helpers/ws.js'
 import { runCli, spawnCli } from './helpers/cli.js'
+import { echo, startTcpServer } from './helpers/tcp.js'
 
 const WEB = 'web.example.com'
 const API = 'api.example.com'
@@ -470,6 +471,41 @@ ${indent(readFileSync(files.key, 'utf8'))}
   const r = await curl(['--cacert', ca.cert, '--resolve', `service-a.example.com:${port}:127.0.0.1`, `https://service-a.example.com:${port}/`])
   t.is(r.code, 0, r.stderr)
   t.is(r.stdout, 'a')
+})
+
+test('a tcp listener with tls forwards the decrypted bytes to its tcpService', async (t) => {
+  const ca = makeCa(t)
+  ca.issue('db', ['db.example.com'])
+  const upstream = await startTcpServer(t, echo)
+  const model = load(
+    `admin: null
+listeners:
+  - name: db
+    address: 127.0.0.1:0
+    protocol: tcp
+    tcpService: db
+    tls:
+      certificates: [{ cert: db.crt, key: db.key }]
+services:
+  - name: db
+    endpoints: [${upstream.address}]
+`,
+    { file: join(ca.dir, 'meshproxy.yaml') },
+  )
+  const p = await startProxy(t, model)
+  const h = await handshake(p.port, { ca: ca.pem, servername: 'db.example.com' })
+  const sent = '\x00binary\xffok'
+  const echoed = new Promise<string>((resolve) => {
+    let got = ''
+    h.socket.setEncoding('latin1')
+    h.socket.on('data', (c: string) => {
+      got += c
+      if (got.length >= sent.length) resolve(got)
+    })
+  })
+  h.socket.write(Buffer.from(sent, 'latin1'))
+  t.is(await echoed, sent)
+  h.socket.destroy()
 })
 
 test('bad TLS files are errors at their place: a missing file, a file without PEM, a key of another certificate', (t) => {
