@@ -28,6 +28,12 @@ use crate::Error;
 use meshproxy_upstream::pool::PoolSettings;
 use meshproxy_upstream::{CheckSpec, ConnLimit, EndpointSettings, Probe};
 
+#[cfg(test)]
+mod fuzz;
+
+/// The largest endpoint weight (the TypeScript field table's bound for `endpoints[].weight`).
+const MAX_ENDPOINT_WEIGHT: u32 = 1000;
+
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// Keyed by the listener's configured address (its identity across reloads). Looked up on
@@ -463,6 +469,13 @@ pub fn compile_endpoint_set(
     staged: &[(Arc<Endpoint>, EndpointSettings)],
     settings: EndpointSettings,
 ) -> Result<EndpointSet, Error> {
+    // The validator's bound, repeated: round-robin precomputes one cycle of the weights' sum.
+    if let Some(e) = endpoints.iter().find(|e| !(1..=MAX_ENDPOINT_WEIGHT).contains(&e.weight)) {
+        return Err(Error::Config(format!(
+            "service {:?}: endpoint {:?} has weight {}; a weight is 1 to {MAX_ENDPOINT_WEIGHT}",
+            s.name, e.address, e.weight
+        )));
+    }
     // An address named earlier in this config is the same endpoint.
     let mut handles: Vec<Arc<Endpoint>> = Vec::with_capacity(endpoints.len());
     for e in endpoints {

@@ -223,3 +223,82 @@ mod tests {
         assert_eq!(h.get("via").unwrap(), "2 meshproxy");
     }
 }
+
+/// Property tests over hop-by-hop stripping (the project's fuzz target for header handling):
+/// whatever fields and `Connection` lists a peer sends, none of the hop-by-hop fields, and none
+/// that `Connection` names, go on; `TE` goes on only as `trailers`; every other field is kept.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("connection".to_string()),
+            Just("keep-alive".to_string()),
+            Just("proxy-connection".to_string()),
+            Just("transfer-encoding".to_string()),
+            Just("upgrade".to_string()),
+            Just("te".to_string()),
+            Just("x-forwarded-for".to_string()),
+            "x-[a-c]{1,2}",
+        ]
+    }
+
+    fn value(names: Vec<String>) -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::subsequence(names, 0..4).prop_map(|n| n.join(", ")),
+            Just("trailers, deflate".to_string()),
+            Just("close".to_string()),
+            "[ -~]{0,20}",
+        ]
+    }
+
+    fn fields() -> impl Strategy<Value = Vec<(String, String)>> {
+        let pool: Vec<String> =
+            ["keep-alive", "close", "te", "x-a", "x-b", "X-C", "upgrade", "x-forwarded-for"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        proptest::collection::vec((name(), value(pool)), 0..10)
+    }
+
+    proptest! {
+        #[test]
+        fn no_hop_by_hop_field_survives_stripping(fields in fields()) {
+            let mut headers = HeaderMap::new();
+            for (n, v) in &fields {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {
+                    headers.append(n, v);
+                }
+            }
+            let before = headers.clone();
+            let listed: Vec<String> = before
+                .get_all(header::CONNECTION)
+                .iter()
+                .take(1)
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                .collect();
+            strip_hop_by_hop(&mut headers);
+            for h in HOP_BY_HOP.iter() {
+                prop_assert!(!headers.contains_key(h), "{h} survived");
+            }
+            for n in &listed {
+                if n != "te" && !n.is_empty() {
+                    prop_assert!(!headers.contains_key(n.as_str()), "{n}, named by Connection, survived");
+                }
+            }
+            if let Some(te) = headers.get(header::TE) {
+                prop_assert_eq!(te, "trailers");
+                prop_assert_eq!(headers.get_all(header::TE).iter().count(), 1);
+            }
+            for (n, v) in before.iter() {
+                let hop = HOP_BY_HOP.contains(n) || n == header::TE || listed.iter().any(|l| l == n.as_str());
+                if !hop {
+                    prop_assert!(headers.get_all(n).iter().any(|x| x == v), "{n} was lost");
+                }
+            }
+        }
+    }
+}

@@ -8,22 +8,28 @@
 //!
 //! How: a policy's module is parsed (Rego v1 first, then v0, as OPA before 1.0 reads it, when v1
 //! refuses it) and compiled for one entry point, `data.<package>.<rule>` (the rule `violation` by
-//! default), once per config. regorus's `Engine` is `Send` and cheap to clone (its modules are
-//! shared `Arc`s) but not `Sync`: it holds the evaluation's state. So each policy keeps a small
-//! pool of prepared engines; an evaluation takes one, sets the input, evaluates the rule and gives
-//! it back, so evaluations on different threads never wait for each other (the pool's lock is
-//! held only to pop and push) and never re-prepare the module. regorus's interpreter is used
-//! rather than its bytecode VM (`rvm`): the VM is not faster on request-sized policies
-//! (docs/performance.md) and turns a builtin's error into an undefined result, where the
-//! interpreter reports it. Each evaluation is capped by a time limit, which regorus checks
-//! cooperatively while it runs (between expressions: one builtin call runs to its end).
+//! default), once per config, then compiled again to a program for regorus's bytecode VM (`rvm`),
+//! which evaluates a request-sized policy in less than half the instructions of its tree-walking
+//! interpreter (docs/performance.md). A program is shared (`Arc`); a VM holds one evaluation's
+//! state and is `Send` but not `Sync`, so each policy keeps a small pool of VMs loaded with its
+//! program: an evaluation takes one, sets the input, runs the program and gives it back, so
+//! evaluations on different threads never wait for each other (the pool's lock is held only to
+//! pop and push) and never reload the program. A builtin's error is the evaluation's error
+//! (strict builtin errors, in the VM as in the interpreter), and each evaluation is capped by a
+//! time limit the VM checks as it runs (between instructions: one builtin call runs to its end).
+//! A module the VM's compiler refuses (a construct it does not support) is evaluated by the
+//! interpreter instead, with the same pool, limits and strictness.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::{RegoVM, VmError};
+use regorus::rvm::Program;
 use regorus::utils::limits::ExecutionTimerConfig;
-use regorus::Engine;
+use regorus::{CompiledPolicy, Engine};
 
 pub use regorus::{Rc, Value};
 
@@ -61,24 +67,52 @@ impl Default for Limits {
     }
 }
 
-/// A compiled policy: its entry point and a pool of engines prepared to evaluate it.
+/// A compiled policy: its entry point and a pool of evaluators prepared to evaluate it.
 pub struct Policy {
     file: Box<str>,
     entry: Box<str>,
     reads_body: bool,
-    /// The prepared engine the pool's engines are cloned from.
-    template: Engine,
-    /// Idle prepared engines; one is taken per evaluation (a clone of `template` when all are
-    /// in use) and given back after, up to [`POOL_MAX`].
-    engines: Mutex<Vec<Engine>>,
+    evaluator: Evaluator,
 }
 
-/// The idle engines a policy keeps: enough for the worker threads of a busy proxy.
+/// How a policy is evaluated: on regorus's VM, or on its interpreter where the VM's compiler
+/// refuses the module. Each keeps idle prepared evaluators; one is taken per evaluation (a new
+/// one when all are in use) and given back after, up to [`POOL_MAX`].
+enum Evaluator {
+    Vm {
+        program: Arc<Program>,
+        /// For rules' `default` values, which the VM reads from the compiled policy.
+        compiled: CompiledPolicy,
+        limits: Limits,
+        vms: Mutex<Vec<RegoVM>>,
+    },
+    Interpreter {
+        /// The prepared engine the pool's engines are cloned from.
+        template: Engine,
+        engines: Mutex<Vec<Engine>>,
+    },
+}
+
+/// The idle evaluators a policy keeps: enough for the worker threads of a busy proxy.
 const POOL_MAX: usize = 64;
+
+/// How often the time limit is checked: every this many VM instructions or interpreter steps.
+const TIMER_CHECK_INTERVAL: u32 = 256;
+
+fn timer(limits: Limits) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit: limits.time,
+        check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
+    }
+}
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy").field("file", &self.file).field("entry", &self.entry).finish()
+        f.debug_struct("Policy")
+            .field("file", &self.file)
+            .field("entry", &self.entry)
+            .field("vm", &self.on_vm())
+            .finish()
     }
 }
 
@@ -92,22 +126,41 @@ impl Policy {
     /// parser prints a warning to stderr for each v1 keyword it meets, and a v0 rule body (no
     /// `if`) is a syntax error in v1, so a v0 module is never taken for a v1 one.
     pub fn compile(file: &str, source: &str, rule: &str, limits: Limits) -> Result<Policy, CompileError> {
+        Self::compile_with(file, source, rule, limits, true)
+    }
+
+    fn compile_with(
+        file: &str,
+        source: &str,
+        rule: &str,
+        limits: Limits,
+        allow_vm: bool,
+    ) -> Result<Policy, CompileError> {
         let (entry, mut engine) = match build(file, source, rule, false) {
             Ok(built) => built,
             Err(v1) => build(file, source, rule, true).map_err(|v0| further(v0, v1))?,
         };
-        engine.set_strict_builtin_errors(true);
-        engine.set_execution_timer_config(ExecutionTimerConfig {
-            limit: limits.time,
-            check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
-        });
-        Ok(Policy {
-            file: file.into(),
-            entry: entry.into(),
-            reads_body: mentions(source, "body"),
-            engines: Mutex::new(vec![engine.clone()]),
-            template: engine,
-        })
+        let vm = if allow_vm && vm_agrees(&mut engine, source) {
+            vm_program(&mut engine, &entry, limits)
+        } else {
+            None
+        };
+        let evaluator = match vm {
+            Some((program, compiled, vm)) => {
+                Evaluator::Vm { program, compiled, limits, vms: Mutex::new(vec![vm]) }
+            }
+            None => {
+                engine.set_strict_builtin_errors(true);
+                engine.set_execution_timer_config(timer(limits));
+                Evaluator::Interpreter { engines: Mutex::new(vec![engine.clone()]), template: engine }
+            }
+        };
+        Ok(Policy { file: file.into(), entry: entry.into(), reads_body: mentions(source, "body"), evaluator })
+    }
+
+    /// Whether the policy runs on regorus's VM (rather than its interpreter).
+    pub fn on_vm(&self) -> bool {
+        matches!(self.evaluator, Evaluator::Vm { .. })
     }
 
     /// The policy file's name as the config gave it.
@@ -135,26 +188,142 @@ impl Policy {
     /// the caller's error mode to decide, rather than an undefined expression that silently
     /// passes (strict builtin errors).
     pub fn evaluate(&self, input: Value) -> Result<Messages, EvalError> {
-        let popped = self.engines.lock().pop();
-        let mut engine = popped.unwrap_or_else(|| self.template.clone());
-        // The previous input is released here, when the engine is next used.
-        engine.set_input(input);
-        let result = match engine.eval_rule(self.entry.to_string()) {
-            Ok(v) => Ok(messages(&v)),
-            Err(e) => {
-                let limit = e.downcast_ref::<regorus::LimitError>().is_some();
-                let text = error_at(&self.file, &e);
-                let text = if text.line > 0 { text.to_string() } else { text.message };
-                // An engine stopped mid-run is not reused: its state is whatever the error left.
-                return Err(if limit { EvalError::Limit(text) } else { EvalError::Failed(text) });
+        match &self.evaluator {
+            Evaluator::Vm { program, compiled, limits, vms } => {
+                let popped = vms.lock().pop();
+                let mut vm = popped.unwrap_or_else(|| new_vm(program, compiled, *limits));
+                // The previous input is released here, when the VM is next used.
+                vm.set_input(input);
+                // Each run starts from a clean state (the VM resets it), so a VM whose run failed
+                // is as good as any.
+                let result = vm.execute().map(|v| messages(&v)).map_err(|e| self.vm_error(e));
+                let mut pool = vms.lock();
+                if pool.len() < POOL_MAX {
+                    pool.push(vm);
+                }
+                result
             }
-        };
-        let mut pool = self.engines.lock();
-        if pool.len() < POOL_MAX {
-            pool.push(engine);
+            Evaluator::Interpreter { template, engines } => {
+                let popped = engines.lock().pop();
+                let mut engine = popped.unwrap_or_else(|| template.clone());
+                engine.set_input(input);
+                let result = match engine.eval_rule(self.entry.to_string()) {
+                    Ok(v) => Ok(messages(&v)),
+                    Err(e) => {
+                        let limit = e.downcast_ref::<regorus::LimitError>().is_some();
+                        let text = error_at(&self.file, &e);
+                        let text = if text.line > 0 { text.to_string() } else { text.message };
+                        // An engine stopped mid-run is not reused: its state is whatever the
+                        // error left.
+                        return Err(if limit { EvalError::Limit(text) } else { EvalError::Failed(text) });
+                    }
+                };
+                let mut pool = engines.lock();
+                if pool.len() < POOL_MAX {
+                    pool.push(engine);
+                }
+                result
+            }
         }
-        result
     }
+
+    fn vm_error(&self, e: VmError) -> EvalError {
+        let limit = matches!(
+            e,
+            VmError::TimeLimitExceeded { .. }
+                | VmError::InstructionLimitExceeded { .. }
+                | VmError::MemoryLimitExceeded { .. }
+                | VmError::RegexSizeLimitExceeded { .. }
+        );
+        let text = format!("{}: {e}", self.file);
+        if limit {
+            EvalError::Limit(text)
+        } else {
+            EvalError::Failed(text)
+        }
+    }
+}
+
+/// Whether regorus's VM evaluates this module as its interpreter (and OPA) does. The VM (0.14.1)
+/// differs in two ways that matter to a policy's verdict: an error inside a rule body (a
+/// builtin's, an arithmetic one) makes the body undefined instead of failing the evaluation, and
+/// two definitions of a complete rule with different values make it undefined instead of a
+/// conflict error. Neither can happen in a module whose rules are all partial sets
+/// (`violation[msg] { … }`, `deny contains msg if …`) and whose source calls no function and does
+/// no arithmetic or set algebra — the seed's shape, and that of most request checks — which is
+/// what this accepts; anything else is evaluated by the interpreter. The source test is lexical
+/// and errs towards the interpreter (a `-` or `(` anywhere outside strings and comments).
+fn vm_agrees(engine: &mut Engine, source: &str) -> bool {
+    use regorus::unstable::{Rule, RuleHead};
+    let partial_sets = engine.get_modules().iter().all(|m| {
+        m.policy.iter().all(|r| matches!(r.as_ref(), Rule::Spec { head: RuleHead::Set { .. }, .. }))
+    });
+    partial_sets
+        && source.lines().all(|line| {
+            !code_of(strip_comment(line)).any(|c| matches!(c, '(' | '+' | '-' | '*' | '/' | '%' | '|' | '&'))
+        })
+}
+
+/// The characters of a line outside its string literals (`"…"` and raw `` `…` `` strings).
+fn code_of(line: &str) -> impl Iterator<Item = char> + '_ {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    line.chars().filter(move |&c| match quote {
+        Some(q) => {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q == '"' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            false
+        }
+        None if c == '"' || c == '`' => {
+            quote = Some(c);
+            false
+        }
+        None => true,
+    })
+}
+
+/// The VM's program for `entry`, compiled from the interpreter's compiled policy, with a VM that
+/// has run it once (on an empty input, as [`build`] runs the interpreter); `None` when the VM's
+/// compiler or that first run refuses the module, which the interpreter then evaluates.
+fn vm_program(
+    engine: &mut Engine,
+    entry: &str,
+    limits: Limits,
+) -> Option<(Arc<Program>, CompiledPolicy, RegoVM)> {
+    let compiled = engine.compile_with_entrypoint(&Rc::from(entry)).ok()?;
+    let program = match Compiler::compile_from_policy(&compiled, &[entry]) {
+        Ok(program) => program,
+        Err(e) => {
+            tracing::debug!(entry, error = %e, "Rego policy evaluated by regorus's interpreter: its VM compiler refuses it");
+            return None;
+        }
+    };
+    let mut vm = new_vm(&program, &compiled, limits);
+    vm.set_input(Value::new_object());
+    if let Err(e) = vm.execute() {
+        tracing::debug!(entry, error = %e, "Rego policy evaluated by regorus's interpreter: its VM fails on an empty input");
+        return None;
+    }
+    Some((program, compiled, vm))
+}
+
+/// A VM ready to run `program`.
+fn new_vm(program: &Arc<Program>, compiled: &CompiledPolicy, limits: Limits) -> RegoVM {
+    let mut vm = RegoVM::new_with_policy(compiled.clone());
+    vm.load_program(program.clone());
+    // Off: the modules the VM runs call no builtins, and strict mode would make a comparison
+    // across types (which Rego orders) an error.
+    vm.set_strict_builtin_errors(false);
+    // The time limit is the cap; the VM's own instruction cap (25,000 by default) would stop a
+    // legitimate policy over a large input first.
+    vm.set_max_instructions(usize::MAX);
+    vm.set_execution_timer_config(Some(timer(limits)));
+    vm
 }
 
 /// Checks a policy (what `meshproxy check` reports): it parses and compiles, as Rego v0 or v1,
@@ -377,6 +546,83 @@ violation[msg] {
     }
 
     #[test]
+    fn partial_set_modules_without_calls_run_on_the_vm_and_others_on_the_interpreter() {
+        let on_vm =
+            |src: &str| Policy::compile("p.rego", src, "violation", Limits::default()).unwrap().on_vm();
+        assert!(on_vm(SEED));
+        let v1 = "package main\nimport rego.v1\n\nviolation contains \"no deletes (or puts)\" if {\n  input.method in {\"DELETE\", \"PUT\"} # a comment (with a call-like) - here\n}\n";
+        assert!(on_vm(v1), "parentheses and operators inside strings and comments do not count");
+        // A call, arithmetic, a complete rule: the interpreter.
+        assert!(!on_vm(
+            "package main\n\nviolation[msg] {\n  startswith(input.path, \"/admin\")\n  msg := \"admin\"\n}\n"
+        ));
+        assert!(!on_vm("package main\n\nviolation[msg] {\n  input.n / 2 > 1\n  msg := \"big\"\n}\n"));
+        assert!(!on_vm("package main\nimport rego.v1\n\nlevel := 1 if input.a\n\nviolation contains \"x\" if level == 1\n"));
+    }
+
+    #[test]
+    fn a_conflict_between_complete_rules_is_an_error() {
+        let src = "package main\nimport rego.v1\n\nlevel := 1 if input.a\nlevel := 2 if input.b\n\nviolation contains \"x\" if level == 1\nviolation contains \"none\" if not level\n";
+        let p = Policy::compile("conflict.rego", src, "violation", Limits::default()).unwrap();
+        let both = object([("a", Value::from(true)), ("b", Value::from(true))]);
+        assert!(matches!(p.evaluate(both), Err(EvalError::Failed(_))));
+        assert_eq!(p.evaluate(object([("a", Value::from(true))])).unwrap(), ["x"]);
+    }
+
+    #[test]
+    fn the_vm_and_the_interpreter_give_the_same_messages() {
+        let modules = [
+            SEED,
+            "package main\nimport rego.v1\n\nviolation contains msg if {\n  input.response.status_code > 299\n  msg := \"not 2xx\"\n}\n\nviolation contains \"teapot\" if input.response.status_code == 418\n",
+            "package main\nimport rego.v1\n\nviolation contains h if {\n  some h, v in input.response.headers\n  v == \"\"\n}\n\nviolation contains \"no type\" if not input.response.headers[\"content-type\"]\n",
+            "package main\n\nviolation[msg] {\n  not input.response.status_code == 200\n  msg := \"not 200\"\n}\n",
+        ];
+        let headers =
+            |pairs: &[(&'static str, &str)]| object(pairs.iter().map(|&(k, v)| (k, Value::from(v))));
+        let inputs = [
+            response(200, "OK"),
+            response(503, "down"),
+            response(418, "OK"),
+            object([("response", object([("status_code", Value::from("200"))]))]),
+            object([(
+                "response",
+                object([("status_code", Value::from(true)), ("headers", headers(&[("x", "")]))]),
+            )]),
+            object([(
+                "response",
+                object([("headers", headers(&[("content-type", "text/plain"), ("y", "1")]))]),
+            )]),
+            Value::new_object(),
+            object([("response", Value::from("not an object"))]),
+        ];
+        for src in modules {
+            let vm = Policy::compile("m.rego", src, "violation", Limits::default()).unwrap();
+            let interpreter =
+                Policy::compile_with("m.rego", src, "violation", Limits::default(), false).unwrap();
+            assert!(vm.on_vm() && !interpreter.on_vm(), "{src}");
+            for input in &inputs {
+                assert_eq!(
+                    vm.evaluate(input.clone()).map(sorted),
+                    interpreter.evaluate(input.clone()).map(sorted),
+                    "{src} on {input}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_vm_evaluation_past_its_time_limit_is_stopped() {
+        let src = "package main\nimport rego.v1\n\nviolation contains x if {\n  some x in input.items\n  x == \"never\"\n}\n";
+        let p = Policy::compile("slow.rego", src, "violation", Limits { time: Duration::from_millis(5) })
+            .unwrap();
+        assert!(p.on_vm());
+        let items = |n: u64| object([("items", Value::from((0..n).map(Value::from).collect::<Vec<_>>()))]);
+        assert!(p.evaluate(items(10)).unwrap().is_empty());
+        assert!(matches!(p.evaluate(items(3_000_000)), Err(EvalError::Limit(_))), "time limit");
+        assert!(p.evaluate(items(10)).unwrap().is_empty(), "the VM is sound after a stopped run");
+    }
+
+    #[test]
     fn body_is_detected_outside_comments_only() {
         assert!(mentions("x := input.response.body", "body"));
         assert!(mentions("x := input.response[\"body\"]", "body"));
@@ -423,19 +669,27 @@ mod cost {
                 object([("method", Value::from("GET")), ("path", Value::from("/")), ("headers", headers)]);
             object([("attributes", object([("request", object([("http", http)]))]))])
         };
-        let p =
-            Policy::compile("cost.rego", src, "violation", Limits { time: Duration::from_secs(5) }).unwrap();
         let n = 20_000u32;
-        let clock = std::time::SystemTime::now();
-        for _ in 0..n {
-            assert!(p.evaluate(input()).unwrap().is_empty());
+        for vm in [true, false] {
+            let limits = Limits { time: Duration::from_secs(5) };
+            let p = Policy::compile_with("cost.rego", src, "violation", limits, vm).unwrap();
+            assert_eq!(p.on_vm(), vm);
+            let clock = std::time::Instant::now();
+            for _ in 0..n {
+                assert!(p.evaluate(input()).unwrap().is_empty());
+            }
+            let total = clock.elapsed();
+            let clock = std::time::Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(input());
+            }
+            let building = clock.elapsed();
+            let on = if vm { "VM" } else { "interpreter" };
+            eprintln!(
+                "{on}: evaluation with its input {:?} each, building the input {:?}",
+                total / n,
+                building / n
+            );
         }
-        let total = clock.elapsed().unwrap_or_default();
-        let clock = std::time::SystemTime::now();
-        for _ in 0..n {
-            std::hint::black_box(input());
-        }
-        let building = clock.elapsed().unwrap_or_default();
-        eprintln!("evaluation with its input: {:?} each, building the input {:?}", total / n, building / n);
     }
 }

@@ -21,6 +21,8 @@
 //! upstream did not ask to close it.
 
 mod body;
+#[cfg(test)]
+mod fuzz;
 mod request;
 mod response;
 
