@@ -40,6 +40,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         http2: DOCUMENTED_HTTP2_DEFAULTS,
         proxyHeaders: true,
         authorization: { default: 'allow', rules: [] },
+        tls: null,
         routes: [
           {
             name: 'default',

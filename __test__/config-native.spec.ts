@@ -101,6 +101,7 @@ test('native document loads into the exact model', (t) => {
         },
         proxyHeaders: true,
         authorization: { default: 'allow', rules: [] },
+        tls: null,
         routes: [
           {
             name: 'api',
@@ -240,6 +241,7 @@ services:
         http2: DOCUMENTED_HTTP2_DEFAULTS,
         proxyHeaders: true,
         authorization: { default: 'allow', rules: [] },
+        tls: null,
         routes: [
           {
             name: 'listener-0-route-0',
@@ -634,6 +636,7 @@ test('listener protocol, tcpService and detectTimeout load into the model', (t) 
     http2: DOCUMENTED_HTTP2_DEFAULTS,
     proxyHeaders: true,
     authorization: { default: 'allow', rules: [] },
+    tls: null,
     routes: [],
   })
   t.like(web, { protocol: 'http', tcpService: 'smtp', detectTimeoutMs: 300 })

@@ -22,6 +22,8 @@ import { makeCa, type CertFiles, type TestCa } from './helpers/certs.js'
 import { sleep } from './helpers/http.js'
 import { load, startProxy, type Started } from './helpers/proxy.js'
 import { startWsBackend } from './helpers/ws.js'
+import { runCli, spawnCli } from './helpers/cli.js'
+import { echo, startTcpServer } from './helpers/tcp.js'
 
 const WEB = 'web.example.com'
 const API = 'api.example.com'
@@ -34,7 +36,7 @@ interface TlsSetup extends Started {
 }
 
 /** A TLS listener with two certificates (web, api by SNI; web is the default) in front of one backend. */
-async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendAddress?: string } = {}): Promise<TlsSetup> {
+async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendAddress?: string; routes?: string; listener?: string } = {}): Promise<TlsSetup> {
   const ca = makeCa(t)
   const web = ca.issue('web', [WEB, `www.${WEB}`])
   const api = ca.issue('api', [API])
@@ -46,7 +48,7 @@ async function tlsProxy(t: ExecutionContext, extra: { service?: string; backendA
 admin: null
 listeners:
   - name: web
-    address: 127.0.0.1:0
+    address: 127.0.0.1:0${extra.listener ?? ''}
     tls:
       certificates:
         - cert: web.crt
@@ -54,7 +56,7 @@ listeners:
         - cert: api.crt
           key: api.key
           hosts: [${API}]
-    routes:
+    routes:${extra.routes ?? ''}
       - name: all
         service: s
 services:
@@ -125,6 +127,13 @@ test('curl: SNI picks the certificate per host, verified against the test CA, ov
   t.regex(h2.stderr, /ALPN: server accepted h2/)
   t.regex(h2.stderr, /subject: CN=api\.example\.com/)
   t.is(h2.stdout, '1.1 https')
+})
+
+test('a redirect on a TLS listener keeps the https scheme of an HTTP/1.1 request', async (t) => {
+  const p = await tlsProxy(t, { routes: '\n      - name: moved\n        match: { path: /old }\n        redirect: { path: /new }' })
+  const r = await curl(['-i', '--http1.1', '--cacert', p.ca.cert, '--resolve', `${WEB}:${p.port}:127.0.0.1`, `https://${WEB}:${p.port}/old`])
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stdout, new RegExp(`^location: https://${WEB.replaceAll('.', '\\.')}:${p.port}/new\r$`, 'mi'))
 })
 
 test('Node https (HTTP/1.1) and http2.connect (ALPN h2) get answers over TLS', async (t) => {
@@ -249,6 +258,21 @@ test('a plaintext client on the TLS port is refused: HTTP/1 gets 400 tls-require
   const text = p.proxy.metrics()
   t.is(metric(text, 'meshproxy_tls_handshake_failures_total{listener="web",reason="plaintext"}'), 2)
   t.is(metric(text, 'meshproxy_proxy_errors_total{listener="web",error="tls-required"}'), 1)
+  const stats = await p.proxy.stats()
+  t.is(stats.tlsHandshakeFailures, 2)
+  t.is(stats.tlsHandshakes, 0)
+})
+
+test('a client that starts no handshake is closed after the header-read timeout, counted as a timeout', async (t) => {
+  const p = await tlsProxy(t, { listener: '\n    headerReadTimeout: 200ms' })
+  const closed = await new Promise<boolean>((resolve) => {
+    const s = net.connect(p.port, '127.0.0.1')
+    s.on('close', () => resolve(true))
+    s.on('error', () => {})
+    s.resume()
+  })
+  t.true(closed)
+  t.is(metric(p.proxy.metrics(), 'meshproxy_tls_handshake_failures_total{listener="web",reason="timeout"}'), 1)
 })
 
 test('changed certificate files are served to new handshakes while an open keep-alive connection keeps working; a bad change keeps the old certificate', async (t) => {
@@ -410,6 +434,78 @@ data:
   t.truthy(e)
   t.is(e?.line, 10, 'at secretName')
   t.regex(e?.message ?? '', /Secret "default\/nope".*not in this file/)
+})
+
+test('meshproxy check and run take the Ingress with spec.tls and its Secret; a Secret of another type is an error at secretName', async (t) => {
+  const ca = makeCa(t)
+  const files = ca.issue('a', ['service-a.example.com'])
+  const backend = await startBackend(t, 'a')
+  const { readFileSync } = await import('node:fs')
+  // stringData: the PEM as text.
+  const indent = (pem: string): string => pem.trim().split('\n').map((l) => `    ${l}`).join('\n')
+  const secret = (type: string): string => `---
+apiVersion: v1
+kind: Secret
+type: ${type}
+metadata:
+  name: service-a-tls
+stringData:
+  tls.crt: |
+${indent(readFileSync(files.cert, 'utf8'))}
+  tls.key: |
+${indent(readFileSync(files.key, 'utf8'))}
+`
+  const good = join(ca.dir, 'ingress.yaml')
+  writeFileSync(good, ingressYaml('service-a-tls', secret('kubernetes.io/tls'), backend.port))
+  const checked = await runCli(t, ['check', good])
+  t.is(checked.code, 0, checked.stderr)
+
+  const opaque = join(ca.dir, 'opaque.yaml')
+  writeFileSync(opaque, ingressYaml('service-a-tls', secret('Opaque'), backend.port))
+  const refused = await runCli(t, ['check', opaque])
+  t.is(refused.code, 1)
+  t.true(refused.stderr.includes(`${opaque}:10:17: error: Secret "default/service-a-tls" named by Ingress "ingress" has type Opaque`), refused.stderr)
+
+  const cli = spawnCli(t, ['run', '-c', good, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0'])
+  const [, port] = await cli.waitForStdout(/listening on https:\/\/127\.0\.0\.1:(\d+)/)
+  const r = await curl(['--cacert', ca.cert, '--resolve', `service-a.example.com:${port}:127.0.0.1`, `https://service-a.example.com:${port}/`])
+  t.is(r.code, 0, r.stderr)
+  t.is(r.stdout, 'a')
+})
+
+test('a tcp listener with tls forwards the decrypted bytes to its tcpService', async (t) => {
+  const ca = makeCa(t)
+  ca.issue('db', ['db.example.com'])
+  const upstream = await startTcpServer(t, echo)
+  const model = load(
+    `admin: null
+listeners:
+  - name: db
+    address: 127.0.0.1:0
+    protocol: tcp
+    tcpService: db
+    tls:
+      certificates: [{ cert: db.crt, key: db.key }]
+services:
+  - name: db
+    endpoints: [${upstream.address}]
+`,
+    { file: join(ca.dir, 'meshproxy.yaml') },
+  )
+  const p = await startProxy(t, model)
+  const h = await handshake(p.port, { ca: ca.pem, servername: 'db.example.com' })
+  const sent = '\x00binary\xffok'
+  const echoed = new Promise<string>((resolve) => {
+    let got = ''
+    h.socket.setEncoding('latin1')
+    h.socket.on('data', (c: string) => {
+      got += c
+      if (got.length >= sent.length) resolve(got)
+    })
+  })
+  h.socket.write(Buffer.from(sent, 'latin1'))
+  t.is(await echoed, sent)
+  h.socket.destroy()
 })
 
 test('bad TLS files are errors at their place: a missing file, a file without PEM, a key of another certificate', (t) => {

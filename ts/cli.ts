@@ -39,8 +39,9 @@ function report(result: LoadResult): boolean {
   return result.config === null
 }
 
-function printStarted(info: StartInfo): void {
-  for (const l of info.listeners) console.log(`meshproxy: listening on http://${l.localAddress} (${l.name})`)
+/** `tls`: the names of the listeners that terminate TLS (printed as https). */
+function printStarted(info: StartInfo, tls: Set<string>): void {
+  for (const l of info.listeners) console.log(`meshproxy: listening on ${tls.has(l.name) ? 'https' : 'http'}://${l.localAddress} (${l.name})`)
   if (info.admin) console.log(`meshproxy: admin on http://${info.admin} (/live /ready /metrics /config)`)
 }
 
@@ -106,7 +107,7 @@ async function run(opts: RunOptions): Promise<void> {
       })()
     })
   }
-  printStarted(started)
+  printStarted(started, new Set(result.config.listeners.filter((l) => l.tls).map((l) => l.name)))
 }
 
 async function check(file: string): Promise<void> {

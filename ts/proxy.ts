@@ -74,6 +74,10 @@ export interface ProxyStats {
   workers: WorkerStats[]
   /** Requests the rate limits of the config in force refused (429 `rate-limited`). */
   rateLimited: number
+  /** TLS handshakes completed on the listeners with `tls` (`meshproxy_tls_handshakes_total`, summed). */
+  tlsHandshakes: number
+  /** TLS handshakes that failed, any reason (`meshproxy_tls_handshake_failures_total`, summed). */
+  tlsHandshakeFailures: number
 }
 
 export interface WorkerStats {

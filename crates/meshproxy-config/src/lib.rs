@@ -753,3 +753,25 @@ pub mod testing {
 
 #[cfg(test)]
 mod schema_agreement;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_private_key_is_written_out_redacted() {
+        let c = TlsCertificateConfig {
+            cert: None,
+            key: None,
+            cert_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+            key_pem: Some("-----BEGIN PRIVATE KEY-----secret".into()),
+            origin: "Secret default/web".into(),
+            hosts: vec![],
+        };
+        let json = serde_json::to_string(&c).expect("serializes");
+        assert!(json.contains(r#""keyPem":"<redacted>""#), "{json}");
+        assert!(!json.contains("secret"), "{json}");
+        let files = TlsCertificateConfig { key_pem: None, cert_pem: None, ..c };
+        assert!(serde_json::to_string(&files).expect("serializes").contains(r#""keyPem":null"#));
+    }
+}

@@ -282,9 +282,11 @@ impl Redirect {
     }
 
     /// The `Location` for a request: each part the redirect does not replace is the request's.
-    fn location(&self, head: &http::request::Parts) -> Result<HeaderValue, ProxyError> {
+    /// `tls`: the request came over TLS, its scheme when its target names none (HTTP/1.1).
+    fn location(&self, head: &http::request::Parts, tls: bool) -> Result<HeaderValue, ProxyError> {
         let request_scheme = match head.uri.scheme_str() {
             Some("https") => "https",
+            None if tls => "https",
             _ => "http",
         };
         let scheme = self.scheme.unwrap_or(request_scheme);
@@ -370,7 +372,7 @@ impl RequestFilter {
                 Ok(()) => Verdict::Continue,
                 Err(e) => Verdict::Respond(e),
             },
-            RequestFilter::Redirect(redirect) => match redirect.location(cx.head) {
+            RequestFilter::Redirect(redirect) => match redirect.location(cx.head, cx.tls) {
                 Ok(location) => Verdict::Redirect(redirect.status, location),
                 Err(e) => Verdict::Respond(e),
             },
@@ -564,7 +566,7 @@ mod tests {
     #[test]
     fn redirect_keeps_what_it_does_not_replace() {
         let to_https = redirect(RedirectConfig { scheme: Some("https".into()), ..config() }, "/");
-        let loc = |r: &Redirect, h: http::request::Parts| r.location(&h).unwrap();
+        let loc = |r: &Redirect, h: http::request::Parts| r.location(&h, false).unwrap();
         // A new scheme without a port: the scheme's default, left out.
         assert_eq!(loc(&to_https, head("/a?b=1", Some("shop.example:8080"))), "https://shop.example/a?b=1");
         let same = redirect(RedirectConfig { host: Some("new.example".into()), ..config() }, "/");
@@ -585,8 +587,17 @@ mod tests {
         let full = redirect(RedirectConfig { path: Some("/maintenance".into()), ..config() }, "/");
         assert_eq!(loc(&full, head("/any/thing?x", Some("h"))), "http://h/maintenance?x");
         // No host to keep: the request is refused rather than redirected nowhere.
-        assert!(same.location(&head("/a", None)).is_ok());
-        assert_eq!(to_https.location(&head("/a", None)), Err(ProxyError::BadRequest));
+        assert!(same.location(&head("/a", None), false).is_ok());
+        assert_eq!(to_https.location(&head("/a", None), false), Err(ProxyError::BadRequest));
+        // Over TLS, an origin-form target's scheme is https (its port kept, the default left out).
+        assert_eq!(
+            same.location(&head("/a", Some("old.example:8443")), true).unwrap(),
+            "https://new.example:8443/a"
+        );
+        assert_eq!(
+            same.location(&head("/a", Some("old.example:443")), true).unwrap(),
+            "https://new.example/a"
+        );
     }
 
     #[test]

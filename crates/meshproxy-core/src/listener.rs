@@ -1,6 +1,7 @@
 //! Downstream listeners: the accept loop (connection cap, accept-error backoff) and the
-//! per-connection task (HTTP/1.1 via hyper, HTTP/2 via [`meshproxy_http::h2_server`], header-read and idle
-//! timeouts, graceful drain).
+//! per-connection task (the TLS handshake on a listener with `tls` ([`tls`]), then HTTP/1.1 via
+//! hyper, HTTP/2 via [`meshproxy_http::h2_server`] or opaque TCP, header-read and idle timeouts,
+//! graceful drain).
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection sits idle, which
 //! would cap the idle time at the header timeout; so both timeouts are tracked here from what the

@@ -795,6 +795,14 @@ fn label(v: &str) -> String {
 
 impl Metrics {
     /// Requests refused by the rate limits of the current config's routes and services.
+    /// TLS handshakes completed and failed, over every listener.
+    pub fn tls_handshakes(&self) -> (u64, u64) {
+        let listeners = self.listeners.lock();
+        let ok = listeners.values().map(|m| m.tls.handshakes.load(Ordering::Relaxed)).sum();
+        let failed = listeners.values().flat_map(|m| TlsFailure::ALL.map(|why| m.tls.failures(why))).sum();
+        (ok, failed)
+    }
+
     pub fn rate_limited(&self) -> u64 {
         self.rate_limits.lock().values().map(|m| m.rejected.load(Ordering::Relaxed)).sum()
     }

@@ -137,6 +137,9 @@ pub struct Stats {
     pub workers: Vec<WorkerStats>,
     /// Requests the rate limits of the config in force refused (429 `rate-limited`).
     pub rate_limited: u64,
+    /// TLS handshakes completed on the listeners with `tls`, and failed (any reason).
+    pub tls_handshakes: u64,
+    pub tls_handshake_failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -351,6 +354,7 @@ impl MeshProxy {
         };
         drop(state);
         let s = &self.shared;
+        let (tls_handshakes, tls_handshake_failures) = s.metrics().tls_handshakes();
         Stats {
             state: name,
             ready: s.is_ready(),
@@ -362,6 +366,8 @@ impl MeshProxy {
             endpoints: s.registry().samples().into_iter().map(EndpointStats::from).collect(),
             workers: s.dealt().map(|connections| WorkerStats { connections }).collect(),
             rate_limited: s.metrics().rate_limited(),
+            tls_handshakes,
+            tls_handshake_failures,
         }
     }
 

@@ -224,6 +224,9 @@ pub struct BindingStats {
     pub workers: Vec<BindingWorkerStats>,
     /// Requests the rate limits of the config in force refused.
     pub rate_limited: f64,
+    /// TLS handshakes completed on listeners with `tls`, and failed.
+    pub tls_handshakes: f64,
+    pub tls_handshake_failures: f64,
 }
 
 #[napi(object)]
