@@ -11,7 +11,7 @@ import test, { type ExecutionContext } from 'ava'
 import { startBackends } from './helpers/backend.js'
 import { get, type Res } from './helpers/http.js'
 import { startProxy, type Started } from './helpers/proxy.js'
-import { redisServer, startRedis } from './helpers/redis.js'
+import { startRedis } from './helpers/redis.js'
 import { echo, startTcpServer } from './helpers/tcp.js'
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
@@ -56,11 +56,6 @@ async function offer(port: number, path: string, perSecond: number, ms: number, 
 const count = (rs: Res[], status: number): number => rs.filter((r) => r.status === status).length
 
 test.serial('two proxies sharing one global limit hold the combined rate', async (t) => {
-  if (!redisServer()) {
-    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
-    t.pass()
-    return
-  }
   const redis = await startRedis(t)
   const b = await startBackends(t, ['a'])
   const [p1, p2] = await twoProxies(t, redis.url, b.a!.port, 50, 10)
@@ -95,11 +90,6 @@ test.serial('two proxies sharing one global limit hold the combined rate', async
 })
 
 test.serial('Redis killed: fail-open admits by the local limit, fail-closed refuses, the fallback counts; Redis back: the global limit applies again', async (t) => {
-  if (!redisServer()) {
-    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
-    t.pass()
-    return
-  }
   const redis = await startRedis(t)
   const b = await startBackends(t, ['a'])
   const [p1, p2] = await twoProxies(t, redis.url, b.a!.port, 5, 10)
@@ -149,11 +139,6 @@ test.serial('Redis killed: fail-open admits by the local limit, fail-closed refu
 })
 
 test.serial('a service\'s global limit is shared by its routes on every proxy, retried routes included, and a refused request reaches no endpoint', async (t) => {
-  if (!redisServer()) {
-    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
-    t.pass()
-    return
-  }
   const redis = await startRedis(t)
   const b = await startBackends(t, ['a'])
   const yaml = `
@@ -208,11 +193,6 @@ function connect(port: number, authority: string): Promise<{ status: number; err
 }
 
 test.serial('a CONNECT tunnel counts against its service\'s global limit before an endpoint is chosen', async (t) => {
-  if (!redisServer()) {
-    t.log('SKIPPED: redis-server is not installed (.ci/run installs it)')
-    t.pass()
-    return
-  }
   const redis = await startRedis(t)
   const tcp = await startTcpServer(t, echo)
   const yaml = `

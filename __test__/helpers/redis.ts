@@ -2,8 +2,8 @@
  * A real `redis-server` for a test: no persistence (`--save ""`, `--appendonly no`), its files in
  * a temp dir, on a free 127.0.0.1 port picked first (redis takes no port 0). `stop()` kills it
  * (SIGKILL: a crash, as a test of failure wants) and `start()` brings it back on the same port,
- * empty. Killed at the end of the test. `redisServer()` is the binary's path, or undefined when it
- * is not installed (CI installs it: `.ci/run`).
+ * empty. Killed at the end of the test. A missing `redis-server` is the test's failure, never a
+ * skip: `.ci/run` installs it, as the README's prerequisites say.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import type { ExecutionContext } from 'ava'
 import { closedPort } from './backend.js'
 
-export function redisServer(): string | undefined {
+function redisServer(): string | undefined {
   const r = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' })
   const path = r.stdout.trim()
   return r.status === 0 && path !== '' ? path : undefined
@@ -31,7 +31,7 @@ export interface Redis {
 
 export async function startRedis(t: ExecutionContext): Promise<Redis> {
   const bin = redisServer()
-  if (!bin) throw new Error('redis-server is not installed (apt-get install redis-server)')
+  if (!bin) throw new Error('redis-server is not installed: apt-get install redis-server (.ci/run installs it)')
   const dir = mkdtempSync(join(tmpdir(), 'meshproxy-redis-'))
   const port = await closedPort()
   let child: ChildProcess | undefined

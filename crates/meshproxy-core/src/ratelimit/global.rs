@@ -237,8 +237,9 @@ mod tests {
     }
 
     impl Server {
-        /// None (with a message) when `redis-server` is not installed; CI installs it.
-        fn start(port: Option<u16>) -> Option<Server> {
+        /// Panics when `redis-server` is not installed: a missing peer is a failure, never a
+        /// skip (`.ci/run` installs it).
+        fn start(port: Option<u16>) -> Server {
             let port = port.unwrap_or_else(|| {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
                 l.local_addr().expect("its address").port()
@@ -261,13 +262,12 @@ mod tests {
                 .stdout(std::process::Stdio::null())
                 .spawn();
             let Ok(child) = child else {
-                eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-                return None;
+                panic!("redis-server is not installed: apt-get install redis-server (.ci/run installs it)");
             };
             let server = Server { child: Some(child), port, dir };
             for _ in 0..200 {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(server);
+                    return server;
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }
@@ -293,7 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn redis_admits_the_burst_then_one_per_emission_interval() {
-        let Some(server) = Server::start(None) else { return };
+        let server = Server::start(None);
         let stores = Stores::default();
         let store = stores.get("test", &format!("redis://127.0.0.1:{}", server.port)).unwrap();
         // 2 a second (one every 500 ms), 3 at once.
@@ -316,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_killed_server_fails_within_the_timeout_and_a_restarted_one_is_used_again() {
-        let Some(mut server) = Server::start(None) else { return };
+        let mut server = Server::start(None);
         let port = server.port;
         let stores = Stores::default();
         let store = stores.get("test", &format!("redis://127.0.0.1:{port}")).unwrap();
@@ -330,7 +330,7 @@ mod tests {
         }
         // Back on the same port, empty: the script is loaded again and checks succeed once the
         // connection manager has reconnected (its backoff is at most 1 s).
-        let _server = Server::start(Some(port)).expect("restarted");
+        let _server = Server::start(Some(port));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(None) = store.check(b"k", "1000", 10, TIMEOUT).await {
@@ -392,7 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_proxies_share_one_global_count() {
-        let Some(server) = Server::start(None) else { return };
+        let server = Server::start(None);
         let url = format!("redis://127.0.0.1:{}", server.port);
         // Two proxies: stores and limits of their own, one limit name and scope.
         let (a, b) = (Stores::default(), Stores::default());
