@@ -183,11 +183,17 @@ async fn serve(
     drain: watch::Receiver<Drain>,
 ) {
     let _ = stream.set_nodelay(true);
-    if let Some(tls) = &rt.tls {
-        let Some((stream, alpn)) = tls::accept(stream, peer, tls, &rt).await else {
-            return;
-        };
-        return serve_io(stream, alpn, peer, rt, shared, key, drain).await;
+    if let Some(tls) = rt.tls.clone() {
+        // Boxed: a connection's future is as large as its largest state, and the TLS states
+        // (the handshake, then a connection served over a rustls stream) are many times the
+        // plaintext one's; inline, every plaintext connection's task would carry their size.
+        return Box::pin(async move {
+            let Some((stream, alpn)) = tls::accept(stream, peer, &tls, &rt).await else {
+                return;
+            };
+            serve_io(stream, alpn, peer, rt, shared, key, drain).await
+        })
+        .await;
     }
     serve_io(stream, None, peer, rt, shared, key, drain).await
 }
