@@ -254,7 +254,11 @@ test('degraded scenario: the open-loop generator holds its rate and counts each 
   t.true(errors.success > 0.35 && errors.success < 0.65, `error phase success ${errors.success}`)
   t.true(errors.latencyMs.p50 < 50, `error phase p50 ${errors.latencyMs.p50} ms`)
   t.is(slow.degradedShare, 1) // only the degraded backend was sent anything
-  t.is(errors.backends.reduce((s, b) => s + b.requests, 0), 200)
+  // The backends count a request in the phase it arrives in; a request due just before a switch
+  // can arrive just after it when the machine delays the generator (it never waits for answers),
+  // so a phase's count may be off by a straggler or two, never more.
+  const atBackends = errors.backends.reduce((s, b) => s + b.requests, 0)
+  t.true(Math.abs(atBackends - 200) <= 3, `${atBackends} requests reached the backends in the errors phase, of 200 sent`)
   // A snapshot at each of the three phase starts and one at the end: per-phase deltas of 1.
   t.is(snapshots, 4)
   t.deepEqual(slow.proxy, { retries: 1 })
