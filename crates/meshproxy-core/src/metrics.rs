@@ -18,6 +18,9 @@ use crate::error::ProxyError;
 use crate::ratelimit::LimitMetrics;
 use meshproxy_upstream::{HealthState, Sample};
 
+mod tls;
+pub use tls::{TlsFailure, TlsMetrics};
+
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -158,66 +161,6 @@ pub struct ListenerMetrics {
     errors: [AtomicU64; ProxyError::ALL.len()],
     /// TLS handshakes and certificate reloads (listeners with `tls` only).
     pub tls: TlsMetrics,
-}
-
-/// Why a TLS handshake on a listener failed (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsFailure {
-    /// The client spoke plaintext (its first byte is not a TLS handshake record).
-    Plaintext,
-    /// No handshake within the listener's header-read timeout.
-    Timeout,
-    /// No common protocol version, cipher suite or key exchange group (e.g. a TLS 1.1 client).
-    Incompatible,
-    /// The client ended the handshake with an alert: most often it does not trust the certificate.
-    PeerAlert,
-    /// The client closed or reset the connection during the handshake.
-    Closed,
-    /// A malformed or unexpected message.
-    Protocol,
-}
-
-impl TlsFailure {
-    pub const ALL: [TlsFailure; 6] = [
-        TlsFailure::Plaintext,
-        TlsFailure::Timeout,
-        TlsFailure::Incompatible,
-        TlsFailure::PeerAlert,
-        TlsFailure::Closed,
-        TlsFailure::Protocol,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsFailure::Plaintext => "plaintext",
-            TlsFailure::Timeout => "timeout",
-            TlsFailure::Incompatible => "incompatible",
-            TlsFailure::PeerAlert => "peer-alert",
-            TlsFailure::Closed => "closed",
-            TlsFailure::Protocol => "protocol",
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct TlsMetrics {
-    /// Set while the listener of this name has TLS (the TLS series are shown for it).
-    pub enabled: std::sync::atomic::AtomicBool,
-    pub handshakes: AtomicU64,
-    failures: [AtomicU64; TlsFailure::ALL.len()],
-    /// Certificates reloaded from changed files, and changes refused (the old ones kept).
-    pub reloads: AtomicU64,
-    pub reload_failures: AtomicU64,
-}
-
-impl TlsMetrics {
-    pub fn failed(&self, why: TlsFailure) {
-        self.failures[why as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn failures(&self, why: TlsFailure) -> u64 {
-        self.failures[why as usize].load(Ordering::Relaxed)
-    }
 }
 
 impl ListenerMetrics {
@@ -565,56 +508,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", esc(l), get(m));
             }
         }
-        let tls: Vec<_> = listeners.iter().filter(|(_, m)| m.tls.enabled.load(Ordering::Relaxed)).collect();
-        if !tls.is_empty() {
-            header(
-                &mut out,
-                "meshproxy_tls_handshakes_total",
-                "counter",
-                "TLS handshakes completed on the listener.",
-            );
-            for (l, m) in &tls {
-                let _ = writeln!(
-                    out,
-                    "meshproxy_tls_handshakes_total{{listener=\"{}\"}} {}",
-                    esc(l),
-                    m.tls.handshakes.load(Ordering::Relaxed)
-                );
-            }
-            header(
-                &mut out,
-                "meshproxy_tls_handshake_failures_total",
-                "counter",
-                "TLS handshakes that failed on the listener, by reason.",
-            );
-            for (l, m) in &tls {
-                for why in TlsFailure::ALL {
-                    let _ = writeln!(
-                        out,
-                        "meshproxy_tls_handshake_failures_total{{listener=\"{}\",reason=\"{}\"}} {}",
-                        esc(l),
-                        why.as_str(),
-                        m.tls.failures(why)
-                    );
-                }
-            }
-            header(
-                &mut out,
-                "meshproxy_tls_certificate_reloads_total",
-                "counter",
-                "Certificate files that changed on disk, by result (failed: the certificates in force stay).",
-            );
-            for (l, m) in &tls {
-                for (result, v) in [("ok", &m.tls.reloads), ("failed", &m.tls.reload_failures)] {
-                    let _ = writeln!(
-                        out,
-                        "meshproxy_tls_certificate_reloads_total{{listener=\"{}\",result=\"{result}\"}} {}",
-                        esc(l),
-                        v.load(Ordering::Relaxed)
-                    );
-                }
-            }
-        }
+        tls::render(&mut out, listeners.iter());
         drop(listeners);
 
         let eps: [Family<Sample, u64>; 10] = [
