@@ -102,7 +102,7 @@ test('method and header matches', async (t) => {
   t.is(backends.canary.requests.length, 1)
 })
 
-test('dot segments are resolved before matching: /a/../admin is routed as /admin', async (t) => {
+test('dot segments are resolved before matching and forwarding: /a/../admin is routed and sent as /admin', async (t) => {
   const { port, backends } = await setup(t)
   // http.request sends the path exactly as given.
   t.is(await who(t, port, '/a/../admin'), 'admin')
@@ -115,7 +115,20 @@ test('dot segments are resolved before matching: /a/../admin is routed as /admin
   t.is(raw.status, 200)
   t.is(raw.body, 'admin')
   t.is(backends.admin.requests.length, 5)
-  t.is(backends.public.requests.length, 1)
+  // The backend gets the path the routes matched, query kept, so it cannot resolve the dot
+  // segments into something else.
+  t.deepEqual(
+    backends.admin.requests.map((r) => r.url),
+    ['/admin', '/admin/x', '/admin', '/admin', '/admin'],
+  )
+  t.is(await who(t, port, '/public//x/./y?a=/../b'), 'public')
+  t.is(backends.public.requests.at(-1)?.url, '/public/x/y?a=/../b', 'empty and dot segments go; the query is not a path')
+  t.is(await who(t, port, '/public/.well-known/%2ex'), 'public')
+  t.is(backends.public.requests.at(-1)?.url, '/public/.well-known/%2ex', 'a normal path is forwarded byte for byte')
+  t.deepEqual(
+    backends.public.requests.map((r) => r.url),
+    ['/public/x', '/public/x/y?a=/../b', '/public/.well-known/%2ex'],
+  )
 })
 
 test('absolute-form request URI: routed by its authority, forwarded in origin-form', async (t) => {

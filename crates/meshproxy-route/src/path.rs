@@ -138,6 +138,32 @@ impl<'a> Segments<'a> {
     }
 }
 
+/// The normalized form of a request path (origin-form, starting with `/`), or `None` when it is
+/// already normal: no `.` or `..` segment (plain or percent-encoded) and no empty segment but a
+/// trailing one. The path forwarded upstream is the one routes and rules matched, so a backend
+/// never resolves `/public/../admin` into a resource the proxy did not route or authorize.
+/// One byte scan for the common (normal) path; the rebuild is for paths that need it.
+pub fn normalized(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
+    // A segment that may need work starts right after a `/` with `/`, `.` or `%2e`.
+    let suspect = (0..bytes.len()).any(|i| {
+        bytes[i] == b'/'
+            && match bytes.get(i + 1) {
+                Some(b'/' | b'.') => true,
+                Some(b'%') => bytes.get(i + 2..i + 4).is_some_and(|h| h.eq_ignore_ascii_case(b"2e")),
+                _ => false,
+            }
+    });
+    if !suspect {
+        return None;
+    }
+    let out = Segments::parse(path).to_path();
+    (out != path).then_some(out)
+}
+
 fn is_dot(seg: &str) -> bool {
     seg == "." || seg.eq_ignore_ascii_case("%2e")
 }
@@ -191,6 +217,23 @@ mod tests {
         assert_eq!(norm(""), "/");
         assert_eq!(norm("/a/.."), "/");
         assert_eq!(norm("/a/b/.."), "/a/");
+    }
+
+    #[test]
+    fn normalized_rewrites_only_paths_that_need_it() {
+        use super::normalized;
+        assert_eq!(normalized("/api/users"), None);
+        assert_eq!(normalized("/"), None);
+        assert_eq!(normalized("/a/b/"), None, "a trailing slash is kept as is");
+        assert_eq!(normalized("/.well-known/x"), None, "a dot that starts a name is no dot segment");
+        assert_eq!(normalized("/a/%41"), None, "other percent-encodings pass unchanged");
+        assert_eq!(normalized("/a/%2ex"), None, "an encoded dot that starts a name is no dot segment");
+        assert_eq!(normalized("*"), None);
+        assert_eq!(normalized("/public/../admin").as_deref(), Some("/admin"));
+        assert_eq!(normalized("/public/%2E%2e/admin/x").as_deref(), Some("/admin/x"));
+        assert_eq!(normalized("/a/./b").as_deref(), Some("/a/b"));
+        assert_eq!(normalized("//a//b").as_deref(), Some("/a/b"));
+        assert_eq!(normalized("/a/..").as_deref(), Some("/"));
     }
 
     #[test]

@@ -92,6 +92,22 @@ pub(super) fn request_host(req: &Request<RequestBody>) -> Result<Option<&str>, (
     }
 }
 
+/// The request target with its path normalized as routes match it (dot segments resolved, empty
+/// segments collapsed; the query kept), when that changes it: the upstream gets the path the
+/// routes and rules matched, so a backend never resolves `/public/../admin` into a resource the
+/// proxy did not route or authorize (as Envoy's `normalize_path` and HAProxy's `normalize-uri`
+/// forward it). `None` for a normal path: one byte scan, nothing built.
+pub(super) fn normalized_uri(uri: &http::Uri) -> Option<http::Uri> {
+    let path = meshproxy_route::path::normalized(uri.path())?;
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(target).ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 /// A `Host` value as RFC 9110 §7.2 allows it: `uri-host [ ":" port ]`, where a host is a
 /// registered name or IPv4 address (unreserved, percent-encoded and sub-delims characters) or a
 /// bracketed IP literal, and a port is digits; empty when the target has no authority. Anything

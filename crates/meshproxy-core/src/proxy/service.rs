@@ -556,6 +556,9 @@ fn route<'a>(
         _ => None,
     };
     let (mut head, body) = req.into_parts();
+    if let Some(uri) = admit::normalized_uri(&head.uri) {
+        head.uri = uri;
+    }
     let seen = headers::scan(&head.headers);
     let seen = headers::strip_seen(&mut head.headers, seen);
     // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
