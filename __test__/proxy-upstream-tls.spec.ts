@@ -25,6 +25,8 @@ import { formatDiagnostic, loadConfigText } from '../ts/index.js'
 interface Seen {
   url: string
   httpVersion: string
+  /** `:scheme`, over HTTP/2. */
+  scheme?: string | undefined
   servername: string | false | null | undefined
   alpn: string | false | null | undefined
   /** The client certificate's CN, when one was presented. */
@@ -40,10 +42,11 @@ interface TlsBackend {
   resumed: number
 }
 
-function record(backend: TlsBackend, req: { url?: string; httpVersion: string }, socket: TLSSocket): void {
+function record(backend: TlsBackend, req: { url?: string; httpVersion: string; scheme?: string }, socket: TLSSocket): void {
   const peer = socket.getPeerCertificate()
   backend.seen.push({
     url: req.url ?? '',
+    scheme: req.scheme,
     httpVersion: req.httpVersion,
     servername: socket.servername,
     alpn: socket.alpnProtocol,
@@ -342,6 +345,20 @@ test('health checks of a TLS service go over TLS', async (t) => {
   while (b.seen.length === 0 && Date.now() < until) await sleep(20)
   t.is(b.seen[0]?.url, '/healthz')
   t.is(b.seen[0]?.servername, 'payments.internal')
+  const ep = (await proxy.stats()).endpoints.find((e) => e.address === b.address)
+  t.is(ep?.state, 'healthy')
+})
+
+test('health checks of an http2 TLS service are HTTP/2 streams with :scheme https', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const b = await h2Backend(t, certs)
+  const { proxy } = await startProxy(
+    t,
+    yaml({ pay: { endpoints: [b.address], extra: `\n    protocol: http2${tls({ serverName: 'payments.internal', ca: certs.ca })}\n    healthCheck: { path: /healthz, interval: 300ms, timeout: 250ms }` } }),
+  )
+  const until = Date.now() + 5000
+  while (b.seen.length === 0 && Date.now() < until) await sleep(20)
+  t.like(b.seen[0], { url: '/healthz', httpVersion: '2.0', alpn: 'h2', scheme: 'https' })
   const ep = (await proxy.stats()).endpoints.find((e) => e.address === b.address)
   t.is(ep?.state, 'healthy')
 })

@@ -165,8 +165,10 @@ impl<C: Connector> Endpoint<C> {
     async fn status_h2(&self, io: C::Io, target: &str) -> Result<u16, ProbeFailure> {
         let protocol = |e: h2::Error| ProbeFailure::Protocol(format!("HTTP/2: {e}"));
         let (mut client, connection) = h2::client::handshake(io).await.map_err(protocol)?;
-        // The connection is driven alongside the request and dropped with it.
-        let request = http::Request::get(format!("http://{}{target}", self.address))
+        // The connection is driven alongside the request and dropped with it. `:scheme` says
+        // what the connection is, as the proxied requests' does.
+        let scheme = if self.connector.is_tls() { "https" } else { "http" };
+        let request = http::Request::get(format!("{scheme}://{}{target}", self.address))
             .header(http::header::USER_AGENT, "meshproxy-health-check")
             .body(())
             .map_err(|e| ProbeFailure::Protocol(format!("request: {e}")))?;
