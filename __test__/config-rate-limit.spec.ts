@@ -82,8 +82,8 @@ services:
   t.deepEqual(
     ok.config!.listeners[0]!.routes[0]!.rateLimits.map((l) => l.global),
     [
-      { redis: 'redis://127.0.0.1:6379', failMode: 'open', timeoutMs: 50 },
-      { redis: 'redis://:pw@redis.internal/2', failMode: 'closed', timeoutMs: 200 },
+      { redis: 'redis://127.0.0.1:6379', ca: null, failMode: 'open', timeoutMs: 50 },
+      { redis: 'redis://:pw@redis.internal/2', ca: null, failMode: 'closed', timeoutMs: 200 },
     ],
   )
   const bad = loadConfigText(
@@ -92,7 +92,7 @@ listeners:
   - routes:
       - service: a
         rateLimits:
-          - { rate: 5, global: { redis: "rediss://10.0.0.5:6379" } }
+          - { rate: 5, global: { redis: "unix:///run/redis.sock" } }
           - { rate: 5, global: { redis: "redis://10.0.0.5/x" } }
           - { rate: 5, global: { failMode: closed } }
           - { rate: 5, global: { redis: "redis://10.0.0.5", failMode: shut } }
@@ -103,8 +103,8 @@ services:
     OPTS,
   )
   t.deepEqual(bad.diagnostics.map(formatDiagnostic), [
-    'c.yaml:6:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "rediss://10.0.0.5:6379" is not a redis:// URL (e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2 (rediss:// (TLS) and unix sockets are not supported))',
-    'c.yaml:7:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "redis://10.0.0.5/x": the path must be a database number (e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2)',
+    'c.yaml:6:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "unix:///run/redis.sock" is not a redis:// or rediss:// URL (e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS) (unix sockets are not supported))',
+    'c.yaml:7:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "redis://10.0.0.5/x": the path must be a database number (e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS))',
     'c.yaml:8:32: error: rate limit of route "listener-0-route-0" global is missing required field "redis"',
     'c.yaml:9:71: error: unknown rate limit of route "listener-0-route-0" global failMode "shut" (valid fail modes: open, closed)',
     'c.yaml:10:70: error: "timeout" in rate limit of route "listener-0-route-0" global must be between 1ms and 10000ms, got 0ms (0 is not allowed here)',
