@@ -119,6 +119,69 @@ test('the seed RateLimiter loads verbatim onto the services built from the Servi
   t.deepEqual(limits, { 'service-a:80': seed, 'service-b:80': seed })
 })
 
+test('a RateLimiter with spec.global counts every limit on Redis; a limit\'s own global replaces it, global: null keeps it local', (t) => {
+  const r = loadConfigText(
+    `services:
+  - { name: service-a, endpoints: [127.0.0.1:1] }
+  - { name: service-b, endpoints: [127.0.0.1:2] }
+  - { name: service-c, endpoints: [127.0.0.1:3] }
+---
+apiVersion: linkerd.io/v1alpha2
+kind: RateLimiter
+metadata:
+  name: default
+spec:
+  global: { redis: "redis://:pw@10.0.0.5:6379", failMode: closed, timeout: 20ms }
+  limits:
+  - service: service-a
+    rate: 100
+    burst: 10
+  - service: service-b
+    rate: 100
+    global: { redis: "redis://10.0.0.6" }
+  - service: service-c
+    rate: 100
+    global: null
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [])
+  const shared = { redis: 'redis://:pw@10.0.0.5:6379', ca: null, failMode: 'closed', timeoutMs: 20 }
+  t.deepEqual(
+    r.config!.services.map((s) => s.rateLimits.map((l) => [l.name, l.rate, l.burst, l.global])),
+    [[['default', 100, 10, shared]], [['default', 100, 100, { redis: 'redis://10.0.0.6', ca: null, failMode: 'open', timeoutMs: 50 }]], [['default', 100, 100, null]]],
+  )
+})
+
+test('a RateLimiter\'s global mistakes are errors at their positions', (t) => {
+  const r = loadConfigText(
+    `services:
+  - { name: service-a, endpoints: [127.0.0.1:1] }
+---
+apiVersion: linkerd.io/v1alpha2
+kind: RateLimiter
+metadata: { name: rl }
+spec:
+  global: { redis: "redis://10.0.0.5", failMode: shut, ttl: 1 }
+  limits:
+  - service: service-a
+    rate: 100
+    global: { redis: "redis://10.0.0.5", ca: ca.pem }
+  - service: service-a
+    rate: 100
+    global: { failMode: open }
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [
+    'c.yaml:8:50: error: unknown RateLimiter spec global failMode "shut" (valid fail modes: open, closed)',
+    'c.yaml:8:56: error: unknown field "ttl" in RateLimiter spec global (valid fields: redis, ca, failMode, timeout)',
+    'c.yaml:12:46: error: RateLimiter "rl" limit global: a CA bundle is only used with TLS, and "redis://10.0.0.5" is not a rediss:// URL (write rediss://host:port to reach Redis over TLS, or drop "ca")',
+    'c.yaml:15:13: error: RateLimiter "rl" limit global is missing required field "redis"',
+  ])
+  t.is(r.config, null)
+})
+
 test('a RateLimiter naming a Service not in the config is a warning at its name', (t) => {
   const r = loadConfigText(fixture('seed-ratelimiter.yaml'), OPTS)
   t.deepEqual(r.diagnostics.map(formatDiagnostic), [
