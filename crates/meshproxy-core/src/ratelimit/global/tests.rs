@@ -406,3 +406,25 @@ fn a_ca_bundle_needs_a_rediss_url_and_a_readable_file() {
     let e = stores.get("route \"r\"", "http://:pw@127.0.0.1:6379", None).unwrap_err();
     assert!(e.to_string().contains("\"http://:***@127.0.0.1:6379\""), "{e}");
 }
+
+#[test]
+fn a_rewritten_ca_bundle_gives_a_new_server_and_an_unchanged_one_keeps_it() {
+    let tmp = TempDir::new("rediss-ca-reload");
+    let (a, b) = (TestCa::new(&tmp.0, "ca-a"), TestCa::new(&tmp.0, "ca-b"));
+    let bundle = tmp.0.join("bundle.pem");
+    std::fs::copy(&a.cert, &bundle).unwrap();
+    let path = bundle.to_string_lossy();
+    let stores = Stores::default();
+    let url = "rediss://127.0.0.1:6380";
+    let first = stores.get("test", url, Some(&path)).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &stores.get("test", url, Some(&path)).unwrap()),
+        "a reload with the same bundle"
+    );
+    std::fs::copy(&b.cert, &bundle).unwrap();
+    let second = stores.get("test", url, Some(&path)).unwrap();
+    assert!(!Arc::ptr_eq(&first, &second), "the bundle's contents changed");
+    assert!(Arc::ptr_eq(&second, &stores.get("test", url, Some(&path)).unwrap()));
+    // The system roots are another server entry of the same URL.
+    assert!(!Arc::ptr_eq(&second, &stores.get("test", url, None).unwrap()));
+}
