@@ -145,7 +145,7 @@ test('the seed RateLimiter beside the seed Ingress alone limits the services its
 test('a RateLimiter of another shape than the seed\'s is an error naming the fields it takes', (t) => {
   const r = loadConfigText(SEED + RATE_LIMITER, { file: 'seed.yaml' })
   const line = (SEED + RATE_LIMITER).split('\n').indexOf('  targetRef:') + 1
-  t.like(errors(r)[0], { line, column: 3, message: 'unknown field "targetRef" in RateLimiter spec', hint: 'valid fields: limits' })
+  t.like(errors(r)[0], { line, column: 3, message: 'unknown field "targetRef" in RateLimiter spec', hint: 'valid fields: limits, global' })
 })
 
 test('full seed: Services and EndpointSlices resolve to endpoints', async (t) => {

@@ -82,8 +82,8 @@ services:
   t.deepEqual(
     ok.config!.listeners[0]!.routes[0]!.rateLimits.map((l) => l.global),
     [
-      { redis: 'redis://127.0.0.1:6379', failMode: 'open', timeoutMs: 50 },
-      { redis: 'redis://:pw@redis.internal/2', failMode: 'closed', timeoutMs: 200 },
+      { redis: 'redis://127.0.0.1:6379', ca: null, failMode: 'open', timeoutMs: 50 },
+      { redis: 'redis://:pw@redis.internal/2', ca: null, failMode: 'closed', timeoutMs: 200 },
     ],
   )
   const bad = loadConfigText(
@@ -92,7 +92,7 @@ listeners:
   - routes:
       - service: a
         rateLimits:
-          - { rate: 5, global: { redis: "rediss://10.0.0.5:6379" } }
+          - { rate: 5, global: { redis: "unix:///run/redis.sock" } }
           - { rate: 5, global: { redis: "redis://10.0.0.5/x" } }
           - { rate: 5, global: { failMode: closed } }
           - { rate: 5, global: { redis: "redis://10.0.0.5", failMode: shut } }
@@ -103,8 +103,8 @@ services:
     OPTS,
   )
   t.deepEqual(bad.diagnostics.map(formatDiagnostic), [
-    'c.yaml:6:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "rediss://10.0.0.5:6379" is not a redis:// URL (e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2 (rediss:// (TLS) and unix sockets are not supported))',
-    'c.yaml:7:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "redis://10.0.0.5/x": the path must be a database number (e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2)',
+    'c.yaml:6:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "unix:///run/redis.sock" is not a redis:// or rediss:// URL (e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS) (unix sockets are not supported))',
+    'c.yaml:7:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "redis://10.0.0.5/x": the path must be a database number (e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS))',
     'c.yaml:8:32: error: rate limit of route "listener-0-route-0" global is missing required field "redis"',
     'c.yaml:9:71: error: unknown rate limit of route "listener-0-route-0" global failMode "shut" (valid fail modes: open, closed)',
     'c.yaml:10:70: error: "timeout" in rate limit of route "listener-0-route-0" global must be between 1ms and 10000ms, got 0ms (0 is not allowed here)',
@@ -117,6 +117,69 @@ test('the seed RateLimiter loads verbatim onto the services built from the Servi
   const limits = Object.fromEntries(r.config!.services.map((s) => [s.name, s.rateLimits]))
   const seed = [{ name: 'default', rate: 100, burst: 10, key: 'none', header: null, overrides: [], maxKeys: 100000, global: null }]
   t.deepEqual(limits, { 'service-a:80': seed, 'service-b:80': seed })
+})
+
+test('a RateLimiter with spec.global counts every limit on Redis; a limit\'s own global replaces it, global: null keeps it local', (t) => {
+  const r = loadConfigText(
+    `services:
+  - { name: service-a, endpoints: [127.0.0.1:1] }
+  - { name: service-b, endpoints: [127.0.0.1:2] }
+  - { name: service-c, endpoints: [127.0.0.1:3] }
+---
+apiVersion: linkerd.io/v1alpha2
+kind: RateLimiter
+metadata:
+  name: default
+spec:
+  global: { redis: "redis://:pw@10.0.0.5:6379", failMode: closed, timeout: 20ms }
+  limits:
+  - service: service-a
+    rate: 100
+    burst: 10
+  - service: service-b
+    rate: 100
+    global: { redis: "redis://10.0.0.6" }
+  - service: service-c
+    rate: 100
+    global: null
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [])
+  const shared = { redis: 'redis://:pw@10.0.0.5:6379', ca: null, failMode: 'closed', timeoutMs: 20 }
+  t.deepEqual(
+    r.config!.services.map((s) => s.rateLimits.map((l) => [l.name, l.rate, l.burst, l.global])),
+    [[['default', 100, 10, shared]], [['default', 100, 100, { redis: 'redis://10.0.0.6', ca: null, failMode: 'open', timeoutMs: 50 }]], [['default', 100, 100, null]]],
+  )
+})
+
+test('a RateLimiter\'s global mistakes are errors at their positions', (t) => {
+  const r = loadConfigText(
+    `services:
+  - { name: service-a, endpoints: [127.0.0.1:1] }
+---
+apiVersion: linkerd.io/v1alpha2
+kind: RateLimiter
+metadata: { name: rl }
+spec:
+  global: { redis: "redis://10.0.0.5", failMode: shut, ttl: 1 }
+  limits:
+  - service: service-a
+    rate: 100
+    global: { redis: "redis://10.0.0.5", ca: ca.pem }
+  - service: service-a
+    rate: 100
+    global: { failMode: open }
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [
+    'c.yaml:8:50: error: unknown RateLimiter spec global failMode "shut" (valid fail modes: open, closed)',
+    'c.yaml:8:56: error: unknown field "ttl" in RateLimiter spec global (valid fields: redis, ca, failMode, timeout)',
+    'c.yaml:12:46: error: RateLimiter "rl" limit global: a CA bundle is only used with TLS, and "redis://10.0.0.5" is not a rediss:// URL (write rediss://host:port to reach Redis over TLS, or drop "ca")',
+    'c.yaml:15:13: error: RateLimiter "rl" limit global is missing required field "redis"',
+  ])
+  t.is(r.config, null)
 })
 
 test('a RateLimiter naming a Service not in the config is a warning at its name', (t) => {

@@ -3,7 +3,8 @@
  * global limit hold the combined rate; Redis killed mid-test gives each limit its fail mode (open:
  * the local limit alone; closed: 503 `rate-limit-unavailable`) with the fallback counted, and once
  * Redis is back the global count applies again; a service's global limit holds across its routes
- * (a retried one included) and CONNECT tunnels. Real time on a shared 2-core machine: counts are
+ * (a retried one included) and CONNECT tunnels; a `RateLimiter` with `spec.global` does the same for
+ * the Service it names. Real time on a shared 2-core machine: counts are
  * checked against what the limit allows over the measured time, with loose tolerances.
  */
 import http from 'node:http'
@@ -218,4 +219,46 @@ services:
   await sleep(1100)
   t.deepEqual(await connect(p2.port, 'db.internal:5432'), { status: 503, error: 'rate-limit-unavailable' })
   t.is(tcp.connections, 1, 'only the admitted tunnel reached the endpoint')
+})
+
+test.serial('a RateLimiter with spec.global holds its Service\'s burst across two proxies, and fails closed when Redis is down', async (t) => {
+  const redis = await startRedis(t)
+  const b = await startBackends(t, ['a'])
+  const yaml = `
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - { name: all, service: service-a }
+services:
+  - name: service-a
+    endpoints: [127.0.0.1:${b.a!.port}]
+---
+apiVersion: linkerd.io/v1alpha2
+kind: RateLimiter
+metadata:
+  name: default
+spec:
+  global: { redis: "${redis.url}", failMode: closed }
+  limits:
+  - service: service-a
+    rate: 1
+    burst: 5
+`
+  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
+  t.teardown(() => agent.destroy())
+  // Each proxy's local bucket admits 5 of its 10; Redis admits 5 of those 10 in all.
+  const all = await Promise.all([...Array.from({ length: 10 }, () => get(p1.port, '/', {}, agent)), ...Array.from({ length: 10 }, () => get(p2.port, '/', {}, agent))])
+  const admitted = count(all, 200)
+  t.log(`admitted ${admitted} of 20 through two proxies at once`)
+  t.true(admitted >= 5 && admitted <= 6, `admitted ${admitted}: the RateLimiter's global burst of 5`)
+  t.is(all.find((r) => r.status === 429)?.headers['ratelimit-policy'], '"default";q=1;w=1;meshproxy-burst=5')
+  await redis.stop()
+  // The local bucket admits again after a second; Redis is down and the limit fails closed.
+  await sleep(1100)
+  const down = await get(p1.port, '/', {}, agent)
+  t.is(down.status, 503)
+  t.is(down.headers['meshproxy-error'], 'rate-limit-unavailable')
 })

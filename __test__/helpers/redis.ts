@@ -4,10 +4,15 @@
  * (SIGKILL: a crash, as a test of failure wants) and `start()` brings it back on the same port,
  * empty. Killed at the end of the test. A missing `redis-server` is the test's failure, never a
  * skip: `.ci/run` installs it, as the README's prerequisites say.
+ *
+ * With `tls`, the server speaks TLS only (`--tls-port`, `--port 0`, no client certificates) and
+ * its URL is `rediss://`; with `password`, it requires AUTH (`--requirepass`) and the URL carries
+ * the password (`redis://:PASSWORD@…`).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import net from 'node:net'
+import tls from 'node:tls'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { ExecutionContext } from 'ava'
@@ -21,7 +26,7 @@ function redisServer(): string | undefined {
 
 export interface Redis {
   port: number
-  /** `redis://127.0.0.1:PORT`. */
+  /** `redis://127.0.0.1:PORT` (`rediss://` with TLS, `:PASSWORD@` with a password). */
   url: string
   /** Kills the server (SIGKILL) and waits for it to exit. */
   stop(): Promise<void>
@@ -29,7 +34,13 @@ export interface Redis {
   start(): Promise<void>
 }
 
-export async function startRedis(t: ExecutionContext): Promise<Redis> {
+export interface RedisOptions {
+  /** PEM files of the server's certificate (for 127.0.0.1) and key. */
+  tls?: { cert: string; key: string }
+  password?: string
+}
+
+export async function startRedis(t: ExecutionContext, opts: RedisOptions = {}): Promise<Redis> {
   const bin = redisServer()
   if (!bin) throw new Error('redis-server is not installed: apt-get install redis-server (.ci/run installs it)')
   const dir = mkdtempSync(join(tmpdir(), 'meshproxy-redis-'))
@@ -38,14 +49,18 @@ export async function startRedis(t: ExecutionContext): Promise<Redis> {
   let log = ''
   const start = async (): Promise<void> => {
     log = ''
-    const c = spawn(bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', ''], {
+    const ports = opts.tls
+      ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-auth-clients', 'no']
+      : ['--port', String(port)]
+    const auth = opts.password === undefined ? [] : ['--requirepass', opts.password]
+    const c = spawn(bin, [...ports, ...auth, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', ''], {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     c.stdout?.on('data', (d: Buffer) => (log += d.toString()))
     c.stderr?.on('data', (d: Buffer) => (log += d.toString()))
     child = c
     const deadline = Date.now() + 10_000
-    while (!(await pong(port))) {
+    while (!(await pong(port, opts.tls !== undefined))) {
       if (c.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start on ${port}:\n${log}`)
       await new Promise((r) => setTimeout(r, 25))
     }
@@ -64,13 +79,17 @@ export async function startRedis(t: ExecutionContext): Promise<Redis> {
     rmSync(dir, { recursive: true, force: true })
   })
   await start()
-  return { port, url: `redis://127.0.0.1:${port}`, stop, start }
+  const userinfo = opts.password === undefined ? '' : `:${encodeURIComponent(opts.password)}@`
+  return { port, url: `${opts.tls ? 'rediss' : 'redis'}://${userinfo}127.0.0.1:${port}`, stop, start }
 }
 
-/** Whether a Redis server answers PING on `port`. */
-function pong(port: number): Promise<boolean> {
+/**
+ * Whether a Redis server answers PING on `port` (over TLS, unverified: this only waits for the
+ * server to be up); `-NOAUTH` from one that requires a password counts.
+ */
+function pong(port: number, overTls: boolean): Promise<boolean> {
   return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1')
+    const s = overTls ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false }) : net.connect(port, '127.0.0.1')
     let got = ''
     const done = (ok: boolean): void => {
       s.destroy()
@@ -78,10 +97,10 @@ function pong(port: number): Promise<boolean> {
     }
     s.setTimeout(1000, () => done(false))
     s.on('error', () => done(false))
-    s.on('connect', () => s.write('PING\r\n'))
+    s.on(overTls ? 'secureConnect' : 'connect', () => s.write('PING\r\n'))
     s.on('data', (d) => {
       got += d.toString()
-      if (got.includes('\r\n')) done(got.startsWith('+PONG'))
+      if (got.includes('\r\n')) done(got.startsWith('+PONG') || got.startsWith('-NOAUTH'))
     })
   })
 }

@@ -199,20 +199,33 @@ export const RATE_LIMIT_OVERRIDE = table('RateLimitOverride', 'A key value with 
 /** What a global rate limit does when Redis does not answer, the default first. */
 export const RATE_LIMIT_FAIL_MODES = ['open', 'closed'] as const
 
-/** A `redis://` URL as the redis crate reads it: host, optional port (6379), user, password, database number. */
+/** A PEM file's path: any non-empty text (the loader reads and checks the file). */
+const pemFile = (what: string) => (s: string): Parsed<string> =>
+  s.trim() === '' ? fail(`the ${what} file is empty`, 'a path to a PEM file, such as certs/ca.crt') : ok(s)
+
+/** A `redis://` URL with its password hidden, for messages (as the proxy shows it in logs and `/config`). */
+export function redactUrl(s: string): string {
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)@/i.exec(s)
+  if (!m) return s
+  const colon = m[2]!.indexOf(':')
+  return `${m[1]}${colon < 0 ? '' : m[2]!.slice(0, colon + 1)}***${s.slice(m[0].length - 1)}`
+}
+
+/** A `redis://` or `rediss://` URL as the redis crate reads it: host, optional port (6379), user, password, database number. */
 const redisUrl = (s: string): Parsed<string> => {
-  const hint = 'e.g. redis://127.0.0.1:6379 or redis://:password@redis.internal:6379/2'
-  if (!s.startsWith('redis://')) return fail(`"${s}" is not a redis:// URL`, `${hint} (rediss:// (TLS) and unix sockets are not supported)`)
+  const hint = 'e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS)'
+  const shown = redactUrl(s)
+  if (!s.startsWith('redis://') && !s.startsWith('rediss://')) return fail(`"${shown}" is not a redis:// or rediss:// URL`, `${hint} (unix sockets are not supported)`)
   let url: URL
   try {
     url = new URL(s)
   } catch {
-    return fail(`"${s}" is not a valid URL`, hint)
+    return fail(`"${shown}" is not a valid URL`, hint)
   }
-  if (url.hostname === '') return fail(`"${s}" names no host`, hint)
-  if (url.search !== '' || url.hash !== '') return fail(`"${s}" has a query or fragment`, hint)
+  if (url.hostname === '') return fail(`"${shown}" names no host`, hint)
+  if (url.search !== '' || url.hash !== '') return fail(`"${shown}" has a query or fragment`, hint)
   const db = url.pathname.replace(/^\//, '')
-  if (db !== '' && !/^\d{1,5}$/.test(db)) return fail(`"${s}": the path must be a database number`, hint)
+  if (db !== '' && !/^\d{1,5}$/.test(db)) return fail(`"${shown}": the path must be a database number`, hint)
   return ok(s)
 }
 
@@ -220,7 +233,8 @@ export const GLOBAL_RATE_LIMIT = table(
   'GlobalRateLimit',
   'A limit also counted across proxies on a shared Redis: after the local limit admits a request, one Redis round trip (a GCRA script run by EVALSHA, keyed by the route or service, the limit\'s name and the client key) admits it or answers 429 as the local limit does. Every proxy with the same route or service name, limit name, rate and burst shares one count.',
   {
-    redis: text('The Redis server: `redis://[user:password@]host[:port][/db]`. One multiplexed connection per proxy and server, reconnected on its own.', redisUrl, { yaml: { required: true } }),
+    redis: text('The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (verified against `ca`, else the system roots). One multiplexed connection per proxy and server, reconnected on its own. `/config` and logs show the password as `***`.', redisUrl, { yaml: { required: true } }),
+    ca: nullableText('A PEM bundle of the CA certificates trusted for a `rediss://` server: in YAML a path relative to the YAML file, in the model as resolved; null = the system\'s trusted roots.', pemFile('CA'), 'a path', { default: null }),
     failMode: oneOf(
       RATE_LIMIT_FAIL_MODES,
       'fail modes',
@@ -395,10 +409,6 @@ export const HTTP2 = table(
     keepAliveTimeoutMs: duration('Time allowed for a PING\'s acknowledgement before the connection is closed.', { min: 1, default: 20000 }),
   },
 )
-
-/** A PEM file's path: any non-empty text (the loader reads and checks the file). */
-const pemFile = (what: string) => (s: string): Parsed<string> =>
-  s.trim() === '' ? fail(`the ${what} file is empty`, 'a path to a PEM file, such as certs/ca.crt') : ok(s)
 
 export const TLS_CERTIFICATE = table(
   'TlsCertificate',

@@ -268,8 +268,10 @@ export interface NativeRateLimitOverride {
 
 /** A limit also counted across proxies on a shared Redis: after the local limit admits a request, one Redis round trip (a GCRA script run by EVALSHA, keyed by the route or service, the limit's name and the client key) admits it or answers 429 as the local limit does. Every proxy with the same route or service name, limit name, rate and burst shares one count. */
 export interface NativeGlobalRateLimit {
-  /** The Redis server: `redis://[user:password@]host[:port][/db]`. One multiplexed connection per proxy and server, reconnected on its own. */
+  /** The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (verified against `ca`, else the system roots). One multiplexed connection per proxy and server, reconnected on its own. `/config` and logs show the password as `***`. */
   redis: string
+  /** A PEM bundle of the CA certificates trusted for a `rediss://` server: in YAML a path relative to the YAML file, in the model as resolved; null = the system's trusted roots. */
+  ca?: string | null
   /** When Redis does not answer within `timeout` (down, unreachable, slow): `open` admits the request by the local limit alone; `closed` refuses it with 503 `rate-limit-unavailable` (gRPC: UNAVAILABLE) and `Retry-After: 1`. Either way `meshproxy_rate_limit_fallback_total` counts it and a warning is logged (at most every 10 s). */
   failMode?: 'open' | 'closed'
   /** Time allowed for one Redis check, connecting included. A duration: 500ms, 10s, 1m30s, or milliseconds as an integer. */

@@ -10,7 +10,7 @@ import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { dirname, isAbsolute, join, resolve } from 'node:path'
 import { isMap, isSeq } from './yaml-lib.js'
-import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, GLOBAL_RATE_LIMIT, RATE_LIMIT, RATE_LIMIT_OVERRIDE, type RateLimitModel, type GlobalRateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, UPSTREAM_TLS, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel, type UpstreamTlsModel } from './model.js'
+import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, GLOBAL_RATE_LIMIT, RATE_LIMIT, RATE_LIMIT_OVERRIDE, redactUrl, type RateLimitModel, type GlobalRateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, UPSTREAM_TLS, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel, type UpstreamTlsModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -532,14 +532,46 @@ function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
   return tls
 }
 
-/** A rate limit's `global`: `redis` is required (and checked); null when it is missing or invalid (reported). */
-function readGlobalRateLimit(limit: Fields): GlobalRateLimitModel | null {
-  const f = limit.fields('global', `${limit.what} global`, keysOf(GLOBAL_RATE_LIMIT))
+/**
+ * A rate limit's `global` (of a native limit, or of a `RateLimiter`'s spec or limit): `redis` is
+ * required (and checked); `ca`, for a `rediss://` URL only, is resolved against the YAML file's
+ * directory and must hold PEM certificates. Null when it is missing or invalid (reported).
+ */
+export function readGlobalRateLimit(parent: Fields): GlobalRateLimitModel | null {
+  const f = parent.fields('global', `${parent.what} global`, keysOf(GLOBAL_RATE_LIMIT))
   if (!f || !f.require('redis')) return null
+  const r = f.r
   const global = complete(GLOBAL_RATE_LIMIT, { redis: '' })
   readPlain(f, GLOBAL_RATE_LIMIT, global)
   readTexts(f, GLOBAL_RATE_LIMIT, global)
-  return global.redis === '' ? null : global
+  if (global.redis === '') return null
+  if (global.ca !== null) {
+    const path = isAbsolute(global.ca) || r.file.startsWith('<') ? global.ca : resolve(dirname(r.file), global.ca)
+    global.ca = path
+    if (!global.redis.startsWith('rediss://')) {
+      r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with TLS, and "${redactUrl(global.redis)}" is not a rediss:// URL`, 'write rediss://host:port to reach Redis over TLS, or drop "ca"')
+      return null
+    }
+    let pem: string
+    try {
+      pem = readFileSync(path, 'utf8')
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException
+      const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message
+      r.error(f.valueLoc('ca'), `${f.what}: cannot read ca "${path}": ${reason}`, `a path relative to ${r.file}`)
+      return null
+    }
+    try {
+      if (pemCertificates(pem).length === 0) {
+        r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds no PEM certificate`, 'a file of "-----BEGIN CERTIFICATE-----" blocks')
+        return null
+      }
+    } catch (err) {
+      r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds a certificate that does not parse: ${(err as Error).message}`)
+      return null
+    }
+  }
+  return global
 }
 
 /**

@@ -1,7 +1,9 @@
 /**
  * Rate limits from Kubernetes-shaped resources, onto the services they name:
  * - `linkerd.io/v1alpha2` `RateLimiter` (meshproxy's own kind; Linkerd has no such resource):
- *   `spec.limits[]` of `{ service, rate, burst }`, one limit per named Service;
+ *   `spec.limits[]` of `{ service, rate, burst }`, one limit per named Service; meshproxy's
+ *   optional `spec.global` (as a native limit's `global`) counts every limit across proxies,
+ *   and a limit's own `global` replaces it for that limit (`global: null`: that one stays local);
  * - Linkerd's `policy.linkerd.io/v1alpha1` `HTTPLocalRateLimitPolicy`: `total`, `identity` and
  *   `overrides` on its `targetRef`.
  * They are read with the other resources (`kubernetes.ts`) and applied once every service is
@@ -10,7 +12,8 @@
  */
 import type { Loc, DiagnosticSink } from './diagnostics.js'
 import { complete } from './fields.js'
-import { RATE_LIMIT, type RateLimitModel, type ServiceModel } from './model.js'
+import { RATE_LIMIT, type GlobalRateLimitModel, type RateLimitModel, type ServiceModel } from './model.js'
+import { readGlobalRateLimit } from './native.js'
 import type { DocReader, Fields } from './yaml-walk.js'
 
 const RPS = { min: 1, max: 1_000_000_000, duration: false }
@@ -29,21 +32,34 @@ export interface ServiceRateLimits {
 const limit = (name: string, rate: number, burst: number): RateLimitModel =>
   complete(RATE_LIMIT, { name, rate, burst }) as RateLimitModel
 
-/** A `RateLimiter`'s `spec.limits`: `rate` requests per second, `burst` at once (default: `rate`). */
+/**
+ * A `RateLimiter`'s `spec.limits`: `rate` requests per second, `burst` at once (default: `rate`);
+ * each limit global by its own `global`, else by `spec.global`, else local (as without either).
+ */
 export function readRateLimiter(r: DocReader, root: Fields, name: string, namespace: string, out: ServiceRateLimits[]): void {
-  const spec = root.fields('spec', 'RateLimiter spec', ['limits'], true)
+  const spec = root.fields('spec', 'RateLimiter spec', ['limits', 'global'], true)
   if (!spec) return
   const source = `RateLimiter "${name}"`
+  const global = readGlobal(spec)
   for (const node of spec.list('limits', true)) {
-    const f = r.fields(node, `${source} limit`, ['service', 'rate', 'burst'])
+    const f = r.fields(node, `${source} limit`, ['service', 'rate', 'burst', 'global'])
     if (!f) continue
     const service = f.str('service', true)
     const rateNode = f.require('rate')
     const rate = rateNode && r.limit(rateNode, f.label('rate'), RPS)
     const burst = f.has('burst') ? f.limit('burst', RPS) : rate
-    if (service === undefined || rate === undefined || burst === undefined) continue
-    out.push({ source, service, namespace, loc: f.valueLoc('service'), limits: [limit(name, rate, burst)] })
+    const own = f.has('global') || f.isNull('global') ? readGlobal(f) : global
+    if (service === undefined || rate === undefined || burst === undefined || own === undefined) continue
+    const l = limit(name, rate, burst)
+    if (own !== null) l.global = { ...own }
+    out.push({ source, service, namespace, loc: f.valueLoc('service'), limits: [l] })
   }
+}
+
+/** `global` of a `RateLimiter`'s spec or limit: null when absent or `null`; undefined when invalid (reported). */
+function readGlobal(f: Fields): GlobalRateLimitModel | null | undefined {
+  if (!f.has('global') || f.isNull('global')) return null
+  return readGlobalRateLimit(f) ?? undefined
 }
 
 /**

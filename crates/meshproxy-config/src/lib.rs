@@ -114,6 +114,21 @@ fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok,
     }
 }
 
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// `url` with the password of its user info as `***` (`redis://user:***@host`, `redis://:***@host`;
+/// user info without a `:` is hidden whole), for logs and `/config`.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme) = url.find("://").map(|i| i + 3) else { return url.into() };
+    // The authority ends at the first `/`, `?` or `#`; its user info at its last `@`.
+    let end = url[scheme..].find(['/', '?', '#']).map_or(url.len(), |i| scheme + i);
+    let Some(at) = url[scheme..end].rfind('@').map(|i| scheme + i) else { return url.into() };
+    let keep = url[scheme..at].find(':').map_or(scheme, |i| scheme + i + 1);
+    format!("{}***{}", &url[..keep], &url[at..]).into()
+}
+
 /// A listener's authorization: its rules (tried after a route's own, first match wins), then
 /// `default` for a request no rule matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,8 +299,13 @@ pub struct RateLimitConfig {
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GlobalRateLimitConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://` or `rediss://` (TLS) `[user:password@]host:port[/db]`. Written out with its
+    /// password as `***` (the admin `/config` shows the model).
+    #[serde(serialize_with = "redacted_url")]
     pub redis: String,
+    /// A PEM bundle of the CA certificates trusted for a `rediss://` server, as resolved; none =
+    /// the system's trusted roots.
+    pub ca: Option<String>,
     /// What a request gets when Redis does not answer in time.
     pub fail_mode: RateLimitFailMode,
     /// Time allowed for one Redis check.
@@ -773,5 +793,27 @@ mod tests {
         assert!(!json.contains("secret"), "{json}");
         let files = TlsCertificateConfig { key_pem: None, cert_pem: None, ..c };
         assert!(serde_json::to_string(&files).expect("serializes").contains(r#""keyPem":null"#));
+    }
+
+    #[test]
+    fn a_redis_password_is_written_out_redacted() {
+        for (url, shown) in [
+            ("rediss://:s3cret@redis.internal:6380/2", "rediss://:***@redis.internal:6380/2"),
+            ("redis://app:s3cret@10.0.0.5", "redis://app:***@10.0.0.5"),
+            ("redis://s3cret@10.0.0.5", "redis://***@10.0.0.5"),
+            ("redis://:p@ss:w0rd@host", "redis://:***@host"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://host/1?a=b@c", "redis://host/1?a=b@c"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let g = GlobalRateLimitConfig {
+            redis: "rediss://:s3cret@127.0.0.1:6380".into(),
+            ca: None,
+            fail_mode: RateLimitFailMode::Open,
+            timeout_ms: 50,
+        };
+        let json = serde_json::to_string(&g).expect("serializes");
+        assert!(json.contains(r#""redis":"rediss://:***@127.0.0.1:6380""#), "{json}");
     }
 }

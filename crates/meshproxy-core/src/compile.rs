@@ -234,10 +234,13 @@ impl Snapshot {
     }
 
     /// The Redis servers this snapshot's global rate limits use.
-    pub fn redis_urls(&self) -> std::collections::HashSet<&str> {
+    pub fn redis_urls(&self) -> std::collections::HashSet<(&str, Option<&str>)> {
         let routes = self.config.listeners.iter().flat_map(|l| l.routes.iter().flat_map(|r| &r.rate_limits));
         let services = self.config.services.iter().flat_map(|s| &s.rate_limits);
-        routes.chain(services).filter_map(|l| l.global.as_ref().map(|g| g.redis.as_str())).collect()
+        routes
+            .chain(services)
+            .filter_map(|l| l.global.as_ref().map(|g| (g.redis.as_str(), g.ca.as_deref())))
+            .collect()
     }
 }
 

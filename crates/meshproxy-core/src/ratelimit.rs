@@ -297,7 +297,7 @@ impl Global {
             })
             .collect();
         Ok(Global {
-            store: stores.get(owner, &g.redis)?,
+            store: stores.get(owner, &g.redis, g.ca.as_deref())?,
             prefix: format!("meshproxy:ratelimit:{scope}:{}", limit.name).into(),
             emission_us: emission(c.rate),
             burst: c.burst,

@@ -21,6 +21,12 @@
 //! fail at once, so an outage costs requests no wait beyond the probe's.
 //! The connection is a [`ConnectionManager`]: made lazily by the first check (on the runtime
 //! that serves it), reconnected on its own with backoff after an I/O error.
+//!
+//! `rediss://` servers are reached over TLS (tokio-rustls, ring as the crypto provider, installed
+//! as the process default because the `redis` crate builds its client config from the default),
+//! verified against the limit's CA bundle or else the system roots; a server they do not trust is
+//! a failed check like an unreachable one. Passwords in URLs never reach logs or messages
+//! ([`meshproxy_config::redact_url`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +40,9 @@ use crate::Error;
 
 /// How often a server's failures are logged (each failure is counted in the limit's metrics).
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The time a connection made to find out why a server fails is given.
+pub const DIAGNOSE_WITHIN: Duration = Duration::from_secs(2);
 
 /// While a server fails, how often one request asks it again.
 pub const PROBE_EVERY: Duration = Duration::from_millis(100);
@@ -70,25 +79,61 @@ pub enum GlobalError {
     Setup(String),
 }
 
-/// The Redis servers of a proxy's global limits, by URL: kept across reloads, so a limit that
-/// stays keeps its connection.
+/// The Redis servers of a proxy's global limits, by URL and CA bundle: kept across reloads, so a
+/// limit that stays keeps its connection.
 #[derive(Default)]
 pub struct Stores {
-    by_url: Mutex<HashMap<Box<str>, Arc<Store>>>,
+    by_url: Mutex<HashMap<StoreKey, Arc<Store>>>,
 }
 
+/// A server's URL and the path of its CA bundle.
+type StoreKey = (Box<str>, Option<Box<str>>);
+
 impl Stores {
-    /// The server at `url` (`owner` names the limit in messages): the one already known, or a
-    /// new one, not yet connected.
-    pub fn get(&self, owner: &str, url: &str) -> Result<Arc<Store>, Error> {
+    /// The server at `url`, trusted through the CA bundle at `ca` for `rediss://` (none: the
+    /// system roots); `owner` names the limit in messages. The one already known, or a new one,
+    /// not yet connected; a CA bundle whose contents changed since gives a new one.
+    pub fn get(&self, owner: &str, url: &str, ca: Option<&str>) -> Result<Arc<Store>, Error> {
+        let shown = meshproxy_config::redact_url(url);
+        let invalid = |e: &dyn std::fmt::Display| {
+            Error::Config(format!("{owner}: invalid global redis URL {shown:?}: {e}"))
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| invalid(&e))?;
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let roots = match ca {
+            Some(_) if !tls => {
+                return Err(Error::Config(format!(
+                    "{owner}: a CA bundle is given for {shown:?}, which is not a rediss:// (TLS) URL"
+                )))
+            }
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::Config(format!("{owner}: cannot read the global redis CA bundle {path:?}: {e}"))
+                })?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let digest = roots.as_deref().map(xxhash_rust::xxh3::xxh3_128);
+        let key = (Box::<str>::from(url), ca.map(Box::<str>::from));
         let mut by_url = self.by_url.lock();
-        if let Some(s) = by_url.get(url) {
+        if let Some(s) = by_url.get(&key).filter(|s| s.ca_digest == digest) {
             return Ok(s.clone());
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("{owner}: invalid global redis URL {url:?}: {e}")))?;
+        if tls {
+            install_ring();
+        }
+        let client = match roots {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| invalid(&e))?;
         let store = Arc::new(Store {
-            url: redact(url).into(),
+            url: shown.into(),
+            ca_digest: digest,
             client,
             manager: OnceLock::new(),
             started: tokio::time::Instant::now(),
@@ -96,29 +141,34 @@ impl Stores {
             failing: AtomicBool::new(false),
             next_probe: AtomicU64::new(0),
         });
-        by_url.insert(url.into(), store.clone());
+        by_url.insert(key, store.clone());
         Ok(store)
     }
 
     /// Forgets the servers no limit of the running config uses (their connections close once
     /// the last request on an older config is done with them).
-    pub fn retain(&self, used: &std::collections::HashSet<&str>) {
-        self.by_url.lock().retain(|url, _| used.contains(&**url));
+    pub fn retain(&self, used: &std::collections::HashSet<(&str, Option<&str>)>) {
+        self.by_url.lock().retain(|(url, ca), _| used.contains(&(&**url, ca.as_deref())));
     }
 }
 
-/// `url` without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-        _ => url.to_string(),
-    }
+/// Makes ring the process's default rustls provider, which the `redis` crate's TLS connections
+/// build their client config with (`ClientConfig::builder()`): explicit, so no other provider
+/// can be picked from crate features. A default already installed (by an earlier call) stays.
+fn install_ring() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let ring = Arc::unwrap_or_clone(meshproxy_upstream::tls::provider());
+        let _ = ring.install_default();
+    });
 }
 
 /// One Redis server.
 pub struct Store {
     /// For logs, without a password.
     url: Box<str>,
+    /// xxh3-128 of the CA bundle trusted for it; none = the system roots (or plaintext).
+    ca_digest: Option<u128>,
     client: redis::Client,
     /// Made by the first check, on the runtime that runs it.
     manager: OnceLock<Result<ConnectionManager, String>>,
@@ -221,232 +271,32 @@ impl Store {
                 "admitted by the local limit alone (failMode: open)"
             };
             tracing::warn!(redis = %self.url, %error, "global rate limit check failed; requests are {outcome} until redis answers (logged at most every 10 s)");
+            if matches!(error, GlobalError::Timeout(_)) {
+                self.diagnose();
+            }
         }
+    }
+
+    /// A check timed out, which says nothing of why (the connection manager retries a failed
+    /// connect within the check's time): one connection of its own, given [`DIAGNOSE_WITHIN`],
+    /// logs why it cannot connect — refused, a certificate the CA bundle does not trust, a
+    /// wrong password — or nothing when it connects (the server is only slow).
+    #[cold]
+    fn diagnose(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (client, url) = (self.client.clone(), self.url.clone());
+        runtime.spawn(async move {
+            let why = match tokio::time::timeout(DIAGNOSE_WITHIN, client.get_multiplexed_async_connection())
+                .await
+            {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no connection within {DIAGNOSE_WITHIN:?}"),
+            };
+            tracing::warn!(redis = %url, error = %why, "global rate limits: cannot connect to redis");
+        });
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A `redis-server` on a free port, without persistence, killed on drop.
-    struct Server {
-        child: Option<std::process::Child>,
-        port: u16,
-        dir: std::path::PathBuf,
-    }
-
-    impl Server {
-        /// Panics when `redis-server` is not installed: a missing peer is a failure, never a
-        /// skip (`.ci/run` installs it).
-        fn start(port: Option<u16>) -> Server {
-            let port = port.unwrap_or_else(|| {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-                l.local_addr().expect("its address").port()
-            });
-            let dir = std::env::temp_dir().join(format!("meshproxy-redis-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("a temp dir");
-            let child = std::process::Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(std::process::Stdio::null())
-                .spawn();
-            let Ok(child) = child else {
-                panic!("redis-server is not installed: apt-get install redis-server (.ci/run installs it)");
-            };
-            let server = Server { child: Some(child), port, dir };
-            for _ in 0..200 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return server;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            panic!("redis-server did not listen on {port}");
-        }
-
-        fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            self.kill();
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    const TIMEOUT: Duration = Duration::from_millis(500);
-
-    #[tokio::test]
-    async fn redis_admits_the_burst_then_one_per_emission_interval() {
-        let server = Server::start(None);
-        let stores = Stores::default();
-        let store = stores.get("test", &format!("redis://127.0.0.1:{}", server.port)).unwrap();
-        // 2 a second (one every 500 ms), 3 at once.
-        let mut admitted = 0;
-        let mut refused = None;
-        for _ in 0..5 {
-            match store.check(b"k", "500000", 3, TIMEOUT).await.unwrap() {
-                None => admitted += 1,
-                Some(wait) => refused = Some(wait),
-            }
-        }
-        assert_eq!(admitted, 3, "the burst at once");
-        let wait = refused.expect("the 4th is refused");
-        assert!(wait > Duration::from_millis(300) && wait <= Duration::from_millis(500), "wait {wait:?}");
-        // Another key, another bucket.
-        assert_eq!(store.check(b"other", "500000", 3, TIMEOUT).await.unwrap(), None);
-        tokio::time::sleep(wait + Duration::from_millis(20)).await;
-        assert_eq!(store.check(b"k", "500000", 3, TIMEOUT).await.unwrap(), None, "one more after the wait");
-    }
-
-    #[tokio::test]
-    async fn a_killed_server_fails_within_the_timeout_and_a_restarted_one_is_used_again() {
-        let mut server = Server::start(None);
-        let port = server.port;
-        let stores = Stores::default();
-        let store = stores.get("test", &format!("redis://127.0.0.1:{port}")).unwrap();
-        assert_eq!(store.check(b"k", "1000", 10, TIMEOUT).await.unwrap(), None);
-        server.kill();
-        let short = Duration::from_millis(50);
-        for _ in 0..3 {
-            let started = tokio::time::Instant::now();
-            assert!(store.check(b"k", "1000", 10, short).await.is_err());
-            assert!(started.elapsed() < Duration::from_secs(1), "bounded by the timeout");
-        }
-        // Back on the same port, empty: the script is loaded again and checks succeed once the
-        // connection manager has reconnected (its backoff is at most 1 s).
-        let _server = Server::start(Some(port));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(None) = store.check(b"k", "1000", 10, TIMEOUT).await {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no reconnection within 10 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn limit(
-        name: &str,
-        redis: &str,
-        fail_mode: crate::config::RateLimitFailMode,
-    ) -> crate::config::RateLimitConfig {
-        crate::config::RateLimitConfig {
-            name: name.into(),
-            rate: 1,
-            burst: 5,
-            key: crate::config::RateLimitKey::None,
-            header: None,
-            overrides: vec![],
-            max_keys: 100,
-            global: Some(crate::config::GlobalRateLimitConfig {
-                redis: redis.into(),
-                fail_mode,
-                timeout_ms: 200,
-            }),
-        }
-    }
-
-    type Metered = (Arc<super::super::Limits>, Arc<super::super::LimitMetrics>);
-
-    fn compile(stores: &Stores, c: crate::config::RateLimitConfig) -> Metered {
-        let m = Arc::new(super::super::LimitMetrics::default());
-        let mc = m.clone();
-        let clock = governor::clock::DefaultClock::default();
-        let l =
-            super::super::Limits::compile("service \"s\"", "service:s", &[c], &clock, stores, move |_| {
-                mc.clone()
-            })
-            .unwrap()
-            .unwrap();
-        (Arc::new(l), m)
-    }
-
-    /// Whether `limits` admits one request: local, then global.
-    async fn admits(limits: &Arc<super::super::Limits>) -> Result<(), crate::error::ProxyError> {
-        let client = std::net::SocketAddr::from(([10, 0, 0, 1], 1));
-        let headers = http::HeaderMap::new();
-        if let Err(d) = limits.check(&headers, client) {
-            return Err(limits.rejection(d).error);
-        }
-        match limits.global(&headers, client) {
-            None => Ok(()),
-            Some(check) => check.await.map_err(|r| r.error),
-        }
-    }
-
-    #[tokio::test]
-    async fn two_proxies_share_one_global_count() {
-        let server = Server::start(None);
-        let url = format!("redis://127.0.0.1:{}", server.port);
-        // Two proxies: stores and limits of their own, one limit name and scope.
-        let (a, b) = (Stores::default(), Stores::default());
-        let (la, ma) = compile(&a, limit("shared", &url, crate::config::RateLimitFailMode::Open));
-        let (lb, mb) = compile(&b, limit("shared", &url, crate::config::RateLimitFailMode::Open));
-        let mut admitted = 0;
-        for _ in 0..6 {
-            admitted += usize::from(admits(&la).await.is_ok());
-            admitted += usize::from(admits(&lb).await.is_ok());
-        }
-        // Each local bucket admits its burst of 5 (10 together); Redis admits the burst once.
-        assert_eq!(admitted, 5);
-        let rejected = ma.rejected.load(Ordering::Relaxed) + mb.rejected.load(Ordering::Relaxed);
-        assert_eq!(rejected, 7, "2 refused locally, 5 by redis");
-        assert_eq!(ma.fallback.load(Ordering::Relaxed) + mb.fallback.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
-    async fn without_redis_fail_open_admits_by_the_local_limit_and_fail_closed_refuses() {
-        // A port nothing listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = format!("redis://127.0.0.1:{port}");
-        let stores = Stores::default();
-        let (open, mo) = compile(&stores, limit("open", &url, crate::config::RateLimitFailMode::Open));
-        let results: Vec<_> = futures_util::future::join_all((0..7).map(|_| admits(&open))).await;
-        let ok = results.iter().filter(|r| r.is_ok()).count();
-        assert_eq!(ok, 5, "the local burst: {results:?}");
-        assert_eq!(mo.fallback.load(Ordering::Relaxed), 5);
-        let (closed, mc) = compile(&stores, limit("closed", &url, crate::config::RateLimitFailMode::Closed));
-        assert_eq!(admits(&closed).await, Err(crate::error::ProxyError::RateLimitUnavailable));
-        assert_eq!(mc.fallback.load(Ordering::Relaxed), 1);
-        assert_eq!(mc.rejected.load(Ordering::Relaxed), 0, "not counted as over the limit");
-    }
-
-    #[tokio::test]
-    async fn after_a_failure_one_request_per_probe_interval_asks_and_the_others_fail_at_once() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let stores = Stores::default();
-        let store = stores.get("test", &format!("redis://127.0.0.1:{port}")).unwrap();
-        let e = store.check(b"k", "1000", 10, TIMEOUT).await.unwrap_err();
-        store.failed(&e, false);
-        for _ in 0..5 {
-            assert!(matches!(store.check(b"k", "1000", 10, TIMEOUT).await, Err(GlobalError::Failing)));
-        }
-        tokio::time::sleep(PROBE_EVERY + Duration::from_millis(10)).await;
-        // The probe waits up to its (short) timeout; the next request, within the interval, not.
-        let probe = store.check(b"k", "1000", 10, Duration::from_millis(20)).await.unwrap_err();
-        assert!(!matches!(probe, GlobalError::Failing), "the probe asks redis: {probe}");
-        assert!(matches!(store.check(b"k", "1000", 10, TIMEOUT).await, Err(GlobalError::Failing)));
-    }
-
-    #[test]
-    fn a_password_is_not_logged() {
-        assert_eq!(redact("redis://:secret@host:6379/1"), "redis://***@host:6379/1");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
-}
+mod tests;
