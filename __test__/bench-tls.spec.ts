@@ -40,7 +40,7 @@ interface TlsRun {
 
 const TOOLS = ['nginx', 'haproxy', 'h2load', 'openssl', 'wrk']
 
-test('s_time output: connections, resumed ones and bytes per connection', (t) => {
+test('s_time output: connections, resumed ones and bytes per connection, also when a connection failed', (t) => {
   const text = `Collecting connection statistics for 1 seconds
 rrrrrrrrrr*rrrr
 rrr
@@ -48,8 +48,10 @@ rrr
 18 connections in 0.05s; 360.00 connections/user sec, bytes read 2610
 18 connections in 2 real seconds, 145 bytes read per connection
 `
-  t.deepEqual(parseSTime(text), { connections: 18, reused: 17, bytesPerConnection: 145 })
-  t.throws(() => parseSTime('Collecting connection statistics for 1 seconds\n'))
+  t.deepEqual(parseSTime(text), { connections: 18, reused: 17, bytesPerConnection: 145, complete: true })
+  // A failed connection ends s_time without its counts: the completed ones still count.
+  t.deepEqual(parseSTime('\n\nNow timing with session id reuse.\nstarting\nrrrrr*rr'), { connections: 8, reused: 7, bytesPerConnection: null, complete: false })
+  t.throws(() => parseSTime('s_time: Unknown option: -foo\n'))
 })
 
 test('tls scenario configs: meshproxy terminates TLS with the bench certificate, HAProxy binds ssl crt, nginx listens ssl with HTTP/2', async (t) => {

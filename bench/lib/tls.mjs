@@ -192,7 +192,7 @@ export async function runSTime(opensslBin, url, path, { mode, clients, seconds }
     const r = await runToEnd(`s_time-${i}`, opensslBin, args)
     const wallS = (performance.now() - t0) / 1000
     if (r.code !== 0) throw new Error(`openssl s_time exited ${r.code ?? r.signal}:\n${r.stdout.slice(-2000)}${r.stderr}`)
-    return { wallS, ...parseSTime(r.stdout) }
+    return { wallS, ...parseSTime(r.stdout), stderr: r.stderr.trim().slice(0, 500) }
   }
   const procs = await Promise.all(Array.from({ length: clients }, (_, i) => one(i)))
   const connections = procs.reduce((s, p) => s + p.connections, 0)
@@ -201,21 +201,29 @@ export async function runSTime(opensslBin, url, path, { mode, clients, seconds }
     connections,
     reused: procs.reduce((s, p) => s + p.reused, 0),
     rps: procs.reduce((s, p) => s + p.connections / p.wallS, 0),
-    bytesPerConnection: procs.reduce((s, p) => s + p.bytesPerConnection * p.connections, 0) / Math.max(1, connections),
-    perProcess: procs.map((p) => ({ connections: p.connections, reused: p.reused, wallS: p.wallS })),
+    bytesPerConnection: procs.some((p) => p.complete) ? procs.filter((p) => p.complete).reduce((s, p) => s + p.bytesPerConnection * p.connections, 0) / Math.max(1, procs.filter((p) => p.complete).reduce((s, p) => s + p.connections, 0)) : null,
+    incomplete: procs.filter((p) => !p.complete).map((p) => p.stderr || 'no message'),
+    perProcess: procs.map((p) => ({ connections: p.connections, reused: p.reused, wallS: p.wallS, complete: p.complete })),
   }
 }
 
-/** s_time's output: one progress character per connection (`r` = resumed), then its counts. */
+/**
+ * s_time's output: one progress character per connection (`r` = resumed), then its counts. When
+ * a connection fails, s_time stops there without the counts (and still exits 0): `complete` is
+ * false and the connections are the progress characters, all completed before the failure.
+ */
 export function parseSTime(text) {
   const m = /^(\d+) connections in [\d.]+s;/m.exec(text)
   const b = /^\d+ connections in \d+ real seconds, (\d+) bytes read per connection/m.exec(text)
-  if (!m || !b) throw new Error(`openssl s_time output not understood:\n${text.slice(-2000)}`)
   const progress = text
     .split('\n')
     .filter((l) => /^[*rt3]+$/.test(l.trim()))
     .join('')
-  return { connections: Number(m[1]), reused: [...progress].filter((c) => c === 'r').length, bytesPerConnection: Number(b[1]) }
+    .trim()
+  const reused = [...progress].filter((c) => c === 'r').length
+  if (m && b) return { connections: Number(m[1]), reused, bytesPerConnection: Number(b[1]), complete: true }
+  if (!/^(starting|Collecting connection statistics)/m.test(text)) throw new Error(`openssl s_time output not understood:\n${text.slice(0, 2000)}`)
+  return { connections: progress.length, reused, bytesPerConnection: null, complete: false }
 }
 
 /**
@@ -351,6 +359,8 @@ export async function measureTlsRun(sc, target, ctx, rep, workers, opts, tools, 
         // Each connection carries one GET: the backends must have answered (nearly) every one.
         if (r.backends.requests < 0.99 * r.connections) flag('error', `the backends served ${r.backends.requests} requests for ${r.connections} connections`)
         if (!(r.bytesPerConnection > 0)) flag('error', 'openssl s_time read no answer')
+        // A failed connection stops its s_time process early: its connections until then still count.
+        if (r.incomplete.length) flag('error', `${r.incomplete.length} s_time process(es) stopped at a failed connection: ${r.incomplete[0]}`)
       } else {
         h.log(`  ${key}: ${Math.round(r.rps)} req/s, p50 ${r.latencyMs?.p50?.toFixed(3)} ms, p99 ${r.latencyMs?.p99?.toFixed(3)} ms, CPU ${r.cpuSeconds.toFixed(2)} s = ${r.cpuPer10k?.toFixed(3)} s/10k; ${r.negotiated.protocol} ${r.negotiated.cipher} ${r.negotiated.group} ALPN ${r.negotiated.alpn}`)
         rec.negotiated[key] = r.negotiated
