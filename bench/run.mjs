@@ -38,7 +38,7 @@ const OPTIONS = {
   'h2-streams': { env: 'BENCH_H2_STREAMS', def: 10, help: 'h2c scenario: h2load concurrent streams per connection (-m)' },
   'steal-limit': { env: 'BENCH_STEAL_LIMIT', def: 10, help: 'redo a run once if steal exceeds this % of CPU' },
   'other-limit': { env: 'BENCH_OTHER_LIMIT', def: 10, help: 'redo a run once if processes outside the bench used more than this % of the machine' },
-  'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before a redo, wait up to this many seconds for other load to drop' },
+  'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before each measured run, wait up to this many seconds for other load to drop (0 = do not wait)' },
   'degraded-rate': { env: 'BENCH_DEGRADED_RATE', def: 500, help: 'degraded scenario: offered load, req/s (open loop)' },
   'degraded-duration': { env: 'BENCH_DEGRADED_DURATION', def: null, help: 'degraded scenario: seconds per phase (default: 1.25 × --duration, rounded)' },
   'ratelimit-offered': { env: 'BENCH_RATELIMIT_OFFERED', def: 2000, help: 'ratelimit scenario: offered load, req/s (open loop, h2load --h1), against a service limited to 1,000 req/s' },

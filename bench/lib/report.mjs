@@ -431,7 +431,7 @@ export function markdown(result) {
   const v = versions
   L.push(
     `Machine: ${v.cpuModel}, ${v.cores} cores, Linux ${v.kernel}. node ${v.node}, rustc ${v.rust ?? '?'}, nginx ${v.nginx}, haproxy ${v.haproxy ?? '–'}, ` +
-      `http-proxy ${v.httpProxy ?? '–'}, undici ${v.undici ?? '–'}, wrk ${v.wrk}, h2load ${v.h2load ?? '–'}. Commit ${v.gitCommit?.slice(0, 12) ?? '?'}${v.gitDirty ? ' (dirty)' : ''}` +
+      `http-proxy ${v.httpProxy ?? '–'}, undici ${v.undici ?? '–'}, wrk ${v.wrk}, h2load ${v.h2load ?? '–'}${v.openssl ? `, OpenSSL ${v.openssl}` : ''}. Commit ${v.gitCommit?.slice(0, 12) ?? '?'}${v.gitDirty ? ' (dirty)' : ''}` +
       (v.addon ? `, addon ${v.addon.sha256} built ${v.addon.mtime}` : '') +
       '.',
   )

@@ -192,7 +192,9 @@ export async function runSTime(opensslBin, url, path, { mode, clients, seconds }
     const r = await runToEnd(`s_time-${i}`, opensslBin, args)
     const wallS = (performance.now() - t0) / 1000
     if (r.code !== 0) throw new Error(`openssl s_time exited ${r.code ?? r.signal}:\n${r.stdout.slice(-2000)}${r.stderr}`)
-    return { wallS, ...parseSTime(r.stdout), stderr: r.stderr.trim().slice(0, 500) }
+    // What s_time said when it stopped early: its error output, else the last words of its output.
+    const said = r.stderr.trim() || r.stdout.split('\n').filter((l) => l.trim() && !/^[*rt3]+$/.test(l.trim())).slice(-2).join(' / ')
+    return { wallS, ...parseSTime(r.stdout), said: said.slice(0, 500) }
   }
   const procs = await Promise.all(Array.from({ length: clients }, (_, i) => one(i)))
   const connections = procs.reduce((s, p) => s + p.connections, 0)
@@ -202,7 +204,7 @@ export async function runSTime(opensslBin, url, path, { mode, clients, seconds }
     reused: procs.reduce((s, p) => s + p.reused, 0),
     rps: procs.reduce((s, p) => s + p.connections / p.wallS, 0),
     bytesPerConnection: procs.some((p) => p.complete) ? procs.filter((p) => p.complete).reduce((s, p) => s + p.bytesPerConnection * p.connections, 0) / Math.max(1, procs.filter((p) => p.complete).reduce((s, p) => s + p.connections, 0)) : null,
-    incomplete: procs.filter((p) => !p.complete).map((p) => p.stderr || 'no message'),
+    incomplete: procs.filter((p) => !p.complete).map((p) => `after ${p.connections} connections in ${p.wallS.toFixed(2)} s: ${p.said || 'no message'}`),
     perProcess: procs.map((p) => ({ connections: p.connections, reused: p.reused, wallS: p.wallS, complete: p.complete })),
   }
 }
