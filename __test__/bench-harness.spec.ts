@@ -5,10 +5,12 @@
  * states its targets, and the chart renders headless. For the degraded scenario: the fault
  * backend really has its phases, the open-loop generator holds its rate and counts per phase,
  * the generated meshproxy and HAProxy configs are valid, and the report has the scenario's table.
+ * For the tls scenario: a short real run reports every figure for every target, with what each
+ * negotiated (its parts are in bench-tls.spec.ts).
  */
 import test from 'ava'
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import { once } from 'node:events'
 import { tmpdir } from 'node:os'
@@ -28,6 +30,8 @@ import { renderChart } from '../bench/lib/chart.mjs'
 import { runDegradedPhases, runOpenLoop } from '../bench/lib/degraded.mjs'
 // @ts-expect-error: plain ESM module of the bench
 import { which } from '../bench/lib/tools.mjs'
+// @ts-expect-error: plain ESM module of the bench
+import { TLS_FIGURES, TLS_PIN, TLS_TARGETS } from '../bench/lib/tls.mjs'
 
 async function freePort(): Promise<number> {
   const s = http.createServer()
@@ -37,6 +41,88 @@ async function freePort(): Promise<number> {
   s.close()
   return port
 }
+
+interface TlsFigure {
+  key: string
+  noRatio?: boolean
+}
+interface Negotiated {
+  protocol: string | null
+  cipher: string | null
+  alpn?: string | null
+}
+interface TlsRun {
+  target: string
+  error?: string
+  negotiated: { sClient: Negotiated; tlsH1: Negotiated; tlsH2: Negotiated }
+  tlsFull: { connections: number; reused: number }
+  tlsResumed: { connections: number; reused: number; backends: { requests: number } }
+}
+
+// Serial: AVA runs a file's serial tests before its concurrent ones, so this run's closed-loop
+// loads never overlap the degraded scenario's timing-sensitive tests below.
+test.serial('tls scenario: a short run reports every figure for every target, TLS 1.3 with the pinned suite, sessions resumed', async (t) => {
+  t.timeout(240_000)
+  const missing = ['nginx', 'haproxy', 'h2load', 'openssl', 'wrk'].filter((x) => !which(x))
+  if (missing.length) return t.fail(`the bench's TLS scenario needs ${missing.join(', ')} (.ci/run installs them)`)
+  const out = mkdtempSync(join(tmpdir(), 'bench-tls-'))
+  t.teardown(() => rmSync(out, { recursive: true, force: true }))
+  // Short phases, one or two clients (the loads are closed loop: they take what CPU they get, and
+  // the suite runs other files alongside), no waiting for a quiet machine and no noise redo: this
+  // checks the harness, not the figures.
+  const args = [
+    'bench/run.mjs',
+    '--scenarios', 'tls',
+    '--workers', '1',
+    '--reps', '1',
+    '--duration', '1',
+    '--extra-duration', '1',
+    '--warmup', '0',
+    '--quiet-wait', '0',
+    '--other-limit', '100',
+    '--steal-limit', '100',
+    '--tls-clients', '1',
+    '--connections', '2',
+    '--h2-clients', '1',
+    '--h2-streams', '2',
+    '--out', out,
+  ]
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  let log = ''
+  child.stdout.setEncoding('utf8').on('data', (d) => (log += d))
+  child.stderr.setEncoding('utf8').on('data', (d) => (log += d))
+  t.teardown(() => child.kill('SIGTERM'))
+  const [code] = await once(child, 'exit')
+  t.is(code, 0, log.slice(-4000))
+  const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8'))
+  t.deepEqual(result.skipped, [])
+  t.deepEqual(result.flags.filter((f: { kind: string }) => f.kind === 'error'), [])
+  const agg = result.aggregates.find((a: { scenario: string }) => a.scenario === 'tls')
+  const names = TLS_TARGETS.map((x: { name: string }) => x.name)
+  t.deepEqual(Object.keys(agg.byTarget), names)
+  for (const name of names) {
+    const med = agg.byTarget[name].median
+    for (const f of TLS_FIGURES as TlsFigure[]) t.true(typeof med[f.key] === 'number' && med[f.key] >= 0, `${name}: ${f.key} = ${med[f.key]}`)
+    const run: TlsRun = result.runs.find((r: TlsRun) => r.target === name)
+    t.falsy(run.error)
+    for (const [phase, alpn] of [['sClient', undefined], ['tlsH1', 'http/1.1'], ['tlsH2', 'h2']] as const) {
+      const n = run.negotiated[phase]
+      t.like(n, { protocol: TLS_PIN.protocol, cipher: TLS_PIN.cipher, ...(alpn ? { alpn } : {}) }, `${name} ${phase}`)
+    }
+    t.is(run.tlsFull.reused, 0, `${name}: full handshakes resumed nothing`)
+    t.true(run.tlsResumed.connections > 0 && run.tlsResumed.reused === run.tlsResumed.connections, `${name}: ${run.tlsResumed.reused} of ${run.tlsResumed.connections} resumed`)
+    // One GET per connection, forwarded to the backends.
+    t.true(run.tlsResumed.backends.requests >= run.tlsResumed.connections, `${name}: backends served ${run.tlsResumed.backends.requests}`)
+  }
+  for (const [a, b] of agg.pairs) {
+    for (const f of (TLS_FIGURES as TlsFigure[]).filter((x) => !x.noRatio)) t.true(typeof agg.ratios[`${a}/${b}`][f.key] === 'number', `${a}/${b} ${f.key}`)
+  }
+  const md = readFileSync(join(out, 'latest.md'), 'utf8')
+  t.regex(md, /\| target \| full handshakes\/s \| CPU s\/10k full \| resumed handshakes\/s \|/)
+  t.regex(md, /\| \*\*meshproxy \(TLS\) ÷ haproxy \(TLS\)\*\* \|/)
+  t.regex(md, /\| tls keep-alive HTTP\/1\.1 throughput, meshproxy ÷ haproxy \| ≥ 1\.0× \|/)
+  t.regex(md, /- TLS: ECDSA P-256 certificate/)
+})
 
 for (const peer of ['http-proxy', 'undici']) {
   test(`bench peer ${peer}: forwards round-robin over keep-alive upstream connections`, async (t) => {

@@ -17,6 +17,7 @@ import { openIdle, runH2load, runH2loadH2c, runWrk } from './lib/loadgen.mjs'
 import { addonInfo, collectVersions, findTools, INSTALL_HINT } from './lib/tools.mjs'
 import { aggregate, checkTargets, markdown } from './lib/report.mjs'
 import { renderChart } from './lib/chart.mjs'
+import { makeCertificate, tlsCommands } from './lib/tls.mjs' // also registers the `tls` scenario
 
 const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 
@@ -37,10 +38,11 @@ const OPTIONS = {
   'h2-streams': { env: 'BENCH_H2_STREAMS', def: 10, help: 'h2c scenario: h2load concurrent streams per connection (-m)' },
   'steal-limit': { env: 'BENCH_STEAL_LIMIT', def: 10, help: 'redo a run once if steal exceeds this % of CPU' },
   'other-limit': { env: 'BENCH_OTHER_LIMIT', def: 10, help: 'redo a run once if processes outside the bench used more than this % of the machine' },
-  'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before a redo, wait up to this many seconds for other load to drop' },
+  'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, help: 'before starting and before each measured run, wait up to this many seconds for other load to drop (0 = do not wait)' },
   'degraded-rate': { env: 'BENCH_DEGRADED_RATE', def: 500, help: 'degraded scenario: offered load, req/s (open loop)' },
   'degraded-duration': { env: 'BENCH_DEGRADED_DURATION', def: null, help: 'degraded scenario: seconds per phase (default: 1.25 × --duration, rounded)' },
   'ratelimit-offered': { env: 'BENCH_RATELIMIT_OFFERED', def: 2000, help: 'ratelimit scenario: offered load, req/s (open loop, h2load --h1), against a service limited to 1,000 req/s' },
+  'tls-clients': { env: 'BENCH_TLS_CLIENTS', def: 4, help: 'tls scenario: openssl s_time processes at once in the handshake phases' },
 }
 
 /** Client connections the degraded scenario's load generator may open (it opens more only when all are busy). */
@@ -91,7 +93,7 @@ function readOptions() {
   if (opts['rate-duration'] === null) opts['rate-duration'] = opts.duration
   if (opts['degraded-duration'] === null) opts['degraded-duration'] = Math.round(1.25 * opts.duration)
   for (const k of ['degraded-rate', 'degraded-duration', 'ratelimit-offered']) if (!(opts[k] > 0)) throw new Error(`--${k}: expected a positive number`)
-  for (const k of ['duration', 'extra-duration', 'connections', 'threads', 'reps', 'rate-clients', 'h2-clients', 'h2-streams']) {
+  for (const k of ['duration', 'extra-duration', 'connections', 'threads', 'reps', 'rate-clients', 'h2-clients', 'h2-streams', 'tls-clients']) {
     if (!Number.isInteger(opts[k]) || opts[k] < 1) throw new Error(`--${k}: expected a positive integer`)
   }
   const list = (v) => v.split(',').map((s) => s.trim()).filter(Boolean)
@@ -143,6 +145,7 @@ async function sampleOtherLoad(ms = 1_000) {
  * sample.
  */
 async function waitForQuiet(opts) {
+  if (opts['quiet-wait'] === 0) return sampleOtherLoad(200) // 0: do not wait
   const deadline = Date.now() + opts['quiet-wait'] * 1000
   let quiet = 0
   let other = 0
@@ -607,6 +610,10 @@ async function main() {
     if (hs.length) skipped.push({ what: `haproxy target(s) ${hs.join(', ')}`, why: `haproxy not found; ${INSTALL_HINT}` })
     for (const k of Object.keys(targetsByScenario)) targetsByScenario[k] = targetsByScenario[k].filter((n) => ALL_TARGETS[n].family !== 'haproxy')
   }
+  if (targetsByScenario.tls && !(tools.openssl && tools.h2load)) {
+    skipped.push({ what: 'tls scenario', why: `it needs openssl and h2load; ${INSTALL_HINT}` })
+    delete targetsByScenario.tls
+  }
   if (targetsByScenario.degraded) {
     try {
       degradedLoad = await import('./lib/degraded.mjs')
@@ -663,6 +670,7 @@ async function main() {
       }
     }
     const ctx = { backends, repoDir, workDir }
+    if (scenarios.includes('tls')) ctx.tls = await makeCertificate(tools.openssl, join(workDir, 'tls'))
 
     // Worker counts, then scenarios one after the other; inside each, every repetition runs
     // each target once, in an order rotated per repetition.
@@ -680,7 +688,10 @@ async function main() {
             const eta = done ? ` — ${done}/${total} done, ≈${Math.ceil(((Date.now() - t0) / done) * (total - done) / 60_000)} min left` : ''
             log(`[workers ${workers}] ${scenario} rep ${rep + 1}/${opts.reps}: ${name}${eta}`)
             try {
-              const measure = sc.kind === 'degraded' ? measureDegradedRun : sc.kind === 'limited' ? measureLimitedRun : measureRun
+              // A scenario from a module of its own brings its measure function; it gets the helpers here.
+              const measure = sc.measure
+                ? (...a) => sc.measure(...a, { log, measuredPhase, noiseRecord, noiseFlags, stopAndCollect, proxyErrorFlags, sumPeakRssKb, addonInfo: () => addonInfo(repoDir) })
+                : sc.kind === 'degraded' ? measureDegradedRun : sc.kind === 'limited' ? measureLimitedRun : measureRun
               runs.push(await measure(sc, ALL_TARGETS[name], ctx, rep, workers, opts, tools, flags))
             } catch (e) {
               // A target that crashes or refuses is a result too: record it and carry on.
@@ -695,7 +706,7 @@ async function main() {
     }
     for (const b of backends) await b.stop()
 
-    const kept = runs.flatMap((r) => [r.load, r.rate, r.degraded, r.limited].filter(Boolean).map((x) => x.noise))
+    const kept = runs.flatMap((r) => [r.load, r.rate, r.degraded, r.limited, r.tlsFull, r.tlsResumed, r.tlsH1, r.tlsH2].filter(Boolean).map((x) => x.noise))
     const steals = kept.map((n) => n.steal)
     const others = kept.map((n) => n.otherLoad)
     // Only a change between meshproxy reps mixes builds; report the build the reps actually ran.
@@ -718,6 +729,7 @@ async function main() {
           rate: tools.h2load && opts['rate-duration'] > 0 ? `h2load --h1 -c ${opts['rate-clients']} --rps ${opts.rate / opts['rate-clients']} -D ${opts['rate-duration']} --log-file LOG URL` : null,
           h2c: `h2load --no-tls-proto=h2c -c ${opts['h2-clients']} -m ${opts['h2-streams']} -D ${opts.duration} --log-file LOG URL`,
           idle: `${SCENARIOS.idle.idleConnections} HTTP/1.1 connections, one GET each, then idle`,
+          tls: tlsCommands(opts),
           degraded:
             `open loop at ${opts['degraded-rate']} req/s (latency from each request's due time), up to ${DEGRADED_CONNECTIONS} keep-alive connections; ` +
             `per repetition ${DEGRADED_RUNS.length} runs, each with fresh backends and target: ` +

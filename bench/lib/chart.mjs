@@ -15,8 +15,9 @@ const FAMILY_COLORS = {
 export function chartData(result) {
   const rows = []
   for (const agg of result.aggregates) {
-    // Memory, failure handling and rate limits are not throughput: their tables say it all.
-    if (agg.scenario === 'idle' || agg.scenario === 'degraded' || agg.scenario === 'ratelimit') continue
+    // Memory, failure handling and rate limits are not throughput, and a scenario without a direct
+    // baseline (tls) has no ratio to draw: their tables say it all.
+    if (agg.scenario === 'idle' || !agg.baseline) continue
     for (const [target, t] of Object.entries(agg.byTarget)) {
       const rel = target === agg.baseline ? 1 : agg.ratios[`${target}/${agg.baseline}`]?.rps
       rows.push({

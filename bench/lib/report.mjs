@@ -93,6 +93,7 @@ const LIMITED = [
 
 export function figuresFor(scenario) {
   const sc = SCENARIOS[scenario]
+  if (sc.figures) return sc.figures // a scenario from a module of its own (tls.mjs) brings its columns
   if (sc.kind === 'degraded') return DEGRADED
   if (sc.kind === 'limited') return LIMITED
   if (sc.kind === 'idle') return IDLE
@@ -182,6 +183,14 @@ export function checkTargets(result) {
       .filter(([, v]) => v != null)
     const worst = reuses.sort((a, b) => a[1] - b[1])[0]
     add('upstream connection reuse (worst scenario)', worst?.[1] ?? null, '≥ 99.9 %', worst?.[1] >= 0.999, worst ? `${fmtPct(worst[1])} in ${worst[0]}` : '')
+    // TLS termination (the `tls` scenario): requests on kept-alive TLS connections ≥ 1.0× HAProxy.
+    for (const [k, what] of [
+      ['h1Rps', 'HTTP/1.1'],
+      ['h2Rps', 'h2'],
+    ]) {
+      const r = ratio(med('tls', w, 'meshproxy-tls', k), med('tls', w, 'haproxy-tls', k))
+      add(`tls keep-alive ${what} throughput, meshproxy ÷ haproxy`, r, '≥ 1.0×', r >= 1.0, `${fmtCount(med('tls', w, 'meshproxy-tls', k))} vs ${fmtCount(med('tls', w, 'haproxy-tls', k))} req/s`)
+    }
     const rss = med('http1', w, 'meshproxy', 'peakRssMb')
     const hrss = med('http1', w, 'haproxy', 'peakRssMb')
     const own = rss != null && bare != null ? rss - bare : null
@@ -314,12 +323,13 @@ export function summaryTable(result, workers) {
         `${fmtKb(get('idle', t, 'kbPerConn'))} | ${t.startsWith('direct') ? 'n/a' : fmtPct(get('http1', t, 'reuse'))} |`,
     )
   }
-  return L
+  return L.length > 2 ? L : [] // none of its targets ran (e.g. only the tls scenario)
 }
 
 export function targetsTable(result, workers) {
   const L = ['| target (issue #4) | goal | measured | | |', '|:--|:--|--:|:--|:--|']
-  for (const t of result.targets.filter((x) => x.workers === workers)) {
+  // A target whose scenario did not run has no value: left out.
+  for (const t of result.targets.filter((x) => x.workers === workers && x.value != null)) {
     const v = t.what.startsWith('upstream') ? fmtPct(t.value) : fmtRatio(t.value)
     L.push(`| ${t.what} | ${t.goal} | ${v} | ${t.met == null ? 'n/a' : t.met ? '✅ met' : '❌ not met'} | ${t.detail} |`)
   }
@@ -377,7 +387,8 @@ export function markdown(result) {
   }
   L.push('## How it was measured', '')
   const c = config.commands
-  if (throughput) {
+  const plaintext = result.aggregates.some((a) => ['wrk', 'h2c', 'idle'].includes(SCENARIOS[a.scenario].kind))
+  if (plaintext) {
     L.push(`- Throughput (closed loop): \`${c.wrk}\`; h2c: \`${c.h2c}\` after a ${config.warmup} s unrecorded warm-up.`)
     if (c.rate) L.push(`- Fixed rate (open loop, http1): \`${c.rate}\` = ${config.rate} req/s in total; p50/p99/max by nearest rank over h2load's per-request log.`)
     L.push(`- Idle: ${c.idle}; RSS of the target's processes one second later, minus before, ÷ connections.`)
@@ -387,8 +398,11 @@ export function markdown(result) {
     )
   }
   if (c.degraded && result.aggregates.some((a) => a.scenario === 'degraded')) L.push(`- Degraded: ${c.degraded}.`)
+  if (c.tls && result.aggregates.some((a) => a.scenario === 'tls')) {
+    L.push(`- TLS: ${c.tls}. Handshakes/s = connections/s, each one GET (HTTP/1.0) answered and closed; CPU s/10k = the target's CPU over the phase ÷ connections (handshake phases) or requests × 10,000.`)
+  }
   const ka = config.nginxKeepalive
-  if (ka && throughput) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
+  if (ka && (plaintext || result.aggregates.some((a) => a.scenario === 'tls'))) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
   const setups = Object.entries(config.setups ?? {})
   if (setups.length) L.push(`- Targets: ${setups.map(([k, v]) => `**${k.replace('@', '** (workers ')}): ${v.setup}`).join('; ')}.`)
   const mp = result.aggregates.find((a) => a.scenario === 'http1')?.byTarget.meshproxy?.median.peakRssMb
@@ -417,7 +431,7 @@ export function markdown(result) {
   const v = versions
   L.push(
     `Machine: ${v.cpuModel}, ${v.cores} cores, Linux ${v.kernel}. node ${v.node}, rustc ${v.rust ?? '?'}, nginx ${v.nginx}, haproxy ${v.haproxy ?? '–'}, ` +
-      `http-proxy ${v.httpProxy ?? '–'}, undici ${v.undici ?? '–'}, wrk ${v.wrk}, h2load ${v.h2load ?? '–'}. Commit ${v.gitCommit?.slice(0, 12) ?? '?'}${v.gitDirty ? ' (dirty)' : ''}` +
+      `http-proxy ${v.httpProxy ?? '–'}, undici ${v.undici ?? '–'}, wrk ${v.wrk}, h2load ${v.h2load ?? '–'}${v.openssl ? `, OpenSSL ${v.openssl}` : ''}. Commit ${v.gitCommit?.slice(0, 12) ?? '?'}${v.gitDirty ? ' (dirty)' : ''}` +
       (v.addon ? `, addon ${v.addon.sha256} built ${v.addon.mtime}` : '') +
       '.',
   )

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process'
 import { cpus } from 'node:os'
 import { delimiter, join } from 'node:path'
 
-export const INSTALL_HINT = 'apt-get install nginx-light haproxy wrk nghttp2-client'
+export const INSTALL_HINT = 'apt-get install nginx-light haproxy wrk nghttp2-client openssl'
 
 /** Absolute path of `name` on PATH or in the sbin dirs (Debian puts nginx/haproxy in /usr/sbin), or null. */
 export function which(name) {
@@ -37,6 +37,7 @@ export function findTools() {
     haproxy: which('haproxy'),
     wrk: which('wrk'),
     h2load: which('h2load'),
+    openssl: which('openssl'),
   }
 }
 
@@ -67,6 +68,7 @@ export function collectVersions(tools, repoDir) {
     haproxy: versionLine(tools.haproxy, ['-v'], /HAProxy version (\S+)/),
     wrk: versionLine(tools.wrk, ['-v'], /wrk (\S+)/),
     h2load: versionLine(tools.h2load, ['--version'], /nghttp2\/(\S+)/),
+    openssl: versionLine(tools.openssl, ['version'], /OpenSSL (\S+)/),
     httpProxy: pkgVersion('http-proxy'),
     undici: pkgVersion('undici'),
     gitCommit: git(['rev-parse', 'HEAD']),
