@@ -65,6 +65,11 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A `ServerConfig` choosing among `resolver`'s certificates by SNI, TLS 1.2 and 1.3 only,
 /// offering ALPN `h2` and `http/1.1`.
+///
+/// Sessions resume by stateless tickets (ring's ticketer: ChaCha20-Poly1305, keys rotated every
+/// 6 h), as HAProxy's and nginx's do, so any number of clients can resume; rustls's default
+/// keeps 256 sessions in memory, and a client past them gets a full handshake. TLS 1.3
+/// resumption is PSK with (EC)DHE in rustls, so resumed sessions keep forward secrecy.
 pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -72,6 +77,7 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, Tl
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Arc::new(config))
 }
 

@@ -179,3 +179,62 @@ fn changed_files_reload_and_bad_new_material_keeps_the_old_config() {
     assert!(matches!(reloaded, Some(Ok(()))), "{reloaded:?}");
     assert!(!Arc::ptr_eq(&before, &tls.config()));
 }
+
+/// Moves TLS records between an in-memory client and server until neither has more to send.
+fn exchange(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+    loop {
+        let mut moved = false;
+        while client.wants_write() {
+            let mut records = Vec::new();
+            client.write_tls(&mut records).expect("client writes");
+            server.read_tls(&mut records.as_slice()).expect("server reads");
+            server.process_new_packets().expect("server accepts the records");
+            moved = true;
+        }
+        while server.wants_write() {
+            let mut records = Vec::new();
+            server.write_tls(&mut records).expect("server writes");
+            client.read_tls(&mut records.as_slice()).expect("client reads");
+            client.process_new_packets().expect("client accepts the records");
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[test]
+fn sessions_resume_by_stateless_tickets_for_more_clients_than_a_session_cache_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = write_cert(dir.path(), "a", &["a.example.com"]);
+    let server = build(&[spec(&a, &[])]).expect("builds");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(leaf_of(&a.0))).expect("a trust anchor");
+    let name = rustls::pki_types::ServerName::try_from("a.example.com").expect("a name");
+    // Each client its own config (its own session store), as separate client processes are;
+    // more of them than rustls's default server-side cache (256 sessions) holds.
+    let clients: Vec<Arc<rustls::ClientConfig>> = (0..300)
+        .map(|_| {
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth(),
+            )
+        })
+        .collect();
+    let connect = |client: &Arc<rustls::ClientConfig>| {
+        let mut c = rustls::ClientConnection::new(client.clone(), name.clone()).expect("client");
+        let mut s = rustls::ServerConnection::new(server.clone()).expect("server");
+        exchange(&mut c, &mut s);
+        assert!(!c.is_handshaking(), "the handshake completes");
+        c.handshake_kind()
+    };
+    for client in &clients {
+        assert_eq!(connect(client), Some(rustls::HandshakeKind::Full));
+    }
+    let resumed = clients.iter().filter(|c| connect(c) == Some(rustls::HandshakeKind::Resumed)).count();
+    assert_eq!(resumed, clients.len(), "every client resumes its session");
+}
