@@ -335,7 +335,9 @@ test('degraded scenario: the open-loop generator holds its rate and counts each 
   t.is(slow.sent, 200)
   t.is(errors.sent, 200)
   t.deepEqual(slow.clientErrors, {})
-  t.is(slow.success, 1)
+  // A request due just before the switch to errors that the loaded machine delays past it meets
+  // the errors phase (500 half the time): a straggler or two, never a real share.
+  t.true(slow.success >= 0.95, `slow phase success ${slow.success}`)
   t.true(slow.latencyMs.p50 >= 50, `slow p50 ${slow.latencyMs.p50} ms`)
   t.true(errors.success > 0.35 && errors.success < 0.65, `error phase success ${errors.success}`)
   t.true(errors.latencyMs.p50 < 50, `error phase p50 ${errors.latencyMs.p50} ms`)
