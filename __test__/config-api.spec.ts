@@ -41,6 +41,7 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         proxyHeaders: true,
         authorization: { default: 'allow', rules: [] },
         tls: null,
+        mtls: 'off',
         routes: [
           {
             name: 'default',
@@ -81,9 +82,11 @@ test('configFromEndpoints: one service, one catch-all route, one listener', (t) 
         rateLimits: [],
         policies: [],
         tls: null,
+        identity: null,
       },
     ],
     admin: null,
+    identity: null,
   })
   t.deepEqual(r.summary, { listeners: 1, routes: 1, services: 1, endpoints: 2 })
   // Validates like a file would.
@@ -172,7 +175,7 @@ test('validateModel reports JSON paths for structural problems', (t) => {
     ['listeners[0].routes[0].hosts[0]: host "API.example.com:80" must not include a port', 'the port is matched by the listener; give the name only'],
     ['listeners[0].routes[0].methods[0]: "get" is not normalized', 'use "GET"'],
     ['listeners[0].routes[0].path.value: "/v1/" is not normalized', 'use "/v1"'],
-    ['services[1].extra: unknown field', 'valid fields: name, balancer, endpoints, protocol, connectTimeoutMs, maxInflightPerEndpoint, maxPendingPerEndpoint, maxStreamsPerConnection, pool, failureStatuses, failureGrpcStatuses, failureAccrual, circuitBreaker, healthCheck, rateLimits, policies, tls'],
+    ['services[1].extra: unknown field', 'valid fields: name, balancer, endpoints, protocol, connectTimeoutMs, maxInflightPerEndpoint, maxPendingPerEndpoint, maxStreamsPerConnection, pool, failureStatuses, failureGrpcStatuses, failureAccrual, circuitBreaker, healthCheck, rateLimits, policies, tls, identity'],
     ['services[1].connectTimeoutMs: expected an integer, got string "1s"', undefined],
     ['services[1].endpoints[0].weight: must be between 1 and 1000, got 0', undefined],
   ])
@@ -346,8 +349,9 @@ test('validateModel on things that are not models', (t) => {
     'config.listeners: missing required field',
     'config.services: missing required field',
     'config.admin: missing required field',
+    'config.identity: missing required field',
   ])
-  t.deepEqual(validateModel({ listeners: {}, services: [1], admin: null }).map((x) => x.message), [
+  t.deepEqual(validateModel({ listeners: {}, services: [1], admin: null, identity: null }).map((x) => x.message), [
     'listeners: expected an array, got an object',
     'services[0]: expected an object, got number 1',
   ])

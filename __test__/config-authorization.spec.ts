@@ -32,12 +32,12 @@ services:
   t.deepEqual(l.authorization, {
     default: 'deny',
     rules: [
-      { action: 'allow', networks: ['127.0.0.0/8', '::1/128', '2001:db8::/32'], methods: [], path: { type: 'Prefix', value: '/' }, headers: [] },
-      { action: 'allow', networks: ['10.0.0.0/8'], methods: ['GET', 'HEAD'], path: { type: 'Prefix', value: '/status' }, headers: [{ name: 'x-probe', value: '1' }] },
+      { action: 'allow', networks: ['127.0.0.0/8', '::1/128', '2001:db8::/32'], methods: [], path: { type: 'Prefix', value: '/' }, headers: [], identities: [] },
+      { action: 'allow', networks: ['10.0.0.0/8'], methods: ['GET', 'HEAD'], path: { type: 'Prefix', value: '/status' }, headers: [{ name: 'x-probe', value: '1' }], identities: [] },
     ],
   })
   t.deepEqual(l.routes[0]!.authorization, [
-    { action: 'deny', networks: [], methods: ['POST'], path: { type: 'Exact', value: '/admin/users/' }, headers: [] },
+    { action: 'deny', networks: [], methods: ['POST'], path: { type: 'Exact', value: '/admin/users/' }, headers: [], identities: [] },
   ])
   t.deepEqual(validateModel(r.config), [], 'the model the loader writes is valid as it is')
 })
@@ -62,7 +62,7 @@ services:
     'a.yaml:8:38: error: invalid network: "10.1.0.0/8" has address bits set past its /8 prefix (did you mean 10.0.0.0/8, or 10.1.0.0/32 for the one host?)',
     'a.yaml:8:50: error: invalid network: "300.0.0.1" is not a network: "300.0.0.1" is not an IP address (write a network as address/prefix, e.g. 10.0.0.0/8 or 2001:db8::/32, or an address alone for one host)',
     'a.yaml:8:63: error: invalid network: prefix length 33 of "10.0.0.0/33" is over 32 (an IPv4 prefix is 0 to 32 bits)',
-    'a.yaml:8:79: error: unknown field "colour" in listener authorization rule (valid fields: action, networks, methods, path, pathType, headers)',
+    'a.yaml:8:79: error: unknown field "colour" in listener authorization rule (valid fields: action, networks, methods, path, pathType, headers, identities)',
   ])
   t.is(r.config, null)
 })

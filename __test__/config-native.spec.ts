@@ -78,6 +78,7 @@ test('native document loads into the exact model', (t) => {
   t.deepEqual(r.diagnostics, [])
   t.deepEqual(r.config, {
     admin: { address: '127.0.0.1:9991' },
+    identity: null,
     listeners: [
       {
         name: 'web',
@@ -102,6 +103,7 @@ test('native document loads into the exact model', (t) => {
         proxyHeaders: true,
         authorization: { default: 'allow', rules: [] },
         tls: null,
+        mtls: 'off',
         routes: [
           {
             name: 'api',
@@ -189,6 +191,7 @@ test('native document loads into the exact model', (t) => {
         rateLimits: [],
         policies: [],
         tls: null,
+        identity: null,
       },
       {
         name: 'web',
@@ -208,6 +211,7 @@ test('native document loads into the exact model', (t) => {
         rateLimits: [],
         policies: [],
         tls: null,
+        identity: null,
       },
     ],
   })
@@ -225,6 +229,7 @@ services:
 `)
   t.deepEqual(config, {
     admin: { address: '127.0.0.1:4191' },
+    identity: null,
     listeners: [
       {
         name: 'listener-0',
@@ -242,6 +247,7 @@ services:
         proxyHeaders: true,
         authorization: { default: 'allow', rules: [] },
         tls: null,
+        mtls: 'off',
         routes: [
           {
             name: 'listener-0-route-0',
@@ -279,6 +285,7 @@ services:
         rateLimits: [],
         policies: [],
         tls: null,
+        identity: null,
       },
     ],
   })
@@ -582,7 +589,7 @@ test('YAML syntax errors carry the parser position', (t) => {
 
 test('empty input loads to an empty config with a default admin', (t) => {
   const r = loadConfigText('')
-  t.deepEqual(r.config, { listeners: [], services: [], admin: { address: '127.0.0.1:4191' } })
+  t.deepEqual(r.config, { listeners: [], services: [], admin: { address: '127.0.0.1:4191' }, identity: null })
   t.deepEqual(r.diagnostics, [])
 })
 
@@ -637,6 +644,7 @@ test('listener protocol, tcpService and detectTimeout load into the model', (t) 
     proxyHeaders: true,
     authorization: { default: 'allow', rules: [] },
     tls: null,
+    mtls: 'off',
     routes: [],
   })
   t.like(web, { protocol: 'http', tcpService: 'smtp', detectTimeoutMs: 300 })

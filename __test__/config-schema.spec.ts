@@ -109,7 +109,9 @@ test('every number, duration, boolean and enum field of the table is read from i
     ReturnType<typeof nonDefault>,
   ]
   t.true(Object.keys(listener).length >= 9 && Object.keys(service).length >= 5, 'the plain fields are found')
+  // `mtls: required` (a non-default) needs the proxy's identity.
   const doc = {
+    identity: { dir: new URL('../examples/identity', import.meta.url).pathname, name: 'web', namespace: 'shop' },
     listeners: [{ ...yamlOf(listener), tcpService: 's', http2: yamlOf(http2), routes: [{ ...yamlOf(route), service: 's' }] }],
     services: [{ name: 's', endpoints: ['127.0.0.1:1'], ...yamlOf(service), pool: yamlOf(pool) }],
   }

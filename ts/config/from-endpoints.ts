@@ -54,6 +54,7 @@ export function configFromEndpoints(
     listeners: [listener],
     services: [service],
     admin: adminAddress === null ? null : { address: address('admin', adminAddress) },
+    identity: null,
   }
   checkSemantics(model, (_target, message, hint) => sink.error(loc, message, hint))
   return finish(model, sink)

@@ -121,6 +121,11 @@ export function translateK8s(res: K8sResources, sink: DiagnosticSink, origins: O
     const linkerd = resolved.service?.linkerd
     if (linkerd?.failureAccrual) service.failureAccrual = { ...linkerd.failureAccrual }
     if (linkerd) policies.set(name, linkerd)
+    const identity = resolved.service?.identity
+    if (identity) {
+      service.identity = identity.value
+      origins.set(service, 'identity', identity.loc)
+    }
     if (resolved.service && resolved.port) portOf.set(name, { service: resolved.service, port: resolved.port })
     origins.set(service, '', b.loc)
     out.services.push(service)

@@ -6,7 +6,7 @@
  * may come before the Services it names.
  */
 import { isScalar } from './yaml-lib.js'
-import type { PathMatchType } from './model.js'
+import { checkMeshIdentity, type PathMatchType } from './model.js'
 import type { Loc } from './diagnostics.js'
 import { readHttpRoute, type HttpRoute } from './httproute.js'
 import { readLinkerdAnnotations, type LinkerdPolicy } from './linkerd.js'
@@ -73,7 +73,15 @@ export interface Service {
   ports: ServicePort[]
   /** What its Linkerd annotations ask for (`linkerd.ts`). */
   linkerd: LinkerdPolicy
+  /**
+   * `meshproxy.io/identity: <service-account>`: its endpoints are meshed peers running as
+   * `<service-account>.<namespace>` (mTLS, see the model's `services[].identity`).
+   */
+  identity?: { value: string; loc: Loc }
 }
+
+/** The Service annotation that makes a Service meshed. */
+export const IDENTITY_ANNOTATION = 'meshproxy.io/identity'
 
 export interface Slice {
   name: string
@@ -148,8 +156,17 @@ export function readK8sResource(r: DocReader, root: Fields, apiVersion: string, 
   if (kind === 'Ingress') readIngress(r, root, meta, { name, namespace, loc, paths: [], tls: [] }, out)
   else if (kind === 'Secret') readTlsSecret(r, root, name, namespace, loc, out.tlsSecrets)
   else if (kind === 'Service') {
-    const linkerd = readLinkerdAnnotations(meta.fields('annotations', 'Service annotations', null), name)
-    readService(r, root, { name, namespace, loc, ports: [], linkerd }, out)
+    const annotations = meta.fields('annotations', 'Service annotations', null)
+    const linkerd = readLinkerdAnnotations(annotations, name)
+    const service: Service = { name, namespace, loc, ports: [], linkerd }
+    const sa = annotations?.text(IDENTITY_ANNOTATION)
+    if (annotations && sa !== undefined) {
+      const at = annotations.valueLoc(IDENTITY_ANNOTATION)
+      const checked = checkMeshIdentity(`${sa}.${namespace}`)
+      if (checked.ok) service.identity = { value: checked.value, loc: at }
+      else r.error(at, `annotation ${IDENTITY_ANNOTATION} "${sa}" is not a service account name`, 'the name of the service account the Service\'s pods run as, e.g. orders')
+    }
+    readService(r, root, service, out)
   }
   else if (kind === 'RateLimiter') readRateLimiter(r, root, name, namespace, out.rateLimits)
   else if (kind === 'HTTPLocalRateLimitPolicy') readLocalRateLimitPolicy(r, root, name, namespace, out.rateLimits)

@@ -7,7 +7,7 @@
 import { readFile } from 'node:fs/promises'
 import type { YAMLMap } from 'yaml'
 import { isMap, isScalar, newLineCounter, parseAllDocuments } from './yaml-lib.js'
-import type { AdminModel, ConfigModel, ListenerModel, ServiceModel } from './model.js'
+import type { AdminModel, ConfigModel, IdentityModel, ListenerModel, ServiceModel } from './model.js'
 import { DiagnosticSink, Origins, type Diagnostic, type Loc } from './diagnostics.js'
 import { DEFAULT_ADMIN, DEFAULT_LISTEN, makeListener, makeRoute } from './defaults.js'
 import { OUR_API_VERSION } from './model.js'
@@ -58,6 +58,7 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
   const outbound: Array<{ listener: ListenerModel; loc: Loc }> = []
   const k8s = new K8sResources()
   let admin: { value: AdminModel | null; loc: Loc } | undefined
+  let identity: { value: IdentityModel | null; loc: Loc } | undefined
   let syntaxBroken = false
   const at = (offset: number): Loc => {
     const { line, col } = lineCounter.linePos(offset)
@@ -106,6 +107,9 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
     if (part.admin && admin) {
       sink.error(part.admin.loc, 'admin is set in more than one document', `first set at line ${admin.loc.line}`)
     } else if (part.admin) admin = part.admin
+    if (part.identity && identity) {
+      sink.error(part.identity.loc, 'identity is set in more than one document', `first set at line ${identity.loc.line}`)
+    } else if (part.identity) identity = part.identity
   }
 
   const translated = translateK8s(k8s, sink, origins, outbound.length > 0)
@@ -154,7 +158,7 @@ export function loadConfigText(text: string, opts: LoadOptions = {}): LoadResult
     adminModel = fallback === null ? null : { address: optionAddress(sink, 'defaultAdmin', fallback) ?? fallback }
   }
 
-  const model: ConfigModel = { listeners, services, admin: adminModel }
+  const model: ConfigModel = { listeners, services, admin: adminModel, identity: identity?.value ?? null }
   // Cross-checks on a file that failed to parse would report the missing documents' contents
   // (e.g. "undefined service") as further errors; the syntax errors come first.
   if (!syntaxBroken) {

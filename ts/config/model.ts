@@ -297,6 +297,11 @@ export const AUTHORIZATION_RULE = table(
     }),
     pathType: yamlOnly('`Prefix` (default) or `Exact`: how `path` matches.', { enum: ['Prefix', 'Exact'] }),
     headers: listOf(nested(HEADER_MATCH), 'Headers that must have exactly these values, all of them: `{ x-role: admin }` in YAML.', { yaml: { schema: HEADER_MAP_YAML } }),
+    identities: listOf(
+      text('`<service-account>.<namespace>`, a SPIFFE ID, or `*`.', (s) => (s === '*' ? ok(s) : checkMeshIdentity(s))),
+      'mTLS peer identities (a listener with `mtls`): the rule matches a request whose peer\'s verified SPIFFE ID is one of them. `web.shop` is service account `web` in namespace `shop` (in any trust domain the anchors vouch for); a SPIFFE ID matches exactly; `*` matches any authenticated peer. A request without a peer identity (plaintext on a `permissive` listener, any other listener) matches no rule with `identities`. Empty = any client.',
+      { yaml: { schema: ONE_OR_MANY_STRINGS } },
+    ),
   },
 )
 
@@ -447,6 +452,41 @@ export const TLS = table(
 /** The values of a listener's `protocol`, the default first. */
 export const LISTENER_PROTOCOLS = ['http', 'tcp'] as const
 
+/** The values of a listener's `mtls`, the default first. */
+export const MTLS_MODES = ['off', 'required', 'permissive'] as const
+
+/** A Kubernetes name (RFC 1123 label), as a service account or namespace is named. */
+const checkLabel = (what: string) => (s: string): Parsed<string> =>
+  /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/.test(s)
+    ? ok(s)
+    : fail(`${what} "${s}" is not a Kubernetes name`, 'lowercase letters, digits and "-", starting and ending with a letter or digit, at most 63 characters')
+
+/**
+ * A meshed peer's identity: `<service-account>.<namespace>` (in this proxy's trust domain), or a
+ * SPIFFE ID `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+ */
+export const checkMeshIdentity = (s: string): Parsed<string> => {
+  const hint = 'a service account and its namespace such as orders.shop, or spiffe://cluster.local/ns/shop/sa/orders'
+  const spiffe = /^spiffe:\/\/([a-z0-9._-]{1,255})\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(s)
+  const parts = spiffe ? [spiffe[3]!, spiffe[2]!] : s.startsWith('spiffe://') ? null : s.split('.')
+  if (!parts || parts.length !== 2) return fail(`identity "${s}" is neither <service-account>.<namespace> nor a workload SPIFFE ID`, hint)
+  for (const [i, what] of [[0, 'service account'], [1, 'namespace']] as const) {
+    const label = checkLabel(what)(parts[i]!)
+    if (!label.ok) return fail(`identity "${s}": ${label.error}`, hint)
+  }
+  return ok(s)
+}
+
+export const IDENTITY = table(
+  'Identity',
+  'This proxy\'s mesh identity, as `meshproxy identity init` and `issue` write it: the trust anchors in `<dir>/ca.crt` (a bundle; two anchors during an anchor rotation) and the workload certificate and key `<dir>/<name>.<namespace>.crt` / `.key`, whose URI SAN is `spiffe://<trust-domain>/ns/<namespace>/sa/<name>`. Listeners with `mtls` present it and verify clients against the anchors; services with `identity` present it to their endpoints and verify them. The files are read again when they change on disk and on every reload; new handshakes use the new material, open connections keep theirs, and material that does not load (not from the anchors, expired, a key of another certificate) is refused while the material in force keeps serving.',
+  {
+    dir: text('The identity directory: in YAML a path relative to the YAML file; in the model the path as resolved.', (s) => (s.trim() === '' ? fail('the identity dir is empty', 'a directory path such as ./identity') : ok(s)), { yaml: { required: true } }),
+    name: text('The workload\'s service account: its certificate is `<name>.<namespace>.crt`.', checkLabel('name'), { yaml: { required: true } }),
+    namespace: text('The workload\'s namespace.', checkLabel('namespace'), { yaml: { required: true } }),
+  },
+)
+
 // A zero is refused where its meaning is not documented (zero connections, zero-length heads,
 // instant timeouts would all just break traffic); the route timeouts document 0 as "no limit",
 // 0 idle/pending connections means "do not pool/queue", and an HTTP/2 keep-alive interval of 0
@@ -488,6 +528,12 @@ export const LISTENER = table('Listener', 'A listening socket and the routes of 
   ),
   authorization: nested(AUTHORIZATION),
   tls: nullableNested(TLS, { doc: 'TLS termination: each connection\'s TLS handshake comes first (within `headerReadTimeout`); null = plaintext.', default: null }),
+  mtls: oneOf(
+    MTLS_MODES,
+    'mTLS modes',
+    'Mesh mTLS on this listener (the inbound side of a meshed workload), with the top-level `identity`. `required`: every connection is TLS with this proxy\'s identity certificate (whatever the SNI), and the client must present a certificate from the trust anchors; its SPIFFE ID is the connection\'s peer identity (authorization `identities`, rate-limit key `identity`). A plaintext HTTP/1 request gets 400 `tls-required`, other plaintext is closed. `permissive`: a connection starting with a TLS handshake gets the same; anything else is served as plaintext without a peer identity. `off`: no mTLS. Not together with `tls`.',
+    { default: 'off' },
+  ),
   routes: listOf(nested(ROUTE), 'In file order; precedence is computed by the data plane (see README "Routing precedence"). Ignored on a `tcp` listener.'),
 })
 
@@ -682,6 +728,12 @@ export const SERVICE = table('Service', 'A set of endpoints and how requests rea
   rateLimits: listOf(nested(RATE_LIMIT), 'Rate limits on every request sent to the service, whichever route sends it (with a traffic split, the requests the split sends here), checked once the service is chosen and before an endpoint is; all must admit a request. A retried request counts once.'),
   policies: listOf(nested(POLICY, { yaml: { shorthand: 'file' } }), 'Rego policies checked on every response from this service\'s endpoints, after the route\'s (response phase only; see Policy).'),
   tls: nullableNested(UPSTREAM_TLS, { doc: 'TLS to the endpoints; null = plaintext.', default: null }),
+  identity: nullableText(
+    'The endpoints are meshproxies (their inbound `mtls` listeners) running as this workload identity: `<service-account>.<namespace>` in this proxy\'s trust domain, or a SPIFFE ID. Connections are mTLS with the top-level `identity`; the peer\'s chain must lead to the trust anchors and its URI SAN be exactly this identity (SNI `<sa>.<ns>.serviceaccount.identity.<td>`), else the connect fails (502 `upstream-connect`, `meshproxy_mtls_connect_failures_total`). With `protocol: http1`, plain HTTP/1.1 requests travel over HTTP/2 between the proxies (marked `meshproxy-orig-proto: HTTP/1.1`, which the peer removes); upgrades and HTTP/1.0 stay HTTP/1.1. null = not meshed. Not together with `tls`.',
+    checkMeshIdentity,
+    'an identity',
+    { default: null },
+  ),
 })
 
 export const ADMIN = table('Admin', 'The admin listener (`/live`, `/ready`, `/metrics`, `/config`).', {
@@ -695,6 +747,7 @@ export const CONFIG = table('Config', 'A meshproxy config.', {
   listeners: listOf(nested(LISTENER), 'The listening sockets.'),
   services: listOf(nested(SERVICE), 'The upstream services.'),
   admin: nullableNested(ADMIN, { doc: 'The admin listener; null = none.', yaml: { shorthand: 'address' } }),
+  identity: nullableNested(IDENTITY, { doc: 'This proxy\'s mesh identity (for `mtls` listeners and services with `identity`); null = none.', default: null }),
 })
 
 export type ConfigModel = ModelOf<typeof CONFIG>
@@ -728,4 +781,6 @@ export type GlobalRateLimitModel = ModelOf<typeof GLOBAL_RATE_LIMIT>
 export type PolicyModel = ModelOf<typeof POLICY>
 export type AdminModel = ModelOf<typeof ADMIN>
 export type ListenerProtocol = (typeof LISTENER_PROTOCOLS)[number]
+export type IdentityModel = ModelOf<typeof IDENTITY>
+export type MtlsMode = (typeof MTLS_MODES)[number]
 export type UpstreamProtocol = (typeof UPSTREAM_PROTOCOLS)[number]

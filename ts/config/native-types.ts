@@ -24,6 +24,8 @@ export interface NativeConfig {
   services?: NativeService[]
   /** The admin listener; null = none. */
   admin?: string | NativeAdmin | null
+  /** This proxy's mesh identity (for `mtls` listeners and services with `identity`); null = none. */
+  identity?: NativeIdentity | null
 }
 
 /** A listening socket and the routes of the requests it accepts. */
@@ -60,6 +62,8 @@ export interface NativeListener {
   authorization?: NativeAuthorization
   /** TLS termination: each connection's TLS handshake comes first (within `headerReadTimeout`); null = plaintext. */
   tls?: NativeTls | null
+  /** Mesh mTLS on this listener (the inbound side of a meshed workload), with the top-level `identity`. `required`: every connection is TLS with this proxy's identity certificate (whatever the SNI), and the client must present a certificate from the trust anchors; its SPIFFE ID is the connection's peer identity (authorization `identities`, rate-limit key `identity`). A plaintext HTTP/1 request gets 400 `tls-required`, other plaintext is closed. `permissive`: a connection starting with a TLS handshake gets the same; anything else is served as plaintext without a peer identity. `off`: no mTLS. Not together with `tls`. */
+  mtls?: 'off' | 'required' | 'permissive'
   /** In file order; precedence is computed by the data plane (see README "Routing precedence"). Ignored on a `tcp` listener. */
   routes?: NativeRoute[]
 }
@@ -102,6 +106,8 @@ export interface NativeAuthorizationRule {
   pathType?: 'Prefix' | 'Exact'
   /** Headers that must have exactly these values, all of them: `{ x-role: admin }` in YAML. */
   headers?: Record<string, string | number | boolean>
+  /** mTLS peer identities (a listener with `mtls`): the rule matches a request whose peer's verified SPIFFE ID is one of them. `web.shop` is service account `web` in namespace `shop` (in any trust domain the anchors vouch for); a SPIFFE ID matches exactly; `*` matches any authenticated peer. A request without a peer identity (plaintext on a `permissive` listener, any other listener) matches no rule with `identities`. Empty = any client. */
+  identities?: string | string[]
 }
 
 /** TLS termination on a listener: TLS 1.2 and 1.3, ALPN `h2` and `http/1.1` (then the usual protocol detection when the client offers neither). A plaintext client is refused (a plaintext HTTP/1 request gets 400 `tls-required`). */
@@ -348,6 +354,8 @@ export interface NativeService {
   policies?: Array<string | NativePolicy>
   /** TLS to the endpoints; null = plaintext. */
   tls?: NativeUpstreamTls | null
+  /** The endpoints are meshproxies (their inbound `mtls` listeners) running as this workload identity: `<service-account>.<namespace>` in this proxy's trust domain, or a SPIFFE ID. Connections are mTLS with the top-level `identity`; the peer's chain must lead to the trust anchors and its URI SAN be exactly this identity (SNI `<sa>.<ns>.serviceaccount.identity.<td>`), else the connect fails (502 `upstream-connect`, `meshproxy_mtls_connect_failures_total`). With `protocol: http1`, plain HTTP/1.1 requests travel over HTTP/2 between the proxies (marked `meshproxy-orig-proto: HTTP/1.1`, which the peer removes); upgrades and HTTP/1.0 stay HTTP/1.1. null = not meshed. Not together with `tls`. */
+  identity?: string | null
 }
 
 /** An upstream endpoint of a service. */
@@ -422,4 +430,14 @@ export interface NativeUpstreamTls {
 export interface NativeAdmin {
   /** `host:port` of the admin listener. */
   address: string
+}
+
+/** This proxy's mesh identity, as `meshproxy identity init` and `issue` write it: the trust anchors in `<dir>/ca.crt` (a bundle; two anchors during an anchor rotation) and the workload certificate and key `<dir>/<name>.<namespace>.crt` / `.key`, whose URI SAN is `spiffe://<trust-domain>/ns/<namespace>/sa/<name>`. Listeners with `mtls` present it and verify clients against the anchors; services with `identity` present it to their endpoints and verify them. The files are read again when they change on disk and on every reload; new handshakes use the new material, open connections keep theirs, and material that does not load (not from the anchors, expired, a key of another certificate) is refused while the material in force keeps serving. */
+export interface NativeIdentity {
+  /** The identity directory: in YAML a path relative to the YAML file; in the model the path as resolved. */
+  dir: string
+  /** The workload's service account: its certificate is `<name>.<namespace>.crt`. */
+  name: string
+  /** The workload's namespace. */
+  namespace: string
 }

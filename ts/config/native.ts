@@ -10,7 +10,7 @@ import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { dirname, isAbsolute, join, resolve } from 'node:path'
 import { isMap, isSeq } from './yaml-lib.js'
-import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, GLOBAL_RATE_LIMIT, RATE_LIMIT, RATE_LIMIT_OVERRIDE, redactUrl, type RateLimitModel, type GlobalRateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, UPSTREAM_TLS, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel, type UpstreamTlsModel } from './model.js'
+import { AUTHORIZATION, AUTHORIZATION_RULE, type AuthorizationModel, type AuthorizationRuleModel, BACKEND_REF, BALANCER_KINDS, CIRCUIT_BREAKER, GLOBAL_RATE_LIMIT, RATE_LIMIT, RATE_LIMIT_OVERRIDE, redactUrl, type RateLimitModel, type GlobalRateLimitModel, CONFIG, SIMPLE_BALANCER_KINDS, type SimpleBalancerKind, ENDPOINT, HEADER_MODIFIER, HEALTH_CHECK, IDENTITY, type IdentityModel, checkMeshIdentity, LISTENER, POLICY, REDIRECT, RETRY, ROUTE, ROUTE_MATCH, SERVICE, UPSTREAM_TLS, URL_REWRITE, type AdminModel, type BackendRefModel, type BalancerModel, type EndpointModel, type HeaderMatch, type HeaderModifierModel, type ListenerModel, type PathMatchType, type PolicyModel, type QueryParamMatchModel, type RouteModel, type ServiceModel, type UpstreamTlsModel } from './model.js'
 import { closest, suggest, type Loc, type Origins } from './diagnostics.js'
 import { complete, yamlEntries, yamlKey, type EnumField, type ModelOf, type Table } from './fields.js'
 import { limitOf, makeListener, makeRoute, makeService } from './defaults.js'
@@ -79,6 +79,8 @@ export interface NativeDoc {
   services: ServiceModel[]
   /** Listeners with `mode: outbound`: the loader adds a route per service once all are known. */
   outbound: Array<{ listener: ListenerModel; loc: Loc }>
+  /** Absent when the document does not mention `identity`. */
+  identity?: { value: IdentityModel | null; loc: Loc }
 }
 
 export function readNativeDoc(root: Fields, ctx: NativeContext): NativeDoc {
@@ -93,6 +95,7 @@ export function readNativeDoc(root: Fields, ctx: NativeContext): NativeDoc {
       if (address !== undefined) out.admin = { value: { address }, loc: ctx.r.loc(addressNode) }
     }
   }
+  if (root.has('identity')) out.identity = { value: root.isNull('identity') ? null : readIdentity(root, ctx), loc: root.keyLoc('identity') }
   for (const node of root.list('listeners')) {
     const listener = readListener(node, ctx)
     if (!listener) continue
@@ -107,6 +110,44 @@ export function readNativeDoc(root: Fields, ctx: NativeContext): NativeDoc {
     if (service) out.services.push(service)
   }
   return out
+}
+
+/**
+ * The top-level `identity`: `dir` resolved against the YAML file, and its files there — the trust
+ * anchors `ca.crt` and the workload's `<name>.<namespace>.crt`/`.key` — readable PEM (the data
+ * plane checks the chain, the SPIFFE ID and the expiry again when it loads them).
+ */
+function readIdentity(root: Fields, ctx: NativeContext): IdentityModel | null {
+  const { r } = ctx
+  const f = root.fields('identity', 'identity', keysOf(IDENTITY))
+  if (!f) return null
+  const identity: IdentityModel = { dir: '', name: '', namespace: '' }
+  for (const k of ['dir', 'name', 'namespace'] as const) f.require(k)
+  readTexts(f, IDENTITY, identity)
+  for (const k of ['dir', 'name', 'namespace'] as const) ctx.origins.set(identity, k, f.valueLoc(k))
+  ctx.origins.set(identity, '', root.keyLoc('identity'))
+  if (!identity.dir || !identity.name || !identity.namespace) return null
+  if (!isAbsolute(identity.dir) && !r.file.startsWith('<')) identity.dir = resolve(dirname(r.file), identity.dir)
+  const files: Array<[string, string]> = [
+    ['ca.crt', 'CERTIFICATE'],
+    [`${identity.name}.${identity.namespace}.crt`, 'CERTIFICATE'],
+    [`${identity.name}.${identity.namespace}.key`, 'PRIVATE KEY'],
+  ]
+  for (const [file, block] of files) {
+    const path = join(identity.dir, file)
+    let text: string
+    try {
+      text = readFileSync(path, 'utf8')
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException
+      const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message
+      const hint = file === 'ca.crt' ? `make the trust anchor with: meshproxy identity init ${identity.dir} --trust-domain cluster.local` : `issue it with: meshproxy identity issue ${identity.name} --namespace ${identity.namespace} --dir ${identity.dir}`
+      r.error(f.valueLoc(file === 'ca.crt' ? 'dir' : 'name'), `identity: cannot read "${path}": ${reason}`, hint)
+      continue
+    }
+    if (!text.includes(`-----BEGIN `) || !text.includes(block)) r.error(f.valueLoc('dir'), `identity: "${path}" holds no PEM ${block === 'CERTIFICATE' ? 'certificate' : 'private key'}`)
+  }
+  return identity
 }
 
 /** An address written as a string (or, by mistake, as a bare port number, which gets a hint). */
@@ -147,6 +188,7 @@ function readListener(node: YNode, ctx: NativeContext): ListenerModel | undefine
   const tls = readListenerTls(f)
   if (tls) listener.tls = tls
   ctx.origins.set(listener, 'tls', f.keyLoc('tls'))
+  ctx.origins.set(listener, 'mtls', f.valueLoc('mtls'))
   f.list('routes').forEach((routeNode, i) => {
     const route = readRoute(routeNode, `${name}-route-${i}`, ctx)
     if (route) listener.routes.push(route)
@@ -236,10 +278,11 @@ function readRule(node: YNode, what: string, ctx: NativeContext): AuthorizationR
   const rule = complete(AUTHORIZATION_RULE, { action: 'deny' })
   readPlain(f, AUTHORIZATION_RULE, rule)
   if (rule.action !== 'allow' && rule.action !== 'deny') return undefined
-  for (const [k, norm] of [['networks', normalizeCidr], ['methods', normalizeMethod]] as const) {
+  const identity = (s: string): Parsed<string> => (s === '*' ? { ok: true, value: s } : checkMeshIdentity(s))
+  for (const [k, norm] of [['networks', normalizeCidr], ['methods', normalizeMethod], ['identities', identity]] as const) {
     const listNode = f.get(k)
     for (const { value, node: n } of listNode ? r.stringList(listNode, f.label(k)) : []) {
-      const v = r.check(n, k === 'networks' ? 'network' : 'method', norm(value))
+      const v = r.check(n, k === 'networks' ? 'network' : k === 'methods' ? 'method' : 'identity', norm(value))
       if (v === undefined) continue
       if (rule[k].includes(v)) r.warn(n, `"${v}" is listed twice in ${what}`)
       else rule[k].push(v)
@@ -355,6 +398,9 @@ function readService(node: YNode, ctx: NativeContext): ServiceModel | undefined 
   if (f.isNull('healthCheck')) service.healthCheck = null
   else if (f.has('healthCheck')) service.healthCheck = readNested(f, 'healthCheck', HEALTH_CHECK) ?? null
   if (f.has('tls') && !f.isNull('tls')) service.tls = readTls(f, ctx)
+  readTexts(f, SERVICE, service, ['identity'])
+  ctx.origins.set(service, 'identity', f.valueLoc('identity'))
+  ctx.origins.set(service, 'tls', f.keyLoc('tls'))
   for (const n of f.list('endpoints')) {
     const endpoint = readEndpoint(r, n)
     if (!endpoint) continue

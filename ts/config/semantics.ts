@@ -121,6 +121,18 @@ export function checkSemantics(model: ConfigModel, error: Report): void {
       )
     }
     if (listener.tls) checkTls(listener.tls, listener.name, `listeners[${li}].tls`, (message, hint) => error({ obj: listener, field: 'tls', path: `listeners[${li}].tls` }, message, hint))
+    const mtls = listener.mtls ?? 'off'
+    if (mtls !== 'off') {
+      const at = { obj: listener, field: 'mtls', path: `listeners[${li}].mtls` }
+      if (!model.identity) error(at, `listener "${listener.name}" has mtls: ${mtls} but the config has no identity`, 'add a top-level identity: { dir, name, namespace } (made with meshproxy identity init / issue)')
+      if (listener.tls) error(at, `listener "${listener.name}" has both mtls and tls`, 'use one listener for mesh mTLS and another for TLS termination')
+    }
+  })
+  model.services.forEach((service, si) => {
+    if (service.identity === null || service.identity === undefined) return
+    const at = { obj: service, field: 'identity', path: `services[${si}].identity` }
+    if (service.tls) error(at, `service "${service.name}" has both identity and tls`, 'identity makes its connections mTLS to meshed peers; drop tls, or drop identity for a non-meshed TLS upstream')
+    if (!model.identity) error(at, `service "${service.name}" has identity "${service.identity}" but the config has no identity of its own to present`, 'add a top-level identity: { dir, name, namespace } (made with meshproxy identity init / issue)')
   })
 }
 

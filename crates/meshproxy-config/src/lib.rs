@@ -18,6 +18,34 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub services: Vec<ServiceConfig>,
     pub admin: Option<AdminConfig>,
+    /// This proxy's mesh identity (for `mtls` listeners and meshed services); none when null.
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// Where this proxy's mesh identity is: `<dir>/ca.crt` (the trust anchors) and
+/// `<dir>/<name>.<namespace>.crt` / `.key` (its workload certificate). `dir` is as resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub dir: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+/// Mesh mTLS on a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// No mTLS.
+    #[default]
+    Off,
+    /// Every connection is mTLS with a client certificate from the trust anchors.
+    Required,
+    /// A connection that starts with a TLS handshake is mTLS; other ones are plaintext.
+    Permissive,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +100,9 @@ pub struct ListenerConfig {
     /// TLS termination: every connection's TLS handshake first; None = plaintext.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Mesh mTLS with the proxy's identity (`Config::identity`).
+    #[serde(default)]
+    pub mtls: MtlsMode,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -162,6 +193,9 @@ pub struct AuthorizationRule {
     pub path: PathMatch,
     /// Headers that must have exactly these values, all of them.
     pub headers: Vec<HeaderMatch>,
+    /// mTLS peer identities (`sa.ns`, a SPIFFE ID, or `*` for any authenticated peer).
+    #[serde(default)]
+    pub identities: Vec<String>,
 }
 
 /// HTTP/2 settings a production proxy sets on purpose (defaults in [`Http2Config::default`]).
@@ -580,6 +614,9 @@ pub struct ServiceConfig {
     /// TLS to the endpoints; none = plaintext.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// The endpoints are meshed peers of this workload identity (`sa.ns` or a SPIFFE ID): mTLS.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// TLS origination to a service's endpoints. Paths are as the loader resolved them.
@@ -709,6 +746,7 @@ pub mod testing {
             failure_accrual: FailureAccrualConfig::default(),
             health_check: None,
             tls: None,
+            identity: None,
             circuit_breaker: None,
             rate_limits: vec![],
             policies: Vec::new(),
@@ -757,6 +795,7 @@ pub mod testing {
             proxy_headers: true,
             authorization: AuthorizationConfig::default(),
             tls: None,
+            mtls: MtlsMode::Off,
             routes,
         }
     }
@@ -767,6 +806,7 @@ pub mod testing {
             listeners: vec![listener("127.0.0.1:0", vec![route("r", &[], PathMatchType::Prefix, "/", "s")])],
             services: vec![service("s", &[endpoint])],
             admin: None,
+            identity: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The admin listener: `/live`, `/ready` (503 while starting or draining), `/metrics`
-//! (Prometheus text), `/config` (the active config as JSON) and `/endpoints` (each service's
-//! endpoints with their health, as JSON). It never shares a port or a
+//! (Prometheus text), `/config` (the active config as JSON), `/endpoints` (each service's
+//! endpoints with their health, as JSON) and `/identity` (the mesh identity in force, as JSON). It never shares a port or a
 //! runtime budget with the data path beyond what a scrape costs.
 
 use std::convert::Infallible;
@@ -64,7 +64,8 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
             }
         }
         "/metrics" => {
-            let body = shared.metrics().render(&shared.registry().samples());
+            let mut body = shared.metrics().render(&shared.registry().samples());
+            crate::metrics::mesh::render(&mut body, shared.snapshot().load().identity.as_deref());
             text(StatusCode::OK, body, "text/plain; version=0.0.4; charset=utf-8")
         }
         "/config" => {
@@ -74,9 +75,15 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<ResponseBody> {
             text(StatusCode::OK, body, "application/json")
         }
         "/endpoints" => text(StatusCode::OK, endpoints_json(shared), "application/json"),
+        "/identity" => {
+            let json = crate::metrics::mesh::identity_json(shared.snapshot().load().identity.as_deref());
+            let body =
+                serde_json::to_string_pretty(&json).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            text(StatusCode::OK, body, "application/json")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /live /ready /metrics /config /endpoints\n".into(),
+            "admin endpoints: /live /ready /metrics /config /endpoints /identity\n".into(),
             "text/plain",
         ),
     }

@@ -14,8 +14,8 @@ use crate::balance::{Balancer, Cost, Distribution, HashKey, P2c, Ring, RoundRobi
 use crate::breaker::Breaker;
 use crate::classify::{FailurePolicy, RetryPolicy, StatusSet};
 use crate::config::{
-    BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, ListenerConfig, ListenerProtocol,
-    RouteConfig, ServiceConfig, UpstreamProtocol,
+    BalancerConfig, Config, EndpointConfig, HealthCheckConfig, Http2Config, IdentityConfig, ListenerConfig,
+    ListenerProtocol, MtlsMode, RouteConfig, ServiceConfig, UpstreamProtocol,
 };
 use crate::filter::authz::Authz;
 use crate::filter::{self, RequestFilter, ResponseFilter};
@@ -25,6 +25,7 @@ use crate::ratelimit::{Limits, Stores};
 use crate::routing::RouteTable;
 use crate::upstream::{Connector, Endpoint, Registry};
 use crate::Error;
+use meshproxy_tls::mesh::{IdentitySource, MeshIdentity, WorkloadId};
 use meshproxy_upstream::pool::PoolSettings;
 use meshproxy_upstream::{CheckSpec, ConnLimit, EndpointSettings, Probe};
 
@@ -47,6 +48,8 @@ pub struct Snapshot {
     endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)>,
     /// The metric series this config counts into, published once it is swapped in.
     metric_set: MetricSet,
+    /// This proxy's mesh identity (kept across reloads while its files' place stays the same).
+    pub identity: Option<Arc<MeshIdentity>>,
 }
 
 pub struct ListenerRuntime {
@@ -60,6 +63,15 @@ pub struct ListenerRuntime {
     pub metrics: Arc<ListenerMetrics>,
     /// TLS termination in front of protocol detection; None = plaintext.
     pub tls: Option<Arc<meshproxy_tls::ServerTls>>,
+    /// Mesh mTLS in front of protocol detection; None = no mTLS.
+    pub mtls: Option<Arc<Mtls>>,
+}
+
+/// A listener's mesh mTLS: this proxy's identity, and whether plaintext is served too.
+pub struct Mtls {
+    pub identity: Arc<MeshIdentity>,
+    /// `permissive`: a connection that does not start with a TLS handshake is served as plaintext.
+    pub permissive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +135,9 @@ pub struct Backend {
     /// How its endpoints' connections are opened (plain TCP, or TLS built from its `tls` once
     /// per compile); with the address, an endpoint's key in the registry.
     pub connector: Connector,
+    /// A meshed HTTP/1.1 service: its plain HTTP/1.1 requests travel over HTTP/2 to the peer
+    /// proxy, marked with `meshproxy-orig-proto` ([`crate::proxy`]).
+    pub mesh_h2: bool,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -171,12 +186,17 @@ impl Snapshot {
     /// Compiles `config` against the endpoints and metric series of the running one, changing
     /// neither: new endpoints and series are this snapshot's own until [`Snapshot::commit`].
     /// Global rate limits take their Redis servers from `stores` (the proxy's, kept across reloads).
+    ///
+    /// `previous`: the identity of the running snapshot; kept (its files read again) when the
+    /// config names the same files, so endpoints keyed by it keep their pools.
     pub fn compile(
         config: Config,
         registry: &Registry,
         metrics: &Metrics,
         stores: &Stores,
+        previous: Option<&Arc<MeshIdentity>>,
     ) -> Result<Self, Error> {
+        let identity = compile_identity(config.identity.as_ref(), previous)?;
         let mut services = HashMap::new();
         let mut endpoint_settings: Vec<(Arc<Endpoint>, EndpointSettings)> = Vec::new();
         let mut metric_set = MetricSet::default();
@@ -185,7 +205,15 @@ impl Snapshot {
             if services.contains_key(s.name.as_str()) {
                 return Err(Error::Config(format!("duplicate service {:?}", s.name)));
             }
-            let service = compile_service(s, registry, &endpoint_settings, metrics, &mut metric_set, stores)?;
+            let service = compile_service(
+                s,
+                registry,
+                &endpoint_settings,
+                metrics,
+                &mut metric_set,
+                stores,
+                identity.as_ref(),
+            )?;
             rate_limits.extend(service.rate_limits.clone());
             endpoint_settings
                 .extend(service.endpoints().iter().map(|e| (e.clone(), service.settings.clone())));
@@ -193,7 +221,15 @@ impl Snapshot {
         }
         let mut listeners = FxHashMap::default();
         for l in &config.listeners {
-            let runtime = compile_listener(l, &services, metrics, &mut metric_set, &mut rate_limits, stores)?;
+            let runtime = compile_listener(
+                l,
+                &services,
+                metrics,
+                &mut metric_set,
+                &mut rate_limits,
+                stores,
+                identity.as_ref(),
+            )?;
             if listeners.insert(l.address.as_str().into(), Arc::new(runtime)).is_some() {
                 return Err(Error::Config(format!("duplicate listener address {:?}", l.address)));
             }
@@ -206,6 +242,7 @@ impl Snapshot {
             rate_limits,
             endpoint_settings,
             metric_set,
+            identity,
         })
     }
 
@@ -272,6 +309,7 @@ fn compile_listener(
     metric_set: &mut MetricSet,
     rate_limits: &mut Vec<Arc<Limits>>,
     stores: &Stores,
+    identity: Option<&Arc<MeshIdentity>>,
 ) -> Result<ListenerRuntime, Error> {
     let routes = l
         .routes
@@ -342,12 +380,28 @@ fn compile_listener(
         None => None,
     };
     let tls = l.tls.as_ref().map(|t| compile_tls(&l.name, t)).transpose()?;
+    let mtls = match (l.mtls, identity) {
+        (MtlsMode::Off, _) => None,
+        (_, None) => {
+            return Err(Error::Config(format!(
+                "listener {:?}: mtls needs the proxy's identity (top-level identity)",
+                l.name
+            )))
+        }
+        (_, Some(_)) if tls.is_some() => {
+            return Err(Error::Config(format!("listener {:?}: mtls and tls together", l.name)))
+        }
+        (mode, Some(identity)) => {
+            Some(Arc::new(Mtls { identity: identity.clone(), permissive: mode == MtlsMode::Permissive }))
+        }
+    };
     let listener_metrics = metrics.listener(metric_set, &l.name);
-    listener_metrics.tls.enabled.store(tls.is_some(), std::sync::atomic::Ordering::Relaxed);
+    listener_metrics.tls.enabled.store(tls.is_some() || mtls.is_some(), std::sync::atomic::Ordering::Relaxed);
     Ok(ListenerRuntime {
         name: l.name.as_str().into(),
         protocol: l.protocol,
         tls,
+        mtls,
         tcp_service,
         table: RouteTable::compile(&l.routes)?,
         routes,
@@ -425,10 +479,14 @@ fn compile_service(
     metrics: &Metrics,
     metric_set: &mut MetricSet,
     stores: &Stores,
+    identity: Option<&Arc<MeshIdentity>>,
 ) -> Result<Backend, Error> {
     let service_metrics = metrics.tcp(metric_set, &s.name);
     let settings = endpoint_settings(s, &service_metrics.connection_limit);
-    let connector = compile_connector(s)?;
+    let connector = match &s.identity {
+        Some(expected) => compile_mesh_connector(s, expected, identity)?,
+        None => compile_connector(s)?,
+    };
     let set = compile_endpoint_set(s, &s.endpoints, registry, staged, &connector, settings.clone())?;
     Ok(Backend {
         name: s.name.as_str().into(),
@@ -451,9 +509,59 @@ fn compile_service(
             .as_ref()
             .map(|c| Arc::new(Breaker::new(c.max_requests, c.max_pending_requests, service_metrics))),
         policies: policy::compile(&format!("service:{}", s.name), &s.policies, false, metrics, metric_set)?.1,
+        mesh_h2: s.identity.is_some() && s.protocol == UpstreamProtocol::Http1,
         connector,
         endpoints: ArcSwap::from_pointee(set),
     })
+}
+
+/// The proxy's identity for this config: the running one when the config names the same files
+/// (read again now: a reload takes rotated files; unreadable ones keep the material in force),
+/// else loaded anew (any problem is an error).
+fn compile_identity(
+    c: Option<&IdentityConfig>,
+    previous: Option<&Arc<MeshIdentity>>,
+) -> Result<Option<Arc<MeshIdentity>>, Error> {
+    let Some(c) = c else { return Ok(None) };
+    let source =
+        IdentitySource { dir: c.dir.clone().into(), name: c.name.clone(), namespace: c.namespace.clone() };
+    if let Some(p) = previous.filter(|p| *p.source() == source) {
+        if let Err(e) = p.reload() {
+            tracing::warn!(error = %e, "identity files refused on reload; the identity in force keeps serving");
+        }
+        return Ok(Some(p.clone()));
+    }
+    let identity = MeshIdentity::load(source).map_err(Error::Identity)?;
+    tracing::info!(id = %identity.material().info.id.spiffe(), "mesh identity loaded");
+    Ok(Some(Arc::new(identity)))
+}
+
+/// A meshed service's connector: mTLS to peers of identity `expected` (`sa.ns` in this proxy's
+/// trust domain, or a SPIFFE ID), presenting this proxy's identity.
+fn compile_mesh_connector(
+    s: &ServiceConfig,
+    expected: &str,
+    identity: Option<&Arc<MeshIdentity>>,
+) -> Result<Connector, Error> {
+    let Some(identity) = identity else {
+        return Err(Error::Config(format!(
+            "service {:?}: identity needs the proxy's own identity (top-level identity)",
+            s.name
+        )));
+    };
+    if s.tls.is_some() {
+        return Err(Error::Config(format!("service {:?}: identity and tls together", s.name)));
+    }
+    let td = identity.material().info.id.trust_domain.clone();
+    let peer = WorkloadId::parse(expected, &td).ok_or_else(|| {
+        Error::Config(format!(
+            "service {:?}: identity {expected:?} is neither <sa>.<namespace> nor spiffe://<td>/ns/<ns>/sa/<sa>",
+            s.name
+        ))
+    })?;
+    let connector = meshproxy_upstream::MeshConnector::new(&s.name, &peer, identity.clone())
+        .map_err(|e| Error::Config(format!("service {:?}: identity: {e}", s.name)))?;
+    Ok(Connector::Mesh(connector))
 }
 
 /// Service `s`'s connector: TLS as its `tls` says (files read and checked now), else plain TCP.

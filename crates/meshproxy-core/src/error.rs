@@ -27,6 +27,9 @@ pub enum Error {
         #[source]
         source: meshproxy_tls::TlsError,
     },
+    /// The proxy's mesh identity cannot be used (the message names the file).
+    #[error("identity: {0}")]
+    Identity(#[source] meshproxy_tls::TlsError),
 }
 
 impl From<meshproxy_config::ModelError> for Error {
@@ -51,6 +54,7 @@ impl Error {
             Error::AlreadyRunning => "MESHPROXY_ALREADY_RUNNING",
             Error::Closed => "MESHPROXY_CLOSED",
             Error::Tls { .. } => "MESHPROXY_TLS_INVALID",
+            Error::Identity(_) => "MESHPROXY_IDENTITY_INVALID",
         }
     }
 }

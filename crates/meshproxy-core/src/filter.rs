@@ -347,6 +347,8 @@ pub struct RequestCx<'a> {
     pub client_ip: &'a HeaderValue,
     /// The request came over TLS: `X-Forwarded-Proto` says `https`.
     pub tls: bool,
+    /// The SPIFFE ID of the mTLS peer the request came from (a meshed listener); None otherwise.
+    pub peer_id: Option<&'a str>,
 }
 
 impl RequestFilter {
@@ -621,14 +623,28 @@ mod tests {
         let mut h = head("/api/users?page=2", None);
         let mut seen = Seen::default();
         rewrite
-            .apply(&mut RequestCx { head: &mut h, seen: &mut seen, client, client_ip: &ip, tls: false })
+            .apply(&mut RequestCx {
+                head: &mut h,
+                seen: &mut seen,
+                client,
+                client_ip: &ip,
+                tls: false,
+                peer_id: None,
+            })
             .unwrap();
         assert_eq!(h.uri, "/users?page=2");
         assert_eq!(h.headers[header::HOST], "backend.internal");
         assert!(seen.host, "the upstream request keeps the rewritten Host");
         let mut h2 = head("http://front.example/api", None);
         rewrite
-            .apply(&mut RequestCx { head: &mut h2, seen: &mut seen, client, client_ip: &ip, tls: false })
+            .apply(&mut RequestCx {
+                head: &mut h2,
+                seen: &mut seen,
+                client,
+                client_ip: &ip,
+                tls: false,
+                peer_id: None,
+            })
             .unwrap();
         assert_eq!(h2.uri, "http://backend.internal/");
     }

@@ -34,6 +34,7 @@ use crate::tcp;
 use meshproxy_http::detect::{self, Detected, PrefixedIo};
 use meshproxy_http::h2_server;
 
+mod mtls;
 mod tls;
 
 #[cfg(test)]
@@ -191,19 +192,37 @@ async fn serve(
             let Some((stream, alpn)) = tls::accept(stream, peer, &tls, &rt).await else {
                 return;
             };
-            serve_io(stream, alpn, peer, rt, shared, key, drain).await
+            serve_io(stream, alpn, peer, None, rt, shared, key, drain).await
         })
         .await;
     }
-    serve_io(stream, None, peer, rt, shared, key, drain).await
+    if let Some(mtls) = rt.mtls.clone() {
+        // Boxed for the same reason.
+        return Box::pin(async move {
+            match mtls::accept(stream, peer, &mtls, &rt).await {
+                mtls::Accepted::Mesh(stream, alpn, id) => {
+                    serve_io(stream, alpn, peer, Some(id), rt, shared, key, drain).await
+                }
+                mtls::Accepted::Plain(stream) => {
+                    serve_io(stream, None, peer, None, rt, shared, key, drain).await
+                }
+                mtls::Accepted::Refused => {}
+            }
+        })
+        .await;
+    }
+    serve_io(stream, None, peer, None, rt, shared, key, drain).await
 }
 
 /// Serves one connection, plaintext or decrypted: a protocol the client chose by ALPN is served
 /// as such; otherwise the first bytes decide (HTTP/1.x, the h2 preface, or opaque TCP).
+/// `peer_id`: the SPIFFE ID of an mTLS peer.
+#[allow(clippy::too_many_arguments)]
 async fn serve_io<IO>(
     stream: IO,
     alpn: Option<tls::Alpn>,
     peer: SocketAddr,
+    peer_id: Option<Arc<str>>,
     rt: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
     key: Arc<str>,
@@ -246,7 +265,8 @@ async fn serve_io<IO>(
         }
     }
     let io = PrefixedIo::new(prefix, io);
-    let service = ProxyService::new(shared, key, peer, activity.clone(), drain.clone(), rt.tls.is_some());
+    let service =
+        ProxyService::new(shared, key, peer, activity.clone(), drain.clone(), rt.tls.is_some(), peer_id);
     match detected {
         Detected::Http2 => {
             activity.multiplexed();

@@ -18,6 +18,7 @@ use crate::error::ProxyError;
 use crate::ratelimit::LimitMetrics;
 use meshproxy_upstream::{HealthState, Sample};
 
+pub mod mesh;
 mod tls;
 pub use tls::{TlsFailure, TlsMetrics};
 

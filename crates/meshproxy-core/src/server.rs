@@ -167,7 +167,7 @@ impl MeshProxy {
         let registry = Registry::new(workers.len());
         let metrics = Metrics::default();
         let stores = crate::ratelimit::Stores::default();
-        let snapshot = Snapshot::compile(config, &registry, &metrics, &stores)?;
+        let snapshot = Snapshot::compile(config, &registry, &metrics, &stores, None)?;
         snapshot.commit(&registry, &metrics);
         let shared = Arc::new(Shared::new(snapshot, registry, metrics, stores, workers));
         Ok(MeshProxy { shared, state: Mutex::new(State::Created) })
@@ -222,11 +222,13 @@ impl MeshProxy {
         if matches!(state, State::Closed) {
             return Err(Error::Closed);
         }
+        let previous = self.shared.snapshot().load().identity.clone();
         let snapshot = Arc::new(Snapshot::compile(
             config,
             self.shared.registry(),
             self.shared.metrics(),
             self.shared.stores(),
+            previous.as_ref(),
         )?);
         if let State::Running(running) = state {
             let bound = self.bind_new(&snapshot.config, running).await?;
@@ -392,10 +394,11 @@ impl MeshProxy {
                         }
                         // Certificate files that changed on disk are read in again (off the
                         // runtime's threads: file reads and key parsing).
-                        if snapshot
-                            .listeners
-                            .values()
-                            .any(|l| l.tls.as_ref().is_some_and(|t| t.watches_files()))
+                        if snapshot.identity.is_some()
+                            || snapshot
+                                .listeners
+                                .values()
+                                .any(|l| l.tls.as_ref().is_some_and(|t| t.watches_files()))
                         {
                             let _ = tokio::task::spawn_blocking(move || reload_certificates(&snapshot)).await;
                         }
@@ -471,6 +474,18 @@ fn info(r: &Running) -> StartInfo {
 /// Rebuilds the TLS config of each listener whose certificate files changed; a bad new
 /// certificate is logged and the one in force keeps serving.
 fn reload_certificates(snapshot: &crate::compile::Snapshot) {
+    if let Some(identity) = &snapshot.identity {
+        match identity.reload_if_changed() {
+            None => {}
+            Some(Ok(())) => {
+                let info = &identity.material().info;
+                tracing::info!(id = %info.id.spiffe(), serial = %info.serial, anchors = info.anchors.len(), "mesh identity reloaded from changed files");
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "changed mesh identity files refused; the identity in force keeps serving");
+            }
+        }
+    }
     for l in snapshot.listeners.values() {
         let Some(tls) = &l.tls else { continue };
         match tls.reload_if_changed() {

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod mesh;
 mod resolver;
 mod source;
 
@@ -51,8 +52,10 @@ pub enum TlsError {
     DuplicateHost { host: String, first: String, second: String },
     #[error("a TLS listener needs at least one certificate")]
     NoCertificates,
-    #[error("cannot build the TLS server config: {0}")]
+    #[error("cannot build the TLS config: {0}")]
     Config(String),
+    #[error("{path}: {why}")]
+    Identity { path: String, why: String },
 }
 
 /// The crypto provider every TLS config of meshproxy's uses: ring, chosen explicitly. rustls

@@ -94,14 +94,16 @@ pub struct Stamp(Vec<Option<(SystemTime, u64)>>);
 
 impl Stamp {
     pub fn of(specs: &[CertificateSpec]) -> Stamp {
-        Stamp(
-            specs
-                .iter()
-                .flat_map(|s| [s.cert.path(), s.key.path()])
-                .flatten()
-                // Follows symlinks: a Kubernetes Secret volume swaps a symlink to new files.
-                .map(|p| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len()))))
-                .collect(),
-        )
+        Stamp(specs.iter().flat_map(|s| [s.cert.path(), s.key.path()]).flatten().map(stamp).collect())
     }
+
+    /// The stamps of `paths`, in order.
+    pub fn of_paths(paths: &[PathBuf]) -> Stamp {
+        Stamp(paths.iter().map(|p| stamp(p)).collect())
+    }
+}
+
+/// Follows symlinks: a Kubernetes Secret volume swaps a symlink to new files.
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
 }

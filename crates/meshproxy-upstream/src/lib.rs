@@ -21,7 +21,7 @@ pub use check::{CheckSpec, Probe, ProbeFailure, StatusSet};
 pub use connect::{Alpn, ConnLimit, Connector, Counted, Target, TcpConnector};
 pub use endpoint::{Checkout, Endpoint, EndpointSettings, Queued, Registry, Sample};
 pub use health::{Accrual, Health, HealthState};
-pub use tls::{TlsConnector, TlsError, TlsSettings, UpstreamConnector, UpstreamIo};
+pub use tls::{MeshConnector, TlsConnector, TlsError, TlsSettings, UpstreamConnector, UpstreamIo};
 
 /// Why an endpoint could not take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -34,6 +34,9 @@ use tokio_rustls::client::TlsStream;
 
 use crate::connect::{Alpn, Connector, Target, TcpConnector};
 
+mod mesh;
+pub use mesh::MeshConnector;
+
 /// A service's TLS settings as the config gives them (paths already resolved).
 #[derive(Debug, Clone, Default)]
 pub struct TlsSettings {
@@ -102,13 +105,7 @@ impl Hash for TlsConnector {
     }
 }
 
-/// The crypto provider of every upstream TLS config: ring, chosen explicitly. rustls 0.23.48
-/// deprecates ring's `default_provider` because ring has no post-quantum key exchange (aws-lc-rs
-/// has); ring is the project's one provider (no C/CMake build of aws-lc).
-#[allow(deprecated)]
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use meshproxy_tls::provider;
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
@@ -259,12 +256,14 @@ impl TlsConnector {
     }
 }
 
-/// The connector of the engine's endpoints: plain TCP, or TLS as the service's `tls` says.
+/// The connector of the engine's endpoints: plain TCP, TLS as the service's `tls` says, or mTLS
+/// to a meshed peer ([`MeshConnector`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum UpstreamConnector {
     #[default]
     Tcp,
     Tls(TlsConnector),
+    Mesh(MeshConnector),
 }
 
 impl Connector for UpstreamConnector {
@@ -277,11 +276,14 @@ impl Connector for UpstreamConnector {
             UpstreamConnector::Tls(tls) => {
                 Ok(UpstreamIo::Tls(Box::new(tls.handshake(tcp, target, alpn).await?)))
             }
+            UpstreamConnector::Mesh(mesh) => {
+                Ok(UpstreamIo::Tls(Box::new(mesh.handshake(tcp, target, alpn).await?)))
+            }
         }
     }
 
     fn is_tls(&self) -> bool {
-        matches!(self, UpstreamConnector::Tls(_))
+        !matches!(self, UpstreamConnector::Tcp)
     }
 }
 

@@ -59,6 +59,6 @@ proptest! {
         s.failure_statuses = statuses;
         s.failure_grpc_statuses = grpc_statuses;
         let registry = Registry::new(1);
-        let _ = Snapshot::compile(config, &registry, &Metrics::default(), &Stores::default());
+        let _ = Snapshot::compile(config, &registry, &Metrics::default(), &Stores::default(), None);
     }
 }

@@ -8,7 +8,10 @@
 //! first request filter. A rule's conditions are checked cheapest first (network, method, headers,
 //! path), and the path is parsed into segments only when a rule asks for it.
 //!
-//! The rule shape leaves room for a peer identity condition (mTLS) beside `networks`.
+//! On a listener with `mtls`, `identities` matches the peer's SPIFFE ID (its client certificate,
+//! verified against the trust anchors): `sa.ns` (that workload, whatever the trust domain the
+//! anchors vouch for), a whole SPIFFE ID, or `*` (any authenticated peer). A request without a
+//! peer identity (plaintext, a listener without `mtls`) matches no rule with `identities`.
 
 use std::net::IpAddr;
 
@@ -94,6 +97,46 @@ struct Rule {
     /// None = any path.
     path: Option<PathMatcher>,
     headers: Box<[(HeaderName, HeaderValue)]>,
+    /// Empty = any peer (or none).
+    identities: Box<[PeerMatch]>,
+}
+
+/// One entry of a rule's `identities`.
+#[derive(Debug)]
+enum PeerMatch {
+    /// `*`: any authenticated peer.
+    Any,
+    /// A whole SPIFFE ID.
+    Exact(Box<str>),
+    /// `sa.ns`: the path `/ns/<ns>/sa/<sa>` of a SPIFFE ID, in any trust domain.
+    Workload(Box<str>),
+}
+
+impl PeerMatch {
+    fn compile(s: &str) -> Option<PeerMatch> {
+        if s == "*" {
+            return Some(PeerMatch::Any);
+        }
+        if s.starts_with("spiffe://") {
+            return Some(PeerMatch::Exact(s.into()));
+        }
+        let (sa, ns) = s.split_once('.')?;
+        let label = |l: &str| {
+            !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        (label(sa) && label(ns)).then(|| PeerMatch::Workload(format!("/ns/{ns}/sa/{sa}").into()))
+    }
+
+    fn holds(&self, peer: &str) -> bool {
+        match self {
+            PeerMatch::Any => true,
+            PeerMatch::Exact(id) => **id == *peer,
+            PeerMatch::Workload(path) => peer
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+                .is_some_and(|p| p == &**path),
+        }
+    }
 }
 
 /// What a rule reads of a request.
@@ -104,6 +147,8 @@ pub struct Request<'a> {
     /// The raw path, without the query.
     pub path: &'a str,
     pub headers: &'a http::HeaderMap,
+    /// The mTLS peer's SPIFFE ID, if the request came from one.
+    pub peer: Option<&'a str>,
 }
 
 /// The client's address as rules see it: an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what
@@ -140,12 +185,22 @@ impl Rule {
                 Ok((name, value))
             })
             .collect::<Result<_, Error>>()?;
+        let identities = r
+            .identities
+            .iter()
+            .map(|i| {
+                PeerMatch::compile(i).ok_or_else(|| {
+                    bad(format!("identity {i:?} is not <sa>.<namespace>, a SPIFFE ID or \"*\""))
+                })
+            })
+            .collect::<Result<_, Error>>()?;
         Ok(Rule {
             action: r.action.into(),
             networks,
             methods,
             path: (!path.is_any()).then_some(path),
             headers,
+            identities,
         })
     }
 
@@ -157,6 +212,11 @@ impl Rule {
             return false;
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method) {
+            return false;
+        }
+        if !self.identities.is_empty()
+            && !req.peer.is_some_and(|peer| self.identities.iter().any(|i| i.holds(peer)))
+        {
             return false;
         }
         if !self.headers.iter().all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value)) {
@@ -181,12 +241,18 @@ fn path_matches<'p>(p: &PathMatcher, path: &'p str, segs: &mut Option<Segments<'
 pub fn allows_connect<B>(
     filters: &[RequestFilter],
     client: std::net::SocketAddr,
+    peer: Option<&str>,
     req: &http::Request<B>,
 ) -> bool {
     match filters.first() {
         Some(RequestFilter::Authorize(a)) => {
-            let req =
-                Request { client: client.ip(), method: req.method(), path: "/", headers: req.headers() };
+            let req = Request {
+                client: client.ip(),
+                method: req.method(),
+                path: "/",
+                headers: req.headers(),
+                peer,
+            };
             a.decide(&req) == Action::Allow
         }
         _ => true,
@@ -216,8 +282,9 @@ impl Authz {
         if compiled.is_empty() && default == Action::Allow {
             return Ok(None);
         }
-        let by_network =
-            compiled.iter().all(|r| r.methods.is_empty() && r.headers.is_empty() && r.path.is_none());
+        let by_network = compiled.iter().all(|r| {
+            r.methods.is_empty() && r.headers.is_empty() && r.path.is_none() && r.identities.is_empty()
+        });
         Ok(Some(Authz { rules: compiled.into(), default, by_network }))
     }
 
@@ -248,8 +315,13 @@ impl Authz {
         // The only CONNECT that reaches the filters is a WebSocket over HTTP/2 (RFC 8441, a plain
         // CONNECT is a tunnel: `allows_connect`), which routes match as the GET it stands for.
         let method = if cx.head.method == Method::CONNECT { &Method::GET } else { &cx.head.method };
-        let req =
-            Request { client: cx.client.ip(), method, path: cx.head.uri.path(), headers: &cx.head.headers };
+        let req = Request {
+            client: cx.client.ip(),
+            method,
+            path: cx.head.uri.path(),
+            headers: &cx.head.headers,
+            peer: cx.peer_id,
+        };
         self.decide(&req)
     }
 
@@ -279,6 +351,7 @@ mod tests {
             methods: vec![],
             path: PathMatch { kind: PathMatchType::Prefix, value: "/".into() },
             headers: vec![],
+            identities: vec![],
         }
     }
 
@@ -290,7 +363,7 @@ mod tests {
 
     fn decide_for(a: &Authz, ip: &str, method: Method, path: &str, headers: &http::HeaderMap) -> Action {
         let client = client_ip(ip.parse().unwrap());
-        a.decide(&Request { client, method: &method, path, headers })
+        a.decide(&Request { client, method: &method, path, headers, peer: None })
     }
 
     fn from(a: &Authz, ip: &str) -> Action {
@@ -340,7 +413,8 @@ mod tests {
         let none = http::HeaderMap::new();
         for ip in ["127.0.0.1", "127.0.0.9", "10.1.1.1", "192.0.2.1", "::ffff:127.0.0.9", "::1"] {
             let client: IpAddr = ip.parse().unwrap();
-            let full = a.decide(&Request { client, method: &Method::GET, path: "/", headers: &none });
+            let full =
+                a.decide(&Request { client, method: &Method::GET, path: "/", headers: &none, peer: None });
             assert_eq!(a.decide_by_network(place(client)), full, "{ip}");
         }
         let mut by_method = rule(Deny, &[]);
@@ -423,7 +497,7 @@ mod tests {
         let verdict = |method: Method, seen: &mut meshproxy_http::headers::Seen| {
             let mut head =
                 http::Request::builder().method(method).uri("/chat").body(()).unwrap().into_parts().0;
-            a.verdict(&RequestCx { head: &mut head, seen, client, client_ip: &ip, tls: false })
+            a.verdict(&RequestCx { head: &mut head, seen, client, client_ip: &ip, tls: false, peer_id: None })
         };
         assert!(matches!(verdict(Method::GET, &mut seen), Verdict::Continue));
         assert!(matches!(verdict(Method::CONNECT, &mut seen), Verdict::Continue));
@@ -438,5 +512,39 @@ mod tests {
         let mut m = rule(Deny, &[]);
         m.methods = vec!["BAD METHOD".into()];
         assert!(bad(m));
+    }
+
+    #[test]
+    fn identities_match_the_mtls_peer_by_workload_spiffe_id_or_any() {
+        let by = |ids: &[&str]| AuthorizationRule {
+            identities: ids.iter().map(|i| (*i).into()).collect(),
+            ..rule(Allow, &[])
+        };
+        let a = Authz::compile(
+            "r",
+            &[by(&["web.shop"]), by(&["spiffe://other.td/ns/ops/sa/admin"])],
+            &listener(Deny, vec![]),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!a.by_network);
+        let none = http::HeaderMap::new();
+        let peer = |p: Option<&str>| {
+            let client = client_ip("10.0.0.1".parse().unwrap());
+            a.decide(&Request { client, method: &Method::GET, path: "/", headers: &none, peer: p })
+        };
+        assert_eq!(peer(Some("spiffe://cluster.local/ns/shop/sa/web")), Action::Allow);
+        assert_eq!(peer(Some("spiffe://cluster.local/ns/shop/sa/orders")), Action::Deny);
+        assert_eq!(peer(Some("spiffe://cluster.local/ns/shopx/sa/web")), Action::Deny);
+        assert_eq!(peer(Some("spiffe://other.td/ns/ops/sa/admin")), Action::Allow);
+        assert_eq!(peer(Some("spiffe://cluster.local/ns/ops/sa/admin")), Action::Deny);
+        assert_eq!(peer(None), Action::Deny, "plaintext: no identity matches");
+        let any = Authz::compile("r", &[by(&["*"])], &listener(Deny, vec![])).unwrap().unwrap();
+        let client = client_ip("10.0.0.1".parse().unwrap());
+        let decide =
+            |p| any.decide(&Request { client, method: &Method::GET, path: "/", headers: &none, peer: p });
+        assert_eq!(decide(Some("spiffe://x/ns/a/sa/b")), Action::Allow);
+        assert_eq!(decide(None), Action::Deny);
+        assert!(Authz::compile("r", &[by(&["Web"])], &listener(Deny, vec![])).is_err());
     }
 }

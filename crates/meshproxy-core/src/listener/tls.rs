@@ -27,7 +27,7 @@ pub(super) enum Alpn {
 }
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
-const HANDSHAKE_RECORD: u8 = 0x16;
+pub(super) const HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Runs the server side of the handshake. None: it failed (counted, logged, the connection closed).
 pub(super) async fn accept(
@@ -84,7 +84,7 @@ pub(super) async fn accept(
 
 /// Why a handshake failed, from the error tokio-rustls returns (a `rustls::Error` inside an
 /// `io::Error`, or the socket's own error).
-fn classify(e: &std::io::Error) -> TlsFailure {
+pub(super) fn classify(e: &std::io::Error) -> TlsFailure {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::PeerIncompatible(_)) => TlsFailure::Incompatible,
         Some(rustls::Error::AlertReceived(_)) => TlsFailure::PeerAlert,
@@ -102,7 +102,7 @@ fn classify(e: &std::io::Error) -> TlsFailure {
 /// Answers a plaintext HTTP/1 request on a TLS port with 400 `tls-required` and closes: the
 /// answer goes out at once, the write side is shut, and what the client sent is read and dropped
 /// (briefly) so that closing does not reset the connection before the client reads the answer.
-async fn refuse_plaintext_http(mut stream: TcpStream) {
+pub(super) async fn refuse_plaintext_http(mut stream: TcpStream) {
     use tokio::io::AsyncReadExt;
     let e = ProxyError::TlsRequired;
     let body = e.body();

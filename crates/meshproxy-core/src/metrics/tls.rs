@@ -22,16 +22,29 @@ pub enum TlsFailure {
     Closed,
     /// A malformed or unexpected message.
     Protocol,
+    /// mTLS: the client's certificate leads to no trust anchor of this proxy's.
+    Untrusted,
+    /// mTLS: the client's certificate expired (or is not valid yet).
+    Expired,
+    /// mTLS: the client sent no certificate.
+    NoClientCertificate,
+    /// mTLS: the client's certificate is malformed, not for client authentication, or names no
+    /// SPIFFE ID.
+    BadCertificate,
 }
 
 impl TlsFailure {
-    pub const ALL: [TlsFailure; 6] = [
+    pub const ALL: [TlsFailure; 10] = [
         TlsFailure::Plaintext,
         TlsFailure::Timeout,
         TlsFailure::Incompatible,
         TlsFailure::PeerAlert,
         TlsFailure::Closed,
         TlsFailure::Protocol,
+        TlsFailure::Untrusted,
+        TlsFailure::Expired,
+        TlsFailure::NoClientCertificate,
+        TlsFailure::BadCertificate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +55,10 @@ impl TlsFailure {
             TlsFailure::PeerAlert => "peer-alert",
             TlsFailure::Closed => "closed",
             TlsFailure::Protocol => "protocol",
+            TlsFailure::Untrusted => "untrusted",
+            TlsFailure::Expired => "expired",
+            TlsFailure::NoClientCertificate => "no-client-certificate",
+            TlsFailure::BadCertificate => "bad-certificate",
         }
     }
 }

@@ -51,6 +51,9 @@ use held::{holds, judge_head, respond_held, Held};
 static ERROR_HEADER: header::HeaderName = header::HeaderName::from_static("meshproxy-error");
 static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
+/// Marks an HTTP/1.1 request carried over HTTP/2 between meshproxies; the receiving proxy
+/// removes it (only from requests of an mTLS peer).
+pub(crate) static ORIG_PROTO: header::HeaderName = header::HeaderName::from_static("meshproxy-orig-proto");
 
 #[derive(Clone)]
 pub struct ProxyService {
@@ -66,6 +69,9 @@ struct ConnCtx {
     activity: Arc<Activity>,
     /// The connection came over TLS (`X-Forwarded-Proto: https`).
     tls: bool,
+    /// The SPIFFE ID of the mTLS peer (a meshed listener): its requests may carry
+    /// `meshproxy-orig-proto`.
+    peer_id: Option<Arc<str>>,
 }
 
 impl ProxyService {
@@ -76,11 +82,12 @@ impl ProxyService {
         activity: Arc<Activity>,
         drain: watch::Receiver<Drain>,
         tls: bool,
+        peer_id: Option<Arc<str>>,
     ) -> Self {
         let client_ip =
             HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         ProxyService {
-            ctx: Arc::new(ConnCtx { shared, drain, listener_key, client, client_ip, activity, tls }),
+            ctx: Arc::new(ConnCtx { shared, drain, listener_key, client, client_ip, activity, tls, peer_id }),
         }
     }
 }
@@ -179,6 +186,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
                 client: ctx.client,
                 client_ip: &ctx.client_ip,
                 tls: ctx.tls,
+                peer_id: ctx.peer_id.as_deref(),
             };
             match filter::run_request(&routed.route.request_filters, from, &mut cx) {
                 Step::Done => break,
@@ -210,10 +218,16 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
         let request = route.keeps_request.then(|| policy::request_value(&head));
+        // An HTTP/1.1 request to a meshed HTTP/1.1 service travelling over HTTP/2: marked, so the
+        // peer proxy serves it to its application as HTTP/1.1 again.
+        let orig_h1 = h2 && backend.mesh_h2 && head.version == Version::HTTP_11;
         let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
             Ok(r) => r,
             Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
         };
+        if orig_h1 {
+            upstream_req.headers_mut().insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
+        }
         let ws_key = match &kind {
             Kind::Upgrade(token) => {
                 upgrade::restore(upstream_req.headers_mut(), token.clone());
@@ -516,7 +530,7 @@ fn route<'a>(
         let Some(route) = route.filter(|r| r.allow_connect) else {
             return Routed::Answered(Box::new(meta.fail(ProxyError::ConnectRefused, route, None, activity)));
         };
-        if !filter::authz::allows_connect(&route.request_filters, ctx.client, &req) {
+        if !filter::authz::allows_connect(&route.request_filters, ctx.client, ctx.peer_id.as_deref(), &req) {
             return Routed::Answered(Box::new(meta.fail(ProxyError::Forbidden, Some(route), None, activity)));
         }
         let (backend, endpoint, check) = match choose(ctx, route, req.headers(), true) {
@@ -561,6 +575,9 @@ fn route<'a>(
     }
     let seen = headers::scan(&head.headers);
     let seen = headers::strip_seen(&mut head.headers, seen);
+    if ctx.peer_id.is_some() {
+        from_mesh_h2(&mut head);
+    }
     // `Expect: 100-continue` is answered by this proxy (hyper sends the 100 when the body is
     // first read, i.e. when the upstream is ready for it), so it does not travel further.
     if seen.expect {
@@ -588,10 +605,27 @@ async fn select<'a>(
     Ok((backend, endpoint, h2))
 }
 
-/// Whether a plain request of `version` goes to `backend` over HTTP/2.
+/// A request from a meshed peer that was HTTP/1.1 before the peer proxy carried it over HTTP/2
+/// (`meshproxy-orig-proto: HTTP/1.1`, removed here) is an HTTP/1.1 request again: an `auto`
+/// service gets it as HTTP/1.1, as the application sent it.
+#[cold]
+fn from_mesh_h2(head: &mut Parts) {
+    if head.version != Version::HTTP_2 {
+        return;
+    }
+    if let Some(v) = head.headers.remove(&ORIG_PROTO) {
+        if v == "HTTP/1.1" {
+            head.version = Version::HTTP_11;
+        }
+    }
+}
+
+/// Whether a plain request of `version` goes to `backend` over HTTP/2: a meshed HTTP/1.1
+/// service takes HTTP/1.1 requests over HTTP/2 (multiplexed between the proxies), HTTP/1.0
+/// ones as they are.
 fn speaks_h2(backend: &Backend, version: Version) -> bool {
     match backend.protocol {
-        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http1 => backend.mesh_h2 && version == Version::HTTP_11,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Auto => version == Version::HTTP_2,
     }

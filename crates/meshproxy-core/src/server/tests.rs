@@ -51,6 +51,7 @@ async fn routes_reuses_connections_and_reports_no_route() {
         listeners: vec![listener("127.0.0.1:0", vec![route("api", &["api.test"], Prefix, "/", "a")])],
         services: vec![service("a", &[&a])],
         admin: None,
+        identity: None,
     };
     let proxy = MeshProxy::new(config).unwrap();
     let info = proxy.start().await.unwrap();
@@ -85,7 +86,7 @@ async fn failed_reload_changes_nothing() {
             listeners.push(l);
             services.push(service("b", &[&unused]));
         }
-        Config { listeners, services, admin: None }
+        Config { listeners, services, admin: None, identity: None }
     };
     let proxy = MeshProxy::new(cfg(None)).unwrap();
     let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
@@ -123,6 +124,7 @@ async fn a_reload_that_removes_a_route_and_endpoint_removes_their_series_after_d
         )],
         services: vec![service("a", &[&a]), service("b", &[&b])],
         admin: None,
+        identity: None,
     };
     let proxy = MeshProxy::new(both.clone()).unwrap();
     let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
@@ -213,6 +215,7 @@ async fn with_request_filters(
         shared.registry(),
         shared.metrics(),
         shared.stores(),
+        None,
     )
     .unwrap();
     let key: Box<str> = "127.0.0.1:0".into();
@@ -340,6 +343,7 @@ async fn a_service_limit_applies_to_the_requests_a_split_sends_it_and_never_reac
         listeners: vec![listener("127.0.0.1:0", vec![split])],
         services: vec![limited, service("b", &[&b])],
         admin: None,
+        identity: None,
     };
     let proxy = MeshProxy::new(config).unwrap();
     let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
@@ -375,6 +379,7 @@ async fn a_route_limit_answers_429_with_retry_after_and_the_ratelimit_fields() {
         listeners: vec![listener("127.0.0.1:0", vec![r])],
         services: vec![service("a", &[&a])],
         admin: None,
+        identity: None,
     };
     let proxy = MeshProxy::new(config).unwrap();
     let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();

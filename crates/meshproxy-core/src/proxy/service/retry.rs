@@ -18,6 +18,7 @@ use std::task::Poll;
 
 use futures_util::future::Either;
 
+use http::header::HeaderValue;
 use http::Response;
 use http_body::Body as _;
 use meshproxy_http::body::{Buffered, RequestBody};
@@ -141,7 +142,13 @@ pub(super) async fn run(
             (None, this_body)
         } else {
             match rewrite::to_upstream(head.clone(), this_body, seen.host, &endpoint.address, h2) {
-                Ok(r) => (Some(r), RequestBody::Empty),
+                Ok(mut r) => {
+                    if h2 && backend.mesh_h2 && head.version == http::Version::HTTP_11 {
+                        r.headers_mut()
+                            .insert(super::ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
+                    }
+                    (Some(r), RequestBody::Empty)
+                }
                 Err(e) => return meta.fail(e, Some(route), None, activity),
             }
         };

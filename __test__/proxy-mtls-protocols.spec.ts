@@ -1,0 +1,135 @@
+/**
+ * What travels over the mTLS hop between two meshproxies besides plain HTTP/1.1: gRPC with
+ * @grpc/grpc-js (a `protocol: http2` meshed service), a WebSocket with ws (an HTTP/1.1 upgrade,
+ * which stays HTTP/1.1 on its mTLS connection), and the peer identity the inbound side's
+ * authorization rules see; a Kubernetes Service annotated `meshproxy.io/identity` is meshed.
+ */
+import http from 'node:http'
+import test from 'ava'
+import * as grpc from '@grpc/grpc-js'
+import WebSocket from 'ws'
+import { loadConfigText } from '../ts/index.js'
+import { startBackend } from './helpers/backend.js'
+import { adminGet, inbound, makeMesh, metric, outbound } from './helpers/mesh.js'
+import { startWsBackend } from './helpers/ws.js'
+
+function get(port: number, host: string): Promise<{ status: number; body: string; error: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: '/', headers: { host }, agent: false }, (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (c: string) => (body += c))
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, error: res.headers['meshproxy-error'] as string | undefined }))
+      })
+      .on('error', reject)
+  })
+}
+
+test('gRPC with @grpc/grpc-js over the mesh hop', async (t) => {
+  const passthrough = (b: Buffer) => b
+  const definition = {
+    Unary: { path: '/test.Echo/Unary', requestStream: false, responseStream: false, requestSerialize: passthrough, requestDeserialize: passthrough, responseSerialize: passthrough, responseDeserialize: passthrough },
+  } satisfies grpc.ServiceDefinition
+  const server = new grpc.Server()
+  server.addService(definition, {
+    Unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.concat([Buffer.from('echo:'), call.request])),
+  })
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  )
+  t.teardown(() => server.forceShutdown())
+  const mesh = await makeMesh(t, ['web', 'echo'])
+  const b = await inbound(t, mesh, 'echo', `127.0.0.1:${port}`, { service: '\n    protocol: http2' })
+  const a = await outbound(t, mesh, 'web', b.address, 'echo.shop', { service: '\n    protocol: http2' })
+  const Client = grpc.makeGenericClientConstructor(definition, 'Echo')
+  const client = new Client(`127.0.0.1:${a.port}`, grpc.credentials.createInsecure()) as InstanceType<typeof Client> & {
+    Unary: (req: Buffer, cb: (err: grpc.ServiceError | null, res?: Buffer) => void) => void
+  }
+  t.teardown(() => client.close())
+  const replies = await Promise.all(
+    ['a', 'b', 'c'].map((s) => new Promise<Buffer>((resolve, reject) => client.Unary(Buffer.from(s), (err, res) => (err || !res ? reject(err) : resolve(res))))),
+  )
+  t.deepEqual(replies.map(String), ['echo:a', 'echo:b', 'echo:c'])
+  const ep = (await a.proxy.stats()).endpoints.find((e) => e.address === b.address)
+  t.is(ep?.openedConnections, 1)
+})
+
+test('a WebSocket through the mesh stays HTTP/1.1 on an mTLS connection', async (t) => {
+  const wsBackend = await startWsBackend(t)
+  const mesh = await makeMesh(t, ['web', 'chat'])
+  const b = await inbound(t, mesh, 'chat', wsBackend.address)
+  const a = await outbound(t, mesh, 'web', b.address, 'chat.shop')
+  const ws = new WebSocket(`ws://127.0.0.1:${a.port}/chat`, { headers: { host: 'chat.shop' } })
+  t.teardown(() => ws.terminate())
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve())
+    ws.once('error', reject)
+  })
+  const echoed = new Promise<string>((resolve) => ws.once('message', (d) => resolve(d.toString())))
+  ws.send('over mtls')
+  t.is(await echoed, 'echo:over mtls')
+  t.is(wsBackend.upgrades[0]?.host, 'chat.shop')
+  t.is(wsBackend.upgrades[0]?.['meshproxy-orig-proto'], undefined)
+  t.is(metric(await adminGet(b.adminPort, '/metrics'), 'meshproxy_tls_handshakes_total{listener="inbound"}'), 1)
+})
+
+test('the inbound side\'s authorization sees the peer\'s identity; permissive serves plaintext without one', async (t) => {
+  const mesh = await makeMesh(t, ['web', 'billing', 'orders'])
+  const app = await startBackend(t, 'orders-app', (_req, res) => res.end('ok'))
+  const rules = `
+    authorization:
+      default: deny
+      rules:
+        - action: allow
+          identities: [web.shop]`
+  const b = await inbound(t, mesh, 'orders', app.address, { mtls: 'permissive', listener: rules })
+  const web = await outbound(t, mesh, 'web', b.address, 'orders.shop')
+  const billing = await outbound(t, mesh, 'billing', b.address, 'spiffe://cluster.local/ns/shop/sa/orders')
+  const asWeb = await get(web.port, 'orders')
+  t.is(asWeb.status, 200)
+  t.is(asWeb.body, 'ok')
+  const asBilling = await get(billing.port, 'orders')
+  t.is(asBilling.status, 403, 'billing.shop is authenticated but not allowed')
+  t.is(asBilling.error, 'forbidden')
+  // Plaintext on the permissive port: served, without an identity, so no identity rule matches.
+  const plain = await get(b.port, 'orders')
+  t.is(plain.status, 403)
+  t.is(app.requests.length, 1)
+})
+
+test('a Kubernetes Service annotated meshproxy.io/identity is a meshed service', async (t) => {
+  const mesh = await makeMesh(t, ['web'])
+  const r = loadConfigText(`
+identity: { dir: ${mesh.dir}, name: web, namespace: shop }
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: orders
+  namespace: shop
+  annotations:
+    meshproxy.io/identity: orders-sa
+spec:
+  ports: [{ port: 80 }]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: { name: i, namespace: shop }
+spec:
+  defaultBackend: { service: { name: orders, port: { number: 80 } } }
+`, { file: 'k8s.yaml' })
+  t.truthy(r.config, JSON.stringify(r.diagnostics))
+  const service = r.config?.services.find((s) => s.name.startsWith('orders'))
+  t.is(service?.identity, 'orders-sa.shop', 'meshed as the service account in the Service\'s namespace')
+  const bad = loadConfigText(`
+apiVersion: v1
+kind: Service
+metadata:
+  name: orders
+  annotations: { meshproxy.io/identity: Orders_SA }
+spec:
+  ports: [{ port: 80 }]
+`, { file: 'k8s.yaml' })
+  t.regex(bad.diagnostics.map((d) => `${d.line}:${d.column} ${d.message}`).join('\n'), /^6:41 annotation meshproxy\.io\/identity "Orders_SA" is not a service account name/m)
+})

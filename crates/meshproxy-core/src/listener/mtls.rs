@@ -1,0 +1,106 @@
+//! Mesh mTLS in front of protocol detection on a listener with `mtls`: the handshake presents
+//! this proxy's identity certificate (whatever the SNI) and requires a client certificate from
+//! the trust anchors, within the header-read timeout, with the identity material in force when
+//! the connection came. The client's SPIFFE ID (its certificate's URI SAN) is the connection's
+//! peer identity. On `required`, plaintext is refused as on a TLS listener (an HTTP/1 request
+//! gets 400 `tls-required`); on `permissive`, a connection whose first byte is not a TLS
+//! handshake record is served as plaintext, without a peer identity. Failures are counted by
+//! reason (`untrusted`, `expired`, `no-client-certificate`, ...) and logged.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::{refuse_plaintext_http, Alpn, HANDSHAKE_RECORD};
+use crate::compile::{ListenerRuntime, Mtls};
+use crate::error::ProxyError;
+use crate::metrics::TlsFailure;
+use meshproxy_tls::mesh::{spiffe_id_of, PeerFailure};
+
+pub(super) enum Accepted {
+    /// An authenticated peer: the stream, the ALPN protocol, the peer's SPIFFE ID.
+    Mesh(Box<TlsStream<TcpStream>>, Option<Alpn>, Arc<str>),
+    /// Plaintext on a permissive listener.
+    Plain(TcpStream),
+    Refused,
+}
+
+pub(super) async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mtls: &Mtls,
+    rt: &ListenerRuntime,
+) -> Accepted {
+    let metrics = &rt.metrics.tls;
+    let failed = |why: TlsFailure, detail: &dyn std::fmt::Display| {
+        metrics.failed(why);
+        tracing::info!(listener = %rt.name, %peer, reason = why.as_str(), error = %detail, "mTLS handshake refused");
+    };
+    let timeout = rt.limits.header_read_timeout;
+    let config = mtls.identity.material().server().clone();
+    let handshake = async {
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(0) => return Err(Err((TlsFailure::Closed, "closed before a ClientHello".to_owned()))),
+            Ok(_) if first[0] != HANDSHAKE_RECORD => {
+                if mtls.permissive {
+                    return Err(Ok(stream));
+                }
+                if first[0].is_ascii_uppercase() {
+                    refuse_plaintext_http(stream).await;
+                    rt.metrics.proxy_error(ProxyError::TlsRequired);
+                }
+                return Err(Err((
+                    TlsFailure::Plaintext,
+                    format!("first byte {:#04x} is not a TLS record on an mtls: required listener", first[0]),
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Err((TlsFailure::Closed, e.to_string()))),
+        }
+        TlsAcceptor::from(config).accept(stream).await.map_err(|e| Err((classify(&e), e.to_string())))
+    };
+    let stream = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(Ok(plain))) => return Accepted::Plain(plain),
+        Ok(Err(Err((why, detail)))) => {
+            failed(why, &detail);
+            return Accepted::Refused;
+        }
+        Err(_) => {
+            failed(TlsFailure::Timeout, &format_args!("no handshake within {timeout:?}"));
+            return Accepted::Refused;
+        }
+    };
+    let conn = stream.get_ref().1;
+    let Some(id) = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| spiffe_id_of(c.as_ref()))
+    else {
+        // The anchors issued it, but it names no workload: not a mesh peer.
+        failed(TlsFailure::BadCertificate, &"the client certificate has no SPIFFE ID");
+        return Accepted::Refused;
+    };
+    metrics.handshakes.fetch_add(1, Ordering::Relaxed);
+    let alpn = match conn.alpn_protocol() {
+        Some(b"h2") => Some(Alpn::H2),
+        Some(b"http/1.1") => Some(Alpn::Http11),
+        _ => None,
+    };
+    tracing::debug!(listener = %rt.name, %peer, peer_id = %id, ?alpn, "mTLS peer authenticated");
+    Accepted::Mesh(Box::new(stream), alpn, id.into())
+}
+
+/// Why an mTLS handshake failed: the peer's certificate (untrusted, expired, missing, bad), or
+/// what a TLS listener reports for the rest.
+fn classify(e: &std::io::Error) -> TlsFailure {
+    match PeerFailure::of_io(e) {
+        Some(PeerFailure::Untrusted) => TlsFailure::Untrusted,
+        Some(PeerFailure::Expired) => TlsFailure::Expired,
+        Some(PeerFailure::NoClientCertificate) => TlsFailure::NoClientCertificate,
+        Some(PeerFailure::BadCertificate | PeerFailure::WrongIdentity) => TlsFailure::BadCertificate,
+        _ => super::tls::classify(e),
+    }
+}

@@ -1,0 +1,217 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, ServerConnection};
+use time::OffsetDateTime;
+
+use super::*;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn anchor(dir: &Path, td: &str) {
+    meshproxy_identity::init(
+        dir,
+        td,
+        30 * DAY,
+        meshproxy_identity::Existing::Refuse,
+        OffsetDateTime::now_utc(),
+    )
+    .expect("anchor");
+}
+
+fn issue(dir: &Path, name: &str, now: OffsetDateTime) {
+    meshproxy_identity::issue(dir, name, "shop", DAY, now).expect("workload certificate");
+}
+
+fn source(dir: &Path, name: &str) -> IdentitySource {
+    IdentitySource { dir: dir.to_owned(), name: name.into(), namespace: "shop".into() }
+}
+
+fn identity(dir: &Path, name: &str) -> MeshIdentity {
+    issue(dir, name, OffsetDateTime::now_utc());
+    MeshIdentity::load(source(dir, name)).expect("identity loads")
+}
+
+/// Runs a handshake in memory; the server's peer SPIFFE ID on success, else the first error.
+fn handshake(
+    client: &MeshIdentity,
+    server: &MeshIdentity,
+    expected: &str,
+) -> Result<Option<String>, rustls::Error> {
+    let td = &client.material().info.id.trust_domain.clone();
+    let name = WorkloadId::parse(expected, td).expect("expected identity").dns();
+    let cfg = client.material().client(ClientAlpn::H2).clone();
+    let c = ClientConnection::new(cfg, ServerName::try_from(name).expect("name"))?;
+    let s = ServerConnection::new(server.material().server().clone())?;
+    pump(c, s)
+}
+
+fn pump(mut c: ClientConnection, mut s: ServerConnection) -> Result<Option<String>, rustls::Error> {
+    for _ in 0..20 {
+        let mut buf = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut buf).expect("write");
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            s.read_tls(&mut rd).expect("read");
+            s.process_new_packets()?;
+        }
+        let mut buf = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut buf).expect("write");
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).expect("read");
+            c.process_new_packets()?;
+        }
+        if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() {
+            return Ok(s.peer_certificates().and_then(|p| spiffe_id_of(p[0].as_ref())));
+        }
+    }
+    panic!("handshake did not finish")
+}
+
+#[test]
+fn two_workloads_of_one_anchor_authenticate_each_other() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let (web, orders) = (identity(dir.path(), "web"), identity(dir.path(), "orders"));
+    let info = &web.material().info;
+    assert_eq!(info.id.spiffe(), "spiffe://cluster.local/ns/shop/sa/web");
+    assert_eq!(info.anchors.len(), 1);
+    let peer = handshake(&web, &orders, "orders.shop").expect("handshake");
+    assert_eq!(
+        peer.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/web"),
+        "the server sees the client's ID"
+    );
+}
+
+#[test]
+fn a_peer_of_another_identity_is_refused_by_the_client() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let (web, orders) = (identity(dir.path(), "web"), identity(dir.path(), "orders"));
+    let e = handshake(&web, &orders, "spiffe://cluster.local/ns/shop/sa/billing").expect_err("wrong peer");
+    assert_eq!(PeerFailure::of(&e), PeerFailure::WrongIdentity, "{e}");
+}
+
+#[test]
+fn a_foreign_anchor_is_untrusted_both_ways() {
+    let (ours, theirs) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    anchor(ours.path(), "cluster.local");
+    anchor(theirs.path(), "cluster.local");
+    let (web, orders) = (identity(ours.path(), "web"), identity(ours.path(), "orders"));
+    let (fake_orders, fake_web) = (identity(theirs.path(), "orders"), identity(theirs.path(), "web"));
+    let e = handshake(&web, &fake_orders, "orders.shop").expect_err("server from another anchor");
+    assert_eq!(PeerFailure::of(&e), PeerFailure::Untrusted, "{e}");
+    let e = handshake(&fake_web, &orders, "orders.shop").expect_err("client from another anchor");
+    assert_eq!(PeerFailure::of(&e), PeerFailure::Untrusted, "{e}");
+}
+
+#[test]
+fn a_client_with_an_expired_certificate_or_none_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let orders = identity(dir.path(), "orders");
+    // A client of the same anchor whose certificate expired yesterday (issued two days ago).
+    issue(dir.path(), "web", OffsetDateTime::now_utc() - time::Duration::days(2));
+    let e = MeshIdentity::load(source(dir.path(), "web")).expect_err("expired material is not loaded");
+    assert!(e.to_string().contains("web.shop.crt"), "{e}");
+    let chain = certificates(
+        &source(dir.path(), "web").cert(),
+        &std::fs::read(source(dir.path(), "web").cert()).expect("read"),
+    )
+    .expect("chain");
+    let key = PrivateKeyDer::from_pem_file(source(dir.path(), "web").key()).expect("key");
+    let trust = |config: rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>| {
+        config.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny))
+    };
+    let builder =
+        || ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().expect("v");
+    let expired = Arc::new(trust(builder()).with_client_auth_cert(chain, key).expect("client config"));
+    let name = ServerName::try_from("orders.shop.serviceaccount.identity.cluster.local").expect("name");
+    let s = ServerConnection::new(orders.material().server().clone()).expect("server");
+    let e =
+        pump(ClientConnection::new(expired, name.clone()).expect("client"), s).expect_err("expired client");
+    assert_eq!(PeerFailure::of(&e), PeerFailure::Expired, "{e}");
+    let anonymous = Arc::new(trust(builder()).with_no_client_auth());
+    let s = ServerConnection::new(orders.material().server().clone()).expect("server");
+    let e = pump(ClientConnection::new(anonymous, name).expect("client"), s).expect_err("no certificate");
+    assert_eq!(PeerFailure::of(&e), PeerFailure::NoClientCertificate, "{e}");
+}
+
+#[test]
+fn changed_files_reload_and_bad_ones_keep_the_material_in_force() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let web = identity(dir.path(), "web");
+    let orders = identity(dir.path(), "orders");
+    let first = web.material().info.serial.clone();
+    assert!(web.reload_if_changed().is_none(), "nothing changed");
+    std::thread::sleep(Duration::from_millis(20));
+    issue(dir.path(), "web", OffsetDateTime::now_utc());
+    assert!(matches!(web.reload_if_changed(), Some(Ok(()))));
+    assert_ne!(web.material().info.serial, first, "a new certificate is in force");
+    // A key that belongs to another certificate: refused, the material in force stays.
+    let serial = web.material().info.serial.clone();
+    std::fs::copy(source(dir.path(), "orders").key(), source(dir.path(), "web").key()).expect("copy");
+    assert!(matches!(web.reload_if_changed(), Some(Err(_))));
+    assert_eq!(web.material().info.serial, serial);
+    assert_eq!(web.reload_failures.load(Ordering::Relaxed), 1);
+    // An anchor rotation: both anchors trusted; a certificate of the new one is accepted by a
+    // peer that still has the old one in force only once it reloads the bundle.
+    meshproxy_identity::init(
+        dir.path(),
+        "cluster.local",
+        30 * DAY,
+        meshproxy_identity::Existing::Rotate,
+        OffsetDateTime::now_utc(),
+    )
+    .expect("rotate");
+    issue(dir.path(), "web", OffsetDateTime::now_utc());
+    assert!(matches!(web.reload_if_changed(), Some(Ok(()))));
+    assert_eq!(web.material().info.anchors.len(), 2);
+    orders.reload().expect("orders takes the bundle");
+    handshake(&web, &orders, "orders.shop").expect("new anchor's certificate, old anchor's peer");
+    handshake(&orders, &web, "web.shop").expect("and the other way");
+}
+
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
+}
