@@ -14,7 +14,8 @@ async fn proxy(keep_alive_interval_ms: u64) -> (MeshProxy, String) {
     let mut l = listener("127.0.0.1:0", vec![]);
     l.http2.keep_alive_interval_ms = keep_alive_interval_ms;
     l.http2.keep_alive_timeout_ms = 100;
-    let proxy = MeshProxy::new(Config { listeners: vec![l], services: vec![], admin: None, identity: None }).unwrap();
+    let proxy =
+        MeshProxy::new(Config { listeners: vec![l], services: vec![], admin: None, identity: None }).unwrap();
     let addr = proxy.start().await.unwrap().listeners[0].local_address.clone();
     (proxy, addr)
 }
