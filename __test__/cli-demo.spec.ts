@@ -61,6 +61,10 @@ test('npm start: the demo mesh answers every command it prints, as described, an
   const refused = bash(find('grep -iE'))
   t.regex(refused, /meshproxy-error: rate-limited/i)
   t.regex(refused, /retry-after: \d+/i)
+  // mTLS to the orders workload's sidecar, identities checked at both ends.
+  t.like(json(bash(find('/mesh/orders'))), { service: 'orders-1', url: '/mesh/orders' })
+  t.regex(bash(find('mTLS-only port')), /tls-required|TLS/i)
+  t.like(json(bash(find('/identity'))), { id: 'spiffe://cluster.local/ns/shop/sa/web' })
   const metrics = bash(find('/metrics'))
   t.regex(metrics, /meshproxy_policy_violations_total\{[^}]*\} [1-9]/)
   t.regex(metrics, /meshproxy_rate_limited_total\{[^}]*\} [1-9]/)

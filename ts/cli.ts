@@ -172,7 +172,7 @@ program
 
 program
   .command('demo')
-  .description('start a demo mesh: seven small services behind a proxy with a canary split, the seed\'s rate limit and Rego rule, and failure recovery')
+  .description('start a demo mesh: seven small services behind a proxy with a canary split, the seed\'s rate limit and Rego rule, failure recovery, and mTLS to a second proxy')
   .option('--listen <host:port>', 'proxy address', DEFAULT_LISTEN)
   .option('--admin <host:port>', 'admin address', DEFAULT_ADMIN)
   .option('--workers <n>', 'data-path worker threads', intOption(1, 256), 1)

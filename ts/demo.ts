@@ -2,17 +2,19 @@
  * `meshproxy demo` (what `npm start` runs): a small mesh on this machine. Six HTTP services on
  * ephemeral ports and a proxy in front of them, configured with what the seed document asks of a
  * mesh: routing and weighted balancing, a 90/10 canary split with a header that pins test users,
- * the seed's `RateLimiter` (rate and burst), the seed's Rego rule checking responses, and an
- * endpoint that fails, taken out by failure accrual while retries hide it from clients. It
- * prints the curl commands to try each of them.
+ * the seed's `RateLimiter` (rate and burst), the seed's Rego rule checking responses, an
+ * endpoint that fails, taken out by failure accrual while retries hide it from clients, and
+ * automatic mTLS to a second proxy, the `orders` workload's sidecar, with SPIFFE identities made
+ * for the demo. It prints the curl commands to try each of them.
  */
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { formatDiagnostic, loadConfigText } from './config/index.js'
-import { Proxy } from './proxy.js'
+import { initIdentity, issueIdentity } from './identity.js'
+import { Proxy, type StartInfo } from './proxy.js'
 import { closeOnSignals } from './signals.js'
 
 /** How a demo service answers: JSON naming itself, or what `answer` returns. */
@@ -52,9 +54,33 @@ violation[msg] {
 }
 `
 
+/**
+ * The sidecar of the `orders` workload: its inbound port takes only mTLS from workloads of the
+ * mesh, and only `web.shop` may call; plain HTTP to the app behind it.
+ */
+function sidecarYaml(ports: Record<string, number>): string {
+  return `
+identity: { dir: identity, name: orders, namespace: shop }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:0
+    mtls: required
+    authorization:
+      default: deny
+      rules: [{ action: allow, identities: [web.shop] }]
+    routes:
+      - service: orders-app
+services:
+  - name: orders-app
+    endpoints: [127.0.0.1:${ports.orders1}]
+admin: null
+`
+}
+
 /** The demo's config: the native form, then the seed's `RateLimiter` resource. */
 function demoYaml(opts: { listen: string; admin: string }, ports: Record<string, number>): string {
   return `
+identity: { dir: identity, name: web, namespace: shop }
 listeners:
   - name: demo
     address: ${opts.listen}
@@ -69,6 +95,9 @@ listeners:
         match: { path: /orders, pathType: Prefix }
         service: orders
         retry: { limit: 2 }       # 5xx, connect errors and resets, for idempotent methods
+      - name: mesh                # to the orders workload's sidecar, over mTLS
+        match: { path: /mesh, pathType: Prefix }
+        service: orders-mesh
       - name: sticky
         match: { path: /sticky }
         service: web-sticky
@@ -93,6 +122,9 @@ services:
   - name: orders
     failureAccrual: { consecutiveFailures: 3, minPenalty: 10s, maxPenalty: 60s }
     endpoints: [127.0.0.1:${ports.orders1}, 127.0.0.1:${ports.orders2}, 127.0.0.1:${ports.broken}]
+  - name: orders-mesh
+    endpoints: [127.0.0.1:${ports.sidecar}]
+    identity: orders.shop         # a meshed workload: mTLS, and its certificate must name orders.shop
 admin: ${opts.admin}
 ---
 apiVersion: linkerd.io/v1alpha2
@@ -105,6 +137,18 @@ spec:
     rate: 5
     burst: 10
 `
+}
+
+async function startProxy(yaml: string, file: string, workers: number): Promise<{ proxy: Proxy; info: StartInfo }> {
+  const { config, diagnostics } = loadConfigText(yaml, { file })
+  if (!config) throw new Error(`demo config invalid:\n${diagnostics.map(formatDiagnostic).join('\n')}`)
+  const proxy = new Proxy(config, { workers })
+  try {
+    return { proxy, info: await proxy.start() }
+  } catch (err) {
+    await proxy.close({ graceMs: 0 })
+    throw err
+  }
 }
 
 export async function runDemo(opts: { listen: string; admin: string; workers: number }): Promise<void> {
@@ -129,30 +173,39 @@ export async function runDemo(opts: { listen: string; admin: string; workers: nu
     orders1: port(orders1!),
     orders2: port(orders2!),
     broken: port(broken!),
+    sidecar: 0,
   }
-  // The Rego file sits beside the config, as a user's would (policy paths are relative to it),
-  // where the user can read it; its path names the policy in the metrics.
-  const dir = join(tmpdir(), 'meshproxy-demo')
-  mkdirSync(dir, { recursive: true })
+  // The files sit beside the config, as a user's would (paths in it are relative to it), where
+  // the user can read them: the seed's Rego rule (its path names the policy in the metrics) and
+  // the mesh's identity material, a trust anchor and one certificate per workload.
+  const dir = mkdtempSync(join(tmpdir(), 'meshproxy-demo-'))
+  const identity = join(dir, 'identity')
+  mkdirSync(identity)
   const rego = join(dir, 'seed.rego')
   writeFileSync(rego, SEED_REGO)
-  const { config, diagnostics } = loadConfigText(demoYaml(opts, ports), { file: join(dir, 'demo.yaml') })
-  if (!config) {
-    closeAll()
-    throw new Error(`demo config invalid:\n${diagnostics.map(formatDiagnostic).join('\n')}`)
-  }
-  const proxy = new Proxy(config, { workers: opts.workers })
+  const proxies: Proxy[] = []
   let info
   try {
-    info = await proxy.start()
+    await initIdentity(identity, { trustDomain: 'cluster.local' })
+    for (const name of ['web', 'orders']) await issueIdentity(identity, name, { namespace: 'shop' })
+    const sidecar = await startProxy(sidecarYaml(ports), join(dir, 'orders-sidecar.yaml'), 1)
+    proxies.push(sidecar.proxy)
+    ports.sidecar = Number(sidecar.info.listeners[0]!.localAddress.split(':').at(-1))
+    const edge = await startProxy(demoYaml(opts, ports), join(dir, 'demo.yaml'), opts.workers)
+    proxies.unshift(edge.proxy)
+    info = edge.info
   } catch (err) {
+    await Promise.all(proxies.map((p) => p.close({ graceMs: 0 })))
     closeAll()
     throw err
   }
-  // Signal handlers before the lines a user (or a test) reacts to, as in `run`.
-  closeOnSignals(proxy, 2000, () => {
-    closeAll()
-    process.exit(0)
+  // Signal handlers before the lines a user (or a test) reacts to, as in `run`: the edge proxy
+  // drains, then the sidecar behind it.
+  closeOnSignals(proxies[0]!, 2000, () => {
+    void proxies[1]!.close({ graceMs: 0 }).finally(() => {
+      closeAll()
+      process.exit(0)
+    })
   })
   const addr = info.listeners[0]!.localAddress
   const admin = info.admin
@@ -160,6 +213,7 @@ export async function runDemo(opts: { listen: string; admin: string; workers: nu
     .map(([name, p]) => `${name} :${p}`)
     .join(', ')
   console.log(`meshproxy demo: services ${names}`)
+  console.log(`meshproxy demo: its files (the Rego rule, the mesh's identity material) are in ${dir}`)
   console.log(`meshproxy demo: proxy on http://${addr}, admin on http://${admin}
 
 Try:
@@ -175,6 +229,9 @@ Try:
                                                # the seed's RateLimiter (rate 5/s, burst 10): 200s, then 429s
   curl -si "http://${addr}/api/?n=[1-20]" | grep -iE '^(retry-after|ratelimit|meshproxy-error)' | sort | uniq -c
                                                # the refusals' headers: Retry-After and the IETF RateLimit fields
+  curl -s http://${addr}/mesh/orders           # over mTLS to the orders sidecar (web.shop -> orders.shop); its app sees plain HTTP
+  curl -s http://127.0.0.1:${ports.sidecar}/   # plaintext to the sidecar's mTLS-only port: 400 tls-required
+  curl -s http://${admin}/identity             # this proxy's SPIFFE ID, its certificate's expiry, the trust anchors
   curl -s http://${admin}/metrics | grep -E 'meshproxy_(policy_violations|rate_limited|retries)_total'
   curl -s http://${admin}/config
 
