@@ -388,6 +388,17 @@ export async function launchHaproxy(name, write, { workDir, tools, rep, workers 
   return { port, conf, child, sock: join(dir, 'haproxy.sock') }
 }
 
+/** HAProxy's connection and response errors and 5xx answers towards the bench's backends (`show stat`). */
+export async function haproxyErrors(sock) {
+  try {
+    const rows = parseHaproxyStat(await haproxyShowStat(sock)).filter((r) => r.pxname === 'nginx' && r.svname !== 'BACKEND')
+    const sum = (k) => rows.reduce((s, r) => s + (Number(r[k]) || 0), 0)
+    return { errorsConn: sum('econ'), errorsResp: sum('eresp'), hrsp5xx: sum('hrsp_5xx') }
+  } catch (e) {
+    return { error: e.message }
+  }
+}
+
 async function startHaproxy(name, protos, ctx) {
   const { backends, tools, workers } = ctx
   const { port, conf, child, sock } = await launchHaproxy(name, (dir, p, maxconn) => haproxyConf(dir, p, backends, maxconn, workers, protos), ctx)
@@ -396,15 +407,7 @@ async function startHaproxy(name, protos, ctx) {
     command: `${tools.haproxy} -db -f ${conf}`,
     setup: `nbthread ${workers}, mode http, http-reuse always, balance roundrobin${protos.bindH2 ? ', bind … proto h2' : ''}${protos.upstream === 'h2' ? ', server … proto h2' : ''}${protos.bare ? ', no proxy headers' : ', option forwardfor + X-Forwarded-Proto/-Host + Via rules both ways'}`,
     pids: () => processTree(child.pid),
-    snapshot: async () => {
-      try {
-        const rows = parseHaproxyStat(await haproxyShowStat(sock)).filter((r) => r.pxname === 'nginx' && r.svname !== 'BACKEND')
-        const sum = (k) => rows.reduce((s, r) => s + (Number(r[k]) || 0), 0)
-        return { errorsConn: sum('econ'), errorsResp: sum('eresp'), hrsp5xx: sum('hrsp_5xx') }
-      } catch (e) {
-        return { error: e.message }
-      }
-    },
+    snapshot: () => haproxyErrors(sock),
     stop: () => stop(child),
     output: () => child.out + child.err,
   }

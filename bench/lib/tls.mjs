@@ -20,8 +20,8 @@ import http2 from 'node:http2'
 import { join } from 'node:path'
 import { runToEnd, start, stop, trackExtra, waitForOutput, waitForPort } from './procs.mjs'
 import { processTree } from './procstat.mjs'
-import { latencyFromH2loadLog, parseH2load, parseHaproxyStat, parsePrometheus, sumMetric } from './parse.mjs'
-import { BODIES, bodyBytes, fetchText, freePorts, haproxyConf, haproxyShowStat, HOST, launchHaproxy, proxyNginxConf, registerScenario } from './targets.mjs'
+import { latencyFromH2loadLog, parseH2load, parsePrometheus, sumMetric } from './parse.mjs'
+import { BODIES, bodyBytes, fetchText, freePorts, haproxyConf, haproxyErrors, HOST, launchHaproxy, proxyNginxConf, registerScenario } from './targets.mjs'
 
 /** What every TLS client offers, and so what each server must negotiate. */
 export const TLS_PIN = { protocol: 'TLSv1.3', cipher: 'TLS_AES_128_GCM_SHA256' }
@@ -114,15 +114,7 @@ async function startHaproxyTls(name, ctx) {
     command: `${tools.haproxy} -db -f ${conf}`,
     setup: `nbthread ${workers}, bind … ssl crt (cert and key in one PEM) alpn h2,http/1.1 (OpenSSL defaults: stateless tickets, session cache 20,000), mode http, http-reuse always, balance roundrobin, the same proxy headers (X-Forwarded-Proto https)`,
     pids: () => processTree(child.pid),
-    snapshot: async () => {
-      try {
-        const rows = parseHaproxyStat(await haproxyShowStat(sock)).filter((r) => r.pxname === 'nginx' && r.svname !== 'BACKEND')
-        const sum = (k) => rows.reduce((s, r) => s + (Number(r[k]) || 0), 0)
-        return { errorsConn: sum('econ'), errorsResp: sum('eresp'), hrsp5xx: sum('hrsp_5xx') }
-      } catch (e) {
-        return { error: e.message }
-      }
-    },
+    snapshot: () => haproxyErrors(sock),
     stop: () => stop(child),
     output: () => child.out + child.err,
   }
