@@ -224,7 +224,7 @@ spec:
   ])
   const warnings = r.diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic).filter((w) => w.includes('HTTPLocalRateLimitPolicy'))
   t.is(warnings.length, 3, warnings.join('\n'))
-  t.regex(warnings[0]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": meshproxy has no client identities yet \(no mTLS\)/)
+  t.regex(warnings[0]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": meshproxy's rate limits do not key by the client's mTLS identity yet/)
   t.regex(warnings[1]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": overrides match clients by ServiceAccount identity, .*; ignored/)
   t.regex(warnings[2]!, /^p\.yaml:\d+:\d+: warning: HTTPLocalRateLimitPolicy "server-rl" targets Server "web-http": meshproxy does not model Servers/)
 })
