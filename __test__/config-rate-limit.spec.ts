@@ -56,8 +56,8 @@ services:
   )
   t.deepEqual(r.diagnostics.map(formatDiagnostic), [
     'c.yaml:6:21: error: "rate" in rate limit of route "listener-0-route-0" must be between 1 and 1000000000, got 0',
-    'c.yaml:7:29: error: unknown rate limit key "bogus" (valid keys: none, client, { header: <name> })',
-    'c.yaml:8:24: error: rate limit of route "listener-0-route-0": overrides need a key to match (add key: client or key: { header: <name> })',
+    'c.yaml:7:29: error: unknown rate limit key "bogus" (valid keys: none, client, identity, { header: <name> })',
+    'c.yaml:8:24: error: rate limit of route "listener-0-route-0": overrides need a key to match (add key: client, key: identity or key: { header: <name> })',
     'c.yaml:9:58: error: override "not-an-ip" is not an IP address (a limit keyed by client matches client IP addresses, e.g. 10.0.0.7)',
     'c.yaml:10:13: error: rate limit of route "listener-0-route-0" is missing required field "rate"',
     'c.yaml:11:24: error: unknown field "brust" in rate limit of route "listener-0-route-0" (valid fields: name, rate, burst, key, overrides, maxKeys, global)',
@@ -224,7 +224,7 @@ spec:
   ])
   const warnings = r.diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic).filter((w) => w.includes('HTTPLocalRateLimitPolicy'))
   t.is(warnings.length, 3, warnings.join('\n'))
-  t.regex(warnings[0]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": meshproxy's rate limits do not key by the client's mTLS identity yet/)
+  t.regex(warnings[0]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": meshproxy does not map this policy's identity limit to a bucket per mTLS peer yet/)
   t.regex(warnings[1]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": overrides match clients by ServiceAccount identity, .*; ignored/)
   t.regex(warnings[2]!, /^p\.yaml:\d+:\d+: warning: HTTPLocalRateLimitPolicy "server-rl" targets Server "web-http": meshproxy does not model Servers/)
 })

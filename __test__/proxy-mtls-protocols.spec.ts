@@ -2,7 +2,8 @@
  * What travels over the mTLS hop between two meshproxies besides plain HTTP/1.1: gRPC with
  * @grpc/grpc-js (a `protocol: http2` meshed service), a WebSocket with ws (an HTTP/1.1 upgrade,
  * which stays HTTP/1.1 on its mTLS connection), and the peer identity the inbound side's
- * authorization rules see; a Kubernetes Service annotated `meshproxy.io/identity` is meshed.
+ * authorization rules and rate limits keyed by identity see; a Kubernetes Service annotated
+ * `meshproxy.io/identity` is meshed.
  */
 import http from 'node:http'
 import test from 'ava'
@@ -96,6 +97,31 @@ test('the inbound side\'s authorization sees the peer\'s identity; permissive se
   const plain = await get(b.port, 'orders')
   t.is(plain.status, 403)
   t.is(app.requests.length, 1)
+})
+
+test('a rate limit keyed by identity gives each mTLS peer its own bucket; plaintext clients share one', async (t) => {
+  const mesh = await makeMesh(t, ['web', 'billing', 'orders'])
+  const app = await startBackend(t, 'orders-app', (_req, res) => res.end('ok'))
+  // Rate 1/s: within the test, each bucket admits its burst and then refuses.
+  const limit = `
+    rateLimits:
+      - name: per-peer
+        rate: 1
+        burst: 2
+        key: identity
+        overrides: [{ value: billing.shop, rate: 1, burst: 4 }]`
+  const b = await inbound(t, mesh, 'orders', app.address, { mtls: 'permissive', service: limit })
+  const web = await outbound(t, mesh, 'web', b.address, 'orders.shop')
+  const billing = await outbound(t, mesh, 'billing', b.address, 'orders.shop')
+  const statuses = async (port: number, n: number): Promise<number[]> => {
+    const out: number[] = []
+    for (let i = 0; i < n; i++) out.push((await get(port, 'orders')).status)
+    return out
+  }
+  t.deepEqual(await statuses(web.port, 3), [200, 200, 429], 'web.shop: its burst of 2')
+  t.deepEqual(await statuses(billing.port, 5), [200, 200, 200, 200, 429], 'billing.shop: its override, a burst of 4')
+  t.deepEqual(await statuses(b.port, 3), [200, 200, 429], 'plaintext on the permissive port: one shared bucket')
+  t.is(app.requests.length, 8)
 })
 
 test('a Kubernetes Service annotated meshproxy.io/identity is a meshed service', async (t) => {

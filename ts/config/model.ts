@@ -186,7 +186,7 @@ export const RETRY = table(
 )
 
 /** What a rate limit counts requests by, the default first. */
-export const RATE_LIMIT_KEYS = ['none', 'client', 'header'] as const
+export const RATE_LIMIT_KEYS = ['none', 'client', 'header', 'identity'] as const
 
 const positive = { min: 1, max: 1_000_000_000 }
 
@@ -253,12 +253,12 @@ export const RATE_LIMIT = table(
     rate: count('Requests per second (the bucket refills one request every 1/rate s).', positive, { yaml: { required: true } }),
     burst: count('Requests that may arrive at once (the bucket\'s size); default: `rate`, one second\'s worth.', positive),
     keyBy: {
-      ...yamlOnly('What requests are counted by: `none` (the default), one bucket for all; `client`, a bucket per client IP address; `{ header: x-user }`, a bucket per value of that request header (requests without it share one bucket).', {
-        anyOf: [{ enum: ['none', 'client'] }, { type: 'object', properties: { header: { type: 'string', description: 'A request header, e.g. `x-user`.' } }, required: ['header'], additionalProperties: false }],
+      ...yamlOnly('What requests are counted by: `none` (the default), one bucket for all; `client`, a bucket per client IP address; `identity`, a bucket per mTLS peer identity (plaintext clients share one bucket); `{ header: x-user }`, a bucket per value of that request header (requests without it share one bucket).', {
+        anyOf: [{ enum: ['none', 'client', 'identity'] }, { type: 'object', properties: { header: { type: 'string', description: 'A request header, e.g. `x-user`.' } }, required: ['header'], additionalProperties: false }],
       }),
       yaml: { key: 'key' },
     },
-    key: oneOf(RATE_LIMIT_KEYS, 'rate limit keys', 'What requests are counted by: `none`, one bucket for all; `client`, a bucket per client IP address; `header`, a bucket per value of the request header `header` (requests without it share one bucket).', { default: 'none', yaml: false }),
+    key: oneOf(RATE_LIMIT_KEYS, 'rate limit keys', 'What requests are counted by: `none`, one bucket for all; `client`, a bucket per client IP address; `header`, a bucket per value of the request header `header` (requests without it share one bucket); `identity`, a bucket per mTLS peer SPIFFE ID (requests without one share one bucket).', { default: 'none', yaml: false }),
     header: nullableText('The request header keyed on when `key` is `header`; null otherwise.', normalizeHeaderName, 'a header name', { default: null, yaml: false }),
     overrides: listOf(nested(RATE_LIMIT_OVERRIDE), 'Key values with their own rate and burst (not with `key: none`).'),
     maxKeys: count(

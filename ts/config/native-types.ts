@@ -249,8 +249,8 @@ export interface NativeRateLimit {
   rate: number
   /** Requests that may arrive at once (the bucket's size); default: `rate`, one second's worth. */
   burst?: number
-  /** What requests are counted by: `none` (the default), one bucket for all; `client`, a bucket per client IP address; `{ header: x-user }`, a bucket per value of that request header (requests without it share one bucket). */
-  key?: ('none' | 'client') | {
+  /** What requests are counted by: `none` (the default), one bucket for all; `client`, a bucket per client IP address; `identity`, a bucket per mTLS peer identity (plaintext clients share one bucket); `{ header: x-user }`, a bucket per value of that request header (requests without it share one bucket). */
+  key?: ('none' | 'client' | 'identity') | {
     /** A request header, e.g. `x-user`. */
     header: string
   }

@@ -447,12 +447,12 @@ export function readRateLimits(parent: Fields, owner: string): RateLimitModel[] 
       }
     } else if (keyNode) {
       const key = r.string(keyNode, f.label('key'))
-      if (key === 'none' || key === 'client') limit.key = key
+      if (key === 'none' || key === 'client' || key === 'identity') limit.key = key
       else if (key === 'header') r.error(keyNode, `${f.label('key')} names no header`, 'write key: { header: x-user }')
-      else if (key !== undefined) r.error(keyNode, `unknown rate limit key "${key}"`, 'valid keys: none, client, { header: <name> }')
+      else if (key !== undefined) r.error(keyNode, `unknown rate limit key "${key}"`, 'valid keys: none, client, identity, { header: <name> }')
     }
     const overridesNode = f.get('overrides')
-    if (overridesNode && limit.key === 'none') r.error(f.keyLoc('overrides'), `${f.what}: overrides need a key to match`, 'add key: client or key: { header: <name> }')
+    if (overridesNode && limit.key === 'none') r.error(f.keyLoc('overrides'), `${f.what}: overrides need a key to match`, 'add key: client, key: identity or key: { header: <name> }')
     for (const o of f.list('overrides')) {
       const of = r.fields(o, `override in ${f.what}`, keysOf(RATE_LIMIT_OVERRIDE))
       if (!of) continue
@@ -465,6 +465,10 @@ export function readRateLimits(parent: Fields, owner: string): RateLimitModel[] 
       if (valueNode && value !== undefined) {
         if (limit.key === 'client' && isIP(value) === 0) {
           r.error(valueNode, `override "${value}" is not an IP address`, 'a limit keyed by client matches client IP addresses, e.g. 10.0.0.7')
+          continue
+        }
+        if (limit.key === 'identity' && !/^(spiffe:\/\/[^/]+\/ns\/[^/]+\/sa\/[^/]+|[a-z0-9-]+\.[a-z0-9-]+)$/.test(value)) {
+          r.error(valueNode, `override "${value}" is not a workload identity`, 'a limit keyed by identity matches <sa>.<namespace> (web.shop) or a SPIFFE ID (spiffe://cluster.local/ns/shop/sa/web)')
           continue
         }
         if (r.check(valueNode, of.label('value'), checkHeaderValue(value)) === undefined) continue

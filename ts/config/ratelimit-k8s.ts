@@ -67,9 +67,9 @@ function readGlobal(f: Fields): GlobalRateLimitModel | null | undefined {
  * `Server` (pods selected by label), which meshproxy does not model; meshproxy takes a `targetRef`
  * to a core `Service` (its services are Services) and skips a `Server` target with a warning. As
  * Linkerd's proxy does (governor's `Quota::per_second`), each limit's burst is its
- * requestsPerSecond. `identity` is a bucket per client identity; meshproxy's limits do not key
- * by the mTLS peer identity yet, so, as Linkerd treats clients without one, all clients share one
- * identity bucket. `overrides` match clients by ServiceAccount identity and so never match yet:
+ * requestsPerSecond. `identity` is a bucket per client identity; this translation does not map it
+ * to a limit keyed by the mTLS peer (`key: identity`) yet, so, as Linkerd treats clients without
+ * one, all clients share one identity bucket. `overrides` match clients by ServiceAccount identity and so never match yet:
  * they are left out, with a warning.
  */
 export function readLocalRateLimitPolicy(r: DocReader, root: Fields, name: string, namespace: string, out: ServiceRateLimits[]): void {
@@ -97,12 +97,12 @@ export function readLocalRateLimitPolicy(r: DocReader, root: Fields, name: strin
   if (total !== undefined) limits.push(limit('total', total, total))
   if (identity !== undefined) {
     if (total !== undefined && identity > total) r.error(spec.valueLoc('identity'), `${source}: identity.requestsPerSecond (${identity}) is greater than total.requestsPerSecond (${total})`, 'Linkerd requires identity <= total')
-    r.warn(spec.keyLoc('identity'), `${source}: meshproxy's rate limits do not key by the client's mTLS identity yet, so, as Linkerd treats clients without one, every client shares one identity bucket of ${identity} requests per second`)
+    r.warn(spec.keyLoc('identity'), `${source}: meshproxy does not map this policy's identity limit to a bucket per mTLS peer yet (a native limit can: key: identity), so, as Linkerd treats clients without one, every client shares one identity bucket of ${identity} requests per second`)
     limits.push(limit('identity', identity, identity))
   }
   const overrides = spec.list('overrides')
   if (overrides.length > 0) {
-    r.warn(spec.keyLoc('overrides'), `${source}: overrides match clients by ServiceAccount identity, which meshproxy's rate limits do not read yet; ignored`)
+    r.warn(spec.keyLoc('overrides'), `${source}: overrides match clients by ServiceAccount identity, which meshproxy does not map from this policy yet; ignored`)
   }
   if (limits.length === 0) {
     r.warn(r.loc(spec.node), `${source} sets neither total nor identity; it limits nothing`)

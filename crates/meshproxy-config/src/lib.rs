@@ -306,6 +306,8 @@ pub enum RateLimitKey {
     Client,
     /// A bucket per value of the request header `header`.
     Header,
+    /// A bucket per mTLS peer identity (its SPIFFE ID); requests without one share a bucket.
+    Identity,
 }
 
 /// A local rate limit (GCRA): `rate` requests per second, `burst` of them at once.

@@ -378,8 +378,8 @@ impl RequestFilter {
                 Ok(location) => Verdict::Redirect(redirect.status, location),
                 Err(e) => Verdict::Respond(e),
             },
-            RequestFilter::RateLimit(limits) => match limits.check(&cx.head.headers, cx.client) {
-                Ok(()) => match limits.global(&cx.head.headers, cx.client) {
+            RequestFilter::RateLimit(limits) => match limits.check(&cx.head.headers, cx.client, cx.peer_id) {
+                Ok(()) => match limits.global(&cx.head.headers, cx.client, cx.peer_id) {
                     None => Verdict::Continue,
                     Some(check) => Verdict::Wait(Box::pin(async move {
                         match check.await {

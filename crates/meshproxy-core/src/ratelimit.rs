@@ -139,9 +139,9 @@ impl<C: Clock + Clone> Limits<C> {
     /// Whether every limit admits a request with `headers` from `client`; the first that does
     /// not is counted as refusing it.
     #[inline]
-    pub fn check(&self, headers: &HeaderMap, client: SocketAddr) -> Result<(), Denied> {
+    pub fn check(&self, headers: &HeaderMap, client: SocketAddr, peer: Option<&str>) -> Result<(), Denied> {
         for (index, limit) in self.limits.iter().enumerate() {
-            if let Err(wait) = limit.check(headers, client.ip()) {
+            if let Err(wait) = limit.check(headers, client.ip(), peer) {
                 limit.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 return Err(Denied { index, wait });
             }
@@ -154,18 +154,28 @@ impl<C: Clock + Clone> Limits<C> {
     /// ends with the first refusal (429, as a local one) or, when Redis gives no answer in time,
     /// with the limit's fail mode (closed: 503 `rate-limit-unavailable`).
     #[inline]
-    pub fn global(self: &Arc<Self>, headers: &HeaderMap, client: SocketAddr) -> Option<GlobalCheck>
+    pub fn global(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        client: SocketAddr,
+        peer: Option<&str>,
+    ) -> Option<GlobalCheck>
     where
         Self: Send + Sync + 'static,
     {
         if !self.global {
             return None;
         }
-        Some(self.global_check(headers, client))
+        Some(self.global_check(headers, client, peer))
     }
 
     #[inline(never)]
-    fn global_check(self: &Arc<Self>, headers: &HeaderMap, client: SocketAddr) -> GlobalCheck
+    fn global_check(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        client: SocketAddr,
+        peer: Option<&str>,
+    ) -> GlobalCheck
     where
         Self: Send + Sync + 'static,
     {
@@ -176,7 +186,7 @@ impl<C: Clock + Clone> Limits<C> {
             .enumerate()
             .filter_map(|(i, l)| {
                 let g = l.global.as_deref()?;
-                let (key, emission_us, burst) = g.key(l, headers, client.ip());
+                let (key, emission_us, burst) = g.key(l, headers, client.ip(), peer);
                 Some((i, key, emission_us, burst))
             })
             .collect();
@@ -314,6 +324,7 @@ impl Global {
         limit: &Limit<C>,
         headers: &HeaderMap,
         client: IpAddr,
+        peer: Option<&str>,
     ) -> (Vec<u8>, Arc<str>, u32) {
         let mut key = Vec::with_capacity(self.prefix.len() + 48);
         key.extend_from_slice(self.prefix.as_bytes());
@@ -322,10 +333,16 @@ impl Global {
             Buckets::Keyed(k) => match &k.source {
                 Source::Client => client.to_canonical().to_string().into_bytes().into(),
                 Source::Header(name) => headers.get(name).map_or(&b""[..], HeaderValue::as_bytes).into(),
+                Source::Identity => peer.unwrap_or_default().as_bytes().into(),
             },
         };
-        let (emission_us, burst) =
-            self.overrides.get(&*value).cloned().unwrap_or_else(|| (self.emission_us.clone(), self.burst));
+        let by_workload = || peer.and_then(workload).and_then(|w| self.overrides.get(w.as_bytes()));
+        let (emission_us, burst) = self
+            .overrides
+            .get(&*value)
+            .or_else(by_workload)
+            .cloned()
+            .unwrap_or_else(|| (self.emission_us.clone(), self.burst));
         key.push(b':');
         if value.len() > MAX_KEY_VALUE {
             let h = xxhash_rust::xxh3::xxh3_128(&value);
@@ -350,6 +367,16 @@ enum Buckets<C: Clock> {
 enum Source {
     Client,
     Header(HeaderName),
+    /// The mTLS peer's SPIFFE ID.
+    Identity,
+}
+
+/// The `<sa>.<namespace>` form of a workload SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`), as
+/// authorization rules and overrides may name it.
+fn workload(id: &str) -> Option<String> {
+    let path = id.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let (ns, sa) = path.strip_prefix("ns/")?.split_once("/sa/")?;
+    (!ns.is_empty() && !sa.is_empty() && !sa.contains('/')).then(|| format!("{sa}.{ns}"))
 }
 
 #[derive(Debug)]
@@ -401,6 +428,7 @@ impl<C: Clock + Clone> Limit<C> {
             (RateLimitKey::Header, None) => {
                 return Err(Error::Config(format!("{owner}: a rate limit keyed by header names no header")))
             }
+            (RateLimitKey::Identity, _) => Some(Source::Identity),
         };
         let buckets = match source {
             None => {
@@ -427,7 +455,7 @@ impl<C: Clock + Clone> Limit<C> {
                             })?;
                             client_overrides.insert(ip.to_canonical(), limiter);
                         }
-                        Source::Header(_) => {
+                        Source::Header(_) | Source::Identity => {
                             overrides.insert(o.value.as_bytes().into(), limiter);
                         }
                     }
@@ -459,17 +487,17 @@ impl<C: Clock + Clone> Limit<C> {
 impl<C: Clock> Limit<C> {
     /// Ok, or how long until a request would be admitted.
     #[inline]
-    fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
+    fn check(&self, headers: &HeaderMap, client: IpAddr, peer: Option<&str>) -> Result<(), Duration> {
         match &self.buckets {
             Buckets::One(l) => l.check().map_err(|n| n.wait_time_from(l.clock().now())),
-            Buckets::Keyed(k) => k.check(headers, client),
+            Buckets::Keyed(k) => k.check(headers, client, peer),
         }
     }
 }
 
 impl<C: Clock> Keyed<C> {
     #[inline]
-    fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
+    fn check(&self, headers: &HeaderMap, client: IpAddr, peer: Option<&str>) -> Result<(), Duration> {
         let key = match &self.source {
             Source::Client => {
                 let ip = client.to_canonical();
@@ -490,6 +518,18 @@ impl<C: Clock> Keyed<C> {
                     return l.check().map_err(|n| n.wait_time_from(l.clock().now()));
                 }
                 xxhash_rust::xxh3::xxh3_64_with_seed(value, self.seed)
+            }
+            Source::Identity => {
+                // Requests without a peer identity (plaintext) share one bucket: the empty ID's.
+                let id = peer.unwrap_or_default();
+                if !self.overrides.is_empty() {
+                    let by_id = self.overrides.get(id.as_bytes());
+                    let by_workload = || workload(id).and_then(|w| self.overrides.get(w.as_bytes()));
+                    if let Some(l) = by_id.or_else(by_workload) {
+                        return l.check().map_err(|n| n.wait_time_from(l.clock().now()));
+                    }
+                }
+                xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), self.seed)
             }
         };
         if self.store.len.load(Ordering::Relaxed) >= self.store.cap {
@@ -653,7 +693,7 @@ mod tests {
         let headers = HeaderMap::new();
         let mut admitted = 0;
         for _ in 0..per_second * secs {
-            if l.check(&headers, CLIENT).is_ok() {
+            if l.check(&headers, CLIENT, None).is_ok() {
                 admitted += 1;
             }
             clock.advance(gap);
@@ -698,7 +738,7 @@ mod tests {
         let l = limits(&[config(100, 10, RateLimitKey::None), config(10, 1, RateLimitKey::Client)], &clock);
         let admitted = offer(&l, &clock, 1000, 10);
         assert!(admitted.abs_diff(101) <= 2, "admitted {admitted}");
-        let denied = (0..20).find_map(|_| l.check(&HeaderMap::new(), CLIENT).err()).expect("refused");
+        let denied = (0..20).find_map(|_| l.check(&HeaderMap::new(), CLIENT, None).err()).expect("refused");
         assert_eq!(
             l.rejection(denied).headers["ratelimit"],
             "\"limit-2\";r=0;t=1",
@@ -706,7 +746,7 @@ mod tests {
         );
         // The refused requests did not use up the total: another client gets its burst.
         let other = SocketAddr::from(([10, 0, 0, 2], 1));
-        assert_eq!((0..20).filter(|_| l.check(&HeaderMap::new(), other).is_ok()).count(), 1);
+        assert_eq!((0..20).filter(|_| l.check(&HeaderMap::new(), other, None).is_ok()).count(), 1);
     }
 
     #[test]
@@ -720,7 +760,7 @@ mod tests {
             h.insert("x-user", HeaderValue::from_str(v).unwrap());
             h
         };
-        let admitted = |h: &HeaderMap| (0..10).filter(|_| l.check(h, CLIENT).is_ok()).count();
+        let admitted = |h: &HeaderMap| (0..10).filter(|_| l.check(h, CLIENT, None).is_ok()).count();
         assert_eq!(admitted(&user("alice")), 2);
         assert_eq!(admitted(&user("bob")), 2, "another key, another bucket");
         assert_eq!(admitted(&user("vip")), 5, "the override's burst");
@@ -737,9 +777,9 @@ mod tests {
         c.overrides = vec![RateLimitOverrideConfig { value: "10.0.0.1".into(), rate: 1, burst: 3 }];
         let l = limits(&[c], &clock);
         let h = HeaderMap::new();
-        assert_eq!((0..10).filter(|_| l.check(&h, CLIENT).is_ok()).count(), 3);
+        assert_eq!((0..10).filter(|_| l.check(&h, CLIENT, None).is_ok()).count(), 3);
         let other = SocketAddr::from(([10, 0, 0, 2], 1));
-        assert_eq!((0..10).filter(|_| l.check(&h, other).is_ok()).count(), 1);
+        assert_eq!((0..10).filter(|_| l.check(&h, other, None).is_ok()).count(), 1);
     }
 
     #[test]
@@ -748,8 +788,8 @@ mod tests {
         let mut c = config(2, 1, RateLimitKey::None);
         c.name = "total".into();
         let l = limits(&[c], &clock);
-        assert!(l.check(&HeaderMap::new(), CLIENT).is_ok());
-        let denied = l.check(&HeaderMap::new(), CLIENT).unwrap_err();
+        assert!(l.check(&HeaderMap::new(), CLIENT, None).is_ok());
+        let denied = l.check(&HeaderMap::new(), CLIENT, None).unwrap_err();
         assert_eq!(denied.wait, Duration::from_millis(500));
         let r = l.rejection(denied);
         assert_eq!(r.error, ProxyError::RateLimited);
@@ -778,7 +818,7 @@ mod tests {
             h.insert("x-user", HeaderValue::from(i));
             // A flood of new keys 1 µs apart: each bucket is full again 10 ms after its request,
             // so a full map has replenished keys to drop.
-            let _ = l.check(&h, CLIENT);
+            let _ = l.check(&h, CLIENT, None);
             clock.advance(Duration::from_nanos(1_000));
             assert!(k.len() <= 100_000, "{} keys", k.len());
         }
@@ -826,14 +866,14 @@ mod tests {
             h.insert("x-user", HeaderValue::from(v));
             h
         };
-        assert!(l.check(&user(1), CLIENT).is_ok());
-        assert!(l.check(&user(2), CLIENT).is_ok());
+        assert!(l.check(&user(1), CLIENT, None).is_ok());
+        assert!(l.check(&user(2), CLIENT, None).is_ok());
         // Keys 3, 4, 5 share the overflow bucket: its burst of 2, then refused.
-        assert!(l.check(&user(3), CLIENT).is_ok());
-        assert!(l.check(&user(4), CLIENT).is_ok());
-        assert!(l.check(&user(5), CLIENT).is_err());
+        assert!(l.check(&user(3), CLIENT, None).is_ok());
+        assert!(l.check(&user(4), CLIENT, None).is_ok());
+        assert!(l.check(&user(5), CLIENT, None).is_err());
         // Key 1 keeps its own bucket.
-        assert!(l.check(&user(1), CLIENT).is_ok());
+        assert!(l.check(&user(1), CLIENT, None).is_ok());
     }
 
     fn proc_status_kib(field: &str) -> u64 {
@@ -843,5 +883,31 @@ mod tests {
             .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_limit_keyed_by_identity_counts_each_mtls_peer_apart_and_plaintext_together() {
+        let clock = FakeRelativeClock::default();
+        let mut c = config(1, 2, RateLimitKey::Identity);
+        c.overrides = vec![RateLimitOverrideConfig { value: "billing.shop".into(), rate: 1, burst: 5 }];
+        let l = limits(&[c], &clock);
+        let web = Some("spiffe://cluster.local/ns/shop/sa/web");
+        let admitted =
+            |peer: Option<&str>| (0..10).filter(|_| l.check(&HeaderMap::new(), CLIENT, peer).is_ok()).count();
+        assert_eq!(admitted(web), 2, "web.shop's own bucket");
+        assert_eq!(
+            admitted(Some("spiffe://cluster.local/ns/shop/sa/orders")),
+            2,
+            "another peer, another bucket"
+        );
+        assert_eq!(
+            admitted(Some("spiffe://cluster.local/ns/shop/sa/billing")),
+            5,
+            "an override by <sa>.<ns>"
+        );
+        assert_eq!(admitted(None), 2, "plaintext clients share one bucket");
+        assert_eq!(admitted(None), 0);
+        assert_eq!(super::workload("spiffe://td/ns/shop/sa/web").as_deref(), Some("web.shop"));
+        assert_eq!(super::workload("spiffe://td/other"), None);
     }
 }

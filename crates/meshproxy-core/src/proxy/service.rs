@@ -653,10 +653,10 @@ fn choose<'a>(
 ) -> Result<(&'a Arc<Backend>, Arc<Endpoint>), Unchosen<'a>> {
     let backend = route.backends.as_ref().ok_or(Unchosen::NoEndpoints)?.pick();
     if let Some(limits) = backend.rate_limits.as_ref().filter(|_| limit) {
-        if let Err(denied) = limits.check(headers, ctx.client) {
+        if let Err(denied) = limits.check(headers, ctx.client, ctx.peer_id.as_deref()) {
             return Err(Unchosen::Limited(Box::new(limits.rejection(denied))));
         }
-        if let Some(check) = limits.global(headers, ctx.client) {
+        if let Some(check) = limits.global(headers, ctx.client, ctx.peer_id.as_deref()) {
             return Err(Unchosen::Global(backend, check));
         }
     }

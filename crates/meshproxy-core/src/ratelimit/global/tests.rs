@@ -279,10 +279,10 @@ fn compile(stores: &Stores, c: crate::config::RateLimitConfig) -> Metered {
 async fn admits(limits: &Arc<super::super::Limits>) -> Result<(), crate::error::ProxyError> {
     let client = std::net::SocketAddr::from(([10, 0, 0, 1], 1));
     let headers = http::HeaderMap::new();
-    if let Err(d) = limits.check(&headers, client) {
+    if let Err(d) = limits.check(&headers, client, None) {
         return Err(limits.rejection(d).error);
     }
-    match limits.global(&headers, client) {
+    match limits.global(&headers, client, None) {
         None => Ok(()),
         Some(check) => check.await.map_err(|r| r.error),
     }
