@@ -328,15 +328,20 @@ impl Global {
     ) -> (Vec<u8>, Arc<str>, u32) {
         let mut key = Vec::with_capacity(self.prefix.len() + 48);
         key.extend_from_slice(self.prefix.as_bytes());
-        let value: std::borrow::Cow<'_, [u8]> = match &limit.buckets {
+        let (value, identity): (std::borrow::Cow<'_, [u8]>, bool) = match &limit.buckets {
             Buckets::One(_) => return (key, self.emission_us.clone(), self.burst),
             Buckets::Keyed(k) => match &k.source {
-                Source::Client => client.to_canonical().to_string().into_bytes().into(),
-                Source::Header(name) => headers.get(name).map_or(&b""[..], HeaderValue::as_bytes).into(),
-                Source::Identity => peer.unwrap_or_default().as_bytes().into(),
+                Source::Client => (client.to_canonical().to_string().into_bytes().into(), false),
+                Source::Header(name) => {
+                    (headers.get(name).map_or(&b""[..], HeaderValue::as_bytes).into(), false)
+                }
+                Source::Identity => (peer.unwrap_or_default().as_bytes().into(), true),
             },
         };
-        let by_workload = || peer.and_then(workload).and_then(|w| self.overrides.get(w.as_bytes()));
+        // An identity's override may name its workload (`<sa>.<ns>`) rather than its SPIFFE ID.
+        let by_workload = || {
+            identity.then(|| peer.and_then(workload)).flatten().and_then(|w| self.overrides.get(w.as_bytes()))
+        };
         let (emission_us, burst) = self
             .overrides
             .get(&*value)
