@@ -24,12 +24,8 @@ export async function runWrk(wrkBin, url, { threads, connections, durationS, hea
  */
 export async function runH2load(h2loadBin, url, { clients, rate, durationS, logFile }) {
   const perClient = rate / clients
-  const args = ['--h1', '-c', String(clients), '--rps', String(perClient), '-D', String(durationS), '--log-file', logFile, url]
-  const r = await runToEnd('h2load', h2loadBin, args)
-  if (r.code !== 0) throw new Error(`h2load exited ${r.code ?? r.signal}:\n${r.stdout}${r.stderr}`)
-  const summary = parseH2load(r.stdout)
-  const latencyMs = latencyFromH2loadLog(readFileSync(logFile, 'utf8'))
-  rmSync(logFile, { force: true })
+  const args = ['--h1', '-c', String(clients), '--rps', String(perClient), '-D', String(durationS)]
+  const { r, summary, latencyMs } = await execH2load(h2loadBin, args, url, logFile)
   return {
     command: `h2load ${args.join(' ').replace(logFile, 'LOG')}`,
     targetRps: rate,
@@ -45,8 +41,12 @@ export async function runH2load(h2loadBin, url, { clients, rate, durationS, logF
  * (h2load 1.52 prints only min/max/mean/sd for "time for request"). `protocol` is what h2load
  * says it spoke: anything but h2c means the target did not take h2c.
  */
-export async function runH2loadH2c(h2loadBin, url, { clients, streams, durationS, logFile = null }) {
-  const args = ['--no-tls-proto=h2c', '-c', String(clients), '-m', String(streams), '-D', String(durationS)]
+/**
+ * Runs h2load with `args` against `url` (adding `--log-file` when `logFile` is given): its
+ * output, its parsed summary, and the latency percentiles of its per-request log (the log is
+ * removed once read). A non-zero exit is an error.
+ */
+export async function execH2load(h2loadBin, args, url, logFile) {
   if (logFile) args.push('--log-file', logFile)
   args.push(url)
   const r = await runToEnd('h2load', h2loadBin, args)
@@ -57,6 +57,12 @@ export async function runH2loadH2c(h2loadBin, url, { clients, streams, durationS
     latencyMs = latencyFromH2loadLog(readFileSync(logFile, 'utf8'))
     rmSync(logFile, { force: true })
   }
+  return { r, summary, latencyMs }
+}
+
+export async function runH2loadH2c(h2loadBin, url, { clients, streams, durationS, logFile = null }) {
+  const args = ['--no-tls-proto=h2c', '-c', String(clients), '-m', String(streams), '-D', String(durationS)]
+  const { r, summary, latencyMs } = await execH2load(h2loadBin, args, url, logFile)
   return {
     command: `h2load ${args.join(' ').replace(logFile ?? '\0', 'LOG')}`,
     protocol: /^Application protocol: (\S+)/m.exec(r.stdout)?.[1] ?? null,

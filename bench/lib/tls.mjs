@@ -14,13 +14,14 @@
 //              http/1.1), as the plaintext `http1` scenario's `wrk -c50`;
 //   h2       — `h2load -c 10 -m 10 -D d`: HTTP/2 (ALPN h2), as the plaintext `h2c` scenario.
 // The module registers the scenario and its three targets with targets.mjs when imported.
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import https from 'node:https'
 import http2 from 'node:http2'
 import { join } from 'node:path'
 import { runToEnd, start, stop, trackExtra, waitForOutput, waitForPort } from './procs.mjs'
 import { processTree } from './procstat.mjs'
-import { latencyFromH2loadLog, parseH2load, parsePrometheus, sumMetric } from './parse.mjs'
+import { execH2load } from './loadgen.mjs'
+import { parsePrometheus, sumMetric } from './parse.mjs'
 import { BODIES, bodyBytes, fetchText, freePorts, haproxyConf, haproxyErrors, HOST, launchHaproxy, proxyNginxConf, registerScenario } from './targets.mjs'
 
 /** What every TLS client offers, and so what each server must negotiate. */
@@ -227,16 +228,7 @@ export function parseSTime(text) {
  */
 export async function runH2loadTls(h2loadBin, url, { h1, clients, streams = 1, durationS, logFile = null }) {
   const args = [...(h1 ? ['--h1'] : ['-m', String(streams)]), '-c', String(clients), '-D', String(durationS), `--tls13-ciphers=${TLS_PIN.cipher}`]
-  if (logFile) args.push('--log-file', logFile)
-  args.push(url)
-  const r = await runToEnd('h2load', h2loadBin, args)
-  if (r.code !== 0) throw new Error(`h2load exited ${r.code ?? r.signal}:\n${r.stdout}${r.stderr}`)
-  const summary = parseH2load(r.stdout)
-  let latencyMs = null
-  if (logFile) {
-    latencyMs = latencyFromH2loadLog(readFileSync(logFile, 'utf8'))
-    rmSync(logFile, { force: true })
-  }
+  const { r, summary, latencyMs } = await execH2load(h2loadBin, args, url, logFile)
   const field = (re) => re.exec(r.stdout)?.[1]?.trim() ?? null
   return {
     command: `h2load ${args.join(' ').replace(logFile ?? '\0', 'LOG')}`,
