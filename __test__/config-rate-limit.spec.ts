@@ -82,8 +82,8 @@ services:
   t.deepEqual(
     ok.config!.listeners[0]!.routes[0]!.rateLimits.map((l) => l.global),
     [
-      { redis: 'redis://127.0.0.1:6379', ca: null, failMode: 'open', timeoutMs: 50 },
-      { redis: 'redis://:pw@redis.internal/2', ca: null, failMode: 'closed', timeoutMs: 200 },
+      { redis: 'redis://127.0.0.1:6379', rls: null, domain: null, ca: null, failMode: 'open', timeoutMs: 50 },
+      { redis: 'redis://:pw@redis.internal/2', rls: null, domain: null, ca: null, failMode: 'closed', timeoutMs: 200 },
     ],
   )
   const bad = loadConfigText(
@@ -105,9 +105,52 @@ services:
   t.deepEqual(bad.diagnostics.map(formatDiagnostic), [
     'c.yaml:6:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "unix:///run/redis.sock" is not a redis:// or rediss:// URL (e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS) (unix sockets are not supported))',
     'c.yaml:7:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "redis://10.0.0.5/x": the path must be a database number (e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS))',
-    'c.yaml:8:32: error: rate limit of route "listener-0-route-0" global is missing required field "redis"',
+    'c.yaml:8:32: error: rate limit of route "listener-0-route-0" global is missing required field "redis" or "rls" (redis: redis://host:port (a shared Redis), or rls: host:port with domain: <name> (an Envoy rate limit service))',
     'c.yaml:9:71: error: unknown rate limit of route "listener-0-route-0" global failMode "shut" (valid fail modes: open, closed)',
     'c.yaml:10:70: error: "timeout" in rate limit of route "listener-0-route-0" global must be between 1ms and 10000ms, got 0ms (0 is not allowed here)',
+  ])
+})
+
+test('native rateLimits: global through a rate limit service, in the model with its domain', (t) => {
+  const r = loadConfigText(
+    `
+listeners:
+  - routes:
+      - service: a
+        rateLimits:
+          - { name: g, rate: 50, global: { rls: 127.0.0.1:8081, domain: mesh } }
+          - { name: h, rate: 50, key: client, global: { rls: "http://ratelimit.infra:8081", domain: edge, failMode: closed, timeout: 200ms } }
+services:
+  - { name: a, endpoints: [127.0.0.1:1] }
+`,
+    OPTS,
+  )
+  t.deepEqual(r.diagnostics.map(formatDiagnostic), [])
+  t.deepEqual(
+    r.config!.listeners[0]!.routes[0]!.rateLimits.map((l) => l.global),
+    [
+      { redis: null, rls: '127.0.0.1:8081', domain: 'mesh', ca: null, failMode: 'open', timeoutMs: 50 },
+      { redis: null, rls: 'http://ratelimit.infra:8081', domain: 'edge', ca: null, failMode: 'closed', timeoutMs: 200 },
+    ],
+  )
+  const bad = loadConfigText(
+    `
+listeners:
+  - routes:
+      - service: a
+        rateLimits:
+          - { rate: 5, global: { redis: "redis://10.0.0.5", domain: mesh } }
+          - { rate: 5, global: { rls: "https://10.0.0.5:8081", domain: mesh } }
+          - { rate: 5, global: { rls: "10.0.0.5:8081", domain: "" } }
+services:
+  - { name: a, endpoints: [127.0.0.1:1] }
+`,
+    OPTS,
+  )
+  t.deepEqual(bad.diagnostics.map(formatDiagnostic), [
+    'c.yaml:6:61: error: rate limit of route "listener-0-route-0" global: "domain" is only used with "rls" (drop "domain", or write rls: host:port to use a rate limit service)',
+    'c.yaml:7:39: error: invalid "rls" in rate limit of route "listener-0-route-0" global: "https://10.0.0.5:8081": TLS to a rate limit service is not supported (host:port or http://host:port, e.g. 127.0.0.1:8081 or http://ratelimit.infra:8081 (reached over h2c))',
+    'c.yaml:8:64: error: invalid "domain" in rate limit of route "listener-0-route-0" global: the domain is empty (the domain of the rate limit service\'s config, e.g. mesh)',
   ])
 })
 
@@ -146,10 +189,10 @@ spec:
     OPTS,
   )
   t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [])
-  const shared = { redis: 'redis://:pw@10.0.0.5:6379', ca: null, failMode: 'closed', timeoutMs: 20 }
+  const shared = { redis: 'redis://:pw@10.0.0.5:6379', rls: null, domain: null, ca: null, failMode: 'closed', timeoutMs: 20 }
   t.deepEqual(
     r.config!.services.map((s) => s.rateLimits.map((l) => [l.name, l.rate, l.burst, l.global])),
-    [[['default', 100, 10, shared]], [['default', 100, 100, { redis: 'redis://10.0.0.6', ca: null, failMode: 'open', timeoutMs: 50 }]], [['default', 100, 100, null]]],
+    [[['default', 100, 10, shared]], [['default', 100, 100, { redis: 'redis://10.0.0.6', rls: null, domain: null, ca: null, failMode: 'open', timeoutMs: 50 }]], [['default', 100, 100, null]]],
   )
 })
 
@@ -175,9 +218,9 @@ spec:
   )
   t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [
     'c.yaml:8:50: error: unknown RateLimiter spec global failMode "shut" (valid fail modes: open, closed)',
-    'c.yaml:8:56: error: unknown field "ttl" in RateLimiter spec global (valid fields: redis, ca, failMode, timeout)',
+    'c.yaml:8:56: error: unknown field "ttl" in RateLimiter spec global (valid fields: redis, rls, domain, ca, failMode, timeout)',
     'c.yaml:12:46: error: RateLimiter "rl" limit global: a CA bundle is only used with TLS, and "redis://10.0.0.5" is not a rediss:// URL (write rediss://host:port to reach Redis over TLS, or drop "ca")',
-    'c.yaml:15:13: error: RateLimiter "rl" limit global is missing required field "redis"',
+    'c.yaml:15:13: error: RateLimiter "rl" limit global is missing required field "redis" or "rls" (redis: redis://host:port (a shared Redis), or rls: host:port with domain: <name> (an Envoy rate limit service))',
   ])
   t.is(r.config, null)
 })

@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import test from 'ava'
 import * as grpc from '@grpc/grpc-js'
 import { startBackends } from './helpers/backend.js'
+import { grpcEchoClient, startGrpcEcho } from './helpers/grpc-echo.js'
 import { rssBytes, startCliProxy } from './helpers/cli.js'
 import { get, type Res } from './helpers/http.js'
 import { startProxy } from './helpers/proxy.js'
@@ -166,20 +167,7 @@ services:
 })
 
 test.serial('a gRPC client over the limit gets RESOURCE_EXHAUSTED, and the call never reaches the server', async (t) => {
-  const passthrough = (b: Buffer) => b
-  const definition = {
-    Unary: { path: '/test.Echo/Unary', requestStream: false, responseStream: false, requestSerialize: passthrough, requestDeserialize: passthrough, responseSerialize: passthrough, responseDeserialize: passthrough },
-  } satisfies grpc.ServiceDefinition
-  const server = new grpc.Server()
-  let calls = 0
-  server.addService(definition, {
-    Unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
-      calls++
-      cb(null, call.request)
-    },
-  })
-  const grpcPort = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))))
-  t.teardown(() => server.forceShutdown())
+  const echo = await startGrpcEcho(t)
   const { address } = await startProxy(
     t,
     `
@@ -190,20 +178,17 @@ listeners:
 services:
   - name: echo
     protocol: http2
-    endpoints: [127.0.0.1:${grpcPort}]
+    endpoints: [127.0.0.1:${echo.port}]
     rateLimits: [{ rate: 1, burst: 2 }]
 `,
   )
-  const Client = grpc.makeGenericClientConstructor(definition, 'Echo')
-  const client = new Client(address, grpc.credentials.createInsecure()) as unknown as { Unary: (req: Buffer, cb: (e: grpc.ServiceError | null, r?: Buffer) => void) => void; close: () => void }
-  t.teardown(() => client.close())
-  const call = () => new Promise<grpc.ServiceError | null>((resolve) => client.Unary(Buffer.from('x'), (e) => resolve(e)))
+  const call = grpcEchoClient(t, address)
   const results = []
   for (let i = 0; i < 5; i++) results.push(await call())
   const codes = results.map((e) => e?.code ?? grpc.status.OK)
   t.true(codes.filter((c) => c === grpc.status.OK).length <= 3, JSON.stringify(codes))
   t.true(codes.filter((c) => c === grpc.status.RESOURCE_EXHAUSTED).length >= 2, JSON.stringify(codes))
-  t.is(calls, codes.filter((c) => c === grpc.status.OK).length, 'refused calls never reach the server')
+  t.is(echo.calls(), codes.filter((c) => c === grpc.status.OK).length, 'refused calls never reach the server')
   const refused = results.find((e) => e?.code === grpc.status.RESOURCE_EXHAUSTED)
   t.deepEqual(refused?.metadata.get('meshproxy-error'), ['rate-limited'])
 })

@@ -9,7 +9,7 @@
  * its URL is `rediss://`; with `password`, it requires AUTH (`--requirepass`) and the URL carries
  * the password (`redis://:PASSWORD@…`).
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import tls from 'node:tls'
@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { ExecutionContext } from 'ava'
 import { closedPort } from './backend.js'
+import { restartable } from './restartable.js'
 
 function redisServer(): string | undefined {
   const r = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' })
@@ -45,38 +46,17 @@ export async function startRedis(t: ExecutionContext, opts: RedisOptions = {}): 
   if (!bin) throw new Error('redis-server is not installed: apt-get install redis-server (.ci/run installs it)')
   const dir = mkdtempSync(join(tmpdir(), 'meshproxy-redis-'))
   const port = await closedPort()
-  let child: ChildProcess | undefined
-  let log = ''
-  const start = async (): Promise<void> => {
-    log = ''
-    const ports = opts.tls
-      ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-auth-clients', 'no']
-      : ['--port', String(port)]
-    const auth = opts.password === undefined ? [] : ['--requirepass', opts.password]
-    const c = spawn(bin, [...ports, ...auth, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', ''], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    c.stdout?.on('data', (d: Buffer) => (log += d.toString()))
-    c.stderr?.on('data', (d: Buffer) => (log += d.toString()))
-    child = c
-    const deadline = Date.now() + 10_000
-    while (!(await pong(port, opts.tls !== undefined))) {
-      if (c.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start on ${port}:\n${log}`)
-      await new Promise((r) => setTimeout(r, 25))
-    }
-  }
-  const stop = async (): Promise<void> => {
-    const c = child
-    child = undefined
-    if (!c || c.exitCode !== null) return
-    await new Promise<void>((resolve) => {
-      c.once('exit', () => resolve())
-      c.kill('SIGKILL')
-    })
-  }
-  t.teardown(async () => {
-    await stop()
-    rmSync(dir, { recursive: true, force: true })
+  const ports = opts.tls
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-auth-clients', 'no']
+    : ['--port', String(port)]
+  const auth = opts.password === undefined ? [] : ['--requirepass', opts.password]
+  const { start, stop } = restartable(t, {
+    what: `redis-server on ${port}`,
+    bin,
+    args: () => [...ports, ...auth, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', ''],
+    ready: () => pong(port, opts.tls !== undefined),
+    within: 10_000,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
   })
   await start()
   const userinfo = opts.password === undefined ? '' : `:${encodeURIComponent(opts.password)}@`

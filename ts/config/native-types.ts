@@ -272,15 +272,19 @@ export interface NativeRateLimitOverride {
   burst?: number
 }
 
-/** A limit also counted across proxies on a shared Redis: after the local limit admits a request, one Redis round trip (a GCRA script run by EVALSHA, keyed by the route or service, the limit's name and the client key) admits it or answers 429 as the local limit does. Every proxy with the same route or service name, limit name, rate and burst shares one count. */
+/** A limit also counted across proxies, on a shared Redis or by a rate limit service (exactly one of `redis` and `rls`). After the local limit admits a request, one round trip admits it or answers 429 as the local limit does. With `redis`, a GCRA script run by EVALSHA, keyed by the route or service, the limit's name and the client key: every proxy with the same route or service name, limit name, rate and burst shares one count. With `rls`, Envoy's `ShouldRateLimit` (envoyproxy/ratelimit, Limitador) with one descriptor `[{route|service: <name>}, {limit: <limit name>}, {remote_address|identity|<header>: <key>}]`: the service's own config says how many requests each descriptor gets. */
 export interface NativeGlobalRateLimit {
-  /** The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (verified against `ca`, else the system roots). One multiplexed connection per proxy and server, reconnected on its own. `/config` and logs show the password as `***`. */
-  redis: string
+  /** The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (verified against `ca`, else the system roots). One multiplexed connection per proxy and server, reconnected on its own. `/config` and logs show the password as `***`. null = not Redis (then `rls`). */
+  redis?: string | null
+  /** A rate limit service speaking Envoy's `envoy.service.ratelimit.v3.RateLimitService` over gRPC: `host:port` or `http://host:port` (plaintext HTTP/2; TLS is not supported). One multiplexed connection per proxy and service, made again with backoff when it ends. null = not a rate limit service (then `redis`). */
+  rls?: string | null
+  /** The rate limit service's `domain` (its config's `domain:`); required with `rls`, not used with `redis`. */
+  domain?: string | null
   /** A PEM bundle of the CA certificates trusted for a `rediss://` server: in YAML a path relative to the YAML file, in the model as resolved; null = the system's trusted roots. */
   ca?: string | null
-  /** When Redis does not answer within `timeout` (down, unreachable, slow): `open` admits the request by the local limit alone; `closed` refuses it with 503 `rate-limit-unavailable` (gRPC: UNAVAILABLE) and `Retry-After: 1`. Either way `meshproxy_rate_limit_fallback_total` counts it and a warning is logged (at most every 10 s). */
+  /** When the server (Redis or the rate limit service) does not answer within `timeout` (down, unreachable, slow, answering an error): `open` admits the request by the local limit alone; `closed` refuses it with 503 `rate-limit-unavailable` (gRPC: UNAVAILABLE) and `Retry-After: 1`. Either way `meshproxy_rate_limit_fallback_total` counts it and a warning is logged (at most every 10 s). */
   failMode?: 'open' | 'closed'
-  /** Time allowed for one Redis check, connecting included. A duration: 500ms, 10s, 1m30s, or milliseconds as an integer. */
+  /** Time allowed for one check, connecting included. A duration: 500ms, 10s, 1m30s, or milliseconds as an integer. */
   timeout?: NativeDuration
 }
 

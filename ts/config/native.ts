@@ -583,18 +583,43 @@ function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
 }
 
 /**
- * A rate limit's `global` (of a native limit, or of a `RateLimiter`'s spec or limit): `redis` is
- * required (and checked); `ca`, for a `rediss://` URL only, is resolved against the YAML file's
- * directory and must hold PEM certificates. Null when it is missing or invalid (reported).
+ * A rate limit's `global` (of a native limit, or of a `RateLimiter`'s spec or limit): exactly one
+ * of `redis` and `rls` (checked); `domain` with `rls` only, and required with it; `ca`, for a
+ * `rediss://` URL only, is resolved against the YAML file's directory and must hold PEM
+ * certificates. Null when it is missing or invalid (reported).
  */
 export function readGlobalRateLimit(parent: Fields): GlobalRateLimitModel | null {
   const f = parent.fields('global', `${parent.what} global`, keysOf(GLOBAL_RATE_LIMIT))
-  if (!f || !f.require('redis')) return null
+  if (!f) return null
   const r = f.r
-  const global = complete(GLOBAL_RATE_LIMIT, { redis: '' })
+  const hint = 'redis: redis://host:port (a shared Redis), or rls: host:port with domain: <name> (an Envoy rate limit service)'
+  if (f.has('redis') && f.has('rls')) {
+    r.error(f.keyLoc('rls'), `${f.what} has both "redis" and "rls": a limit is counted by one server`, hint)
+    return null
+  }
+  if (!f.has('redis') && !f.has('rls')) {
+    r.error(f.node, `${f.what} is missing required field "redis" or "rls"`, hint)
+    return null
+  }
+  const global = complete(GLOBAL_RATE_LIMIT, {})
   readPlain(f, GLOBAL_RATE_LIMIT, global)
   readTexts(f, GLOBAL_RATE_LIMIT, global)
-  if (global.redis === '') return null
+  if (global.rls !== null) {
+    if (global.domain === null) {
+      if (!f.has('domain')) r.error(f.keyLoc('rls'), `${f.what} with "rls" is missing required field "domain"`, 'the domain of the rate limit service\'s config, e.g. domain: mesh')
+      return null
+    }
+    if (global.ca !== null) {
+      r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with rediss://, and the rate limit service "${global.rls}" is reached over plaintext HTTP/2`, 'drop "ca"')
+      return null
+    }
+    return global
+  }
+  if (global.redis === null) return null
+  if (global.domain !== null) {
+    r.error(f.keyLoc('domain'), `${f.what}: "domain" is only used with "rls"`, 'drop "domain", or write rls: host:port to use a rate limit service')
+    return null
+  }
   if (global.ca !== null) {
     const path = isAbsolute(global.ca) || r.file.startsWith('<') ? global.ca : resolve(dirname(r.file), global.ca)
     global.ca = path

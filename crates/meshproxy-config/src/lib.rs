@@ -258,7 +258,8 @@ pub struct RateLimitConfig {
     pub global: Option<GlobalRateLimitConfig>,
 }
 
-/// Where and how a rate limit is also counted across proxies: a GCRA on a shared Redis.
+/// Where and how a rate limit is also counted across proxies: a GCRA on a shared Redis, or
+/// Envoy's rate limit service (`ShouldRateLimit` over gRPC). Exactly one of `redis` and `rls`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -266,17 +267,22 @@ pub struct GlobalRateLimitConfig {
     /// `redis://` or `rediss://` (TLS) `[user:password@]host:port[/db]`. Written out with its
     /// password as `***` (the admin `/config` shows the model).
     #[serde(serialize_with = "redacted_url")]
-    pub redis: String,
+    pub redis: Option<String>,
+    /// A rate limit service, `host:port` or `http://host:port` (h2c).
+    pub rls: Option<String>,
+    /// The rate limit service's domain; required with `rls`.
+    pub domain: Option<String>,
     /// A PEM bundle of the CA certificates trusted for a `rediss://` server, as resolved; none =
     /// the system's trusted roots.
     pub ca: Option<String>,
-    /// What a request gets when Redis does not answer in time.
+    /// What a request gets when the server (Redis or the rate limit service) does not answer in
+    /// time.
     pub fail_mode: RateLimitFailMode,
-    /// Time allowed for one Redis check.
+    /// Time allowed for one check.
     pub timeout_ms: u64,
 }
 
-/// What a global rate limit does when Redis does not answer.
+/// What a global rate limit does when its server does not answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
@@ -763,7 +769,9 @@ mod tests {
             assert_eq!(redact_url(url), shown);
         }
         let g = GlobalRateLimitConfig {
-            redis: "rediss://:s3cret@127.0.0.1:6380".into(),
+            redis: Some("rediss://:s3cret@127.0.0.1:6380".into()),
+            rls: None,
+            domain: None,
             ca: None,
             fail_mode: RateLimitFailMode::Open,
             timeout_ms: 50,

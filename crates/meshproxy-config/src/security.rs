@@ -68,8 +68,11 @@ pub(crate) fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Re
     }
 }
 
-pub(crate) fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redact_url(url))
+pub(crate) fn redacted_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_some(&redact_url(url)),
+        None => s.serialize_none(),
+    }
 }
 
 /// `url` with the password of its user info as `***` (`redis://user:***@host`, `redis://:***@host`;

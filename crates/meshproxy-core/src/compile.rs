@@ -270,13 +270,19 @@ impl Snapshot {
         self.endpoint_settings.iter().map(|(e, _)| (&*e.address, e.connector())).collect()
     }
 
-    /// The Redis servers this snapshot's global rate limits use.
-    pub fn redis_urls(&self) -> std::collections::HashSet<(&str, Option<&str>)> {
+    /// The servers this snapshot's global rate limits use: Redis URLs with their CA bundles, and
+    /// rate limit services as `rls:<address>`.
+    pub fn global_servers(&self) -> std::collections::HashSet<(std::borrow::Cow<'_, str>, Option<&str>)> {
         let routes = self.config.listeners.iter().flat_map(|l| l.routes.iter().flat_map(|r| &r.rate_limits));
         let services = self.config.services.iter().flat_map(|s| &s.rate_limits);
         routes
             .chain(services)
-            .filter_map(|l| l.global.as_ref().map(|g| (g.redis.as_str(), g.ca.as_deref())))
+            .filter_map(|l| l.global.as_ref())
+            .filter_map(|g| match (&g.redis, &g.rls) {
+                (Some(url), _) => Some((url.as_str().into(), g.ca.as_deref())),
+                (None, Some(addr)) => Some((format!("rls:{addr}").into(), None)),
+                (None, None) => None,
+            })
             .collect()
     }
 }

@@ -17,10 +17,11 @@
 //! so drops the replenished keys at once (at most every [`EVICT_EVERY`]); new keys that still do not
 //! fit share one overflow bucket with the limit's rate and burst until keys expire.
 //!
-//! A limit with a `global` section is also counted across proxies on Redis ([`global`]): once
-//! every local check admits a request, [`Limits::global`] gives the future that asks Redis, one
-//! round trip per global limit. The local bucket stays in front: it enforces the burst at once,
-//! in-process, and a request it refuses never reaches Redis.
+//! A limit with a `global` section is also counted across proxies on Redis or by a rate limit
+//! service ([`global`]): once every local check admits a request, [`Limits::global`] gives the
+//! future that asks the server, one round trip per global limit. The local bucket stays in
+//! front: it enforces the burst at once, in-process, and a request it refuses never reaches the
+//! server.
 
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -41,14 +42,16 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use rustc_hash::FxHashMap;
 
-use crate::config::{RateLimitConfig, RateLimitFailMode, RateLimitKey};
+use crate::config::{RateLimitConfig, RateLimitKey};
 use crate::error::ProxyError;
 use crate::filter::Rejection;
 use crate::Error;
 
 mod global;
+mod global_limit;
 
 pub use global::Stores;
+use global_limit::Global;
 
 /// How often a request that finds a keyed limit's map full may sweep it of replenished keys.
 pub const EVICT_EVERY: Duration = Duration::from_millis(100);
@@ -180,26 +183,22 @@ impl<C: Clock + Clone> Limits<C> {
         Self: Send + Sync + 'static,
     {
         // The keys are read from the request now; the future owns them.
-        let asks: Vec<(usize, Vec<u8>, Arc<str>, u32)> = self
+        let asks: Vec<(usize, global::Ask)> = self
             .limits
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| {
-                let g = l.global.as_deref()?;
-                let (key, emission_us, burst) = g.key(l, headers, client.ip(), peer);
-                Some((i, key, emission_us, burst))
-            })
+            .filter_map(|(i, l)| Some((i, l.global.as_deref()?.ask(l, headers, client.ip(), peer))))
             .collect();
         let this = self.clone();
         Box::pin(async move {
-            for (index, key, emission_us, burst) in asks {
+            for (index, ask) in asks {
                 // Nothing borrowed from `this` is held across the wait.
                 let (store, timeout, fail_closed, metrics) = {
                     let Some(limit) = this.limits.get(index) else { continue };
                     let Some(g) = limit.global.as_deref() else { continue };
                     (g.store.clone(), g.timeout, g.fail_closed, limit.metrics.clone())
                 };
-                match store.check(&key, &emission_us, burst, timeout).await {
+                match store.check(&ask, timeout).await {
                     Ok(None) => {}
                     Ok(Some(wait)) => {
                         metrics.rejected.fetch_add(1, Ordering::Relaxed);
@@ -264,99 +263,6 @@ struct Limit<C: Clock> {
     metrics: Arc<LimitMetrics>,
     /// Also counted on Redis.
     global: Option<Box<Global>>,
-}
-
-/// Key values longer than this are hashed in a global limit's Redis key.
-const MAX_KEY_VALUE: usize = 128;
-
-/// A limit's global side: its Redis server, key and GCRA parameters.
-#[derive(Debug)]
-struct Global {
-    store: Arc<global::Store>,
-    /// `meshproxy:ratelimit:<scope>:<limit name>`; a keyed limit appends `:<key value>`.
-    prefix: Box<str>,
-    /// The emission interval in µs, formatted once: the script's argument.
-    emission_us: Arc<str>,
-    burst: u32,
-    /// Key values (header values, or client addresses as text) with a rate and burst of their own.
-    overrides: FxHashMap<Box<[u8]>, (Arc<str>, u32)>,
-    fail_closed: bool,
-    timeout: Duration,
-}
-
-impl Global {
-    fn compile<C: Clock>(
-        owner: &str,
-        scope: &str,
-        limit: &Limit<C>,
-        c: &RateLimitConfig,
-        g: &crate::config::GlobalRateLimitConfig,
-        stores: &Stores,
-    ) -> Result<Self, Error> {
-        let emission = |rate: u32| Arc::<str>::from((1_000_000.0 / f64::from(rate.max(1))).to_string());
-        let overrides = c
-            .overrides
-            .iter()
-            .map(|o| {
-                // Client addresses as the request's canonical address prints them.
-                let value = match o.value.parse::<IpAddr>() {
-                    Ok(ip) if c.key == RateLimitKey::Client => ip.to_canonical().to_string(),
-                    _ => o.value.clone(),
-                };
-                (value.into_bytes().into_boxed_slice(), (emission(o.rate), o.burst))
-            })
-            .collect();
-        Ok(Global {
-            store: stores.get(owner, &g.redis, g.ca.as_deref())?,
-            prefix: format!("meshproxy:ratelimit:{scope}:{}", limit.name).into(),
-            emission_us: emission(c.rate),
-            burst: c.burst,
-            overrides,
-            fail_closed: g.fail_mode == RateLimitFailMode::Closed,
-            timeout: Duration::from_millis(g.timeout_ms.max(1)),
-        })
-    }
-
-    /// The Redis key, emission interval and burst for a request of `limit` with `headers` from
-    /// `client`.
-    fn key<C: Clock>(
-        &self,
-        limit: &Limit<C>,
-        headers: &HeaderMap,
-        client: IpAddr,
-        peer: Option<&str>,
-    ) -> (Vec<u8>, Arc<str>, u32) {
-        let mut key = Vec::with_capacity(self.prefix.len() + 48);
-        key.extend_from_slice(self.prefix.as_bytes());
-        let (value, identity): (std::borrow::Cow<'_, [u8]>, bool) = match &limit.buckets {
-            Buckets::One(_) => return (key, self.emission_us.clone(), self.burst),
-            Buckets::Keyed(k) => match &k.source {
-                Source::Client => (client.to_canonical().to_string().into_bytes().into(), false),
-                Source::Header(name) => {
-                    (headers.get(name).map_or(&b""[..], HeaderValue::as_bytes).into(), false)
-                }
-                Source::Identity => (peer.unwrap_or_default().as_bytes().into(), true),
-            },
-        };
-        // An identity's override may name its workload (`<sa>.<ns>`) rather than its SPIFFE ID.
-        let by_workload = || {
-            identity.then(|| peer.and_then(workload)).flatten().and_then(|w| self.overrides.get(w.as_bytes()))
-        };
-        let (emission_us, burst) = self
-            .overrides
-            .get(&*value)
-            .or_else(by_workload)
-            .cloned()
-            .unwrap_or_else(|| (self.emission_us.clone(), self.burst));
-        key.push(b':');
-        if value.len() > MAX_KEY_VALUE {
-            let h = xxhash_rust::xxh3::xxh3_128(&value);
-            key.extend_from_slice(format!("xxh3:{h:032x}").as_bytes());
-        } else {
-            key.extend_from_slice(&value);
-        }
-        (key, emission_us, burst)
-    }
 }
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;

@@ -252,7 +252,7 @@ impl MeshProxy {
             self.shared.snapshot().store(snapshot.clone());
         }
         snapshot.commit(self.shared.registry(), self.shared.metrics());
-        self.shared.stores().retain(&snapshot.redis_urls());
+        self.shared.stores().retain(&snapshot.global_servers());
         if let State::Running(running) = state {
             running.checks = Checks::start(&snapshot);
         }

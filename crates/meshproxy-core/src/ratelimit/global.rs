@@ -1,4 +1,5 @@
-//! Global rate limits: a limit's count shared by every proxy through one Redis server.
+//! Global rate limits: a limit's count shared by every proxy through one Redis server, or
+//! through Envoy's rate limit service ([`rls`]: envoyproxy/ratelimit, Limitador).
 //!
 //! The algorithm is GCRA, as the local limits run it, in a Lua script ([`GCRA`]) that Redis runs
 //! atomically by EVALSHA (the `redis` crate's [`redis::Script`] loads it once per server, again
@@ -15,8 +16,10 @@
 //! admits a request. What it must not know: routes, listeners, the HTTP request — it takes a key,
 //! a rate and a burst and answers admit, refuse (with the wait) or fail.
 //!
-//! Failures (Redis down, unreachable, slower than the limit's `timeout`) are the caller's to
-//! handle by the limit's fail mode; here they are logged at most every [`WARN_EVERY`] per server.
+//! A [`Store`] is one server of either kind; what fails and how it is probed is the same for both.
+//! Failures (the server down, unreachable, slower than the limit's `timeout`, answering with an
+//! error) are the caller's to handle by the limit's fail mode; here they are logged at most every
+//! [`WARN_EVERY`] per server.
 //! Once a check has failed, one request per [`PROBE_EVERY`] asks the server again and the others
 //! fail at once, so an outage costs requests no wait beyond the probe's.
 //! The connection is a [`ConnectionManager`]: made lazily by the first check (on the runtime
@@ -71,22 +74,25 @@ static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCR
 pub enum GlobalError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("not asked: redis failed less than {PROBE_EVERY:?} ago")]
+    #[error("not asked: the server failed less than {PROBE_EVERY:?} ago")]
     Failing,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Rls(#[from] rls::RlsError),
     #[error("{0}")]
     Setup(String),
 }
 
-/// The Redis servers of a proxy's global limits, by URL and CA bundle: kept across reloads, so a
-/// limit that stays keeps its connection.
+/// The servers (Redis, rate limit services) of a proxy's global limits, by URL and CA bundle:
+/// kept across reloads, so a limit that stays keeps its connection.
 #[derive(Default)]
 pub struct Stores {
     by_url: Mutex<HashMap<StoreKey, Arc<Store>>>,
 }
 
-/// A server's URL and the path of its CA bundle.
+/// A server's URL (a rate limit service's address as written, after `rls:`) and the path of its
+/// CA bundle.
 type StoreKey = (Box<str>, Option<Box<str>>);
 
 impl Stores {
@@ -131,24 +137,34 @@ impl Stores {
             None => redis::Client::open(info),
         }
         .map_err(|e| invalid(&e))?;
-        let store = Arc::new(Store {
-            url: shown.into(),
-            ca_digest: digest,
-            client,
-            manager: OnceLock::new(),
-            started: tokio::time::Instant::now(),
-            last_warn: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
-            next_probe: AtomicU64::new(0),
-        });
+        let store =
+            Arc::new(Store::new(shown.into(), digest, Backend::Redis { client, manager: OnceLock::new() }));
+        by_url.insert(key, store.clone());
+        Ok(store)
+    }
+
+    /// The rate limit service at `addr` (`host:port` or `http://host:port`); `owner` names the
+    /// limit in messages. The one already known, or a new one, not yet connected.
+    pub fn get_rls(&self, owner: &str, addr: &str) -> Result<Arc<Store>, Error> {
+        let rls =
+            rls::Rls::new(addr).map_err(|e| Error::Config(format!("{owner}: invalid global rls: {e}")))?;
+        let key = (Box::<str>::from(format!("rls:{addr}")), None);
+        let mut by_url = self.by_url.lock();
+        if let Some(s) = by_url.get(&key) {
+            return Ok(s.clone());
+        }
+        let store = Arc::new(Store::new(addr.into(), None, Backend::Rls(rls)));
         by_url.insert(key, store.clone());
         Ok(store)
     }
 
     /// Forgets the servers no limit of the running config uses (their connections close once
-    /// the last request on an older config is done with them).
-    pub fn retain(&self, used: &std::collections::HashSet<(&str, Option<&str>)>) {
-        self.by_url.lock().retain(|(url, ca), _| used.contains(&(&**url, ca.as_deref())));
+    /// the last request on an older config is done with them); `used` names rate limit services
+    /// as `rls:<address>`.
+    pub fn retain(&self, used: &std::collections::HashSet<(std::borrow::Cow<'_, str>, Option<&str>)>) {
+        self.by_url
+            .lock()
+            .retain(|(url, ca), _| used.contains(&(std::borrow::Cow::Borrowed(&**url), ca.as_deref())));
     }
 }
 
@@ -163,15 +179,13 @@ fn install_ring() {
     });
 }
 
-/// One Redis server.
+/// One server of global limits: Redis or a rate limit service, with the state of its failures.
 pub struct Store {
-    /// For logs, without a password.
+    /// For logs: a Redis URL without its password, or a rate limit service's address.
     url: Box<str>,
     /// xxh3-128 of the CA bundle trusted for it; none = the system roots (or plaintext).
     ca_digest: Option<u128>,
-    client: redis::Client,
-    /// Made by the first check, on the runtime that runs it.
-    manager: OnceLock<Result<ConnectionManager, String>>,
+    backend: Backend,
     started: tokio::time::Instant,
     /// Milliseconds since `started` of the last warning (0: none yet).
     last_warn: AtomicU64,
@@ -181,6 +195,23 @@ pub struct Store {
     next_probe: AtomicU64,
 }
 
+enum Backend {
+    Redis {
+        client: redis::Client,
+        /// Made by the first check, on the runtime that runs it.
+        manager: OnceLock<Result<ConnectionManager, String>>,
+    },
+    Rls(rls::Rls),
+}
+
+/// What one global check asks its server.
+pub enum Ask {
+    /// GCRA on `key` at one request per `emission_us` µs (a decimal number), `burst` at once.
+    Gcra { key: Vec<u8>, emission_us: Arc<str>, burst: u32 },
+    /// A `ShouldRateLimit` request, encoded ([`rls::encode`]).
+    Rls(bytes::Bytes),
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("url", &self.url).finish_non_exhaustive()
@@ -188,6 +219,26 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    fn new(url: Box<str>, ca_digest: Option<u128>, backend: Backend) -> Self {
+        Store {
+            url,
+            ca_digest,
+            backend,
+            started: tokio::time::Instant::now(),
+            last_warn: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            next_probe: AtomicU64::new(0),
+        }
+    }
+
+    /// What the server is called in logs.
+    fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Redis { .. } => "redis",
+            Backend::Rls(_) => "the rate limit service",
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         (self.started.elapsed().as_millis() as u64).max(1)
     }
@@ -210,8 +261,11 @@ impl Store {
                 .is_ok()
     }
 
-    fn manager(&self) -> Result<ConnectionManager, GlobalError> {
-        let made = self.manager.get_or_init(|| {
+    fn manager(
+        client: &redis::Client,
+        manager: &OnceLock<Result<ConnectionManager, String>>,
+    ) -> Result<ConnectionManager, GlobalError> {
+        let made = manager.get_or_init(|| {
             // Reconnection attempts back off from 50 ms to at most 1 s, so a server that comes
             // back is used again within about a second; each attempt gives up after 1 s.
             let config = ConnectionManagerConfig::new()
@@ -220,27 +274,28 @@ impl Store {
                 .set_number_of_retries(4)
                 .set_connection_timeout(Some(Duration::from_secs(1)))
                 .set_response_timeout(None);
-            ConnectionManager::new_lazy_with_config(self.client.clone(), config).map_err(|e| e.to_string())
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| e.to_string())
         });
         made.clone().map_err(GlobalError::Setup)
     }
 
-    /// Runs GCRA on `key` at one request per `emission_us` µs (a decimal number), `burst` at
-    /// once: `None` when it admits the request, else how long until it would.
-    pub async fn check(
-        &self,
-        key: &[u8],
-        emission_us: &str,
-        burst: u32,
-        timeout: Duration,
-    ) -> Result<Option<Duration>, GlobalError> {
+    /// Asks the server `ask` within `timeout`: `None` when it admits the request, else how long
+    /// until it would.
+    pub async fn check(&self, ask: &Ask, timeout: Duration) -> Result<Option<Duration>, GlobalError> {
         if self.failing.load(Ordering::Relaxed) && !self.probe() {
             return Err(GlobalError::Failing);
         }
         let run = async {
-            let mut conn = self.manager()?;
-            let wait: i64 = SCRIPT.key(key).arg(emission_us).arg(burst).invoke_async(&mut conn).await?;
-            Ok::<_, GlobalError>(wait)
+            match (&self.backend, ask) {
+                (Backend::Redis { client, manager }, Ask::Gcra { key, emission_us, burst }) => {
+                    let mut conn = Self::manager(client, manager)?;
+                    let wait: i64 =
+                        SCRIPT.key(&key[..]).arg(&**emission_us).arg(*burst).invoke_async(&mut conn).await?;
+                    Ok::<_, GlobalError>((wait > 0).then(|| Duration::from_micros(wait as u64)))
+                }
+                (Backend::Rls(rls), Ask::Rls(request)) => Ok(rls.check(request.clone()).await?),
+                _ => Err(GlobalError::Setup("a check of another kind of server".into())),
+            }
         };
         let wait = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(w)) => w,
@@ -248,9 +303,9 @@ impl Store {
             Err(_) => return Err(GlobalError::Timeout(timeout)),
         };
         if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
-            tracing::info!(redis = %self.url, "global rate limits: redis answers again");
+            tracing::info!(server = %self.url, "global rate limits: {} answers again", self.kind());
         }
-        Ok((wait > 0).then(|| Duration::from_micros(wait as u64)))
+        Ok(wait)
     }
 
     /// Logs `error`, unless this server's last warning is less than [`WARN_EVERY`] old.
@@ -270,7 +325,15 @@ impl Store {
             } else {
                 "admitted by the local limit alone (failMode: open)"
             };
-            tracing::warn!(redis = %self.url, %error, "global rate limit check failed; requests are {outcome} until redis answers (logged at most every 10 s)");
+            let kind = self.kind();
+            match self.backend {
+                Backend::Redis { .. } => {
+                    tracing::warn!(redis = %self.url, %error, "global rate limit check failed; requests are {outcome} until {kind} answers (logged at most every 10 s)")
+                }
+                Backend::Rls(_) => {
+                    tracing::warn!(rls = %self.url, %error, "global rate limit check failed; requests are {outcome} until {kind} answers (logged at most every 10 s)")
+                }
+            }
             if matches!(error, GlobalError::Timeout(_)) {
                 self.diagnose();
             }
@@ -283,8 +346,9 @@ impl Store {
     /// wrong password — or nothing when it connects (the server is only slow).
     #[cold]
     fn diagnose(&self) {
+        let Backend::Redis { client, .. } = &self.backend else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (client, url) = (self.client.clone(), self.url.clone());
+        let (client, url) = (client.clone(), self.url.clone());
         runtime.spawn(async move {
             let why = match tokio::time::timeout(DIAGNOSE_WITHIN, client.get_multiplexed_async_connection())
                 .await
@@ -297,6 +361,8 @@ impl Store {
         });
     }
 }
+
+pub mod rls;
 
 #[cfg(test)]
 mod tests;

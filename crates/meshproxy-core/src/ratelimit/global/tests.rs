@@ -189,6 +189,10 @@ impl Drop for TempDir {
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
+fn gcra(key: &[u8], emission_us: &str, burst: u32) -> Ask {
+    Ask::Gcra { key: key.to_vec(), emission_us: emission_us.into(), burst }
+}
+
 #[tokio::test]
 async fn redis_admits_the_burst_then_one_per_emission_interval() {
     let server = Server::start(None);
@@ -198,7 +202,7 @@ async fn redis_admits_the_burst_then_one_per_emission_interval() {
     let mut admitted = 0;
     let mut refused = None;
     for _ in 0..5 {
-        match store.check(b"k", "500000", 3, TIMEOUT).await.unwrap() {
+        match store.check(&gcra(b"k", "500000", 3), TIMEOUT).await.unwrap() {
             None => admitted += 1,
             Some(wait) => refused = Some(wait),
         }
@@ -207,9 +211,13 @@ async fn redis_admits_the_burst_then_one_per_emission_interval() {
     let wait = refused.expect("the 4th is refused");
     assert!(wait > Duration::from_millis(300) && wait <= Duration::from_millis(500), "wait {wait:?}");
     // Another key, another bucket.
-    assert_eq!(store.check(b"other", "500000", 3, TIMEOUT).await.unwrap(), None);
+    assert_eq!(store.check(&gcra(b"other", "500000", 3), TIMEOUT).await.unwrap(), None);
     tokio::time::sleep(wait + Duration::from_millis(20)).await;
-    assert_eq!(store.check(b"k", "500000", 3, TIMEOUT).await.unwrap(), None, "one more after the wait");
+    assert_eq!(
+        store.check(&gcra(b"k", "500000", 3), TIMEOUT).await.unwrap(),
+        None,
+        "one more after the wait"
+    );
 }
 
 #[tokio::test]
@@ -218,12 +226,12 @@ async fn a_killed_server_fails_within_the_timeout_and_a_restarted_one_is_used_ag
     let port = server.port;
     let stores = Stores::default();
     let store = stores.get("test", &format!("redis://127.0.0.1:{port}"), None).unwrap();
-    assert_eq!(store.check(b"k", "1000", 10, TIMEOUT).await.unwrap(), None);
+    assert_eq!(store.check(&gcra(b"k", "1000", 10), TIMEOUT).await.unwrap(), None);
     server.kill();
     let short = Duration::from_millis(50);
     for _ in 0..3 {
         let started = tokio::time::Instant::now();
-        assert!(store.check(b"k", "1000", 10, short).await.is_err());
+        assert!(store.check(&gcra(b"k", "1000", 10), short).await.is_err());
         assert!(started.elapsed() < Duration::from_secs(1), "bounded by the timeout");
     }
     // Back on the same port, empty: the script is loaded again and checks succeed once the
@@ -231,7 +239,7 @@ async fn a_killed_server_fails_within_the_timeout_and_a_restarted_one_is_used_ag
     let _server = Server::start(Some(port));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(None) = store.check(b"k", "1000", 10, TIMEOUT).await {
+        if let Ok(None) = store.check(&gcra(b"k", "1000", 10), TIMEOUT).await {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no reconnection within 10 s");
@@ -253,7 +261,9 @@ fn limit(
         overrides: vec![],
         max_keys: 100,
         global: Some(crate::config::GlobalRateLimitConfig {
-            redis: redis.into(),
+            redis: Some(redis.into()),
+            rls: None,
+            domain: None,
             fail_mode,
             ca: None,
             timeout_ms: 200,
@@ -330,16 +340,16 @@ async fn after_a_failure_one_request_per_probe_interval_asks_and_the_others_fail
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let stores = Stores::default();
     let store = stores.get("test", &format!("redis://127.0.0.1:{port}"), None).unwrap();
-    let e = store.check(b"k", "1000", 10, TIMEOUT).await.unwrap_err();
+    let e = store.check(&gcra(b"k", "1000", 10), TIMEOUT).await.unwrap_err();
     store.failed(&e, false);
     for _ in 0..5 {
-        assert!(matches!(store.check(b"k", "1000", 10, TIMEOUT).await, Err(GlobalError::Failing)));
+        assert!(matches!(store.check(&gcra(b"k", "1000", 10), TIMEOUT).await, Err(GlobalError::Failing)));
     }
     tokio::time::sleep(PROBE_EVERY + Duration::from_millis(10)).await;
     // The probe waits up to its (short) timeout; the next request, within the interval, not.
-    let probe = store.check(b"k", "1000", 10, Duration::from_millis(20)).await.unwrap_err();
+    let probe = store.check(&gcra(b"k", "1000", 10), Duration::from_millis(20)).await.unwrap_err();
     assert!(!matches!(probe, GlobalError::Failing), "the probe asks redis: {probe}");
-    assert!(matches!(store.check(b"k", "1000", 10, TIMEOUT).await, Err(GlobalError::Failing)));
+    assert!(matches!(store.check(&gcra(b"k", "1000", 10), TIMEOUT).await, Err(GlobalError::Failing)));
 }
 
 #[tokio::test]
@@ -355,7 +365,7 @@ async fn rediss_is_verified_against_the_ca_bundle_and_sends_the_urls_password() 
     assert!(!format!("{store:?}").contains("s3cret"), "{store:?}");
     let mut admitted = 0;
     for _ in 0..4 {
-        admitted += usize::from(store.check(b"k", "1000000", 2, TIMEOUT).await.unwrap().is_none());
+        admitted += usize::from(store.check(&gcra(b"k", "1000000", 2), TIMEOUT).await.unwrap().is_none());
     }
     assert_eq!(admitted, 2, "the burst, counted on the TLS server");
     // The same URL and bundle: the same server and connection.
@@ -363,7 +373,7 @@ async fn rediss_is_verified_against_the_ca_bundle_and_sends_the_urls_password() 
     // A wrong password: the server refuses the connection's AUTH.
     let wrong =
         stores.get("test", &format!("rediss://:nope@127.0.0.1:{}", server.port), Some(&ca_path)).unwrap();
-    let e = wrong.check(b"k", "1000000", 2, TIMEOUT).await.unwrap_err();
+    let e = wrong.check(&gcra(b"k", "1000000", 2), TIMEOUT).await.unwrap_err();
     assert!(!e.to_string().contains("nope"), "{e}");
 }
 
@@ -381,13 +391,13 @@ async fn rediss_refuses_a_server_its_ca_bundle_or_the_system_roots_do_not_trust(
         [stores.get("test", &url, Some(&other_path)).unwrap(), stores.get("test", &url, None).unwrap()]
     {
         // Time for the connection manager's retries, so the check ends with the connect's error.
-        let e = store.check(b"k", "1000", 10, Duration::from_secs(10)).await.unwrap_err();
+        let e = store.check(&gcra(b"k", "1000", 10), Duration::from_secs(10)).await.unwrap_err();
         assert!(e.to_string().contains("UnknownIssuer"), "refused for its issuer: {e}");
     }
     // The right bundle, on the same server.
     let ca_path = ca.cert.to_string_lossy();
     let store = stores.get("test", &url, Some(&ca_path)).unwrap();
-    assert_eq!(store.check(b"k", "1000", 10, TIMEOUT).await.unwrap(), None);
+    assert_eq!(store.check(&gcra(b"k", "1000", 10), TIMEOUT).await.unwrap(), None);
 }
 
 #[test]

@@ -1,0 +1,77 @@
+/**
+ * A real envoyproxy/ratelimit (Envoy's rate limit service: `ShouldRateLimit` over gRPC, counts
+ * on Redis, fixed windows) for a test: built with Go at a pinned version on first use
+ * ([`goTool`]), started on free 127.0.0.1 ports against the given Redis, with `config` (one
+ * YAML file in the service's own format) in a temp runtime folder. `stop()` kills it (SIGKILL)
+ * and `start()` brings it back on the same ports ([`restartable`]). Killed at the end of the test.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import http from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { ExecutionContext } from 'ava'
+import { closedPort } from './backend.js'
+import { goTool } from './go-tool.js'
+import { restartable } from './restartable.js'
+
+export const RATELIMIT_PACKAGE = 'github.com/envoyproxy/ratelimit/src/service_cmd'
+export const RATELIMIT_VERSION = 'v1.4.1-0.20260122083618-3fb702589d36'
+
+/** The path of the envoyproxy/ratelimit binary, built first if the cache does not have it. */
+export function ratelimitBinary(): Promise<string> {
+  return goTool({ name: 'envoy-ratelimit', pkg: RATELIMIT_PACKAGE, version: RATELIMIT_VERSION, bin: 'service_cmd', purpose: 'the global rate limit tests (rls)' })
+}
+
+export interface RateLimitService {
+  /** `127.0.0.1:PORT`, its gRPC address. */
+  address: string
+  stop(): Promise<void>
+  start(): Promise<void>
+}
+
+export async function startRateLimitService(t: ExecutionContext, redisPort: number, config: string): Promise<RateLimitService> {
+  const bin = await ratelimitBinary()
+  const dir = mkdtempSync(join(tmpdir(), 'meshproxy-ratelimit-'))
+  mkdirSync(join(dir, 'ratelimit', 'config'), { recursive: true })
+  writeFileSync(join(dir, 'ratelimit', 'config', 'config.yaml'), config)
+  const [httpPort, grpcPort, debugPort] = [await closedPort(), await closedPort(), await closedPort()]
+  const env = {
+    ...process.env,
+    USE_STATSD: 'false',
+    REDIS_SOCKET_TYPE: 'tcp',
+    REDIS_URL: `127.0.0.1:${redisPort}`,
+    RUNTIME_ROOT: dir,
+    RUNTIME_SUBDIRECTORY: 'ratelimit',
+    RUNTIME_WATCH_ROOT: 'false',
+    HOST: '127.0.0.1',
+    GRPC_HOST: '127.0.0.1',
+    DEBUG_HOST: '127.0.0.1',
+    PORT: String(httpPort),
+    GRPC_PORT: String(grpcPort),
+    DEBUG_PORT: String(debugPort),
+    LOG_LEVEL: 'warn',
+  }
+  const { start, stop } = restartable(t, {
+    what: 'envoyproxy/ratelimit',
+    bin,
+    args: () => [],
+    env,
+    ready: () => healthy(httpPort),
+    within: 15_000,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  })
+  await start()
+  return { address: `127.0.0.1:${grpcPort}`, stop, start }
+}
+
+/** Whether the service's `/healthcheck` answers 200 (it has loaded its config and reached Redis). */
+function healthy(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/healthcheck', timeout: 1000 }, (res) => {
+      res.resume()
+      resolve(res.statusCode === 200)
+    })
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve(false))
+  })
+}

@@ -1,0 +1,214 @@
+/**
+ * Global rate limits through Envoy's rate limit service: real proxies, a real envoyproxy/ratelimit
+ * (built with Go on first use, see helpers/ratelimit-service.ts) on a real `redis-server`. Two
+ * proxies sharing one service hold the service's combined limit, a keyed limit's descriptor gives
+ * each header value its own count, a refusal is the same 429 as a local one (Retry-After from the
+ * window's reset) and a gRPC client gets RESOURCE_EXHAUSTED; the service killed gives each limit
+ * its fail mode with the fallback counted, and once it is back the proxies reconnect; a bad
+ * `global` block is reported at its line and column. envoyproxy/ratelimit counts in fixed
+ * windows; the tests use per-minute windows and start away from a minute's end, so counts are
+ * exact.
+ */
+import { writeFileSync, mkdtempSync } from 'node:fs'
+import http from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import test, { type ExecutionContext } from 'ava'
+import * as grpc from '@grpc/grpc-js'
+import { startBackends } from './helpers/backend.js'
+import { grpcEchoClient, startGrpcEcho } from './helpers/grpc-echo.js'
+import { runCli } from './helpers/cli.js'
+import { get, type Res } from './helpers/http.js'
+import { startProxy, type Started } from './helpers/proxy.js'
+import { startRateLimitService, type RateLimitService } from './helpers/ratelimit-service.js'
+import { startRedis } from './helpers/redis.js'
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+const count = (rs: Res[], status: number): number => rs.filter((r) => r.status === status).length
+
+/**
+ * The service's config: route `api`'s limit `total`, 20 a minute; route `users`'s limit `per-user`,
+ * 3 a minute per `x-user`; service `echo`'s limit `calls`, 2 a minute.
+ */
+const RLS_CONFIG = `
+domain: mesh
+descriptors:
+  - key: route
+    value: api
+    descriptors:
+      - key: limit
+        value: total
+        rate_limit: { unit: minute, requests_per_unit: 20 }
+  - key: route
+    value: users
+    descriptors:
+      - key: limit
+        value: per-user
+        descriptors:
+          - key: x-user
+            rate_limit: { unit: minute, requests_per_unit: 3 }
+  - key: service
+    value: echo
+    descriptors:
+      - key: limit
+        value: calls
+        rate_limit: { unit: minute, requests_per_unit: 2 }
+`
+
+async function rateLimitService(t: ExecutionContext): Promise<RateLimitService> {
+  const redis = await startRedis(t)
+  return startRateLimitService(t, redis.port, RLS_CONFIG)
+}
+
+/** Waits until the current minute has at least 15 s left, so a test's requests share one window. */
+async function awayFromTheMinutesEnd(): Promise<void> {
+  const left = 60_000 - (Date.now() % 60_000)
+  if (left < 15_000) await sleep(left + 100)
+}
+
+function proxyYaml(rls: string, backendPort: number, failMode = 'open'): string {
+  const global = `global: { rls: "${rls}", domain: mesh, failMode: ${failMode}, timeout: 500ms }`
+  return `
+admin: null
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - name: api
+        match: { path: /api }
+        service: a
+        rateLimits:
+          - { name: total, rate: 1000, burst: 1000, ${global} }
+      - name: users
+        match: { path: /users }
+        service: a
+        rateLimits:
+          - { name: per-user, rate: 1000, burst: 1000, key: { header: x-user }, ${global} }
+services:
+  - name: a
+    endpoints: [127.0.0.1:${backendPort}]
+`
+}
+
+test.serial('two proxies sharing one rate limit service hold its combined limit, and a refusal is the same 429 as a local one', async (t) => {
+  const rls = await rateLimitService(t)
+  const b = await startBackends(t, ['a'])
+  const yaml = proxyYaml(rls.address, b.a!.port)
+  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
+  t.teardown(() => agent.destroy())
+  await awayFromTheMinutesEnd()
+
+  // 15 through each proxy: each local limit admits all 30; the service admits 20 in all.
+  const all = await Promise.all([...Array.from({ length: 15 }, () => get(p1.port, '/api', {}, agent)), ...Array.from({ length: 15 }, () => get(p2.port, '/api', {}, agent))])
+  t.deepEqual([...new Set(all.map((r) => r.status))].sort(), [200, 429], 'only 200 and 429')
+  t.is(count(all, 200), 20, 'the service\'s 20 a minute across both proxies')
+  t.is(b.a!.requests.length, 20, 'a refused request never reaches the backend')
+  const refused = all.find((r) => r.status === 429)!
+  t.is(refused.headers['meshproxy-error'], 'rate-limited')
+  t.is(refused.headers['ratelimit-policy'], '"total";q=1000;w=1;meshproxy-burst=1000')
+  const retryAfter = Number(refused.headers['retry-after'])
+  t.true(retryAfter >= 1 && retryAfter <= 60, `Retry-After ${retryAfter}: the time until the minute's window resets`)
+  t.is(refused.headers['ratelimit'], `"total";r=0;t=${retryAfter}`)
+  const limited = [p1, p2].map((p) => Number(/meshproxy_rate_limited_total\{listener="main",route="api"[^}]*\} (\d+)/.exec(p.proxy.metrics())?.[1]))
+  t.is(limited[0]! + limited[1]!, 10, 'every refusal counted by its proxy')
+  for (const p of [p1, p2]) t.regex(p.proxy.metrics(), /meshproxy_rate_limit_fallback_total\{listener="main",route="api",service="",limit="total"\} 0\b/)
+
+  // Keyed by a header: the descriptor's third entry is x-user's value, each value its own count.
+  const user = (name: string, p: Started) => get(p.port, '/users', { 'x-user': name }, agent)
+  const alice = await Promise.all([user('alice', p1), user('alice', p2), user('alice', p1), user('alice', p2), user('alice', p1)])
+  const bob = await Promise.all([user('bob', p1), user('bob', p2), user('bob', p1), user('bob', p2)])
+  t.deepEqual([count(alice, 200), count(bob, 200)], [3, 3], 'three a minute per user, across both proxies')
+})
+
+test.serial('the rate limit service killed: fail-open admits by the local limit, fail-closed refuses, the fallback counts; back: the proxies reconnect', async (t) => {
+  const rls = await rateLimitService(t)
+  const b = await startBackends(t, ['a'])
+  const yaml = proxyYaml(rls.address, b.a!.port).replace(
+    'services:',
+    `      - name: closed
+        match: { path: /closed }
+        service: a
+        rateLimits:
+          - { name: total, rate: 1000, burst: 1000, global: { rls: "http://${rls.address}", domain: mesh, failMode: closed, timeout: 500ms } }
+services:`,
+  )
+  const { port, proxy } = await startProxy(t, yaml)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
+  t.teardown(() => agent.destroy())
+  t.is((await get(port, '/closed', {}, agent)).status, 200, 'the service up: admitted')
+
+  await rls.stop()
+  const closed = await get(port, '/closed', {}, agent)
+  t.is(closed.status, 503, 'fail-closed refuses')
+  t.is(closed.headers['meshproxy-error'], 'rate-limit-unavailable')
+  t.is(closed.headers['retry-after'], '1')
+  const open = await Promise.all(Array.from({ length: 5 }, () => get(port, '/api', {}, agent)))
+  t.is(count(open, 200), 5, 'fail-open admits by the local limit alone')
+  const fallback = (route: string): number => Number(new RegExp(`meshproxy_rate_limit_fallback_total\\{listener="main",route="${route}"[^}]*\\} (\\d+)`).exec(proxy.metrics())?.[1])
+  t.is(fallback('api'), 5, 'each admitted request counted as a fallback')
+  t.is(fallback('closed'), 1)
+
+  await rls.start()
+  const deadline = Date.now() + 10_000
+  let status = 0
+  while (Date.now() < deadline && (status = (await get(port, '/closed', {}, agent)).status) !== 200) await sleep(100)
+  t.is(status, 200, 'fail-closed admits again once the service answers')
+  const before = fallback('api')
+  t.is((await get(port, '/api', {}, agent)).status, 200)
+  t.is(fallback('api'), before, 'no fallback once the service is back')
+})
+
+test.serial('a gRPC client over a service\'s rls limit gets RESOURCE_EXHAUSTED, and the call never reaches the server', async (t) => {
+  const rls = await rateLimitService(t)
+  const echo = await startGrpcEcho(t)
+  const { address } = await startProxy(
+    t,
+    `
+admin: null
+listeners:
+  - address: 127.0.0.1:0
+    routes: [{ service: echo }]
+services:
+  - name: echo
+    protocol: http2
+    endpoints: [127.0.0.1:${echo.port}]
+    rateLimits: [{ name: calls, rate: 100, global: { rls: "${rls.address}", domain: mesh, timeout: 500ms } }]
+`,
+  )
+  await awayFromTheMinutesEnd()
+  const call = grpcEchoClient(t, address)
+  const codes = []
+  for (let i = 0; i < 4; i++) codes.push((await call())?.code ?? grpc.status.OK)
+  t.deepEqual(codes, [grpc.status.OK, grpc.status.OK, grpc.status.RESOURCE_EXHAUSTED, grpc.status.RESOURCE_EXHAUSTED], 'two a minute for service echo')
+  t.is(echo.calls(), 2, 'refused calls never reach the server')
+})
+
+test('a global block with both redis and rls, rls without a domain, a bad rls address or a ca with rls is reported at its line and column', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'meshproxy-rls-'))
+  const file = join(dir, 'bad.yaml')
+  writeFileSync(
+    file,
+    `listeners:
+  - address: 127.0.0.1:0
+    routes:
+      - service: a
+        rateLimits:
+          - { rate: 1, global: { redis: "redis://127.0.0.1:6379", rls: 127.0.0.1:8081, domain: mesh } }
+          - { name: two, rate: 1, global: { rls: 127.0.0.1:8081 } }
+          - { name: three, rate: 1, global: { rls: "127.0.0.1", domain: mesh } }
+          - { name: four, rate: 1, global: { rls: 127.0.0.1:8081, domain: mesh, ca: ca.crt } }
+          - { name: five, rate: 1, global: { failMode: closed } }
+services:
+  - name: a
+    endpoints: [127.0.0.1:1]
+`,
+  )
+  const r = await runCli(t, ['check', file])
+  t.is(r.code, 1)
+  t.true(r.stderr.includes(`${file}:6:67: error: `) && r.stderr.includes('has both "redis" and "rls"'), r.stderr)
+  t.true(r.stderr.includes(`${file}:7:45: error: `) && r.stderr.includes('with "rls" is missing required field "domain"'), r.stderr)
+  t.true(r.stderr.includes(`${file}:8:52: error: `) && r.stderr.includes('"127.0.0.1" is not a rate limit service address'), r.stderr)
+  t.true(r.stderr.includes(`${file}:9:85: error: `) && r.stderr.includes('a CA bundle is only used with rediss://'), r.stderr)
+  t.true(r.stderr.includes(`${file}:10:44: error: `) && r.stderr.includes('is missing required field "redis" or "rls"'), r.stderr)
+})

@@ -1,0 +1,432 @@
+//! A client of Envoy's rate limit service (`envoy.service.ratelimit.v3.RateLimitService`), as
+//! envoyproxy/ratelimit and Limitador serve it: `ShouldRateLimit` over gRPC on one multiplexed h2c
+//! connection per server.
+//!
+//! The messages are the protobuf ones of `envoy/service/ratelimit/v3/rls.proto` and
+//! `envoy/extensions/common/ratelimit/v3/ratelimit.proto`, derived with prost by hand (the fields
+//! the proxy sends and reads; a decoder skips the others). A request is encoded once, when the
+//! request's descriptor is read ([`encode`]), and sent as one gRPC message (the 5-byte prefix:
+//! uncompressed, big-endian length).
+//!
+//! The connection is made by the first check, on the runtime that runs it, and driven by a task
+//! of its own; every check opens a stream on it, so checks at once never wait for each other's
+//! answers. It is made again when it ends (the server closed it, went away, sent GOAWAY): one
+//! connect at a time, and after a failed connect none for 50 ms, doubling to at most 1 s, so a
+//! server that is down costs no connect per request.
+//!
+//! Who uses it: [`super::Store`], whose fail-mode machinery (probe, warnings) wraps each check.
+//! What it must not know: limits, routes, the HTTP request — it takes an encoded request and
+//! answers admit, refuse (with the wait) or fail.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
+use parking_lot::Mutex;
+use prost::Message;
+
+/// The largest response message read (envoyproxy/ratelimit's are a few hundred bytes).
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// The wait a refusal without `duration_until_reset` gets.
+const DEFAULT_WAIT: Duration = Duration::from_secs(1);
+
+const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// `envoy.service.ratelimit.v3.RateLimitRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimitRequest {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(message, repeated, tag = "2")]
+    pub descriptors: Vec<RateLimitDescriptor>,
+    #[prost(uint32, tag = "3")]
+    pub hits_addend: u32,
+}
+
+/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor` (its entries).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimitDescriptor {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<Entry>,
+}
+
+/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Entry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// `envoy.service.ratelimit.v3.RateLimitResponse` (its code and statuses).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimitResponse {
+    #[prost(enumeration = "Code", tag = "1")]
+    pub overall_code: i32,
+    #[prost(message, repeated, tag = "2")]
+    pub statuses: Vec<DescriptorStatus>,
+}
+
+/// `envoy.service.ratelimit.v3.RateLimitResponse.Code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum Code {
+    Unknown = 0,
+    Ok = 1,
+    OverLimit = 2,
+}
+
+/// `envoy.service.ratelimit.v3.RateLimitResponse.DescriptorStatus` (its code, remaining count and
+/// time until the window resets).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DescriptorStatus {
+    #[prost(enumeration = "Code", tag = "1")]
+    pub code: i32,
+    #[prost(uint32, tag = "3")]
+    pub limit_remaining: u32,
+    #[prost(message, optional, tag = "4")]
+    pub duration_until_reset: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// Why a rate limit service gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RlsError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("not connecting: the last connect failed less than {0:?} ago")]
+    Backoff(Duration),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("HTTP status {0} (not a gRPC server?)")]
+    Status(http::StatusCode),
+    #[error("gRPC status {code}: {message}")]
+    Grpc { code: String, message: String },
+    #[error("invalid response: {0}")]
+    Invalid(String),
+    #[error("overall_code UNKNOWN: the service could not decide")]
+    Unknown,
+}
+
+/// A `ShouldRateLimit` request for one descriptor of `entries` counting one hit, as a gRPC
+/// message.
+pub fn encode(domain: &str, entries: Vec<Entry>) -> Bytes {
+    let request = RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors: vec![RateLimitDescriptor { entries }],
+        hits_addend: 1,
+    };
+    let len = request.encoded_len();
+    let mut out = BytesMut::with_capacity(5 + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    // Encoding into a buffer with room for it cannot fail.
+    let _ = request.encode(&mut out);
+    out.freeze()
+}
+
+/// The response in one gRPC message `frame` (prefix included): `None` to admit, else the wait
+/// until the refusing window resets.
+pub fn decode(frame: &[u8]) -> Result<Option<Duration>, RlsError> {
+    let invalid = |s: &str| RlsError::Invalid(s.to_owned());
+    let (prefix, message) = frame.split_at_checked(5).ok_or_else(|| invalid("no gRPC message"))?;
+    if prefix[0] != 0 {
+        return Err(invalid("a compressed message (none was asked for)"));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if message.len() != len {
+        return Err(RlsError::Invalid(format!(
+            "a message of {} bytes where the prefix says {len}",
+            message.len()
+        )));
+    }
+    let response = RateLimitResponse::decode(message).map_err(|e| RlsError::Invalid(e.to_string()))?;
+    verdict(&response)
+}
+
+fn verdict(response: &RateLimitResponse) -> Result<Option<Duration>, RlsError> {
+    match Code::try_from(response.overall_code) {
+        Ok(Code::Ok) => Ok(None),
+        Ok(Code::OverLimit) => {
+            let reset = response
+                .statuses
+                .iter()
+                .filter(|s| s.code == Code::OverLimit as i32)
+                .find_map(|s| s.duration_until_reset)
+                .map(|d| {
+                    Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64)
+                });
+            Ok(Some(reset.filter(|d| !d.is_zero()).unwrap_or(DEFAULT_WAIT)))
+        }
+        _ => Err(RlsError::Unknown),
+    }
+}
+
+/// One rate limit service and its connection.
+pub struct Rls {
+    /// `host:port`.
+    addr: Box<str>,
+    uri: http::Uri,
+    conn: std::sync::Arc<Mutex<Option<Conn>>>,
+    connecting: tokio::sync::Mutex<Backoff>,
+}
+
+/// The open connection's number (counted from 1) and sender.
+type Conn = (u64, SendRequest<Bytes>);
+
+#[derive(Default)]
+struct Backoff {
+    made: u64,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Rls {
+    /// The service at `addr` (`host:port` or `http://host:port`), not yet connected.
+    pub fn new(addr: &str) -> Result<Self, String> {
+        let (host_port, _) = parse_addr(addr)?;
+        let uri = format!("http://{host_port}{PATH}").parse::<http::Uri>().map_err(|e| e.to_string())?;
+        Ok(Rls { addr: host_port.into(), uri, conn: Default::default(), connecting: Default::default() })
+    }
+
+    /// The open connection's sender, connecting first when there is none.
+    async fn sender(&self) -> Result<Conn, RlsError> {
+        if let Some(s) = self.conn.lock().clone() {
+            return Ok(s);
+        }
+        let mut backoff = self.connecting.lock().await;
+        // Made while this check waited for another's connect.
+        if let Some(s) = self.conn.lock().clone() {
+            return Ok(s);
+        }
+        let now = tokio::time::Instant::now();
+        if let Some(at) = backoff.retry_at.filter(|at| now < *at) {
+            return Err(RlsError::Backoff(at - now));
+        }
+        match self.connect(backoff.made + 1).await {
+            Ok(sender) => {
+                backoff.made += 1;
+                backoff.failures = 0;
+                backoff.retry_at = None;
+                let s = (backoff.made, sender);
+                *self.conn.lock() = Some(s.clone());
+                Ok(s)
+            }
+            Err(e) => {
+                let delay =
+                    Duration::from_millis(50u64 << backoff.failures.min(5)).min(Duration::from_secs(1));
+                backoff.failures = backoff.failures.saturating_add(1);
+                backoff.retry_at = Some(tokio::time::Instant::now() + delay);
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self, number: u64) -> Result<SendRequest<Bytes>, RlsError> {
+        let tcp = tokio::net::TcpStream::connect(&*self.addr).await.map_err(RlsError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = h2::client::Builder::new().handshake::<_, Bytes>(tcp).await?;
+        let slot = std::sync::Arc::downgrade(&self.conn);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            // The connection ended: the next check connects again.
+            if let Some(slot) = slot.upgrade() {
+                let mut slot = slot.lock();
+                if slot.as_ref().is_some_and(|(n, _)| *n == number) {
+                    *slot = None;
+                }
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Forgets connection `number` after an error on it.
+    fn drop_conn(&self, number: u64) {
+        let mut slot = self.conn.lock();
+        if slot.as_ref().is_some_and(|(n, _)| *n == number) {
+            *slot = None;
+        }
+    }
+
+    /// Asks the service about `request` (from [`encode`]): `None` admits, else the wait.
+    pub async fn check(&self, request: Bytes) -> Result<Option<Duration>, RlsError> {
+        let (number, sender) = self.sender().await?;
+        let result = self.call(sender, request).await;
+        if let Err(RlsError::H2(e)) = &result {
+            if e.is_io() || e.is_go_away() || e.reason().is_some_and(|_| !e.is_remote()) {
+                self.drop_conn(number);
+            }
+        }
+        result
+    }
+
+    async fn call(&self, sender: SendRequest<Bytes>, request: Bytes) -> Result<Option<Duration>, RlsError> {
+        let mut sender = sender.ready().await?;
+        let mut req = http::Request::new(());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        let headers = req.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        let (response, mut stream) = sender.send_request(req, false)?;
+        stream.send_data(request, true)?;
+        let response = response.await?;
+        if response.status() != http::StatusCode::OK {
+            return Err(RlsError::Status(response.status()));
+        }
+        let (parts, mut body) = response.into_parts();
+        // A trailers-only response: the status is in the headers.
+        if parts.headers.contains_key("grpc-status") {
+            grpc_status(&parts.headers)?;
+            return Err(RlsError::Invalid("no message".into()));
+        }
+        let mut frame = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if frame.len() + chunk.len() > MAX_RESPONSE {
+                return Err(RlsError::Invalid(format!("a response over {MAX_RESPONSE} bytes")));
+            }
+            frame.extend_from_slice(&chunk);
+        }
+        match body.trailers().await? {
+            Some(trailers) => grpc_status(&trailers)?,
+            None => return Err(RlsError::Invalid("no grpc-status".into())),
+        }
+        decode(&frame)
+    }
+}
+
+/// `Ok` for `grpc-status: 0`, else the status and its message.
+fn grpc_status(headers: &http::HeaderMap) -> Result<(), RlsError> {
+    let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match text("grpc-status").as_deref() {
+        Some("0") => Ok(()),
+        Some(code) => {
+            Err(RlsError::Grpc { code: code.to_owned(), message: text("grpc-message").unwrap_or_default() })
+        }
+        None => Err(RlsError::Invalid("no grpc-status".into())),
+    }
+}
+
+/// `host:port` of `addr` (`host:port` or `http://host:port`, with an optional trailing `/`) and
+/// its port. An `https://` address is refused: the service is reached over h2c.
+pub fn parse_addr(addr: &str) -> Result<(&str, u16), String> {
+    let hint = "write host:port or http://host:port, e.g. 127.0.0.1:8081";
+    if addr.starts_with("https://") {
+        return Err(format!(
+            "{addr:?}: TLS to a rate limit service is not supported ({hint}, reached over h2c)"
+        ));
+    }
+    let rest = addr.strip_prefix("http://").unwrap_or(addr);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let invalid = || format!("{addr:?} is not a rate limit service address ({hint})");
+    if rest.contains(['/', '?', '#', '@']) || rest.contains("://") {
+        return Err(invalid());
+    }
+    let (host, port) = rest.rsplit_once(':').ok_or_else(invalid)?;
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains(':'),
+    };
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0);
+    match (host_ok, port) {
+        (true, Some(port)) => Ok((rest, port)),
+        _ => Err(invalid()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value: &str) -> Entry {
+        Entry { key: key.into(), value: value.into() }
+    }
+
+    #[test]
+    fn a_request_is_one_grpc_message_with_the_proto_field_numbers() {
+        let frame = encode("mesh", vec![entry("route", "api"), entry("limit", "total")]);
+        assert_eq!(frame[0], 0, "uncompressed");
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len, frame.len() - 5);
+        // domain = 1 ("mesh"), descriptors = 2 { entries = 1 { key = 1, value = 2 } }, hits_addend = 3.
+        let expected: &[u8] = &[
+            0x0a, 4, b'm', b'e', b's', b'h', //
+            0x12, 30, //
+            0x0a, 12, 0x0a, 5, b'r', b'o', b'u', b't', b'e', 0x12, 3, b'a', b'p', b'i', //
+            0x0a, 14, 0x0a, 5, b'l', b'i', b'm', b'i', b't', 0x12, 5, b't', b'o', b't', b'a', b'l', //
+            0x18, 1,
+        ];
+        assert_eq!(&frame[5..], expected);
+        let back = RateLimitRequest::decode(&frame[5..]).unwrap();
+        assert_eq!(back.descriptors[0].entries[1], entry("limit", "total"));
+        assert_eq!(back.hits_addend, 1);
+    }
+
+    fn framed(response: &RateLimitResponse) -> Vec<u8> {
+        let body = response.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn ok_admits_and_over_limit_waits_until_the_window_resets() {
+        let ok = RateLimitResponse { overall_code: Code::Ok as i32, statuses: vec![] };
+        assert_eq!(decode(&framed(&ok)).unwrap(), None);
+        let status = |code: Code, secs: i64| DescriptorStatus {
+            code: code as i32,
+            limit_remaining: 0,
+            duration_until_reset: Some(ProtoDuration { seconds: secs, nanos: 500_000_000 }),
+        };
+        let over = RateLimitResponse {
+            overall_code: Code::OverLimit as i32,
+            statuses: vec![status(Code::Ok, 40), status(Code::OverLimit, 2)],
+        };
+        assert_eq!(
+            decode(&framed(&over)).unwrap(),
+            Some(Duration::from_millis(2500)),
+            "the refusing status's reset"
+        );
+        let bare = RateLimitResponse { overall_code: Code::OverLimit as i32, statuses: vec![] };
+        assert_eq!(decode(&framed(&bare)).unwrap(), Some(DEFAULT_WAIT));
+        let unknown = RateLimitResponse { overall_code: 0, statuses: vec![] };
+        assert!(matches!(decode(&framed(&unknown)), Err(RlsError::Unknown)));
+    }
+
+    #[test]
+    fn a_malformed_frame_is_an_error_not_an_answer() {
+        let ok = framed(&RateLimitResponse { overall_code: 1, statuses: vec![] });
+        assert!(matches!(decode(&ok[..3]), Err(RlsError::Invalid(_))));
+        assert!(matches!(decode(&ok[..ok.len() - 1]), Err(RlsError::Invalid(_))));
+        let mut compressed = ok.clone();
+        compressed[0] = 1;
+        assert!(matches!(decode(&compressed), Err(RlsError::Invalid(_))));
+        assert!(matches!(decode(&[0, 0, 0, 0, 2, 0xff, 0xff]), Err(RlsError::Invalid(_))));
+    }
+
+    #[test]
+    fn addresses_are_host_port_with_an_optional_http_scheme() {
+        assert_eq!(parse_addr("127.0.0.1:8081").unwrap(), ("127.0.0.1:8081", 8081));
+        assert_eq!(parse_addr("http://ratelimit.infra:8081/").unwrap(), ("ratelimit.infra:8081", 8081));
+        assert_eq!(parse_addr("[::1]:8081").unwrap(), ("[::1]:8081", 8081));
+        for bad in
+            ["127.0.0.1", "127.0.0.1:0", "host:port", ":8081", "http://h:1/path", "redis://h:1", "::1:8081"]
+        {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
+        assert!(parse_addr("https://h:443").unwrap_err().contains("TLS"));
+    }
+}
