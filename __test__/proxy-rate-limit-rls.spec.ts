@@ -20,7 +20,7 @@ import { grpcEchoClient, startGrpcEcho } from './helpers/grpc-echo.js'
 import { runCli } from './helpers/cli.js'
 import { get, type Res } from './helpers/http.js'
 import { startProxy, type Started } from './helpers/proxy.js'
-import { startRateLimitService, type RateLimitService } from './helpers/ratelimit-service.js'
+import { ratelimitBinary, startRateLimitService, type RateLimitService } from './helpers/ratelimit-service.js'
 import { startRedis } from './helpers/redis.js'
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
@@ -89,6 +89,11 @@ services:
     endpoints: [127.0.0.1:${backendPort}]
 `
 }
+
+test.before('envoyproxy/ratelimit is built (the first time: a Go build of a few minutes)', async (t) => {
+  t.timeout(10 * 60_000)
+  await ratelimitBinary()
+})
 
 test.serial('two proxies sharing one rate limit service hold its combined limit, and a refusal is the same 429 as a local one', async (t) => {
   const rls = await rateLimitService(t)

@@ -278,7 +278,7 @@ export const RATE_LIMIT = table(
       'Distinct keys tracked at once. A key whose bucket is full again is dropped (every 0.5 s, and at once when the map is full); new keys that find it full share one overflow bucket with this limit\'s rate and burst until keys expire. About 40 bytes a key.',
       { min: 1, max: 10_000_000, default: 100_000 },
     ),
-    global: nullableNested(GLOBAL_RATE_LIMIT, { doc: 'Also count the limit across proxies on a shared Redis; null = this proxy only.', default: null }),
+    global: nullableNested(GLOBAL_RATE_LIMIT, { doc: 'Also count the limit across proxies, on a shared Redis or through a rate limit service; null = this proxy only.', default: null }),
   },
 )
 

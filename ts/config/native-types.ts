@@ -258,7 +258,7 @@ export interface NativeRateLimit {
   overrides?: NativeRateLimitOverride[]
   /** Distinct keys tracked at once. A key whose bucket is full again is dropped (every 0.5 s, and at once when the map is full); new keys that find it full share one overflow bucket with this limit's rate and burst until keys expire. About 40 bytes a key. */
   maxKeys?: number
-  /** Also count the limit across proxies on a shared Redis; null = this proxy only. */
+  /** Also count the limit across proxies, on a shared Redis or through a rate limit service; null = this proxy only. */
   global?: NativeGlobalRateLimit | null
 }
 

@@ -254,7 +254,7 @@ pub struct RateLimitConfig {
     pub overrides: Vec<RateLimitOverrideConfig>,
     /// Distinct keys tracked at once; beyond, new keys share one overflow bucket.
     pub max_keys: u32,
-    /// Also counted across proxies on a shared Redis; none when null.
+    /// Also counted across proxies, on a shared Redis or by a rate limit service; none when null.
     pub global: Option<GlobalRateLimitConfig>,
 }
 
