@@ -13,8 +13,9 @@
 //! proxies, and the local limit in front already bounds what reaches Redis to `rate` per proxy.
 //!
 //! Who uses it: [`super::Limits`], for a limit with a `global` section, after its local check
-//! admits a request. What it must not know: routes, listeners, the HTTP request — it takes a key,
-//! a rate and a burst and answers admit, refuse (with the wait) or fail.
+//! admits a request. What it must not know: routes, listeners, the HTTP request — it takes an
+//! [`Ask`] (a key, a rate and a burst, or an encoded descriptor) and answers admit, refuse (with
+//! the wait) or fail.
 //!
 //! A [`Store`] is one server of either kind; what fails and how it is probed is the same for both.
 //! Failures (the server down, unreachable, slower than the limit's `timeout`, answering with an
@@ -22,7 +23,7 @@
 //! [`WARN_EVERY`] per server.
 //! Once a check has failed, one request per [`PROBE_EVERY`] asks the server again and the others
 //! fail at once, so an outage costs requests no wait beyond the probe's.
-//! The connection is a [`ConnectionManager`]: made lazily by the first check (on the runtime
+//! A Redis connection is a [`ConnectionManager`]: made lazily by the first check (on the runtime
 //! that serves it), reconnected on its own with backoff after an I/O error.
 //!
 //! `rediss://` servers are reached over TLS (tokio-rustls, ring as the crypto provider, installed
