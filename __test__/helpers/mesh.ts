@@ -30,13 +30,13 @@ export async function makeMesh(t: ExecutionContext, names: string[], trustDomain
 }
 
 /** A proxy running as `name.shop` whose `mtls` listener forwards to `app` (an http1 service). */
-export async function inbound(t: ExecutionContext, mesh: Mesh, name: string, app: string, extra: { mtls?: string; listener?: string; service?: string } = {}): Promise<Started> {
+export async function inbound(t: ExecutionContext, mesh: Mesh, name: string, app: string, extra: { mtls?: string; listener?: string; service?: string; identity?: string } = {}): Promise<Started> {
   return startProxy(t, `
 admin: 127.0.0.1:0
 identity:
   dir: ${mesh.dir}
   name: ${name}
-  namespace: shop
+  namespace: shop${extra.identity ?? ''}
 listeners:
   - name: inbound
     address: 127.0.0.1:0
@@ -52,13 +52,13 @@ services:
 }
 
 /** A proxy running as `name.shop` whose plain listener sends everything to the meshed peer `peer` (its inbound address) as `identity`. */
-export async function outbound(t: ExecutionContext, mesh: Mesh, name: string, peer: string, identity: string, extra: { service?: string } = {}): Promise<Started> {
+export async function outbound(t: ExecutionContext, mesh: Mesh, name: string, peer: string, identity: string, extra: { service?: string; identity?: string } = {}): Promise<Started> {
   return startProxy(t, `
 admin: 127.0.0.1:0
 identity:
   dir: ${mesh.dir}
   name: ${name}
-  namespace: shop
+  namespace: shop${extra.identity ?? ''}
 listeners:
   - name: outbound
     address: 127.0.0.1:0

@@ -497,6 +497,8 @@ export const IDENTITY = table(
     dir: text('The identity directory: in YAML a path relative to the YAML file; in the model the path as resolved.', (s) => (s.trim() === '' ? fail('the identity dir is empty', 'a directory path such as ./identity') : ok(s)), { yaml: { required: true } }),
     name: text('The workload\'s service account: its certificate is `<name>.<namespace>.crt`.', checkLabel('name'), { yaml: { required: true } }),
     namespace: text('The workload\'s namespace.', checkLabel('namespace'), { yaml: { required: true } }),
+    selfIssue: flag('The proxy issues its own workload certificate from the trust anchor whose key is `<dir>/ca.key`, instead of reading `<name>.<namespace>.crt` / `.key`: the key is made in memory and never written, and a new certificate is issued at a random point between 65 % and 75 % of its `lifetime` (70 % with jitter), and when `ca.crt` or `ca.key` change (an anchor rotation). A renewal that fails keeps the certificate in force, is logged, and is tried again every 5 s. For a proxy trusted with the anchor\'s key (one host, a development mesh); elsewhere, keep the key with whoever runs `meshproxy identity issue`.', false),
+    lifetimeMs: duration('The lifetime of the certificates the proxy issues itself (`selfIssue`); never past the anchor\'s expiry.', { min: 10000, max: 30 * 24 * 3600 * 1000, default: 24 * 3600 * 1000 }, { yaml: { key: 'lifetime' } }),
   },
 )
 

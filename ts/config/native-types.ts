@@ -444,4 +444,8 @@ export interface NativeIdentity {
   name: string
   /** The workload's namespace. */
   namespace: string
+  /** The proxy issues its own workload certificate from the trust anchor whose key is `<dir>/ca.key`, instead of reading `<name>.<namespace>.crt` / `.key`: the key is made in memory and never written, and a new certificate is issued at a random point between 65 % and 75 % of its `lifetime` (70 % with jitter), and when `ca.crt` or `ca.key` change (an anchor rotation). A renewal that fails keeps the certificate in force, is logged, and is tried again every 5 s. For a proxy trusted with the anchor's key (one host, a development mesh); elsewhere, keep the key with whoever runs `meshproxy identity issue`. */
+  selfIssue?: boolean
+  /** The lifetime of the certificates the proxy issues itself (`selfIssue`); never past the anchor's expiry. A duration: 500ms, 10s, 1m30s, or milliseconds as an integer. */
+  lifetime?: NativeDuration
 }

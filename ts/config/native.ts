@@ -121,18 +121,22 @@ function readIdentity(root: Fields, ctx: NativeContext): IdentityModel | null {
   const { r } = ctx
   const f = root.fields('identity', 'identity', keysOf(IDENTITY))
   if (!f) return null
-  const identity: IdentityModel = { dir: '', name: '', namespace: '' }
+  const identity: IdentityModel = complete(IDENTITY, { dir: '', name: '', namespace: '' })
   for (const k of ['dir', 'name', 'namespace'] as const) f.require(k)
   readTexts(f, IDENTITY, identity)
+  readPlain(f, IDENTITY, identity)
+  if (!identity.selfIssue && f.get('lifetime')) r.error(f.keyLoc('lifetime'), 'identity: lifetime applies to certificates the proxy issues itself', 'add selfIssue: true, or remove lifetime (the lifetime of issued files is set by `meshproxy identity issue --validity`)')
   for (const k of ['dir', 'name', 'namespace'] as const) ctx.origins.set(identity, k, f.valueLoc(k))
   ctx.origins.set(identity, '', root.keyLoc('identity'))
   if (!identity.dir || !identity.name || !identity.namespace) return null
   if (!isAbsolute(identity.dir) && !r.file.startsWith('<')) identity.dir = resolve(dirname(r.file), identity.dir)
-  const files: Array<[string, string]> = [
-    ['ca.crt', 'CERTIFICATE'],
-    [`${identity.name}.${identity.namespace}.crt`, 'CERTIFICATE'],
-    [`${identity.name}.${identity.namespace}.key`, 'PRIVATE KEY'],
-  ]
+  const files: Array<[string, string]> = identity.selfIssue
+    ? [['ca.crt', 'CERTIFICATE'], ['ca.key', 'PRIVATE KEY']]
+    : [
+        ['ca.crt', 'CERTIFICATE'],
+        [`${identity.name}.${identity.namespace}.crt`, 'CERTIFICATE'],
+        [`${identity.name}.${identity.namespace}.key`, 'PRIVATE KEY'],
+      ]
   for (const [file, block] of files) {
     const path = join(identity.dir, file)
     let text: string
@@ -141,7 +145,9 @@ function readIdentity(root: Fields, ctx: NativeContext): IdentityModel | null {
     } catch (err) {
       const e = err as NodeJS.ErrnoException
       const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.message
-      const hint = file === 'ca.crt' ? `make the trust anchor with: meshproxy identity init ${identity.dir} --trust-domain cluster.local` : `issue it with: meshproxy identity issue ${identity.name} --namespace ${identity.namespace} --dir ${identity.dir}`
+      const hint = file.startsWith('ca.')
+        ? `make the trust anchor with: meshproxy identity init ${identity.dir} --trust-domain cluster.local${file === 'ca.key' ? ' (selfIssue: true needs its key in the directory)' : ''}`
+        : `issue it with: meshproxy identity issue ${identity.name} --namespace ${identity.namespace} --dir ${identity.dir}`
       r.error(f.valueLoc(file === 'ca.crt' ? 'dir' : 'name'), `identity: cannot read "${path}": ${reason}`, hint)
       continue
     }

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Where this proxy's mesh identity is: `<dir>/ca.crt` (the trust anchors) and
-/// `<dir>/<name>.<namespace>.crt` / `.key` (its workload certificate). `dir` is as resolved.
+/// `<dir>/<name>.<namespace>.crt` / `.key` (its workload certificate), or, with `self_issue`,
+/// the anchor's key `<dir>/ca.key` the proxy issues its own certificate with. `dir` is as
+/// resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -13,6 +15,10 @@ pub struct IdentityConfig {
     pub dir: String,
     pub name: String,
     pub namespace: String,
+    /// The proxy issues its own certificate (key in memory), renewed at 65–75 % of `lifetime_ms`.
+    pub self_issue: bool,
+    /// The lifetime of the certificates the proxy issues itself.
+    pub lifetime_ms: u64,
 }
 
 /// Mesh mTLS on a listener.

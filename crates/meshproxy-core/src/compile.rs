@@ -529,8 +529,12 @@ fn compile_identity(
     previous: Option<&Arc<MeshIdentity>>,
 ) -> Result<Option<Arc<MeshIdentity>>, Error> {
     let Some(c) = c else { return Ok(None) };
-    let source =
-        IdentitySource { dir: c.dir.clone().into(), name: c.name.clone(), namespace: c.namespace.clone() };
+    let source = IdentitySource {
+        dir: c.dir.clone().into(),
+        name: c.name.clone(),
+        namespace: c.namespace.clone(),
+        self_issue: c.self_issue.then(|| std::time::Duration::from_millis(c.lifetime_ms)),
+    };
     if let Some(p) = previous.filter(|p| *p.source() == source) {
         if let Err(e) = p.reload() {
             tracing::warn!(error = %e, "identity files refused on reload; the identity in force keeps serving");

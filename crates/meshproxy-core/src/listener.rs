@@ -265,6 +265,10 @@ async fn serve_io<IO>(
         }
     }
     let io = PrefixedIo::new(prefix, io);
+    let peer_id = peer_id.map(|id| {
+        let metrics = rt.metrics.tls.peer(&id);
+        (id, metrics)
+    });
     let service =
         ProxyService::new(shared, key, peer, activity.clone(), drain.clone(), rt.tls.is_some(), peer_id);
     match detected {

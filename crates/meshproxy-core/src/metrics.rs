@@ -20,7 +20,7 @@ use meshproxy_upstream::{HealthState, Sample};
 
 pub mod mesh;
 mod tls;
-pub use tls::{TlsFailure, TlsMetrics};
+pub use tls::{PeerMetrics, TlsFailure, TlsMetrics};
 
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] =

@@ -485,6 +485,16 @@ fn reload_certificates(snapshot: &crate::compile::Snapshot) {
                 tracing::warn!(error = %e, "changed mesh identity files refused; the identity in force keeps serving");
             }
         }
+        match identity.renew_if_due(std::time::SystemTime::now()) {
+            None => {}
+            Some(Ok(())) => {
+                let info = &identity.material().info;
+                tracing::info!(id = %info.id.spiffe(), serial = %info.serial, not_after = %httpdate::fmt_http_date(info.not_after), "mesh identity certificate renewed");
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, retry_in = ?meshproxy_tls::mesh::RENEW_RETRY, "mesh identity renewal failed; the certificate in force keeps serving");
+            }
+        }
     }
     for l in snapshot.listeners.values() {
         let Some(tls) = &l.tls else { continue };

@@ -18,7 +18,10 @@ mod material;
 mod names;
 
 pub use inspect::{check, Certificate, Role, Standing, Status};
-pub use material::{init, issue, Existing, Issued, DEFAULT_ANCHOR_VALIDITY, DEFAULT_WORKLOAD_VALIDITY};
+pub use material::{
+    init, issue, issue_in_memory, Existing, InMemory, Issued, CLOCK_SKEW_ALLOWANCE, DEFAULT_ANCHOR_VALIDITY,
+    DEFAULT_WORKLOAD_VALIDITY, MIN_IN_MEMORY_VALIDITY,
+};
 pub use names::{spiffe_id, trust_domain_of, validate_label, validate_trust_domain};
 
 use std::path::PathBuf;

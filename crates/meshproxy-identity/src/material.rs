@@ -152,6 +152,86 @@ pub fn issue(
     validity: Duration,
     now: OffsetDateTime,
 ) -> Result<Issued, Error> {
+    let not_after = after(now, validity)?;
+    let made = sign(dir, name, namespace, now, not_after, now)?;
+    let base = format!("{name}.{namespace}");
+    let (out_cert, out_key) = (dir.join(format!("{base}.crt")), dir.join(format!("{base}.key")));
+    write_file(&out_key, made.key_pem.as_bytes(), 0o600)?;
+    write_file(&out_cert, made.cert_pem.as_bytes(), 0o644)?;
+    Ok(Issued {
+        cert: out_cert,
+        key: out_key,
+        id: made.id,
+        not_before: made.not_before,
+        not_after: made.not_after,
+        bundle: 1,
+    })
+}
+
+/// A workload certificate and its key, made in memory by [`issue_in_memory`].
+pub struct InMemory {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub id: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for InMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemory")
+            .field("id", &self.id)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The least lifetime [`issue_in_memory`] accepts.
+pub const MIN_IN_MEMORY_VALIDITY: Duration = Duration::from_secs(10);
+
+/// How far before `now` a certificate made in memory starts, so peers whose clocks run a little
+/// behind accept it at once.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(20);
+
+/// Issues a certificate as [`issue`] does, for a proxy that issues its own: the key and the
+/// certificate stay in memory, nothing is written. It expires `validity` after `now` (at least
+/// [`MIN_IN_MEMORY_VALIDITY`], never past its issuer's expiry) and starts
+/// [`CLOCK_SKEW_ALLOWANCE`] before it.
+pub fn issue_in_memory(
+    dir: &Path,
+    name: &str,
+    namespace: &str,
+    validity: Duration,
+    now: OffsetDateTime,
+) -> Result<InMemory, Error> {
+    if validity < MIN_IN_MEMORY_VALIDITY {
+        return Err(Error::Invalid {
+            what: "lifetime",
+            value: format!("{}s", validity.as_secs()),
+            why: format!("it must be at least {}s", MIN_IN_MEMORY_VALIDITY.as_secs()),
+        });
+    }
+    let end = time::Duration::try_from(validity).ok().and_then(|d| now.checked_add(d));
+    let not_after = end.filter(|e| e.year() <= 9998).ok_or_else(|| Error::Invalid {
+        what: "lifetime",
+        value: format!("{}s", validity.as_secs()),
+        why: "it must end before the year 9999".to_string(),
+    })?;
+    let not_before = now - time::Duration::seconds(CLOCK_SKEW_ALLOWANCE.as_secs() as i64);
+    sign(dir, name, namespace, not_before, not_after, now)
+}
+
+/// Signs a workload certificate valid from `not_before` to `not_after` (cut at the issuer's
+/// expiry) with the anchor in `dir`, checked against `now`.
+fn sign(
+    dir: &Path,
+    name: &str,
+    namespace: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<InMemory, Error> {
     validate_label("name", name)?;
     validate_label("namespace", namespace)?;
     let (cert_path, key_path) = (dir.join(ANCHOR_CERT), dir.join(ANCHOR_KEY));
@@ -174,10 +254,13 @@ pub fn issue(
             "the anchor has no spiffe:// URI naming its trust domain (make it with `meshproxy identity init`)"
                 .to_string(),
     })?;
+    // Certificates keep whole seconds; what is returned is what the certificate says.
+    let whole = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+    let not_before = whole(not_before.max(anchor.not_before));
+    let not_after = whole(not_after.min(anchor.not_after));
     let issuer = Issuer::from_ca_cert_der(&anchor.der.clone().into(), anchor_key)?;
 
     let id = spiffe_id(&trust_domain, namespace, name);
-    let not_after = after(now, validity)?.min(anchor.not_after);
     let key = p256()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -195,16 +278,11 @@ pub fn issue(
     params.extended_key_usages =
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    params.not_before = now;
+    params.not_before = not_before;
     params.not_after = not_after;
     params.serial_number = Some(serial());
     let cert = params.signed_by(&key, &issuer)?;
-
-    let base = format!("{name}.{namespace}");
-    let (out_cert, out_key) = (dir.join(format!("{base}.crt")), dir.join(format!("{base}.key")));
-    write_file(&out_key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&out_cert, cert.pem().as_bytes(), 0o644)?;
-    Ok(Issued { cert: out_cert, key: out_key, id, not_before: now, not_after, bundle: 1 })
+    Ok(InMemory { cert_pem: cert.pem(), key_pem: key.serialize_pem(), id, not_before, not_after })
 }
 
 /// The anchor of a bundle whose public key is `key`'s.

@@ -9,6 +9,12 @@
 //!   chain verified against the anchors and its identity checked ([`verify`]), one config per
 //!   ALPN offer sharing one session cache.
 //!
+//! With `self_issue`, the proxy issues its own workload certificate from the anchor whose key is
+//! in the directory (`ca.key`) instead of reading one: the key and the certificate stay in
+//! memory, and a new pair is issued at a random point between 65 % and 75 % of the certificate's
+//! lifetime (70 % with jitter, so proxies started together do not renew together), long before
+//! it expires; a renewal that fails keeps the material in force and is tried again.
+//!
 //! New handshakes take the material in force; connections already up keep theirs. Material that
 //! does not load (unreadable, not from the anchors, expired, a key of another certificate) is
 //! refused, and the material in force stays.
@@ -41,6 +47,8 @@ pub struct IdentitySource {
     pub dir: PathBuf,
     pub name: String,
     pub namespace: String,
+    /// The lifetime of the certificates this proxy issues itself; `None`: it reads them.
+    pub self_issue: Option<Duration>,
 }
 
 impl IdentitySource {
@@ -53,8 +61,13 @@ impl IdentitySource {
     pub fn key(&self) -> PathBuf {
         self.dir.join(format!("{}.{}.key", self.name, self.namespace))
     }
-    fn files(&self) -> [PathBuf; 3] {
-        [self.anchors(), self.cert(), self.key()]
+    /// The files whose change means new material: the anchors and the issuing key when the
+    /// proxy issues its own certificate, else the anchors and the certificate and key.
+    fn files(&self) -> Vec<PathBuf> {
+        match self.self_issue {
+            Some(_) => vec![self.anchors(), self.dir.join("ca.key")],
+            None => vec![self.anchors(), self.cert(), self.key()],
+        }
     }
 }
 
@@ -75,6 +88,9 @@ pub struct IdentityInfo {
     pub not_after: SystemTime,
     pub anchors: Vec<AnchorInfo>,
     pub loaded_at: SystemTime,
+    /// When the proxy issues its next certificate (`self_issue`); `None`: the files are renewed
+    /// by whoever writes them.
+    pub renews_at: Option<SystemTime>,
 }
 
 /// The configs built from one reading of the files.
@@ -198,11 +214,17 @@ pub struct MeshIdentity {
     source: IdentitySource,
     current: ArcSwap<Material>,
     stamp: Mutex<Stamp>,
+    /// After a renewal failed: when to try again.
+    retry_at: Mutex<Option<SystemTime>>,
     failures: Mutex<HashMap<Box<str>, Arc<ConnectFailures>>>,
-    /// Changed files taken in, and changes refused (the material in force kept).
+    /// New material taken in (changed files, a config reload, a renewal), and new material
+    /// refused (the material in force kept).
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
 }
+
+/// How long after a failed renewal the proxy tries again.
+pub const RENEW_RETRY: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for MeshIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -214,11 +236,12 @@ impl MeshIdentity {
     /// Reads the files and builds the configs; any problem is an error.
     pub fn load(source: IdentitySource) -> Result<Self, TlsError> {
         let stamp = Stamp::of_paths(&source.files());
-        let material = build(&source)?;
+        let material = build(&source, SystemTime::now())?;
         Ok(MeshIdentity {
             source,
             current: ArcSwap::from_pointee(material),
             stamp: Mutex::new(stamp),
+            retry_at: Mutex::new(None),
             failures: Mutex::default(),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
@@ -256,8 +279,25 @@ impl MeshIdentity {
         self.rebuild()
     }
 
+    /// Issues a new certificate when the one in force is due for renewal at `now` (only with
+    /// `self_issue`). `None`: not due (or a failed renewal waits [`RENEW_RETRY`]).
+    pub fn renew_if_due(&self, now: SystemTime) -> Option<Result<(), TlsError>> {
+        let due = self.current.load().info.renews_at?;
+        let mut retry_at = self.retry_at.lock();
+        if now < due || retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        let result = self.rebuild_at(now);
+        *retry_at = result.is_err().then(|| now + RENEW_RETRY);
+        Some(result)
+    }
+
     fn rebuild(&self) -> Result<(), TlsError> {
-        match build(&self.source) {
+        self.rebuild_at(SystemTime::now())
+    }
+
+    fn rebuild_at(&self, now: SystemTime) -> Result<(), TlsError> {
+        match build(&self.source, now) {
             Ok(m) => {
                 self.current.store(Arc::new(m));
                 self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -311,8 +351,46 @@ fn time_of(t: &x509_parser::time::ASN1Time) -> SystemTime {
     }
 }
 
-fn build(source: &IdentitySource) -> Result<Material, TlsError> {
+/// This proxy's certificate chain and key in PEM, and when to renew them.
+struct WorkloadPem {
+    chain: Vec<u8>,
+    key: Vec<u8>,
+    renews_at: Option<SystemTime>,
+}
+
+/// This proxy's certificate chain and key: issued now from the anchor in the directory
+/// (`self_issue`, with when to renew it), else read from the files.
+fn workload_pem(source: &IdentitySource, now: SystemTime) -> Result<WorkloadPem, TlsError> {
+    let Some(lifetime) = source.self_issue else {
+        let (cert_path, key_path) = (source.cert(), source.key());
+        let (chain, key) = (read(&cert_path, "certificate")?, read(&key_path, "key")?);
+        return Ok(WorkloadPem { chain, key, renews_at: None });
+    };
+    let made = meshproxy_identity::issue_in_memory(
+        &source.dir,
+        &source.name,
+        &source.namespace,
+        lifetime,
+        time::OffsetDateTime::from(now),
+    )
+    .map_err(|e| bad(&source.dir, format!("cannot issue this proxy's certificate: {e}")))?;
+    let not_after = SystemTime::from(made.not_after);
+    let left = not_after.duration_since(now).unwrap_or_default();
+    let renews_at = now + left.mul_f64(rand::random_range(0.65..0.75));
+    Ok(WorkloadPem {
+        chain: made.cert_pem.into_bytes(),
+        key: made.key_pem.into_bytes(),
+        renews_at: Some(renews_at),
+    })
+}
+
+fn build(source: &IdentitySource, now: SystemTime) -> Result<Material, TlsError> {
     let (anchors_path, cert_path, key_path) = (source.anchors(), source.cert(), source.key());
+    // Issued certificates have no file: errors about them name the directory.
+    let (cert_path, key_path) = match source.self_issue {
+        Some(_) => (source.dir.clone(), source.dir.clone()),
+        None => (cert_path, key_path),
+    };
     let anchors_pem = read(&anchors_path, "trust anchor")?;
     let mut roots = RootCertStore::empty();
     let mut anchors = Vec::new();
@@ -326,8 +404,8 @@ fn build(source: &IdentitySource) -> Result<Material, TlsError> {
         roots.add(der).map_err(|e| bad(&anchors_path, format!("not a usable trust anchor: {e}")))?;
     }
     let roots = Arc::new(roots);
-    let chain = certificates(&cert_path, &read(&cert_path, "certificate")?)?;
-    let key_pem = read(&key_path, "key")?;
+    let WorkloadPem { chain: chain_pem, key: key_pem, renews_at } = workload_pem(source, now)?;
+    let chain = certificates(&cert_path, &chain_pem)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
             TlsError::NoKey { path: key_path.display().to_string() }
@@ -356,7 +434,8 @@ fn build(source: &IdentitySource) -> Result<Material, TlsError> {
         not_before: time_of(&leaf.validity().not_before),
         not_after: time_of(&leaf.validity().not_after),
         anchors,
-        loaded_at: SystemTime::now(),
+        loaded_at: now,
+        renews_at,
         id,
     };
 
@@ -366,7 +445,11 @@ fn build(source: &IdentitySource) -> Result<Material, TlsError> {
     // This proxy's own certificate must be one its peers accept: from the anchors, valid now,
     // meant for client authentication (and, by the same issuer, server authentication).
     client_verifier
-        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+        .verify_client_cert(
+            &chain[0],
+            &chain[1..],
+            UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()),
+        )
         .map_err(|e| bad(&cert_path, format!("not usable as this proxy's identity: {e}")))?;
 
     let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];

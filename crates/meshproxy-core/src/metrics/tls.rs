@@ -1,9 +1,13 @@
-//! TLS on listeners: handshakes, their failures by reason and certificate reloads, and their
-//! Prometheus families (shown only for listeners that have `tls`).
+//! TLS on listeners: handshakes, their failures by reason and certificate reloads, the requests
+//! of each verified mTLS peer identity, and their Prometheus families (shown only for listeners
+//! that have `tls` or `mtls`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::{esc, header, ListenerMetrics};
 
@@ -72,9 +76,44 @@ pub struct TlsMetrics {
     /// Certificates reloaded from changed files, and changes refused (the old ones kept).
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Requests by the verified identity of the mTLS peer that sent them (`client_id`).
+    peers: Mutex<BTreeMap<Arc<str>, Arc<PeerMetrics>>>,
+}
+
+/// The distinct peer identities a listener counts apart; the requests of any further ones are
+/// counted together under `client_id="other"`, so a mesh of many workloads cannot grow the
+/// series without bound.
+pub const MAX_PEER_IDS: usize = 256;
+
+/// The label the identities past [`MAX_PEER_IDS`] share.
+const OTHER_PEERS: &str = "other";
+
+/// The responses sent to one mTLS peer identity, by status class.
+#[derive(Debug, Default)]
+pub struct PeerMetrics {
+    /// Index 0 = 1xx … 4 = 5xx.
+    status: [AtomicU64; 5],
+}
+
+impl PeerMetrics {
+    #[inline]
+    pub fn record(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.status[class].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl TlsMetrics {
+    /// The counters of peer identity `id` (a SPIFFE ID), looked up once per connection.
+    pub fn peer(&self, id: &Arc<str>) -> Arc<PeerMetrics> {
+        let mut peers = self.peers.lock();
+        if let Some(m) = peers.get(id) {
+            return m.clone();
+        }
+        let key = if peers.len() < MAX_PEER_IDS { id.clone() } else { Arc::from(OTHER_PEERS) };
+        peers.entry(key).or_default().clone()
+    }
+
     pub fn failed(&self, why: TlsFailure) {
         self.failures[why as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -115,6 +154,26 @@ pub(super) fn render<'a>(
                     why.as_str(),
                     m.tls.failures(why)
                 );
+            }
+        }
+        header(
+            out,
+            "meshproxy_peer_requests_total",
+            "counter",
+            "Responses sent on mTLS connections, by the listener, the peer's verified identity (SPIFFE ID; `other` past 256 identities) and status class.",
+        );
+        for (l, m) in &tls {
+            for (id, p) in m.tls.peers.lock().iter() {
+                for (i, c) in p.status.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "meshproxy_peer_requests_total{{listener=\"{}\",client_id=\"{}\",status_class=\"{}xx\"}} {}",
+                        esc(l),
+                        esc(id),
+                        i + 1,
+                        c.load(Ordering::Relaxed)
+                    );
+                }
             }
         }
         header(

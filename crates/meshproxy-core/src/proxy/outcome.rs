@@ -12,7 +12,7 @@ use http::StatusCode;
 
 use crate::compile::{Backend, ListenerRuntime, RouteRuntime};
 use crate::error::ProxyError;
-use crate::metrics::Protocol;
+use crate::metrics::{PeerMetrics, Protocol};
 use crate::upstream::Endpoint;
 
 /// How one request ended, as of its response head.
@@ -61,10 +61,11 @@ impl Outcome {
 pub fn observe(
     outcome: &Outcome,
     listener: &ListenerRuntime,
+    peer: Option<&PeerMetrics>,
     route: Option<&RouteRuntime>,
     target: Option<(&Backend, &Endpoint)>,
 ) {
-    observe_head(outcome, listener, route, target, false, false);
+    observe_head(outcome, listener, peer, route, target, false, false);
 }
 
 /// As [`observe`]; with `deferred`, the endpoint's verdict on a response that is no failure by
@@ -74,6 +75,7 @@ pub fn observe(
 pub fn observe_head(
     outcome: &Outcome,
     listener: &ListenerRuntime,
+    peer: Option<&PeerMetrics>,
     route: Option<&RouteRuntime>,
     target: Option<(&Backend, &Endpoint)>,
     deferred: bool,
@@ -90,6 +92,9 @@ pub fn observe_head(
     );
     if let Some(e) = outcome.error {
         listener.metrics.proxy_error(e);
+    }
+    if let Some(p) = peer {
+        p.record(outcome.status.as_u16());
     }
     if let Some(r) = route {
         r.metrics.record(outcome.protocol, outcome.status.as_u16(), outcome.latency);

@@ -31,7 +31,7 @@ use crate::compile::{Backend, ListenerRuntime, RouteRuntime};
 use crate::config::UpstreamProtocol;
 use crate::error::ProxyError;
 use crate::filter::{self, Rejection, RequestCx, Step, Verdict};
-use crate::metrics::{parse_grpc_status, Protocol};
+use crate::metrics::{parse_grpc_status, PeerMetrics, Protocol};
 use crate::policy::{self, BodyCheck};
 use crate::ratelimit::GlobalCheck;
 use crate::routing::RequestView;
@@ -72,6 +72,8 @@ struct ConnCtx {
     /// The SPIFFE ID of the mTLS peer (a meshed listener): its requests may carry
     /// `meshproxy-orig-proto`.
     peer_id: Option<Arc<str>>,
+    /// The responses counted for that identity (`meshproxy_peer_requests_total`).
+    peer_metrics: Option<Arc<PeerMetrics>>,
 }
 
 impl ProxyService {
@@ -82,12 +84,22 @@ impl ProxyService {
         activity: Arc<Activity>,
         drain: watch::Receiver<Drain>,
         tls: bool,
-        peer_id: Option<Arc<str>>,
+        peer: Option<(Arc<str>, Arc<PeerMetrics>)>,
     ) -> Self {
         let client_ip =
             HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         ProxyService {
-            ctx: Arc::new(ConnCtx { shared, drain, listener_key, client, client_ip, activity, tls, peer_id }),
+            ctx: Arc::new(ConnCtx {
+                shared,
+                drain,
+                listener_key,
+                client,
+                client_ip,
+                activity,
+                tls,
+                peer_id: peer.as_ref().map(|(id, _)| id.clone()),
+                peer_metrics: peer.map(|(_, m)| m),
+            }),
         }
     }
 }
@@ -298,6 +310,8 @@ impl Drop for CancelGuard<'_> {
 /// What every outcome of one request needs for its metrics and its error shape.
 struct Meta<'a> {
     listener: &'a ListenerRuntime,
+    /// The counters of the connection's mTLS peer identity, if it has one.
+    peer: Option<&'a PeerMetrics>,
     start: Instant,
     grpc: bool,
     protocol: Protocol,
@@ -326,7 +340,7 @@ impl Meta<'_> {
             latency: self.start.elapsed(),
             protocol: self.protocol,
         };
-        outcome::observe(&outcome, self.listener, route, target);
+        outcome::observe(&outcome, self.listener, self.peer, route, target);
         local_error(e, self.grpc, Some(activity))
     }
 }
@@ -376,7 +390,7 @@ impl RoutedRequest<'_> {
             latency: self.meta.start.elapsed(),
             protocol: self.meta.protocol,
         };
-        outcome::observe(&outcome, self.meta.listener, Some(self.route), None);
+        outcome::observe(&outcome, self.meta.listener, self.meta.peer, Some(self.route), None);
         let mut resp = Response::new(ResponseBody::empty(Some(self.activity)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -490,7 +504,7 @@ impl Tunnel<'_> {
             latency: meta.start.elapsed(),
             protocol: meta.protocol,
         };
-        outcome::observe(&outcome, meta.listener, Some(route), Some((backend, &endpoint)));
+        outcome::observe(&outcome, meta.listener, meta.peer, Some(route), Some((backend, &endpoint)));
         connect::splice(
             downstream,
             upstream,
@@ -514,7 +528,7 @@ fn route<'a>(
     let grpc = admit::is_grpc(&req);
     let kind = admit::classify(&req);
     let protocol = admit::protocol(&req, &kind, grpc);
-    let meta = Meta { listener, start: Instant::now(), grpc, protocol };
+    let meta = Meta { listener, peer: ctx.peer_metrics.as_deref(), start: Instant::now(), grpc, protocol };
     if matches!(kind, Kind::OtherProtocol) {
         return Routed::Answered(Box::new(meta.fail(ProxyError::ConnectRefused, None, None, activity)));
     }
@@ -791,6 +805,7 @@ fn respond(
     outcome::observe_head(
         &outcome,
         meta.listener,
+        meta.peer,
         Some(route),
         Some((backend, endpoint)),
         verdict.is_some(),

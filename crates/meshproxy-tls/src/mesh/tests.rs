@@ -26,7 +26,11 @@ fn issue(dir: &Path, name: &str, now: OffsetDateTime) {
 }
 
 fn source(dir: &Path, name: &str) -> IdentitySource {
-    IdentitySource { dir: dir.to_owned(), name: name.into(), namespace: "shop".into() }
+    IdentitySource { dir: dir.to_owned(), name: name.into(), namespace: "shop".into(), self_issue: None }
+}
+
+fn self_issued(dir: &Path, name: &str, lifetime: Duration) -> Result<MeshIdentity, TlsError> {
+    MeshIdentity::load(IdentitySource { self_issue: Some(lifetime), ..source(dir, name) })
 }
 
 fn identity(dir: &Path, name: &str) -> MeshIdentity {
@@ -179,6 +183,86 @@ fn changed_files_reload_and_bad_ones_keep_the_material_in_force() {
     orders.reload().expect("orders takes the bundle");
     handshake(&web, &orders, "orders.shop").expect("new anchor's certificate, old anchor's peer");
     handshake(&orders, &web, "web.shop").expect("and the other way");
+}
+
+#[test]
+fn a_self_issued_identity_renews_between_65_and_75_percent_of_its_lifetime() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let lifetime = Duration::from_secs(10);
+    let web = self_issued(dir.path(), "web", lifetime).expect("self-issued identity");
+    let orders = identity(dir.path(), "orders");
+    assert!(!source(dir.path(), "web").cert().exists(), "nothing is written");
+    let info = web.material().info.clone();
+    assert_eq!(info.id.spiffe(), "spiffe://cluster.local/ns/shop/sa/web");
+    let issued_at = info.loaded_at;
+    let due = info.renews_at.expect("a renewal is scheduled");
+    // Certificates keep whole seconds: the lifetime left at issue is 9 to 10 s.
+    let left = info.not_after.duration_since(issued_at).expect("expiry").as_secs_f64();
+    assert!((9.0..=10.0).contains(&left), "expires {left}s after issue");
+    let offset = due.duration_since(issued_at).expect("after issue").as_secs_f64();
+    assert!((0.65..0.75).contains(&(offset / left)), "renews {offset}s into {left}s");
+    handshake(&web, &orders, "orders.shop").expect("the issued certificate authenticates");
+    handshake(&orders, &web, "web.shop").expect("both ways");
+
+    assert!(web.renew_if_due(due - Duration::from_millis(1)).is_none(), "not due yet");
+    assert!(matches!(web.renew_if_due(due), Some(Ok(()))));
+    let renewed = web.material().info.clone();
+    assert_ne!(renewed.serial, info.serial, "a new certificate is in force");
+    assert!(renewed.renews_at.expect("next renewal") > due);
+    handshake(&web, &orders, "orders.shop").expect("the renewed certificate authenticates");
+    assert!(web.renew_if_due(due).is_none(), "the renewed certificate is not due");
+
+    // A renewal that fails keeps the material in force and is tried again after RENEW_RETRY.
+    let key = dir.path().join("ca.key");
+    let saved = std::fs::read(&key).expect("anchor key");
+    std::fs::remove_file(&key).expect("remove");
+    let next = renewed.renews_at.expect("next renewal");
+    assert!(matches!(web.renew_if_due(next), Some(Err(_))));
+    assert_eq!(web.material().info.serial, renewed.serial);
+    assert!(web.renew_if_due(next + RENEW_RETRY - Duration::from_millis(1)).is_none(), "waits to retry");
+    std::fs::write(&key, saved).expect("restore");
+    assert!(matches!(web.renew_if_due(next + RENEW_RETRY), Some(Ok(()))));
+    assert_ne!(web.material().info.serial, renewed.serial);
+    assert_eq!(web.reload_failures.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_self_issued_identity_reissues_from_a_rotated_anchor() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let web = self_issued(dir.path(), "web", DAY).expect("self-issued identity");
+    let first = web.material().info.serial.clone();
+    assert!(web.reload_if_changed().is_none(), "nothing changed");
+    std::thread::sleep(Duration::from_millis(20));
+    meshproxy_identity::init(
+        dir.path(),
+        "cluster.local",
+        30 * DAY,
+        meshproxy_identity::Existing::Rotate,
+        OffsetDateTime::now_utc(),
+    )
+    .expect("rotate");
+    assert!(matches!(web.reload_if_changed(), Some(Ok(()))));
+    assert_ne!(web.material().info.serial, first, "issued again, by the new anchor");
+    assert_eq!(web.material().info.anchors.len(), 2);
+    let orders = identity(dir.path(), "orders");
+    handshake(&web, &orders, "orders.shop").expect("the new anchor's certificate is trusted");
+}
+
+#[test]
+fn a_self_issued_identity_needs_the_anchor_key_and_a_lifetime_of_10s() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let e = self_issued(dir.path(), "web", Duration::from_secs(9)).expect_err("too short");
+    assert!(e.to_string().contains("at least 10s"), "{e}");
+    std::fs::remove_file(dir.path().join("ca.key")).expect("remove");
+    let e = self_issued(dir.path(), "web", DAY).expect_err("no anchor key");
+    let message = e.to_string();
+    assert!(
+        message.contains("cannot issue this proxy's certificate") && message.contains("ca.key"),
+        "{message}"
+    );
 }
 
 #[derive(Debug)]
