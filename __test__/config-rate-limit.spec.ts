@@ -239,18 +239,18 @@ test('a RateLimiter also limits a native service of the name it gives', (t) => {
   t.deepEqual(r.config!.services[0]!.rateLimits.map((l) => [l.rate, l.burst]), [[100, 10]])
 })
 
-test('HTTPLocalRateLimitPolicy: total and identity with Linkerd\'s burst, identity and overrides warned, a Server target skipped', (t) => {
+test('HTTPLocalRateLimitPolicy: total, a bucket per client identity with ServiceAccount overrides, Linkerd\'s burst, a Server target skipped', (t) => {
   const policy = `
 apiVersion: policy.linkerd.io/v1alpha1
 kind: HTTPLocalRateLimitPolicy
-metadata: { name: web-rl }
+metadata: { name: web-rl, namespace: shop }
 spec:
-  targetRef: { group: core, kind: Service, name: service-a }
+  targetRef: { group: core, kind: Service, name: service-a, namespace: default }
   total: { requestsPerSecond: 100 }
   identity: { requestsPerSecond: 20 }
   overrides:
   - requestsPerSecond: 50
-    clientRefs: [{ kind: ServiceAccount, namespace: default, name: special-client }]
+    clientRefs: [{ kind: ServiceAccount, namespace: default, name: special-client }, { kind: ServiceAccount, name: web }]
 ---
 apiVersion: policy.linkerd.io/v1alpha1
 kind: HTTPLocalRateLimitPolicy
@@ -258,18 +258,55 @@ metadata: { name: server-rl }
 spec:
   targetRef: { group: policy.linkerd.io, kind: Server, name: web-http }
   total: { requestsPerSecond: 100 }
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: { name: only-overrides }
+spec:
+  targetRef: { group: core, kind: Service, name: service-b }
+  overrides:
+  - requestsPerSecond: 5
+    clientRefs: [{ kind: ServiceAccount, name: batch }]
 `
   const r = loadConfigText(`${fixture('seed-ingress-full.yaml')}\n---${policy}`, { ...OPTS, file: 'p.yaml' })
+  t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error'), [])
   const a = r.config!.services.find((s) => s.name === 'service-a:80')!
-  t.deepEqual(a.rateLimits.map((l) => [l.name, l.rate, l.burst, l.key]), [
-    ['total', 100, 100, 'none'],
-    ['identity', 20, 20, 'none'],
+  t.deepEqual(a.rateLimits.map((l) => [l.name, l.rate, l.burst, l.key, l.overrides]), [
+    ['total', 100, 100, 'none', []],
+    ['identity', 20, 20, 'identity', [{ value: 'special-client.default', rate: 50, burst: 50 }, { value: 'web.shop', rate: 50, burst: 50 }]],
+  ])
+  // Overrides alone: other clients are not limited per identity.
+  const b = r.config!.services.find((s) => s.name === 'service-b:80')!
+  t.deepEqual(b.rateLimits.map((l) => [l.name, l.rate, l.key, l.overrides]), [
+    ['identity', 1_000_000_000, 'identity', [{ value: 'batch.default', rate: 5, burst: 5 }]],
   ])
   const warnings = r.diagnostics.filter((d) => d.severity === 'warning').map(formatDiagnostic).filter((w) => w.includes('HTTPLocalRateLimitPolicy'))
-  t.is(warnings.length, 3, warnings.join('\n'))
-  t.regex(warnings[0]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": meshproxy does not map this policy's identity limit to a bucket per mTLS peer yet/)
-  t.regex(warnings[1]!, /^p\.yaml:\d+:3: warning: HTTPLocalRateLimitPolicy "web-rl": overrides match clients by ServiceAccount identity, .*; ignored/)
-  t.regex(warnings[2]!, /^p\.yaml:\d+:\d+: warning: HTTPLocalRateLimitPolicy "server-rl" targets Server "web-http": meshproxy does not model Servers/)
+  t.is(warnings.length, 1, warnings.join('\n'))
+  t.regex(warnings[0]!, /^p\.yaml:\d+:\d+: warning: HTTPLocalRateLimitPolicy "server-rl" targets Server "web-http": meshproxy does not model Servers/)
+})
+
+test('HTTPLocalRateLimitPolicy errors: identity or an override over total, a clientRef that is not a ServiceAccount, a client in two overrides', (t) => {
+  const policy = `
+apiVersion: policy.linkerd.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: { name: bad }
+spec:
+  targetRef: { group: core, kind: Service, name: service-a }
+  total: { requestsPerSecond: 10 }
+  identity: { requestsPerSecond: 20 }
+  overrides:
+  - requestsPerSecond: 30
+    clientRefs: [{ kind: ServiceAccount, name: a }]
+  - requestsPerSecond: 5
+    clientRefs: [{ kind: Pod, name: p }, { kind: ServiceAccount, name: a }]
+`
+  const r = loadConfigText(`${fixture('seed-ingress-full.yaml')}\n---${policy}`, { ...OPTS, file: 'p.yaml' })
+  const errors = r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic)
+  t.is(errors.length, 4, errors.join('\n'))
+  t.regex(errors[0]!, /identity\.requestsPerSecond \(20\) is greater than total\.requestsPerSecond \(10\)/)
+  t.regex(errors[1]!, /an override's requestsPerSecond \(30\) is greater than total\.requestsPerSecond \(10\)/)
+  t.regex(errors[2]!, /clientRefs kind "Pod" is not supported/)
+  t.regex(errors[3]!, /ServiceAccount default\/a is in two overrides/)
 })
 
 test('two rate limits of one name (written, or the default limit-<n>) are an error at the second', (t) => {

@@ -12,7 +12,7 @@
  */
 import type { Loc, DiagnosticSink } from './diagnostics.js'
 import { complete } from './fields.js'
-import { RATE_LIMIT, type GlobalRateLimitModel, type RateLimitModel, type ServiceModel } from './model.js'
+import { RATE_LIMIT, type GlobalRateLimitModel, type RateLimitModel, type RateLimitOverrideModel, type ServiceModel } from './model.js'
 import { readGlobalRateLimit } from './native.js'
 import type { DocReader, Fields } from './yaml-walk.js'
 
@@ -67,10 +67,12 @@ function readGlobal(f: Fields): GlobalRateLimitModel | null | undefined {
  * `Server` (pods selected by label), which meshproxy does not model; meshproxy takes a `targetRef`
  * to a core `Service` (its services are Services) and skips a `Server` target with a warning. As
  * Linkerd's proxy does (governor's `Quota::per_second`), each limit's burst is its
- * requestsPerSecond. `identity` is a bucket per client identity; this translation does not map it
- * to a limit keyed by the mTLS peer (`key: identity`) yet, so, as Linkerd treats clients without
- * one, all clients share one identity bucket. `overrides` match clients by ServiceAccount identity and so never match yet:
- * they are left out, with a warning.
+ * requestsPerSecond. `identity` is a bucket per client identity: a limit keyed by the mTLS peer
+ * (`key: identity`), where clients without an identity (plaintext) share one bucket, as Linkerd
+ * groups unauthenticated clients. `overrides` give the ServiceAccounts of `clientRefs` their own
+ * rate: overrides of that limit, by `<name>.<namespace>` (the namespace defaults to the policy's).
+ * With overrides but no `identity`, other clients get a per-identity rate of `total` (which the
+ * total limit implies anyway), or none when there is no total either.
  */
 export function readLocalRateLimitPolicy(r: DocReader, root: Fields, name: string, namespace: string, out: ServiceRateLimits[]): void {
   const spec = root.fields('spec', 'HTTPLocalRateLimitPolicy spec', ['targetRef', 'total', 'identity', 'overrides'], true)
@@ -95,14 +97,14 @@ export function readLocalRateLimitPolicy(r: DocReader, root: Fields, name: strin
   const identity = rps('identity')
   const limits: RateLimitModel[] = []
   if (total !== undefined) limits.push(limit('total', total, total))
-  if (identity !== undefined) {
-    if (total !== undefined && identity > total) r.error(spec.valueLoc('identity'), `${source}: identity.requestsPerSecond (${identity}) is greater than total.requestsPerSecond (${total})`, 'Linkerd requires identity <= total')
-    r.warn(spec.keyLoc('identity'), `${source}: meshproxy does not map this policy's identity limit to a bucket per mTLS peer yet (a native limit can: key: identity), so, as Linkerd treats clients without one, every client shares one identity bucket of ${identity} requests per second`)
-    limits.push(limit('identity', identity, identity))
-  }
-  const overrides = spec.list('overrides')
-  if (overrides.length > 0) {
-    r.warn(spec.keyLoc('overrides'), `${source}: overrides match clients by ServiceAccount identity, which meshproxy does not map from this policy yet; ignored`)
+  if (identity !== undefined && total !== undefined && identity > total) r.error(spec.valueLoc('identity'), `${source}: identity.requestsPerSecond (${identity}) is greater than total.requestsPerSecond (${total})`, 'Linkerd requires identity <= total')
+  const overrides = readClientOverrides(r, spec, source, namespace, total)
+  if (identity !== undefined || overrides.length > 0) {
+    const perClient = identity ?? total ?? RPS.max
+    const byIdentity = limit('identity', perClient, perClient)
+    byIdentity.key = 'identity'
+    byIdentity.overrides = overrides
+    limits.push(byIdentity)
   }
   if (limits.length === 0) {
     r.warn(r.loc(spec.node), `${source} sets neither total nor identity; it limits nothing`)
@@ -135,4 +137,39 @@ export function applyRateLimits(
     }
     for (const s of targets) s.rateLimits.push(...e.limits.map((l) => ({ ...l, overrides: [...l.overrides] })))
   }
+}
+
+/** An `HTTPLocalRateLimitPolicy`'s `overrides`: each ServiceAccount of `clientRefs` as a `key: identity` override. */
+function readClientOverrides(r: DocReader, spec: Fields, source: string, namespace: string, total: number | undefined): RateLimitOverrideModel[] {
+  const out: RateLimitOverrideModel[] = []
+  for (const node of spec.list('overrides')) {
+    const o = r.fields(node, `${source} override`, ['requestsPerSecond', 'clientRefs'])
+    if (!o) continue
+    const rate = o.limit('requestsPerSecond', RPS)
+    if (rate === undefined) {
+      o.require('requestsPerSecond')
+      continue
+    }
+    if (total !== undefined && rate > total) r.error(o.valueLoc('requestsPerSecond'), `${source}: an override's requestsPerSecond (${rate}) is greater than total.requestsPerSecond (${total})`, 'Linkerd requires each override <= total')
+    const refs = o.list('clientRefs', true)
+    for (const ref of refs) {
+      const c = r.fields(ref, `${source} clientRef`, ['group', 'kind', 'name', 'namespace'])
+      if (!c) continue
+      const kind = c.str('kind', true)
+      const name = c.str('name', true)
+      if (kind === undefined || name === undefined) continue
+      if (kind !== 'ServiceAccount') {
+        r.error(c.valueLoc('kind'), `${source}: clientRefs kind "${kind}" is not supported`, 'Linkerd supports kind: ServiceAccount only')
+        continue
+      }
+      const ns = c.str('namespace') || namespace
+      const value = `${name}.${ns}`
+      if (out.some((x) => x.value === value)) {
+        r.error(c.valueLoc('name'), `${source}: ServiceAccount ${ns}/${name} is in two overrides`, 'give each client one override')
+        continue
+      }
+      out.push({ value, rate, burst: rate })
+    }
+  }
+  return out
 }
