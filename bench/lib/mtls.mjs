@@ -4,7 +4,7 @@
 // mTLS, presenting its certificate and verifying B's. One identity set, made once per run with
 // `meshproxy identity init/issue` (ECDSA P-256, one CA, SPIFFE URI SANs and the DNS SAN
 // `<name>.<ns>.serviceaccount.identity.<td>`), serves all three products: A is `a.bench`, B is
-// `b.bench`, and every client of the hop sends B's DNS name as SNI and checks it.
+// `b.bench`, and every A sends B's DNS name as SNI and verifies B's certificate for it.
 //
 // Phases per repetition, each inside the bench's noise check with the CPU of A and B together:
 //   full     — `openssl s_time -new -www /` against B presenting a's certificate;
@@ -56,7 +56,7 @@ export async function makeMeshIdentity(repoDir, dir) {
     caText: readFileSync(join(dir, 'ca.crt'), 'utf8'),
     a: workload(MESH.a),
     b: workload(MESH.b),
-    /** The SNI every client of B sends, and the DNS SAN it verifies. */
+    /** The SNI A sends to B, and the DNS SAN it verifies. */
     serverName: `${MESH.b}.${MESH.namespace}.serviceaccount.identity.${MESH.trustDomain}`,
     command: commands.map((a) => `meshproxy identity ${a.join(' ').replace(dir, 'DIR')}`).join('; '),
   }
