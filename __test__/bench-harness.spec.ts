@@ -6,9 +6,11 @@
  * backend really has its phases, the open-loop generator holds its rate and counts per phase,
  * the generated meshproxy and HAProxy configs are valid, and the report has the scenario's table.
  * For the tls scenario: a short real run reports every figure for every target, with what each
- * negotiated (its parts are in bench-tls.spec.ts).
+ * negotiated (its parts are in bench-tls.spec.ts); for the mtls scenario the same through each
+ * product's pair of proxies, with B refusing a client without a certificate (its parts are in
+ * bench-mtls.spec.ts).
  */
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
@@ -31,7 +33,11 @@ import { runDegradedPhases, runOpenLoop } from '../bench/lib/degraded.mjs'
 // @ts-expect-error: plain ESM module of the bench
 import { which } from '../bench/lib/tools.mjs'
 // @ts-expect-error: plain ESM module of the bench
-import { TLS_FIGURES, TLS_PIN, TLS_TARGETS } from '../bench/lib/tls.mjs'
+import { TLS_FIGURES, TLS_TARGETS } from '../bench/lib/tls.mjs'
+// @ts-expect-error: plain ESM module of the bench
+import { TLS_PIN } from '../bench/lib/tls-common.mjs'
+// @ts-expect-error: plain ESM module of the bench
+import { MTLS_FIGURES, MTLS_TARGETS } from '../bench/lib/mtls.mjs'
 
 async function freePort(): Promise<number> {
   const s = http.createServer()
@@ -51,6 +57,21 @@ interface Negotiated {
   cipher: string | null
   alpn?: string | null
 }
+interface Phase {
+  succeeded?: number
+  requests?: number
+  backends: { requests: number }
+}
+interface MtlsRun {
+  target: string
+  error?: string
+  negotiated: { hop: { protocol: string; cipher: string; alpn: string | null; client: string }; inbound: Negotiated & { verification: string } }
+  withoutClientCertificate: { refused: boolean; how: string }
+  mtlsFull: { connections: number; reused: number }
+  mtlsResumed: { connections: number; reused: number; backends: { requests: number } }
+  mtlsH1: Phase
+  mtlsH2: Phase
+}
 interface TlsRun {
   target: string
   error?: string
@@ -59,20 +80,23 @@ interface TlsRun {
   tlsResumed: { connections: number; reused: number; backends: { requests: number } }
 }
 
-// Serial: AVA runs a file's serial tests before its concurrent ones, so this run's closed-loop
-// loads never overlap the degraded scenario's timing-sensitive tests below.
-test.serial('tls scenario: a short run reports every figure for every target, TLS 1.3 with the pinned suite, sessions resumed', async (t) => {
-  t.timeout(240_000)
+/**
+ * `bench/run.mjs --scenarios NAME` with short phases, one or two clients (the loads are closed
+ * loop: they take what CPU they get, and the suite runs other files alongside), no waiting for a
+ * quiet machine and no noise redo: this checks the harness, not the figures. It must exit 0 and
+ * report every figure ({@link everyFigure}); then its results, else null (the test has failed).
+ */
+async function shortRun(t: ExecutionContext, scenario: string, targets: { name: string }[], figures: TlsFigure[]): Promise<{ result: any; md: string; names: string[] } | null> {
   const missing = ['nginx', 'haproxy', 'h2load', 'openssl', 'wrk'].filter((x) => !which(x))
-  if (missing.length) return t.fail(`the bench's TLS scenario needs ${missing.join(', ')} (.ci/run installs them)`)
-  const out = mkdtempSync(join(tmpdir(), 'bench-tls-'))
+  if (missing.length) {
+    t.fail(`the bench's ${scenario} scenario needs ${missing.join(', ')} (.ci/run installs them)`)
+    return null
+  }
+  const out = mkdtempSync(join(tmpdir(), `bench-${scenario}-`))
   t.teardown(() => rmSync(out, { recursive: true, force: true }))
-  // Short phases, one or two clients (the loads are closed loop: they take what CPU they get, and
-  // the suite runs other files alongside), no waiting for a quiet machine and no noise redo: this
-  // checks the harness, not the figures.
   const args = [
     'bench/run.mjs',
-    '--scenarios', 'tls',
+    '--scenarios', scenario,
     '--workers', '1',
     '--reps', '1',
     '--duration', '1',
@@ -94,34 +118,84 @@ test.serial('tls scenario: a short run reports every figure for every target, TL
   t.teardown(() => child.kill('SIGTERM'))
   const [code] = await once(child, 'exit')
   t.is(code, 0, log.slice(-4000))
+  if (code !== 0) return null
   const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8'))
+  return { result, md: readFileSync(join(out, 'latest.md'), 'utf8'), names: everyFigure(t, result, scenario, targets, figures) }
+}
+
+/**
+ * A short run's result for `scenario` has no skip and no error flag, each of `targets` reports
+ * every one of `figures` (a number), and each pair of the scenario has every ratio. The target
+ * names.
+ */
+function everyFigure(t: ExecutionContext, result: any, scenario: string, targets: { name: string }[], figures: TlsFigure[]): string[] {
   t.deepEqual(result.skipped, [])
   t.deepEqual(result.flags.filter((f: { kind: string }) => f.kind === 'error'), [])
-  const agg = result.aggregates.find((a: { scenario: string }) => a.scenario === 'tls')
-  const names = TLS_TARGETS.map((x: { name: string }) => x.name)
+  const agg = result.aggregates.find((a: { scenario: string }) => a.scenario === scenario)
+  const names = targets.map((x) => x.name)
   t.deepEqual(Object.keys(agg.byTarget), names)
   for (const name of names) {
     const med = agg.byTarget[name].median
-    for (const f of TLS_FIGURES as TlsFigure[]) t.true(typeof med[f.key] === 'number' && med[f.key] >= 0, `${name}: ${f.key} = ${med[f.key]}`)
-    const run: TlsRun = result.runs.find((r: TlsRun) => r.target === name)
-    t.falsy(run.error)
-    for (const [phase, alpn] of [['sClient', undefined], ['tlsH1', 'http/1.1'], ['tlsH2', 'h2']] as const) {
-      const n = run.negotiated[phase]
-      t.like(n, { protocol: TLS_PIN.protocol, cipher: TLS_PIN.cipher, ...(alpn ? { alpn } : {}) }, `${name} ${phase}`)
-    }
-    t.is(run.tlsFull.reused, 0, `${name}: full handshakes resumed nothing`)
-    t.true(run.tlsResumed.connections > 0 && run.tlsResumed.reused === run.tlsResumed.connections, `${name}: ${run.tlsResumed.reused} of ${run.tlsResumed.connections} resumed`)
-    // One GET per connection, forwarded to the backends.
-    t.true(run.tlsResumed.backends.requests >= run.tlsResumed.connections, `${name}: backends served ${run.tlsResumed.backends.requests}`)
+    for (const f of figures) t.true(typeof med[f.key] === 'number' && med[f.key] >= 0, `${name}: ${f.key} = ${med[f.key]}`)
   }
   for (const [a, b] of agg.pairs) {
-    for (const f of (TLS_FIGURES as TlsFigure[]).filter((x) => !x.noRatio)) t.true(typeof agg.ratios[`${a}/${b}`][f.key] === 'number', `${a}/${b} ${f.key}`)
+    for (const f of figures.filter((x) => !x.noRatio)) t.true(typeof agg.ratios[`${a}/${b}`][f.key] === 'number', `${a}/${b} ${f.key}`)
   }
-  const md = readFileSync(join(out, 'latest.md'), 'utf8')
+  return names
+}
+
+// Serial: AVA runs a file's serial tests before its concurrent ones, so these runs' closed-loop
+// loads never overlap the degraded scenario's timing-sensitive tests below.
+test.serial('tls scenario: a short run reports every figure for every target, TLS 1.3 with the pinned suite, sessions resumed', async (t) => {
+  t.timeout(240_000)
+  const run = await shortRun(t, 'tls', TLS_TARGETS, TLS_FIGURES)
+  if (!run) return
+  const { result, md, names } = run
+  for (const name of names) {
+    const r: TlsRun = result.runs.find((x: TlsRun) => x.target === name)
+    t.falsy(r.error)
+    for (const [phase, alpn] of [['sClient', undefined], ['tlsH1', 'http/1.1'], ['tlsH2', 'h2']] as const) {
+      const n = r.negotiated[phase]
+      t.like(n, { protocol: TLS_PIN.protocol, cipher: TLS_PIN.cipher, ...(alpn ? { alpn } : {}) }, `${name} ${phase}`)
+    }
+    t.is(r.tlsFull.reused, 0, `${name}: full handshakes resumed nothing`)
+    t.true(r.tlsResumed.connections > 0 && r.tlsResumed.reused === r.tlsResumed.connections, `${name}: ${r.tlsResumed.reused} of ${r.tlsResumed.connections} resumed`)
+    // One GET per connection, forwarded to the backends.
+    t.true(r.tlsResumed.backends.requests >= r.tlsResumed.connections, `${name}: backends served ${r.tlsResumed.backends.requests}`)
+  }
   t.regex(md, /\| target \| full handshakes\/s \| CPU s\/10k full \| resumed handshakes\/s \|/)
   t.regex(md, /\| \*\*meshproxy \(TLS\) ÷ haproxy \(TLS\)\*\* \|/)
   t.regex(md, /\| tls keep-alive HTTP\/1\.1 throughput, meshproxy ÷ haproxy \| ≥ 1\.0× \|/)
   t.regex(md, /- TLS: ECDSA P-256 certificate/)
+})
+
+test.serial('mtls scenario: a short run reports every figure for every pair, B authenticates A and refuses a client without a certificate, sessions resumed', async (t) => {
+  t.timeout(300_000)
+  const run = await shortRun(t, 'mtls', MTLS_TARGETS, MTLS_FIGURES)
+  if (!run) return
+  const { result, md, names } = run
+  for (const name of names) {
+    const r: MtlsRun = result.runs.find((x: MtlsRun) => x.target === name)
+    t.falsy(r.error)
+    // The hop A → B is mTLS with a verified client certificate (meshproxy's B names a's SPIFFE ID).
+    t.like(r.negotiated.hop, { protocol: TLS_PIN.protocol }, `${name} hop`)
+    t.regex(r.negotiated.hop.client, name === 'meshproxy-mtls' ? /^verified \(spiffe:\/\/bench\.local\/ns\/bench\/sa\/a\)$/ : /^verified$/, `${name} hop`)
+    t.like(r.negotiated.inbound, { protocol: TLS_PIN.protocol, cipher: TLS_PIN.cipher, verification: 'OK' }, `${name} inbound`)
+    t.true(r.withoutClientCertificate.refused, `${name}: ${r.withoutClientCertificate.how}`)
+    t.is(r.mtlsFull.reused, 0, `${name}: full handshakes resumed nothing`)
+    t.true(r.mtlsResumed.connections > 0 && r.mtlsResumed.reused === r.mtlsResumed.connections, `${name}: ${r.mtlsResumed.reused} of ${r.mtlsResumed.connections} resumed`)
+    t.true(r.mtlsResumed.backends.requests >= r.mtlsResumed.connections, `${name}: backends served ${r.mtlsResumed.backends.requests}`)
+    // Requests through A reached the backends through B.
+    for (const phase of ['mtlsH1', 'mtlsH2'] as const) {
+      const done = r[phase].succeeded ?? r[phase].requests ?? 0 // h2load's succeeded, wrk's requests
+      t.true(done > 0 && r[phase].backends.requests >= done, `${name} ${phase}: ${r[phase].backends.requests} at the backends for ${done}`)
+    }
+  }
+  t.is(result.runs.find((r: MtlsRun) => r.target === 'meshproxy-mtls').negotiated.hop.alpn, 'h2', 'meshproxy carries HTTP/1.1 over h2 between the proxies')
+  t.regex(md, /\| target \| full handshakes\/s \| CPU s\/10k full \| resumed handshakes\/s \|.*\| h1 → A req\/s \|/)
+  t.regex(md, /\| \*\*meshproxy \(mTLS\) ÷ haproxy \(mTLS\)\*\* \|/)
+  t.regex(md, /What the A → B hop negotiated: \*\*meshproxy \(mTLS\)\*\*: TLSv1\.3 /)
+  t.regex(md, /- mTLS: identities made with `meshproxy identity init\/issue`/)
 })
 
 for (const peer of ['http-proxy', 'undici']) {

@@ -11,7 +11,9 @@ import { formatDiagnostic, loadConfigText } from '../ts/index.js'
 // @ts-expect-error: plain ESM module of the bench
 import { haproxyConf, proxyNginxConf } from '../bench/lib/targets.mjs'
 // @ts-expect-error: plain ESM module of the bench
-import { makeCertificate, meshproxyTlsYaml, parseSTime } from '../bench/lib/tls.mjs'
+import { makeCertificate, meshproxyTlsYaml } from '../bench/lib/tls.mjs'
+// @ts-expect-error: plain ESM module of the bench
+import { parseSTime } from '../bench/lib/tls-common.mjs'
 // @ts-expect-error: plain ESM module of the bench
 import { which } from '../bench/lib/tools.mjs'
 

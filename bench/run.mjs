@@ -18,6 +18,7 @@ import { addonInfo, collectVersions, findTools, INSTALL_HINT } from './lib/tools
 import { aggregate, checkTargets, markdown } from './lib/report.mjs'
 import { renderChart } from './lib/chart.mjs'
 import { makeCertificate, tlsCommands } from './lib/tls.mjs' // also registers the `tls` scenario
+import { makeMeshIdentity, mtlsCommands } from './lib/mtls.mjs' // also registers the `mtls` scenario
 
 const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 
@@ -42,7 +43,7 @@ const OPTIONS = {
   'degraded-rate': { env: 'BENCH_DEGRADED_RATE', def: 500, help: 'degraded scenario: offered load, req/s (open loop)' },
   'degraded-duration': { env: 'BENCH_DEGRADED_DURATION', def: null, help: 'degraded scenario: seconds per phase (default: 1.25 × --duration, rounded)' },
   'ratelimit-offered': { env: 'BENCH_RATELIMIT_OFFERED', def: 2000, help: 'ratelimit scenario: offered load, req/s (open loop, h2load --h1), against a service limited to 1,000 req/s' },
-  'tls-clients': { env: 'BENCH_TLS_CLIENTS', def: 4, help: 'tls scenario: openssl s_time processes at once in the handshake phases' },
+  'tls-clients': { env: 'BENCH_TLS_CLIENTS', def: 4, help: 'tls and mtls scenarios: openssl s_time processes at once in the handshake phases' },
 }
 
 /** Client connections the degraded scenario's load generator may open (it opens more only when all are busy). */
@@ -610,9 +611,11 @@ async function main() {
     if (hs.length) skipped.push({ what: `haproxy target(s) ${hs.join(', ')}`, why: `haproxy not found; ${INSTALL_HINT}` })
     for (const k of Object.keys(targetsByScenario)) targetsByScenario[k] = targetsByScenario[k].filter((n) => ALL_TARGETS[n].family !== 'haproxy')
   }
-  if (targetsByScenario.tls && !(tools.openssl && tools.h2load)) {
-    skipped.push({ what: 'tls scenario', why: `it needs openssl and h2load; ${INSTALL_HINT}` })
-    delete targetsByScenario.tls
+  for (const s of ['tls', 'mtls']) {
+    if (targetsByScenario[s] && !(tools.openssl && tools.h2load)) {
+      skipped.push({ what: `${s} scenario`, why: `it needs openssl and h2load; ${INSTALL_HINT}` })
+      delete targetsByScenario[s]
+    }
   }
   if (targetsByScenario.degraded) {
     try {
@@ -671,6 +674,7 @@ async function main() {
     }
     const ctx = { backends, repoDir, workDir }
     if (scenarios.includes('tls')) ctx.tls = await makeCertificate(tools.openssl, join(workDir, 'tls'))
+    if (scenarios.includes('mtls')) ctx.mesh = await makeMeshIdentity(repoDir, join(workDir, 'mesh'))
 
     // Worker counts, then scenarios one after the other; inside each, every repetition runs
     // each target once, in an order rotated per repetition.
@@ -690,7 +694,7 @@ async function main() {
             try {
               // A scenario from a module of its own brings its measure function; it gets the helpers here.
               const measure = sc.measure
-                ? (...a) => sc.measure(...a, { log, measuredPhase, noiseRecord, noiseFlags, stopAndCollect, proxyErrorFlags, sumPeakRssKb, addonInfo: () => addonInfo(repoDir) })
+                ? (...a) => sc.measure(...a, { log, measuredPhase, noiseRecord, noiseFlags, stopAndCollect, proxyErrorFlags, sumPeakRssKb, sanityCheck, sanityCheckH2c, addonInfo: () => addonInfo(repoDir) })
                 : sc.kind === 'degraded' ? measureDegradedRun : sc.kind === 'limited' ? measureLimitedRun : measureRun
               runs.push(await measure(sc, ALL_TARGETS[name], ctx, rep, workers, opts, tools, flags))
             } catch (e) {
@@ -706,7 +710,8 @@ async function main() {
     }
     for (const b of backends) await b.stop()
 
-    const kept = runs.flatMap((r) => [r.load, r.rate, r.degraded, r.limited, r.tlsFull, r.tlsResumed, r.tlsH1, r.tlsH2].filter(Boolean).map((x) => x.noise))
+    // Every measured phase's record carries its noise figures.
+    const kept = runs.flatMap((r) => Object.values(r).filter((x) => x?.noise).map((x) => x.noise))
     const steals = kept.map((n) => n.steal)
     const others = kept.map((n) => n.otherLoad)
     // Only a change between meshproxy reps mixes builds; report the build the reps actually ran.
@@ -730,6 +735,7 @@ async function main() {
           h2c: `h2load --no-tls-proto=h2c -c ${opts['h2-clients']} -m ${opts['h2-streams']} -D ${opts.duration} --log-file LOG URL`,
           idle: `${SCENARIOS.idle.idleConnections} HTTP/1.1 connections, one GET each, then idle`,
           tls: tlsCommands(opts),
+          mtls: mtlsCommands(opts),
           degraded:
             `open loop at ${opts['degraded-rate']} req/s (latency from each request's due time), up to ${DEGRADED_CONNECTIONS} keep-alive connections; ` +
             `per repetition ${DEGRADED_RUNS.length} runs, each with fresh backends and target: ` +

@@ -1,6 +1,7 @@
 // Aggregation (median over repetitions), the issue's targets checked against the medians, and the
 // markdown report.
 import { ALL_TARGETS, BENCH_RATE_LIMIT, DEGRADED_PHASES, SCENARIOS } from './targets.mjs'
+import { TLS_PIN } from './tls-common.mjs'
 
 export function median(values) {
   const v = values.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b)
@@ -93,7 +94,7 @@ const LIMITED = [
 
 export function figuresFor(scenario) {
   const sc = SCENARIOS[scenario]
-  if (sc.figures) return sc.figures // a scenario from a module of its own (tls.mjs) brings its columns
+  if (sc.figures) return sc.figures // a scenario from a module of its own (tls.mjs, mtls.mjs) brings its columns
   if (sc.kind === 'degraded') return DEGRADED
   if (sc.kind === 'limited') return LIMITED
   if (sc.kind === 'idle') return IDLE
@@ -336,6 +337,17 @@ export function targetsTable(result, workers) {
   return L
 }
 
+/** What each target's A → B hop negotiated (the probe of each repetition; distinct values joined). */
+function hopNote(result, agg) {
+  const parts = Object.keys(agg.byTarget).map((name) => {
+    const seen = result.runs.filter((r) => r.scenario === agg.scenario && r.workers === agg.workers && r.target === name && r.negotiated)
+    const hops = [...new Set(seen.map(({ negotiated: { hop: h } }) => (h ? `${h.protocol} ${h.cipher} ALPN ${h.alpn ?? 'none'}` : 'not seen')))]
+    const inbound = [...new Set(seen.map((r) => `${r.negotiated.inbound?.protocol} ${r.negotiated.inbound?.cipher}`))]
+    return `**${label(name)}**: ${hops.join(' / ') || '–'} (a client of B pinned to ${TLS_PIN.cipher}: ${inbound.join(' / ') || '–'})`
+  })
+  return `What the A → B hop negotiated: ${parts.join('; ')}.`
+}
+
 export function markdown(result) {
   const { config, versions, bare, flags, steal, skipped } = result
   const L = [`# meshproxy bench — ${result.date}`, '']
@@ -358,7 +370,7 @@ export function markdown(result) {
   for (const w of config.workers) {
     L.push(`## ${w} worker thread${w > 1 ? 's' : ''}`, '')
     if (throughput) L.push(...summaryTable(result, w), '')
-    if (throughput && result.targets.some((t) => t.workers === w)) L.push(...targetsTable(result, w), '')
+    if (throughput && result.targets.some((t) => t.workers === w && t.value != null)) L.push(...targetsTable(result, w), '')
     for (const agg of result.aggregates.filter((a) => a.workers === w)) {
       const sc = SCENARIOS[agg.scenario]
       L.push(`### ${sc.title} — ${w} worker${w > 1 ? 's' : ''}`, '')
@@ -380,6 +392,7 @@ export function markdown(result) {
       if (sc.kind === 'limited') {
         L.push(`Open loop: \`h2load --h1\` at the offered rate over the same two nginx backends; the limited target's service has \`rateLimits: [{ rate: ${BENCH_RATE_LIMIT.rate}, burst: ${BENCH_RATE_LIMIT.burst} }]\`, so it may admit its burst and then ${BENCH_RATE_LIMIT.rate} a second ("allowed") and answers the rest 429 rate-limited.`, '')
       } else if (sc.kind !== 'idle') {
+        if (sc.kind === 'mtls') L.push(hopNote(result, agg), '')
         const threads = threadNote(result, agg)
         if (threads.length) L.push(`CPU by thread during the measured run: ${threads.join('; ')}.`, '')
       }
@@ -401,8 +414,11 @@ export function markdown(result) {
   if (c.tls && result.aggregates.some((a) => a.scenario === 'tls')) {
     L.push(`- TLS: ${c.tls}. Handshakes/s = connections/s, each one GET (HTTP/1.0) answered and closed; CPU s/10k = the target's CPU over the phase ÷ connections (handshake phases) or requests × 10,000.`)
   }
+  if (c.mtls && result.aggregates.some((a) => a.scenario === 'mtls')) {
+    L.push(`- mTLS: ${c.mtls}. Handshakes are B's (a client presenting a's certificate), each connection one GET (HTTP/1.0) answered and closed; requests go client → A → B → backends; CPU s/10k = A's and B's CPU over the phase ÷ connections or requests × 10,000. What each A → B hop negotiated is in the JSON (\`negotiated.hop\`).`)
+  }
   const ka = config.nginxKeepalive
-  if (ka && (plaintext || result.aggregates.some((a) => a.scenario === 'tls'))) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
+  if (ka && (plaintext || result.aggregates.some((a) => ['tls', 'mtls'].includes(a.scenario)))) L.push(`- Backends: two nginx, \`worker_processes 1\`, \`return 200\` for \`/\` and static files (sendfile) for 16 KiB and 1 MiB, \`keepalive_requests ${ka.requests}; keepalive_timeout ${ka.timeout};\`.`)
   const setups = Object.entries(config.setups ?? {})
   if (setups.length) L.push(`- Targets: ${setups.map(([k, v]) => `**${k.replace('@', '** (workers ')}): ${v.setup}`).join('; ')}.`)
   const mp = result.aggregates.find((a) => a.scenario === 'http1')?.byTarget.meshproxy?.median.peakRssMb

@@ -21,11 +21,8 @@ import { join } from 'node:path'
 import { runToEnd, start, stop, trackExtra, waitForOutput, waitForPort } from './procs.mjs'
 import { processTree } from './procstat.mjs'
 import { execH2load } from './loadgen.mjs'
-import { parsePrometheus, sumMetric } from './parse.mjs'
-import { BODIES, bodyBytes, fetchText, freePorts, haproxyConf, haproxyErrors, HOST, launchHaproxy, proxyNginxConf, registerScenario } from './targets.mjs'
-
-/** What every TLS client offers, and so what each server must negotiate. */
-export const TLS_PIN = { protocol: 'TLSv1.3', cipher: 'TLS_AES_128_GCM_SHA256' }
+import { BODIES, bodyBytes, freePorts, haproxyConf, haproxyErrors, HOST, launchHaproxy, proxyNginxConf, registerScenario } from './targets.mjs'
+import { backendsServiceYaml, checkNegotiated, collectCounters, measurePhases, meshproxySnapshot, phaseFigures, repetition, runSTime, TLS_PIN } from './tls-common.mjs'
 
 // ---------------------------------------------------------------------------------------------
 // The certificate
@@ -60,13 +57,7 @@ listeners:
       certificates:
         - cert: ${tls.cert}
           key: ${tls.key}
-    routes:
-      - service: backends
-services:
-  - name: backends
-    balancer: round-robin
-    endpoints: [${backends.map((b) => b.addr).join(', ')}]
-`
+${backendsServiceYaml(backends)}`
 }
 
 async function startMeshproxyTls(name, { backends, repoDir, workDir, rep, workers, tls }) {
@@ -86,22 +77,7 @@ async function startMeshproxyTls(name, { backends, repoDir, workDir, rep, worker
     config: file,
     setup: `--config: a listener with tls.certificates (rustls over ring, its defaults: stateful resumption, 2 TLS 1.3 tickets per handshake), round-robin, the default proxy headers, --workers ${workers}`,
     pids: () => processTree(child.pid),
-    snapshot: async () => {
-      const m = parsePrometheus(await fetchText(metricsUrl))
-      const errors = {}
-      for (const s of m.filter((x) => x.name === 'meshproxy_proxy_errors_total' && x.value > 0)) errors[s.labels.error] = s.value
-      const tlsFailures = {}
-      for (const s of m.filter((x) => x.name === 'meshproxy_tls_handshake_failures_total' && x.value > 0)) tlsFailures[s.labels.reason] = s.value
-      return {
-        upstreamOpened: sumMetric(m, 'meshproxy_upstream_connections_opened_total'),
-        upstreamFailures: sumMetric(m, 'meshproxy_upstream_failures_total'),
-        downstreamRejected: sumMetric(m, 'meshproxy_downstream_connections_rejected_total'),
-        requestsByClass: Object.fromEntries(m.filter((x) => x.name === 'meshproxy_requests_total').map((x) => [x.labels.status_class, x.value])),
-        proxyErrors: errors,
-        tlsHandshakes: sumMetric(m, 'meshproxy_tls_handshakes_total'),
-        tlsFailures,
-      }
-    },
+    snapshot: () => meshproxySnapshot(metricsUrl),
     stop: () => stop(child, 12_000),
     output: () => child.out + child.err,
   }
@@ -147,79 +123,6 @@ export const TLS_TARGETS = [tlsTarget('meshproxy-tls', 'meshproxy', startMeshpro
 
 // ---------------------------------------------------------------------------------------------
 // Load and checks
-
-/** What one `openssl s_client` (offering what s_time offers) negotiated with the target. */
-export async function negotiated(opensslBin, url, caFile) {
-  const { hostname: host, port } = new URL(url)
-  const args = ['s_client', '-connect', `${host}:${port}`, '-servername', 'localhost', '-tls1_3', '-ciphersuites', TLS_PIN.cipher, '-CAfile', caFile, '-verify_return_error', '-brief']
-  const r = await runToEnd('openssl-s_client', opensslBin, args)
-  const text = r.stdout + r.stderr
-  const field = (re) => re.exec(text)?.[1]?.trim() ?? null
-  return {
-    protocol: field(/^Protocol version: (.+)$/m),
-    cipher: field(/^Ciphersuite: (.+)$/m),
-    group: field(/^(?:Server Temp Key|Negotiated TLS1\.3 group): (.+)$/m),
-    signature: field(/^Signature type: (.+)$/m),
-    verification: field(/^Verification: (.+)$/m) ?? field(/^Verification error: (.+)$/m),
-  }
-}
-
-/** s_client -brief with stdin at its end (/dev/null): it handshakes, prints, and exits. */
-async function checkNegotiated(opensslBin, url, caFile, flag) {
-  const n = await negotiated(opensslBin, url, caFile)
-  if (n.protocol !== TLS_PIN.protocol || n.cipher !== TLS_PIN.cipher) flag('error', `openssl s_client negotiated ${n.protocol ?? '?'} ${n.cipher ?? '?'}, not ${TLS_PIN.protocol} ${TLS_PIN.cipher}`)
-  return n
-}
-
-/**
- * `clients` `openssl s_time -new|-reuse -www PATH -time S` at once. Each process is serial (one
- * connection at a time), so parallel processes keep the server busy. Connections per second =
- * the sum over the processes of connections ÷ that process's wall time (s_time's own "real
- * seconds" are whole seconds). `reused` counts the connections s_time marks `r` (session resumed).
- */
-export async function runSTime(opensslBin, url, path, { mode, clients, seconds }) {
-  const { hostname: host, port } = new URL(url)
-  const args = ['s_time', '-connect', `${host}:${port}`, mode === 'reuse' ? '-reuse' : '-new', '-www', path, '-time', String(seconds), '-tls1_3', '-ciphersuites', TLS_PIN.cipher]
-  const one = async (i) => {
-    const t0 = performance.now()
-    const r = await runToEnd(`s_time-${i}`, opensslBin, args)
-    const wallS = (performance.now() - t0) / 1000
-    if (r.code !== 0) throw new Error(`openssl s_time exited ${r.code ?? r.signal}:\n${r.stdout.slice(-2000)}${r.stderr}`)
-    // What s_time said when it stopped early: its error output, else the last words of its output.
-    const said = r.stderr.trim() || r.stdout.split('\n').filter((l) => l.trim() && !/^[*rt3]+$/.test(l.trim())).slice(-2).join(' / ')
-    return { wallS, ...parseSTime(r.stdout), said: said.slice(0, 500) }
-  }
-  const procs = await Promise.all(Array.from({ length: clients }, (_, i) => one(i)))
-  const connections = procs.reduce((s, p) => s + p.connections, 0)
-  return {
-    command: `${clients} × openssl ${args.join(' ')}`,
-    connections,
-    reused: procs.reduce((s, p) => s + p.reused, 0),
-    rps: procs.reduce((s, p) => s + p.connections / p.wallS, 0),
-    bytesPerConnection: procs.some((p) => p.complete) ? procs.filter((p) => p.complete).reduce((s, p) => s + p.bytesPerConnection * p.connections, 0) / Math.max(1, procs.filter((p) => p.complete).reduce((s, p) => s + p.connections, 0)) : null,
-    incomplete: procs.filter((p) => !p.complete).map((p) => `after ${p.connections} connections in ${p.wallS.toFixed(2)} s: ${p.said || 'no message'}`),
-    perProcess: procs.map((p) => ({ connections: p.connections, reused: p.reused, wallS: p.wallS, complete: p.complete })),
-  }
-}
-
-/**
- * s_time's output: one progress character per connection (`r` = resumed), then its counts. When
- * a connection fails, s_time stops there without the counts (and still exits 0): `complete` is
- * false and the connections are the progress characters, all completed before the failure.
- */
-export function parseSTime(text) {
-  const m = /^(\d+) connections in [\d.]+s;/m.exec(text)
-  const b = /^\d+ connections in \d+ real seconds, (\d+) bytes read per connection/m.exec(text)
-  const progress = text
-    .split('\n')
-    .filter((l) => /^[*rt3]+$/.test(l.trim()))
-    .join('')
-    .trim()
-  const reused = [...progress].filter((c) => c === 'r').length
-  if (m && b) return { connections: Number(m[1]), reused, bytesPerConnection: Number(b[1]), complete: true }
-  if (!/^(starting|Collecting connection statistics)/m.test(text)) throw new Error(`openssl s_time output not understood:\n${text.slice(0, 2000)}`)
-  return { connections: progress.length, reused, bytesPerConnection: null, complete: false }
-}
 
 /**
  * h2load over TLS (only TLS_PIN.cipher offered), closed loop: `--h1 -c C` (HTTP/1.1, ALPN
@@ -307,61 +210,31 @@ export const TLS_PHASES = [
  * proxyErrorFlags, log, addonInfo).
  */
 export async function measureTlsRun(sc, target, ctx, rep, workers, opts, tools, flags, h) {
-  const flag = (kind, message) => {
-    flags.push({ scenario: sc.name, workers, target: target.name, rep, kind, message })
-    h.log(`  ${{ error: 'FLAG', noise: 'NOISE' }[kind] ?? 'note'}: ${message}`)
-  }
-  const rec = { scenario: sc.name, workers, target: target.name, rep }
-  if (target.family === 'meshproxy') rec.addon = h.addonInfo()
+  const { rec, flag } = repetition(sc, target, rep, workers, flags, h)
   const inst = await target.start({ ...ctx, rep, tools, workers })
   try {
     rec.command = inst.command ?? null
     rec.setup = inst.setup ?? null
     await sanityCheckTls(inst.url, sc.path, ctx.tls.certText)
     rec.negotiated = { sClient: await checkNegotiated(tools.openssl, inst.url, ctx.tls.cert, flag) }
-    const seconds = opts['extra-duration']
-    const sTime = (mode, s) => runSTime(tools.openssl, inst.url, sc.path, { mode, clients: opts['tls-clients'], seconds: s })
+    const sTime = (mode) => (s) => runSTime(tools.openssl, inst.url, sc.path, { mode, clients: opts['tls-clients'], seconds: s })
     const h2load = (h1) => (s, logFile) =>
       runH2loadTls(tools.h2load, inst.url + sc.path, h1 ? { h1, clients: opts.connections, durationS: s, logFile } : { h1, clients: opts['h2-clients'], streams: opts['h2-streams'], durationS: s, logFile })
-    for (const [key, load, perConnection] of [
-      ['tlsFull', (s) => sTime('new', s), true],
-      ['tlsResumed', (s) => sTime('reuse', s), true],
-      ['tlsH1', h2load(true), false],
-      ['tlsH2', h2load(false), false],
-    ]) {
-      if (opts.warmup > 0) await load(Math.max(1, Math.round(opts.warmup)))
-      const logFile = perConnection ? undefined : join(ctx.workDir, `h2load-${target.name}-${rep}.log`)
-      const m = await h.measuredPhase(`${target.name} ${key}`, inst, ctx, opts, () => load(perConnection ? seconds : opts.duration, logFile))
-      const r = { ...m.result, noise: h.noiseRecord(m) }
-      const done = perConnection ? r.connections : r.succeeded
-      r.cpuPer10k = done ? (r.cpuSeconds / done) * 10_000 : null
-      rec[key] = r
-      h.noiseFlags(key, m, flag)
-      if (perConnection) {
-        r.reusedShare = r.connections ? r.reused / r.connections : null
-        h.log(`  ${key}: ${Math.round(r.rps)} connections/s (${r.reused} of ${r.connections} resumed), CPU ${r.cpuSeconds.toFixed(2)} s = ${r.cpuPer10k?.toFixed(3)} s/10k, backends ${r.backends.requests} requests`)
-        if (key === 'tlsFull' && r.reused) flag('error', `s_time -new resumed ${r.reused} of ${r.connections} sessions`)
-        if (key === 'tlsResumed' && r.reusedShare < 0.99) flag('error', `s_time -reuse: only ${r.reused} of ${r.connections} connections resumed their session`)
-        // Each connection carries one GET: the backends must have answered (nearly) every one.
-        if (r.backends.requests < 0.99 * r.connections) flag('error', `the backends served ${r.backends.requests} requests for ${r.connections} connections`)
-        if (!(r.bytesPerConnection > 0)) flag('error', 'openssl s_time read no answer')
-        // A failed connection stops its s_time process early: its connections until then still count.
-        if (r.incomplete.length) flag('error', `${r.incomplete.length} s_time process(es) stopped at a failed connection: ${r.incomplete[0]}`)
-      } else {
-        h.log(`  ${key}: ${Math.round(r.rps)} req/s, p50 ${r.latencyMs?.p50?.toFixed(3)} ms, p99 ${r.latencyMs?.p99?.toFixed(3)} ms, CPU ${r.cpuSeconds.toFixed(2)} s = ${r.cpuPer10k?.toFixed(3)} s/10k; ${r.negotiated.protocol} ${r.negotiated.cipher} ${r.negotiated.group} ALPN ${r.negotiated.alpn}`)
-        rec.negotiated[key] = r.negotiated
-        const n = r.negotiated
-        const alpn = key === 'tlsH1' ? 'http/1.1' : 'h2'
+    const negotiatedOf = (key, alpn) => ({
+      describe: (r) => `; ${r.negotiated.protocol} ${r.negotiated.cipher} ${r.negotiated.group} ALPN ${r.negotiated.alpn}`,
+      check: (r) => {
+        const n = (rec.negotiated[key] = r.negotiated)
         if (n.protocol !== TLS_PIN.protocol || n.cipher !== TLS_PIN.cipher || n.alpn !== alpn) flag('error', `h2load negotiated ${n.protocol} ${n.cipher} ALPN ${n.alpn}, not ${TLS_PIN.protocol} ${TLS_PIN.cipher} ALPN ${alpn}`)
-        const bad = r.failed + r.errored + r.timeout
-        if (bad) flag('error', `h2load: ${r.failed} failed, ${r.errored} errored, ${r.timeout} timed out`)
-        const s = r.status
-        if (s && s['3xx'] + s['4xx'] + s['5xx']) flag('error', `h2load status codes: ${JSON.stringify(s)}`)
-      }
-    }
-    rec.peakRssKb = h.sumPeakRssKb(inst.pids())
-    rec.processes = inst.pids().length
-    rec.proxy = await inst.snapshot()
+      },
+    })
+    const phases = [
+      { key: 'tlsFull', load: sTime('new'), perConnection: true },
+      { key: 'tlsResumed', load: sTime('reuse'), perConnection: true, resumed: true },
+      { key: 'tlsH1', load: h2load(true), ...negotiatedOf('tlsH1', 'http/1.1') },
+      { key: 'tlsH2', load: h2load(false), ...negotiatedOf('tlsH2', 'h2') },
+    ]
+    await measurePhases(phases, { inst, ctx, opts, target, rep, rec, flag, h })
+    await collectCounters(inst, rec, h)
     if (rec.proxy) h.proxyErrorFlags(target, rec.proxy, flag)
     const tf = rec.proxy?.tlsFailures
     if (tf && Object.keys(tf).length) flag('note', `meshproxy TLS handshake failures: ${JSON.stringify(tf)}`)
@@ -374,26 +247,8 @@ export async function measureTlsRun(sc, target, ctx, rep, workers, opts, tools, 
 // ---------------------------------------------------------------------------------------------
 // Report figures and the scenario
 
-const fmtCount = (x) => (x == null ? '–' : Math.round(x).toLocaleString('en-US'))
-const fmt3 = (x) => (x == null ? '–' : x.toFixed(3))
-const fmtMs = (x) => (x == null ? '–' : x < 1 ? `${(x * 1000).toFixed(0)} µs` : x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms`)
-const fmtPct = (x) => (x == null ? '–' : `${(x * 100).toFixed(1)} %`)
-
 /** The report's columns (the same shape as report.mjs's figures). */
-export const TLS_FIGURES = [
-  { key: 'fullRps', phase: 'tlsFull', title: 'full handshakes/s', get: (r) => r.tlsFull?.rps, fmt: fmtCount, better: 'higher' },
-  { key: 'fullCpu', phase: 'tlsFull', title: 'CPU s/10k full', get: (r) => r.tlsFull?.cpuPer10k, fmt: fmt3, better: 'lower' },
-  { key: 'resumedRps', phase: 'tlsResumed', title: 'resumed handshakes/s', get: (r) => r.tlsResumed?.rps, fmt: fmtCount, better: 'higher' },
-  { key: 'resumedCpu', phase: 'tlsResumed', title: 'CPU s/10k resumed', get: (r) => r.tlsResumed?.cpuPer10k, fmt: fmt3, better: 'lower' },
-  { key: 'resumedShare', phase: 'tlsResumed', title: 'resumed', get: (r) => r.tlsResumed?.reusedShare, fmt: fmtPct, noRatio: true },
-  { key: 'h1Rps', phase: 'tlsH1', title: 'h1 keep-alive req/s', get: (r) => r.tlsH1?.rps, fmt: fmtCount, better: 'higher' },
-  { key: 'h1P99', phase: 'tlsH1', title: 'h1 p99', get: (r) => r.tlsH1?.latencyMs?.p99, fmt: fmtMs, better: 'lower' },
-  { key: 'h1Cpu', phase: 'tlsH1', title: 'h1 CPU s/10k req', get: (r) => r.tlsH1?.cpuPer10k, fmt: fmt3, better: 'lower' },
-  { key: 'h2Rps', phase: 'tlsH2', title: 'h2 keep-alive req/s', get: (r) => r.tlsH2?.rps, fmt: fmtCount, better: 'higher' },
-  { key: 'h2P99', phase: 'tlsH2', title: 'h2 p99', get: (r) => r.tlsH2?.latencyMs?.p99, fmt: fmtMs, better: 'lower' },
-  { key: 'h2Cpu', phase: 'tlsH2', title: 'h2 CPU s/10k req', get: (r) => r.tlsH2?.cpuPer10k, fmt: fmt3, better: 'lower' },
-  { key: 'peakRssMb', phase: null, title: 'peak RSS', get: (r) => r.peakRssKb / 1024, fmt: (x) => (x == null ? '–' : `${x.toFixed(1)} MB`), better: 'lower' },
-]
+export const TLS_FIGURES = phaseFigures('tls')
 
 /** The commands, for the report's "How it was measured". */
 export function tlsCommands(opts) {

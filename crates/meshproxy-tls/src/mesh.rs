@@ -20,6 +20,7 @@
 //! refused, and the material in force stays.
 
 mod names;
+mod resumed;
 mod verify;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use names::{spiffe_id_of, WorkloadId};
+pub use resumed::chain_current;
 pub use verify::WrongIdentity;
 
 use crate::{provider, Stamp, TlsError, ALPN};
@@ -464,6 +466,10 @@ fn build(source: &IdentitySource, now: SystemTime) -> Result<Material, TlsError>
             message: e.to_string(),
         })?;
     server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // Stateless session tickets, as on a TLS listener (`crate::server_config`). A ticket carries
+    // the client's certificate chain, so a resumed connection has its peer identity; the keys
+    // are this material's own, so after a reload every client makes one full handshake.
+    server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
 
     let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()

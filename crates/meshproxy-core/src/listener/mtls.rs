@@ -2,15 +2,19 @@
 //! this proxy's identity certificate (whatever the SNI) and requires a client certificate from
 //! the trust anchors, within the header-read timeout, with the identity material in force when
 //! the connection came. The client's SPIFFE ID (its certificate's URI SAN) is the connection's
-//! peer identity. On `required`, plaintext is refused as on a TLS listener (an HTTP/1 request
-//! gets 400 `tls-required`); on `permissive`, a connection whose first byte is not a TLS
-//! handshake record is served as plaintext, without a peer identity. Failures are counted by
-//! reason (`untrusted`, `expired`, `no-client-certificate`, ...) and logged.
+//! peer identity, on a resumed session too (a stateless ticket carries the client's chain; a
+//! resumed session whose client certificate has expired since is refused). On `required`,
+//! plaintext is refused as on a TLS listener (an HTTP/1 request gets 400 `tls-required`); on
+//! `permissive`, a connection whose first byte is not a TLS handshake record is served as
+//! plaintext, without a peer identity. Failures are counted by reason (`untrusted`, `expired`,
+//! `no-client-certificate`, ...) and logged.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use rustls::HandshakeKind;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -19,7 +23,7 @@ use super::tls::{refuse_plaintext_http, Alpn, HANDSHAKE_RECORD};
 use crate::compile::{ListenerRuntime, Mtls};
 use crate::error::ProxyError;
 use crate::metrics::TlsFailure;
-use meshproxy_tls::mesh::{spiffe_id_of, PeerFailure};
+use meshproxy_tls::mesh::{chain_current, spiffe_id_of, PeerFailure};
 
 pub(super) enum Accepted {
     /// An authenticated peer: the stream, the ALPN protocol, the peer's SPIFFE ID.
@@ -77,19 +81,36 @@ pub(super) async fn accept(
         }
     };
     let conn = stream.get_ref().1;
-    let Some(id) = conn.peer_certificates().and_then(|c| c.first()).and_then(|c| spiffe_id_of(c.as_ref()))
-    else {
+    let chain = conn.peer_certificates().unwrap_or_default();
+    let Some(id) = chain.first().and_then(|c| spiffe_id_of(c.as_ref())) else {
         // The anchors issued it, but it names no workload: not a mesh peer.
         failed(TlsFailure::BadCertificate, &"the client certificate has no SPIFFE ID");
         return Accepted::Refused;
     };
+    // A resumed session's chain comes from its ticket, verified when the session was made.
+    if conn.handshake_kind() == Some(HandshakeKind::Resumed) && !chain_current(chain, SystemTime::now()) {
+        failed(
+            TlsFailure::Expired,
+            &format_args!("{id}: the resumed session's client certificate has expired"),
+        );
+        return Accepted::Refused;
+    }
     metrics.handshakes.fetch_add(1, Ordering::Relaxed);
     let alpn = match conn.alpn_protocol() {
         Some(b"h2") => Some(Alpn::H2),
         Some(b"http/1.1") => Some(Alpn::Http11),
         _ => None,
     };
-    tracing::debug!(listener = %rt.name, %peer, peer_id = %id, ?alpn, "mTLS peer authenticated");
+    tracing::debug!(
+        listener = %rt.name,
+        %peer,
+        peer_id = %id,
+        ?alpn,
+        version = ?conn.protocol_version(),
+        suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
+        kind = ?conn.handshake_kind(),
+        "mTLS peer authenticated"
+    );
     Accepted::Mesh(Box::new(stream), alpn, id.into())
 }
 

@@ -117,3 +117,118 @@ impl MeshConnector {
         Ok(stream)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use meshproxy_tls::mesh::{chain_current, spiffe_id_of, IdentitySource};
+    use rustls::HandshakeKind;
+    use time::OffsetDateTime;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    /// A trust anchor and the identities `names` (namespace `shop`) in a fresh temporary directory.
+    fn mesh(names: &[&str]) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "meshproxy-mesh-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let now = OffsetDateTime::now_utc();
+        meshproxy_identity::init(&dir, "cluster.local", 30 * DAY, meshproxy_identity::Existing::Refuse, now)
+            .expect("anchor");
+        for name in names {
+            meshproxy_identity::issue(&dir, name, "shop", DAY, now).expect("workload certificate");
+        }
+        dir
+    }
+
+    fn identity(dir: &std::path::Path, name: &str) -> Arc<MeshIdentity> {
+        let source = IdentitySource { dir: dir.to_owned(), name: name.into(), namespace: "shop".into() };
+        Arc::new(MeshIdentity::load(source).expect("identity loads"))
+    }
+
+    /// What the inbound side saw of one connection.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        kind: Option<HandshakeKind>,
+        peer: Option<String>,
+        current: bool,
+    }
+
+    /// A server on 127.0.0.1 with `identity`'s mesh server config, as a listener with `mtls`
+    /// uses it: for each connection it reports the handshake kind and the client's SPIFFE ID,
+    /// writes one byte (so that the client reads, and takes in the session tickets), and holds
+    /// the connection until the client closes.
+    async fn inbound(identity: Arc<MeshIdentity>) -> (Target, mpsc::UnboundedReceiver<Seen>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = Target::new(&listener.local_addr().expect("address").to_string());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = tokio_rustls::TlsAcceptor::from(identity.material().server().clone());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let conn = tls.get_ref().1;
+                    let chain = conn.peer_certificates().unwrap_or_default();
+                    let _ = tx.send(Seen {
+                        kind: conn.handshake_kind(),
+                        peer: chain.first().and_then(|c| spiffe_id_of(c.as_ref())),
+                        current: chain_current(chain, std::time::SystemTime::now()),
+                    });
+                    let _ = tls.write_all(b"x").await;
+                    let _ = tls.read(&mut [0u8; 1]).await;
+                });
+            }
+        });
+        (target, rx)
+    }
+
+    async fn connect(c: &MeshConnector, target: &Target, alpn: Alpn) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(target.address.as_ref()).await.expect("tcp");
+        let mut tls = c.handshake(tcp, target, alpn).await.expect("mTLS handshake");
+        tls.read_exact(&mut [0u8; 1]).await.expect("first byte");
+        tls
+    }
+
+    #[tokio::test]
+    async fn a_second_mesh_connection_resumes_its_session_and_still_carries_the_client_identity() {
+        let dir = mesh(&["web", "orders"]);
+        let (orders, web) = (identity(&dir, "orders"), identity(&dir, "web"));
+        assert!(orders.material().server().ticketer.enabled(), "the inbound side issues stateless tickets");
+        let (target, mut seen) = inbound(orders.clone()).await;
+        let expected = orders.material().info.id.clone();
+        let c = MeshConnector::new("orders", &expected, web.clone()).expect("connector");
+        let web_id = Some(web.material().info.id.spiffe());
+
+        let first = connect(&c, &target, Alpn::Http1).await;
+        assert_eq!(first.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+        let s = seen.recv().await.expect("first connection seen");
+        assert_eq!(s, Seen { kind: Some(HandshakeKind::Full), peer: web_id.clone(), current: true });
+
+        // Another connection of the same connector (another ALPN offer, as the h2 pool's) resumes.
+        let second = connect(&c, &target, Alpn::H2).await;
+        assert_eq!(second.get_ref().1.handshake_kind(), Some(HandshakeKind::Resumed));
+        assert_eq!(second.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let s = seen.recv().await.expect("second connection seen");
+        assert_eq!(s, Seen { kind: Some(HandshakeKind::Resumed), peer: web_id, current: true });
+
+        // After a reload of the inbound side's identity, its new ticket keys cannot open the old
+        // tickets: a full handshake, verifying the client's certificate again.
+        orders.reload().expect("reload");
+        let _third = connect(&c, &target, Alpn::Http1).await;
+        let s = seen.recv().await.expect("third connection seen");
+        assert_eq!(s.kind, Some(HandshakeKind::Full));
+        drop((first, second));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
