@@ -152,7 +152,12 @@ mod tests {
     }
 
     fn identity(dir: &std::path::Path, name: &str) -> Arc<MeshIdentity> {
-        let source = IdentitySource { dir: dir.to_owned(), name: name.into(), namespace: "shop".into() };
+        let source = IdentitySource {
+            dir: dir.to_owned(),
+            name: name.into(),
+            namespace: "shop".into(),
+            self_issue: None,
+        };
         Arc::new(MeshIdentity::load(source).expect("identity loads"))
     }
 
