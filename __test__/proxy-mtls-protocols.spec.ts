@@ -2,8 +2,8 @@
  * What travels over the mTLS hop between two meshproxies besides plain HTTP/1.1: gRPC with
  * @grpc/grpc-js (a `protocol: http2` meshed service), a WebSocket with ws (an HTTP/1.1 upgrade,
  * which stays HTTP/1.1 on its mTLS connection), and the peer identity the inbound side's
- * authorization rules and rate limits keyed by identity see; a Kubernetes Service annotated
- * `meshproxy.io/identity` is meshed.
+ * authorization rules and rate limits keyed by identity see; opaque TCP between a tcp listener
+ * and the peer's tcpService; a Kubernetes Service annotated `meshproxy.io/identity` is meshed.
  */
 import http from 'node:http'
 import test from 'ava'
@@ -12,6 +12,8 @@ import WebSocket from 'ws'
 import { loadConfigText } from '../ts/index.js'
 import { startBackend } from './helpers/backend.js'
 import { adminGet, inbound, makeMesh, metric, outbound } from './helpers/mesh.js'
+import { startProxy } from './helpers/proxy.js'
+import { echo, startTcpServer, tcpConnect, write } from './helpers/tcp.js'
 import { startWsBackend } from './helpers/ws.js'
 
 function get(port: number, host: string): Promise<{ status: number; body: string; error: string | undefined }> {
@@ -158,4 +160,50 @@ spec:
   ports: [{ port: 80 }]
 `, { file: 'k8s.yaml' })
   t.regex(bad.diagnostics.map((d) => `${d.line}:${d.column} ${d.message}`).join('\n'), /^6:41 annotation meshproxy\.io\/identity "Orders_SA" is not a service account name/m)
+})
+
+test('opaque TCP crosses the mesh hop over mTLS: a tcp listener, a meshed service, the peer\'s mtls listener and its tcpService', async (t) => {
+  const mesh = await makeMesh(t, ['web', 'orders'])
+  const server = await startTcpServer(t, echo)
+  const b = await startProxy(t, `
+admin: 127.0.0.1:0
+identity: { dir: ${mesh.dir}, name: orders, namespace: shop }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:0
+    protocol: tcp
+    mtls: required
+    tcpService: app
+services:
+  - name: app
+    endpoints: [${server.address}]
+`)
+  const a = await startProxy(t, `
+identity: { dir: ${mesh.dir}, name: web, namespace: shop }
+listeners:
+  - name: outbound
+    address: 127.0.0.1:0
+    protocol: tcp
+    tcpService: peer
+services:
+  - name: peer
+    endpoints: [${b.address}]
+    identity: orders.shop
+`)
+  const client = await tcpConnect(t, a.port)
+  // Bytes that are not HTTP, both ways, then a half-close that crosses both proxies.
+  const payload = Buffer.from(Array.from({ length: 64 * 1024 }, (_, i) => i % 251))
+  await write(client.socket, payload)
+  await client.received.bytes(payload.length)
+  t.true(client.received.data.equals(payload), 'the echo came back whole through both proxies')
+  client.socket.end()
+  await client.received.end()
+  t.is(server.connections, 1)
+  const metrics = await adminGet(b.adminPort, '/metrics')
+  t.is(metric(metrics, 'meshproxy_tls_handshakes_total{listener="inbound"}'), 1, 'the hop was one mTLS handshake')
+  // A plaintext client on B's tcp listener is refused, never forwarded.
+  const plain = await tcpConnect(t, b.port)
+  await write(plain.socket, 'not TLS\n')
+  await plain.received.close()
+  t.is(server.connections, 1, 'nothing reached the app')
 })
