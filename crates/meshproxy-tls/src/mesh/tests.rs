@@ -47,12 +47,12 @@ fn handshake(
     let td = &client.material().info.id.trust_domain.clone();
     let name = WorkloadId::parse(expected, td).expect("expected identity").dns();
     let cfg = client.material().client(ClientAlpn::H2).clone();
-    let c = ClientConnection::new(cfg, ServerName::try_from(name).expect("name"))?;
-    let s = ServerConnection::new(server.material().server().clone())?;
-    pump(c, s)
+    let mut c = ClientConnection::new(cfg, ServerName::try_from(name).expect("name"))?;
+    let mut s = ServerConnection::new(server.material().server().clone())?;
+    pump(&mut c, &mut s)
 }
 
-fn pump(mut c: ClientConnection, mut s: ServerConnection) -> Result<Option<String>, rustls::Error> {
+fn pump(c: &mut ClientConnection, s: &mut ServerConnection) -> Result<Option<String>, rustls::Error> {
     for _ in 0..20 {
         let mut buf = Vec::new();
         while c.wants_write() {
@@ -139,13 +139,14 @@ fn a_client_with_an_expired_certificate_or_none_is_refused() {
         || ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().expect("v");
     let expired = Arc::new(trust(builder()).with_client_auth_cert(chain, key).expect("client config"));
     let name = ServerName::try_from("orders.shop.serviceaccount.identity.cluster.local").expect("name");
-    let s = ServerConnection::new(orders.material().server().clone()).expect("server");
-    let e =
-        pump(ClientConnection::new(expired, name.clone()).expect("client"), s).expect_err("expired client");
+    let mut s = ServerConnection::new(orders.material().server().clone()).expect("server");
+    let mut c = ClientConnection::new(expired, name.clone()).expect("client");
+    let e = pump(&mut c, &mut s).expect_err("expired client");
     assert_eq!(PeerFailure::of(&e), PeerFailure::Expired, "{e}");
     let anonymous = Arc::new(trust(builder()).with_no_client_auth());
-    let s = ServerConnection::new(orders.material().server().clone()).expect("server");
-    let e = pump(ClientConnection::new(anonymous, name).expect("client"), s).expect_err("no certificate");
+    let mut s = ServerConnection::new(orders.material().server().clone()).expect("server");
+    let mut c = ClientConnection::new(anonymous, name).expect("client");
+    let e = pump(&mut c, &mut s).expect_err("no certificate");
     assert_eq!(PeerFailure::of(&e), PeerFailure::NoClientCertificate, "{e}");
 }
 
@@ -225,6 +226,25 @@ fn a_self_issued_identity_renews_between_65_and_75_percent_of_its_lifetime() {
     assert!(matches!(web.renew_if_due(next + RENEW_RETRY), Some(Ok(()))));
     assert_ne!(web.material().info.serial, renewed.serial);
     assert_eq!(web.reload_failures.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn mesh_connections_negotiate_tls13_aes_128_gcm() {
+    let dir = tempfile::tempdir().expect("dir");
+    anchor(dir.path(), "cluster.local");
+    let (web, orders) = (identity(dir.path(), "web"), identity(dir.path(), "orders"));
+    let name = WorkloadId::parse("orders.shop", "cluster.local").expect("id").dns();
+    let mut c = ClientConnection::new(
+        web.material().client(ClientAlpn::H2).clone(),
+        ServerName::try_from(name).expect("name"),
+    )
+    .expect("client");
+    let mut s = ServerConnection::new(orders.material().server().clone()).expect("server");
+    pump(&mut c, &mut s).expect("handshake");
+    assert!(!c.is_handshaking() && !s.is_handshaking());
+    let suite = c.negotiated_cipher_suite().expect("suite").suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
 }
 
 #[test]
