@@ -7,7 +7,8 @@
  * material rotates under load without a failed request.
  */
 import http from 'node:http'
-import { readFileSync } from 'node:fs'
+import http2 from 'node:http2'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import tls from 'node:tls'
 import test from 'ava'
@@ -83,6 +84,34 @@ test('an HTTP/1.1 app reaches another through two proxies over mTLS and HTTP/2, 
   t.is(metric(bMetrics, 'meshproxy_tls_handshakes_total{listener="inbound"}'), 1)
 })
 
+test('an h2c client\'s requests to a meshed HTTP/1.1 service share one HTTP/2 connection between the proxies, and the app sees HTTP/1.1', async (t) => {
+  const mesh = await makeMesh(t, ['web', 'orders'])
+  const app = await echoApp(t, 30)
+  const b = await inbound(t, mesh, 'orders', app.address)
+  const a = await outbound(t, mesh, 'web', b.address, 'orders.shop')
+  const client = http2.connect(`http://127.0.0.1:${a.port}`)
+  t.teardown(() => client.close())
+  const one = (i: number) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = client.request({ ':method': 'POST', ':path': `/h2/${i}`, ':authority': 'orders.shop', 'content-type': 'text/plain' })
+    let status = 0
+    let body = ''
+    req.setEncoding('utf8')
+    req.on('response', (h) => (status = Number(h[':status'])))
+    req.on('data', (c: string) => (body += c))
+    req.on('end', () => resolve({ status, body }))
+    req.on('error', reject)
+    req.end(`body ${i}`)
+  })
+  const all = await Promise.all(Array.from({ length: 20 }, (_, i) => one(i)))
+  t.true(all.every((r) => r.status === 200), JSON.stringify(all.filter((r) => r.status !== 200)))
+  const seen = all.map((r) => JSON.parse(r.body) as { version: string; host: string; body: string; origProto: string | null })
+  t.true(seen.every((s) => s.version === '1.1'), 'app B gets HTTP/1.1')
+  t.true(seen.every((s, i) => s.body === `body ${i}` && s.host === 'orders.shop'))
+  t.true(seen.every((s) => s.origProto === null), 'the marker between the proxies is removed')
+  const ep = (await a.proxy.stats()).endpoints.find((e) => e.address === b.address)
+  t.is(ep!.openedConnections, 1, 'HTTP/2 between the proxies: one connection for every stream')
+})
+
 test('an HTTP/1.0 client is carried as HTTP/1.x over mTLS, not upgraded to HTTP/2', async (t) => {
   const mesh = await makeMesh(t, ['web', 'orders'])
   const app = await echoApp(t)
@@ -139,6 +168,30 @@ test('a foreign trust anchor is refused both ways, and so are a client without a
   t.is(metric(m, 'meshproxy_tls_handshake_failures_total{listener="inbound",reason="no-client-certificate"}'), 1)
   t.is(metric(m, 'meshproxy_tls_handshake_failures_total{listener="inbound",reason="plaintext"}'), 1)
   t.is(app.requests.length, 1, 'only the client of our anchor reached the app')
+})
+
+test('a peer that refuses this proxy\'s certificate after the TLS 1.3 handshake is a 502 upstream-connect, counted as peer-refused', async (t) => {
+  const mesh = await makeMesh(t, ['orders'])
+  // web's proxy trusts both anchors, so it accepts B; its own certificate comes from the
+  // foreign anchor, which B does not trust. With TLS 1.3, B refuses it after web's side of
+  // the handshake is done: the refusal is the first record web reads.
+  const foreign = await makeMesh(t, ['web'])
+  writeFileSync(join(foreign.dir, 'ca.crt'), readFileSync(join(foreign.dir, 'ca.crt'), 'utf8') + readFileSync(join(mesh.dir, 'ca.crt'), 'utf8'))
+  const app = await echoApp(t)
+  const b = await inbound(t, mesh, 'orders', app.address)
+  const a = await outbound(t, foreign, 'web', b.address, 'orders.shop')
+  // The refusal may reach web's proxy as the alert it reads, or as its request's write failing
+  // because B has closed: either way it is the same answer and count.
+  const answers = new Set<string>()
+  for (let i = 0; i < 10; i++) {
+    const r = await send(a.port, { headers: { host: 'orders' } })
+    answers.add(`${r.status} ${String(r.headers['meshproxy-error'])}`)
+  }
+  t.deepEqual([...answers], ['502 upstream-connect'])
+  t.true(metric(await adminGet(a.adminPort, '/metrics'), 'meshproxy_mtls_connect_failures_total{service="peer",reason="peer-refused"}') >= 10)
+  await sleep(50)
+  t.true(metric(await adminGet(b.adminPort, '/metrics'), 'meshproxy_tls_handshake_failures_total{listener="inbound",reason="untrusted"}') >= 3)
+  t.is(app.requests.length, 0, 'nothing reached the app')
 })
 
 /** A certificate serial as hex, lowercase, without leading zeros (as OpenSSL prints it). */

@@ -35,7 +35,7 @@ use tokio_rustls::client::TlsStream;
 use crate::connect::{Alpn, Connector, Target, TcpConnector};
 
 mod mesh;
-pub use mesh::MeshConnector;
+pub use mesh::{refused_our_certificate, MeshConnector, MeshIo};
 
 /// A service's TLS settings as the config gives them (paths already resolved).
 #[derive(Debug, Clone, Default)]
@@ -277,7 +277,7 @@ impl Connector for UpstreamConnector {
                 Ok(UpstreamIo::Tls(Box::new(tls.handshake(tcp, target, alpn).await?)))
             }
             UpstreamConnector::Mesh(mesh) => {
-                Ok(UpstreamIo::Tls(Box::new(mesh.handshake(tcp, target, alpn).await?)))
+                Ok(UpstreamIo::Mesh(Box::new(mesh.handshake(tcp, target, alpn).await?)))
             }
         }
     }
@@ -292,6 +292,7 @@ impl Connector for UpstreamConnector {
 pub enum UpstreamIo {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Mesh(Box<MeshIo>),
 }
 
 impl UpstreamIo {
@@ -300,6 +301,7 @@ impl UpstreamIo {
         match self {
             UpstreamIo::Tcp(_) => None,
             UpstreamIo::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+            UpstreamIo::Mesh(mesh) => mesh.get_ref().1.alpn_protocol(),
         }
     }
 }
@@ -310,6 +312,7 @@ impl AsyncRead for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => Pin::new(io).poll_read(cx, buf),
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+            UpstreamIo::Mesh(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -320,6 +323,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => Pin::new(io).poll_write(cx, buf),
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
+            UpstreamIo::Mesh(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
     #[inline]
@@ -331,6 +335,7 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
+            UpstreamIo::Mesh(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
     #[inline]
@@ -338,6 +343,7 @@ impl AsyncWrite for UpstreamIo {
         match self {
             UpstreamIo::Tcp(io) => io.is_write_vectored(),
             UpstreamIo::Tls(io) => io.is_write_vectored(),
+            UpstreamIo::Mesh(io) => io.is_write_vectored(),
         }
     }
     #[inline]
@@ -345,12 +351,14 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => Pin::new(io).poll_flush(cx),
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
+            UpstreamIo::Mesh(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Tcp(io) => Pin::new(io).poll_shutdown(cx),
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
+            UpstreamIo::Mesh(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 }
@@ -363,6 +371,7 @@ impl Io for UpstreamIo {
         match self {
             UpstreamIo::Tcp(io) => io.is_closed_idle(),
             UpstreamIo::Tls(io) => io.get_ref().0.is_closed_idle(),
+            UpstreamIo::Mesh(io) => io.get_ref().0.is_closed_idle(),
         }
     }
 }
@@ -540,6 +549,7 @@ mod tests {
         let c = connector(&settings(&dir, None, false));
         let kind = |io: &UpstreamIo| match io {
             UpstreamIo::Tls(tls) => tls.get_ref().1.handshake_kind(),
+            UpstreamIo::Mesh(mesh) => mesh.get_ref().1.handshake_kind(),
             UpstreamIo::Tcp(_) => None,
         };
         let first = first_byte(&c, &target, Alpn::Http1).await.expect("first connection");

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::tls::{refuse_plaintext_http, Alpn, HANDSHAKE_RECORD};
+use super::tls::{linger_close, refuse_plaintext_http, Alpn, HANDSHAKE_RECORD};
 use crate::compile::{ListenerRuntime, Mtls};
 use crate::error::ProxyError;
 use crate::metrics::TlsFailure;
@@ -49,7 +49,7 @@ pub(super) async fn accept(
     let handshake = async {
         let mut first = [0u8; 1];
         match stream.peek(&mut first).await {
-            Ok(0) => return Err(Err((TlsFailure::Closed, "closed before a ClientHello".to_owned()))),
+            Ok(0) => return Err(Err((TlsFailure::Closed, "closed before a ClientHello".to_owned(), None))),
             Ok(_) if first[0] != HANDSHAKE_RECORD => {
                 if mtls.permissive {
                     return Err(Ok(stream));
@@ -61,18 +61,27 @@ pub(super) async fn accept(
                 return Err(Err((
                     TlsFailure::Plaintext,
                     format!("first byte {:#04x} is not a TLS record on an mtls: required listener", first[0]),
+                    None,
                 )));
             }
             Ok(_) => {}
-            Err(e) => return Err(Err((TlsFailure::Closed, e.to_string()))),
+            Err(e) => return Err(Err((TlsFailure::Closed, e.to_string(), None))),
         }
-        TlsAcceptor::from(config).accept(stream).await.map_err(|e| Err((classify(&e), e.to_string())))
+        // The connection comes back from a failed handshake (its alert sent) to be closed
+        // gently: a client that refused nothing yet may have written its first request.
+        TlsAcceptor::from(config).accept(stream).into_fallible().await.map_err(|(e, io)| {
+            let why = classify(&e);
+            Err((why, e.to_string(), Some(io)))
+        })
     };
     let stream = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(Ok(plain))) => return Accepted::Plain(plain),
-        Ok(Err(Err((why, detail)))) => {
+        Ok(Err(Err((why, detail, io)))) => {
             failed(why, &detail);
+            if let Some(io) = io {
+                linger_close(io).await;
+            }
             return Accepted::Refused;
         }
         Err(_) => {

@@ -103,7 +103,6 @@ pub(super) fn classify(e: &std::io::Error) -> TlsFailure {
 /// answer goes out at once, the write side is shut, and what the client sent is read and dropped
 /// (briefly) so that closing does not reset the connection before the client reads the answer.
 pub(super) async fn refuse_plaintext_http(mut stream: TcpStream) {
-    use tokio::io::AsyncReadExt;
     let e = ProxyError::TlsRequired;
     let body = e.body();
     let head = format!(
@@ -113,7 +112,19 @@ pub(super) async fn refuse_plaintext_http(mut stream: TcpStream) {
         e.as_str(),
         body.len(),
     );
-    if stream.write_all(head.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    linger_close(stream).await;
+}
+
+/// Closes a connection the proxy refused after writing its last words (an error response, a
+/// TLS alert): its side first (FIN), then what the client still sends is read and dropped, for
+/// up to 1 s and 64 KiB. Closing with unread bytes would reset the connection, and a reset can
+/// discard those last words before the client reads them.
+pub(super) async fn linger_close(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    if stream.shutdown().await.is_err() {
         return;
     }
     let mut sink = [0u8; 4096];

@@ -21,6 +21,7 @@ use meshproxy_http::body::{pipe_to_h2, H2Body, RequestBody};
 use meshproxy_http::h1::Failed;
 use meshproxy_http::h2_client::{H2Handle, H2Sender};
 use meshproxy_upstream::pool::multiplexed::StreamSlot;
+use meshproxy_upstream::tls::refused_our_certificate;
 use meshproxy_upstream::Checkout;
 
 /// A response; for HTTP/2 the stream slot it holds on its connection until it ends; and whether
@@ -146,6 +147,10 @@ pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Resul
     };
     drop(slot);
     let (err, body) = match failure {
+        // A meshed peer that refuses this proxy's certificate refuses every connection alike.
+        H2Failure::Unsent(err, _) | H2Failure::Sent(err, _) if refused_our_certificate(&err) => {
+            return Err(ProxyError::UpstreamConnect);
+        }
         H2Failure::Unsent(err, body) => (err, body),
         H2Failure::Sent(err, true) if never_processed(&err) || idempotent(&replay.0) => {
             (err, RequestBody::Empty)
@@ -178,7 +183,11 @@ async fn retry_h2(
         Ok(resp) => Ok((resp, Some(slot), reused)),
         Err(H2Failure::Unsent(e, _) | H2Failure::Sent(e, _)) => {
             tracing::debug!(endpoint = %ep.address, error = %e, "upstream h2 request failed");
-            Err(ProxyError::UpstreamReset)
+            Err(if refused_our_certificate(&e) {
+                ProxyError::UpstreamConnect
+            } else {
+                ProxyError::UpstreamReset
+            })
         }
     }
 }

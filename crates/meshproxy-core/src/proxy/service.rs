@@ -230,9 +230,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         };
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
         let request = route.keeps_request.then(|| policy::request_value(&head));
-        // An HTTP/1.1 request to a meshed HTTP/1.1 service travelling over HTTP/2: marked, so the
-        // peer proxy serves it to its application as HTTP/1.1 again.
-        let orig_h1 = h2 && backend.mesh_h2 && head.version == Version::HTTP_11;
+        let orig_h1 = carried_as_h1(backend, h2);
         let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
             Ok(r) => r,
             Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
@@ -635,14 +633,23 @@ fn from_mesh_h2(head: &mut Parts) {
 }
 
 /// Whether a plain request of `version` goes to `backend` over HTTP/2: a meshed HTTP/1.1
-/// service takes HTTP/1.1 requests over HTTP/2 (multiplexed between the proxies), HTTP/1.0
-/// ones as they are.
+/// service takes HTTP/1.1 and HTTP/2 requests over HTTP/2 (multiplexed between the proxies),
+/// HTTP/1.0 ones as they are.
 fn speaks_h2(backend: &Backend, version: Version) -> bool {
     match backend.protocol {
-        UpstreamProtocol::Http1 => backend.mesh_h2 && version == Version::HTTP_11,
+        UpstreamProtocol::Http1 => {
+            backend.mesh_h2 && (version == Version::HTTP_11 || version == Version::HTTP_2)
+        }
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Auto => version == Version::HTTP_2,
     }
+}
+
+/// Whether a request going over HTTP/2 (`h2`) to `backend` is one for a meshed HTTP/1.1
+/// service: it is marked `meshproxy-orig-proto: HTTP/1.1`, so the peer proxy serves it to its
+/// application as HTTP/1.1, whatever version the client spoke.
+pub(crate) fn carried_as_h1(backend: &Backend, h2: bool) -> bool {
+    h2 && backend.mesh_h2
 }
 
 /// Why [`choose`] gave no endpoint.

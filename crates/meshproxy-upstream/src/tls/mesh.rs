@@ -4,15 +4,19 @@
 //! trust anchors and that it is exactly the expected workload ([`meshproxy_tls::mesh`]). Each
 //! handshake takes the identity material in force then, so rotated certificates and anchors
 //! apply to new connections while pooled ones keep going. A refused peer is logged with the
-//! reason and counted on the service ([`meshproxy_tls::mesh::ConnectFailures`]).
+//! reason and counted on the service ([`meshproxy_tls::mesh::ConnectFailures`]), and so is a
+//! peer that refuses this proxy's certificate ([`MeshIo`]).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use meshproxy_tls::mesh::{ClientAlpn, ConnectFailures, MeshIdentity, PeerFailure, WorkloadId};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -75,12 +79,7 @@ impl MeshConnector {
         &self.key.expected
     }
 
-    pub(super) async fn handshake(
-        &self,
-        tcp: TcpStream,
-        target: &Target,
-        alpn: Alpn,
-    ) -> io::Result<TlsStream<TcpStream>> {
+    pub(super) async fn handshake(&self, tcp: TcpStream, target: &Target, alpn: Alpn) -> io::Result<MeshIo> {
         let offer = match alpn {
             Alpn::Http1 => ClientAlpn::Http1,
             Alpn::H2 => ClientAlpn::H2,
@@ -114,7 +113,150 @@ impl MeshConnector {
                 "the meshed endpoint did not agree to h2 by ALPN",
             ));
         }
-        Ok(stream)
+        let watch = Refusal {
+            failures: self.failures.clone(),
+            key: self.key.clone(),
+            service: self.service.clone(),
+            endpoint: target.address.clone(),
+        };
+        Ok(MeshIo { stream, watch: Some(Box::new(watch)) })
+    }
+}
+
+/// A connection to a meshed peer. With TLS 1.3 the server judges the client's certificate after
+/// the client has finished its side of the handshake, so a peer that refuses this proxy's
+/// certificate (another mesh's anchors, an identity it does not authorize) answers with an alert
+/// as its first record, not during [`MeshConnector::handshake`]. Until the peer's first bytes,
+/// a read that fails with an alert (or a write that fails because the peer closed after one) is
+/// counted as `peer-refused` on the service and logged like a refused handshake; after them, the
+/// TLS stream's own results pass unchanged.
+pub struct MeshIo {
+    stream: TlsStream<TcpStream>,
+    watch: Option<Box<Refusal>>,
+}
+
+/// True when an HTTP/2 exchange failed because the meshed peer refused this proxy's certificate
+/// ([`MeshIo`]): an alert in place of the peer's first bytes. Another connection to that endpoint
+/// would be refused the same way.
+pub fn refused_our_certificate(e: &h2::Error) -> bool {
+    // h2 keeps an I/O error's kind and message, not its inner error: the kind is the mark.
+    e.get_io().is_some_and(|io| io.kind() == REFUSED_KIND)
+}
+
+/// The kind of the error [`MeshIo`] reads when the peer refused this proxy's certificate. A
+/// read on an established connection never fails with it otherwise (the OS reports a refusal
+/// only on connect).
+const REFUSED_KIND: io::ErrorKind = io::ErrorKind::ConnectionRefused;
+
+/// Where a refusal of this proxy's certificate is reported.
+struct Refusal {
+    failures: Arc<ConnectFailures>,
+    key: Arc<Key>,
+    service: Arc<str>,
+    endpoint: Box<str>,
+}
+
+impl MeshIo {
+    pub fn get_ref(&self) -> (&TcpStream, &rustls::ClientConnection) {
+        self.stream.get_ref()
+    }
+
+    /// Watches the reads until the peer's first bytes; a refusal becomes an error of
+    /// [`REFUSED_KIND`] (see [`refused_our_certificate`]).
+    #[cold]
+    fn first_read(&mut self, result: &mut Poll<io::Result<()>>, progressed: bool) {
+        match result {
+            Poll::Ready(Err(e)) => {
+                let Some(w) = self.watch.take() else { return };
+                if PeerFailure::of_io(e) != Some(PeerFailure::PeerRefused) {
+                    return;
+                }
+                w.failures.count(PeerFailure::PeerRefused);
+                tracing::warn!(
+                    service = %w.service,
+                    endpoint = %w.endpoint,
+                    expected = %w.key.expected,
+                    reason = PeerFailure::PeerRefused.as_str(),
+                    error = %e,
+                    "mTLS to a meshed endpoint refused: the peer did not accept this proxy's certificate"
+                );
+                *e = io::Error::new(
+                    REFUSED_KIND,
+                    format!("the meshed peer refused this proxy's certificate ({e})"),
+                );
+            }
+            Poll::Ready(Ok(())) if progressed => self.watch = None,
+            _ => {}
+        }
+    }
+}
+
+impl AsyncRead for MeshIo {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let mut result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if this.watch.is_some() {
+            let progressed = buf.filled().len() > before;
+            this.first_read(&mut result, progressed);
+        }
+        result
+    }
+}
+
+impl MeshIo {
+    /// A write that failed before the peer's first bytes: the peer may have refused this proxy's
+    /// certificate and closed, the alert waiting unread. It is read now (the connection is lost
+    /// either way), so the refusal is what the write reports.
+    #[cold]
+    fn failed_write<T>(&mut self, cx: &mut Context<'_>, e: io::Error) -> Poll<io::Result<T>> {
+        let mut scratch = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut scratch);
+        let mut read = Pin::new(&mut self.stream).poll_read(cx, &mut buf);
+        self.first_read(&mut read, false);
+        match read {
+            Poll::Ready(Err(refused)) if refused.kind() == REFUSED_KIND => Poll::Ready(Err(refused)),
+            _ => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for MeshIo {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) if this.watch.is_some() => this.failed_write(cx, e),
+            r => r,
+        }
+    }
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Err(e)) if this.watch.is_some() => this.failed_write(cx, e),
+            r => r,
+        }
+    }
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_flush(cx) {
+            Poll::Ready(Err(e)) if this.watch.is_some() => this.failed_write(cx, e),
+            r => r,
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -198,7 +340,7 @@ mod tests {
         (target, rx)
     }
 
-    async fn connect(c: &MeshConnector, target: &Target, alpn: Alpn) -> TlsStream<TcpStream> {
+    async fn connect(c: &MeshConnector, target: &Target, alpn: Alpn) -> MeshIo {
         let tcp = TcpStream::connect(target.address.as_ref()).await.expect("tcp");
         let mut tls = c.handshake(tcp, target, alpn).await.expect("mTLS handshake");
         tls.read_exact(&mut [0u8; 1]).await.expect("first byte");

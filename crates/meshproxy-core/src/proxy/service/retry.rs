@@ -143,7 +143,7 @@ pub(super) async fn run(
         } else {
             match rewrite::to_upstream(head.clone(), this_body, seen.host, &endpoint.address, h2) {
                 Ok(mut r) => {
-                    if h2 && backend.mesh_h2 && head.version == http::Version::HTTP_11 {
+                    if super::carried_as_h1(backend, h2) {
                         r.headers_mut()
                             .insert(super::ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
                     }
