@@ -20,7 +20,7 @@ import { installCleanupHandlers, runToEnd, start, stop, stopAll, waitForOutput, 
 import { freePorts, haproxyConf, startNginx } from './lib/targets.mjs'
 import { collectVersions, findTools, INSTALL_HINT, which } from './lib/tools.mjs'
 import { median } from './lib/report.mjs'
-import { meshConfig, meshIdentity } from './lib/mesh-ci.mjs'
+import { CALLS, callsPerRequest, meshConfig, meshIdentity } from './lib/mesh-ci.mjs'
 
 const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const baselinePath = join(repoDir, 'bench', 'baseline.json')
@@ -60,7 +60,8 @@ if (args.help) {
       '  --mesh             also count proxy-to-proxy mTLS (the bench\'s mtls pair: A, a plain listener\n' +
       '                     whose service is meshed, → B, an mtls: required listener → the backends),\n' +
       '                     A and B each under callgrind in turn, HTTP/1.1 and h2c into A; reported\n' +
-      '                     beside the plaintext counts, not gated\n' +
+      '                     beside the plaintext counts with TLS records and socket syscalls per\n' +
+      '                     request; not gated\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
       'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
   )
@@ -339,7 +340,13 @@ async function main() {
       { phase: 'http1', args: ['--h1', '-c', '10'] },
       { phase: 'h2c', args: ['-c', '10', '-m', '10'] },
     ])
-    mesh = { a: { http1: m.a.http1.perRequest, h2c: m.a.h2c.perRequest }, b: { http1: m.b.http1.perRequest, h2c: m.b.h2c.perRequest }, callgrind: m }
+    const calls = (file) => callsPerRequest(readFileSync(file, 'utf8'), REQUESTS)
+    mesh = {
+      a: { http1: m.a.http1.perRequest, h2c: m.a.h2c.perRequest },
+      b: { http1: m.b.http1.perRequest, h2c: m.b.h2c.perRequest },
+      calls: Object.fromEntries(['http1', 'h2c'].map((k) => [k, { plaintext: calls(h1[`${k}File`]), A: calls(m.a[`${k}File`]), B: calls(m.b[`${k}File`]) }])),
+      callgrind: m,
+    }
   }
   const top = { http1: topFunctions(h1.http1File), 'h2c-h2': topFunctions(h2['h2c-h2File']) }
   if (mesh) Object.assign(top, { 'mesh A h2c': topFunctions(mesh.callgrind.a.h2cFile), 'mesh B h2c': topFunctions(mesh.callgrind.b.h2cFile) })
@@ -436,6 +443,11 @@ function ciMarkdown(r) {
     for (const k of ['http1', 'h2c']) {
       const sum = r.mesh.a[k] + r.mesh.b[k]
       L.push(`| ${k} | ${n(r.instructions[k])} | ${n(r.baseline?.instructionsPerRequest?.[k])} | ${n(r.mesh.a[k])} | ${n(r.mesh.b[k])} | ${n(sum)} | ${(sum / (2 * r.instructions[k])).toFixed(2)}× |`)
+    }
+    L.push('', 'Calls per request in the first dump of each (what an instruction count hides: a syscall\'s kernel time, and how well records and writes batch):', '')
+    L.push(`| path | proxy | ${Object.keys(CALLS).join(' | ')} |`, `|:--|:--|${Object.keys(CALLS).map(() => '--:|').join('')}`)
+    for (const [k, bySide] of Object.entries(r.mesh.calls)) {
+      for (const [side, c] of Object.entries(bySide)) L.push(`| ${k} | ${side} | ${Object.values(c).map((x) => x.toFixed(2)).join(' | ')} |`)
     }
     L.push('')
   }

@@ -25,3 +25,32 @@ export function meshConfig(side, json, mesh) {
   else for (const l of config.listeners) l.mtls = 'required'
   return JSON.stringify(config)
 }
+
+/** What `callsPerRequest` counts: rustls records sealed and opened, and the socket syscalls (libc's wrappers). */
+export const CALLS = {
+  'TLS records sealed': /Tls13MessageEncrypter as rustls::crypto::cipher::MessageEncrypter>::encrypt$/,
+  'TLS records opened': /Tls13MessageDecrypter as rustls::crypto::cipher::MessageDecrypter>::decrypt$/,
+  'socket syscalls': /^(recv|recvfrom|read|send|sendto|sendmsg|write|writev|epoll_wait)$/,
+}
+
+/**
+ * Calls per request to the functions of `CALLS` in one callgrind dump of `requests` requests:
+ * the per-connection and per-record costs an instruction count hides (a syscall's kernel time is
+ * not counted; a record's count is what batching decides).
+ */
+export function callsPerRequest(text, requests) {
+  const names = new Map()
+  const totals = Object.fromEntries(Object.keys(CALLS).map((k) => [k, 0]))
+  let callee = null
+  for (const line of text.split('\n')) {
+    const fn = /^(c?fn)=\((\d+)\)(?: (.*))?$/.exec(line)
+    if (fn) {
+      if (fn[3]) names.set(fn[2], fn[3])
+      if (fn[1] === 'cfn') callee = names.get(fn[2]) ?? null
+    } else if (callee && line.startsWith('calls=')) {
+      const n = Number(line.slice(6).split(' ')[0])
+      for (const [k, re] of Object.entries(CALLS)) if (re.test(callee)) totals[k] += n
+    }
+  }
+  return Object.fromEntries(Object.entries(totals).map(([k, v]) => [k, v / requests]))
+}
