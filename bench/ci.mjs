@@ -20,6 +20,7 @@ import { installCleanupHandlers, runToEnd, start, stop, stopAll, waitForOutput, 
 import { freePorts, haproxyConf, startNginx } from './lib/targets.mjs'
 import { collectVersions, findTools, INSTALL_HINT, which } from './lib/tools.mjs'
 import { median } from './lib/report.mjs'
+import { CALLS, callsPerRequest, meshConfig, meshIdentity } from './lib/mesh-ci.mjs'
 
 const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const baselinePath = join(repoDir, 'bench', 'baseline.json')
@@ -35,6 +36,7 @@ const { values: args } = parseArgs({
     'rate-limit': { type: 'boolean' },
     'global-rate-limit': { type: 'boolean' },
     rego: { type: 'boolean' },
+    mesh: { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
     out: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
@@ -55,6 +57,11 @@ if (args.help) {
       '                     one Redis round trip (EVALSHA) per request costs the proxy\n' +
       '  --rego             the same with a request-phase Rego policy the size of the seed\'s (two rules\n' +
       '                     on method and a header, never violated) on every route: its cost\n' +
+      '  --mesh             also count proxy-to-proxy mTLS (the bench\'s mtls pair: A, a plain listener\n' +
+      '                     whose service is meshed, → B, an mtls: required listener → the backends),\n' +
+      '                     A and B each under callgrind in turn, HTTP/1.1 and h2c into A; reported\n' +
+      '                     beside the plaintext counts with TLS records and socket syscalls per\n' +
+      '                     request; not gated\n' +
       '  --requests N       requests per callgrind measurement (default 2000)\n' +
       'exit: 0 pass, 1 regression, 2 could not measure, 3 inconclusive (steal / other load)\n',
   )
@@ -186,6 +193,32 @@ async function countHaproxyInstructions(tools, workDir, name, backends, upstream
   return underCallgrind(tools, workDir, `haproxy-${name}`, [tools.haproxy, '-db', '-f', conf], port, null, phases)
 }
 
+/**
+ * `--mesh`: the instructions per request of A and of B, each under callgrind while the other runs
+ * normally; the load goes into A either way. Identities made with `meshproxy identity` in workDir.
+ */
+async function countMeshInstructions(tools, serveBin, workDir, backends, phases) {
+  const mesh = await meshIdentity(repoDir, workDir)
+  const [aPort, bPort] = await freePorts(2)
+  const conf = { a: join(workDir, 'mesh-a.json'), b: join(workDir, 'mesh-b.json') }
+  writeFileSync(conf.a, meshConfig('a', await configJson([`127.0.0.1:${bPort}`], `127.0.0.1:${aPort}`, 'http1'), mesh))
+  writeFileSync(conf.b, meshConfig('b', await configJson(backends, `127.0.0.1:${bPort}`, 'http1'), mesh))
+  const results = {}
+  for (const [side, other] of [['a', 'b'], ['b', 'a']]) {
+    log(` mesh ${side.toUpperCase()} under callgrind, ${other.toUpperCase()} running normally`)
+    const peer = start(`mesh-${other}`, serveBin, [conf[other]], { stdio: ['pipe', 'pipe', 'pipe'] })
+    try {
+      await waitForOutput(peer, /listening on/, 60_000)
+      results[side] = await underCallgrind(tools, workDir, `mesh-${side}`, [serveBin, conf[side]], aPort, /listening on/, phases)
+    } finally {
+      peer.stdin.end()
+      await Promise.race([peer.exited, new Promise((r) => setTimeout(r, 5_000))])
+      await stop(peer)
+    }
+  }
+  return results
+}
+
 async function underCallgrind(tools, workDir, name, command, port, ready, phases) {
   const outBase = join(workDir, `callgrind.${name}`)
   const child = start(`callgrind-${name}`, tools.valgrind, ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, ...command], {
@@ -300,10 +333,28 @@ async function main() {
     const r2 = await countHaproxyInstructions(tools, workDir, 'h2', backends, 'h2', [{ phase: 'h2c-h2', args: ['-c', '10', '-m', '10'] }])
     haproxy = { http1: r1.http1.perRequest, h2c: r1.h2c.perRequest, 'h2c-h2': r2['h2c-h2'].perRequest }
   }
+  let mesh = null
+  if (args.mesh) {
+    log('the same through the mTLS pair A → B (--mesh, not gated)')
+    const m = await countMeshInstructions(tools, serveBin, workDir, backends.map((b) => b.addr), [
+      { phase: 'http1', args: ['--h1', '-c', '10'] },
+      { phase: 'h2c', args: ['-c', '10', '-m', '10'] },
+    ])
+    const calls = (file) => callsPerRequest(readFileSync(file, 'utf8'), REQUESTS)
+    mesh = {
+      a: { http1: m.a.http1.perRequest, h2c: m.a.h2c.perRequest },
+      b: { http1: m.b.http1.perRequest, h2c: m.b.h2c.perRequest },
+      calls: Object.fromEntries(['http1', 'h2c'].map((k) => [k, { plaintext: calls(h1[`${k}File`]), A: calls(m.a[`${k}File`]), B: calls(m.b[`${k}File`]) }])),
+      callgrind: m,
+    }
+  }
   const top = { http1: topFunctions(h1.http1File), 'h2c-h2': topFunctions(h2['h2c-h2File']) }
+  if (mesh) Object.assign(top, { 'mesh A h2c': topFunctions(mesh.callgrind.a.h2cFile), 'mesh B h2c': topFunctions(mesh.callgrind.b.h2cFile) })
   // Kept for `callgrind_annotate --tree=caller FILE` or kcachegrind: who calls the hot functions.
   mkdirSync(outDir, { recursive: true })
-  for (const [phase, file] of [['http1', h1.http1File], ['h2c', h1.h2cFile], ['h2c-h2', h2['h2c-h2File']]]) copyFileSync(file, join(outDir, `callgrind.${phase}.out`))
+  const dumps = [['http1', h1.http1File], ['h2c', h1.h2cFile], ['h2c-h2', h2['h2c-h2File']]]
+  if (mesh) for (const side of ['a', 'b']) for (const phase of ['http1', 'h2c']) dumps.push([`mesh-${side}-${phase}`, mesh.callgrind[side][`${phase}File`]])
+  for (const [phase, file] of dumps) copyFileSync(file, join(outDir, `callgrind.${phase}.out`))
   for (const b of backends) await b.stop()
 
   const tp = args['skip-throughput'] ? null : await throughput()
@@ -333,7 +384,7 @@ async function main() {
   }
 
   const versions = collectVersions(findTools(), repoDir)
-  const result = { date: new Date().toISOString(), requests: REQUESTS, pgo, instructions, callgrind: { h1, h2 }, topFunctions: top, throughput: tp, haproxy, checks, baseline, versions }
+  const result = { date: new Date().toISOString(), requests: REQUESTS, pgo, instructions, callgrind: { h1, h2 }, topFunctions: top, throughput: tp, haproxy, mesh, checks, baseline, versions }
   mkdirSync(outDir, { recursive: true })
   writeFileSync(join(outDir, 'ci.json'), JSON.stringify(result, null, 2) + '\n')
   const md = ciMarkdown(result)
@@ -382,6 +433,21 @@ function ciMarkdown(r) {
     for (const [k, v] of Object.entries(r.haproxy)) {
       const m = r.instructions[k]
       L.push(`| ${k} | ${Math.round(m).toLocaleString('en-US')} | ${Math.round(v).toLocaleString('en-US')} | ${(m / v).toFixed(2)}× |`)
+    }
+    L.push('')
+  }
+  if (r.mesh) {
+    L.push('', 'Proxy-to-proxy mTLS (`--mesh`, not gated): A (plain listener, its service meshed) → B (`mtls: required`) → the same backends, the load into A; each proxy counted under callgrind while the other runs normally, per client request. Plaintext: one proxy to the backends, this run and the baseline; the last column compares the pair with two plaintext hops.', '')
+    L.push('| path | plaintext | baseline | mesh A | mesh B | A + B | A + B ÷ (2 × plaintext) |', '|:--|--:|--:|--:|--:|--:|--:|')
+    const n = (x) => (x == null ? '–' : Math.round(x).toLocaleString('en-US'))
+    for (const k of ['http1', 'h2c']) {
+      const sum = r.mesh.a[k] + r.mesh.b[k]
+      L.push(`| ${k} | ${n(r.instructions[k])} | ${n(r.baseline?.instructionsPerRequest?.[k])} | ${n(r.mesh.a[k])} | ${n(r.mesh.b[k])} | ${n(sum)} | ${(sum / (2 * r.instructions[k])).toFixed(2)}× |`)
+    }
+    L.push('', 'Calls per request in the first dump of each (what an instruction count hides: a syscall\'s kernel time, and how well records and writes batch):', '')
+    L.push(`| path | proxy | ${Object.keys(CALLS).join(' | ')} |`, `|:--|:--|${Object.keys(CALLS).map(() => '--:|').join('')}`)
+    for (const [k, bySide] of Object.entries(r.mesh.calls)) {
+      for (const [side, c] of Object.entries(bySide)) L.push(`| ${k} | ${side} | ${Object.values(c).map((x) => x.toFixed(2)).join(' | ')} |`)
     }
     L.push('')
   }
