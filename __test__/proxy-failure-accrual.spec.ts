@@ -169,7 +169,10 @@ test('no more than maxEjectionPercent of a service is ejected at once', async (t
   const { proxy, port } = await startProxy(t, simpleYaml([a.address, x.address, y.address], { service: accrual(1, '\n      maxEjectionPercent: 34') }))
   for (let i = 0; i < 30; i++) await get(port, '/')
   const states = await Promise.all([x, y].map(async (e) => (await endpointStats(proxy, e.address)).state))
-  t.is(states.filter((s) => s === 'ejected').length, 1, `one of two failing endpoints ejected: ${states.join(', ')}`)
+  // Out of rotation: ejected, or probed once its penalty is over (30 requests can outlast the
+  // 400 ms penalty on a loaded machine); the other failing endpoint stays in.
+  t.is(states.filter((s) => s === 'ejected' || s === 'probing').length, 1, `one of two failing endpoints ejected: ${states.join(', ')}`)
+  t.true(states.includes('healthy'), `the other stays in: ${states.join(', ')}`)
 })
 
 test('a client sending a malformed body never ejects the endpoint', async (t) => {
