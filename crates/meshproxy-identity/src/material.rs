@@ -68,13 +68,24 @@ fn uri(s: String) -> Result<SanType, Error> {
     Ok(SanType::URI(v))
 }
 
-fn after(now: OffsetDateTime, validity: Duration) -> Result<OffsetDateTime, Error> {
+/// When a certificate valid from `now` for `validity` ends: `validity` (named `what` in the
+/// error) must be at least `min` and end before the year 9999.
+fn after(
+    now: OffsetDateTime,
+    validity: Duration,
+    what: &'static str,
+    min: Duration,
+) -> Result<OffsetDateTime, Error> {
     let invalid = || Error::Invalid {
-        what: "validity",
+        what,
         value: format!("{}s", validity.as_secs()),
-        why: "it must be at least a minute and end before the year 9999".to_string(),
+        why: if min == Duration::from_secs(60) {
+            "it must be at least a minute and end before the year 9999".to_string()
+        } else {
+            format!("it must be at least {}s and end before the year 9999", min.as_secs())
+        },
     };
-    if validity < Duration::from_secs(60) {
+    if validity < min {
         return Err(invalid());
     }
     let end = time::Duration::try_from(validity).ok().and_then(|d| now.checked_add(d)).ok_or_else(invalid)?;
@@ -95,7 +106,7 @@ pub fn init(
     now: OffsetDateTime,
 ) -> Result<Issued, Error> {
     validate_trust_domain(trust_domain)?;
-    let not_after = after(now, validity)?;
+    let not_after = after(now, validity, "validity", MIN_VALIDITY)?;
     let (cert_path, key_path) = (dir.join(ANCHOR_CERT), dir.join(ANCHOR_KEY));
     let old = match (existing, cert_path.exists() || key_path.exists()) {
         (Existing::Refuse, true) => {
@@ -152,7 +163,7 @@ pub fn issue(
     validity: Duration,
     now: OffsetDateTime,
 ) -> Result<Issued, Error> {
-    let not_after = after(now, validity)?;
+    let not_after = after(now, validity, "validity", MIN_VALIDITY)?;
     let made = sign(dir, name, namespace, now, not_after, now)?;
     let base = format!("{name}.{namespace}");
     let (out_cert, out_key) = (dir.join(format!("{base}.crt")), dir.join(format!("{base}.key")));
@@ -187,6 +198,9 @@ impl std::fmt::Debug for InMemory {
     }
 }
 
+/// The least validity [`init`] and [`issue`] accept.
+const MIN_VALIDITY: Duration = Duration::from_secs(60);
+
 /// The least lifetime [`issue_in_memory`] accepts.
 pub const MIN_IN_MEMORY_VALIDITY: Duration = Duration::from_secs(10);
 
@@ -205,19 +219,7 @@ pub fn issue_in_memory(
     validity: Duration,
     now: OffsetDateTime,
 ) -> Result<InMemory, Error> {
-    if validity < MIN_IN_MEMORY_VALIDITY {
-        return Err(Error::Invalid {
-            what: "lifetime",
-            value: format!("{}s", validity.as_secs()),
-            why: format!("it must be at least {}s", MIN_IN_MEMORY_VALIDITY.as_secs()),
-        });
-    }
-    let end = time::Duration::try_from(validity).ok().and_then(|d| now.checked_add(d));
-    let not_after = end.filter(|e| e.year() <= 9998).ok_or_else(|| Error::Invalid {
-        what: "lifetime",
-        value: format!("{}s", validity.as_secs()),
-        why: "it must end before the year 9999".to_string(),
-    })?;
+    let not_after = after(now, validity, "lifetime", MIN_IN_MEMORY_VALIDITY)?;
     let not_before = now - time::Duration::seconds(CLOCK_SKEW_ALLOWANCE.as_secs() as i64);
     sign(dir, name, namespace, not_before, not_after, now)
 }

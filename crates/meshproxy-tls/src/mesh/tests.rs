@@ -11,14 +11,16 @@ use super::*;
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn anchor(dir: &Path, td: &str) {
-    meshproxy_identity::init(
-        dir,
-        td,
-        30 * DAY,
-        meshproxy_identity::Existing::Refuse,
-        OffsetDateTime::now_utc(),
-    )
-    .expect("anchor");
+    init_anchor(dir, td, meshproxy_identity::Existing::Refuse);
+}
+
+/// A new anchor of `cluster.local` in `dir`, the old one kept in the bundle beside it.
+fn rotate_anchor(dir: &Path) {
+    init_anchor(dir, "cluster.local", meshproxy_identity::Existing::Rotate);
+}
+
+fn init_anchor(dir: &Path, td: &str, existing: meshproxy_identity::Existing) {
+    meshproxy_identity::init(dir, td, 30 * DAY, existing, OffsetDateTime::now_utc()).expect("anchor");
 }
 
 fn issue(dir: &Path, name: &str, now: OffsetDateTime) {
@@ -170,14 +172,7 @@ fn changed_files_reload_and_bad_ones_keep_the_material_in_force() {
     assert_eq!(web.reload_failures.load(Ordering::Relaxed), 1);
     // An anchor rotation: both anchors trusted; a certificate of the new one is accepted by a
     // peer that still has the old one in force only once it reloads the bundle.
-    meshproxy_identity::init(
-        dir.path(),
-        "cluster.local",
-        30 * DAY,
-        meshproxy_identity::Existing::Rotate,
-        OffsetDateTime::now_utc(),
-    )
-    .expect("rotate");
+    rotate_anchor(dir.path());
     issue(dir.path(), "web", OffsetDateTime::now_utc());
     assert!(matches!(web.reload_if_changed(), Some(Ok(()))));
     assert_eq!(web.material().info.anchors.len(), 2);
@@ -255,14 +250,7 @@ fn a_self_issued_identity_reissues_from_a_rotated_anchor() {
     let first = web.material().info.serial.clone();
     assert!(web.reload_if_changed().is_none(), "nothing changed");
     std::thread::sleep(Duration::from_millis(20));
-    meshproxy_identity::init(
-        dir.path(),
-        "cluster.local",
-        30 * DAY,
-        meshproxy_identity::Existing::Rotate,
-        OffsetDateTime::now_utc(),
-    )
-    .expect("rotate");
+    rotate_anchor(dir.path());
     assert!(matches!(web.reload_if_changed(), Some(Ok(()))));
     assert_ne!(web.material().info.serial, first, "issued again, by the new anchor");
     assert_eq!(web.material().info.anchors.len(), 2);
