@@ -63,7 +63,8 @@ pub fn send(
     send_h1(ep, head, body)
 }
 
-/// [`send`] with the head borrowed, for a caller that may send it again (a route's retries): it
+/// [`send`] with the head borrowed, for a caller that keeps it: the plain path (the head stays in
+/// the request's state, unmoved) and a route's retries (which may send it again). It
 /// must already be in the endpoint's form (origin-form target, `Host`; see `rewrite`; its version
 /// is not read: the head goes as HTTP/1.1). It is encoded from the reference, so nothing is copied.
 pub fn send_borrowed<'a>(

@@ -21,6 +21,18 @@ pub(super) fn to_upstream(
     endpoint: &str,
     h2: bool,
 ) -> Result<Request<RequestBody>, ProxyError> {
+    head_in_place(&mut head, has_host, endpoint, h2)?;
+    Ok(Request::from_parts(head, upstream_body(body)))
+}
+
+/// [`to_upstream`]'s rewrite of the head, in place: a request's own head goes to an HTTP/1.1
+/// endpoint borrowed (`forward::send_borrowed`), so it is never moved on the way.
+pub(super) fn head_in_place(
+    head: &mut Parts,
+    has_host: bool,
+    endpoint: &str,
+    h2: bool,
+) -> Result<(), ProxyError> {
     let absolute = head.uri.authority().is_some();
     // An HTTP/2 upstream takes the authority as `:authority`, not as a `Host` (`to_h2`).
     if (absolute && !h2) || (!absolute && !has_host) {
@@ -39,6 +51,21 @@ pub(super) fn to_upstream(
         head.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest)?;
     }
     head.version = Version::HTTP_11;
-    let body = if body.is_end_stream() { RequestBody::Empty } else { body };
-    Ok(Request::from_parts(head, body))
+    Ok(())
+}
+
+/// The body as the upstream request carries it: one that has already ended goes as no body.
+pub(super) fn upstream_body(body: RequestBody) -> RequestBody {
+    if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        body
+    }
+}
+
+/// The head, moved out of `head` (which keeps an empty one), as a request with `body`: for an
+/// HTTP/2 endpoint, which takes the head by value.
+pub(super) fn take_request(head: &mut Parts, body: RequestBody) -> Request<RequestBody> {
+    let (empty, ()) = Request::new(()).into_parts();
+    Request::from_parts(std::mem::replace(head, empty), body)
 }

@@ -228,27 +228,30 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             }
             Err(Unchosen::Limited(r)) => break 'respond routed.reject(*r),
         };
-        let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
-        let request = route.keeps_request.then(|| policy::request_value(&head));
-        let orig_h1 = carried_as_h1(backend, h2);
-        let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
-            Ok(r) => r,
-            Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
-        };
-        if orig_h1 {
-            upstream_req.headers_mut().insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
+        // The routed request's fields are used where they are, not moved out: the head is
+        // rewritten in place and an HTTP/1.1 endpoint is sent it borrowed.
+        let route = routed.route;
+        let request = route.keeps_request.then(|| policy::request_value(&routed.head));
+        if let Err(e) = rewrite::head_in_place(&mut routed.head, routed.seen.host, &endpoint.address, h2) {
+            break 'respond routed.fail(e);
         }
-        let ws_key = match &kind {
+        let body = rewrite::upstream_body(routed.body);
+        let head = &mut routed.head;
+        if carried_as_h1(backend, h2) {
+            head.headers.insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
+        }
+        let ws_key = match &routed.kind {
             Kind::Upgrade(token) => {
-                upgrade::restore(upstream_req.headers_mut(), token.clone());
+                upgrade::restore(&mut head.headers, token.clone());
                 None
             }
             Kind::WebSocketH2 => {
-                *upstream_req.method_mut() = Method::GET;
-                Some(websocket::to_http1_handshake(upstream_req.headers_mut()))
+                head.method = Method::GET;
+                Some(websocket::to_http1_handshake(&mut head.headers))
             }
             _ => None,
         };
+        let (kind, downstream_upgrade, activity) = (routed.kind, routed.downstream_upgrade, routed.activity);
         let after = After { kind, downstream_upgrade, ws_key, activity, idle: None, request };
         // 6: the attempt. Pinned where it is built and raced with the timer in place:
         // `tokio::time::timeout(t, attempt)` moves this (large) future into its own, a memcpy of
@@ -258,9 +261,9 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
             // One future awaited at one point: awaited in two branches, the two send futures
             // would be laid out side by side in this one instead of overlapping.
             let send = if h2 {
-                Either::Left(forward::send_h2(&endpoint, upstream_req))
+                Either::Left(forward::send_h2(&endpoint, rewrite::take_request(head, body)))
             } else {
-                Either::Right(forward::send(&endpoint, upstream_req))
+                Either::Right(forward::send_borrowed(&endpoint, head, body))
             };
             let sent = send.await?;
             Ok::<_, ProxyError>((sent, permit))
@@ -280,10 +283,17 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         };
         // 7, 8: response filters, respond (a policy that reads the body may hold the head).
         if holds(route, backend) {
-            break 'respond Box::pin(respond_held(&ctx, &meta, route, (backend, &endpoint), after, result))
-                .await;
+            break 'respond Box::pin(respond_held(
+                &ctx,
+                &routed.meta,
+                route,
+                (backend, &endpoint),
+                after,
+                result,
+            ))
+            .await;
         }
-        respond(&ctx, &meta, route, (backend, &endpoint), after, result, None)
+        respond(&ctx, &routed.meta, route, (backend, &endpoint), after, result, None)
     };
     cancelled.disarm();
     Ok(resp)
