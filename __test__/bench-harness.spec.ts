@@ -409,19 +409,21 @@ test('degraded scenario: the open-loop generator holds its rate and counts each 
   t.is(slow.sent, 200)
   t.is(errors.sent, 200)
   t.deepEqual(slow.clientErrors, {})
-  // A request due just before the switch to errors that the loaded machine delays past it meets
-  // the errors phase (500 half the time): a straggler or two, never a real share.
-  t.true(slow.success >= 0.95, `slow phase success ${slow.success}`)
   t.true(slow.latencyMs.p50 >= 50, `slow p50 ${slow.latencyMs.p50} ms`)
   t.true(errors.success > 0.35 && errors.success < 0.65, `error phase success ${errors.success}`)
   t.true(errors.latencyMs.p50 < 50, `error phase p50 ${errors.latencyMs.p50} ms`)
   t.is(slow.degradedShare, 1) // only the degraded backend was sent anything
-  // The backends count a request in the phase it arrives in; a request due just before a switch
-  // can arrive just after it when the machine delays the generator (it never waits for answers),
-  // so a phase's count may be off by a few stragglers (a 25 ms stall at 200 req/s is 5), never a
-  // real share: at most 5 %, as the slow phase's success allows.
+  // The backends count a request in the phase it arrives in. A slow-phase request that a loaded
+  // machine delays past the switch (the generator never waits for answers, but its client and
+  // the backend share the machine) arrives in the errors phase and meets its 500s half the time:
+  // such stragglers, and only they, fail in the slow phase (errors-phase requests may straggle
+  // past its end the same way). On an idle machine there are a few at most (a 25 ms stall at
+  // 200 req/s is 5); a busy one (the suite beside builds) has seen 80, so the bound is half a phase.
   const atBackends = errors.backends.reduce((s, b) => s + b.requests, 0)
-  t.true(Math.abs(atBackends - 200) <= 10, `${atBackends} requests reached the backends in the errors phase, of 200 sent`)
+  const stragglers = atBackends - errors.sent
+  const slowFailed = Math.round((1 - slow.success) * slow.sent)
+  t.true(Math.abs(stragglers) <= 100, `${atBackends} requests reached the backends in the errors phase, of ${errors.sent} sent`)
+  t.true(slowFailed <= Math.max(stragglers, 0), `slow phase success ${slow.success}: ${slowFailed} failed, ${stragglers} stragglers`)
   // A snapshot at each of the three phase starts and one at the end: per-phase deltas of 1.
   t.is(snapshots, 4)
   t.deepEqual(slow.proxy, { retries: 1 })
