@@ -231,7 +231,13 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         let RoutedRequest { meta, route, kind, head, body, seen, downstream_upgrade, activity } = routed;
         let request = route.keeps_request.then(|| policy::request_value(&head));
         let orig_h1 = carried_as_h1(backend, h2);
-        let mut upstream_req = match rewrite::to_upstream(head, body, seen.host, &endpoint.address, h2) {
+        let mut upstream_req = match rewrite::to_upstream(
+            head,
+            body,
+            seen.host,
+            &endpoint.address,
+            h2.then(|| tls_to(&endpoint)),
+        ) {
             Ok(r) => r,
             Err(e) => break 'respond meta.fail(e, Some(route), None, activity),
         };
@@ -643,6 +649,11 @@ fn speaks_h2(backend: &Backend, version: Version) -> bool {
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Auto => version == Version::HTTP_2,
     }
+}
+
+/// Whether `endpoint` is reached over TLS (an HTTP/2 request's `:scheme` is then `https`).
+pub(crate) fn tls_to(endpoint: &crate::upstream::Endpoint) -> bool {
+    matches!(endpoint.connector(), crate::upstream::Connector::Tls(_))
 }
 
 /// Whether a request going over HTTP/2 (`h2`) to `backend` is one for a meshed HTTP/1.1
