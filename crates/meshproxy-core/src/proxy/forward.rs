@@ -135,9 +135,8 @@ async fn retry_h1(
 /// GOAWAY whose last-stream-id is below the stream's (RFC 9113 §8.7: such requests may be
 /// retried whatever their method). The common case is a peer's GOAWAY (nginx sends one after
 /// `keepalive_requests`). A body already handed to the stream cannot be replayed, so such
-/// requests are not retried.
-pub async fn send_h2(ep: &Arc<Endpoint>, mut req: Request<RequestBody>) -> Result<Sent, ProxyError> {
-    to_h2(&mut req, matches!(ep.connector(), crate::upstream::Connector::Tls(_)))?;
+/// requests are not retried. The request is in the HTTP/2 form already (`rewrite::to_upstream`).
+pub async fn send_h2(ep: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Sent, ProxyError> {
     // h2 takes the head by value; a retry needs it again.
     let replay = Replay::of(&req);
     let (parts, body) = req.into_parts();
@@ -233,25 +232,4 @@ async fn exchange(
 /// remote GOAWAY error; streams the peer kept fail later with an I/O error, if at all).
 fn never_processed(e: &h2::Error) -> bool {
     e.is_remote() && ((e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)) || e.is_go_away())
-}
-
-/// HTTP/2 carries the target as `:scheme` and `:authority`, not `Host`. A request that came in
-/// absolute (HTTP/2, or HTTP/1.1 absolute-form) already has them; an origin-form one gets its
-/// `Host` as the authority, and the scheme of the upstream connection (`https` over TLS).
-fn to_h2(req: &mut Request<RequestBody>, tls: bool) -> Result<(), ProxyError> {
-    *req.version_mut() = http::Version::HTTP_2;
-    let host = req.headers_mut().remove(http::header::HOST);
-    if req.uri().authority().is_some() {
-        return Ok(());
-    }
-    let host = host.ok_or(ProxyError::BadRequest)?;
-    let authority = http::uri::Authority::try_from(host.as_bytes()).map_err(|_| ProxyError::BadRequest)?;
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.scheme = Some(if tls { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
-    parts.authority = Some(authority);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest)?;
-    Ok(())
 }

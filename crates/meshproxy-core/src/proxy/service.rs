@@ -232,7 +232,8 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Result<Response
         // rewritten in place and an HTTP/1.1 endpoint is sent it borrowed.
         let route = routed.route;
         let request = route.keeps_request.then(|| policy::request_value(&routed.head));
-        if let Err(e) = rewrite::head_in_place(&mut routed.head, routed.seen.host, &endpoint.address, h2) {
+        let tls = h2.then(|| tls_to(&endpoint));
+        if let Err(e) = rewrite::head_in_place(&mut routed.head, routed.seen.host, &endpoint.address, tls) {
             break 'respond routed.fail(e);
         }
         let body = rewrite::upstream_body(routed.body);
@@ -653,6 +654,11 @@ fn speaks_h2(backend: &Backend, version: Version) -> bool {
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Auto => version == Version::HTTP_2,
     }
+}
+
+/// Whether `endpoint` is reached over TLS (an HTTP/2 request's `:scheme` is then `https`).
+pub(crate) fn tls_to(endpoint: &crate::upstream::Endpoint) -> bool {
+    matches!(endpoint.connector(), crate::upstream::Connector::Tls(_))
 }
 
 /// Whether a request going over HTTP/2 (`h2`) to `backend` is one for a meshed HTTP/1.1

@@ -141,7 +141,13 @@ pub(super) async fn run(
         let (upstream_req, this_body) = if borrowed {
             (None, this_body)
         } else {
-            match rewrite::to_upstream(head.clone(), this_body, seen.host, &endpoint.address, h2) {
+            match rewrite::to_upstream(
+                head.clone(),
+                this_body,
+                seen.host,
+                &endpoint.address,
+                h2.then(|| super::tls_to(&endpoint)),
+            ) {
                 Ok(mut r) => {
                     if super::carried_as_h1(backend, h2) {
                         r.headers_mut()
