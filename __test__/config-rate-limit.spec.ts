@@ -107,7 +107,7 @@ services:
     'c.yaml:7:41: error: invalid "redis" in rate limit of route "listener-0-route-0" global: "redis://10.0.0.5/x": the path must be a database number (e.g. redis://127.0.0.1:6379, redis://:password@redis.internal:6379/2 or rediss://redis.internal:6380 (TLS))',
     'c.yaml:8:32: error: rate limit of route "listener-0-route-0" global is missing required field "redis" or "rls" (redis: redis://host:port (a shared Redis), or rls: host:port with domain: <name> (an Envoy rate limit service))',
     'c.yaml:9:71: error: unknown rate limit of route "listener-0-route-0" global failMode "shut" (valid fail modes: open, closed)',
-    'c.yaml:10:70: error: "timeout" in rate limit of route "listener-0-route-0" global must be between 1ms and 10000ms, got 0ms (0 is not allowed here)',
+    'c.yaml:10:70: error: "timeout" in rate limit of route "listener-0-route-0" global must be between 1ms and 10s, got 0ms (0 is not allowed here)',
   ])
 })
 

@@ -98,7 +98,8 @@ test('selfIssue config errors: the anchor key missing, a lifetime without selfIs
   t.regex(noLifetime[2]!, /^1:49 identity: lifetime applies to certificates the proxy issues itself \(add selfIssue: true/)
   const short = errors('identity: { dir: ., name: web, namespace: shop, selfIssue: true, lifetime: 5s }\nlisteners: []\n')
   t.is(short.length, 1, short.join('\n'))
-  t.regex(short[0]!, /^1:76 .*lifetime/)
+  // The bounds read as durations are written, not as milliseconds.
+  t.regex(short[0]!, /^1:76 .*lifetime.* must be between 10s and 720h, got 5s$/)
   renameSync(join(mesh.dir, 'ca.key'), join(mesh.dir, 'elsewhere.key'))
   const noKey = errors('identity: { dir: ., name: web, namespace: shop, selfIssue: true }\nlisteners: []\n')
   t.is(noKey.length, 1, noKey.join('\n'))

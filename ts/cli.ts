@@ -42,7 +42,7 @@ function report(result: LoadResult): boolean {
 /** `tls`: the names of the listeners that terminate TLS (printed as https). */
 function printStarted(info: StartInfo, tls: Set<string>): void {
   for (const l of info.listeners) console.log(`meshproxy: listening on ${tls.has(l.name) ? 'https' : 'http'}://${l.localAddress} (${l.name})`)
-  if (info.admin) console.log(`meshproxy: admin on http://${info.admin} (/live /ready /metrics /config)`)
+  if (info.admin) console.log(`meshproxy: admin on http://${info.admin} (/live /ready /metrics /config /endpoints /identity)`)
 }
 
 interface RunOptions {

@@ -93,6 +93,18 @@ export function parseDuration(input: unknown): Parsed<number> {
   return ok(rounded)
 }
 
+/**
+ * Milliseconds as the largest unit `parseDuration` reads that holds them exactly: `10s`, `720h`,
+ * `1500ms`. Error messages show limits this way, so they read as the config is written.
+ */
+export function formatDuration(ms: number): string {
+  for (const unit of ['h', 'm', 's'] as const) {
+    const size = DURATION_UNIT_MS[unit] ?? 1
+    if (ms !== 0 && ms % size === 0) return `${ms / size}${unit}`
+  }
+  return `${ms}ms`
+}
+
 function isDnsName(host: string): boolean {
   if (host.length > 253) return false
   return host.split('.').every((label) => /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/.test(label))

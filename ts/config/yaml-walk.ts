@@ -7,7 +7,7 @@ import type { Document, LineCounter, Node, Pair, Scalar, YAMLMap, YAMLSeq } from
 import { isAlias, isMap, isScalar, isSeq } from './yaml-lib.js'
 import { DiagnosticSink, suggest, type Loc } from './diagnostics.js'
 import type { LimitSpec } from './defaults.js'
-import { describe, parseDuration, type Parsed } from './values.js'
+import { describe, formatDuration, parseDuration, type Parsed } from './values.js'
 
 export type YNode = YAMLMap | YAMLSeq | Scalar
 
@@ -152,8 +152,9 @@ export class DocReader {
       return undefined
     }
     if (parsed.value < spec.min || parsed.value > spec.max) {
-      const zero = spec.min > 0 ? ' (0 is not allowed here)' : ''
-      this.error(node, `${what} must be between ${spec.min}ms and ${spec.max}ms, got ${parsed.value}ms${zero}`)
+      const zero = parsed.value === 0 ? ' (0 is not allowed here)' : ''
+      const [min, max, got] = [spec.min, spec.max, parsed.value].map(formatDuration)
+      this.error(node, `${what} must be between ${min} and ${max}, got ${got}${zero}`)
       return undefined
     }
     return parsed.value
