@@ -73,18 +73,13 @@ impl Global {
                 let domain = g.domain.as_deref().filter(|d| !d.is_empty()).ok_or_else(|| {
                     Error::Config(format!("{owner}: a global rate limit with rls needs a domain"))
                 })?;
-                if g.ca.is_some() {
-                    return Err(Error::Config(format!(
-                        "{owner}: a CA bundle is given for the rate limit service {addr:?}, which is reached over h2c"
-                    )));
-                }
                 let (kind, name) = scope.split_once(':').unwrap_or(("service", scope));
                 let asks = Asks::Rls {
                     domain: domain.into(),
                     scope: (kind.into(), name.into()),
                     limit: limit.name.clone(),
                 };
-                (stores.get_rls(owner, addr)?, asks)
+                (stores.get_rls(owner, addr, g.ca.as_deref())?, asks)
             }
             _ => {
                 return Err(Error::Config(format!(
@@ -290,6 +285,6 @@ mod tests {
             "route \"r\": invalid global rls: \"127.0.0.1\" is not a rate limit service address"
         ));
         let ca = GlobalRateLimitConfig { ca: Some("/ca.pem".into()), ..rls_global() };
-        assert!(err(ca).contains("reached over h2c"));
+        assert!(err(ca).contains("a CA bundle is only used with TLS"));
     }
 }

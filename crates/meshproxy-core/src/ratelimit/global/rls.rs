@@ -1,6 +1,7 @@
 //! A client of Envoy's rate limit service (`envoy.service.ratelimit.v3.RateLimitService`), as
-//! envoyproxy/ratelimit and Limitador serve it: `ShouldRateLimit` over gRPC on one multiplexed h2c
-//! connection per server.
+//! envoyproxy/ratelimit and Limitador serve it: `ShouldRateLimit` over gRPC on one multiplexed
+//! HTTP/2 connection per server, h2c, or TLS with ALPN `h2` for an `https://` address (the
+//! upstream [`TlsConnector`]: rustls with ring, verified against a CA bundle or the system roots).
 //!
 //! The messages are the protobuf ones of `envoy/service/ratelimit/v3/rls.proto` and
 //! `envoy/extensions/common/ratelimit/v3/ratelimit.proto`, derived with prost by hand (the fields
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
+use meshproxy_upstream::{Alpn, Connector, Target, TcpConnector, TlsConnector, TlsSettings, UpstreamIo};
 use parking_lot::Mutex;
 use prost::Message;
 
@@ -104,6 +106,8 @@ pub struct ProtoDuration {
 pub enum RlsError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error("not connecting: the last connect failed less than {0:?} ago")]
     Backoff(Duration),
     #[error("HTTP/2: {0}")]
@@ -175,7 +179,9 @@ fn verdict(response: &RateLimitResponse) -> Result<Option<Duration>, RlsError> {
 /// One rate limit service and its connection.
 pub struct Rls {
     /// `host:port`.
-    addr: Box<str>,
+    target: Target,
+    /// For an `https://` address: TLS with ALPN `h2`, the name verified being the host's.
+    tls: Option<TlsConnector>,
     uri: http::Uri,
     conn: std::sync::Arc<Mutex<Option<Conn>>>,
     connecting: tokio::sync::Mutex<Backoff>,
@@ -192,11 +198,42 @@ struct Backoff {
 }
 
 impl Rls {
-    /// The service at `addr` (`host:port` or `http://host:port`), not yet connected.
-    pub fn new(addr: &str) -> Result<Self, String> {
-        let (host_port, _) = parse_addr(addr)?;
-        let uri = format!("http://{host_port}{PATH}").parse::<http::Uri>().map_err(|e| e.to_string())?;
-        Ok(Rls { addr: host_port.into(), uri, conn: Default::default(), connecting: Default::default() })
+    /// The service at `addr` (`host:port`, `http://host:port` or `https://host:port`), not yet
+    /// connected; an `https://` one is verified against the PEM bundle at `ca`, else the system
+    /// roots (which only `https://` may name).
+    pub fn new(addr: &str, ca: Option<&std::path::Path>) -> Result<Self, String> {
+        let (host_port, _, tls) = parse_addr(addr)?;
+        let tls = match (tls, ca) {
+            (false, Some(_)) => {
+                return Err(format!(
+                    "a CA bundle is only used with TLS, and {addr:?} is not an https:// address"
+                ))
+            }
+            (false, None) => None,
+            (true, ca) => Some(
+                TlsConnector::new(&TlsSettings {
+                    server_name: None,
+                    ca: ca.map(Into::into),
+                    client_auth: None,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri = format!("{scheme}://{host_port}{PATH}").parse::<http::Uri>().map_err(|e| e.to_string())?;
+        Ok(Rls {
+            target: Target::new(host_port),
+            tls,
+            uri,
+            conn: Default::default(),
+            connecting: Default::default(),
+        })
+    }
+
+    /// Whether `other` reaches the service the same way: TLS or not, and the same trust (by the
+    /// CA bundle's contents). A reload that keeps it keeps the connection.
+    pub fn same_transport(&self, other: &Rls) -> bool {
+        self.target.address == other.target.address && self.tls == other.tls
     }
 
     /// The open connection's sender, connecting first when there is none.
@@ -233,9 +270,8 @@ impl Rls {
     }
 
     async fn connect(&self, number: u64) -> Result<SendRequest<Bytes>, RlsError> {
-        let tcp = tokio::net::TcpStream::connect(&*self.addr).await.map_err(RlsError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, connection) = h2::client::Builder::new().handshake::<_, Bytes>(tcp).await?;
+        let io = open(&self.target, self.tls.as_ref()).await?;
+        let (sender, connection) = h2::client::Builder::new().handshake::<_, Bytes>(io).await?;
         let slot = std::sync::Arc::downgrade(&self.conn);
         tokio::spawn(async move {
             let _ = connection.await;
@@ -248,6 +284,14 @@ impl Rls {
             }
         });
         Ok(sender)
+    }
+
+    /// A connection of its own to the service, TCP and TLS, kept by nobody: to learn why
+    /// connecting fails after a check timed out (a connect the check's timeout cut short says
+    /// nothing).
+    pub fn try_connect(&self) -> impl std::future::Future<Output = Result<(), RlsError>> + Send + 'static {
+        let (target, tls) = (self.target.clone(), self.tls.clone());
+        async move { open(&target, tls.as_ref()).await.map(drop) }
     }
 
     /// Forgets connection `number` after an error on it.
@@ -307,6 +351,18 @@ impl Rls {
     }
 }
 
+/// A TCP connection to `target`, with TLS over it when `tls` is given (the peer must agree to
+/// `h2`).
+async fn open(target: &Target, tls: Option<&TlsConnector>) -> Result<UpstreamIo, RlsError> {
+    let tcp = TcpConnector.connect(target, Alpn::H2).await.map_err(RlsError::Connect)?;
+    Ok(match tls {
+        None => UpstreamIo::Tcp(tcp),
+        Some(tls) => UpstreamIo::Tls(Box::new(
+            tls.handshake_unlogged(tcp, target, Alpn::H2).await.map_err(RlsError::Tls)?,
+        )),
+    })
+}
+
 /// `Ok` for `grpc-status: 0`, else the status and its message.
 fn grpc_status(headers: &http::HeaderMap) -> Result<(), RlsError> {
     let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -319,16 +375,14 @@ fn grpc_status(headers: &http::HeaderMap) -> Result<(), RlsError> {
     }
 }
 
-/// `host:port` of `addr` (`host:port` or `http://host:port`, with an optional trailing `/`) and
-/// its port. An `https://` address is refused: the service is reached over h2c.
-pub fn parse_addr(addr: &str) -> Result<(&str, u16), String> {
-    let hint = "write host:port or http://host:port, e.g. 127.0.0.1:8081";
-    if addr.starts_with("https://") {
-        return Err(format!(
-            "{addr:?}: TLS to a rate limit service is not supported ({hint}, reached over h2c)"
-        ));
-    }
-    let rest = addr.strip_prefix("http://").unwrap_or(addr);
+/// `host:port` of `addr` (`host:port`, `http://host:port` or `https://host:port`, with an
+/// optional trailing `/`), its port, and whether it is reached over TLS (`https://`).
+pub fn parse_addr(addr: &str) -> Result<(&str, u16, bool), String> {
+    let hint = "write host:port or http://host:port (h2c), or https://host:port (TLS), e.g. 127.0.0.1:8081";
+    let (rest, tls) = match addr.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (addr.strip_prefix("http://").unwrap_or(addr), false),
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let invalid = || format!("{addr:?} is not a rate limit service address ({hint})");
     if rest.contains(['/', '?', '#', '@']) || rest.contains("://") {
@@ -341,7 +395,7 @@ pub fn parse_addr(addr: &str) -> Result<(&str, u16), String> {
     };
     let port = port.parse::<u16>().ok().filter(|p| *p != 0);
     match (host_ok, port) {
-        (true, Some(port)) => Ok((rest, port)),
+        (true, Some(port)) => Ok((rest, port, tls)),
         _ => Err(invalid()),
     }
 }
@@ -418,15 +472,38 @@ mod tests {
     }
 
     #[test]
-    fn addresses_are_host_port_with_an_optional_http_scheme() {
-        assert_eq!(parse_addr("127.0.0.1:8081").unwrap(), ("127.0.0.1:8081", 8081));
-        assert_eq!(parse_addr("http://ratelimit.infra:8081/").unwrap(), ("ratelimit.infra:8081", 8081));
-        assert_eq!(parse_addr("[::1]:8081").unwrap(), ("[::1]:8081", 8081));
-        for bad in
-            ["127.0.0.1", "127.0.0.1:0", "host:port", ":8081", "http://h:1/path", "redis://h:1", "::1:8081"]
-        {
+    fn addresses_are_host_port_with_an_optional_http_or_https_scheme() {
+        assert_eq!(parse_addr("127.0.0.1:8081").unwrap(), ("127.0.0.1:8081", 8081, false));
+        assert_eq!(
+            parse_addr("http://ratelimit.infra:8081/").unwrap(),
+            ("ratelimit.infra:8081", 8081, false)
+        );
+        assert_eq!(parse_addr("[::1]:8081").unwrap(), ("[::1]:8081", 8081, false));
+        assert_eq!(parse_addr("https://ratelimit.infra:8443").unwrap(), ("ratelimit.infra:8443", 8443, true));
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "host:port",
+            ":8081",
+            "http://h:1/path",
+            "https://h",
+            "redis://h:1",
+            "::1:8081",
+        ] {
             assert!(parse_addr(bad).is_err(), "{bad}");
         }
-        assert!(parse_addr("https://h:443").unwrap_err().contains("TLS"));
+    }
+
+    #[test]
+    fn a_ca_bundle_is_refused_without_tls_and_read_with_it() {
+        let e = Rls::new("127.0.0.1:8081", Some(std::path::Path::new("/ca.pem"))).err().unwrap();
+        assert!(e.contains("only used with TLS") && e.contains("not an https:// address"), "{e}");
+        let e = Rls::new("https://127.0.0.1:8081", Some(std::path::Path::new("/nonexistent/ca.pem")))
+            .err()
+            .unwrap();
+        assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+        let plain = Rls::new("http://127.0.0.1:8081", None).unwrap();
+        assert!(plain.tls.is_none());
+        assert!(plain.same_transport(&Rls::new("127.0.0.1:8081", None).unwrap()));
     }
 }

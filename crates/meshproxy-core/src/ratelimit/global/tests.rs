@@ -221,6 +221,16 @@ async fn redis_admits_the_burst_then_one_per_emission_interval() {
 }
 
 #[tokio::test]
+async fn a_rate_too_high_to_move_the_arrival_time_admits_instead_of_failing() {
+    let server = Server::start(None);
+    let store = Stores::default().get("test", &format!("redis://127.0.0.1:{}", server.port), None).unwrap();
+    // 10^9 a second: an interval of 0.001 µs, lost when added to the time in µs.
+    for _ in 0..3 {
+        assert_eq!(store.check(&gcra(b"fast", "0.001", 1_000_000_000), TIMEOUT).await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
 async fn a_killed_server_fails_within_the_timeout_and_a_restarted_one_is_used_again() {
     let mut server = Server::start(None);
     let port = server.port;
