@@ -218,7 +218,7 @@ enum Backend {
 pub enum Ask {
     /// GCRA on `key` at one request per `emission_us` µs (a decimal number), `burst` at once.
     Gcra { key: Vec<u8>, emission_us: Arc<str>, burst: u32 },
-    /// A `ShouldRateLimit` request, encoded ([`rls::encode`]).
+    /// A `ShouldRateLimit` request, encoded ([`rls::Template::encode`]).
     Rls(bytes::Bytes),
 }
 

@@ -5,9 +5,10 @@
 //!
 //! The messages are the protobuf ones of `envoy/service/ratelimit/v3/rls.proto` and
 //! `envoy/extensions/common/ratelimit/v3/ratelimit.proto`, derived with prost by hand (the fields
-//! the proxy sends and reads; a decoder skips the others). A request is encoded once, when the
-//! request's descriptor is read ([`encode`]), and sent as one gRPC message (the 5-byte prefix:
-//! uncompressed, big-endian length).
+//! the proxy sends and reads; a decoder skips the others). A limit's request is the same for
+//! every request but for the key entry's value, so its bytes are laid out once, when the limit is
+//! compiled ([`Template`]), and a request writes only the key value and the lengths around it,
+//! into one gRPC message (the 5-byte prefix: uncompressed, big-endian length).
 //!
 //! The connection is made by the first check, on the runtime that runs it, and driven by a task
 //! of its own; every check opens a stream on it, so checks at once never wait for each other's
@@ -25,6 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use meshproxy_upstream::{Alpn, Connector, Target, TcpConnector, TlsConnector, TlsSettings, UpstreamIo};
 use parking_lot::Mutex;
+use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 
 /// The largest response message read (envoyproxy/ratelimit's are a few hundred bytes).
@@ -35,7 +37,9 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 
 const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
-/// `envoy.service.ratelimit.v3.RateLimitRequest`.
+/// `envoy.service.ratelimit.v3.RateLimitRequest`, as prost encodes it: the reference the tests
+/// hold [`Template`]'s bytes to.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimitRequest {
     #[prost(string, tag = "1")]
@@ -46,14 +50,16 @@ pub struct RateLimitRequest {
     pub hits_addend: u32,
 }
 
-/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor` (its entries).
+/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor` (its entries), for the tests.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimitDescriptor {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<Entry>,
 }
 
-/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry`.
+/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry`, for the tests.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Entry {
     #[prost(string, tag = "1")]
@@ -123,7 +129,8 @@ pub enum RlsError {
 }
 
 /// A `ShouldRateLimit` request for one descriptor of `entries` counting one hit, as a gRPC
-/// message.
+/// message, encoded by prost: what [`Template`] writes by hand, byte for byte.
+#[cfg(test)]
 pub fn encode(domain: &str, entries: Vec<Entry>) -> Bytes {
     let request = RateLimitRequest {
         domain: domain.to_owned(),
@@ -137,6 +144,104 @@ pub fn encode(domain: &str, entries: Vec<Entry>) -> Bytes {
     // Encoding into a buffer with room for it cannot fail.
     let _ = request.encode(&mut out);
     out.freeze()
+}
+
+/// One limit's `ShouldRateLimit` requests, laid out once: `domain`, one descriptor whose fixed
+/// entries come first and whose key entry (for a keyed limit) comes last, `hits_addend` 1. A
+/// request writes only the key entry and the lengths that depend on it ([`Template::encode`]);
+/// the bytes are prost's for the same message (an empty string field is left out, as proto3
+/// does).
+#[derive(Debug)]
+pub struct Template {
+    /// Field 1, the domain, with its tag and length.
+    domain: Box<[u8]>,
+    /// The descriptor's fixed entries (field 1 of the descriptor, each with its tag and length).
+    fixed: Box<[u8]>,
+    /// The key entry's key as an `Entry` field (tag, length, text); none for an unkeyed limit.
+    key: Option<Box<[u8]>>,
+}
+
+/// Field 3, `hits_addend: 1`.
+const HITS_ADDEND_ONE: [u8; 2] = [0x18, 1];
+
+/// A length-delimited field's tag byte (wire type 2) for field numbers below 16.
+const fn delimited(field: u8) -> u8 {
+    field << 3 | 2
+}
+
+/// Appends field `field` holding `bytes` (tag, length, bytes); nothing for an empty string, as
+/// proto3 leaves a default value out.
+fn put_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    out.push(delimited(field));
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// An `Entry` message, as a field of its descriptor (tag and length first).
+fn entry_field(out: &mut Vec<u8>, key: &str, value: &str) {
+    let mut entry = Vec::with_capacity(key.len() + value.len() + 4);
+    put_field(&mut entry, 1, key.as_bytes());
+    put_field(&mut entry, 2, value.as_bytes());
+    out.push(delimited(1));
+    encode_varint(entry.len() as u64, out);
+    out.extend_from_slice(&entry);
+}
+
+impl Template {
+    /// The requests of `domain` whose descriptor starts with the entries `fixed` and, with
+    /// `key`, ends with an entry of that key and the request's value.
+    pub fn new(domain: &str, fixed: &[(&str, &str)], key: Option<&str>) -> Self {
+        let mut head = Vec::new();
+        put_field(&mut head, 1, domain.as_bytes());
+        let mut entries = Vec::new();
+        for (k, v) in fixed {
+            entry_field(&mut entries, k, v);
+        }
+        let key = key.map(|k| {
+            let mut field = Vec::new();
+            put_field(&mut field, 1, k.as_bytes());
+            field.into_boxed_slice()
+        });
+        Template { domain: head.into(), fixed: entries.into(), key }
+    }
+
+    /// The gRPC message of a request whose key entry has `value` (ignored by an unkeyed limit).
+    pub fn encode(&self, value: &str) -> Bytes {
+        // The key entry: the key field, then the value field unless the value is empty.
+        let entry_len = self.key.as_ref().map(|key| {
+            key.len()
+                + if value.is_empty() { 0 } else { 1 + encoded_len_varint(value.len() as u64) + value.len() }
+        });
+        let descriptor_len = self.fixed.len() + entry_len.map_or(0, |n| 1 + encoded_len_varint(n as u64) + n);
+        let message_len = self.domain.len()
+            + 1
+            + encoded_len_varint(descriptor_len as u64)
+            + descriptor_len
+            + HITS_ADDEND_ONE.len();
+        let mut out = BytesMut::with_capacity(5 + message_len);
+        out.put_u8(0);
+        out.put_u32(message_len as u32);
+        out.put_slice(&self.domain);
+        out.put_u8(delimited(2));
+        encode_varint(descriptor_len as u64, &mut out);
+        out.put_slice(&self.fixed);
+        if let (Some(key), Some(entry_len)) = (&self.key, entry_len) {
+            out.put_u8(delimited(1));
+            encode_varint(entry_len as u64, &mut out);
+            out.put_slice(key);
+            if !value.is_empty() {
+                out.put_u8(delimited(2));
+                encode_varint(value.len() as u64, &mut out);
+                out.put_slice(value.as_bytes());
+            }
+        }
+        out.put_slice(&HITS_ADDEND_ONE);
+        debug_assert_eq!(out.len(), 5 + message_len);
+        out.freeze()
+    }
 }
 
 /// The response in one gRPC message `frame` (prefix included): `None` to admit, else the wait
@@ -410,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_request_is_one_grpc_message_with_the_proto_field_numbers() {
-        let frame = encode("mesh", vec![entry("route", "api"), entry("limit", "total")]);
+        let frame = Template::new("mesh", &[("route", "api"), ("limit", "total")], None).encode("");
         assert_eq!(frame[0], 0, "uncompressed");
         let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
         assert_eq!(len, frame.len() - 5);
@@ -469,6 +574,30 @@ mod tests {
         compressed[0] = 1;
         assert!(matches!(decode(&compressed), Err(RlsError::Invalid(_))));
         assert!(matches!(decode(&[0, 0, 0, 0, 2, 0xff, 0xff]), Err(RlsError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_template_writes_what_prost_encodes_for_every_key_value() {
+        let fixed = [("route", "api"), ("limit", "total")];
+        let unkeyed = Template::new("mesh", &fixed, None);
+        let expected = encode("mesh", vec![entry("route", "api"), entry("limit", "total")]);
+        assert_eq!(unkeyed.encode(""), expected);
+        assert_eq!(unkeyed.encode("ignored"), expected, "an unkeyed limit has no key entry");
+        let keyed = Template::new("mesh", &fixed, Some("x-user"));
+        // Values around the one-byte varint's end (127) move every enclosing length to two bytes.
+        for len in [0, 1, 5, 100, 117, 118, 127, 128, 200, 20_000] {
+            let value = "v".repeat(len);
+            let prost =
+                encode("mesh", vec![entry("route", "api"), entry("limit", "total"), entry("x-user", &value)]);
+            assert_eq!(keyed.encode(&value), prost, "a value of {len} bytes");
+        }
+        let long = "d".repeat(300);
+        let wide = Template::new(&long, &[("service", "echo"), ("limit", "")], Some("remote_address"));
+        let prost = encode(
+            &long,
+            vec![entry("service", "echo"), entry("limit", ""), entry("remote_address", "10.0.0.7")],
+        );
+        assert_eq!(wide.encode("10.0.0.7"), prost, "a long domain, an empty fixed value");
     }
 
     #[test]
