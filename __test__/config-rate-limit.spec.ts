@@ -120,6 +120,7 @@ listeners:
         rateLimits:
           - { name: g, rate: 50, global: { rls: 127.0.0.1:8081, domain: mesh } }
           - { name: h, rate: 50, key: client, global: { rls: "http://ratelimit.infra:8081", domain: edge, failMode: closed, timeout: 200ms } }
+          - { name: i, rate: 50, global: { rls: "https://ratelimit.infra:8443", domain: mesh } }
 services:
   - { name: a, endpoints: [127.0.0.1:1] }
 `,
@@ -131,6 +132,7 @@ services:
     [
       { redis: null, rls: '127.0.0.1:8081', domain: 'mesh', ca: null, failMode: 'open', timeoutMs: 50 },
       { redis: null, rls: 'http://ratelimit.infra:8081', domain: 'edge', ca: null, failMode: 'closed', timeoutMs: 200 },
+      { redis: null, rls: 'https://ratelimit.infra:8443', domain: 'mesh', ca: null, failMode: 'open', timeoutMs: 50 },
     ],
   )
   const bad = loadConfigText(
@@ -140,7 +142,7 @@ listeners:
       - service: a
         rateLimits:
           - { rate: 5, global: { redis: "redis://10.0.0.5", domain: mesh } }
-          - { rate: 5, global: { rls: "https://10.0.0.5:8081", domain: mesh } }
+          - { rate: 5, global: { rls: "https://10.0.0.5", domain: mesh } }
           - { rate: 5, global: { rls: "10.0.0.5:8081", domain: "" } }
 services:
   - { name: a, endpoints: [127.0.0.1:1] }
@@ -149,7 +151,7 @@ services:
   )
   t.deepEqual(bad.diagnostics.map(formatDiagnostic), [
     'c.yaml:6:61: error: rate limit of route "listener-0-route-0" global: "domain" is only used with "rls" (drop "domain", or write rls: host:port to use a rate limit service)',
-    'c.yaml:7:39: error: invalid "rls" in rate limit of route "listener-0-route-0" global: "https://10.0.0.5:8081": TLS to a rate limit service is not supported (host:port or http://host:port, e.g. 127.0.0.1:8081 or http://ratelimit.infra:8081 (reached over h2c))',
+    'c.yaml:7:39: error: invalid "rls" in rate limit of route "listener-0-route-0" global: "https://10.0.0.5" is not a rate limit service address (host:port or http://host:port (h2c), or https://host:port (TLS), e.g. 127.0.0.1:8081 or https://ratelimit.infra:8443)',
     'c.yaml:8:64: error: invalid "domain" in rate limit of route "listener-0-route-0" global: the domain is empty (the domain of the rate limit service\'s config, e.g. mesh)',
   ])
 })

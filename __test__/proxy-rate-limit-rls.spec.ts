@@ -214,6 +214,6 @@ services:
   t.true(r.stderr.includes(`${file}:6:67: error: `) && r.stderr.includes('has both "redis" and "rls"'), r.stderr)
   t.true(r.stderr.includes(`${file}:7:45: error: `) && r.stderr.includes('with "rls" is missing required field "domain"'), r.stderr)
   t.true(r.stderr.includes(`${file}:8:52: error: `) && r.stderr.includes('"127.0.0.1" is not a rate limit service address'), r.stderr)
-  t.true(r.stderr.includes(`${file}:9:85: error: `) && r.stderr.includes('a CA bundle is only used with rediss://'), r.stderr)
+  t.true(r.stderr.includes(`${file}:9:85: error: `) && r.stderr.includes('a CA bundle is only used with TLS, and the rate limit service "127.0.0.1:8081" is reached over plaintext HTTP/2'), r.stderr)
   t.true(r.stderr.includes(`${file}:10:44: error: `) && r.stderr.includes('is missing required field "redis" or "rls"'), r.stderr)
 })

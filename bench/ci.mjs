@@ -21,6 +21,7 @@ import { freePorts, haproxyConf, startNginx } from './lib/targets.mjs'
 import { collectVersions, findTools, INSTALL_HINT, which } from './lib/tools.mjs'
 import { median } from './lib/report.mjs'
 import { CALLS, callsPerRequest, meshConfig, meshIdentity } from './lib/mesh-ci.mjs'
+import { startRateLimitService } from './lib/ratelimit-service.mjs'
 
 const repoDir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const baselinePath = join(repoDir, 'bench', 'baseline.json')
@@ -35,6 +36,7 @@ const { values: args } = parseArgs({
     authz: { type: 'boolean' },
     'rate-limit': { type: 'boolean' },
     'global-rate-limit': { type: 'boolean' },
+    rls: { type: 'boolean' },
     rego: { type: 'boolean' },
     mesh: { type: 'boolean' },
     requests: { type: 'string', default: '2000' },
@@ -55,6 +57,10 @@ if (args.help) {
       '                     refuses (rate 10^9): what a configured limit costs a request\n' +
       '  --global-rate-limit  the same limit also global, on a redis-server this run starts: what\n' +
       '                     one Redis round trip (EVALSHA) per request costs the proxy\n' +
+      '  --rls              the same limit global through Envoy\'s rate limit service: a redis-server\n' +
+      '                     and envoyproxy/ratelimit (the tests\' pinned build, made with Go into\n' +
+      '                     .cache/tools on first use) this run starts; what one ShouldRateLimit\n' +
+      '                     call over h2c per request costs the proxy; reported, not gated\n' +
       '  --rego             the same with a request-phase Rego policy the size of the seed\'s (two rules\n' +
       '                     on method and a header, never violated) on every route: its cost\n' +
       '  --mesh             also count proxy-to-proxy mTLS (the bench\'s mtls pair: A, a plain listener\n' +
@@ -69,6 +75,8 @@ if (args.help) {
 }
 /** The Redis server of `--global-rate-limit`, once started. */
 let redisUrl = null
+/** The rate limit service of `--rls` (`127.0.0.1:PORT`), once started. */
+let rlsAddress = null
 const outDir = resolve(args.out ?? join(repoDir, 'bench', 'results'))
 const REQUESTS = Number(args.requests)
 
@@ -120,11 +128,16 @@ async function configJson(backends, listen, protocol) {
       l.authorization = { default: 'deny', rules: [{ action: 'allow', networks: ['127.0.0.0/8'], methods: [], path: { type: 'Prefix', value: '/' }, headers: [] }] }
     }
   }
-  if (args['rate-limit'] || args['global-rate-limit']) {
+  if (args['rate-limit'] || args['global-rate-limit'] || args.rls) {
     // A limit keyed by client address that never refuses: the map lookup and the bucket's
-    // update on every request, no 429s. Global: also one EVALSHA on Redis per request (a
-    // timeout no callgrind slowdown reaches, so no request falls back).
-    const global = args['global-rate-limit'] ? { redis: redisUrl, failMode: 'open', timeoutMs: 10000 } : null
+    // update on every request, no 429s. Global: also one EVALSHA on Redis, or one ShouldRateLimit
+    // call to the rate limit service, per request (a timeout no callgrind slowdown reaches, so
+    // no request falls back).
+    const global = args.rls
+      ? { redis: null, rls: rlsAddress, domain: 'bench', ca: null, failMode: 'open', timeoutMs: 10000 }
+      : args['global-rate-limit']
+        ? { redis: redisUrl, failMode: 'open', timeoutMs: 10000 }
+        : null
     for (const l of r.config.listeners) {
       for (const route of l.routes) {
         route.rateLimits = [{ name: 'per-client', rate: 1_000_000_000, burst: 1_000_000_000, key: 'client', header: null, overrides: [], maxKeys: 100000, global }]
@@ -297,6 +310,7 @@ async function main() {
   if (!existsSync(join(repoDir, 'dist', 'index.js'))) fail(EXIT.error, 'dist/ is missing: run `npm run build` first')
   const baseline = existsSync(baselinePath) ? JSON.parse(readFileSync(baselinePath, 'utf8')) : null
   if (!baseline && !args['update-baseline']) fail(EXIT.error, `${baselinePath} is missing: create it with npm run bench:ci -- --update-baseline`)
+  if (args.rls && args['update-baseline']) fail(EXIT.error, '--rls is not gated and gives no baseline: run --update-baseline without it')
 
   const { bin: serveBin, pgo } = await buildServe()
   const workDir = mkdtempSync(join(tmpdir(), 'meshproxy-bench-ci-'))
@@ -307,14 +321,24 @@ async function main() {
     await startNginx(tools.nginx, 'nginx-b1', join(workDir, 'nginx-b1'), ports[0], ports[2], ports[4]),
     await startNginx(tools.nginx, 'nginx-b2', join(workDir, 'nginx-b2'), ports[1], ports[3], ports[5]),
   ]
-  if (args['global-rate-limit']) {
+  if (args['global-rate-limit'] || args.rls) {
     const [port] = await freePorts(1)
     const redisBin = which('redis-server')
-    if (!redisBin) fail(EXIT.error, `--global-rate-limit needs redis-server — install with: ${INSTALL_HINT} redis-server`)
+    const flag = args.rls ? '--rls' : '--global-rate-limit'
+    if (!redisBin) fail(EXIT.error, `${flag} needs redis-server — install with: ${INSTALL_HINT} redis-server`)
     const redis = start('redis', redisBin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', workDir])
     await waitForPort(redis, port, '127.0.0.1', 10_000)
     redisUrl = `redis://127.0.0.1:${port}`
-    log(`redis-server on ${port} for the global rate limit`)
+    log(`redis-server on ${port} for the global rate limit${args.rls ? '\'s rate limit service' : ''}`)
+    if (args.rls) {
+      log('envoyproxy/ratelimit (built with Go into .cache/tools/ the first time: a few minutes)')
+      try {
+        rlsAddress = (await startRateLimitService(repoDir, workDir, port)).address
+      } catch (e) {
+        fail(EXIT.error, `--rls: ${e.message}`)
+      }
+      log(`envoyproxy/ratelimit serving gRPC on ${rlsAddress}`)
+    }
   }
   log(`instructions per request under callgrind (${REQUESTS} requests per measurement, median of 3)`)
   const h1 = await countInstructions(tools, serveBin, workDir, 'h1', backends.map((b) => b.addr), 'http1', [
@@ -370,7 +394,9 @@ async function main() {
       continue
     }
     const change = v / b - 1
-    const verdict = change > tol ? 'regression' : change < -tol ? 'improved' : 'pass'
+    // --rls measures what the rate limit service costs a request, against the plain baseline
+    // for reference: not a gate.
+    const verdict = args.rls ? 'reference' : change > tol ? 'regression' : change < -tol ? 'improved' : 'pass'
     checks.push({ what: `instructions/request ${k}`, value: v, baseline: b, change, tolerance: tol, verdict })
   }
   let inconclusive = null
@@ -422,7 +448,7 @@ function ciMarkdown(r) {
     const fmt = (x) => (x == null ? '–' : isInstr ? Math.round(x).toLocaleString('en-US') : `${x.toFixed(3)}×`)
     const base = isInstr ? fmt(c.baseline) : c.baseline == null ? '–' : `≥ ${c.baseline.toFixed(2)}×`
     const change = c.change == null ? '' : `${c.change >= 0 ? '+' : ''}${(c.change * 100).toFixed(2)} % (±${(c.tolerance * 100).toFixed(0)} %)`
-    const icon = { pass: '✅ pass', improved: '✅ improved — update the baseline', regression: '❌ regression', inconclusive: '⚠ inconclusive', new: 'new (no baseline)' }[c.verdict]
+    const icon = { pass: '✅ pass', improved: '✅ improved — update the baseline', regression: '❌ regression', inconclusive: '⚠ inconclusive', new: 'new (no baseline)', reference: 'not gated (--rls)' }[c.verdict]
     L.push(`| ${c.what} | ${fmt(c.value)} | ${base} | ${change} | ${icon}${c.detail ? `: ${c.detail}` : ''} |`)
   }
   L.push('')

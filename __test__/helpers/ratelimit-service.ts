@@ -4,6 +4,9 @@
  * ([`goTool`]), started on free 127.0.0.1 ports against the given Redis, with `config` (one
  * YAML file in the service's own format) in a temp runtime folder. `stop()` kills it (SIGKILL)
  * and `start()` brings it back on the same ports ([`restartable`]). Killed at the end of the test.
+ *
+ * With `tls`, its gRPC port speaks TLS only (`GRPC_SERVER_USE_TLS`, with the given PEM certificate
+ * and key; Go's gRPC server agrees to `h2` by ALPN); the health check stays plain HTTP.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
@@ -29,7 +32,12 @@ export interface RateLimitService {
   start(): Promise<void>
 }
 
-export async function startRateLimitService(t: ExecutionContext, redisPort: number, config: string): Promise<RateLimitService> {
+export interface RateLimitServiceOptions {
+  /** PEM files of the gRPC server's certificate and key. */
+  tls?: { cert: string; key: string }
+}
+
+export async function startRateLimitService(t: ExecutionContext, redisPort: number, config: string, opts: RateLimitServiceOptions = {}): Promise<RateLimitService> {
   const bin = await ratelimitBinary()
   const dir = mkdtempSync(join(tmpdir(), 'meshproxy-ratelimit-'))
   mkdirSync(join(dir, 'ratelimit', 'config'), { recursive: true })
@@ -50,6 +58,7 @@ export async function startRateLimitService(t: ExecutionContext, redisPort: numb
     GRPC_PORT: String(grpcPort),
     DEBUG_PORT: String(debugPort),
     LOG_LEVEL: 'warn',
+    ...(opts.tls ? { GRPC_SERVER_USE_TLS: 'true', GRPC_SERVER_TLS_CERT: opts.tls.cert, GRPC_SERVER_TLS_KEY: opts.tls.key } : {}),
   }
   const { start, stop } = restartable(t, {
     what: 'envoyproxy/ratelimit',

@@ -229,11 +229,10 @@ const redisUrl = (s: string): Parsed<string> => {
   return ok(s)
 }
 
-/** A rate limit service's address: `host:port` or `http://host:port` (h2c), as the proxy reads it. */
+/** A rate limit service's address: `host:port` or `http://host:port` (h2c), or `https://host:port` (TLS), as the proxy reads it. */
 const rlsAddress = (s: string): Parsed<string> => {
-  const hint = 'host:port or http://host:port, e.g. 127.0.0.1:8081 or http://ratelimit.infra:8081'
-  if (s.startsWith('https://')) return fail(`"${s}": TLS to a rate limit service is not supported`, `${hint} (reached over h2c)`)
-  const rest = s.replace(/^http:\/\//, '').replace(/\/$/, '')
+  const hint = 'host:port or http://host:port (h2c), or https://host:port (TLS), e.g. 127.0.0.1:8081 or https://ratelimit.infra:8443'
+  const rest = s.replace(/^https?:\/\//, '').replace(/\/$/, '')
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:/?#@[\]\s]+):(\d{1,5})$/.exec(rest)
   const port = m ? Number(m[2]) : 0
   if (!m || port < 1 || port > 65535) return fail(`"${s}" is not a rate limit service address`, hint)
@@ -245,9 +244,9 @@ export const GLOBAL_RATE_LIMIT = table(
   'A limit also counted across proxies, on a shared Redis or by a rate limit service (exactly one of `redis` and `rls`). After the local limit admits a request, one round trip admits it or answers 429 as the local limit does. With `redis`, a GCRA script run by EVALSHA, keyed by the route or service, the limit\'s name and the client key: every proxy with the same route or service name, limit name, rate and burst shares one count. With `rls`, Envoy\'s `ShouldRateLimit` (envoyproxy/ratelimit, Limitador) with one descriptor `[{route|service: <name>}, {limit: <limit name>}, {remote_address|identity|<header>: <key>}]`: the service\'s own config says how many requests each descriptor gets.',
   {
     redis: nullableText('The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (verified against `ca`, else the system roots). One multiplexed connection per proxy and server, reconnected on its own. `/config` and logs show the password as `***`. null = not Redis (then `rls`).', redisUrl, 'a URL', { default: null }),
-    rls: nullableText('A rate limit service speaking Envoy\'s `envoy.service.ratelimit.v3.RateLimitService` over gRPC: `host:port` or `http://host:port` (plaintext HTTP/2; TLS is not supported). One multiplexed connection per proxy and service, made again with backoff when it ends. null = not a rate limit service (then `redis`).', rlsAddress, 'an address', { default: null }),
+    rls: nullableText('A rate limit service speaking Envoy\'s `envoy.service.ratelimit.v3.RateLimitService` over gRPC: `host:port` or `http://host:port` (plaintext HTTP/2), or `https://host:port` (HTTP/2 over TLS, ALPN `h2`, the certificate verified for the host against `ca`, else the system roots). One multiplexed connection per proxy and service, made again with backoff when it ends. null = not a rate limit service (then `redis`).', rlsAddress, 'an address', { default: null }),
     domain: nullableText('The rate limit service\'s `domain` (its config\'s `domain:`); required with `rls`, not used with `redis`.', (s) => (s.trim() === '' ? fail('the domain is empty', 'the domain of the rate limit service\'s config, e.g. mesh') : ok(s)), 'a domain', { default: null }),
-    ca: nullableText('A PEM bundle of the CA certificates trusted for a `rediss://` server: in YAML a path relative to the YAML file, in the model as resolved; null = the system\'s trusted roots.', pemFile('CA'), 'a path', { default: null }),
+    ca: nullableText('A PEM bundle of the CA certificates trusted for a `rediss://` server or an `https://` rate limit service: in YAML a path relative to the YAML file, in the model as resolved; null = the system\'s trusted roots.', pemFile('CA'), 'a path', { default: null }),
     failMode: oneOf(
       RATE_LIMIT_FAIL_MODES,
       'fail modes',

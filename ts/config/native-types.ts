@@ -276,11 +276,11 @@ export interface NativeRateLimitOverride {
 export interface NativeGlobalRateLimit {
   /** The Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://…` for TLS (verified against `ca`, else the system roots). One multiplexed connection per proxy and server, reconnected on its own. `/config` and logs show the password as `***`. null = not Redis (then `rls`). */
   redis?: string | null
-  /** A rate limit service speaking Envoy's `envoy.service.ratelimit.v3.RateLimitService` over gRPC: `host:port` or `http://host:port` (plaintext HTTP/2; TLS is not supported). One multiplexed connection per proxy and service, made again with backoff when it ends. null = not a rate limit service (then `redis`). */
+  /** A rate limit service speaking Envoy's `envoy.service.ratelimit.v3.RateLimitService` over gRPC: `host:port` or `http://host:port` (plaintext HTTP/2), or `https://host:port` (HTTP/2 over TLS, ALPN `h2`, the certificate verified for the host against `ca`, else the system roots). One multiplexed connection per proxy and service, made again with backoff when it ends. null = not a rate limit service (then `redis`). */
   rls?: string | null
   /** The rate limit service's `domain` (its config's `domain:`); required with `rls`, not used with `redis`. */
   domain?: string | null
-  /** A PEM bundle of the CA certificates trusted for a `rediss://` server: in YAML a path relative to the YAML file, in the model as resolved; null = the system's trusted roots. */
+  /** A PEM bundle of the CA certificates trusted for a `rediss://` server or an `https://` rate limit service: in YAML a path relative to the YAML file, in the model as resolved; null = the system's trusted roots. */
   ca?: string | null
   /** When the server (Redis or the rate limit service) does not answer within `timeout` (down, unreachable, slow, answering an error): `open` admits the request by the local limit alone; `closed` refuses it with 503 `rate-limit-unavailable` (gRPC: UNAVAILABLE) and `Retry-After: 1`. Either way `meshproxy_rate_limit_fallback_total` counts it and a warning is logged (at most every 10 s). */
   failMode?: 'open' | 'closed'

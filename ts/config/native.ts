@@ -591,8 +591,8 @@ function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
 /**
  * A rate limit's `global` (of a native limit, or of a `RateLimiter`'s spec or limit): exactly one
  * of `redis` and `rls` (checked); `domain` with `rls` only, and required with it; `ca`, for a
- * `rediss://` URL only, is resolved against the YAML file's directory and must hold PEM
- * certificates. Null when it is missing or invalid (reported).
+ * `rediss://` URL or an `https://` rate limit service only, is resolved against the YAML file's
+ * directory and must hold PEM certificates. Null when it is missing or invalid (reported).
  */
 export function readGlobalRateLimit(parent: Fields): GlobalRateLimitModel | null {
   const f = parent.fields('global', `${parent.what} global`, keysOf(GLOBAL_RATE_LIMIT))
@@ -615,42 +615,50 @@ export function readGlobalRateLimit(parent: Fields): GlobalRateLimitModel | null
       if (!f.has('domain')) r.error(f.keyLoc('rls'), `${f.what} with "rls" is missing required field "domain"`, 'the domain of the rate limit service\'s config, e.g. domain: mesh')
       return null
     }
-    if (global.ca !== null) {
-      r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with rediss://, and the rate limit service "${global.rls}" is reached over plaintext HTTP/2`, 'drop "ca"')
+    if (global.ca !== null && !global.rls.startsWith('https://')) {
+      r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with TLS, and the rate limit service "${global.rls}" is reached over plaintext HTTP/2`, 'write rls: https://host:port to reach the service over TLS, or drop "ca"')
       return null
     }
-    return global
+    return readCa(f, global)
   }
   if (global.redis === null) return null
   if (global.domain !== null) {
     r.error(f.keyLoc('domain'), `${f.what}: "domain" is only used with "rls"`, 'drop "domain", or write rls: host:port to use a rate limit service')
     return null
   }
-  if (global.ca !== null) {
-    const path = isAbsolute(global.ca) || r.file.startsWith('<') ? global.ca : resolve(dirname(r.file), global.ca)
-    global.ca = path
-    if (!global.redis.startsWith('rediss://')) {
-      r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with TLS, and "${redactUrl(global.redis)}" is not a rediss:// URL`, 'write rediss://host:port to reach Redis over TLS, or drop "ca"')
+  if (global.ca !== null && !global.redis.startsWith('rediss://')) {
+    r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with TLS, and "${redactUrl(global.redis)}" is not a rediss:// URL`, 'write rediss://host:port to reach Redis over TLS, or drop "ca"')
+    return null
+  }
+  return readCa(f, global)
+}
+
+/**
+ * `global`'s `ca`, when it has one, resolved against the YAML file's directory, read and checked
+ * to hold PEM certificates. Null when it cannot be read or holds none (reported).
+ */
+function readCa(f: Fields, global: GlobalRateLimitModel): GlobalRateLimitModel | null {
+  if (global.ca === null) return global
+  const r = f.r
+  const path = isAbsolute(global.ca) || r.file.startsWith('<') ? global.ca : resolve(dirname(r.file), global.ca)
+  global.ca = path
+  let pem: string
+  try {
+    pem = readFileSync(path, 'utf8')
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message
+    r.error(f.valueLoc('ca'), `${f.what}: cannot read ca "${path}": ${reason}`, `a path relative to ${r.file}`)
+    return null
+  }
+  try {
+    if (pemCertificates(pem).length === 0) {
+      r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds no PEM certificate`, 'a file of "-----BEGIN CERTIFICATE-----" blocks')
       return null
     }
-    let pem: string
-    try {
-      pem = readFileSync(path, 'utf8')
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException
-      const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message
-      r.error(f.valueLoc('ca'), `${f.what}: cannot read ca "${path}": ${reason}`, `a path relative to ${r.file}`)
-      return null
-    }
-    try {
-      if (pemCertificates(pem).length === 0) {
-        r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds no PEM certificate`, 'a file of "-----BEGIN CERTIFICATE-----" blocks')
-        return null
-      }
-    } catch (err) {
-      r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds a certificate that does not parse: ${(err as Error).message}`)
-      return null
-    }
+  } catch (err) {
+    r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds a certificate that does not parse: ${(err as Error).message}`)
+    return null
   }
   return global
 }

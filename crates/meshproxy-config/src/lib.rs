@@ -268,12 +268,13 @@ pub struct GlobalRateLimitConfig {
     /// password as `***` (the admin `/config` shows the model).
     #[serde(serialize_with = "redacted_url")]
     pub redis: Option<String>,
-    /// A rate limit service, `host:port` or `http://host:port` (h2c).
+    /// A rate limit service, `host:port` or `http://host:port` (h2c), or `https://host:port`
+    /// (TLS, ALPN `h2`).
     pub rls: Option<String>,
     /// The rate limit service's domain; required with `rls`.
     pub domain: Option<String>,
-    /// A PEM bundle of the CA certificates trusted for a `rediss://` server, as resolved; none =
-    /// the system's trusted roots.
+    /// A PEM bundle of the CA certificates trusted for a `rediss://` server or an `https://` rate
+    /// limit service, as resolved; none = the system's trusted roots.
     pub ca: Option<String>,
     /// What a request gets when the server (Redis or the rate limit service) does not answer in
     /// time.

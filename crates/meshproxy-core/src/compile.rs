@@ -280,7 +280,7 @@ impl Snapshot {
             .filter_map(|l| l.global.as_ref())
             .filter_map(|g| match (&g.redis, &g.rls) {
                 (Some(url), _) => Some((url.as_str().into(), g.ca.as_deref())),
-                (None, Some(addr)) => Some((format!("rls:{addr}").into(), None)),
+                (None, Some(addr)) => Some((format!("rls:{addr}").into(), g.ca.as_deref())),
                 (None, None) => None,
             })
             .collect()

@@ -204,8 +204,25 @@ impl TlsConnector {
         })
     }
 
-    /// The TLS handshake over `tcp` to `target`, offering the ALPN protocol `alpn` calls for.
+    /// The TLS handshake over `tcp` to `target`, offering the ALPN protocol `alpn` calls for; a
+    /// failure is logged with its reason.
     pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        target: &Target,
+        alpn: Alpn,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let result = self.handshake_unlogged(tcp, target, alpn).await;
+        if let Err(e) = &result {
+            tracing::warn!(endpoint = %target.address, error = %e, "upstream TLS handshake failed");
+        }
+        result
+    }
+
+    /// [`Self::handshake`] without the log line, for a caller that reports failures its own way
+    /// (a global rate limit's service, whose failures are logged at most every 10 s). The error
+    /// says why: rustls's reason, or the ALPN protocol the peer chose instead of `h2`.
+    pub async fn handshake_unlogged(
         &self,
         tcp: TcpStream,
         target: &Target,
@@ -228,19 +245,12 @@ impl TlsConnector {
             Alpn::H2 => &self.h2,
             Alpn::Opaque => &self.opaque,
         };
-        let stream = match tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), tcp).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(endpoint = %target.address, server_name = %name.to_str(), error = %e, "upstream TLS handshake failed");
-                return Err(e);
-            }
-        };
+        let stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), tcp).await?;
         if alpn == Alpn::H2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
             let chosen = stream.get_ref().1.alpn_protocol().map(String::from_utf8_lossy);
-            tracing::warn!(endpoint = %target.address, server_name = %name.to_str(), ?chosen, "upstream TLS peer did not agree to h2 by ALPN");
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("the service speaks http2 but the endpoint did not agree to h2 by ALPN (chose {chosen:?})"),
+                format!("the peer {} did not agree to h2 by ALPN (chose {chosen:?})", name.to_str()),
             ));
         }
         Ok(stream)

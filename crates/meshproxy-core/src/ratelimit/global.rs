@@ -28,8 +28,9 @@
 //!
 //! `rediss://` servers are reached over TLS (tokio-rustls, ring as the crypto provider, installed
 //! as the process default because the `redis` crate builds its client config from the default),
-//! verified against the limit's CA bundle or else the system roots; a server they do not trust is
-//! a failed check like an unreachable one. Passwords in URLs never reach logs or messages
+//! verified against the limit's CA bundle or else the system roots; so are `https://` rate limit
+//! services (the upstream TLS connector, ALPN `h2`). A server they do not trust is a failed check
+//! like an unreachable one. Passwords in URLs never reach logs or messages
 //! ([`meshproxy_config::redact_url`]).
 
 use std::collections::HashMap;
@@ -53,7 +54,9 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 /// GCRA on one key. KEYS[1]: the bucket; ARGV[1]: the emission interval (µs, may be
 /// fractional); ARGV[2]: the burst. Returns 0 when admitted (and records it), else the wait in
-/// µs until a request would be.
+/// µs until a request would be. The key lives at least 1 ms: an interval below a double's step at
+/// today's time in µs (0.25 µs: over 4 million a second) leaves `new_tat` equal to `now`, and
+/// `SET … PX 0` is an error.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -64,7 +67,7 @@ if not tat or tat < now then tat = now end
 local new_tat = tat + emission
 local wait = new_tat - now - limit
 if wait > 0 then return math.ceil(wait) end
-redis.call('SET', KEYS[1], string.format('%d', math.ceil(new_tat)), 'PX', math.ceil((new_tat - now) / 1000))
+redis.call('SET', KEYS[1], string.format('%d', math.ceil(new_tat)), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 return 0
 ";
 
@@ -144,14 +147,20 @@ impl Stores {
         Ok(store)
     }
 
-    /// The rate limit service at `addr` (`host:port` or `http://host:port`); `owner` names the
-    /// limit in messages. The one already known, or a new one, not yet connected.
-    pub fn get_rls(&self, owner: &str, addr: &str) -> Result<Arc<Store>, Error> {
-        let rls =
-            rls::Rls::new(addr).map_err(|e| Error::Config(format!("{owner}: invalid global rls: {e}")))?;
-        let key = (Box::<str>::from(format!("rls:{addr}")), None);
+    /// The rate limit service at `addr` (`host:port`, `http://host:port`, or `https://host:port`
+    /// verified against the CA bundle at `ca`, else the system roots); `owner` names the limit
+    /// in messages. The one already known, or a new one, not yet connected; a CA bundle whose
+    /// contents changed since gives a new one.
+    pub fn get_rls(&self, owner: &str, addr: &str, ca: Option<&str>) -> Result<Arc<Store>, Error> {
+        let rls = rls::Rls::new(addr, ca.map(std::path::Path::new))
+            .map_err(|e| Error::Config(format!("{owner}: invalid global rls: {e}")))?;
+        let key = (Box::<str>::from(format!("rls:{addr}")), ca.map(Box::<str>::from));
         let mut by_url = self.by_url.lock();
-        if let Some(s) = by_url.get(&key) {
+        let known = by_url.get(&key).filter(|s| match &s.backend {
+            Backend::Rls(known) => known.same_transport(&rls),
+            Backend::Redis { .. } => false,
+        });
+        if let Some(s) = known {
             return Ok(s.clone());
         }
         let store = Arc::new(Store::new(addr.into(), None, Backend::Rls(rls)));
@@ -161,7 +170,7 @@ impl Stores {
 
     /// Forgets the servers no limit of the running config uses (their connections close once
     /// the last request on an older config is done with them); `used` names rate limit services
-    /// as `rls:<address>`.
+    /// as `rls:<address>`, each with its CA bundle.
     pub fn retain(&self, used: &std::collections::HashSet<(std::borrow::Cow<'_, str>, Option<&str>)>) {
         self.by_url
             .lock()
@@ -209,7 +218,7 @@ enum Backend {
 pub enum Ask {
     /// GCRA on `key` at one request per `emission_us` µs (a decimal number), `burst` at once.
     Gcra { key: Vec<u8>, emission_us: Arc<str>, burst: u32 },
-    /// A `ShouldRateLimit` request, encoded ([`rls::encode`]).
+    /// A `ShouldRateLimit` request, encoded ([`rls::Template::encode`]).
     Rls(bytes::Bytes),
 }
 
@@ -342,24 +351,39 @@ impl Store {
     }
 
     /// A check timed out, which says nothing of why (the connection manager retries a failed
-    /// connect within the check's time): one connection of its own, given [`DIAGNOSE_WITHIN`],
-    /// logs why it cannot connect — refused, a certificate the CA bundle does not trust, a
-    /// wrong password — or nothing when it connects (the server is only slow).
+    /// connect within the check's time; a rate limit service's connect may be cut short by it):
+    /// one connection of its own, given [`DIAGNOSE_WITHIN`], logs why it cannot connect —
+    /// refused, a certificate the CA bundle does not trust, a wrong password — or nothing when
+    /// it connects (the server is only slow).
     #[cold]
     fn diagnose(&self) {
-        let Backend::Redis { client, .. } = &self.backend else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (client, url) = (client.clone(), self.url.clone());
-        runtime.spawn(async move {
-            let why = match tokio::time::timeout(DIAGNOSE_WITHIN, client.get_multiplexed_async_connection())
-                .await
-            {
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no connection within {DIAGNOSE_WITHIN:?}"),
-            };
-            tracing::warn!(redis = %url, error = %why, "global rate limits: cannot connect to redis");
-        });
+        let url = self.url.clone();
+        match &self.backend {
+            Backend::Redis { client, .. } => {
+                let client = client.clone();
+                runtime.spawn(async move {
+                    let connect = client.get_multiplexed_async_connection();
+                    let why = match tokio::time::timeout(DIAGNOSE_WITHIN, connect).await {
+                        Ok(Ok(_)) => return,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no connection within {DIAGNOSE_WITHIN:?}"),
+                    };
+                    tracing::warn!(redis = %url, error = %why, "global rate limits: cannot connect to redis");
+                });
+            }
+            Backend::Rls(rls) => {
+                let connect = rls.try_connect();
+                runtime.spawn(async move {
+                    let why = match tokio::time::timeout(DIAGNOSE_WITHIN, connect).await {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no connection within {DIAGNOSE_WITHIN:?}"),
+                    };
+                    tracing::warn!(rls = %url, error = %why, "global rate limits: cannot connect to the rate limit service");
+                });
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! requests each descriptor gets.
 
 use std::borrow::Cow;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,12 +49,9 @@ enum Asks {
         /// their own.
         overrides: FxHashMap<Box<[u8]>, (Arc<str>, u32)>,
     },
-    Rls {
-        domain: Box<str>,
-        /// `service` or `route`, and its name.
-        scope: (Box<str>, Box<str>),
-        limit: Box<str>,
-    },
+    /// The limit's `ShouldRateLimit` request, laid out when the limit is compiled; a request
+    /// adds its key value.
+    Rls(rls::Template),
 }
 
 impl Global {
@@ -73,18 +71,18 @@ impl Global {
                 let domain = g.domain.as_deref().filter(|d| !d.is_empty()).ok_or_else(|| {
                     Error::Config(format!("{owner}: a global rate limit with rls needs a domain"))
                 })?;
-                if g.ca.is_some() {
-                    return Err(Error::Config(format!(
-                        "{owner}: a CA bundle is given for the rate limit service {addr:?}, which is reached over h2c"
-                    )));
-                }
                 let (kind, name) = scope.split_once(':').unwrap_or(("service", scope));
-                let asks = Asks::Rls {
-                    domain: domain.into(),
-                    scope: (kind.into(), name.into()),
-                    limit: limit.name.clone(),
+                let key = match &limit.buckets {
+                    Buckets::One(_) => None,
+                    Buckets::Keyed(k) => Some(match &k.source {
+                        Source::Client => "remote_address",
+                        Source::Header(name) => name.as_str(),
+                        Source::Identity => "identity",
+                    }),
                 };
-                (stores.get_rls(owner, addr)?, asks)
+                let template = rls::Template::new(domain, &[(kind, name), ("limit", &limit.name)], key);
+                let asks = Asks::Rls(template);
+                (stores.get_rls(owner, addr, g.ca.as_deref())?, asks)
             }
             _ => {
                 return Err(Error::Config(format!(
@@ -120,19 +118,18 @@ impl Global {
             }
         };
         match &self.asks {
-            Asks::Rls { domain, scope, limit } => {
-                let entry = |key: &str, value: &str| rls::Entry { key: key.into(), value: value.into() };
-                let mut entries = vec![entry(&scope.0, &scope.1), entry("limit", limit)];
-                if let Some(source) = source {
-                    let key = match source {
-                        Source::Client => "remote_address",
-                        Source::Header(name) => name.as_str(),
-                        Source::Identity => "identity",
-                    };
-                    entries.push(entry(key, &String::from_utf8_lossy(&value(source))));
+            Asks::Rls(template) => Ask::Rls(match source {
+                None => template.encode(""),
+                Some(Source::Client) => {
+                    // The address as text, on the stack (an IPv6 address takes at most 45 bytes).
+                    let mut text = [0u8; 48];
+                    let mut cursor = std::io::Cursor::new(&mut text[..]);
+                    let _ = write!(cursor, "{}", client.to_canonical());
+                    let len = cursor.position() as usize;
+                    template.encode(std::str::from_utf8(&text[..len]).unwrap_or_default())
                 }
-                Ask::Rls(rls::encode(domain, entries))
-            }
+                Some(source) => template.encode(&String::from_utf8_lossy(&value(source))),
+            }),
             Asks::Redis { prefix, emission_us, burst, overrides } => {
                 let mut key = Vec::with_capacity(prefix.len() + 48);
                 key.extend_from_slice(prefix.as_bytes());
@@ -290,6 +287,6 @@ mod tests {
             "route \"r\": invalid global rls: \"127.0.0.1\" is not a rate limit service address"
         ));
         let ca = GlobalRateLimitConfig { ca: Some("/ca.pem".into()), ..rls_global() };
-        assert!(err(ca).contains("reached over h2c"));
+        assert!(err(ca).contains("a CA bundle is only used with TLS"));
     }
 }

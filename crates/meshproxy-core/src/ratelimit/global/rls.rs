@@ -1,12 +1,14 @@
 //! A client of Envoy's rate limit service (`envoy.service.ratelimit.v3.RateLimitService`), as
-//! envoyproxy/ratelimit and Limitador serve it: `ShouldRateLimit` over gRPC on one multiplexed h2c
-//! connection per server.
+//! envoyproxy/ratelimit and Limitador serve it: `ShouldRateLimit` over gRPC on one multiplexed
+//! HTTP/2 connection per server, h2c, or TLS with ALPN `h2` for an `https://` address (the
+//! upstream [`TlsConnector`]: rustls with ring, verified against a CA bundle or the system roots).
 //!
 //! The messages are the protobuf ones of `envoy/service/ratelimit/v3/rls.proto` and
 //! `envoy/extensions/common/ratelimit/v3/ratelimit.proto`, derived with prost by hand (the fields
-//! the proxy sends and reads; a decoder skips the others). A request is encoded once, when the
-//! request's descriptor is read ([`encode`]), and sent as one gRPC message (the 5-byte prefix:
-//! uncompressed, big-endian length).
+//! the proxy sends and reads; a decoder skips the others). A limit's request is the same for
+//! every request but for the key entry's value, so its bytes are laid out once, when the limit is
+//! compiled ([`Template`]), and a request writes only the key value and the lengths around it,
+//! into one gRPC message (the 5-byte prefix: uncompressed, big-endian length).
 //!
 //! The connection is made by the first check, on the runtime that runs it, and driven by a task
 //! of its own; every check opens a stream on it, so checks at once never wait for each other's
@@ -22,7 +24,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
+use meshproxy_upstream::{Alpn, Connector, Target, TcpConnector, TlsConnector, TlsSettings, UpstreamIo};
 use parking_lot::Mutex;
+use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 
 /// The largest response message read (envoyproxy/ratelimit's are a few hundred bytes).
@@ -33,7 +37,9 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 
 const PATH: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 
-/// `envoy.service.ratelimit.v3.RateLimitRequest`.
+/// `envoy.service.ratelimit.v3.RateLimitRequest`, as prost encodes it: the reference the tests
+/// hold [`Template`]'s bytes to.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimitRequest {
     #[prost(string, tag = "1")]
@@ -44,14 +50,16 @@ pub struct RateLimitRequest {
     pub hits_addend: u32,
 }
 
-/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor` (its entries).
+/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor` (its entries), for the tests.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimitDescriptor {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<Entry>,
 }
 
-/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry`.
+/// `envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry`, for the tests.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Entry {
     #[prost(string, tag = "1")]
@@ -104,6 +112,8 @@ pub struct ProtoDuration {
 pub enum RlsError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error("not connecting: the last connect failed less than {0:?} ago")]
     Backoff(Duration),
     #[error("HTTP/2: {0}")]
@@ -119,7 +129,8 @@ pub enum RlsError {
 }
 
 /// A `ShouldRateLimit` request for one descriptor of `entries` counting one hit, as a gRPC
-/// message.
+/// message, encoded by prost: what [`Template`] writes by hand, byte for byte.
+#[cfg(test)]
 pub fn encode(domain: &str, entries: Vec<Entry>) -> Bytes {
     let request = RateLimitRequest {
         domain: domain.to_owned(),
@@ -133,6 +144,104 @@ pub fn encode(domain: &str, entries: Vec<Entry>) -> Bytes {
     // Encoding into a buffer with room for it cannot fail.
     let _ = request.encode(&mut out);
     out.freeze()
+}
+
+/// One limit's `ShouldRateLimit` requests, laid out once: `domain`, one descriptor whose fixed
+/// entries come first and whose key entry (for a keyed limit) comes last, `hits_addend` 1. A
+/// request writes only the key entry and the lengths that depend on it ([`Template::encode`]);
+/// the bytes are prost's for the same message (an empty string field is left out, as proto3
+/// does).
+#[derive(Debug)]
+pub struct Template {
+    /// Field 1, the domain, with its tag and length.
+    domain: Box<[u8]>,
+    /// The descriptor's fixed entries (field 1 of the descriptor, each with its tag and length).
+    fixed: Box<[u8]>,
+    /// The key entry's key as an `Entry` field (tag, length, text); none for an unkeyed limit.
+    key: Option<Box<[u8]>>,
+}
+
+/// Field 3, `hits_addend: 1`.
+const HITS_ADDEND_ONE: [u8; 2] = [0x18, 1];
+
+/// A length-delimited field's tag byte (wire type 2) for field numbers below 16.
+const fn delimited(field: u8) -> u8 {
+    field << 3 | 2
+}
+
+/// Appends field `field` holding `bytes` (tag, length, bytes); nothing for an empty string, as
+/// proto3 leaves a default value out.
+fn put_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    out.push(delimited(field));
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// An `Entry` message, as a field of its descriptor (tag and length first).
+fn entry_field(out: &mut Vec<u8>, key: &str, value: &str) {
+    let mut entry = Vec::with_capacity(key.len() + value.len() + 4);
+    put_field(&mut entry, 1, key.as_bytes());
+    put_field(&mut entry, 2, value.as_bytes());
+    out.push(delimited(1));
+    encode_varint(entry.len() as u64, out);
+    out.extend_from_slice(&entry);
+}
+
+impl Template {
+    /// The requests of `domain` whose descriptor starts with the entries `fixed` and, with
+    /// `key`, ends with an entry of that key and the request's value.
+    pub fn new(domain: &str, fixed: &[(&str, &str)], key: Option<&str>) -> Self {
+        let mut head = Vec::new();
+        put_field(&mut head, 1, domain.as_bytes());
+        let mut entries = Vec::new();
+        for (k, v) in fixed {
+            entry_field(&mut entries, k, v);
+        }
+        let key = key.map(|k| {
+            let mut field = Vec::new();
+            put_field(&mut field, 1, k.as_bytes());
+            field.into_boxed_slice()
+        });
+        Template { domain: head.into(), fixed: entries.into(), key }
+    }
+
+    /// The gRPC message of a request whose key entry has `value` (ignored by an unkeyed limit).
+    pub fn encode(&self, value: &str) -> Bytes {
+        // The key entry: the key field, then the value field unless the value is empty.
+        let entry_len = self.key.as_ref().map(|key| {
+            key.len()
+                + if value.is_empty() { 0 } else { 1 + encoded_len_varint(value.len() as u64) + value.len() }
+        });
+        let descriptor_len = self.fixed.len() + entry_len.map_or(0, |n| 1 + encoded_len_varint(n as u64) + n);
+        let message_len = self.domain.len()
+            + 1
+            + encoded_len_varint(descriptor_len as u64)
+            + descriptor_len
+            + HITS_ADDEND_ONE.len();
+        let mut out = BytesMut::with_capacity(5 + message_len);
+        out.put_u8(0);
+        out.put_u32(message_len as u32);
+        out.put_slice(&self.domain);
+        out.put_u8(delimited(2));
+        encode_varint(descriptor_len as u64, &mut out);
+        out.put_slice(&self.fixed);
+        if let (Some(key), Some(entry_len)) = (&self.key, entry_len) {
+            out.put_u8(delimited(1));
+            encode_varint(entry_len as u64, &mut out);
+            out.put_slice(key);
+            if !value.is_empty() {
+                out.put_u8(delimited(2));
+                encode_varint(value.len() as u64, &mut out);
+                out.put_slice(value.as_bytes());
+            }
+        }
+        out.put_slice(&HITS_ADDEND_ONE);
+        debug_assert_eq!(out.len(), 5 + message_len);
+        out.freeze()
+    }
 }
 
 /// The response in one gRPC message `frame` (prefix included): `None` to admit, else the wait
@@ -175,7 +284,9 @@ fn verdict(response: &RateLimitResponse) -> Result<Option<Duration>, RlsError> {
 /// One rate limit service and its connection.
 pub struct Rls {
     /// `host:port`.
-    addr: Box<str>,
+    target: Target,
+    /// For an `https://` address: TLS with ALPN `h2`, the name verified being the host's.
+    tls: Option<TlsConnector>,
     uri: http::Uri,
     conn: std::sync::Arc<Mutex<Option<Conn>>>,
     connecting: tokio::sync::Mutex<Backoff>,
@@ -192,11 +303,42 @@ struct Backoff {
 }
 
 impl Rls {
-    /// The service at `addr` (`host:port` or `http://host:port`), not yet connected.
-    pub fn new(addr: &str) -> Result<Self, String> {
-        let (host_port, _) = parse_addr(addr)?;
-        let uri = format!("http://{host_port}{PATH}").parse::<http::Uri>().map_err(|e| e.to_string())?;
-        Ok(Rls { addr: host_port.into(), uri, conn: Default::default(), connecting: Default::default() })
+    /// The service at `addr` (`host:port`, `http://host:port` or `https://host:port`), not yet
+    /// connected; an `https://` one is verified against the PEM bundle at `ca`, else the system
+    /// roots (which only `https://` may name).
+    pub fn new(addr: &str, ca: Option<&std::path::Path>) -> Result<Self, String> {
+        let (host_port, _, tls) = parse_addr(addr)?;
+        let tls = match (tls, ca) {
+            (false, Some(_)) => {
+                return Err(format!(
+                    "a CA bundle is only used with TLS, and {addr:?} is not an https:// address"
+                ))
+            }
+            (false, None) => None,
+            (true, ca) => Some(
+                TlsConnector::new(&TlsSettings {
+                    server_name: None,
+                    ca: ca.map(Into::into),
+                    client_auth: None,
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri = format!("{scheme}://{host_port}{PATH}").parse::<http::Uri>().map_err(|e| e.to_string())?;
+        Ok(Rls {
+            target: Target::new(host_port),
+            tls,
+            uri,
+            conn: Default::default(),
+            connecting: Default::default(),
+        })
+    }
+
+    /// Whether `other` reaches the service the same way: TLS or not, and the same trust (by the
+    /// CA bundle's contents). A reload that keeps it keeps the connection.
+    pub fn same_transport(&self, other: &Rls) -> bool {
+        self.target.address == other.target.address && self.tls == other.tls
     }
 
     /// The open connection's sender, connecting first when there is none.
@@ -233,9 +375,8 @@ impl Rls {
     }
 
     async fn connect(&self, number: u64) -> Result<SendRequest<Bytes>, RlsError> {
-        let tcp = tokio::net::TcpStream::connect(&*self.addr).await.map_err(RlsError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, connection) = h2::client::Builder::new().handshake::<_, Bytes>(tcp).await?;
+        let io = open(&self.target, self.tls.as_ref()).await?;
+        let (sender, connection) = h2::client::Builder::new().handshake::<_, Bytes>(io).await?;
         let slot = std::sync::Arc::downgrade(&self.conn);
         tokio::spawn(async move {
             let _ = connection.await;
@@ -248,6 +389,14 @@ impl Rls {
             }
         });
         Ok(sender)
+    }
+
+    /// A connection of its own to the service, TCP and TLS, kept by nobody: to learn why
+    /// connecting fails after a check timed out (a connect the check's timeout cut short says
+    /// nothing).
+    pub fn try_connect(&self) -> impl std::future::Future<Output = Result<(), RlsError>> + Send + 'static {
+        let (target, tls) = (self.target.clone(), self.tls.clone());
+        async move { open(&target, tls.as_ref()).await.map(drop) }
     }
 
     /// Forgets connection `number` after an error on it.
@@ -307,6 +456,18 @@ impl Rls {
     }
 }
 
+/// A TCP connection to `target`, with TLS over it when `tls` is given (the peer must agree to
+/// `h2`).
+async fn open(target: &Target, tls: Option<&TlsConnector>) -> Result<UpstreamIo, RlsError> {
+    let tcp = TcpConnector.connect(target, Alpn::H2).await.map_err(RlsError::Connect)?;
+    Ok(match tls {
+        None => UpstreamIo::Tcp(tcp),
+        Some(tls) => UpstreamIo::Tls(Box::new(
+            tls.handshake_unlogged(tcp, target, Alpn::H2).await.map_err(RlsError::Tls)?,
+        )),
+    })
+}
+
 /// `Ok` for `grpc-status: 0`, else the status and its message.
 fn grpc_status(headers: &http::HeaderMap) -> Result<(), RlsError> {
     let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -319,16 +480,14 @@ fn grpc_status(headers: &http::HeaderMap) -> Result<(), RlsError> {
     }
 }
 
-/// `host:port` of `addr` (`host:port` or `http://host:port`, with an optional trailing `/`) and
-/// its port. An `https://` address is refused: the service is reached over h2c.
-pub fn parse_addr(addr: &str) -> Result<(&str, u16), String> {
-    let hint = "write host:port or http://host:port, e.g. 127.0.0.1:8081";
-    if addr.starts_with("https://") {
-        return Err(format!(
-            "{addr:?}: TLS to a rate limit service is not supported ({hint}, reached over h2c)"
-        ));
-    }
-    let rest = addr.strip_prefix("http://").unwrap_or(addr);
+/// `host:port` of `addr` (`host:port`, `http://host:port` or `https://host:port`, with an
+/// optional trailing `/`), its port, and whether it is reached over TLS (`https://`).
+pub fn parse_addr(addr: &str) -> Result<(&str, u16, bool), String> {
+    let hint = "write host:port or http://host:port (h2c), or https://host:port (TLS), e.g. 127.0.0.1:8081";
+    let (rest, tls) = match addr.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (addr.strip_prefix("http://").unwrap_or(addr), false),
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let invalid = || format!("{addr:?} is not a rate limit service address ({hint})");
     if rest.contains(['/', '?', '#', '@']) || rest.contains("://") {
@@ -341,7 +500,7 @@ pub fn parse_addr(addr: &str) -> Result<(&str, u16), String> {
     };
     let port = port.parse::<u16>().ok().filter(|p| *p != 0);
     match (host_ok, port) {
-        (true, Some(port)) => Ok((rest, port)),
+        (true, Some(port)) => Ok((rest, port, tls)),
         _ => Err(invalid()),
     }
 }
@@ -356,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_request_is_one_grpc_message_with_the_proto_field_numbers() {
-        let frame = encode("mesh", vec![entry("route", "api"), entry("limit", "total")]);
+        let frame = Template::new("mesh", &[("route", "api"), ("limit", "total")], None).encode("");
         assert_eq!(frame[0], 0, "uncompressed");
         let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
         assert_eq!(len, frame.len() - 5);
@@ -418,15 +577,62 @@ mod tests {
     }
 
     #[test]
-    fn addresses_are_host_port_with_an_optional_http_scheme() {
-        assert_eq!(parse_addr("127.0.0.1:8081").unwrap(), ("127.0.0.1:8081", 8081));
-        assert_eq!(parse_addr("http://ratelimit.infra:8081/").unwrap(), ("ratelimit.infra:8081", 8081));
-        assert_eq!(parse_addr("[::1]:8081").unwrap(), ("[::1]:8081", 8081));
-        for bad in
-            ["127.0.0.1", "127.0.0.1:0", "host:port", ":8081", "http://h:1/path", "redis://h:1", "::1:8081"]
-        {
+    fn a_template_writes_what_prost_encodes_for_every_key_value() {
+        let fixed = [("route", "api"), ("limit", "total")];
+        let unkeyed = Template::new("mesh", &fixed, None);
+        let expected = encode("mesh", vec![entry("route", "api"), entry("limit", "total")]);
+        assert_eq!(unkeyed.encode(""), expected);
+        assert_eq!(unkeyed.encode("ignored"), expected, "an unkeyed limit has no key entry");
+        let keyed = Template::new("mesh", &fixed, Some("x-user"));
+        // Values around the one-byte varint's end (127) move every enclosing length to two bytes.
+        for len in [0, 1, 5, 100, 117, 118, 127, 128, 200, 20_000] {
+            let value = "v".repeat(len);
+            let prost =
+                encode("mesh", vec![entry("route", "api"), entry("limit", "total"), entry("x-user", &value)]);
+            assert_eq!(keyed.encode(&value), prost, "a value of {len} bytes");
+        }
+        let long = "d".repeat(300);
+        let wide = Template::new(&long, &[("service", "echo"), ("limit", "")], Some("remote_address"));
+        let prost = encode(
+            &long,
+            vec![entry("service", "echo"), entry("limit", ""), entry("remote_address", "10.0.0.7")],
+        );
+        assert_eq!(wide.encode("10.0.0.7"), prost, "a long domain, an empty fixed value");
+    }
+
+    #[test]
+    fn addresses_are_host_port_with_an_optional_http_or_https_scheme() {
+        assert_eq!(parse_addr("127.0.0.1:8081").unwrap(), ("127.0.0.1:8081", 8081, false));
+        assert_eq!(
+            parse_addr("http://ratelimit.infra:8081/").unwrap(),
+            ("ratelimit.infra:8081", 8081, false)
+        );
+        assert_eq!(parse_addr("[::1]:8081").unwrap(), ("[::1]:8081", 8081, false));
+        assert_eq!(parse_addr("https://ratelimit.infra:8443").unwrap(), ("ratelimit.infra:8443", 8443, true));
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "host:port",
+            ":8081",
+            "http://h:1/path",
+            "https://h",
+            "redis://h:1",
+            "::1:8081",
+        ] {
             assert!(parse_addr(bad).is_err(), "{bad}");
         }
-        assert!(parse_addr("https://h:443").unwrap_err().contains("TLS"));
+    }
+
+    #[test]
+    fn a_ca_bundle_is_refused_without_tls_and_read_with_it() {
+        let e = Rls::new("127.0.0.1:8081", Some(std::path::Path::new("/ca.pem"))).err().unwrap();
+        assert!(e.contains("only used with TLS") && e.contains("not an https:// address"), "{e}");
+        let e = Rls::new("https://127.0.0.1:8081", Some(std::path::Path::new("/nonexistent/ca.pem")))
+            .err()
+            .unwrap();
+        assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+        let plain = Rls::new("http://127.0.0.1:8081", None).unwrap();
+        assert!(plain.tls.is_none());
+        assert!(plain.same_transport(&Rls::new("127.0.0.1:8081", None).unwrap()));
     }
 }

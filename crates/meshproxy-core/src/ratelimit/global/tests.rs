@@ -221,6 +221,16 @@ async fn redis_admits_the_burst_then_one_per_emission_interval() {
 }
 
 #[tokio::test]
+async fn a_rate_too_high_to_move_the_arrival_time_admits_instead_of_failing() {
+    let server = Server::start(None);
+    let store = Stores::default().get("test", &format!("redis://127.0.0.1:{}", server.port), None).unwrap();
+    // 10^9 a second: an interval of 0.001 µs, lost when added to the time in µs.
+    for _ in 0..3 {
+        assert_eq!(store.check(&gcra(b"fast", "0.001", 1_000_000_000), TIMEOUT).await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
 async fn a_killed_server_fails_within_the_timeout_and_a_restarted_one_is_used_again() {
     let mut server = Server::start(None);
     let port = server.port;
@@ -437,4 +447,26 @@ fn a_rewritten_ca_bundle_gives_a_new_server_and_an_unchanged_one_keeps_it() {
     assert!(Arc::ptr_eq(&second, &stores.get("test", url, Some(&path)).unwrap()));
     // The system roots are another server entry of the same URL.
     assert!(!Arc::ptr_eq(&second, &stores.get("test", url, None).unwrap()));
+}
+
+#[test]
+fn an_https_rate_limit_service_keeps_its_connection_until_its_ca_bundle_changes() {
+    let tmp = TempDir::new("rls-ca-reload");
+    let (a, b) = (TestCa::new(&tmp.0, "ca-a"), TestCa::new(&tmp.0, "ca-b"));
+    let bundle = tmp.0.join("bundle.pem");
+    std::fs::copy(&a.cert, &bundle).unwrap();
+    let path = bundle.to_string_lossy();
+    let stores = Stores::default();
+    let addr = "https://127.0.0.1:8443";
+    let first = stores.get_rls("test", addr, Some(&path)).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &stores.get_rls("test", addr, Some(&path)).unwrap()),
+        "a reload with the same bundle"
+    );
+    std::fs::copy(&b.cert, &bundle).unwrap();
+    let second = stores.get_rls("test", addr, Some(&path)).unwrap();
+    assert!(!Arc::ptr_eq(&first, &second), "the bundle's contents changed");
+    assert!(Arc::ptr_eq(&second, &stores.get_rls("test", addr, Some(&path)).unwrap()));
+    let e = stores.get_rls("route \"r\"", "127.0.0.1:8081", Some(&path)).unwrap_err().to_string();
+    assert!(e.starts_with("route \"r\": invalid global rls: a CA bundle is only used with TLS"), "{e}");
 }
