@@ -57,7 +57,7 @@ pub enum TlsError {
     Pem { path: PathBuf, what: String },
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
-    #[error("no system root certificates could be loaded ({0}); name a CA bundle with tls.ca")]
+    #[error("no system root certificates could be loaded ({0}); name a CA bundle instead: a service's tls.ca, a global rate limit's ca")]
     NoSystemRoots(String),
     #[error("{0}")]
     Rustls(#[from] rustls::Error),

@@ -300,6 +300,10 @@ struct Backoff {
     made: u64,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
+    /// The connect under way. It is a task of its own, so a check whose timeout expires while
+    /// it waits does not cancel it: a service slower to reach than a check's `timeout` is
+    /// connected all the same, and later checks wait for this connect instead of starting more.
+    pending: Option<tokio::task::JoinHandle<Result<(), RlsError>>>,
 }
 
 impl Rls {
@@ -355,13 +359,25 @@ impl Rls {
         if let Some(at) = backoff.retry_at.filter(|at| now < *at) {
             return Err(RlsError::Backoff(at - now));
         }
-        match self.connect(backoff.made + 1).await {
-            Ok(sender) => {
-                backoff.made += 1;
+        let state = &mut *backoff;
+        let pending = state.pending.get_or_insert_with(|| {
+            state.made += 1;
+            tokio::spawn(connect(self.target.clone(), self.tls.clone(), &self.conn, state.made))
+        });
+        // Awaited in place: a check cancelled here leaves the task (and its handle) running.
+        let result = match pending.await {
+            Ok(r) => r,
+            Err(e) => Err(RlsError::Connect(std::io::Error::other(format!("the connect task ended: {e}")))),
+        };
+        backoff.pending = None;
+        match result.and_then(|()| {
+            self.conn.lock().clone().ok_or_else(|| {
+                RlsError::Connect(std::io::Error::other("the connection closed as soon as it was made"))
+            })
+        }) {
+            Ok(s) => {
                 backoff.failures = 0;
                 backoff.retry_at = None;
-                let s = (backoff.made, sender);
-                *self.conn.lock() = Some(s.clone());
                 Ok(s)
             }
             Err(e) => {
@@ -372,23 +388,6 @@ impl Rls {
                 Err(e)
             }
         }
-    }
-
-    async fn connect(&self, number: u64) -> Result<SendRequest<Bytes>, RlsError> {
-        let io = open(&self.target, self.tls.as_ref()).await?;
-        let (sender, connection) = h2::client::Builder::new().handshake::<_, Bytes>(io).await?;
-        let slot = std::sync::Arc::downgrade(&self.conn);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            // The connection ended: the next check connects again.
-            if let Some(slot) = slot.upgrade() {
-                let mut slot = slot.lock();
-                if slot.as_ref().is_some_and(|(n, _)| *n == number) {
-                    *slot = None;
-                }
-            }
-        });
-        Ok(sender)
     }
 
     /// A connection of its own to the service, TCP and TLS, kept by nobody: to learn why
@@ -456,6 +455,36 @@ impl Rls {
     }
 }
 
+/// Connects to the service as connection `number`, and puts it in `slot` (while the service's
+/// store still exists), where the next check finds it; the connection's task empties the slot
+/// when it ends, so that the check after connects again.
+fn connect(
+    target: Target,
+    tls: Option<TlsConnector>,
+    slot: &std::sync::Arc<Mutex<Option<Conn>>>,
+    number: u64,
+) -> impl std::future::Future<Output = Result<(), RlsError>> + Send + 'static {
+    let slot = std::sync::Arc::downgrade(slot);
+    async move {
+        let io = open(&target, tls.as_ref()).await?;
+        let (sender, connection) = h2::client::Builder::new().handshake::<_, Bytes>(io).await?;
+        let ended = slot.clone();
+        tokio::spawn(async move {
+            let _ = connection.await;
+            if let Some(slot) = ended.upgrade() {
+                let mut slot = slot.lock();
+                if slot.as_ref().is_some_and(|(n, _)| *n == number) {
+                    *slot = None;
+                }
+            }
+        });
+        if let Some(slot) = slot.upgrade() {
+            *slot.lock() = Some((number, sender));
+        }
+        Ok(())
+    }
+}
+
 /// A TCP connection to `target`, with TLS over it when `tls` is given (the peer must agree to
 /// `h2`).
 async fn open(target: &Target, tls: Option<&TlsConnector>) -> Result<UpstreamIo, RlsError> {
@@ -506,7 +535,7 @@ pub fn parse_addr(addr: &str) -> Result<(&str, u16, bool), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn entry(key: &str, value: &str) -> Entry {
@@ -533,7 +562,7 @@ mod tests {
         assert_eq!(back.hits_addend, 1);
     }
 
-    fn framed(response: &RateLimitResponse) -> Vec<u8> {
+    pub(in crate::ratelimit) fn framed(response: &RateLimitResponse) -> Vec<u8> {
         let body = response.encode_to_vec();
         let mut out = vec![0];
         out.extend_from_slice(&(body.len() as u32).to_be_bytes());

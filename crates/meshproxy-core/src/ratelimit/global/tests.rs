@@ -1,4 +1,5 @@
-//! The global limits against real `redis-server`s: plaintext, TLS (`rediss://`) and failures.
+//! The global limits against real `redis-server`s: plaintext, TLS (`rediss://`) and failures; and
+//! a rate limit service over TLS that is slow to handshake.
 
 use super::*;
 
@@ -469,4 +470,84 @@ fn an_https_rate_limit_service_keeps_its_connection_until_its_ca_bundle_changes(
     assert!(Arc::ptr_eq(&second, &stores.get_rls("test", addr, Some(&path)).unwrap()));
     let e = stores.get_rls("route \"r\"", "127.0.0.1:8081", Some(&path)).unwrap_err().to_string();
     assert!(e.starts_with("route \"r\": invalid global rls: a CA bundle is only used with TLS"), "{e}");
+}
+
+/// A gRPC server on 127.0.0.1 serving TLS with `cert` and `key` that answers every
+/// `ShouldRateLimit` with OK, and starts its TLS handshake `delay` after accepting a connection;
+/// with the number of connections it accepted.
+async fn slow_handshake_service(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use meshproxy_tls::{CertificateSpec, PemSource};
+    use rls::{Code, RateLimitResponse};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let spec = CertificateSpec {
+        cert: PemSource::File(cert.to_owned()),
+        key: PemSource::File(key.to_owned()),
+        hosts: vec![],
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(meshproxy_tls::build(&[spec]).expect("server config"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("bound");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Ok(tls) = acceptor.accept(socket).await else { return };
+                let Ok(mut conn) = h2::server::handshake(tls).await else { return };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        while let Some(Ok(_)) = body.data().await {}
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("a response head");
+                        let Ok(mut stream) = respond.send_response(head, false) else { return };
+                        let ok = RateLimitResponse { overall_code: Code::Ok as i32, statuses: vec![] };
+                        let _ = stream.send_data(rls::tests::framed(&ok).into(), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = stream.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_service_slower_to_handshake_than_a_checks_timeout_is_connected_once_all_the_same() {
+    let dir = TempDir::new("rls-slow-handshake");
+    let ca = TestCa::new(&dir.0, "ca");
+    let (cert, key) = ca.issue("rls");
+    let (addr, accepted) = slow_handshake_service(&cert, &key, Duration::from_millis(300)).await;
+    let service = rls::Rls::new(&format!("https://{addr}"), Some(&ca.cert)).expect("an https service");
+    let request = || rls::Template::new("mesh", &[("route", "api"), ("limit", "total")], None).encode("");
+    let check = Duration::from_millis(50);
+    assert!(
+        tokio::time::timeout(check, service.check(request())).await.is_err(),
+        "the first check times out: the service starts its TLS handshake 300 ms after the connect"
+    );
+    // Checks keep timing out (a check, its connect included, gets 50 ms) until the connect the
+    // first one started is done; none of them starts another.
+    let started = tokio::time::Instant::now();
+    let answer = loop {
+        match tokio::time::timeout(check, service.check(request())).await {
+            Ok(answer) => break answer,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(_) => panic!("no check was answered within 10 s: the connect never completed"),
+        }
+    };
+    assert_eq!(answer.expect("an answer"), None, "the service admits");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection, made once");
 }
