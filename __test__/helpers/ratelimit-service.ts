@@ -25,6 +25,36 @@ export function ratelimitBinary(): Promise<string> {
   return goTool({ name: 'envoy-ratelimit', pkg: RATELIMIT_PACKAGE, version: RATELIMIT_VERSION, bin: 'service_cmd', purpose: 'the global rate limit tests (rls)' })
 }
 
+/**
+ * The environment envoyproxy/ratelimit runs with here (the tests' and `bench:ci --rls`'s): its
+ * three ports on 127.0.0.1, counts on the Redis at `redisPort`, its config read once from
+ * `<root>/ratelimit/config/`, no statsd; with `tls`, TLS on its gRPC port.
+ */
+export function ratelimitEnv(
+  redisPort: number,
+  root: string,
+  ports: { http: number; grpc: number; debug: number },
+  tls?: { cert: string; key: string },
+): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    USE_STATSD: 'false',
+    REDIS_SOCKET_TYPE: 'tcp',
+    REDIS_URL: `127.0.0.1:${redisPort}`,
+    RUNTIME_ROOT: root,
+    RUNTIME_SUBDIRECTORY: 'ratelimit',
+    RUNTIME_WATCH_ROOT: 'false',
+    HOST: '127.0.0.1',
+    GRPC_HOST: '127.0.0.1',
+    DEBUG_HOST: '127.0.0.1',
+    PORT: String(ports.http),
+    GRPC_PORT: String(ports.grpc),
+    DEBUG_PORT: String(ports.debug),
+    LOG_LEVEL: 'warn',
+    ...(tls ? { GRPC_SERVER_USE_TLS: 'true', GRPC_SERVER_TLS_CERT: tls.cert, GRPC_SERVER_TLS_KEY: tls.key } : {}),
+  }
+}
+
 export interface RateLimitService {
   /** `127.0.0.1:PORT`, its gRPC address. */
   address: string
@@ -43,23 +73,7 @@ export async function startRateLimitService(t: ExecutionContext, redisPort: numb
   mkdirSync(join(dir, 'ratelimit', 'config'), { recursive: true })
   writeFileSync(join(dir, 'ratelimit', 'config', 'config.yaml'), config)
   const [httpPort, grpcPort, debugPort] = [await closedPort(), await closedPort(), await closedPort()]
-  const env = {
-    ...process.env,
-    USE_STATSD: 'false',
-    REDIS_SOCKET_TYPE: 'tcp',
-    REDIS_URL: `127.0.0.1:${redisPort}`,
-    RUNTIME_ROOT: dir,
-    RUNTIME_SUBDIRECTORY: 'ratelimit',
-    RUNTIME_WATCH_ROOT: 'false',
-    HOST: '127.0.0.1',
-    GRPC_HOST: '127.0.0.1',
-    DEBUG_HOST: '127.0.0.1',
-    PORT: String(httpPort),
-    GRPC_PORT: String(grpcPort),
-    DEBUG_PORT: String(debugPort),
-    LOG_LEVEL: 'warn',
-    ...(opts.tls ? { GRPC_SERVER_USE_TLS: 'true', GRPC_SERVER_TLS_CERT: opts.tls.cert, GRPC_SERVER_TLS_KEY: opts.tls.key } : {}),
-  }
+  const env = ratelimitEnv(redisPort, dir, { http: httpPort, grpc: grpcPort, debug: debugPort }, opts.tls)
   const { start, stop } = restartable(t, {
     what: 'envoyproxy/ratelimit',
     bin,

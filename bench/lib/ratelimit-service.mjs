@@ -29,12 +29,16 @@ ${['route', 'service']
   )
   .join('')}`
 
-/** The path of the envoyproxy/ratelimit binary, built first (a few minutes of Go) if the cache does not have it. */
-export async function ratelimitBinary(repoDir) {
+/** The tests' helper (TypeScript, through tsx): the pinned binary and the environment it runs with. */
+async function testHelper(repoDir) {
   const { tsImport } = await import('tsx/esm/api')
   const helper = pathToFileURL(join(repoDir, '__test__', 'helpers', 'ratelimit-service.ts')).href
-  const { ratelimitBinary } = await tsImport(helper, import.meta.url)
-  return ratelimitBinary()
+  return tsImport(helper, import.meta.url)
+}
+
+/** The path of the envoyproxy/ratelimit binary, built first (a few minutes of Go) if the cache does not have it. */
+export async function ratelimitBinary(repoDir) {
+  return (await testHelper(repoDir)).ratelimitBinary()
 }
 
 /**
@@ -48,22 +52,7 @@ export async function startRateLimitService(repoDir, workDir, redisPort) {
   mkdirSync(join(root, 'ratelimit', 'config'), { recursive: true })
   writeFileSync(join(root, 'ratelimit', 'config', 'config.yaml'), BENCH_RLS_CONFIG)
   const [httpPort, grpcPort, debugPort] = await freePorts(3)
-  const env = {
-    ...process.env,
-    USE_STATSD: 'false',
-    REDIS_SOCKET_TYPE: 'tcp',
-    REDIS_URL: `127.0.0.1:${redisPort}`,
-    RUNTIME_ROOT: root,
-    RUNTIME_SUBDIRECTORY: 'ratelimit',
-    RUNTIME_WATCH_ROOT: 'false',
-    HOST: '127.0.0.1',
-    GRPC_HOST: '127.0.0.1',
-    DEBUG_HOST: '127.0.0.1',
-    PORT: String(httpPort),
-    GRPC_PORT: String(grpcPort),
-    DEBUG_PORT: String(debugPort),
-    LOG_LEVEL: 'warn',
-  }
+  const env = (await testHelper(repoDir)).ratelimitEnv(redisPort, root, { http: httpPort, grpc: grpcPort, debug: debugPort })
   const child = start('envoy-ratelimit', bin, [], { env })
   const deadline = Date.now() + 30_000
   while (!(await healthy(httpPort))) {
