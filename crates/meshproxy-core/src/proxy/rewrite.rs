@@ -13,8 +13,8 @@ use meshproxy_http::body::RequestBody;
 
 /// `has_host`: the head still carries the client's `Host`. `endpoint`: the endpoint's address,
 /// the `Host` of a request that named none (HTTP/1.0 allows that; the upstream request is
-/// HTTP/1.1, which requires one). `h2`: the endpoint takes it over HTTP/2, over TLS when `tls`
-/// (the `:scheme` of an origin-form target).
+/// HTTP/1.1, which requires one). `h2`: `Some(tls)` when the endpoint takes it over HTTP/2,
+/// `tls` telling whether over TLS (the `:scheme` of an origin-form target).
 pub(super) fn to_upstream(
     mut head: Parts,
     body: RequestBody,
