@@ -10,11 +10,12 @@
 //! compiled ([`Template`]), and a request writes only the key value and the lengths around it,
 //! into one gRPC message (the 5-byte prefix: uncompressed, big-endian length).
 //!
-//! The connection is made by the first check, on the runtime that runs it, and driven by a task
-//! of its own; every check opens a stream on it, so checks at once never wait for each other's
-//! answers. It is made again when it ends (the server closed it, went away, sent GOAWAY): one
-//! connect at a time, and after a failed connect none for 50 ms, doubling to at most 1 s, so a
-//! server that is down costs no connect per request.
+//! The connection is made for the first check, on the runtime that runs it, by a task of its own
+//! (a check that times out while it connects does not cancel the connect), and driven by another;
+//! every check opens a stream on it, so checks at once never wait for each other's answers. It
+//! is made again when it ends (the server closed it, went away, sent GOAWAY): one connect at a
+//! time, and after a failed connect none for 50 ms, doubling to at most 1 s, so a server that is
+//! down costs no connect per request.
 //!
 //! Who uses it: [`super::Store`], whose fail-mode machinery (probe, warnings) wraps each check.
 //! What it must not know: limits, routes, the HTTP request — it takes an encoded request and
