@@ -411,7 +411,9 @@ test('degraded scenario: the open-loop generator holds its rate and counts each 
   t.deepEqual(slow.clientErrors, {})
   t.true(slow.latencyMs.p50 >= 50, `slow p50 ${slow.latencyMs.p50} ms`)
   t.true(errors.success > 0.35 && errors.success < 0.65, `error phase success ${errors.success}`)
-  t.true(errors.latencyMs.p50 < 50, `error phase p50 ${errors.latencyMs.p50} ms`)
+  // No delay in the errors phase: its answers come faster than the slow phase's (an absolute bound
+  // fails on a loaded machine, where every answer waits its turn: 70 ms seen beside a build).
+  t.true(errors.latencyMs.p50 < slow.latencyMs.p50, `error phase p50 ${errors.latencyMs.p50} ms, slow phase p50 ${slow.latencyMs.p50} ms`)
   t.is(slow.degradedShare, 1) // only the degraded backend was sent anything
   // The backends count a request in the phase it arrives in. A slow-phase request that a loaded
   // machine delays past the switch (the generator never waits for answers, but its client and
