@@ -88,7 +88,7 @@ export async function startRateLimitService(t: ExecutionContext, redisPort: numb
 }
 
 /** Whether the service's `/healthcheck` answers 200 (it has loaded its config and reached Redis). */
-function healthy(port: number): Promise<boolean> {
+export function healthy(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const req = http.get({ host: '127.0.0.1', port, path: '/healthcheck', timeout: 1000 }, (res) => {
       res.resume()

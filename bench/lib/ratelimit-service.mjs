@@ -2,7 +2,6 @@
 // global limit to ask. The binary is the tests' own: the version pinned in
 // __test__/helpers/ratelimit-service.ts, built with Go into .cache/tools/ on first use (its
 // helper is TypeScript, loaded here through tsx), so the bench and the tests run one build.
-import http from 'node:http'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -29,7 +28,7 @@ ${['route', 'service']
   )
   .join('')}`
 
-/** The tests' helper (TypeScript, through tsx): the pinned binary and the environment it runs with. */
+/** The tests' helper (TypeScript, through tsx): the pinned binary, the environment it runs with, its health check. */
 async function testHelper(repoDir) {
   const { tsImport } = await import('tsx/esm/api')
   const helper = pathToFileURL(join(repoDir, '__test__', 'helpers', 'ratelimit-service.ts')).href
@@ -52,7 +51,8 @@ export async function startRateLimitService(repoDir, workDir, redisPort) {
   mkdirSync(join(root, 'ratelimit', 'config'), { recursive: true })
   writeFileSync(join(root, 'ratelimit', 'config', 'config.yaml'), BENCH_RLS_CONFIG)
   const [httpPort, grpcPort, debugPort] = await freePorts(3)
-  const env = (await testHelper(repoDir)).ratelimitEnv(redisPort, root, { http: httpPort, grpc: grpcPort, debug: debugPort })
+  const { ratelimitEnv, healthy } = await testHelper(repoDir)
+  const env = ratelimitEnv(redisPort, root, { http: httpPort, grpc: grpcPort, debug: debugPort })
   const child = start('envoy-ratelimit', bin, [], { env })
   const deadline = Date.now() + 30_000
   while (!(await healthy(httpPort))) {
@@ -61,16 +61,4 @@ export async function startRateLimitService(repoDir, workDir, redisPort) {
     await new Promise((r) => setTimeout(r, 100))
   }
   return { address: `127.0.0.1:${grpcPort}`, child }
-}
-
-/** Whether the service's `/healthcheck` answers 200. */
-function healthy(port) {
-  return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/healthcheck', timeout: 1000 }, (res) => {
-      res.resume()
-      resolve(res.statusCode === 200)
-    })
-    req.on('timeout', () => req.destroy())
-    req.on('error', () => resolve(false))
-  })
 }
