@@ -212,6 +212,37 @@ test('tls.connect: ALPN h2 or http/1.1 as offered, none falls back to detection;
   t.true(metric(text, 'meshproxy_tls_handshakes_total{listener="web"}') >= 2)
 })
 
+test('a refused handshake closes after its alert without a reset, though the client wrote more after its ClientHello', async (t) => {
+  const p = await tlsProxy(t)
+  // A ClientHello the proxy refuses (TLS 1.1 only), as OpenSSL writes it, caught by a local server.
+  const hello = await new Promise<Buffer>((resolve, reject) => {
+    const catcher = net.createServer((s) => s.once('data', (c: Buffer) => { resolve(c); s.destroy(); catcher.close() }))
+    catcher.listen(0, '127.0.0.1', () => {
+      const { port } = catcher.address() as net.AddressInfo
+      tls.connect({ host: '127.0.0.1', port, servername: WEB, minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }).on('error', () => {})
+    })
+    catcher.on('error', reject)
+  })
+  t.is(hello[0], 0x16)
+  // The hello and 40 KB more at once: more than the handshake reads, so some is still unread when
+  // the proxy gives up. Closed over unread bytes, the connection would be reset (the kernel
+  // answers a close with unread data by RST), and a reset can discard the alert before the client
+  // reads it. Closed gently, it is only half-closed: the client can still write and end its side.
+  const got = await new Promise<{ bytes: Buffer; error?: string }>((resolve) => {
+    const chunks: Buffer[] = []
+    let error: string | undefined
+    const s = net.connect({ port: p.port, host: '127.0.0.1', allowHalfOpen: true }, () => s.write(Buffer.concat([hello, Buffer.alloc(40_000, 0x17)])))
+    s.on('data', (c: Buffer) => chunks.push(c))
+    s.on('end', () => s.end('the client has the last word'))
+    s.on('error', (e: NodeJS.ErrnoException) => (error = e.code))
+    s.on('close', () => resolve({ bytes: Buffer.concat(chunks), error }))
+  })
+  t.is(got.error, undefined, 'not reset')
+  t.is(got.bytes[0], 0x15, 'a TLS alert record')
+  t.is(got.bytes[got.bytes.length - 1], 40, 'handshake_failure: no version in common')
+  t.is(metric(p.proxy.metrics(), 'meshproxy_tls_handshake_failures_total{listener="web",reason="incompatible"}'), 1)
+})
+
 test('a client trusting another CA refuses the certificate; curl\'s alert is counted', async (t) => {
   const p = await tlsProxy(t)
   const other = makeCa(t, 'another CA')

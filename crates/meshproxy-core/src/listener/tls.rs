@@ -4,7 +4,8 @@
 //! its first byte is not a TLS handshake record, so no handshake starts; a plaintext HTTP/1
 //! request gets a 400 `tls-required` in plaintext, anything else is closed. Each outcome is
 //! counted on the listener (`meshproxy_tls_handshakes_total`,
-//! `meshproxy_tls_handshake_failures_total{reason}`) and failures are logged at debug level.
+//! `meshproxy_tls_handshake_failures_total{reason}`) and failures are logged at debug level. A
+//! failed handshake's connection closes after its alert through [`linger_close`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -46,7 +47,7 @@ pub(super) async fn accept(
     let handshake = async {
         let mut first = [0u8; 1];
         match stream.peek(&mut first).await {
-            Ok(0) => return Err((TlsFailure::Closed, "closed before a ClientHello".to_owned())),
+            Ok(0) => return Err((TlsFailure::Closed, "closed before a ClientHello".to_owned(), None)),
             Ok(_) if first[0] != HANDSHAKE_RECORD => {
                 if first[0].is_ascii_uppercase() {
                     refuse_plaintext_http(stream).await;
@@ -55,17 +56,28 @@ pub(super) async fn accept(
                 return Err((
                     TlsFailure::Plaintext,
                     format!("first byte {:#04x} is not a TLS record", first[0]),
+                    None,
                 ));
             }
             Ok(_) => {}
-            Err(e) => return Err((TlsFailure::Closed, e.to_string())),
+            Err(e) => return Err((TlsFailure::Closed, e.to_string(), None)),
         }
-        TlsAcceptor::from(config).accept(stream).await.map_err(|e| (classify(&e), e.to_string()))
+        // The connection comes back from a failed handshake (its alert sent) to be closed
+        // gently: the client may have written more (early data, a pipelined request) that
+        // closing unread would answer with a reset, which can discard the alert.
+        TlsAcceptor::from(config)
+            .accept(stream)
+            .into_fallible()
+            .await
+            .map_err(|(e, io)| (classify(&e), e.to_string(), Some(io)))
     };
     let stream = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(s)) => s,
-        Ok(Err((why, detail))) => {
+        Ok(Err((why, detail, io))) => {
             failed(why, &detail);
+            if let Some(io) = io {
+                linger_close(io).await;
+            }
             return None;
         }
         Err(_) => {
