@@ -32,7 +32,7 @@ interface IdentityView {
   certificate: { serial: string; notAfterUnix: number }
 }
 
-test('two self-issuing proxies renew their certificates under load with no failed request, write nothing, and count requests by peer identity', async (t) => {
+test('two self-issuing proxies renew their certificates under load with no failed request, write nothing, and count requests and their latency by peer identity', async (t) => {
   const mesh = await makeMesh(t, [])
   const app = await startBackend(t, 'orders-app', (_req, res) => res.end('ok'))
   const b = await inbound(t, mesh, 'orders', app.address, { identity: SELF_ISSUE })
@@ -86,6 +86,10 @@ test('two self-issuing proxies renew their certificates under load with no faile
   // B counts what it answered each verified peer identity.
   const byPeer = metric(metrics, 'meshproxy_peer_requests_total{listener="inbound",client_id="spiffe://cluster.local/ns/shop/sa/web",status_class="2xx"}')
   t.is(byPeer, ok, 'every request is counted under the web identity')
+  const peerLabels = 'listener="inbound",client_id="spiffe://cluster.local/ns/shop/sa/web"'
+  t.is(metric(metrics, `meshproxy_peer_response_latency_seconds_count{${peerLabels}}`), ok, 'and its latency observed')
+  t.is(metric(metrics, `meshproxy_peer_response_latency_seconds_bucket{${peerLabels},le="+Inf"}`), ok)
+  t.true(metric(metrics, `meshproxy_peer_response_latency_seconds_sum{${peerLabels}}`) > 0)
 })
 
 test('selfIssue config errors: the anchor key missing, a lifetime without selfIssue or under 10s', async (t) => {

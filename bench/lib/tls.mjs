@@ -75,7 +75,7 @@ async function startMeshproxyTls(name, { backends, repoDir, workDir, rep, worker
     url: `https://${HOST}:${listen}`,
     command: `node ${args.join(' ')}`,
     config: file,
-    setup: `--config: a listener with tls.certificates (rustls over ring, its defaults: stateful resumption, 2 TLS 1.3 tickets per handshake), round-robin, the default proxy headers, --workers ${workers}`,
+    setup: `--config: a listener with tls.certificates (rustls over ring: stateless session tickets, ring's ticketer), round-robin, the default proxy headers, --workers ${workers}`,
     pids: () => processTree(child.pid),
     snapshot: () => meshproxySnapshot(metricsUrl),
     stop: () => stop(child, 12_000),

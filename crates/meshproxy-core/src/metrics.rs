@@ -42,6 +42,21 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
+
+    /// Writes the family `name`'s series for one label set (`labels` without braces): the
+    /// cumulative buckets, `+Inf`, the sum in seconds and the count.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
 }
 
 /// What a request was, for the per-protocol counts.
@@ -444,21 +459,7 @@ impl Metrics {
             "Time from request to response headers.",
         );
         for ((l, r, s), m) in routes.iter() {
-            let labels = route_labels(l, r, s);
-            let mut cumulative = 0;
-            for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-                cumulative += m.latency.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "meshproxy_response_latency_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}"
-                );
-            }
-            let count = m.latency.count.load(Ordering::Relaxed);
-            let sum = m.latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ =
-                writeln!(out, "meshproxy_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let _ = writeln!(out, "meshproxy_response_latency_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "meshproxy_response_latency_seconds_count{{{labels}}} {count}");
+            m.latency.render(&mut out, "meshproxy_response_latency_seconds", &route_labels(l, r, s));
         }
         drop(routes);
 

@@ -1,15 +1,16 @@
 //! TLS on listeners: handshakes, their failures by reason and certificate reloads, the requests
-//! of each verified mTLS peer identity, and their Prometheus families (shown only for listeners
+//! of each verified mTLS peer identity and their latency, and their Prometheus families (shown only for listeners
 //! that have `tls` or `mtls`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{esc, header, ListenerMetrics};
+use super::{esc, header, Histogram, ListenerMetrics};
 
 /// Why a TLS handshake on a listener failed (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,18 +89,21 @@ pub const MAX_PEER_IDS: usize = 256;
 /// The label the identities past [`MAX_PEER_IDS`] share.
 const OTHER_PEERS: &str = "other";
 
-/// The responses sent to one mTLS peer identity, by status class.
+/// The responses sent to one mTLS peer identity, by status class, and their latency.
 #[derive(Debug, Default)]
 pub struct PeerMetrics {
     /// Index 0 = 1xx … 4 = 5xx.
     status: [AtomicU64; 5],
+    /// Time from request to response headers, as the routes' `meshproxy_response_latency_seconds`.
+    latency: Histogram,
 }
 
 impl PeerMetrics {
     #[inline]
-    pub fn record(&self, status: u16) {
+    pub fn record(&self, status: u16, latency: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.status[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(latency);
     }
 }
 
@@ -174,6 +178,18 @@ pub(super) fn render<'a>(
                         c.load(Ordering::Relaxed)
                     );
                 }
+            }
+        }
+        header(
+            out,
+            "meshproxy_peer_response_latency_seconds",
+            "histogram",
+            "Time from request to response headers on mTLS connections, by the listener and the peer's verified identity (as meshproxy_peer_requests_total).",
+        );
+        for (l, m) in &tls {
+            for (id, p) in m.tls.peers.lock().iter() {
+                let labels = format!("listener=\"{}\",client_id=\"{}\"", esc(l), esc(id));
+                p.latency.render(out, "meshproxy_peer_response_latency_seconds", &labels);
             }
         }
         header(

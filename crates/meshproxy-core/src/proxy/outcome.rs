@@ -94,7 +94,7 @@ pub fn observe_head(
         listener.metrics.proxy_error(e);
     }
     if let Some(p) = peer {
-        p.record(outcome.status.as_u16());
+        p.record(outcome.status.as_u16(), outcome.latency);
     }
     if let Some(r) = route {
         r.metrics.record(outcome.protocol, outcome.status.as_u16(), outcome.latency);
