@@ -2,8 +2,8 @@
  * Automatic mTLS between meshproxies, end to end on 127.0.0.1: a Node HTTP/1.1 client → proxy A
  * (plain listener, a service with `identity`) → mTLS, HTTP/2 → proxy B (`mtls: required`) → a
  * Node HTTP/1.1 server. The applications see plain HTTP/1.1; the hop between the proxies is
- * multiplexed; each side checks the other's identity; a foreign anchor, a wrong identity, a
- * client without a certificate and a plaintext client are refused and counted; the identity
+ * multiplexed; each side checks the other's identity; a foreign anchor, a wrong identity, an
+ * expired certificate, a client without one and a plaintext client are refused and counted; the identity
  * material rotates under load without a failed request.
  */
 import http from 'node:http'
@@ -15,7 +15,7 @@ import test from 'ava'
 import { initIdentity, issueIdentity, type MeshProxyError } from '../ts/index.js'
 import { startBackend, type SeenRequest } from './helpers/backend.js'
 import { rawRequest, sleep } from './helpers/http.js'
-import { adminGet, inbound, makeMesh, metric, outbound } from './helpers/mesh.js'
+import { adminGet, inbound, issueExpired, makeMesh, metric, outbound } from './helpers/mesh.js'
 
 /** An HTTP/1.1 request to `port` with its own agent; the status and body. */
 function send(port: number, opts: { method?: string; path?: string; headers?: http.OutgoingHttpHeaders; body?: string | string[]; agent?: http.Agent } = {}): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
@@ -135,7 +135,7 @@ test('the outbound proxy refuses a peer that is not the identity its service nam
   t.true(metric(m, 'meshproxy_mtls_connect_failures_total{service="peer",reason="wrong-identity"}') >= 1, m)
 })
 
-test('a foreign trust anchor is refused both ways, and so are a client without a certificate and a plaintext client', async (t) => {
+test('a foreign trust anchor is refused both ways, and so are an expired client certificate, a client without one and a plaintext client', async (t) => {
   const mesh = await makeMesh(t, ['web', 'orders'])
   const foreign = await makeMesh(t, ['web', 'orders'])
   const app = await echoApp(t)
@@ -153,6 +153,8 @@ test('a foreign trust anchor is refused both ways, and so are a client without a
   const asForeign = { cert: readFileSync(join(foreign.dir, 'web.shop.crt')), key: readFileSync(join(foreign.dir, 'web.shop.key')) }
   const refused = await tlsExchange(b.port, { ca, servername: 'orders.shop.serviceaccount.identity.cluster.local', ...asForeign })
   t.false(refused.ok, 'no answer to a foreign client')
+  const expired = await tlsExchange(b.port, { ca, servername: 'orders.shop.serviceaccount.identity.cluster.local', ...issueExpired(mesh, 'web') })
+  t.false(expired.ok, 'no answer to a client whose certificate of our anchor has expired')
   const anonymous = await tlsExchange(b.port, { ca, servername: 'orders.shop.serviceaccount.identity.cluster.local' })
   t.false(anonymous.ok, 'no answer without a client certificate')
   // The same client with a certificate of our anchor is served.
@@ -165,6 +167,7 @@ test('a foreign trust anchor is refused both ways, and so are a client without a
   await sleep(50)
   const m = await adminGet(b.adminPort, '/metrics')
   t.is(metric(m, 'meshproxy_tls_handshake_failures_total{listener="inbound",reason="untrusted"}'), 1, m)
+  t.is(metric(m, 'meshproxy_tls_handshake_failures_total{listener="inbound",reason="expired"}'), 1)
   t.is(metric(m, 'meshproxy_tls_handshake_failures_total{listener="inbound",reason="no-client-certificate"}'), 1)
   t.is(metric(m, 'meshproxy_tls_handshake_failures_total{listener="inbound",reason="plaintext"}'), 1)
   t.is(app.requests.length, 1, 'only the client of our anchor reached the app')

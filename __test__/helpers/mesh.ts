@@ -4,7 +4,8 @@
  * with `mtls` in front of a local app) and an outbound proxy (a plain listener whose service
  * names the inbound one's identity).
  */
-import { mkdtempSync, rmSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { ExecutionContext } from 'ava'
@@ -71,6 +72,30 @@ services:
     endpoints: [${peer}]
     identity: ${identity}${extra.service ?? ''}
 `)
+}
+
+/**
+ * A workload certificate of the mesh's anchor for `name.shop` that expired a year ago (valid for
+ * one day in 2025), made with `openssl ca`, which can date a certificate in the past: the
+ * identity API refuses to issue one. Its PEM certificate and key.
+ */
+export function issueExpired(mesh: Mesh, name: string): { cert: Buffer; key: Buffer } {
+  const dir = mkdtempSync(join(tmpdir(), 'meshproxy-expired-'))
+  try {
+    writeFileSync(join(dir, 'index.txt'), '')
+    writeFileSync(join(dir, 'serial'), '01\n')
+    writeFileSync(
+      join(dir, 'ca.cnf'),
+      `[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = optional\n` +
+        `[leaf]\nsubjectAltName = URI:spiffe://cluster.local/ns/shop/sa/${name}\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth,clientAuth\n`,
+    )
+    const run = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
+    run(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', `/CN=${name}.shop`])
+    run(['ca', '-batch', '-config', 'ca.cnf', '-cert', join(mesh.dir, 'ca.crt'), '-keyfile', join(mesh.dir, 'ca.key'), '-in', 'leaf.csr', '-out', 'leaf.crt', '-notext', '-extensions', 'leaf', '-startdate', '20250101000000Z', '-enddate', '20250102000000Z'])
+    return { cert: readFileSync(join(dir, 'leaf.crt')), key: readFileSync(join(dir, 'leaf.key')) }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
 
 export async function adminGet(port: number, path: string): Promise<string> {
