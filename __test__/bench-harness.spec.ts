@@ -201,8 +201,9 @@ test.serial('mtls scenario: a short run reports every figure for every pair, B a
 for (const peer of ['http-proxy', 'undici']) {
   test(`bench peer ${peer}: forwards round-robin over keep-alive upstream connections`, async (t) => {
     const backends = await startBackends(t, ['a', 'b'])
+    const [a, b] = [backends.a!, backends.b!]
     const port = await freePort()
-    const child = spawn(process.execPath, [`bench/peers/${peer}.mjs`, '--listen', `127.0.0.1:${port}`, '--to', `${backends.a.address},${backends.b.address}`], {
+    const child = spawn(process.execPath, [`bench/peers/${peer}.mjs`, '--listen', `127.0.0.1:${port}`, '--to', `${a.address},${b.address}`], {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
     })
@@ -230,9 +231,9 @@ for (const peer of ['http-proxy', 'undici']) {
     t.is(bodies.filter((b) => b === 'b').length, 10)
     // Keep-alive upstream: 20 sequential requests over one client connection need at most one
     // connection per backend.
-    t.true(backends.a.connections <= 1 && backends.b.connections <= 1, `upstream connections a=${backends.a.connections} b=${backends.b.connections}`)
+    t.true(a.connections <= 1 && b.connections <= 1, `upstream connections a=${a.connections} b=${b.connections}`)
     // The forwarding headers meshproxy adds, added by every peer so all do the same work.
-    const seen = backends.a.requests[0].headers
+    const seen = a.requests[0]!.headers
     t.is(seen['x-forwarded-for'], '127.0.0.1')
     t.is(seen['x-forwarded-proto'], 'http')
     t.is(seen['x-forwarded-host'], `127.0.0.1:${port}`)

@@ -231,7 +231,9 @@ test('p2c-ewma sends a small share to an endpoint 50 ms slower than the others',
   const agent = new http.Agent({ keepAlive: true, maxSockets: 8 })
   t.teardown(() => agent.destroy())
   const n = 600
-  await inParallel(8, n, async () => t.is((await get(port, '/', {}, agent)).status, 200))
+  await inParallel(8, n, async () => {
+    t.is((await get(port, '/', {}, agent)).status, 200)
+  })
   const c = counts({ a, b, s })
   const share = c.s! / n
   // Round-robin would give it a third. Under p2c-ewma it wins a comparison only while the fast
@@ -251,7 +253,9 @@ test('least-request balances over the endpoints and prefers the less loaded', as
   const agent = new http.Agent({ keepAlive: true, maxSockets: 4 })
   t.teardown(() => agent.destroy())
   const n = 200
-  await inParallel(4, n, async () => t.is((await get(port, '/', {}, agent)).status, 200))
+  await inParallel(4, n, async () => {
+    t.is((await get(port, '/', {}, agent)).status, 200)
+  })
   const c = counts({ a, s })
   t.true(c.s! > 0 && c.s! < n / 4, `the slow endpoint holds requests longer, so it gets fewer: ${JSON.stringify(c)}`)
 })

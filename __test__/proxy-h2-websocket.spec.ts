@@ -159,7 +159,7 @@ test('routing as GET: no route for the path is a 404; other :protocol values and
   t.is(miss.status, 404)
   t.is(miss.headers['meshproxy-error'], 'no-route')
 
-  const other = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
+  const other = await new Promise<http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader>((resolve, reject) => {
     const stream = s.request({ ':method': 'CONNECT', ':protocol': 'webtransport', ':scheme': 'http', ':path': '/chat', ':authority': 'ws.test' }, { endStream: false })
     stream.on('error', reject)
     stream.once('response', resolve)

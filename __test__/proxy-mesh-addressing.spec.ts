@@ -34,7 +34,7 @@ services:
     ['web.default.svc', 'web'],
     ['web.default.svc.cluster.local:8080', 'web'],
     ['API.default.svc.cluster.local', 'api'],
-  ]) {
+  ] as [string, string][]) {
     const res = await request(port, { path: '/', headers: { host } })
     t.is(res.body, want, host)
   }

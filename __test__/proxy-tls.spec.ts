@@ -373,7 +373,9 @@ test('gRPC over TLS with @grpc/grpc-js', async (t) => {
 test('WebSocket over TLS with ws', async (t) => {
   const wsBackend = await startWsBackend(t)
   const p = await tlsProxy(t, { backendAddress: wsBackend.address })
-  const ws = new WebSocket(`wss://127.0.0.1:${p.port}/chat`, { ca: p.ca.pem, servername: WEB, headers: { host: WEB } })
+  // ws hands its options to https.request, which passes servername on to tls.connect.
+  const options: WebSocket.ClientOptions & Pick<tls.ConnectionOptions, 'servername'> = { ca: p.ca.pem, servername: WEB, headers: { host: WEB } }
+  const ws = new WebSocket(`wss://127.0.0.1:${p.port}/chat`, options)
   t.teardown(() => ws.terminate())
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve())

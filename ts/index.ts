@@ -30,6 +30,7 @@ export {
   DEFAULT_GRACE_MS,
   type CloseOptions,
   type EndpointStats,
+  type EndpointState,
   type WorkerStats,
   type ListenerInfo,
   type ProxyOptions,

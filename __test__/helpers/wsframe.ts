@@ -72,7 +72,7 @@ export function parseFrame(buf: Buffer): { frame: Frame; rest: Buffer } | null {
 
 /** Reads the frames a server sends on `stream`, one `next()` at a time. */
 export class FrameReader {
-  private buf = Buffer.alloc(0)
+  private buf: Buffer = Buffer.alloc(0)
   private readonly frames: Frame[] = []
   private waiter: (() => void) | undefined
   ended = false
