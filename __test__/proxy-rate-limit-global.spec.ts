@@ -10,35 +10,20 @@
 import http from 'node:http'
 import test, { type ExecutionContext } from 'ava'
 import { startBackends } from './helpers/backend.js'
-import { get, type Res } from './helpers/http.js'
-import { startProxy, type Started } from './helpers/proxy.js'
+import { connectOnce, get, sleep, type Res } from './helpers/http.js'
+import { type Started } from './helpers/proxy.js'
+import { count, keepAliveAgent, limitedRoutesYaml, routeCounter, throughBoth, twoProxies } from './helpers/rate-limit.js'
 import { startRedis } from './helpers/redis.js'
 import { echo, startTcpServer } from './helpers/tcp.js'
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-
 /** Two proxies with one config: routes `/open` and `/closed`, each with one global limit. */
-async function twoProxies(t: ExecutionContext, redis: string, backendPort: number, rate: number, burst: number): Promise<[Started, Started]> {
-  const limit = (name: string, failMode: string): string => `
-        rateLimits:
-          - { name: ${name}, rate: ${rate}, burst: ${burst}, global: { redis: "${redis}", failMode: ${failMode}, timeout: 50ms } }`
-  const yaml = `
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes:
-      - name: open
-        match: { path: /open }
-        service: a${limit('g-open', 'open')}
-      - name: closed
-        match: { path: /closed }
-        service: a${limit('g-closed', 'closed')}
-services:
-  - name: a
-    endpoints: [127.0.0.1:${backendPort}]
-`
-  return [await startProxy(t, yaml), await startProxy(t, yaml)]
+function openAndClosed(t: ExecutionContext, redis: string, backendPort: number, rate: number, burst: number): Promise<[Started, Started]> {
+  const limit = (name: string, failMode: string): string => `{ name: ${name}, rate: ${rate}, burst: ${burst}, global: { redis: "${redis}", failMode: ${failMode}, timeout: 50ms } }`
+  const yaml = limitedRoutesYaml(backendPort, [
+    { name: 'open', path: '/open', limit: limit('g-open', 'open') },
+    { name: 'closed', path: '/closed', limit: limit('g-closed', 'closed') },
+  ])
+  return twoProxies(t, yaml)
 }
 
 /** Sends `perSecond` requests a second, evenly spaced, to `path` on `port` for `ms`. */
@@ -54,14 +39,11 @@ async function offer(port: number, path: string, perSecond: number, ms: number, 
   return Promise.all(sent)
 }
 
-const count = (rs: Res[], status: number): number => rs.filter((r) => r.status === status).length
-
 test.serial('two proxies sharing one global limit hold the combined rate', async (t) => {
   const redis = await startRedis(t)
   const b = await startBackends(t, ['a'])
-  const [p1, p2] = await twoProxies(t, redis.url, b.a!.port, 50, 10)
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
-  t.teardown(() => agent.destroy())
+  const [p1, p2] = await openAndClosed(t, redis.url, b.a!.port, 50, 10)
+  const agent = keepAliveAgent(t, 32)
 
   // 100 a second through each proxy for 4 s: each proxy's local limit alone would admit
   // 10 + 50 × 4 = 210, both together 420; the global limit admits 210 in all.
@@ -86,16 +68,15 @@ test.serial('two proxies sharing one global limit hold the combined rate', async
   for (const p of [p1, p2]) {
     t.regex(p.proxy.metrics(), /meshproxy_rate_limit_fallback_total\{listener="main",route="open",service="",limit="g-open"\} 0\b/)
   }
-  const limited = [p1, p2].map((p) => Number(/meshproxy_rate_limited_total\{listener="main",route="open"[^}]*\} (\d+)/.exec(p.proxy.metrics())?.[1]))
+  const limited = [p1, p2].map((p) => routeCounter(p.proxy.metrics(), 'meshproxy_rate_limited_total', 'open'))
   t.is(limited[0]! + limited[1]!, all.length - admitted, 'every refusal counted by its proxy')
 })
 
 test.serial('Redis killed: fail-open admits by the local limit, fail-closed refuses, the fallback counts; Redis back: the global limit applies again', async (t) => {
   const redis = await startRedis(t)
   const b = await startBackends(t, ['a'])
-  const [p1, p2] = await twoProxies(t, redis.url, b.a!.port, 5, 10)
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
-  t.teardown(() => agent.destroy())
+  const [p1, p2] = await openAndClosed(t, redis.url, b.a!.port, 5, 10)
+  const agent = keepAliveAgent(t, 32)
 
   t.is((await get(p1.port, '/closed', {}, agent)).status, 200, 'redis up: admitted')
   t.is((await get(p1.port, '/open', {}, agent)).status, 200)
@@ -112,8 +93,7 @@ test.serial('Redis killed: fail-open admits by the local limit, fail-closed refu
   t.log(`redis down: /open admitted ${open} of 20 at once`)
   t.deepEqual([...new Set(burst.map((r) => r.status))].sort(), [200, 429])
   t.true(open >= 8 && open <= 11, `admitted ${open}: the local burst`)
-  const fallback = (p: Started, route: string): number =>
-    Number(new RegExp(`meshproxy_rate_limit_fallback_total\\{listener="main",route="${route}"[^}]*\\} (\\d+)`).exec(p.proxy.metrics())?.[1])
+  const fallback = (p: Started, route: string): number => routeCounter(p.proxy.metrics(), 'meshproxy_rate_limit_fallback_total', route)
   t.is(fallback(p1, 'open'), open, 'each admitted request counted as a fallback')
   t.is(fallback(p1, 'closed'), 1)
 
@@ -128,10 +108,7 @@ test.serial('Redis killed: fail-open admits by the local limit, fail-closed refu
   // Both local buckets full again (10 at 5 a second: 2 s), then 10 at once through each proxy:
   // each local bucket would admit all 10; the global one admits its burst of 10 in all.
   await sleep(2200)
-  const both = await Promise.all([
-    ...Array.from({ length: 10 }, () => get(p1.port, '/open', {}, agent)),
-    ...Array.from({ length: 10 }, () => get(p2.port, '/open', {}, agent)),
-  ])
+  const both = await throughBoth(agent, [p1, p2], 10, '/open')
   const admitted = count(both, 200)
   t.log(`redis back: /open admitted ${admitted} of 20 through two proxies at once`)
   t.true(admitted >= 9 && admitted <= 12, `admitted ${admitted}: the global burst of 10`)
@@ -161,14 +138,10 @@ services:
     rateLimits:
       - { name: svc, rate: 1, burst: 5, global: { redis: "${redis.url}", failMode: closed } }
 `
-  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
-  t.teardown(() => agent.destroy())
+  const [p1, p2] = await twoProxies(t, yaml)
+  const agent = keepAliveAgent(t, 32)
   // Each proxy's local bucket admits 5 of its 10; Redis admits 5 of those 10 in all.
-  const all = await Promise.all([
-    ...Array.from({ length: 10 }, () => get(p1.port, '/plain', {}, agent)),
-    ...Array.from({ length: 10 }, () => get(p2.port, '/retried', {}, agent)),
-  ])
+  const all = await throughBoth(agent, [p1, p2], 10, '/plain', '/retried')
   const admitted = count(all, 200)
   t.log(`admitted ${admitted} of 20 through two proxies at once`)
   t.deepEqual([...new Set(all.map((r) => r.status))].sort(), [200, 429])
@@ -179,18 +152,11 @@ services:
   t.is(limited[0]! + limited[1]!, 20 - admitted)
 })
 
-/** An HTTP/1.1 CONNECT through `port` (Node reports every answer as `connect`): its status and `meshproxy-error`; the tunnel is closed. */
-function connect(port: number, authority: string): Promise<{ status: number; error?: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method: 'CONNECT', path: authority, agent: false })
-    req.on('connect', (res: http.IncomingMessage, socket) => {
-      socket.destroy()
-      const error = res.headers['meshproxy-error'] as string | undefined
-      resolve(error === undefined ? { status: res.statusCode ?? 0 } : { status: res.statusCode ?? 0, error })
-    })
-    req.on('error', reject)
-    req.end()
-  })
+/** An HTTP/1.1 CONNECT through `port`: its status and `meshproxy-error`; the tunnel is closed. */
+async function connect(port: number, authority: string): Promise<{ status: number; error?: string }> {
+  const res = await connectOnce(port, authority)
+  const error = res.headers['meshproxy-error'] as string | undefined
+  return error === undefined ? { status: res.statusCode ?? 0 } : { status: res.statusCode ?? 0, error }
 }
 
 test.serial('a CONNECT tunnel counts against its service\'s global limit before an endpoint is chosen', async (t) => {
@@ -209,7 +175,7 @@ services:
     rateLimits:
       - { name: tunnels, rate: 1, burst: 1, global: { redis: "${redis.url}", failMode: closed } }
 `
-  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
+  const [p1, p2] = await twoProxies(t, yaml)
   t.is((await connect(p1.port, 'db.internal:5432')).status, 200, 'the global burst of 1')
   // The second proxy's own bucket is full; Redis refuses.
   t.deepEqual(await connect(p2.port, 'db.internal:5432'), { status: 429, error: 'rate-limited' })
@@ -246,11 +212,10 @@ spec:
     rate: 1
     burst: 5
 `
-  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 32 })
-  t.teardown(() => agent.destroy())
+  const [p1, p2] = await twoProxies(t, yaml)
+  const agent = keepAliveAgent(t, 32)
   // Each proxy's local bucket admits 5 of its 10; Redis admits 5 of those 10 in all.
-  const all = await Promise.all([...Array.from({ length: 10 }, () => get(p1.port, '/', {}, agent)), ...Array.from({ length: 10 }, () => get(p2.port, '/', {}, agent))])
+  const all = await throughBoth(agent, [p1, p2], 10, '/')
   const admitted = count(all, 200)
   t.log(`admitted ${admitted} of 20 through two proxies at once`)
   t.true(admitted >= 5 && admitted <= 6, `admitted ${admitted}: the RateLimiter's global burst of 5`)

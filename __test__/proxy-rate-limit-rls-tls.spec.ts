@@ -6,20 +6,24 @@
  * the bundle (or the system roots) does not trust is refused, handled by the fail mode, counted
  * as a fallback and logged with the reason; a bad `ca` is reported at its line and column.
  */
-import http from 'node:http'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import test from 'ava'
 import { startBackends } from './helpers/backend.js'
-import { runCli, spawnCli } from './helpers/cli.js'
-import { get, type Res } from './helpers/http.js'
-import { startProxy } from './helpers/proxy.js'
-import { ratelimitBinary, startRateLimitService } from './helpers/ratelimit-service.js'
-import { startRedis } from './helpers/redis.js'
+import { runCli, startCliProxy } from './helpers/cli.js'
+import { get, sleep } from './helpers/http.js'
+import {
+  awayFromTheMinutesEnd,
+  count,
+  keepAliveAgent,
+  limitedRoutesYaml,
+  routeLimitsYaml,
+  startRateLimitServiceOnRedis,
+  throughBoth,
+  twoProxies,
+} from './helpers/rate-limit.js'
+import { ratelimitBinary } from './helpers/ratelimit-service.js'
 import { makeUpstreamCerts } from './helpers/upstream-certs.js'
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-const count = (rs: Res[], status: number): number => rs.filter((r) => r.status === status).length
 
 /** Route `api`'s limit `total`: 5 a minute. */
 const RLS_CONFIG = `
@@ -33,12 +37,6 @@ descriptors:
         rate_limit: { unit: minute, requests_per_unit: 5 }
 `
 
-/** Waits until the current minute has at least 15 s left, so a test's requests share one window. */
-async function awayFromTheMinutesEnd(): Promise<void> {
-  const left = 60_000 - (Date.now() % 60_000)
-  if (left < 15_000) await sleep(left + 100)
-}
-
 test.before('envoyproxy/ratelimit is built (the first time: a Go build of a few minutes)', async (t) => {
   t.timeout(10 * 60_000)
   await ratelimitBinary()
@@ -46,31 +44,16 @@ test.before('envoyproxy/ratelimit is built (the first time: a Go build of a few 
 
 test.serial('an https:// rate limit service verified by the CA bundle next to the YAML holds its limit across two proxies', async (t) => {
   const certs = makeUpstreamCerts(t)
-  const redis = await startRedis(t)
-  const rls = await startRateLimitService(t, redis.port, RLS_CONFIG, { tls: { cert: certs.serverCert, key: certs.serverKey } })
+  const rls = await startRateLimitServiceOnRedis(t, RLS_CONFIG, { tls: { cert: certs.serverCert, key: certs.serverKey } })
   const b = await startBackends(t, ['a'])
-  const yaml = `
-admin: 127.0.0.1:0
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes:
-      - name: api
-        service: a
-        rateLimits:
-          - { name: total, rate: 1000, burst: 1000, global: { rls: "https://${rls.address}", ca: ca.crt, domain: mesh, failMode: closed, timeout: 2s } }
-services:
-  - name: a
-    endpoints: [127.0.0.1:${b.a!.port}]
-`
-  const file = join(certs.dir, 'mesh.yaml')
-  const [p1, p2] = [await startProxy(t, yaml, { file }), await startProxy(t, yaml, { file })]
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
-  t.teardown(() => agent.destroy())
+  const limit = `{ name: total, rate: 1000, burst: 1000, global: { rls: "https://${rls.address}", ca: ca.crt, domain: mesh, failMode: closed, timeout: 2s } }`
+  const yaml = limitedRoutesYaml(b.a!.port, [{ name: 'api', limit }], { admin: true })
+  const [p1, p2] = await twoProxies(t, yaml, { file: join(certs.dir, 'mesh.yaml') })
+  const agent = keepAliveAgent(t, 16)
   await awayFromTheMinutesEnd()
 
   // 4 through each proxy: each local limit admits all 8; the service, over TLS, admits 5 in all.
-  const all = await Promise.all([...Array.from({ length: 4 }, () => get(p1.port, '/', {}, agent)), ...Array.from({ length: 4 }, () => get(p2.port, '/', {}, agent))])
+  const all = await throughBoth(agent, [p1, p2], 4, '/')
   t.deepEqual([...new Set(all.map((r) => r.status))].sort(), [200, 429], 'no 503: every check was answered over TLS')
   t.is(count(all, 200), 5, 'the service\'s 5 a minute across both proxies')
   t.is(b.a!.requests.length, 5)
@@ -85,46 +68,32 @@ services:
 
 test.serial('an https:// rate limit service that the CA bundle or the system roots do not trust is refused: the fail mode applies, the fallback counts, the log says why', async (t) => {
   const certs = makeUpstreamCerts(t)
-  const redis = await startRedis(t)
-  const rls = await startRateLimitService(t, redis.port, RLS_CONFIG, { tls: { cert: certs.serverCert, key: certs.serverKey } })
+  const rls = await startRateLimitServiceOnRedis(t, RLS_CONFIG, { tls: { cert: certs.serverCert, key: certs.serverKey } })
   const b = await startBackends(t, ['a'])
   const file = join(certs.dir, 'wrong-ca.yaml')
   writeFileSync(
     file,
-    `
-admin: 127.0.0.1:0
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes:
-      - name: api
-        match: { path: /api }
-        service: a
-        rateLimits:
-          - { name: total, rate: 100, global: { rls: "https://${rls.address}", ca: other-ca.crt, domain: mesh, failMode: closed, timeout: 2s } }
-      - name: roots
-        match: { path: /roots }
-        service: a
-        rateLimits:
-          - { name: total, rate: 100, global: { rls: "https://${rls.address}", domain: mesh, failMode: open, timeout: 2s } }
-services:
-  - name: a
-    endpoints: [127.0.0.1:${b.a!.port}]
-`,
+    limitedRoutesYaml(
+      b.a!.port,
+      [
+        { name: 'api', path: '/api', limit: `{ name: total, rate: 100, global: { rls: "https://${rls.address}", ca: other-ca.crt, domain: mesh, failMode: closed, timeout: 2s } }` },
+        { name: 'roots', path: '/roots', limit: `{ name: total, rate: 100, global: { rls: "https://${rls.address}", domain: mesh, failMode: open, timeout: 2s } }` },
+      ],
+      { admin: true },
+    ),
   )
   const checked = await runCli(t, ['check', file])
   t.is(checked.code, 0, checked.stderr)
-  const cli = spawnCli(t, ['run', '-c', file])
-  const [, port] = await cli.waitForStdout(/listening on http:\/\/127\.0\.0\.1:(\d+)/)
-  const [, adminPort] = await cli.waitForStdout(/admin on http:\/\/127\.0\.0\.1:(\d+)/)
+  const cli = await startCliProxy(t, ['-c', file])
+  const { port, adminPort } = cli
 
-  const refused = await get(Number(port), '/api')
+  const refused = await get(port, '/api')
   t.is(refused.status, 503, 'fail-closed: the service is not trusted, so the limit could not be checked')
   t.is(refused.headers['meshproxy-error'], 'rate-limit-unavailable')
   t.is(b.a!.requests.length, 0)
-  t.is((await get(Number(port), '/roots')).status, 200, 'fail-open: the test CA is not among the system roots, admitted by the local limit')
+  t.is((await get(port, '/roots')).status, 200, 'fail-open: the test CA is not among the system roots, admitted by the local limit')
   t.is(b.a!.requests.length, 1)
-  const metrics = (await get(Number(adminPort), '/metrics')).body
+  const metrics = (await get(adminPort, '/metrics')).body
   t.regex(metrics, /meshproxy_rate_limit_fallback_total\{listener="main",route="api",service="",limit="total"\} 1\b/)
   t.regex(metrics, /meshproxy_rate_limit_fallback_total\{listener="main",route="roots",service="",limit="total"\} 1\b/)
 
@@ -141,19 +110,12 @@ test('a ca with a plaintext rls, an unreadable ca or an https address without a 
   const file = join(certs.dir, 'bad.yaml')
   writeFileSync(
     file,
-    `listeners:
-  - address: 127.0.0.1:0
-    routes:
-      - service: a
-        rateLimits:
-          - { rate: 1, global: { rls: "http://127.0.0.1:8081", domain: mesh, ca: ca.crt } }
-          - { name: two, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, ca: missing.pem } }
-          - { name: three, rate: 1, global: { rls: "https://127.0.0.1", domain: mesh } }
-          - { name: four, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, ca: ca.crt } }
-services:
-  - name: a
-    endpoints: [127.0.0.1:1]
-`,
+    routeLimitsYaml([
+      '{ rate: 1, global: { rls: "http://127.0.0.1:8081", domain: mesh, ca: ca.crt } }',
+      '{ name: two, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, ca: missing.pem } }',
+      '{ name: three, rate: 1, global: { rls: "https://127.0.0.1", domain: mesh } }',
+      '{ name: four, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, ca: ca.crt } }',
+    ]),
   )
   const r = await runCli(t, ['check', file])
   t.is(r.code, 1)

@@ -10,21 +10,29 @@
  * exact.
  */
 import { writeFileSync, mkdtempSync } from 'node:fs'
-import http from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import test, { type ExecutionContext } from 'ava'
+import test from 'ava'
 import * as grpc from '@grpc/grpc-js'
 import { startBackends } from './helpers/backend.js'
 import { grpcEchoClient, startGrpcEcho } from './helpers/grpc-echo.js'
 import { runCli } from './helpers/cli.js'
-import { get, type Res } from './helpers/http.js'
+import { get, sleep } from './helpers/http.js'
 import { startProxy, type Started } from './helpers/proxy.js'
-import { ratelimitBinary, startRateLimitService, type RateLimitService } from './helpers/ratelimit-service.js'
-import { startRedis } from './helpers/redis.js'
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-const count = (rs: Res[], status: number): number => rs.filter((r) => r.status === status).length
+import {
+  awayFromTheMinutesEnd,
+  count,
+  keepAliveAgent,
+  limitedEchoYaml,
+  limitedRoutesYaml,
+  routeCounter,
+  routeLimitsYaml,
+  startRateLimitServiceOnRedis,
+  throughBoth,
+  twoProxies,
+  type LimitedRoute,
+} from './helpers/rate-limit.js'
+import { ratelimitBinary } from './helpers/ratelimit-service.js'
 
 /**
  * The service's config: route `api`'s limit `total`, 20 a minute; route `users`'s limit `per-user`,
@@ -55,39 +63,17 @@ descriptors:
         rate_limit: { unit: minute, requests_per_unit: 2 }
 `
 
-async function rateLimitService(t: ExecutionContext): Promise<RateLimitService> {
-  const redis = await startRedis(t)
-  return startRateLimitService(t, redis.port, RLS_CONFIG)
-}
-
-/** Waits until the current minute has at least 15 s left, so a test's requests share one window. */
-async function awayFromTheMinutesEnd(): Promise<void> {
-  const left = 60_000 - (Date.now() % 60_000)
-  if (left < 15_000) await sleep(left + 100)
-}
-
-function proxyYaml(rls: string, backendPort: number, failMode = 'open'): string {
-  const global = `global: { rls: "${rls}", domain: mesh, failMode: ${failMode}, timeout: 500ms }`
-  return `
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes:
-      - name: api
-        match: { path: /api }
-        service: a
-        rateLimits:
-          - { name: total, rate: 1000, burst: 1000, ${global} }
-      - name: users
-        match: { path: /users }
-        service: a
-        rateLimits:
-          - { name: per-user, rate: 1000, burst: 1000, key: { header: x-user }, ${global} }
-services:
-  - name: a
-    endpoints: [127.0.0.1:${backendPort}]
-`
+/**
+ * Routes `api` (/api) and `users` (/users, keyed by `x-user`) with fail-open limits through the
+ * service at `rls`, high enough locally that the service decides; then `more` routes.
+ */
+function proxyYaml(rls: string, backendPort: number, more: LimitedRoute[] = []): string {
+  const global = `global: { rls: "${rls}", domain: mesh, failMode: open, timeout: 500ms }`
+  return limitedRoutesYaml(backendPort, [
+    { name: 'api', path: '/api', limit: `{ name: total, rate: 1000, burst: 1000, ${global} }` },
+    { name: 'users', path: '/users', limit: `{ name: per-user, rate: 1000, burst: 1000, key: { header: x-user }, ${global} }` },
+    ...more,
+  ])
 }
 
 test.before('envoyproxy/ratelimit is built (the first time: a Go build of a few minutes)', async (t) => {
@@ -96,16 +82,14 @@ test.before('envoyproxy/ratelimit is built (the first time: a Go build of a few 
 })
 
 test.serial('two proxies sharing one rate limit service hold its combined limit, and a refusal is the same 429 as a local one', async (t) => {
-  const rls = await rateLimitService(t)
+  const rls = await startRateLimitServiceOnRedis(t, RLS_CONFIG)
   const b = await startBackends(t, ['a'])
-  const yaml = proxyYaml(rls.address, b.a!.port)
-  const [p1, p2] = [await startProxy(t, yaml), await startProxy(t, yaml)]
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
-  t.teardown(() => agent.destroy())
+  const [p1, p2] = await twoProxies(t, proxyYaml(rls.address, b.a!.port))
+  const agent = keepAliveAgent(t, 16)
   await awayFromTheMinutesEnd()
 
   // 15 through each proxy: each local limit admits all 30; the service admits 20 in all.
-  const all = await Promise.all([...Array.from({ length: 15 }, () => get(p1.port, '/api', {}, agent)), ...Array.from({ length: 15 }, () => get(p2.port, '/api', {}, agent))])
+  const all = await throughBoth(agent, [p1, p2], 15, '/api')
   t.deepEqual([...new Set(all.map((r) => r.status))].sort(), [200, 429], 'only 200 and 429')
   t.is(count(all, 200), 20, 'the service\'s 20 a minute across both proxies')
   t.is(b.a!.requests.length, 20, 'a refused request never reaches the backend')
@@ -115,7 +99,7 @@ test.serial('two proxies sharing one rate limit service hold its combined limit,
   const retryAfter = Number(refused.headers['retry-after'])
   t.true(retryAfter >= 1 && retryAfter <= 60, `Retry-After ${retryAfter}: the time until the minute's window resets`)
   t.is(refused.headers['ratelimit'], `"total";r=0;t=${retryAfter}`)
-  const limited = [p1, p2].map((p) => Number(/meshproxy_rate_limited_total\{listener="main",route="api"[^}]*\} (\d+)/.exec(p.proxy.metrics())?.[1]))
+  const limited = [p1, p2].map((p) => routeCounter(p.proxy.metrics(), 'meshproxy_rate_limited_total', 'api'))
   t.is(limited[0]! + limited[1]!, 10, 'every refusal counted by its proxy')
   for (const p of [p1, p2]) t.regex(p.proxy.metrics(), /meshproxy_rate_limit_fallback_total\{listener="main",route="api",service="",limit="total"\} 0\b/)
 
@@ -127,20 +111,11 @@ test.serial('two proxies sharing one rate limit service hold its combined limit,
 })
 
 test.serial('the rate limit service killed: fail-open admits by the local limit, fail-closed refuses, the fallback counts; back: the proxies reconnect', async (t) => {
-  const rls = await rateLimitService(t)
+  const rls = await startRateLimitServiceOnRedis(t, RLS_CONFIG)
   const b = await startBackends(t, ['a'])
-  const yaml = proxyYaml(rls.address, b.a!.port).replace(
-    'services:',
-    `      - name: closed
-        match: { path: /closed }
-        service: a
-        rateLimits:
-          - { name: total, rate: 1000, burst: 1000, global: { rls: "http://${rls.address}", domain: mesh, failMode: closed, timeout: 500ms } }
-services:`,
-  )
-  const { port, proxy } = await startProxy(t, yaml)
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
-  t.teardown(() => agent.destroy())
+  const closedLimit = `{ name: total, rate: 1000, burst: 1000, global: { rls: "http://${rls.address}", domain: mesh, failMode: closed, timeout: 500ms } }`
+  const { port, proxy } = await startProxy(t, proxyYaml(rls.address, b.a!.port, [{ name: 'closed', path: '/closed', limit: closedLimit }]))
+  const agent = keepAliveAgent(t, 16)
   t.is((await get(port, '/closed', {}, agent)).status, 200, 'the service up: admitted')
 
   await rls.stop()
@@ -150,7 +125,7 @@ services:`,
   t.is(closed.headers['retry-after'], '1')
   const open = await Promise.all(Array.from({ length: 5 }, () => get(port, '/api', {}, agent)))
   t.is(count(open, 200), 5, 'fail-open admits by the local limit alone')
-  const fallback = (route: string): number => Number(new RegExp(`meshproxy_rate_limit_fallback_total\\{listener="main",route="${route}"[^}]*\\} (\\d+)`).exec(proxy.metrics())?.[1])
+  const fallback = (route: string): number => routeCounter(proxy.metrics(), 'meshproxy_rate_limit_fallback_total', route)
   t.is(fallback('api'), 5, 'each admitted request counted as a fallback')
   t.is(fallback('closed'), 1)
 
@@ -165,22 +140,9 @@ services:`,
 })
 
 test.serial('a gRPC client over a service\'s rls limit gets RESOURCE_EXHAUSTED, and the call never reaches the server', async (t) => {
-  const rls = await rateLimitService(t)
+  const rls = await startRateLimitServiceOnRedis(t, RLS_CONFIG)
   const echo = await startGrpcEcho(t)
-  const { address } = await startProxy(
-    t,
-    `
-admin: null
-listeners:
-  - address: 127.0.0.1:0
-    routes: [{ service: echo }]
-services:
-  - name: echo
-    protocol: http2
-    endpoints: [127.0.0.1:${echo.port}]
-    rateLimits: [{ name: calls, rate: 100, global: { rls: "${rls.address}", domain: mesh, timeout: 500ms } }]
-`,
-  )
+  const { address } = await startProxy(t, limitedEchoYaml(echo.port, `[{ name: calls, rate: 100, global: { rls: "${rls.address}", domain: mesh, timeout: 500ms } }]`))
   await awayFromTheMinutesEnd()
   const call = grpcEchoClient(t, address)
   const codes = []
@@ -194,20 +156,13 @@ test('a global block with both redis and rls, rls without a domain, a bad rls ad
   const file = join(dir, 'bad.yaml')
   writeFileSync(
     file,
-    `listeners:
-  - address: 127.0.0.1:0
-    routes:
-      - service: a
-        rateLimits:
-          - { rate: 1, global: { redis: "redis://127.0.0.1:6379", rls: 127.0.0.1:8081, domain: mesh } }
-          - { name: two, rate: 1, global: { rls: 127.0.0.1:8081 } }
-          - { name: three, rate: 1, global: { rls: "127.0.0.1", domain: mesh } }
-          - { name: four, rate: 1, global: { rls: 127.0.0.1:8081, domain: mesh, ca: ca.crt } }
-          - { name: five, rate: 1, global: { failMode: closed } }
-services:
-  - name: a
-    endpoints: [127.0.0.1:1]
-`,
+    routeLimitsYaml([
+      '{ rate: 1, global: { redis: "redis://127.0.0.1:6379", rls: 127.0.0.1:8081, domain: mesh } }',
+      '{ name: two, rate: 1, global: { rls: 127.0.0.1:8081 } }',
+      '{ name: three, rate: 1, global: { rls: "127.0.0.1", domain: mesh } }',
+      '{ name: four, rate: 1, global: { rls: 127.0.0.1:8081, domain: mesh, ca: ca.crt } }',
+      '{ name: five, rate: 1, global: { failMode: closed } }',
+    ]),
   )
   const r = await runCli(t, ['check', file])
   t.is(r.code, 1)

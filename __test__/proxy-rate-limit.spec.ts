@@ -17,6 +17,7 @@ import { grpcEchoClient, startGrpcEcho } from './helpers/grpc-echo.js'
 import { rssBytes, startCliProxy } from './helpers/cli.js'
 import { get, type Res } from './helpers/http.js'
 import { startProxy } from './helpers/proxy.js'
+import { limitedEchoYaml } from './helpers/rate-limit.js'
 
 const fixture = (name: string): string => readFileSync(new URL(`fixtures/${name}`, import.meta.url), 'utf8')
 
@@ -168,20 +169,7 @@ services:
 
 test.serial('a gRPC client over the limit gets RESOURCE_EXHAUSTED, and the call never reaches the server', async (t) => {
   const echo = await startGrpcEcho(t)
-  const { address } = await startProxy(
-    t,
-    `
-admin: null
-listeners:
-  - address: 127.0.0.1:0
-    routes: [{ service: echo }]
-services:
-  - name: echo
-    protocol: http2
-    endpoints: [127.0.0.1:${echo.port}]
-    rateLimits: [{ rate: 1, burst: 2 }]
-`,
-  )
+  const { address } = await startProxy(t, limitedEchoYaml(echo.port, '[{ rate: 1, burst: 2 }]'))
   const call = grpcEchoClient(t, address)
   const results = []
   for (let i = 0; i < 5; i++) results.push(await call())
