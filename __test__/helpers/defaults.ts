@@ -23,3 +23,58 @@ export const ROUTE_FILTER_DEFAULTS = () => ({
   rateLimits: [],
   policies: [],
 })
+
+/**
+ * A listener's fields as the model defaults them, all but its `name`, `address` and `routes`:
+ * HTTP, its limits and timeouts, no TLS, authorization allowing all. Written out, as above, so
+ * that a changed default fails the tests that expect it.
+ */
+export const LISTENER_DEFAULTS = () => ({
+  protocol: 'http',
+  tcpService: null,
+  detectTimeoutMs: 1000,
+  maxConnections: 10000,
+  headerReadTimeoutMs: 10000,
+  idleTimeoutMs: 60000,
+  maxHeaderBytes: 65536,
+  maxUriBytes: 8192,
+  tunnelIdleTimeoutMs: 300000,
+  http2: DOCUMENTED_HTTP2_DEFAULTS,
+  proxyHeaders: true,
+  authorization: { default: 'allow', rules: [] },
+  tls: null,
+  mtls: 'off',
+})
+
+/** A route's fields as the model defaults them, all but its `name` and `service`: a catch-all. */
+export const ROUTE_DEFAULTS = () => ({
+  hosts: [],
+  path: { type: 'Prefix', value: '/' },
+  methods: [],
+  headers: [],
+  responseHeaderTimeoutMs: 15000,
+  idleTimeoutMs: 0,
+  allowConnect: false,
+  retry: null,
+  ...ROUTE_FILTER_DEFAULTS(),
+  backends: [],
+})
+
+/** A service's fields as the model defaults them, all but its `name`, `balancer` and `endpoints`. */
+export const SERVICE_DEFAULTS = () => ({
+  protocol: 'http1',
+  connectTimeoutMs: 1000,
+  maxInflightPerEndpoint: 1000,
+  maxPendingPerEndpoint: 1000,
+  maxStreamsPerConnection: 100,
+  pool: { maxIdlePerEndpoint: 1000, idleTimeoutMs: 4000 },
+  failureStatuses: '500-599',
+  failureGrpcStatuses: 'unknown,deadline-exceeded,internal,unavailable',
+  failureAccrual: { consecutiveFailures: 0, minPenaltyMs: 1000, maxPenaltyMs: 60000, jitterPercent: 50, maxEjectionPercent: 50 },
+  circuitBreaker: null,
+  healthCheck: null,
+  rateLimits: [],
+  policies: [],
+  tls: null,
+  identity: null,
+})
