@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import test from 'ava'
 import { loadConfigText } from '../ts/index.js'
 import { startBackend } from './helpers/backend.js'
-import { sleep } from './helpers/http.js'
+import { keepSending, sleep } from './helpers/http.js'
 import { adminGet, inbound, makeMesh, metric, outbound } from './helpers/mesh.js'
 
 const SELF_ISSUE = '\n  selfIssue: true\n  lifetime: 10s'
@@ -48,22 +48,7 @@ test('two self-issuing proxies renew their certificates under load with no faile
     t.true(share >= 0.65 && share < 0.75, `renews at ${share} of its lifetime`)
   }
 
-  let running = true
-  let ok = 0
-  const failed: string[] = []
-  const load = async () => {
-    while (running) {
-      try {
-        const r = await get(a.port)
-        if (r.status === 200) ok++
-        else failed.push(`${r.status} ${r.error ?? ''}`)
-      } catch (e) {
-        failed.push(String(e))
-      }
-      await sleep(5)
-    }
-  }
-  const loops = [load(), load(), load()]
+  const sending = keepSending(3, () => get(a.port), 5)
   // Both renew 6.5–7.5 s after they started; allow a loaded machine a few seconds more.
   const serials = { a: new Set([firstA.certificate.serial]), b: new Set([firstB.certificate.serial]) }
   for (let i = 0; i < 120 && (serials.a.size < 2 || serials.b.size < 2); i++) {
@@ -72,8 +57,8 @@ test('two self-issuing proxies renew their certificates under load with no faile
     serials.b.add((await view(b.adminPort)).certificate.serial)
   }
   await sleep(500)
-  running = false
-  await Promise.all(loops)
+  await sending.stop()
+  const { ok, failed } = sending
   t.true(serials.a.size >= 2, 'A renewed its certificate')
   t.true(serials.b.size >= 2, 'B renewed its certificate')
   t.deepEqual(failed, [], 'no request failed across the renewals')

@@ -14,7 +14,7 @@ import tls from 'node:tls'
 import test from 'ava'
 import { initIdentity, issueIdentity, type MeshProxyError } from '../ts/index.js'
 import { startBackend, type SeenRequest } from './helpers/backend.js'
-import { rawRequest, sleep } from './helpers/http.js'
+import { keepSending, rawRequest, sleep } from './helpers/http.js'
 import { adminGet, inbound, issueExpired, makeMesh, metric, outbound } from './helpers/mesh.js'
 
 /** An HTTP/1.1 request to `port` with its own agent; the status and body. */
@@ -241,21 +241,10 @@ test('certificates and anchors rotate under load with no failed request; new han
   const before = await tlsExchange(b.port, clientCert())
   t.true(before.ok, before.text)
 
-  let running = true
-  let ok = 0
-  const failed: string[] = []
-  const load = async () => {
-    while (running) {
-      try {
-        const r = await send(a.port, { headers: { host: 'orders' } })
-        if (r.status === 200) ok++
-        else failed.push(`${r.status} ${r.headers['meshproxy-error'] ?? ''}`)
-      } catch (e) {
-        failed.push(String(e))
-      }
-    }
-  }
-  const loops = [load(), load(), load(), load()]
+  const sending = keepSending(4, async () => {
+    const r = await send(a.port, { headers: { host: 'orders' } })
+    return { status: r.status, error: r.headers['meshproxy-error'] as string | undefined }
+  })
   const waitForSerial = async (previous: string): Promise<string> => {
     for (let i = 0; i < 60; i++) {
       const s = hex(JSON.parse(await adminGet(b.adminPort, '/identity')).certificate.serial as string)
@@ -283,8 +272,8 @@ test('certificates and anchors rotate under load with no failed request; new han
   const third = await waitForSerial(second)
   t.not(third, second)
   await sleep(700)
-  running = false
-  await Promise.all(loops)
+  await sending.stop()
+  const { ok, failed } = sending
   t.deepEqual(failed, [], 'no request failed during the rotations')
   t.true(ok > 20, `requests went through (${ok})`)
   const id = JSON.parse(await adminGet(b.adminPort, '/identity'))

@@ -138,3 +138,46 @@ export function connectOnce(port: number, authority: string): Promise<http.Incom
     req.end()
   })
 }
+
+/** Requests sent by [`keepSending`] until `stop()`. */
+export interface Sending {
+  /** How many were answered 200. */
+  readonly ok: number
+  /** Each other answer (`status meshproxy-error`) and each error thrown, in order. */
+  readonly failed: string[]
+  /** Lets each loop finish its request in flight and resolves when all have. */
+  stop(): Promise<void>
+}
+
+/**
+ * Runs `loops` loops that each send one request at a time with `send` (its status and
+ * `meshproxy-error`), `pauseMs` apart (none: the next at once), until `stop()`.
+ */
+export function keepSending(loops: number, send: () => Promise<{ status: number; error?: string | undefined }>, pauseMs = 0): Sending {
+  let running = true
+  let ok = 0
+  const failed: string[] = []
+  const loop = async (): Promise<void> => {
+    while (running) {
+      try {
+        const r = await send()
+        if (r.status === 200) ok++
+        else failed.push(`${r.status} ${r.error ?? ''}`)
+      } catch (e) {
+        failed.push(String(e))
+      }
+      if (pauseMs > 0) await sleep(pauseMs)
+    }
+  }
+  const all = Promise.all(Array.from({ length: loops }, loop))
+  return {
+    get ok() {
+      return ok
+    },
+    failed,
+    async stop() {
+      running = false
+      await all
+    },
+  }
+}
