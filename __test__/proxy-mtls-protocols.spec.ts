@@ -7,10 +7,10 @@
  */
 import http from 'node:http'
 import test from 'ava'
-import * as grpc from '@grpc/grpc-js'
 import WebSocket from 'ws'
 import { loadConfigText } from '../ts/index.js'
 import { startBackend } from './helpers/backend.js'
+import { grpcEchoCaller, startGrpcEcho } from './helpers/grpc-echo.js'
 import { adminGet, inbound, makeMesh, metric, outbound } from './helpers/mesh.js'
 import { startProxy } from './helpers/proxy.js'
 import { echo, startTcpServer, tcpConnect, write } from './helpers/tcp.js'
@@ -30,29 +30,12 @@ function get(port: number, host: string): Promise<{ status: number; body: string
 }
 
 test('gRPC with @grpc/grpc-js over the mesh hop', async (t) => {
-  const passthrough = (b: Buffer) => b
-  const definition = {
-    Unary: { path: '/test.Echo/Unary', requestStream: false, responseStream: false, requestSerialize: passthrough, requestDeserialize: passthrough, responseSerialize: passthrough, responseDeserialize: passthrough },
-  } satisfies grpc.ServiceDefinition
-  const server = new grpc.Server()
-  server.addService(definition, {
-    Unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.concat([Buffer.from('echo:'), call.request])),
-  })
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  )
-  t.teardown(() => server.forceShutdown())
+  const { port } = await startGrpcEcho(t, { prefix: 'echo:' })
   const mesh = await makeMesh(t, ['web', 'echo'])
   const b = await inbound(t, mesh, 'echo', `127.0.0.1:${port}`, { service: '\n    protocol: http2' })
   const a = await outbound(t, mesh, 'web', b.address, 'echo.shop', { service: '\n    protocol: http2' })
-  const Client = grpc.makeGenericClientConstructor(definition, 'Echo')
-  const client = new Client(`127.0.0.1:${a.port}`, grpc.credentials.createInsecure()) as InstanceType<typeof Client> & {
-    Unary: (req: Buffer, cb: (err: grpc.ServiceError | null, res?: Buffer) => void) => void
-  }
-  t.teardown(() => client.close())
-  const replies = await Promise.all(
-    ['a', 'b', 'c'].map((s) => new Promise<Buffer>((resolve, reject) => client.Unary(Buffer.from(s), (err, res) => (err || !res ? reject(err) : resolve(res))))),
-  )
+  const call = grpcEchoCaller(t, `127.0.0.1:${a.port}`)
+  const replies = await Promise.all(['a', 'b', 'c'].map((s) => call(Buffer.from(s))))
   t.deepEqual(replies.map(String), ['echo:a', 'echo:b', 'echo:c'])
   const ep = (await a.proxy.stats()).endpoints.find((e) => e.address === b.address)
   t.is(ep?.openedConnections, 1)

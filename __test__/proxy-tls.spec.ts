@@ -19,6 +19,7 @@ import WebSocket from 'ws'
 import { loadConfigText } from '../ts/index.js'
 import { startBackend, type Backend } from './helpers/backend.js'
 import { makeCa, type CertFiles, type TestCa } from './helpers/certs.js'
+import { grpcEchoCaller, startGrpcEcho } from './helpers/grpc-echo.js'
 import { sleep } from './helpers/http.js'
 import { load, startProxy, type Started } from './helpers/proxy.js'
 import { startWsBackend } from './helpers/ws.js'
@@ -347,26 +348,13 @@ test('changed certificate files are served to new handshakes while an open keep-
 })
 
 test('gRPC over TLS with @grpc/grpc-js', async (t) => {
-  const passthrough = (b: Buffer) => b
-  const definition = {
-    Unary: { path: '/test.Echo/Unary', requestStream: false, responseStream: false, requestSerialize: passthrough, requestDeserialize: passthrough, responseSerialize: passthrough, responseDeserialize: passthrough },
-  } satisfies grpc.ServiceDefinition
-  const server = new grpc.Server()
-  server.addService(definition, {
-    Unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.concat([Buffer.from('echo:'), call.request])),
-  })
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  )
-  t.teardown(() => server.forceShutdown())
+  const { port } = await startGrpcEcho(t, { prefix: 'echo:' })
   const p = await tlsProxy(t, { backendAddress: `127.0.0.1:${port}`, service: '    protocol: http2' })
-  const Client = grpc.makeGenericClientConstructor(definition, 'Echo')
-  const client = new Client(`127.0.0.1:${p.port}`, grpc.credentials.createSsl(Buffer.from(p.ca.pem)), {
+  const call = grpcEchoCaller(t, `127.0.0.1:${p.port}`, grpc.credentials.createSsl(Buffer.from(p.ca.pem)), {
     'grpc.ssl_target_name_override': API,
     'grpc.default_authority': API,
-  }) as InstanceType<typeof Client> & { Unary: (req: Buffer, cb: (err: grpc.ServiceError | null, res?: Buffer) => void) => void }
-  t.teardown(() => client.close())
-  const reply = await new Promise<Buffer>((resolve, reject) => client.Unary(Buffer.from('hi'), (err, res) => (err || !res ? reject(err) : resolve(res))))
+  })
+  const reply = await call(Buffer.from('hi'))
   t.is(reply.toString(), 'echo:hi')
 })
 
