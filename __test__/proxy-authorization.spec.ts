@@ -10,7 +10,7 @@ import http from 'node:http'
 import test from 'ava'
 import * as grpc from '@grpc/grpc-js'
 import { startBackend } from './helpers/backend.js'
-import { request } from './helpers/http.js'
+import { connectOnce, request } from './helpers/http.js'
 import { load, startProxy } from './helpers/proxy.js'
 import type { MeshProxyError } from '../ts/index.js'
 
@@ -19,15 +19,28 @@ const metricValue = (text: string, series: string): number => {
   return line === undefined ? 0 : Number(line.slice(series.length + 1))
 }
 
+/**
+ * A config of one listener, `name` on `address`, with `fields` (its authorization and routes, YAML
+ * indented as a listener's fields), in front of service `app` at `appAddress`.
+ */
+function appYaml(appAddress: string, fields: string, { name = 'main', address = '127.0.0.1:0' } = {}): string {
+  return `
+admin: null
+listeners:
+  - name: ${name}
+    address: ${address}${fields}
+services:
+  - { name: app, endpoints: [${appAddress}] }
+`
+}
+
 test('a rule denying 127.0.0.0/8 answers 403 forbidden and the backend never sees the request; allowing it lets it through', async (t) => {
   const app = await startBackend(t, 'app')
   const { port, proxy } = await startProxy(
     t,
-    `
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
+    appYaml(
+      app.address,
+      `
     authorization:
       rules:
         - { action: deny, networks: [127.0.0.0/8], path: /private }
@@ -45,10 +58,8 @@ listeners:
         authorization:
           - { action: allow, networks: [10.0.0.0/8, "2001:db8::/32"] }
           - { action: deny }
-      - { name: public, service: app }
-services:
-  - { name: app, endpoints: [${app.address}] }
-`,
+      - { name: public, service: app }`,
+    ),
   )
   const denied = await request(port, { path: '/private/report' })
   t.is(denied.status, 403)
@@ -69,33 +80,27 @@ test('a listener that denies by default refuses every request no rule allows', a
   const app = await startBackend(t, 'app')
   const loopbackOnly = await startProxy(
     t,
-    `
-admin: null
-listeners:
-  - name: loopback-only
-    address: 127.0.0.1:0
+    appYaml(
+      app.address,
+      `
     authorization:
       default: deny
       rules: [{ action: allow, networks: [127.0.0.0/8, "::1"] }]
-    routes: [{ service: app }]
-services:
-  - { name: app, endpoints: [${app.address}] }
-`,
+    routes: [{ service: app }]`,
+      { name: 'loopback-only' },
+    ),
   )
   const closed = await startProxy(
     t,
-    `
-admin: null
-listeners:
-  - name: closed
-    address: 127.0.0.1:0
+    appYaml(
+      app.address,
+      `
     authorization: { default: deny }
     routes:
       - { name: all, service: app }
-      - { name: health, match: { path: /healthz, pathType: Exact }, service: app, authorization: [{ action: allow, methods: GET }] }
-services:
-  - { name: app, endpoints: [${app.address}] }
-`,
+      - { name: health, match: { path: /healthz, pathType: Exact }, service: app, authorization: [{ action: allow, methods: GET }] }`,
+      { name: 'closed' },
+    ),
   )
   t.is((await request(loopbackOnly.port, { path: '/a' })).status, 200)
   const refused = await request(closed.port, { path: '/a' })
@@ -110,11 +115,9 @@ test('method, path and header conditions, first match wins, before redirects and
   const app = await startBackend(t, 'app')
   const { port } = await startProxy(
     t,
-    `
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
+    appYaml(
+      app.address,
+      `
     authorization:
       rules:
         - { action: deny, methods: [DELETE] }
@@ -131,10 +134,8 @@ listeners:
         match: { path: /old }
         redirect: { path: /new }
         authorization: [{ action: deny, headers: { x-role: guest } }]
-      - { name: rest, service: app }
-services:
-  - { name: app, endpoints: [${app.address}] }
-`,
+      - { name: rest, service: app }`,
+    ),
   )
   const status = async (method: string, path: string, headers: http.OutgoingHttpHeaders = {}) => (await request(port, { method, path, headers })).status
   t.is(await status('POST', '/admin/users'), 403, 'method and path both match')
@@ -153,34 +154,18 @@ test('a CONNECT tunnel is authorized as its route\'s requests are', async (t) =>
   const app = await startBackend(t, 'app')
   const { port } = await startProxy(
     t,
-    `
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
+    appYaml(
+      app.address,
+      `
     routes:
       - name: tunnel
         match: { host: db.internal }
         service: app
         allowConnect: true
-        authorization: [{ action: deny, networks: [127.0.0.0/8] }]
-services:
-  - { name: app, endpoints: [${app.address}] }
-`,
+        authorization: [{ action: deny, networks: [127.0.0.0/8] }]`,
+    ),
   )
-  const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method: 'CONNECT', path: 'db.internal:5432', agent: false })
-    req.on('connect', (r: http.IncomingMessage, socket) => {
-      socket.destroy()
-      resolve(r)
-    })
-    req.on('response', (r: http.IncomingMessage) => {
-      r.resume()
-      resolve(r)
-    })
-    req.on('error', reject)
-    req.end()
-  })
+  const res = await connectOnce(port, 'db.internal:5432')
   t.is(res.statusCode, 403)
   t.is(res.headers['meshproxy-error'], 'forbidden')
   t.is(app.connections, 0, 'no tunnel was opened')
@@ -238,20 +223,17 @@ test('an IPv6 client is matched by IPv6 networks, never by IPv4 ones', async (t)
   const app = await startBackend(t, 'app')
   const { port } = await startProxy(
     t,
-    `
-admin: null
-listeners:
-  - name: v6
-    address: "[::1]:0"
+    appYaml(
+      app.address,
+      `
     authorization:
       default: deny
       rules:
         - { action: allow, networks: [127.0.0.0/8, "::ffff:0:0/96"], path: /v4-only }
         - { action: allow, networks: ["::1"], path: /v6 }
-    routes: [{ service: app }]
-services:
-  - { name: app, endpoints: [${app.address}] }
-`,
+    routes: [{ service: app }]`,
+      { name: 'v6', address: '"[::1]:0"' },
+    ),
   )
   const get = (path: string) =>
     new Promise<http.IncomingMessage>((resolve, reject) => {
@@ -270,16 +252,13 @@ services:
 
 test('a reload changes the rules at once; a bad rule is refused and the running rules stay', async (t) => {
   const app = await startBackend(t, 'app')
-  const yaml = (action: string, network: string) => `
-admin: null
-listeners:
-  - name: main
-    address: 127.0.0.1:0
+  const yaml = (action: string, network: string) =>
+    appYaml(
+      app.address,
+      `
     authorization: { rules: [{ action: ${action}, networks: ["${network}"] }] }
-    routes: [{ service: app }]
-services:
-  - { name: app, endpoints: [${app.address}] }
-`
+    routes: [{ service: app }]`,
+    )
   const { port, proxy } = await startProxy(t, yaml('allow', '127.0.0.1'))
   t.is((await request(port)).status, 200)
   // The same listener (keyed by its configured address, 127.0.0.1:0) with other rules.

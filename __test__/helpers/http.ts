@@ -124,14 +124,19 @@ export async function inParallel(concurrency: number, n: number, send: () => Pro
 }
 
 /**
- * An HTTP/1.1 `CONNECT authority` through the proxy on `port` (Node reports every answer to a
- * CONNECT as `connect`, refusals too): the response; the tunnel's socket is closed.
+ * An HTTP/1.1 `CONNECT authority` through the proxy on `port`: the response, refusals too (Node
+ * reports each answer to a CONNECT as `connect`; a `response` is taken as well); a tunnel's
+ * socket is closed.
  */
 export function connectOnce(port: number, authority: string): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, method: 'CONNECT', path: authority, agent: false })
     req.on('connect', (res: http.IncomingMessage, socket: net.Socket) => {
       socket.destroy()
+      resolve(res)
+    })
+    req.on('response', (res: http.IncomingMessage) => {
+      res.resume()
       resolve(res)
     })
     req.on('error', reject)
