@@ -10,12 +10,11 @@
  * - Empty DATA frames (CVE-2019-9518): a stream of DATA frames too small to carry a body is
  *   cut off with GOAWAY ENHANCE_YOUR_CALM.
  */
-import { readFileSync } from 'node:fs'
-import http2 from 'node:http2'
 import net from 'node:net'
 import test, { type ExecutionContext } from 'ava'
 import { startBackend } from './helpers/backend.js'
-import { rssBytes, startCliProxy } from './helpers/cli.js'
+import { cpuSeconds, rssBytes, startCliProxy } from './helpers/cli.js'
+import { stillServes } from './helpers/h2.js'
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')
 const DATA = 0x0
@@ -40,12 +39,6 @@ function frame(type: number, flags: number, stream: number, payload: Buffer = Bu
 function requestBlock(method: 'GET' | 'POST'): Buffer {
   const authority = Buffer.from('127.0.0.1')
   return Buffer.concat([Buffer.from([method === 'GET' ? 0x82 : 0x83, 0x86, 0x84, 0x01, authority.length]), authority])
-}
-
-/** utime + stime of a process, in seconds. */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / 100
 }
 
 interface Raw {
@@ -95,19 +88,6 @@ async function rawClient(t: ExecutionContext, port: number, { read = true } = {}
     return sent
   }
   return { socket, goaway, flood }
-}
-
-/** One request from a well-behaved client: the proxy still serves. */
-async function stillServes(t: ExecutionContext, port: number): Promise<void> {
-  const other = http2.connect(`http://127.0.0.1:${port}`)
-  t.teardown(() => other.destroy())
-  const status = await new Promise<number>((resolve, reject) => {
-    const req = other.request({ ':path': '/after' })
-    req.on('response', (h) => resolve(Number(h[':status'])))
-    req.on('error', reject)
-    req.end()
-  })
-  t.is(status, 200)
 }
 
 /**

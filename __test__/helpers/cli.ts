@@ -1,5 +1,6 @@
 /** Running the built CLI (`node dist/cli.js`) as a child process. */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import type { ExecutionContext } from 'ava'
 
@@ -90,6 +91,12 @@ export async function startCliProxy(t: ExecutionContext, args: string[]): Promis
   const [, port] = await p.waitForStdout(/listening on http:\/\/127\.0\.0\.1:(\d+)/)
   const [, adminPort] = await p.waitForStdout(/admin on http:\/\/127\.0\.0\.1:(\d+)/)
   return Object.assign(p, { port: Number(port), adminPort: Number(adminPort) })
+}
+
+/** CPU time of a process (utime + stime), in seconds (Linux /proc). */
+export function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / 100
 }
 
 /** Resident set size of a process in bytes (Linux /proc). */

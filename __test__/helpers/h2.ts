@@ -1,6 +1,7 @@
 /**
  * HTTP/2 test peers: an h2c (cleartext, prior knowledge) Node server that counts its sessions,
- * and a small client helper over one `node:http2` session.
+ * a small client helper over one `node:http2` session, and the check that a proxy still serves a
+ * well-behaved client.
  */
 import http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
@@ -112,4 +113,17 @@ export function h2connect(t: ExecutionContext, address: string): http2.ClientHtt
   session.on('error', () => {})
   t.teardown(() => session.destroy())
   return session
+}
+
+/** One request from a well-behaved h2c client on a new session to `port`: the proxy answers 200. */
+export async function stillServes(t: ExecutionContext, port: number): Promise<void> {
+  const other = http2.connect(`http://127.0.0.1:${port}`)
+  t.teardown(() => other.destroy())
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = other.request({ ':path': '/after' })
+    req.on('response', (h) => resolve(Number(h[':status'])))
+    req.on('error', reject)
+    req.end()
+  })
+  t.is(status, 200)
 }
