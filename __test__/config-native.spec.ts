@@ -284,18 +284,14 @@ test('http2: keep-alive times are durations; 0 turns the interval off but not th
   t.like(errors(unitless)[0], { message: '"keepAliveInterval" in listener http2: duration "20" has no unit', hint: 'write 20ms or 20s' })
 })
 
+/** `h2.yaml`: a listener whose http2 mapping has `fields`, one a line from line 3 on, at column 7. */
+function withHttp2(fields: string[]): LoadResult {
+  const text = ['listeners:', '  - http2:', ...fields.map((f) => `      ${f}`), '    routes: [{ service: s }]', 'services: [{ name: s, endpoints: [127.0.0.1:1] }]']
+  return loadConfigText(text.join('\n'), { file: 'h2.yaml' })
+}
+
 test('http2: ranges of the sizes, reported at the value', (t) => {
-  const text = [
-    'listeners:',
-    '  - http2:',
-    '      maxConcurrentStreams: 0',
-    '      maxHeaderListSize: 1023',
-    '      connectionWindowSize: 65534',
-    '      streamWindowSize: 2147483648',
-    '    routes: [{ service: s }]',
-    'services: [{ name: s, endpoints: [127.0.0.1:1] }]',
-  ].join('\n')
-  const r = loadConfigText(text, { file: 'h2.yaml' })
+  const r = withHttp2(['maxConcurrentStreams: 0', 'maxHeaderListSize: 1023', 'connectionWindowSize: 65534', 'streamWindowSize: 2147483648'])
   t.is(r.config, null)
   t.deepEqual(lines(errors(r)), [
     'h2.yaml:3:29: error: "maxConcurrentStreams" in listener http2 must be between 1 and 4294967295, got 0',
@@ -308,16 +304,7 @@ test('http2: ranges of the sizes, reported at the value', (t) => {
 })
 
 test('http2: unknown fields get a suggestion at the key', (t) => {
-  const text = [
-    'listeners:',
-    '  - http2:',
-    '      maxConcurrentStream: 10',
-    '      keepAliveIntervalMs: 1000',
-    '      initialWindowSize: 65535',
-    '    routes: [{ service: s }]',
-    'services: [{ name: s, endpoints: [127.0.0.1:1] }]',
-  ].join('\n')
-  const r = loadConfigText(text, { file: 'h2.yaml' })
+  const r = withHttp2(['maxConcurrentStream: 10', 'keepAliveIntervalMs: 1000', 'initialWindowSize: 65535'])
   t.is(r.config, null)
   t.deepEqual(lines(errors(r)), [
     'h2.yaml:3:7: error: unknown field "maxConcurrentStream" in listener http2 (did you mean "maxConcurrentStreams"?)',
