@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use http::{Response, StatusCode};
 
-use super::{respond, After, ConnCtx, Meta};
+use super::respond::{respond, After};
+use super::{ConnCtx, Meta};
 use crate::breaker::Admission;
 use crate::compile::{Backend, RouteRuntime};
 use crate::error::ProxyError;

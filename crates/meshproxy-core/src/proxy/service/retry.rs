@@ -25,9 +25,10 @@ use meshproxy_http::body::{Buffered, RequestBody};
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
+use super::respond::{idle_clock, respond, After};
 use super::{
-    admit, choose, choose_after, holds, idle_clock, respond, respond_held, speaks_h2, After, ConnCtx,
-    RoutedRequest, Unchosen, GRPC_STATUS,
+    admit, choose, choose_after, holds, respond_held, speaks_h2, ConnCtx, RoutedRequest, Unchosen,
+    GRPC_STATUS,
 };
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
