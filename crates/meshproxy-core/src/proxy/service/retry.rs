@@ -26,10 +26,8 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::respond::{idle_clock, respond, After};
-use super::{
-    admit, choose, choose_after, holds, respond_held, speaks_h2, ConnCtx, RoutedRequest, Unchosen,
-    GRPC_STATUS,
-};
+use super::select::{admit, carried_as_h1, choose, choose_after, speaks_h2, tls_to, Unchosen};
+use super::{holds, respond_held, ConnCtx, RoutedRequest, GRPC_STATUS};
 use crate::breaker::Admission;
 use crate::classify::RetryPolicy;
 use crate::error::ProxyError;
@@ -147,10 +145,10 @@ pub(super) async fn run(
                 this_body,
                 seen.host,
                 &endpoint.address,
-                h2.then(|| super::tls_to(&endpoint)),
+                h2.then(|| tls_to(&endpoint)),
             ) {
                 Ok(mut r) => {
-                    if super::carried_as_h1(backend, h2) {
+                    if carried_as_h1(backend, h2) {
                         r.headers_mut()
                             .insert(super::ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
                     }
