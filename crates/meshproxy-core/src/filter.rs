@@ -42,8 +42,8 @@ pub enum Verdict {
     Wait(Pin<Box<dyn Future<Output = Verdict> + Send>>),
 }
 
-/// A refusal that carries more than its [`ProxyError`]: the response is the error's
-/// ([`crate::proxy::local_error`]: status, `meshproxy-error`, gRPC status for gRPC clients) with
+/// A refusal that carries more than its [`ProxyError`]: the response is the error's (`local_error`
+/// in `proxy/service/respond.rs`: status, `meshproxy-error`, gRPC status for gRPC clients) with
 /// `headers` set over it and, for HTTP clients, `body` (UTF-8 text) instead of the error's text.
 #[derive(Debug)]
 pub struct Rejection {

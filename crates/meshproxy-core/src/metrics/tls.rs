@@ -1,6 +1,6 @@
 //! TLS on listeners: handshakes, their failures by reason and certificate reloads, the requests
-//! of each verified mTLS peer identity and their latency, and their Prometheus families (shown only for listeners
-//! that have `tls` or `mtls`).
+//! of each verified mTLS peer identity and their latency, and their Prometheus families (shown
+//! only for listeners that have `tls` or `mtls`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
