@@ -6,7 +6,7 @@
 //! not know: the data path — everything it does is parse, call `meshproxy-core`, and convert
 //! errors and results.
 //!
-//! Each proxy owns a dedicated tokio runtime with `workers` threads ([`host`]), separate from
+//! Each proxy owns a dedicated tokio runtime with `workers` threads (`host`), separate from
 //! napi's global runtime (which only runs the short futures behind the promises). That keeps the
 //! data path's thread count a deliberate setting, and lets `close()` release the threads.
 //! tokio's threads do not keep Node's event loop alive; the TypeScript `Proxy` holds a timer

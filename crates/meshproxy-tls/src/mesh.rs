@@ -6,7 +6,7 @@
 //! - the server config of a listener with `mtls`: this proxy's certificate whatever the SNI, a
 //!   client certificate required and verified against the anchors, ALPN `h2` and `http/1.1`;
 //! - the client configs of meshed services: this proxy's certificate presented, the server's
-//!   chain verified against the anchors and its identity checked ([`verify`]), one config per
+//!   chain verified against the anchors and its identity checked (`verify`), one config per
 //!   ALPN offer sharing one session cache.
 //!
 //! With `self_issue`, the proxy issues its own workload certificate from the anchor whose key is

@@ -126,7 +126,7 @@ impl MeshConnector {
 /// A connection to a meshed peer. With TLS 1.3 the server judges the client's certificate after
 /// the client has finished its side of the handshake, so a peer that refuses this proxy's
 /// certificate (another mesh's anchors, an identity it does not authorize) answers with an alert
-/// as its first record, not during [`MeshConnector::handshake`]. Until the peer's first bytes,
+/// as its first record, not during `MeshConnector::handshake`. Until the peer's first bytes,
 /// a read that fails with an alert (or a write that fails because the peer closed after one) is
 /// counted as `peer-refused` on the service and logged like a refused handshake; after them, the
 /// TLS stream's own results pass unchanged.
