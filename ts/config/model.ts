@@ -247,6 +247,8 @@ export const GLOBAL_RATE_LIMIT = table(
     rls: nullableText('A rate limit service speaking Envoy\'s `envoy.service.ratelimit.v3.RateLimitService` over gRPC: `host:port` or `http://host:port` (plaintext HTTP/2), or `https://host:port` (HTTP/2 over TLS, ALPN `h2`, the certificate verified for the host against `ca`, else the system roots). One multiplexed connection per proxy and service, made again with backoff when it ends. null = not a rate limit service (then `redis`).', rlsAddress, 'an address', { default: null }),
     domain: nullableText('The rate limit service\'s `domain` (its config\'s `domain:`); required with `rls`, not used with `redis`.', (s) => (s.trim() === '' ? fail('the domain is empty', 'the domain of the rate limit service\'s config, e.g. mesh') : ok(s)), 'a domain', { default: null }),
     ca: nullableText('A PEM bundle of the CA certificates trusted for a `rediss://` server or an `https://` rate limit service: in YAML a path relative to the YAML file, in the model as resolved; null = the system\'s trusted roots.', pemFile('CA'), 'a path', { default: null }),
+    cert: nullableText('A PEM client certificate (chain) presented to a `rediss://` server or an `https://` rate limit service that asks for one (Redis\'s `tls-auth-clients`, envoyproxy/ratelimit\'s `GRPC_CLIENT_TLS_CACERT`), with `key`: in YAML a path relative to the YAML file, in the model as resolved; null = none.', pemFile('certificate'), 'a path', { default: null }),
+    key: nullableText('The PEM private key of `cert`: in YAML a path relative to the YAML file, in the model as resolved.', pemFile('key'), 'a path', { default: null }),
     failMode: oneOf(
       RATE_LIMIT_FAIL_MODES,
       'fail modes',

@@ -282,6 +282,10 @@ export interface NativeGlobalRateLimit {
   domain?: string | null
   /** A PEM bundle of the CA certificates trusted for a `rediss://` server or an `https://` rate limit service: in YAML a path relative to the YAML file, in the model as resolved; null = the system's trusted roots. */
   ca?: string | null
+  /** A PEM client certificate (chain) presented to a `rediss://` server or an `https://` rate limit service that asks for one (Redis's `tls-auth-clients`, envoyproxy/ratelimit's `GRPC_CLIENT_TLS_CACERT`), with `key`: in YAML a path relative to the YAML file, in the model as resolved; null = none. */
+  cert?: string | null
+  /** The PEM private key of `cert`: in YAML a path relative to the YAML file, in the model as resolved. */
+  key?: string | null
   /** When the server (Redis or the rate limit service) does not answer within `timeout` (down, unreachable, slow, answering an error): `open` admits the request by the local limit alone; `closed` refuses it with 503 `rate-limit-unavailable` (gRPC: UNAVAILABLE) and `Retry-After: 1`. Either way `meshproxy_rate_limit_fallback_total` counts it and a warning is logged (at most every 10 s). */
   failMode?: 'open' | 'closed'
   /** Time allowed for one check, connecting included. A duration: 500ms, 10s, 1m30s, or milliseconds as an integer. */

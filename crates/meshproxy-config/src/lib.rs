@@ -276,6 +276,11 @@ pub struct GlobalRateLimitConfig {
     /// A PEM bundle of the CA certificates trusted for a `rediss://` server or an `https://` rate
     /// limit service, as resolved; none = the system's trusted roots.
     pub ca: Option<String>,
+    /// A PEM client certificate (chain) presented to a `rediss://` server or an `https://` rate
+    /// limit service, as resolved; with `key`.
+    pub cert: Option<String>,
+    /// The PEM private key of `cert`, as resolved.
+    pub key: Option<String>,
     /// What a request gets when the server (Redis or the rate limit service) does not answer in
     /// time.
     pub fail_mode: RateLimitFailMode,
@@ -774,6 +779,8 @@ mod tests {
             rls: None,
             domain: None,
             ca: None,
+            cert: None,
+            key: None,
             fail_mode: RateLimitFailMode::Open,
             timeout_ms: 50,
         };

@@ -272,15 +272,17 @@ impl Snapshot {
 
     /// The servers this snapshot's global rate limits use: Redis URLs with their CA bundles, and
     /// rate limit services as `rls:<address>`.
-    pub fn global_servers(&self) -> std::collections::HashSet<(std::borrow::Cow<'_, str>, Option<&str>)> {
+    pub fn global_servers(
+        &self,
+    ) -> std::collections::HashSet<(std::borrow::Cow<'_, str>, crate::ratelimit::TlsFiles<'_>)> {
         let routes = self.config.listeners.iter().flat_map(|l| l.routes.iter().flat_map(|r| &r.rate_limits));
         let services = self.config.services.iter().flat_map(|s| &s.rate_limits);
         routes
             .chain(services)
             .filter_map(|l| l.global.as_ref())
             .filter_map(|g| match (&g.redis, &g.rls) {
-                (Some(url), _) => Some((url.as_str().into(), g.ca.as_deref())),
-                (None, Some(addr)) => Some((format!("rls:{addr}").into(), g.ca.as_deref())),
+                (Some(url), _) => Some((url.as_str().into(), crate::ratelimit::TlsFiles::of(g))),
+                (None, Some(addr)) => Some((format!("rls:{addr}").into(), crate::ratelimit::TlsFiles::of(g))),
                 (None, None) => None,
             })
             .collect()

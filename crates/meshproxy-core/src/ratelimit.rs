@@ -50,7 +50,7 @@ use crate::Error;
 mod global;
 mod global_limit;
 
-pub use global::Stores;
+pub use global::{Stores, TlsFiles};
 use global_limit::Global;
 
 /// How often a request that finds a keyed limit's map full may sweep it of replenished keys.

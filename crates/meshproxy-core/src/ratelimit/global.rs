@@ -28,8 +28,9 @@
 //!
 //! `rediss://` servers are reached over TLS (tokio-rustls, ring as the crypto provider, installed
 //! as the process default because the `redis` crate builds its client config from the default),
-//! verified against the limit's CA bundle or else the system roots; so are `https://` rate limit
-//! services (the upstream TLS connector, ALPN `h2`). A server they do not trust is a failed check
+//! verified against the limit's CA bundle or else the system roots, and shown the limit's client
+//! certificate when it has one; so are `https://` rate limit services (the upstream TLS
+//! connector, ALPN `h2`). A server they do not trust is a failed check
 //! like an unreachable one. Passwords in URLs never reach logs or messages
 //! ([`meshproxy_config::redact_url`]).
 
@@ -88,57 +89,123 @@ pub enum GlobalError {
     Setup(String),
 }
 
-/// The servers (Redis, rate limit services) of a proxy's global limits, by URL and CA bundle:
+/// The servers (Redis, rate limit services) of a proxy's global limits, by URL and TLS files:
 /// kept across reloads, so a limit that stays keeps its connection.
 #[derive(Default)]
 pub struct Stores {
     by_url: Mutex<HashMap<StoreKey, Arc<Store>>>,
 }
 
-/// A server's URL (a rate limit service's address as written, after `rls:`) and the path of its
-/// CA bundle.
-type StoreKey = (Box<str>, Option<Box<str>>);
+/// A server's URL (a rate limit service's address as written, after `rls:`) and the paths of its
+/// CA bundle, client certificate and key.
+type StoreKey = (Box<str>, [Option<Box<str>>; 3]);
+
+/// The files of a global limit's TLS, as resolved paths: the CA bundle trusted for the server
+/// (none: the system roots), and the client certificate and its key presented to it (none: no
+/// client certificate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TlsFiles<'a> {
+    pub ca: Option<&'a str>,
+    pub cert: Option<&'a str>,
+    pub key: Option<&'a str>,
+}
+
+impl<'a> TlsFiles<'a> {
+    /// A CA bundle alone, no client certificate.
+    #[cfg(test)]
+    pub(crate) fn ca(ca: Option<&'a str>) -> Self {
+        TlsFiles { ca, cert: None, key: None }
+    }
+
+    /// The files a global limit names.
+    pub fn of(g: &'a crate::config::GlobalRateLimitConfig) -> Self {
+        TlsFiles { ca: g.ca.as_deref(), cert: g.cert.as_deref(), key: g.key.as_deref() }
+    }
+
+    /// Whether any file is named (only TLS uses them).
+    fn any(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The client certificate and key, both or neither.
+    fn client(&self) -> Result<Option<(&'a str, &'a str)>, String> {
+        match (self.cert, self.key) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("a client certificate (cert) is given without its key".into()),
+            (None, Some(_)) => Err("a client key is given without its certificate (cert)".into()),
+        }
+    }
+
+    fn owned(&self) -> [Option<Box<str>>; 3] {
+        [self.ca, self.cert, self.key].map(|p| p.map(Box::<str>::from))
+    }
+
+    fn borrowed(files: &'a [Option<Box<str>>; 3]) -> Self {
+        let [ca, cert, key] = files;
+        TlsFiles { ca: ca.as_deref(), cert: cert.as_deref(), key: key.as_deref() }
+    }
+}
 
 impl Stores {
-    /// The server at `url`, trusted through the CA bundle at `ca` for `rediss://` (none: the
-    /// system roots); `owner` names the limit in messages. The one already known, or a new one,
-    /// not yet connected; a CA bundle whose contents changed since gives a new one.
-    pub fn get(&self, owner: &str, url: &str, ca: Option<&str>) -> Result<Arc<Store>, Error> {
+    /// The server at `url`, for `rediss://` trusted through the CA bundle of `files` (none: the
+    /// system roots) and shown its client certificate (none: no client certificate); `owner`
+    /// names the limit in messages. The one already known, or a new one, not yet connected; files
+    /// whose contents changed since give a new one.
+    pub fn get(&self, owner: &str, url: &str, files: TlsFiles<'_>) -> Result<Arc<Store>, Error> {
         let shown = meshproxy_config::redact_url(url);
         let invalid = |e: &dyn std::fmt::Display| {
             Error::Config(format!("{owner}: invalid global redis URL {shown:?}: {e}"))
         };
         let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| invalid(&e))?;
         let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-        let roots = match ca {
-            Some(_) if !tls => {
-                return Err(Error::Config(format!(
-                    "{owner}: a CA bundle is given for {shown:?}, which is not a rediss:// (TLS) URL"
-                )))
-            }
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    Error::Config(format!("{owner}: cannot read the global redis CA bundle {path:?}: {e}"))
-                })?;
-                Some(pem)
-            }
+        if files.ca.is_some() && !tls {
+            return Err(Error::Config(format!(
+                "{owner}: a CA bundle is given for {shown:?}, which is not a rediss:// (TLS) URL"
+            )));
+        }
+        if (files.cert.is_some() || files.key.is_some()) && !tls {
+            return Err(Error::Config(format!(
+                "{owner}: a client certificate is given for {shown:?}, which is not a rediss:// (TLS) URL"
+            )));
+        }
+        let client_files = files.client().map_err(|e| Error::Config(format!("{owner}: {e}")))?;
+        let read = |what: &str, path: &str| {
+            std::fs::read(path).map_err(|e| {
+                Error::Config(format!("{owner}: cannot read the global redis {what} {path:?}: {e}"))
+            })
+        };
+        let roots = files.ca.map(|path| read("CA bundle", path)).transpose()?;
+        let client_tls = match client_files {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("client certificate", cert)?,
+                client_key: read("client key", key)?,
+            }),
             None => None,
         };
-        let digest = roots.as_deref().map(xxhash_rust::xxh3::xxh3_128);
-        let key = (Box::<str>::from(url), ca.map(Box::<str>::from));
+        let digest = files.any().then(|| {
+            let mut digest = xxhash_rust::xxh3::Xxh3::new();
+            for pem in [roots.as_deref(), client_tls.as_ref().map(|c| &c.client_cert[..])] {
+                digest.update(pem.unwrap_or_default());
+                digest.update(b"\0");
+            }
+            if let Some(c) = &client_tls {
+                digest.update(&c.client_key);
+            }
+            digest.digest128()
+        });
+        let key = (Box::<str>::from(url), files.owned());
         let mut by_url = self.by_url.lock();
-        if let Some(s) = by_url.get(&key).filter(|s| s.ca_digest == digest) {
+        if let Some(s) = by_url.get(&key).filter(|s| s.tls_digest == digest) {
             return Ok(s.clone());
         }
         if tls {
             install_ring();
         }
-        let client = match roots {
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
-            ),
-            None => redis::Client::open(info),
+        let client = if roots.is_some() || client_tls.is_some() {
+            redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert: roots })
+        } else {
+            redis::Client::open(info)
         }
         .map_err(|e| invalid(&e))?;
         let store =
@@ -148,13 +215,18 @@ impl Stores {
     }
 
     /// The rate limit service at `addr` (`host:port`, `http://host:port`, or `https://host:port`
-    /// verified against the CA bundle at `ca`, else the system roots); `owner` names the limit
-    /// in messages. The one already known, or a new one, not yet connected; a CA bundle whose
-    /// contents changed since gives a new one.
-    pub fn get_rls(&self, owner: &str, addr: &str, ca: Option<&str>) -> Result<Arc<Store>, Error> {
-        let rls = rls::Rls::new(addr, ca.map(std::path::Path::new))
-            .map_err(|e| Error::Config(format!("{owner}: invalid global rls: {e}")))?;
-        let key = (Box::<str>::from(format!("rls:{addr}")), ca.map(Box::<str>::from));
+    /// verified against the CA bundle of `files`, else the system roots, and shown its client
+    /// certificate, if any); `owner` names the limit in messages. The one already known, or a new
+    /// one, not yet connected; files whose contents changed since give a new one.
+    pub fn get_rls(&self, owner: &str, addr: &str, files: TlsFiles<'_>) -> Result<Arc<Store>, Error> {
+        let client = files.client().map_err(|e| Error::Config(format!("{owner}: {e}")))?;
+        let rls = rls::Rls::new(
+            addr,
+            files.ca.map(std::path::Path::new),
+            client.map(|(cert, key)| (std::path::Path::new(cert), std::path::Path::new(key))),
+        )
+        .map_err(|e| Error::Config(format!("{owner}: invalid global rls: {e}")))?;
+        let key = (Box::<str>::from(format!("rls:{addr}")), files.owned());
         let mut by_url = self.by_url.lock();
         let known = by_url.get(&key).filter(|s| match &s.backend {
             Backend::Rls(known) => known.same_transport(&rls),
@@ -170,11 +242,11 @@ impl Stores {
 
     /// Forgets the servers no limit of the running config uses (their connections close once
     /// the last request on an older config is done with them); `used` names rate limit services
-    /// as `rls:<address>`, each with its CA bundle.
-    pub fn retain(&self, used: &std::collections::HashSet<(std::borrow::Cow<'_, str>, Option<&str>)>) {
-        self.by_url
-            .lock()
-            .retain(|(url, ca), _| used.contains(&(std::borrow::Cow::Borrowed(&**url), ca.as_deref())));
+    /// as `rls:<address>`, each with its TLS files.
+    pub fn retain(&self, used: &std::collections::HashSet<(std::borrow::Cow<'_, str>, TlsFiles<'_>)>) {
+        self.by_url.lock().retain(|(url, files), _| {
+            used.contains(&(std::borrow::Cow::Borrowed(&**url), TlsFiles::borrowed(files)))
+        });
     }
 }
 
@@ -193,8 +265,9 @@ fn install_ring() {
 pub struct Store {
     /// For logs: a Redis URL without its password, or a rate limit service's address.
     url: Box<str>,
-    /// xxh3-128 of the CA bundle trusted for it; none = the system roots (or plaintext).
-    ca_digest: Option<u128>,
+    /// xxh3-128 of the CA bundle trusted for it and the client certificate and key shown to it;
+    /// none = the system roots and no client certificate (or plaintext).
+    tls_digest: Option<u128>,
     backend: Backend,
     started: tokio::time::Instant,
     /// Milliseconds since `started` of the last warning (0: none yet).
@@ -229,10 +302,10 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    fn new(url: Box<str>, ca_digest: Option<u128>, backend: Backend) -> Self {
+    fn new(url: Box<str>, tls_digest: Option<u128>, backend: Backend) -> Self {
         Store {
             url,
-            ca_digest,
+            tls_digest,
             backend,
             started: tokio::time::Instant::now(),
             last_warn: AtomicU64::new(0),

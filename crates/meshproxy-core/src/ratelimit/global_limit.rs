@@ -19,8 +19,8 @@ use http::header::HeaderValue;
 use http::HeaderMap;
 use rustc_hash::FxHashMap;
 
-use super::global::rls;
 use super::global::{self, Ask};
+use super::global::{rls, TlsFiles};
 use super::{workload, Buckets, Limit, Source, Stores};
 use crate::config::{RateLimitConfig, RateLimitFailMode, RateLimitKey};
 use crate::Error;
@@ -65,7 +65,7 @@ impl Global {
     ) -> Result<Self, Error> {
         let (store, asks) = match (&g.redis, &g.rls) {
             (Some(redis), None) => {
-                (stores.get(owner, redis, g.ca.as_deref())?, redis_asks(scope, &limit.name, c))
+                (stores.get(owner, redis, TlsFiles::of(g))?, redis_asks(scope, &limit.name, c))
             }
             (None, Some(addr)) => {
                 let domain = g.domain.as_deref().filter(|d| !d.is_empty()).ok_or_else(|| {
@@ -82,7 +82,7 @@ impl Global {
                 };
                 let template = rls::Template::new(domain, &[(kind, name), ("limit", &limit.name)], key);
                 let asks = Asks::Rls(template);
-                (stores.get_rls(owner, addr, g.ca.as_deref())?, asks)
+                (stores.get_rls(owner, addr, TlsFiles::of(g))?, asks)
             }
             _ => {
                 return Err(Error::Config(format!(
@@ -210,6 +210,8 @@ mod tests {
             rls: Some("127.0.0.1:8081".into()),
             domain: Some("mesh".into()),
             ca: None,
+            cert: None,
+            key: None,
             fail_mode: RateLimitFailMode::Open,
             timeout_ms: 50,
         }

@@ -310,21 +310,31 @@ struct Backoff {
 impl Rls {
     /// The service at `addr` (`host:port`, `http://host:port` or `https://host:port`), not yet
     /// connected; an `https://` one is verified against the PEM bundle at `ca`, else the system
-    /// roots (which only `https://` may name).
-    pub fn new(addr: &str, ca: Option<&std::path::Path>) -> Result<Self, String> {
+    /// roots, and shown the PEM client certificate and key of `client`, if any (which only
+    /// `https://` may name).
+    pub fn new(
+        addr: &str,
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, String> {
         let (host_port, _, tls) = parse_addr(addr)?;
-        let tls = match (tls, ca) {
-            (false, Some(_)) => {
+        let tls = match (tls, ca, client) {
+            (false, Some(_), _) => {
                 return Err(format!(
                     "a CA bundle is only used with TLS, and {addr:?} is not an https:// address"
                 ))
             }
-            (false, None) => None,
-            (true, ca) => Some(
+            (false, None, Some(_)) => {
+                return Err(format!(
+                    "a client certificate is only used with TLS, and {addr:?} is not an https:// address"
+                ))
+            }
+            (false, None, None) => None,
+            (true, ca, client) => Some(
                 TlsConnector::new(&TlsSettings {
                     server_name: None,
                     ca: ca.map(Into::into),
-                    client_auth: None,
+                    client_auth: client.map(|(cert, key)| (cert.into(), key.into())),
                 })
                 .map_err(|e| e.to_string())?,
             ),
@@ -340,8 +350,8 @@ impl Rls {
         })
     }
 
-    /// Whether `other` reaches the service the same way: TLS or not, and the same trust (by the
-    /// CA bundle's contents). A reload that keeps it keeps the connection.
+    /// Whether `other` reaches the service the same way: TLS or not, the same trust and the same
+    /// client certificate (by the files' contents). A reload that keeps it keeps the connection.
     pub fn same_transport(&self, other: &Rls) -> bool {
         self.target.address == other.target.address && self.tls == other.tls
     }
@@ -655,14 +665,14 @@ pub(super) mod tests {
 
     #[test]
     fn a_ca_bundle_is_refused_without_tls_and_read_with_it() {
-        let e = Rls::new("127.0.0.1:8081", Some(std::path::Path::new("/ca.pem"))).err().unwrap();
+        let e = Rls::new("127.0.0.1:8081", Some(std::path::Path::new("/ca.pem")), None).err().unwrap();
         assert!(e.contains("only used with TLS") && e.contains("not an https:// address"), "{e}");
-        let e = Rls::new("https://127.0.0.1:8081", Some(std::path::Path::new("/nonexistent/ca.pem")))
+        let e = Rls::new("https://127.0.0.1:8081", Some(std::path::Path::new("/nonexistent/ca.pem")), None)
             .err()
             .unwrap();
         assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
-        let plain = Rls::new("http://127.0.0.1:8081", None).unwrap();
+        let plain = Rls::new("http://127.0.0.1:8081", None, None).unwrap();
         assert!(plain.tls.is_none());
-        assert!(plain.same_transport(&Rls::new("127.0.0.1:8081", None).unwrap()));
+        assert!(plain.same_transport(&Rls::new("127.0.0.1:8081", None, None).unwrap()));
     }
 }

@@ -198,7 +198,8 @@ fn gcra(key: &[u8], emission_us: &str, burst: u32) -> Ask {
 async fn redis_admits_the_burst_then_one_per_emission_interval() {
     let server = Server::start(None);
     let stores = Stores::default();
-    let store = stores.get("test", &format!("redis://127.0.0.1:{}", server.port), None).unwrap();
+    let store =
+        stores.get("test", &format!("redis://127.0.0.1:{}", server.port), TlsFiles::ca(None)).unwrap();
     // 2 a second (one every 500 ms), 3 at once.
     let mut admitted = 0;
     let mut refused = None;
@@ -224,7 +225,9 @@ async fn redis_admits_the_burst_then_one_per_emission_interval() {
 #[tokio::test]
 async fn a_rate_too_high_to_move_the_arrival_time_admits_instead_of_failing() {
     let server = Server::start(None);
-    let store = Stores::default().get("test", &format!("redis://127.0.0.1:{}", server.port), None).unwrap();
+    let store = Stores::default()
+        .get("test", &format!("redis://127.0.0.1:{}", server.port), TlsFiles::ca(None))
+        .unwrap();
     // 10^9 a second: an interval of 0.001 µs, lost when added to the time in µs.
     for _ in 0..3 {
         assert_eq!(store.check(&gcra(b"fast", "0.001", 1_000_000_000), TIMEOUT).await.unwrap(), None);
@@ -236,7 +239,7 @@ async fn a_killed_server_fails_within_the_timeout_and_a_restarted_one_is_used_ag
     let mut server = Server::start(None);
     let port = server.port;
     let stores = Stores::default();
-    let store = stores.get("test", &format!("redis://127.0.0.1:{port}"), None).unwrap();
+    let store = stores.get("test", &format!("redis://127.0.0.1:{port}"), TlsFiles::ca(None)).unwrap();
     assert_eq!(store.check(&gcra(b"k", "1000", 10), TIMEOUT).await.unwrap(), None);
     server.kill();
     let short = Duration::from_millis(50);
@@ -277,6 +280,8 @@ fn limit(
             domain: None,
             fail_mode,
             ca: None,
+            cert: None,
+            key: None,
             timeout_ms: 200,
         }),
     }
@@ -350,7 +355,7 @@ async fn without_redis_fail_open_admits_by_the_local_limit_and_fail_closed_refus
 async fn after_a_failure_one_request_per_probe_interval_asks_and_the_others_fail_at_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let stores = Stores::default();
-    let store = stores.get("test", &format!("redis://127.0.0.1:{port}"), None).unwrap();
+    let store = stores.get("test", &format!("redis://127.0.0.1:{port}"), TlsFiles::ca(None)).unwrap();
     let e = store.check(&gcra(b"k", "1000", 10), TIMEOUT).await.unwrap_err();
     store.failed(&e, false);
     for _ in 0..5 {
@@ -372,7 +377,7 @@ async fn rediss_is_verified_against_the_ca_bundle_and_sends_the_urls_password() 
     let ca_path = ca.cert.to_string_lossy();
     let stores = Stores::default();
     let url = format!("rediss://:s3cret@127.0.0.1:{}", server.port);
-    let store = stores.get("test", &url, Some(&ca_path)).unwrap();
+    let store = stores.get("test", &url, TlsFiles::ca(Some(&ca_path))).unwrap();
     assert!(!format!("{store:?}").contains("s3cret"), "{store:?}");
     let mut admitted = 0;
     for _ in 0..4 {
@@ -380,10 +385,11 @@ async fn rediss_is_verified_against_the_ca_bundle_and_sends_the_urls_password() 
     }
     assert_eq!(admitted, 2, "the burst, counted on the TLS server");
     // The same URL and bundle: the same server and connection.
-    assert!(Arc::ptr_eq(&store, &stores.get("test", &url, Some(&ca_path)).unwrap()));
+    assert!(Arc::ptr_eq(&store, &stores.get("test", &url, TlsFiles::ca(Some(&ca_path))).unwrap()));
     // A wrong password: the server refuses the connection's AUTH.
-    let wrong =
-        stores.get("test", &format!("rediss://:nope@127.0.0.1:{}", server.port), Some(&ca_path)).unwrap();
+    let wrong = stores
+        .get("test", &format!("rediss://:nope@127.0.0.1:{}", server.port), TlsFiles::ca(Some(&ca_path)))
+        .unwrap();
     let e = wrong.check(&gcra(b"k", "1000000", 2), TIMEOUT).await.unwrap_err();
     assert!(!e.to_string().contains("nope"), "{e}");
 }
@@ -398,33 +404,38 @@ async fn rediss_refuses_a_server_its_ca_bundle_or_the_system_roots_do_not_trust(
     let url = format!("rediss://127.0.0.1:{}", server.port);
     let stores = Stores::default();
     let other_path = other.cert.to_string_lossy();
-    for store in
-        [stores.get("test", &url, Some(&other_path)).unwrap(), stores.get("test", &url, None).unwrap()]
-    {
+    for store in [
+        stores.get("test", &url, TlsFiles::ca(Some(&other_path))).unwrap(),
+        stores.get("test", &url, TlsFiles::ca(None)).unwrap(),
+    ] {
         // Time for the connection manager's retries, so the check ends with the connect's error.
         let e = store.check(&gcra(b"k", "1000", 10), Duration::from_secs(10)).await.unwrap_err();
         assert!(e.to_string().contains("UnknownIssuer"), "refused for its issuer: {e}");
     }
     // The right bundle, on the same server.
     let ca_path = ca.cert.to_string_lossy();
-    let store = stores.get("test", &url, Some(&ca_path)).unwrap();
+    let store = stores.get("test", &url, TlsFiles::ca(Some(&ca_path))).unwrap();
     assert_eq!(store.check(&gcra(b"k", "1000", 10), TIMEOUT).await.unwrap(), None);
 }
 
 #[test]
 fn a_ca_bundle_needs_a_rediss_url_and_a_readable_file() {
     let stores = Stores::default();
-    let e = stores.get("route \"r\"", "redis://:pw@127.0.0.1:6379", Some("/nonexistent.pem")).unwrap_err();
+    let e = stores
+        .get("route \"r\"", "redis://:pw@127.0.0.1:6379", TlsFiles::ca(Some("/nonexistent.pem")))
+        .unwrap_err();
     assert_eq!(
         e.to_string(),
         "route \"r\": a CA bundle is given for \"redis://:***@127.0.0.1:6379\", which is not a rediss:// (TLS) URL"
     );
-    let e = stores.get("route \"r\"", "rediss://127.0.0.1:6379", Some("/nonexistent.pem")).unwrap_err();
+    let e = stores
+        .get("route \"r\"", "rediss://127.0.0.1:6379", TlsFiles::ca(Some("/nonexistent.pem")))
+        .unwrap_err();
     assert!(
         e.to_string().starts_with("route \"r\": cannot read the global redis CA bundle \"/nonexistent.pem\""),
         "{e}"
     );
-    let e = stores.get("route \"r\"", "http://:pw@127.0.0.1:6379", None).unwrap_err();
+    let e = stores.get("route \"r\"", "http://:pw@127.0.0.1:6379", TlsFiles::ca(None)).unwrap_err();
     assert!(e.to_string().contains("\"http://:***@127.0.0.1:6379\""), "{e}");
 }
 
@@ -437,17 +448,17 @@ fn a_rewritten_ca_bundle_gives_a_new_server_and_an_unchanged_one_keeps_it() {
     let path = bundle.to_string_lossy();
     let stores = Stores::default();
     let url = "rediss://127.0.0.1:6380";
-    let first = stores.get("test", url, Some(&path)).unwrap();
+    let first = stores.get("test", url, TlsFiles::ca(Some(&path))).unwrap();
     assert!(
-        Arc::ptr_eq(&first, &stores.get("test", url, Some(&path)).unwrap()),
+        Arc::ptr_eq(&first, &stores.get("test", url, TlsFiles::ca(Some(&path))).unwrap()),
         "a reload with the same bundle"
     );
     std::fs::copy(&b.cert, &bundle).unwrap();
-    let second = stores.get("test", url, Some(&path)).unwrap();
+    let second = stores.get("test", url, TlsFiles::ca(Some(&path))).unwrap();
     assert!(!Arc::ptr_eq(&first, &second), "the bundle's contents changed");
-    assert!(Arc::ptr_eq(&second, &stores.get("test", url, Some(&path)).unwrap()));
+    assert!(Arc::ptr_eq(&second, &stores.get("test", url, TlsFiles::ca(Some(&path))).unwrap()));
     // The system roots are another server entry of the same URL.
-    assert!(!Arc::ptr_eq(&second, &stores.get("test", url, None).unwrap()));
+    assert!(!Arc::ptr_eq(&second, &stores.get("test", url, TlsFiles::ca(None)).unwrap()));
 }
 
 #[test]
@@ -459,16 +470,17 @@ fn an_https_rate_limit_service_keeps_its_connection_until_its_ca_bundle_changes(
     let path = bundle.to_string_lossy();
     let stores = Stores::default();
     let addr = "https://127.0.0.1:8443";
-    let first = stores.get_rls("test", addr, Some(&path)).unwrap();
+    let first = stores.get_rls("test", addr, TlsFiles::ca(Some(&path))).unwrap();
     assert!(
-        Arc::ptr_eq(&first, &stores.get_rls("test", addr, Some(&path)).unwrap()),
+        Arc::ptr_eq(&first, &stores.get_rls("test", addr, TlsFiles::ca(Some(&path))).unwrap()),
         "a reload with the same bundle"
     );
     std::fs::copy(&b.cert, &bundle).unwrap();
-    let second = stores.get_rls("test", addr, Some(&path)).unwrap();
+    let second = stores.get_rls("test", addr, TlsFiles::ca(Some(&path))).unwrap();
     assert!(!Arc::ptr_eq(&first, &second), "the bundle's contents changed");
-    assert!(Arc::ptr_eq(&second, &stores.get_rls("test", addr, Some(&path)).unwrap()));
-    let e = stores.get_rls("route \"r\"", "127.0.0.1:8081", Some(&path)).unwrap_err().to_string();
+    assert!(Arc::ptr_eq(&second, &stores.get_rls("test", addr, TlsFiles::ca(Some(&path))).unwrap()));
+    let e =
+        stores.get_rls("route \"r\"", "127.0.0.1:8081", TlsFiles::ca(Some(&path))).unwrap_err().to_string();
     assert!(e.starts_with("route \"r\": invalid global rls: a CA bundle is only used with TLS"), "{e}");
 }
 
@@ -529,7 +541,7 @@ async fn a_service_slower_to_handshake_than_a_checks_timeout_is_connected_once_a
     let ca = TestCa::new(&dir.0, "ca");
     let (cert, key) = ca.issue("rls");
     let (addr, accepted) = slow_handshake_service(&cert, &key, Duration::from_millis(300)).await;
-    let service = rls::Rls::new(&format!("https://{addr}"), Some(&ca.cert)).expect("an https service");
+    let service = rls::Rls::new(&format!("https://{addr}"), Some(&ca.cert), None).expect("an https service");
     let request = || rls::Template::new("mesh", &[("route", "api"), ("limit", "total")], None).encode("");
     let check = Duration::from_millis(50);
     assert!(
@@ -550,4 +562,74 @@ async fn a_service_slower_to_handshake_than_a_checks_timeout_is_connected_once_a
     };
     assert_eq!(answer.expect("an answer"), None, "the service admits");
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection, made once");
+}
+
+#[test]
+fn a_client_certificate_needs_tls_both_its_files_and_readable_ones() {
+    let stores = Stores::default();
+    let client = TlsFiles { ca: None, cert: Some("/nonexistent.crt"), key: Some("/nonexistent.key") };
+    let e = stores.get("route \"r\"", "redis://127.0.0.1:6379", client).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "route \"r\": a client certificate is given for \"redis://127.0.0.1:6379\", which is not a rediss:// (TLS) URL"
+    );
+    let e = stores.get("route \"r\"", "rediss://127.0.0.1:6379", client).unwrap_err().to_string();
+    assert!(
+        e.starts_with("route \"r\": cannot read the global redis client certificate \"/nonexistent.crt\""),
+        "{e}"
+    );
+    let e = stores
+        .get("route \"r\"", "rediss://127.0.0.1:6379", TlsFiles { key: None, ..client })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "route \"r\": a client certificate (cert) is given without its key");
+    let e = stores
+        .get_rls("route \"r\"", "https://127.0.0.1:8443", TlsFiles { cert: None, ..client })
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "route \"r\": a client key is given without its certificate (cert)");
+    let e = stores.get_rls("route \"r\"", "127.0.0.1:8081", client).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "a client certificate is only used with TLS, and \"127.0.0.1:8081\" is not an https:// address"
+        ),
+        "{e}"
+    );
+    let e = stores.get_rls("route \"r\"", "https://127.0.0.1:8443", client).unwrap_err().to_string();
+    assert!(e.contains("cannot read /nonexistent.crt"), "{e}");
+}
+
+#[test]
+fn a_rewritten_client_certificate_gives_a_new_server_and_an_unchanged_one_keeps_it() {
+    let tmp = TempDir::new("global-client-cert-reload");
+    let ca = TestCa::new(&tmp.0, "ca");
+    let (cert, key) = (tmp.0.join("client.crt"), tmp.0.join("client.key"));
+    let issue = |stem: &str| {
+        let (c, k) = ca.issue(stem);
+        std::fs::copy(c, &cert).unwrap();
+        std::fs::copy(k, &key).unwrap();
+    };
+    issue("one");
+    let (ca_path, cert_path, key_path) =
+        (ca.cert.to_string_lossy(), cert.to_string_lossy(), key.to_string_lossy());
+    let files = TlsFiles { ca: Some(&ca_path), cert: Some(&cert_path), key: Some(&key_path) };
+    let stores = Stores::default();
+    let (url, addr) = ("rediss://127.0.0.1:6380", "https://127.0.0.1:8443");
+    let first = [stores.get("test", url, files).unwrap(), stores.get_rls("test", addr, files).unwrap()];
+    let again = [stores.get("test", url, files).unwrap(), stores.get_rls("test", addr, files).unwrap()];
+    for (a, b) in first.iter().zip(&again) {
+        assert!(Arc::ptr_eq(a, b), "a reload with the same certificate and key: {a:?}");
+    }
+    issue("two");
+    let second = [stores.get("test", url, files).unwrap(), stores.get_rls("test", addr, files).unwrap()];
+    for (a, b) in first.iter().zip(&second) {
+        assert!(!Arc::ptr_eq(a, b), "the certificate and key changed: {a:?}");
+    }
+    let none = [
+        stores.get("test", url, TlsFiles::ca(Some(&ca_path))).unwrap(),
+        stores.get_rls("test", addr, TlsFiles::ca(Some(&ca_path))).unwrap(),
+    ];
+    for (a, b) in second.iter().zip(&none) {
+        assert!(!Arc::ptr_eq(a, b), "no client certificate is another server entry: {a:?}");
+    }
 }
