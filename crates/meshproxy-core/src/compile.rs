@@ -270,8 +270,8 @@ impl Snapshot {
         self.endpoint_settings.iter().map(|(e, _)| (&*e.address, e.connector())).collect()
     }
 
-    /// The servers this snapshot's global rate limits use: Redis URLs with their CA bundles, and
-    /// rate limit services as `rls:<address>`.
+    /// The servers this snapshot's global rate limits use: Redis URLs, and rate limit services as
+    /// `rls:<address>`, each with its TLS files (CA bundle, client certificate and key).
     pub fn global_servers(
         &self,
     ) -> std::collections::HashSet<(std::borrow::Cow<'_, str>, crate::ratelimit::TlsFiles<'_>)> {
