@@ -82,8 +82,8 @@ services:
   t.deepEqual(
     ok.config!.listeners[0]!.routes[0]!.rateLimits.map((l) => l.global),
     [
-      { redis: 'redis://127.0.0.1:6379', rls: null, domain: null, ca: null, failMode: 'open', timeoutMs: 50 },
-      { redis: 'redis://:pw@redis.internal/2', rls: null, domain: null, ca: null, failMode: 'closed', timeoutMs: 200 },
+      { redis: 'redis://127.0.0.1:6379', rls: null, domain: null, ca: null, cert: null, key: null, failMode: 'open', timeoutMs: 50 },
+      { redis: 'redis://:pw@redis.internal/2', rls: null, domain: null, ca: null, cert: null, key: null, failMode: 'closed', timeoutMs: 200 },
     ],
   )
   const bad = loadConfigText(
@@ -130,9 +130,9 @@ services:
   t.deepEqual(
     r.config!.listeners[0]!.routes[0]!.rateLimits.map((l) => l.global),
     [
-      { redis: null, rls: '127.0.0.1:8081', domain: 'mesh', ca: null, failMode: 'open', timeoutMs: 50 },
-      { redis: null, rls: 'http://ratelimit.infra:8081', domain: 'edge', ca: null, failMode: 'closed', timeoutMs: 200 },
-      { redis: null, rls: 'https://ratelimit.infra:8443', domain: 'mesh', ca: null, failMode: 'open', timeoutMs: 50 },
+      { redis: null, rls: '127.0.0.1:8081', domain: 'mesh', ca: null, cert: null, key: null, failMode: 'open', timeoutMs: 50 },
+      { redis: null, rls: 'http://ratelimit.infra:8081', domain: 'edge', ca: null, cert: null, key: null, failMode: 'closed', timeoutMs: 200 },
+      { redis: null, rls: 'https://ratelimit.infra:8443', domain: 'mesh', ca: null, cert: null, key: null, failMode: 'open', timeoutMs: 50 },
     ],
   )
   const bad = loadConfigText(
@@ -191,10 +191,10 @@ spec:
     OPTS,
   )
   t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [])
-  const shared = { redis: 'redis://:pw@10.0.0.5:6379', rls: null, domain: null, ca: null, failMode: 'closed', timeoutMs: 20 }
+  const shared = { redis: 'redis://:pw@10.0.0.5:6379', rls: null, domain: null, ca: null, cert: null, key: null, failMode: 'closed', timeoutMs: 20 }
   t.deepEqual(
     r.config!.services.map((s) => s.rateLimits.map((l) => [l.name, l.rate, l.burst, l.global])),
-    [[['default', 100, 10, shared]], [['default', 100, 100, { redis: 'redis://10.0.0.6', rls: null, domain: null, ca: null, failMode: 'open', timeoutMs: 50 }]], [['default', 100, 100, null]]],
+    [[['default', 100, 10, shared]], [['default', 100, 100, { redis: 'redis://10.0.0.6', rls: null, domain: null, ca: null, cert: null, key: null, failMode: 'open', timeoutMs: 50 }]], [['default', 100, 100, null]]],
   )
 })
 
@@ -220,7 +220,7 @@ spec:
   )
   t.deepEqual(r.diagnostics.filter((d) => d.severity === 'error').map(formatDiagnostic), [
     'c.yaml:8:50: error: unknown RateLimiter spec global failMode "shut" (valid fail modes: open, closed)',
-    'c.yaml:8:56: error: unknown field "ttl" in RateLimiter spec global (valid fields: redis, rls, domain, ca, failMode, timeout)',
+    'c.yaml:8:56: error: unknown field "ttl" in RateLimiter spec global (valid fields: redis, rls, domain, ca, cert, key, failMode, timeout)',
     'c.yaml:12:46: error: RateLimiter "rl" limit global: a CA bundle is only used with TLS, and "redis://10.0.0.5" is not a rediss:// URL (write rediss://host:port to reach Redis over TLS, or drop "ca")',
     'c.yaml:15:13: error: RateLimiter "rl" limit global is missing required field "redis" or "rls" (redis: redis://host:port (a shared Redis), or rls: host:port with domain: <name> (an Envoy rate limit service))',
   ])

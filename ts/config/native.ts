@@ -533,31 +533,37 @@ function pemCertificates(pem: string): X509Certificate[] {
   return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((block) => new X509Certificate(block))
 }
 
+/** The PEM files a service's `tls` or a global rate limit names. */
+type PemFiles = { ca: string | null; cert: string | null; key: string | null }
+
 /**
- * A service's `tls`: its fields, with `ca`, `cert` and `key` resolved against the YAML file's
- * directory, read and parsed here (PEM certificates, a private key that matches `cert`), so a
- * bad file is reported at its line in the YAML. Whether `cert` and `key` come together is a
- * model check (`semantics.ts`).
+ * The PEM files of `files` (a service's `tls`, a global rate limit) that are given, each resolved
+ * against the YAML file's directory (the path written back into `files`), read and parsed: `ca`
+ * and `cert` must hold PEM certificates, `key` a private key that matches `cert`. A bad file is
+ * reported at its value in the YAML, the message starting with the field's `lead` and naming it
+ * as its `noun` (`label` gives both). Whether `cert` and `key` come together is the caller's
+ * check. False when any file is bad.
  */
-function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
-  const { r } = ctx
-  const f = parent.fields('tls', `${parent.what} tls`, keysOf(UPSTREAM_TLS))
-  if (!f) return null
-  const tls = complete(UPSTREAM_TLS, {}) as UpstreamTlsModel
-  readTexts(f, UPSTREAM_TLS, tls)
-  for (const name of ['serverName', 'ca', 'cert', 'key'] as const) ctx.origins.set(tls, name, f.valueLoc(name))
-  const read = (name: 'ca' | 'cert' | 'key'): string | undefined => {
-    const given = tls[name]
+function readPemFiles(f: Fields, files: PemFiles, label: (name: keyof PemFiles) => { lead: string; noun: string }): boolean {
+  const r = f.r
+  let good = true
+  const bad = (name: keyof PemFiles, message: (noun: string) => string, hint?: string): undefined => {
+    const { lead, noun } = label(name)
+    r.error(f.valueLoc(name), `${lead}${message(noun)}`, hint)
+    good = false
+    return undefined
+  }
+  const read = (name: keyof PemFiles): string | undefined => {
+    const given = files[name]
     if (given === null) return undefined
     const path = isAbsolute(given) || r.file.startsWith('<') ? given : resolve(dirname(r.file), given)
-    tls[name] = path
+    files[name] = path
     try {
       return readFileSync(path, 'utf8')
     } catch (err) {
       const e = err as NodeJS.ErrnoException
       const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message
-      r.error(f.valueLoc(name), `cannot read tls ${name} "${path}": ${reason}`, `a path relative to ${r.file}`)
-      return undefined
+      return bad(name, (noun) => `cannot read ${noun} "${path}": ${reason}`, `a path relative to ${r.file}`)
     }
   }
   const certificates = (name: 'ca' | 'cert', pem: string | undefined): X509Certificate[] | undefined => {
@@ -565,11 +571,10 @@ function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
     try {
       const certs = pemCertificates(pem)
       if (certs.length > 0) return certs
-      r.error(f.valueLoc(name), `tls ${name} "${tls[name]}" holds no PEM certificate`, 'a file of "-----BEGIN CERTIFICATE-----" blocks')
+      return bad(name, (noun) => `${noun} "${files[name]}" holds no PEM certificate`, 'a file of "-----BEGIN CERTIFICATE-----" blocks')
     } catch (err) {
-      r.error(f.valueLoc(name), `tls ${name} "${tls[name]}" holds a certificate that does not parse: ${(err as Error).message}`)
+      return bad(name, (noun) => `${noun} "${files[name]}" holds a certificate that does not parse: ${(err as Error).message}`)
     }
-    return undefined
   }
   certificates('ca', read('ca'))
   const chain = certificates('cert', read('cert'))
@@ -579,20 +584,37 @@ function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
     try {
       key = createPrivateKey(keyPem)
     } catch (err) {
-      r.error(f.valueLoc('key'), `tls key "${tls.key}" is not a PEM private key: ${(err as Error).message}`)
+      bad('key', (noun) => `${noun} "${files.key}" is not a PEM private key: ${(err as Error).message}`)
     }
   }
   if (chain?.[0] && key && !chain[0].checkPrivateKey(key)) {
-    r.error(f.valueLoc('key'), `tls key "${tls.key}" is not the private key of cert "${tls.cert}"`, 'give the key the client certificate was issued for')
+    bad('key', (noun) => `${noun} "${files.key}" is not the private key of cert "${files.cert}"`, 'give the key the client certificate was issued for')
   }
+  return good
+}
+
+/**
+ * A service's `tls`: its fields, with `ca`, `cert` and `key` resolved against the YAML file's
+ * directory, read and parsed here (PEM certificates, a private key that matches `cert`), so a
+ * bad file is reported at its line in the YAML. Whether `cert` and `key` come together is a
+ * model check (`semantics.ts`).
+ */
+function readTls(parent: Fields, ctx: NativeContext): UpstreamTlsModel | null {
+  const f = parent.fields('tls', `${parent.what} tls`, keysOf(UPSTREAM_TLS))
+  if (!f) return null
+  const tls = complete(UPSTREAM_TLS, {}) as UpstreamTlsModel
+  readTexts(f, UPSTREAM_TLS, tls)
+  for (const name of ['serverName', 'ca', 'cert', 'key'] as const) ctx.origins.set(tls, name, f.valueLoc(name))
+  readPemFiles(f, tls, (name) => ({ lead: '', noun: `tls ${name}` }))
   return tls
 }
 
 /**
  * A rate limit's `global` (of a native limit, or of a `RateLimiter`'s spec or limit): exactly one
- * of `redis` and `rls` (checked); `domain` with `rls` only, and required with it; `ca`, for a
- * `rediss://` URL or an `https://` rate limit service only, is resolved against the YAML file's
- * directory and must hold PEM certificates. Null when it is missing or invalid (reported).
+ * of `redis` and `rls` (checked); `domain` with `rls` only, and required with it; `ca`, `cert`
+ * and `key`, for a `rediss://` URL or an `https://` rate limit service only, are resolved against
+ * the YAML file's directory and read (`readGlobalTls`). Null when it is missing or invalid
+ * (reported).
  */
 export function readGlobalRateLimit(parent: Fields): GlobalRateLimitModel | null {
   const f = parent.fields('global', `${parent.what} global`, keysOf(GLOBAL_RATE_LIMIT))
@@ -619,7 +641,12 @@ export function readGlobalRateLimit(parent: Fields): GlobalRateLimitModel | null
       r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with TLS, and the rate limit service "${global.rls}" is reached over plaintext HTTP/2`, 'write rls: https://host:port to reach the service over TLS, or drop "ca"')
       return null
     }
-    return readCa(f, global)
+    const client = clientCertField(global)
+    if (client !== null && !global.rls.startsWith('https://')) {
+      r.error(f.valueLoc(client), `${f.what}: a client certificate is only used with TLS, and the rate limit service "${global.rls}" is reached over plaintext HTTP/2`, 'write rls: https://host:port to reach the service over TLS, or drop "cert" and "key"')
+      return null
+    }
+    return readGlobalTls(f, global)
   }
   if (global.redis === null) return null
   if (global.domain !== null) {
@@ -630,37 +657,31 @@ export function readGlobalRateLimit(parent: Fields): GlobalRateLimitModel | null
     r.error(f.valueLoc('ca'), `${f.what}: a CA bundle is only used with TLS, and "${redactUrl(global.redis)}" is not a rediss:// URL`, 'write rediss://host:port to reach Redis over TLS, or drop "ca"')
     return null
   }
-  return readCa(f, global)
+  const client = clientCertField(global)
+  if (client !== null && !global.redis.startsWith('rediss://')) {
+    r.error(f.valueLoc(client), `${f.what}: a client certificate is only used with TLS, and "${redactUrl(global.redis)}" is not a rediss:// URL`, 'write rediss://host:port to reach Redis over TLS, or drop "cert" and "key"')
+    return null
+  }
+  return readGlobalTls(f, global)
+}
+
+/** The first of `global`'s `cert` and `key` that is given, null when neither is. */
+function clientCertField(global: GlobalRateLimitModel): 'cert' | 'key' | null {
+  return global.cert !== null ? 'cert' : global.key !== null ? 'key' : null
 }
 
 /**
- * `global`'s `ca`, when it has one, resolved against the YAML file's directory, read and checked
- * to hold PEM certificates. Null when it cannot be read or holds none (reported).
+ * `global`'s `ca`, `cert` and `key`, those it has, resolved against the YAML file's directory,
+ * read and checked (`readPemFiles`); `cert` and `key` come together. Null when one is missing or
+ * bad (reported).
  */
-function readCa(f: Fields, global: GlobalRateLimitModel): GlobalRateLimitModel | null {
-  if (global.ca === null) return global
-  const r = f.r
-  const path = isAbsolute(global.ca) || r.file.startsWith('<') ? global.ca : resolve(dirname(r.file), global.ca)
-  global.ca = path
-  let pem: string
-  try {
-    pem = readFileSync(path, 'utf8')
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException
-    const reason = e.code === 'ENOENT' ? 'no such file' : e.code === 'EISDIR' ? 'it is a directory' : e.message
-    r.error(f.valueLoc('ca'), `${f.what}: cannot read ca "${path}": ${reason}`, `a path relative to ${r.file}`)
+function readGlobalTls(f: Fields, global: GlobalRateLimitModel): GlobalRateLimitModel | null {
+  if ((global.cert === null) !== (global.key === null)) {
+    const [given, missing] = global.cert === null ? ['key', 'cert'] as const : ['cert', 'key'] as const
+    f.r.error(f.valueLoc(given), `${f.what} has a ${given} but no ${missing}`, 'a client certificate needs both cert and key: add ' + (missing === 'key' ? 'key: <the PEM private key of cert>' : 'cert: <the PEM certificate of key>'))
     return null
   }
-  try {
-    if (pemCertificates(pem).length === 0) {
-      r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds no PEM certificate`, 'a file of "-----BEGIN CERTIFICATE-----" blocks')
-      return null
-    }
-  } catch (err) {
-    r.error(f.valueLoc('ca'), `${f.what}: ca "${path}" holds a certificate that does not parse: ${(err as Error).message}`)
-    return null
-  }
-  return global
+  return readPemFiles(f, global, (name) => ({ lead: `${f.what}: `, noun: name })) ? global : null
 }
 
 /**
