@@ -4,6 +4,9 @@
  * CA bundle named in the YAML (relative to the file) verifies the server and two proxies share the
  * count; the URL's password authenticates and is shown as `***` in `/config` and the logs; a
  * server the bundle does not trust is refused, handled by the fail mode and counted as a fallback.
+ * A server that requires client certificates (`--tls-auth-clients yes`) refuses a limit without
+ * `cert` and `key` and answers one with them; bad `ca`, `cert` and `key` are reported at their
+ * line and column.
  */
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -65,6 +68,67 @@ test.serial('a rediss:// server the CA bundle does not trust is refused: fail-cl
   t.true(log.includes(`rediss://:***@127.0.0.1:${redis.port}`), log)
   t.regex(log, /cannot connect to redis.*invalid peer certificate: UnknownIssuer/, 'the reason: the server is not trusted')
   t.false(log.includes('pa55word'), log)
+})
+
+test.serial('a rediss:// server that requires client certificates refuses a limit without cert and key (fail-closed: 503) and answers one with them', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const redis = await startRedis(t, { tls: { cert: certs.serverCert, key: certs.serverKey, clients: { ca: certs.ca, cert: certs.clientCert, key: certs.clientKey } } })
+  const b = await startBackends(t, ['a'])
+  const file = join(certs.dir, 'client-cert.yaml')
+  writeFileSync(
+    file,
+    limitedRoutesYaml(
+      b.a!.port,
+      [
+        { name: 'anonymous', path: '/anonymous', limit: `{ name: g, rate: 100, burst: 100, global: { redis: "${redis.url}", ca: ca.crt, failMode: closed, timeout: 500ms } }` },
+        { name: 'api', path: '/api', limit: `{ name: g, rate: 100, burst: 100, global: { redis: "${redis.url}", ca: ca.crt, cert: client.crt, key: client.key, failMode: closed, timeout: 2s } }` },
+      ],
+      { admin: true },
+    ),
+  )
+  const checked = await runCli(t, ['check', file])
+  t.is(checked.code, 0, checked.stderr)
+  const cli = await startCliProxy(t, ['-c', file])
+  const { port, adminPort } = cli
+
+  const refused = await get(port, '/anonymous')
+  t.is(refused.status, 503, 'fail-closed: the server refuses a client without a certificate')
+  t.is(refused.headers['meshproxy-error'], 'rate-limit-unavailable')
+  t.is(b.a!.requests.length, 0)
+  for (let i = 0; i < 3; i++) t.is((await get(port, '/api')).status, 200, 'fail-closed, and admitted: the server answered the check')
+  t.is(b.a!.requests.length, 3)
+  const metrics = (await get(adminPort, '/metrics')).body
+  t.regex(metrics, /meshproxy_rate_limit_fallback_total\{listener="main",route="anonymous",service="",limit="g"\} 1\b/)
+  t.regex(metrics, /meshproxy_rate_limit_fallback_total\{listener="main",route="api",service="",limit="g"\} 0\b/)
+
+  const config = await get(adminPort, '/config')
+  const model = JSON.parse(config.body) as { listeners: { routes: { rateLimits: { global: { cert: string | null; key: string | null } }[] }[] }[] }
+  const global = model.listeners[0]!.routes[1]!.rateLimits[0]!.global
+  t.deepEqual([global.cert, global.key], [certs.clientCert, certs.clientKey], 'cert and key resolved against the YAML file\'s directory')
+})
+
+test('a cert or key with a redis:// URL, a cert without a key or a key without a cert, an unreadable cert, or a key not of the cert is reported at its line and column', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const file = join(certs.dir, 'bad-client-cert.yaml')
+  writeFileSync(
+    file,
+    routeLimitsYaml([
+      '{ rate: 1, global: { redis: "redis://127.0.0.1:6379", cert: client.crt, key: client.key } }',
+      '{ name: two, rate: 1, global: { redis: "rediss://127.0.0.1:6380", cert: client.crt } }',
+      '{ name: three, rate: 1, global: { redis: "rediss://127.0.0.1:6380", key: client.key } }',
+      '{ name: four, rate: 1, global: { redis: "rediss://127.0.0.1:6380", cert: missing.crt, key: client.key } }',
+      '{ name: five, rate: 1, global: { redis: "rediss://127.0.0.1:6380", cert: client.crt, key: server.key } }',
+      '{ name: six, rate: 1, global: { redis: "rediss://127.0.0.1:6380", ca: ca.crt, cert: client.crt, key: client.key } }',
+    ]),
+  )
+  const r = await runCli(t, ['check', file])
+  t.is(r.code, 1)
+  t.true(r.stderr.includes(`${file}:6:73: error: `) && r.stderr.includes('a client certificate is only used with TLS, and "redis://127.0.0.1:6379" is not a rediss:// URL'), r.stderr)
+  t.true(r.stderr.includes(`${file}:7:85: error: `) && r.stderr.includes('has a cert but no key'), r.stderr)
+  t.true(r.stderr.includes(`${file}:8:86: error: `) && r.stderr.includes('has a key but no cert'), r.stderr)
+  t.true(r.stderr.includes(`${file}:9:86: error: `) && r.stderr.includes(`cannot read cert "${join(certs.dir, 'missing.crt')}": no such file`), r.stderr)
+  t.true(r.stderr.includes(`${file}:10:103: error: `) && r.stderr.includes(`key "${certs.serverKey}" is not the private key of cert "${certs.clientCert}"`), r.stderr)
+  t.false(r.stderr.includes(`${file}:11:`), 'a rediss:// URL with a readable cert and its key is valid')
 })
 
 test('a ca with a redis:// URL, or an unreadable ca, is reported at its line and column', async (t) => {

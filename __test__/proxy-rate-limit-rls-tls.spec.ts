@@ -4,7 +4,10 @@
  * certificate from a test CA made with openssl) on a real `redis-server`. The CA bundle named in
  * the YAML (relative to the file) verifies the service and two proxies share its count; a service
  * the bundle (or the system roots) does not trust is refused, handled by the fail mode, counted
- * as a fallback and logged with the reason; a bad `ca` is reported at its line and column.
+ * as a fallback and logged with the reason; a bad `ca` is reported at its line and column. A
+ * service that requires client certificates (`GRPC_CLIENT_TLS_CACERT`) refuses a proxy without
+ * `cert` and `key` and counts one with them; bad `cert` and `key` are reported at their line and
+ * column.
  */
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -103,6 +106,63 @@ test.serial('an https:// rate limit service that the CA bundle or the system roo
   const log = cli.stderr()
   t.is(reasons().length, 2, `one warning per service and trust, each with the reason:\n${log}`)
   t.true(log.includes(`https://${rls.address}`), log)
+})
+
+test.serial('an https:// rate limit service that requires client certificates refuses a limit without cert and key (fail-closed: 503) and counts one with them', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const rls = await startRateLimitServiceOnRedis(t, RLS_CONFIG, { tls: { cert: certs.serverCert, key: certs.serverKey, clientCa: certs.ca } })
+  const b = await startBackends(t, ['a'])
+  const file = join(certs.dir, 'client-cert.yaml')
+  writeFileSync(
+    file,
+    limitedRoutesYaml(
+      b.a!.port,
+      [
+        { name: 'anonymous', path: '/anonymous', limit: `{ name: total, rate: 100, global: { rls: "https://${rls.address}", ca: ca.crt, domain: mesh, failMode: closed, timeout: 2s } }` },
+        { name: 'api', path: '/api', limit: `{ name: total, rate: 1000, burst: 1000, global: { rls: "https://${rls.address}", ca: ca.crt, cert: client.crt, key: client.key, domain: mesh, failMode: closed, timeout: 2s } }` },
+      ],
+      { admin: true },
+    ),
+  )
+  const checked = await runCli(t, ['check', file])
+  t.is(checked.code, 0, checked.stderr)
+  const cli = await startCliProxy(t, ['-c', file])
+  const { port, adminPort } = cli
+  await awayFromTheMinutesEnd()
+
+  const refused = await get(port, '/anonymous')
+  t.is(refused.status, 503, 'fail-closed: the service refuses a client without a certificate')
+  t.is(refused.headers['meshproxy-error'], 'rate-limit-unavailable')
+  t.is(b.a!.requests.length, 0)
+  const statuses: number[] = []
+  for (let i = 0; i < 7; i++) statuses.push((await get(port, '/api')).status)
+  t.deepEqual(statuses, [200, 200, 200, 200, 200, 429, 429], 'the service\'s 5 a minute, counted over TLS with the client certificate')
+  t.is(b.a!.requests.length, 5)
+  const metrics = (await get(adminPort, '/metrics')).body
+  t.regex(metrics, /meshproxy_rate_limit_fallback_total\{listener="main",route="anonymous",service="",limit="total"\} 1\b/)
+  t.regex(metrics, /meshproxy_rate_limit_fallback_total\{listener="main",route="api",service="",limit="total"\} 0\b/)
+})
+
+test('a cert or key with a plaintext rls, a key without a cert, an unreadable key, or a key not of the cert is reported at its line and column', async (t) => {
+  const certs = makeUpstreamCerts(t)
+  const file = join(certs.dir, 'bad-client-cert.yaml')
+  writeFileSync(
+    file,
+    routeLimitsYaml([
+      '{ rate: 1, global: { rls: "http://127.0.0.1:8081", domain: mesh, key: client.key, cert: client.crt } }',
+      '{ name: two, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, key: client.key } }',
+      '{ name: three, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, cert: client.crt, key: missing.key } }',
+      '{ name: four, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, cert: client.crt, key: other-ca.key } }',
+      '{ name: five, rate: 1, global: { rls: "https://127.0.0.1:8443", domain: mesh, ca: ca.crt, cert: client.crt, key: client.key } }',
+    ]),
+  )
+  const r = await runCli(t, ['check', file])
+  t.is(r.code, 1)
+  t.true(r.stderr.includes(`${file}:6:101: error: `) && r.stderr.includes('a client certificate is only used with TLS, and the rate limit service "http://127.0.0.1:8081" is reached over plaintext HTTP/2'), r.stderr)
+  t.true(r.stderr.includes(`${file}:7:95: error: `) && r.stderr.includes('has a key but no cert'), r.stderr)
+  t.true(r.stderr.includes(`${file}:8:115: error: `) && r.stderr.includes(`cannot read key "${join(certs.dir, 'missing.key')}": no such file`), r.stderr)
+  t.true(r.stderr.includes(`${file}:9:114: error: `) && r.stderr.includes(`key "${join(certs.dir, 'other-ca.key')}" is not the private key of cert "${certs.clientCert}"`), r.stderr)
+  t.false(r.stderr.includes(`${file}:10:`), 'an https:// service with a readable cert and its key is valid')
 })
 
 test('a ca with a plaintext rls, an unreadable ca or an https address without a port is reported at its line and column', async (t) => {

@@ -6,7 +6,8 @@
  * and `start()` brings it back on the same ports ([`restartable`]). Killed at the end of the test.
  *
  * With `tls`, its gRPC port speaks TLS only (`GRPC_SERVER_USE_TLS`, with the given PEM certificate
- * and key; Go's gRPC server agrees to `h2` by ALPN); the health check stays plain HTTP.
+ * and key; Go's gRPC server agrees to `h2` by ALPN); with `tls.clientCa` too, it requires a client
+ * certificate signed by that CA (`GRPC_CLIENT_TLS_CACERT`). The health check stays plain HTTP.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
@@ -34,7 +35,7 @@ export function ratelimitEnv(
   redisPort: number,
   root: string,
   ports: { http: number; grpc: number; debug: number },
-  tls?: { cert: string; key: string },
+  tls?: { cert: string; key: string; clientCa?: string },
 ): NodeJS.ProcessEnv {
   return {
     ...process.env,
@@ -52,6 +53,7 @@ export function ratelimitEnv(
     DEBUG_PORT: String(ports.debug),
     LOG_LEVEL: 'warn',
     ...(tls ? { GRPC_SERVER_USE_TLS: 'true', GRPC_SERVER_TLS_CERT: tls.cert, GRPC_SERVER_TLS_KEY: tls.key } : {}),
+    ...(tls?.clientCa ? { GRPC_CLIENT_TLS_CACERT: tls.clientCa } : {}),
   }
 }
 
@@ -63,8 +65,8 @@ export interface RateLimitService {
 }
 
 export interface RateLimitServiceOptions {
-  /** PEM files of the gRPC server's certificate and key. */
-  tls?: { cert: string; key: string }
+  /** PEM files of the gRPC server's certificate and key, and of the CA its clients' certificates must chain to. */
+  tls?: { cert: string; key: string; clientCa?: string }
 }
 
 export async function startRateLimitService(t: ExecutionContext, redisPort: number, config: string, opts: RateLimitServiceOptions = {}): Promise<RateLimitService> {

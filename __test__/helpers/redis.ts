@@ -5,12 +5,13 @@
  * empty. Killed at the end of the test. A missing `redis-server` is the test's failure, never a
  * skip: `.ci/run` installs it, as the README's prerequisites say.
  *
- * With `tls`, the server speaks TLS only (`--tls-port`, `--port 0`, no client certificates) and
- * its URL is `rediss://`; with `password`, it requires AUTH (`--requirepass`) and the URL carries
+ * With `tls`, the server speaks TLS only (`--tls-port`, `--port 0`) and its URL is `rediss://`;
+ * it asks for no client certificate unless `tls.clients` is given, then it requires one signed by
+ * `tls.clients.ca` (`--tls-auth-clients yes`, and the readiness probe shows the one given there); with `password`, it requires AUTH (`--requirepass`) and the URL carries
  * the password (`redis://:PASSWORD@…`).
  */
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import tls from 'node:tls'
 import { tmpdir } from 'node:os'
@@ -37,7 +38,7 @@ export interface Redis {
 
 export interface RedisOptions {
   /** PEM files of the server's certificate (for 127.0.0.1) and key. */
-  tls?: { cert: string; key: string }
+  tls?: { cert: string; key: string; clients?: { ca: string; cert: string; key: string } }
   password?: string
 }
 
@@ -47,14 +48,14 @@ export async function startRedis(t: ExecutionContext, opts: RedisOptions = {}): 
   const dir = mkdtempSync(join(tmpdir(), 'meshproxy-redis-'))
   const port = await closedPort()
   const ports = opts.tls
-    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, '--tls-auth-clients', 'no']
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', opts.tls.cert, '--tls-key-file', opts.tls.key, ...(opts.tls.clients ? ['--tls-auth-clients', 'yes', '--tls-ca-cert-file', opts.tls.clients.ca] : ['--tls-auth-clients', 'no'])]
     : ['--port', String(port)]
   const auth = opts.password === undefined ? [] : ['--requirepass', opts.password]
   const { start, stop } = restartable(t, {
     what: `redis-server on ${port}`,
     bin,
     args: () => [...ports, ...auth, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', ''],
-    ready: () => pong(port, opts.tls !== undefined),
+    ready: () => pong(port, opts.tls && (opts.tls.clients ?? {})),
     within: 10_000,
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   })
@@ -64,12 +65,14 @@ export async function startRedis(t: ExecutionContext, opts: RedisOptions = {}): 
 }
 
 /**
- * Whether a Redis server answers PING on `port` (over TLS, unverified: this only waits for the
- * server to be up); `-NOAUTH` from one that requires a password counts.
+ * Whether a Redis server answers PING on `port` (with `overTls`, over TLS, unverified: this only
+ * waits for the server to be up, showing the client certificate given there, if any); `-NOAUTH`
+ * from one that requires a password counts.
  */
-function pong(port: number, overTls: boolean): Promise<boolean> {
+function pong(port: number, overTls: { cert?: string; key?: string } | undefined): Promise<boolean> {
   return new Promise((resolve) => {
-    const s = overTls ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false }) : net.connect(port, '127.0.0.1')
+    const client = overTls?.cert && overTls.key ? { cert: readFileSync(overTls.cert), key: readFileSync(overTls.key) } : {}
+    const s = overTls ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, ...client }) : net.connect(port, '127.0.0.1')
     let got = ''
     const done = (ok: boolean): void => {
       s.destroy()
