@@ -204,10 +204,10 @@ impl Stores {
         }
         let client = if roots.is_some() || client_tls.is_some() {
             redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert: roots })
+                .map_err(|e| Error::Config(format!("{owner}: the TLS files of global redis {shown:?}: {e}")))
         } else {
-            redis::Client::open(info)
-        }
-        .map_err(|e| invalid(&e))?;
+            redis::Client::open(info).map_err(|e| invalid(&e))
+        }?;
         let store =
             Arc::new(Store::new(shown.into(), digest, Backend::Redis { client, manager: OnceLock::new() }));
         by_url.insert(key, store.clone());

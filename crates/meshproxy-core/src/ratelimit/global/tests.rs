@@ -578,6 +578,19 @@ fn a_client_certificate_needs_tls_both_its_files_and_readable_ones() {
         e.starts_with("route \"r\": cannot read the global redis client certificate \"/nonexistent.crt\""),
         "{e}"
     );
+    let junk = std::env::temp_dir().join(format!("meshproxy-junk-key-{}.pem", std::process::id()));
+    std::fs::write(&junk, "not a key").unwrap();
+    let junk_path = junk.to_string_lossy();
+    let e = stores
+        .get(
+            "route \"r\"",
+            "rediss://127.0.0.1:6379",
+            TlsFiles { cert: Some(&junk_path), key: Some(&junk_path), ..client },
+        )
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_file(&junk).unwrap();
+    assert!(e.starts_with("route \"r\": the TLS files of global redis \"rediss://127.0.0.1:6379\": "), "{e}");
     let e = stores
         .get("route \"r\"", "rediss://127.0.0.1:6379", TlsFiles { key: None, ..client })
         .unwrap_err()
