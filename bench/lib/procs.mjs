@@ -47,7 +47,14 @@ export function start(name, cmd, args, opts = {}) {
 /** Runs a command to completion (a load generator); rejects if it cannot be spawned. */
 export async function runToEnd(name, cmd, args, opts = {}) {
   const child = start(name, cmd, args, opts)
+  // 'exit' can come before the child's last output is read, and a load generator's summary (wrk's
+  // and h2load's statistics, s_time's counts) is its last output: 'close' comes once all is read.
+  const closed = new Promise((resolve) => {
+    child.once('close', resolve)
+    child.once('error', resolve)
+  })
   const res = await child.exited
+  await closed
   if (res.error) throw new Error(`${name}: ${res.error.message}`)
   return { ...res, stdout: child.out, stderr: child.err }
 }
